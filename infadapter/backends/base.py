@@ -1,0 +1,68 @@
+"""The one interface the control loop talks to.
+
+Backends reconcile: ``apply(plan)`` compares the desired plan with what runs and is safe to call
+twice. Make-before-break is the backend's job: a new or resized variant must be ready before the
+router sends it traffic, and a removed one gets no new traffic before it stops. Everything a backend
+creates carries labels (or names) saying infadapter owns it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from infadapter.plan import Plan
+
+
+@dataclass(frozen=True)
+class VariantState:
+    """What actually runs for one variant."""
+
+    name: str
+    cores: float
+    ready: bool
+    endpoint: str = ""  # base URL of the model server (TF Serving REST), "" when unknown
+    detail: str = ""  # e.g. "cgroup v1 cpu quota", "in-place resize", "rolling replacement"
+
+
+@dataclass(frozen=True)
+class BackendState:
+    """The backend's view of the world; ``plan`` is the last plan it applied, if any."""
+
+    variants: tuple[VariantState, ...] = ()
+    plan: Plan | None = None
+    healthy: bool = True
+    messages: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What apply did: the plan now serving (the old one when apply failed) and what happened."""
+
+    serving: Plan
+    actions: tuple[str, ...] = ()
+    ok: bool = True
+    error: str = ""
+    retry_after_s: float | None = None  # temporary error: when to try again
+
+
+class Backend(Protocol):
+    """Applies plans; reports state; never decides."""
+
+    name: str
+
+    def state(self) -> BackendState:
+        """What runs now (read back from the processes or the cluster, not from memory alone)."""
+        ...
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        """Reconcile to ``plan`` make-before-break, routing included; safe to call twice."""
+        ...
+
+    def health(self) -> bool:
+        """True when the backend can be reached and its servers answer."""
+        ...
+
+    def stop(self) -> None:
+        """Stop everything this backend started (servers, router); idempotent."""
+        ...

@@ -1,0 +1,228 @@
+"""The Plan value object, its JSON form, and plan diffs.
+
+A plan says, for each running variant, its cores and its share of traffic (shares sum to 1), plus
+the load it was planned for. Plans are immutable; changing one returns a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from infadapter.errors import BadInput
+
+_SHARE_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One running variant in a plan."""
+
+    name: str
+    cores: float
+    share: float
+    capacity_rps: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "cores": _clean(self.cores),
+            "share": _clean(self.share),
+            "capacity": _clean(self.capacity_rps),
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which variants run, on how many cores, with which share of traffic, for which load."""
+
+    allocations: tuple[Allocation, ...]
+    load_rps: float
+    feasible: bool = True
+    objective: float = 0.0
+    accuracy: float = 0.0
+    optimal: bool = True
+    notes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        names = [a.name for a in self.allocations]
+        if len(set(names)) != len(names):
+            raise BadInput(f"plan.variants: names must be unique, got {', '.join(names)}")
+        for a in self.allocations:
+            if a.cores < 0 or a.share < -_SHARE_TOL or math.isnan(a.share):
+                raise BadInput(f"plan.variants[{a.name}]: cores and share must be >= 0")
+        total = sum(a.share for a in self.allocations)
+        if self.allocations and abs(total - 1.0) > 1e-4:
+            raise BadInput(f"plan.variants: shares must sum to 1, got {total:.6g}")
+
+    # -- derived values -------------------------------------------------------------------------
+    @property
+    def cores(self) -> float:
+        """Total cores allocated to model servers."""
+        return sum(a.cores for a in self.allocations)
+
+    @property
+    def capacity_rps(self) -> float:
+        """Total planned capacity in req/s."""
+        return sum(a.capacity_rps for a in self.allocations)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.allocations)
+
+    def cores_by_name(self) -> dict[str, float]:
+        return {a.name: a.cores for a in self.allocations}
+
+    def shares_by_name(self) -> dict[str, float]:
+        return {a.name: a.share for a in self.allocations}
+
+    def get(self, name: str) -> Allocation | None:
+        for a in self.allocations:
+            if a.name == name:
+                return a
+        return None
+
+    def served_capacity_rps(self) -> float:
+        """The highest load this plan serves with its shares: min over variants of capacity/share."""
+        caps = [a.capacity_rps / a.share for a in self.allocations if a.share > _SHARE_TOL]
+        return min(caps) if caps else 0.0
+
+    def with_load(self, load_rps: float) -> Plan:
+        return replace(self, load_rps=load_rps)
+
+    # -- JSON -----------------------------------------------------------------------------------
+    def as_dict(self) -> dict[str, Any]:
+        """The contract object of ``cli.py plan --json`` (plus optional keys)."""
+        out: dict[str, Any] = {
+            "feasible": self.feasible,
+            "load": _clean(self.load_rps),
+            "objective": _clean(self.objective),
+            "accuracy": _clean(self.accuracy),
+            "cores": _clean(self.cores),
+            "variants": [a.as_dict() for a in self.allocations],
+        }
+        if not self.optimal:
+            out["optimal"] = False
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], origin: str = "plan") -> Plan:
+        """Parse the ``plan --json`` object; BadInput naming the field otherwise."""
+        if not isinstance(data, Mapping):
+            raise BadInput(f"{origin}: must be a JSON object with 'load' and 'variants'")
+        variants = data.get("variants")
+        if not isinstance(variants, list):
+            raise BadInput(f"{origin}: variants: must be a list of {{name, cores, share}} objects")
+        allocs = []
+        for i, v in enumerate(variants):
+            if not isinstance(v, Mapping) or "name" not in v or "cores" not in v:
+                raise BadInput(f"{origin}: variants[{i}]: needs 'name' and 'cores'")
+            try:
+                allocs.append(
+                    Allocation(
+                        name=str(v["name"]),
+                        cores=float(v["cores"]),
+                        share=float(v.get("share", 1.0 / len(variants))),
+                        capacity_rps=float(v.get("capacity", 0.0)),
+                    )
+                )
+            except (TypeError, ValueError):
+                raise BadInput(f"{origin}: variants[{i}]: cores, share and capacity must be numbers") from None
+        try:
+            load = float(data.get("load", 0.0))
+        except (TypeError, ValueError):
+            raise BadInput(f"{origin}: load: must be a number in req/s") from None
+        return cls(
+            allocations=tuple(allocs),
+            load_rps=load,
+            feasible=bool(data.get("feasible", True)),
+            objective=float(data.get("objective", 0.0)),
+            accuracy=float(data.get("accuracy", 0.0)),
+            optimal=bool(data.get("optimal", True)),
+            notes=tuple(data.get("notes", ())),
+        )
+
+    @classmethod
+    def from_json(cls, text: str, origin: str = "plan") -> Plan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"{origin}: not valid JSON at line {exc.lineno} column {exc.colno}") from None
+        return cls.from_dict(data, origin=origin)
+
+
+def empty_plan(load_rps: float = 0.0) -> Plan:
+    """A plan with nothing running (the state before the first decision)."""
+    return Plan(allocations=(), load_rps=load_rps, feasible=load_rps <= 0)
+
+
+def plan_from_cores(
+    cores: Mapping[str, float], load_rps: float, capacity: Mapping[str, float], accuracy: Mapping[str, float]
+) -> Plan:
+    """A plan with shares proportional to capacity (every variant equally loaded)."""
+    running = {n: c for n, c in cores.items() if c > 0}
+    total_cap = sum(max(capacity[n], 0.0) for n in running)
+    allocs = []
+    for n, c in running.items():
+        share = max(capacity[n], 0.0) / total_cap if total_cap > 0 else 1.0 / len(running)
+        allocs.append(Allocation(n, c, share, capacity[n]))
+    acc = sum(a.share * accuracy[a.name] for a in allocs)
+    return Plan(tuple(allocs), load_rps, feasible=total_cap >= load_rps - 1e-9, accuracy=acc)
+
+
+@dataclass(frozen=True)
+class PlanDiff:
+    """What a backend must do to go from one plan to the next."""
+
+    create: tuple[str, ...]
+    resize: tuple[str, ...]
+    delete: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    reweight: bool
+
+    @property
+    def empty(self) -> bool:
+        return not (self.create or self.resize or self.delete or self.reweight)
+
+    def summary(self) -> str:
+        parts = []
+        for label, names in (("create", self.create), ("resize", self.resize), ("delete", self.delete)):
+            if names:
+                parts.append(f"{label} {', '.join(names)}")
+        if self.reweight and not parts:
+            parts.append("reweight")
+        return "; ".join(parts) or "no change"
+
+
+def diff(old: Plan | None, new: Plan) -> PlanDiff:
+    """Create/resize/delete/unchanged variants between two plans (cores compared to 1e-9)."""
+    before = old.cores_by_name() if old is not None else {}
+    after = new.cores_by_name()
+    create = tuple(n for n in after if n not in before)
+    delete = tuple(n for n in before if n not in after)
+    resize = tuple(n for n in after if n in before and abs(after[n] - before[n]) > 1e-9)
+    unchanged = tuple(n for n in after if n in before and n not in resize)
+    old_shares = old.shares_by_name() if old is not None else {}
+    reweight = any(abs(old_shares.get(n, 0.0) - s) > 1e-6 for n, s in new.shares_by_name().items())
+    return PlanDiff(create, resize, delete, unchanged, reweight or bool(create or delete))
+
+
+def changed_variants(current: Mapping[str, float], new: Mapping[str, float]) -> Iterable[str]:
+    """Variants that start or change cores between two core maps (stopping is not a change)."""
+    for name, cores in new.items():
+        if cores > 0 and abs(current.get(name, 0.0) - cores) > 1e-9:
+            yield name
+
+
+def _clean(x: float) -> float:
+    """Round away float noise so JSON and golden files stay stable."""
+    r = round(float(x), 9)
+    return 0.0 if r == 0 else r

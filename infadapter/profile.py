@@ -1,0 +1,316 @@
+"""Model-variant profiles: the variants, their accuracy, load time, memory and capacity model.
+
+A profile is a validated, immutable YAML document. ``capacity(v, cores)`` is the highest request rate
+(req/s) that variant ``v`` on ``cores`` CPU cores serves with its p99 latency under the SLO; it comes
+from a linear fit (``safety * (slope * cores + intercept)``, the paper's model) or from measured points
+(interpolated; past the last point it is extrapolated only with a warning).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from infadapter.errors import BadInput
+
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
+_MEMORY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T|k)?$")
+# Grid arithmetic works in integer multiples of the core step; this tolerance absorbs float noise.
+_GRID_EPS = 1e-9
+
+
+def _between(value: float, low: float, high: float) -> float:
+    if not (low <= value <= high) or math.isnan(value):
+        raise ValueError(f"must be between {low:g} and {high:g}, got {value:g}")
+    return value
+
+
+def _positive(value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"must be greater than 0, got {value:g}")
+    return value
+
+
+class LinearCapacity(BaseModel):
+    """``capacity(cores) = safety * (slope * cores + intercept)`` in req/s."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["linear"] = "linear"
+    slope: float = Field(description="req/s gained per core at the SLO")
+    intercept: float = Field(description="req/s at zero cores (often negative)")
+    safety: float = Field(default=1.0, description="multiplier applied to the fit (paper: 0.8)")
+
+    _safety_ok = field_validator("safety")(lambda v: _between(v, 0.0, 1.0) if v > 0 else _positive(v))
+
+    def rps(self, cores: float) -> float:
+        return self.safety * (self.slope * cores + self.intercept)
+
+    def extrapolated(self, cores: float) -> bool:  # noqa: ARG002 - same signature as PointsCapacity
+        return False
+
+
+class PointsCapacity(BaseModel):
+    """Measured ``{cores: rps}`` points, linearly interpolated, scaled by ``safety``.
+
+    Below the first point the capacity falls linearly to 0 at 0 cores. Past the last point the last
+    segment's slope is extended and :meth:`extrapolated` says so; the profile warns about it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["points"] = "points"
+    points: dict[float, float] = Field(description="measured capacity in req/s by core count")
+    safety: float = Field(default=1.0, description="multiplier applied to the measured capacity")
+
+    _safety_ok = field_validator("safety")(lambda v: _between(v, 0.0, 1.0) if v > 0 else _positive(v))
+
+    @field_validator("points")
+    @classmethod
+    def _check_points(cls, points: dict[float, float]) -> dict[float, float]:
+        if not points:
+            raise ValueError("must hold at least one {cores: rps} point")
+        for cores, rps in points.items():
+            if cores <= 0:
+                raise ValueError(f"cores must be greater than 0, got {cores:g}")
+            if rps < 0 or math.isnan(rps):
+                raise ValueError(f"capacity at {cores:g} cores must be >= 0 req/s, got {rps:g}")
+        return dict(sorted(points.items()))
+
+    def rps(self, cores: float) -> float:
+        xs = list(self.points)
+        ys = list(self.points.values())
+        if cores <= xs[0]:
+            return self.safety * ys[0] * max(cores, 0.0) / xs[0]
+        for i in range(1, len(xs)):
+            if cores <= xs[i] + _GRID_EPS:
+                t = (cores - xs[i - 1]) / (xs[i] - xs[i - 1])
+                return self.safety * (ys[i - 1] + t * (ys[i] - ys[i - 1]))
+        if len(xs) == 1:
+            slope = ys[0] / xs[0]
+        else:
+            slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        return self.safety * max(0.0, ys[-1] + slope * (cores - xs[-1]))
+
+    def extrapolated(self, cores: float) -> bool:
+        return cores > max(self.points) + _GRID_EPS
+
+
+class Variant(BaseModel):
+    """One model variant of the served family."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(description="DNS-1123 label, used in server and Kubernetes object names")
+    accuracy: float = Field(description="top-1 accuracy as a fraction in [0, 1]")
+    load_time_s: float = Field(description="seconds from start until the variant serves")
+    memory: str = Field(default="1Gi", description="memory limit as a Kubernetes quantity")
+    capacity: LinearCapacity | PointsCapacity = Field(discriminator="kind")
+    model: str | None = Field(default=None, description="model file or folder name, default: name")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"must be a lowercase DNS label like 'resnet50', got {v!r}")
+        return v
+
+    @field_validator("accuracy")
+    @classmethod
+    def _check_accuracy(cls, v: float) -> float:
+        return _between(v, 0.0, 1.0)
+
+    @field_validator("load_time_s")
+    @classmethod
+    def _check_load_time(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError(f"must be >= 0 seconds, got {v:g}")
+        return v
+
+    @field_validator("memory")
+    @classmethod
+    def _check_memory(cls, v: str) -> str:
+        if not _MEMORY_RE.match(str(v)):
+            raise ValueError(f"must be a quantity like '1.5Gi' or '512Mi', got {v!r}")
+        return str(v)
+
+
+class Profile(BaseModel):
+    """The decision problem's fixed inputs: SLO, budget, core grid, objective weights, variants."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(default="profile", description="a label for reports")
+    source: str = Field(default="", description="where the numbers come from")
+    slo_ms: float = Field(description="p99 latency SLO in milliseconds")
+    budget_cores: float = Field(description="total CPU cores available to model servers")
+    core_step: float = Field(default=1.0, description="allocation granularity in cores")
+    min_cores: float = Field(default=1.0, description="minimum cores of a running variant")
+    alpha: float = Field(default=0.05, description="weight of cost (cores/budget) in the objective")
+    beta: float = Field(default=0.001, description="weight of transition time in the objective")
+    variants: tuple[Variant, ...] = Field(description="the served variants, any order")
+
+    @field_validator("slo_ms", "budget_cores", "core_step", "min_cores")
+    @classmethod
+    def _check_positive(cls, v: float) -> float:
+        return _positive(v)
+
+    @field_validator("alpha", "beta")
+    @classmethod
+    def _check_weight(cls, v: float) -> float:
+        if v < 0 or math.isnan(v):
+            raise ValueError(f"must be >= 0, got {v:g}")
+        return v
+
+    @field_validator("variants")
+    @classmethod
+    def _check_variants(cls, v: tuple[Variant, ...]) -> tuple[Variant, ...]:
+        if not v:
+            raise ValueError("must list at least one variant")
+        names = [x.name for x in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"variant names must be unique, repeated: {', '.join(dup)}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_grid(self) -> Profile:
+        if not _on_grid(self.min_cores, self.core_step):
+            raise ValueError(
+                f"min_cores: must be a multiple of core_step {self.core_step:g}, got {self.min_cores:g}"
+            )
+        if self.min_cores > self.budget_cores + _GRID_EPS:
+            raise ValueError(
+                f"min_cores: must not exceed budget_cores {self.budget_cores:g}, got {self.min_cores:g}"
+            )
+        return self
+
+    # -- derived values -------------------------------------------------------------------------
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(v.name for v in self.variants)
+
+    @property
+    def max_load_time_s(self) -> float:
+        return max(v.load_time_s for v in self.variants)
+
+    def variant(self, name: str) -> Variant:
+        """The variant called ``name``; BadInput naming the known ones otherwise."""
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise BadInput(f"variant: unknown variant {name!r}, expected one of {', '.join(self.names)}")
+
+    def core_options(self) -> tuple[float, ...]:
+        """Allowed core counts of a running variant: min_cores, min_cores + step, ..., <= budget."""
+        n = int(math.floor((self.budget_cores - self.min_cores) / self.core_step + _GRID_EPS))
+        return tuple(round(self.min_cores + i * self.core_step, 9) for i in range(n + 1))
+
+    def capacity_rps(self, name: str, cores: float) -> float:
+        """capacity(v, cores) in req/s; 0 for 0 cores. May be negative for a poor linear fit."""
+        if cores <= 0:
+            return 0.0
+        return self.variant(name).capacity.rps(cores)
+
+    def extrapolation_warnings(self) -> list[str]:
+        """One line per variant whose capacity is extrapolated past its measured points."""
+        out = []
+        top = self.budget_cores
+        for v in self.variants:
+            if v.capacity.extrapolated(top):
+                last = max(v.capacity.points)  # type: ignore[union-attr]
+                out.append(
+                    f"variants[{v.name}].capacity: measured up to {last:g} cores, "
+                    f"extrapolated up to the budget of {top:g} cores"
+                )
+        return out
+
+    def with_overrides(self, **changes: Any) -> Profile:
+        """A new, re-validated profile with some top-level fields changed (None values ignored)."""
+        data = self.model_dump()
+        data.update({k: v for k, v in changes.items() if v is not None})
+        return _validate(data, origin="overrides")
+
+
+def _on_grid(value: float, step: float) -> bool:
+    ratio = value / step
+    return abs(ratio - round(ratio)) < 1e-6
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("linear", "points", "function-after[_check_grid(), Profile]"):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    msg = str(err.get("msg", "invalid"))
+    kind = err.get("type", "")
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a known field (check its spelling)"
+    if kind in ("float_parsing", "float_type", "int_parsing", "int_type"):
+        return f"must be a number, got {err.get('input')!r}"
+    if kind == "union_tag_invalid" or kind == "union_tag_not_found":
+        return "needs kind: linear (slope, intercept, safety) or kind: points ({cores: rps})"
+    return msg
+
+
+def _validate(data: Any, origin: str) -> Profile:
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = _loc(tuple(err.get("loc", ())))
+        msg = _message(err)
+        where = f"{loc}: " if loc else ""
+        raise BadInput(f"{origin}: {where}{msg}") from None
+
+
+def profile_from_dict(data: Any, origin: str = "<profile>") -> Profile:
+    """Validate a profile given as plain data; errors name ``origin`` and the field."""
+    if not isinstance(data, dict):
+        raise BadInput(f"{origin}: must be a YAML mapping with slo_ms, budget_cores and variants")
+    return _validate(data, origin)
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile YAML file; one-line BadInput on any problem."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise BadInput(f"{p}: profile file not found (pass --profile PATH)") from None
+    except OSError as exc:
+        raise BadInput(f"{p}: cannot read profile: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise BadInput(f"{p}: not valid YAML{where}") from None
+    return profile_from_dict(data, origin=str(p))
+
+
+def dump_profile(profile: Profile, header: str = "") -> str:
+    """The profile as YAML text, with an optional comment header."""
+    data = profile.model_dump(mode="json", exclude_none=True)
+    for v in data["variants"]:
+        cap = v["capacity"]
+        if cap.get("kind") == "points":
+            cap["points"] = {float(k): float(r) for k, r in cap["points"].items()}
+    body = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+    lines = [f"# {line}".rstrip() for line in header.splitlines()] if header else []
+    return "\n".join([*lines, body]) if lines else body

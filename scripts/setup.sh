@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Idempotent set-up shared by run.sh and test.sh: a venv with requirements.txt, and (as root) the
+# Debian packages the product and its tests use. Safe to run again; it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements.txt
+  echo "$want" > "$stamp"
+fi
+# Debian packages: Prometheus (monitoring), sshd (Ansible converge tests), nginx (dispatcher benchmark),
+# iproute2 (network namespaces for test hosts), nfs-kernel-server config files.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  need=()
+  command -v prometheus >/dev/null || need+=(prometheus)
+  [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+  command -v nginx >/dev/null || need+=(nginx-light)
+  command -v ip >/dev/null || need+=(iproute2)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${need[*]}" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # Debian starts services on install; the project starts its own and stops them afterwards.
+    for svc in prometheus nginx ssh prometheus-node-exporter; do
+      (service "$svc" stop >/dev/null 2>&1 || true)
+    done
+  fi
+fi
