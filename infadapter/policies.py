@@ -169,7 +169,9 @@ class Vpa:
         return Decision(plan, state, why)
 
 
-def clamp_cores(profile: Profile, cores: float, min_cores: float | None = None, max_cores: float | None = None) -> float:
+def clamp_cores(
+    profile: Profile, cores: float, min_cores: float | None = None, max_cores: float | None = None
+) -> float:
     """Round up to the core grid and clamp to [min, max] (defaults: profile min and budget)."""
     low = max(profile.min_cores, min_cores or 0.0)
     high = min(profile.budget_cores, max_cores or profile.budget_cores)

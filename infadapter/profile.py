@@ -51,7 +51,7 @@ class LinearCapacity(BaseModel):
     def rps(self, cores: float) -> float:
         return self.safety * (self.slope * cores + self.intercept)
 
-    def extrapolated(self, cores: float) -> bool:  # noqa: ARG002 - same signature as PointsCapacity
+    def extrapolated(self, cores: float) -> bool:
         return False
 
 
@@ -90,10 +90,7 @@ class PointsCapacity(BaseModel):
             if cores <= xs[i] + _GRID_EPS:
                 t = (cores - xs[i - 1]) / (xs[i] - xs[i - 1])
                 return self.safety * (ys[i - 1] + t * (ys[i] - ys[i - 1]))
-        if len(xs) == 1:
-            slope = ys[0] / xs[0]
-        else:
-            slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        slope = ys[0] / xs[0] if len(xs) == 1 else (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
         return self.safety * max(0.0, ys[-1] + slope * (cores - xs[-1]))
 
     def extrapolated(self, cores: float) -> bool:
@@ -205,7 +202,7 @@ class Profile(BaseModel):
 
     def core_options(self) -> tuple[float, ...]:
         """Allowed core counts of a running variant: min_cores, min_cores + step, ..., <= budget."""
-        n = int(math.floor((self.budget_cores - self.min_cores) / self.core_step + _GRID_EPS))
+        n = math.floor((self.budget_cores - self.min_cores) / self.core_step + _GRID_EPS)
         return tuple(round(self.min_cores + i * self.core_step, 9) for i in range(n + 1))
 
     def capacity_rps(self, name: str, cores: float) -> float:
@@ -241,13 +238,15 @@ def _on_grid(value: float, step: float) -> bool:
 
 def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
+    prev: Any = None
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("linear", "points", "function-after[_check_grid(), Profile]"):
-            continue
+        elif prev == "capacity" and part in ("linear", "points"):
+            pass  # the union's discriminator tag, not a field the user wrote
         else:
             out += ("." if out else "") + str(part)
+        prev = part
     return out
 
 

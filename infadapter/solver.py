@@ -17,17 +17,22 @@ the whole budget cannot serve ``L`` the result is the highest-capacity plan, mar
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import itertools
 import math
+import os
+import sys
 import time
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import pulp
 
 from infadapter.errors import BadInput
 from infadapter.plan import Allocation, Plan
-from infadapter.profile import Profile
+from infadapter.profile import LinearCapacity, Profile
 
 SOLVERS = ("highs", "cbc", "exhaustive")
 _EPS = 1e-9
@@ -115,52 +120,51 @@ def solve(
 
 
 # -- MILP -------------------------------------------------------------------------------------------
+@functools.cache
+def _silence_highs_banner() -> None:
+    """HiGHS prints a banner on stdout at its first instance in a process; ``--json`` must print
+    nothing but JSON, so the first instance is made with stdout pointed at /dev/null."""
+    try:
+        import highspy
+    except ImportError:
+        return
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        highspy.Highs()
+        libc.fflush(None)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _pulp_solver(options: Options, time_limit_s: float) -> tuple[pulp.LpSolver, str]:
     if options.solver == "highs":
+        _silence_highs_banner()
         highs = pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=0.0, gapAbs=options.gap_abs, threads=1)
         if highs.available():
             return highs, "highs"
-    cbc = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, math.ceil(time_limit_s)), gapRel=0.0, gapAbs=options.gap_abs)
+    with warnings.catch_warnings():
+        # PuLP 3.x deprecates its bundled CBC in favour of a separate package; it still works.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        cbc = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, math.ceil(time_limit_s)), gapRel=0.0,
+                                gapAbs=options.gap_abs)
     if cbc.available():
         return cbc, "cbc"
     raise BadInput("--solver: neither HiGHS (pip install highspy) nor CBC is available")
 
 
 def _solve_milp(profile: Profile, load: float, current: Mapping[str, float], options: Options) -> Result:
-    opts = _options(profile)
-    prob = pulp.LpProblem("infadapter", pulp.LpMaximize)
-    y = {
-        (n, i): pulp.LpVariable(f"y_{j}_{i}", cat=pulp.LpBinary)
-        for j, (n, choices) in enumerate(opts.items())
-        for i in range(len(choices))
-    }
-    s = {n: pulp.LpVariable(f"s_{j}", lowBound=0, upBound=1) for j, n in enumerate(opts)}
-    t = pulp.LpVariable("transition", lowBound=0, upBound=1)
-    top = profile.max_load_time_s
-    cores_expr = pulp.lpSum(k * y[n, i] for n, ch in opts.items() for i, (k, _) in enumerate(ch))
-    prob += (
-        pulp.lpSum(profile.variant(n).accuracy * s[n] for n in opts)
-        - (profile.alpha / profile.budget_cores) * cores_expr
-        - profile.beta * t
-    )
-    prob += cores_expr <= profile.budget_cores + _EPS, "budget"
-    prob += pulp.lpSum(s.values()) == 1, "shares"
-    prob += pulp.lpSum(y.values()) >= 1, "one_runs"
-    for n, ch in opts.items():
-        runs = pulp.lpSum(y[n, i] for i in range(len(ch)))
-        prob += runs <= 1, f"one_size_{n}"
-        # s_v * L <= capacity and s_v <= 1 option by option: the LP relaxation's convex hull, which
-        # is what keeps HiGHS's branch and bound short.
-        prob += s[n] <= pulp.lpSum(_share_cap(cap, load) * y[n, i] for i, (_, cap) in enumerate(ch)), f"capacity_{n}"
-        lt = profile.variant(n).load_time_s / top if top > 0 else 0.0
-        changed = [y[n, i] for i, (k, _) in enumerate(ch) if abs(current.get(n, 0.0) - k) > 1e-9]
-        if lt > 0 and changed:
-            prob += t >= lt * pulp.lpSum(changed), f"transition_{n}"
+    compact = all(isinstance(v.capacity, LinearCapacity) for v in profile.variants)
+    prob, extract = (_compact_model if compact else _option_model)(profile, load, current)
     solver, name = _pulp_solver(options, options.time_limit_s)
     prob.solve(solver)
     if prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
-        cores = {n: k for (n, i), var in y.items() if (var.value() or 0) > 0.5 for k in [opts[n][i][0]]}
-        shares = {n: max(0.0, s[n].value() or 0.0) for n in cores}
+        cores, shares = extract()
         plan = _make_plan(profile, load, current, cores, shares, feasible=True)
         status = "optimal" if prob.sol_status == pulp.LpSolutionOptimal else "time-limit"
         notes = () if status == "optimal" else (f"{name} hit the {options.time_limit_s:g} s limit: best plan found",)
@@ -168,6 +172,101 @@ def _solve_milp(profile: Profile, load: float, current: Mapping[str, float], opt
             plan = Plan(plan.allocations, plan.load_rps, True, plan.objective, plan.accuracy, False, notes)
         return Result(plan, name, status, 0.0, notes)
     return _max_capacity(profile, load, current, options)
+
+
+Extract = Callable[[], tuple[dict[str, float], dict[str, float]]]
+
+
+def _expr(terms: Mapping[pulp.LpVariable, float]) -> pulp.LpAffineExpression:
+    # Building from a dict is several times faster than lpSum over products.
+    return pulp.LpAffineExpression(terms)
+
+
+def _compact_model(profile: Profile, load: float, current: Mapping[str, float]) -> tuple[pulp.LpProblem, Extract]:
+    """Linear capacity models: per variant a run binary, an integer number of core steps above the
+    minimum, a share and a changed binary. About 5 integers a variant instead of one binary per core
+    count, which keeps HiGHS's search short (see bench/solver.py)."""
+    mn, st, budget = profile.min_cores, profile.core_step, profile.budget_cores
+    n_max = math.floor((budget - mn) / st + _EPS)
+    top = profile.max_load_time_s
+    prob = pulp.LpProblem("infadapter", pulp.LpMaximize)
+    run = {n: prob.add_variable(f"run_{j}", cat=pulp.LpBinary) for j, n in enumerate(profile.names)}
+    steps = {n: prob.add_variable(f"steps_{j}", 0, n_max, cat=pulp.LpInteger) for j, n in enumerate(profile.names)}
+    s = {n: prob.add_variable(f"s_{j}", 0, 1) for j, n in enumerate(profile.names)}
+    ch = {n: prob.add_variable(f"changed_{j}", cat=pulp.LpBinary) for j, n in enumerate(profile.names)}
+    t = prob.add_variable("transition", 0, 1)
+    cores = {**{run[n]: mn for n in run}, **{steps[n]: st for n in steps}}
+    obj = {s[n]: profile.variant(n).accuracy for n in s}
+    obj.update({v: -profile.alpha / budget * c for v, c in cores.items()})
+    obj[t] = -profile.beta
+    prob += _expr(obj)
+    prob += _expr(cores) <= budget + _EPS, "budget"
+    prob += _expr(dict.fromkeys(s.values(), 1.0)) == 1, "shares"
+    prob += _expr(dict.fromkeys(run.values(), 1.0)) >= 1, "one_runs"
+    for n in profile.names:
+        cap = profile.variant(n).capacity
+        a, b = cap.safety * cap.slope, cap.safety * cap.intercept  # type: ignore[union-attr]
+        at_min = a * mn + b
+        prob += _expr({steps[n]: 1.0, run[n]: -float(n_max)}) <= 0, f"steps_only_if_running_{n}"
+        prob += _expr({s[n]: 1.0, run[n]: -1.0}) <= 0, f"share_only_if_running_{n}"
+        prob += _expr({s[n]: load, run[n]: -at_min, steps[n]: -a * st}) <= 0, f"capacity_{n}"
+        prob += _expr({run[n]: at_min, steps[n]: a * st}) >= 0, f"capacity_not_negative_{n}"
+        c0 = current.get(n, 0.0)
+        if c0 <= 0:
+            prob += _expr({ch[n]: 1.0, run[n]: -1.0}) >= 0, f"starts_{n}"
+        else:
+            n0 = (c0 - mn) / st
+            big = n_max + 1 + abs(n0)
+            prob += _expr({steps[n]: 1.0, ch[n]: -big}) <= n0, f"grows_{n}"
+            prob += _expr({steps[n]: -1.0, ch[n]: -big, run[n]: big}) <= big - n0, f"shrinks_{n}"
+        lt = profile.variant(n).load_time_s / top if top > 0 else 0.0
+        if lt > 0:
+            prob += _expr({ch[n]: lt, t: -1.0}) <= 0, f"transition_{n}"
+
+    def extract() -> tuple[dict[str, float], dict[str, float]]:
+        chosen = {
+            n: round(mn + st * round(steps[n].value() or 0.0), 9) for n in run if (run[n].value() or 0.0) > 0.5
+        }
+        return chosen, {n: max(0.0, s[n].value() or 0.0) for n in chosen}
+
+    return prob, extract
+
+
+def _option_model(profile: Profile, load: float, current: Mapping[str, float]) -> tuple[pulp.LpProblem, Extract]:
+    """Any capacity model: one binary per (variant, core count)."""
+    opts = _options(profile)
+    prob = pulp.LpProblem("infadapter", pulp.LpMaximize)
+    y = {
+        (n, i): prob.add_variable(f"y_{j}_{i}", cat=pulp.LpBinary)
+        for j, (n, choices) in enumerate(opts.items())
+        for i in range(len(choices))
+    }
+    s = {n: prob.add_variable(f"s_{j}", 0, 1) for j, n in enumerate(opts)}
+    t = prob.add_variable("transition", 0, 1)
+    top = profile.max_load_time_s
+    cores = {y[n, i]: k for n, ch in opts.items() for i, (k, _) in enumerate(ch)}
+    obj = {s[n]: profile.variant(n).accuracy for n in opts}
+    obj.update({v: -profile.alpha / profile.budget_cores * k for v, k in cores.items()})
+    obj[t] = -profile.beta
+    prob += _expr(obj)
+    prob += _expr(cores) <= profile.budget_cores + _EPS, "budget"
+    prob += _expr(dict.fromkeys(s.values(), 1.0)) == 1, "shares"
+    prob += _expr(dict.fromkeys(y.values(), 1.0)) >= 1, "one_runs"
+    for n, ch in opts.items():
+        prob += _expr({y[n, i]: 1.0 for i in range(len(ch))}) <= 1, f"one_size_{n}"
+        # s_v * L <= capacity and s_v <= 1, option by option (the tighter of the two per option).
+        terms = {y[n, i]: -_share_cap(cap, load) for i, (_, cap) in enumerate(ch)}
+        prob += _expr({s[n]: 1.0, **terms}) <= 0, f"capacity_{n}"
+        lt = profile.variant(n).load_time_s / top if top > 0 else 0.0
+        changed = {y[n, i]: lt for i, (k, _) in enumerate(ch) if abs(current.get(n, 0.0) - k) > 1e-9}
+        if lt > 0 and changed:
+            prob += _expr({**changed, t: -1.0}) <= 0, f"transition_{n}"
+
+    def extract() -> tuple[dict[str, float], dict[str, float]]:
+        chosen = {n: opts[n][i][0] for (n, i), var in y.items() if (var.value() or 0.0) > 0.5}
+        return chosen, {n: max(0.0, s[n].value() or 0.0) for n in chosen}
+
+    return prob, extract
 
 
 def _share_cap(capacity_rps: float, load: float) -> float:
@@ -180,7 +279,7 @@ def _max_capacity(profile: Profile, load: float, current: Mapping[str, float], o
     opts = _options(profile)
     prob = pulp.LpProblem("infadapter_max_capacity", pulp.LpMaximize)
     y = {
-        (n, i): pulp.LpVariable(f"y_{j}_{i}", cat=pulp.LpBinary)
+        (n, i): prob.add_variable(f"y_{j}_{i}", cat=pulp.LpBinary)
         for j, (n, ch) in enumerate(opts.items())
         for i in range(len(ch))
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import hashlib
 import io
 import os
 import re
@@ -99,14 +100,55 @@ def _parse_numbers(text: str, origin: str) -> np.ndarray:
     return arr
 
 
-def load_trace(path: str | Path | None = None, download: bool = True) -> np.ndarray:
-    """Per-second request rates of a whole trace as a float array."""
+def load_trace(path: str | Path | None = None, download: bool = True, use_cache: bool = True) -> np.ndarray:
+    """Per-second request rates of a whole trace as a float array.
+
+    Parsing the 1.9-million-second Twitter trace takes seconds, so the parsed array is kept as a
+    ``.npy`` file in the user cache, keyed by the source's path, size and modification time; later
+    calls load it in milliseconds. A stale or unreadable cache entry is simply rebuilt.
+    """
     p = Path(path) if path else default_trace_path()
     if not p.exists():
         if path is None and download:
             _download(p)
         else:
             raise BadInput(f"--trace: {p} not found (pass --trace PATH or set INFADAPTER_TRACE)")
+    cached = _cache_file(p) if use_cache else None
+    if cached is not None and cached.exists():
+        try:
+            return np.load(cached, allow_pickle=False)
+        except (OSError, ValueError):
+            cached.unlink(missing_ok=True)
+    arr = _read_trace(p)
+    if cached is not None:
+        _write_cache(cached, arr)
+    return arr
+
+
+def _cache_file(p: Path) -> Path | None:
+    """The cache entry of a trace file; None for small files, which parse faster than a cache write."""
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    if st.st_size < 1 << 20:
+        return None
+    key = hashlib.sha256(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+    return cache_dir() / "traces" / f"{key}.npy"
+
+
+def _write_cache(dest: Path, arr: np.ndarray) -> None:
+    # Write-then-rename so a concurrent reader never sees half a file; a read-only cache is no error.
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f"{dest.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, arr, allow_pickle=False)
+        tmp.replace(dest)
+    except OSError:
+        pass
+
+
+def _read_trace(p: Path) -> np.ndarray:
     name = p.name.lower()
     try:
         if name.endswith((".tbz2", ".tar.bz2", ".tar")):
@@ -182,7 +224,7 @@ def transform(rates: np.ndarray, scale: float = 1.0, speedup: float = 1.0) -> np
     out = rates * scale
     if speedup == 1:
         return out
-    k = int(round(speedup))
+    k = round(speedup)
     if abs(k - speedup) > 1e-9:
         raise BadInput(f"--speedup: must be a whole number, got {speedup}")
     n = out.size // k * k

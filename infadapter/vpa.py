@@ -25,7 +25,7 @@ EPSILON = 1e-4
 MIN_SAMPLE_WEIGHT = 0.1
 MAX_DECAY_EXPONENT = 100
 MIN_CPU_CORES = 0.025
-_NUM_BUCKETS = int(math.ceil(math.log(MAX_CORES * (BUCKET_RATIO - 1) / FIRST_BUCKET_CORES + 1) / math.log(BUCKET_RATIO))) + 1
+_NUM_BUCKETS = math.ceil(math.log(MAX_CORES * (BUCKET_RATIO - 1) / FIRST_BUCKET_CORES + 1) / math.log(BUCKET_RATIO)) + 1
 
 
 def bucket_start(i: int) -> float:

@@ -1,0 +1,125 @@
+"""``cli.py plan``: the plan for one load, as a table or the JSON contract object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from infadapter import policies, solver
+from infadapter.commands.common import (
+    err_console,
+    json_option,
+    out_console,
+    parse_cores_map,
+    print_json,
+    profile_option,
+    warn,
+)
+from infadapter.errors import BadInput, Infeasible
+from infadapter.plan import Plan, plan_from_cores
+from infadapter.profile import Profile, load_profile
+
+# Policies that make sense without history (VPA needs CPU usage samples, the oracle a future).
+HISTORYLESS = ("infadapter", "msplus", "static")
+
+EXAMPLES = """
+\b
+Examples:
+  python cli.py plan --load 120
+  python cli.py plan --load 274 --current resnet152=20 --json
+  python cli.py plan --load 50 --alpha 0.2 --budget 10 --policy msplus
+  python cli.py plan --load 80 --policy static:resnet50=8
+  python cli.py plan --load 30 --profile profiles/local.yaml --solver cbc
+
+
+Exit codes: 0 feasible plan, 2 bad input, 3 load above what the budget serves
+(the highest-capacity plan is still printed, with "feasible": false).
+"""
+
+
+@click.command(epilog=EXAMPLES)
+@click.option("--load", "load_rps", type=float, required=True, help="Load to plan for, in req/s.")
+@profile_option()
+@click.option("--current", default="", help="Cores each variant runs on now: NAME=CORES,... (transition cost).")
+@click.option("--alpha", type=float, default=None, help="Override the profile's cost weight.")
+@click.option("--beta", type=float, default=None, help="Override the profile's transition weight.")
+@click.option("--budget", type=float, default=None, help="Override the profile's core budget.")
+@click.option(
+    "--policy",
+    default="infadapter",
+    show_default=True,
+    help="infadapter | msplus | static:NAME=CORES[,...] (policies that need no history).",
+)
+@click.option("--solver", "solver_name", type=click.Choice(solver.SOLVERS), default="highs", show_default=True)
+@click.option("--time-limit", type=float, default=5.0, show_default=True, help="Solver time limit in seconds.")
+@json_option
+def plan(
+    load_rps: float,
+    profile_path: Path,
+    current: str,
+    alpha: float | None,
+    beta: float | None,
+    budget: float | None,
+    policy: str,
+    solver_name: str,
+    time_limit: float,
+    as_json: bool,
+) -> None:
+    """Plan which variants run, on how many cores, with which share of LOAD."""
+    prof = load_profile(profile_path).with_overrides(alpha=alpha, beta=beta, budget_cores=budget)
+    if load_rps < 0 or load_rps != load_rps:
+        raise BadInput(f"--load: must be a number >= 0 req/s, got {load_rps}")
+    cur_cores = parse_cores_map(current)
+    unknown = [n for n in cur_cores if n not in prof.names]
+    if unknown:
+        raise BadInput(f"--current: unknown variant {unknown[0]!r}, expected one of {', '.join(prof.names)}")
+    if policy.split(":")[0] not in HISTORYLESS:
+        raise BadInput(f"--policy: plan supports {', '.join(HISTORYLESS)}; use simulate for {policy!r}")
+    for line in prof.extrapolation_warnings():
+        warn(line)
+    pol = policies.make_policy(policy, prof, stabilization_intervals=1)
+    cur_plan = _plan_from_current(cur_cores, prof) if any(cur_cores.values()) else None
+    ctx = policies.Context(
+        profile=prof,
+        now_s=0.0,
+        forecast_rps=load_rps,
+        current=cur_plan,
+        solver=solver.Options(solver=solver_name, time_limit_s=time_limit),
+    )
+    decision = pol.decide(ctx)
+    result = decision.plan
+    for note in result.notes:
+        warn(note)
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        _print_table(result, prof.budget_cores, decision)
+    if not result.feasible:
+        err_console().print("[red]infeasible:[/] the budget cannot serve this load; planned the most it can")
+        raise click.exceptions.Exit(Infeasible.exit_code)
+
+
+def _plan_from_current(cores: dict[str, float], prof: Profile) -> Plan:
+    caps = {n: prof.capacity_rps(n, c) for n, c in cores.items()}
+    accs = {n: prof.variant(n).accuracy for n in cores}
+    return plan_from_cores(cores, 0.0, caps, accs)
+
+
+def _print_table(result: Plan, budget: float, decision: policies.Decision) -> None:
+    table = Table(title=f"Plan for {result.load_rps:g} req/s", title_justify="left")
+    for col, kw in (("variant", {}), ("cores", {"justify": "right"}), ("share", {"justify": "right"}),
+                    ("capacity req/s", {"justify": "right"}), ("assigned req/s", {"justify": "right"})):
+        table.add_column(col, **kw)
+    for a in result.allocations:
+        assigned = a.share * result.load_rps
+        table.add_row(a.name, f"{a.cores:g}", f"{a.share:.1%}", f"{a.capacity_rps:.1f}", f"{assigned:.1f}")
+    console = out_console()
+    console.print(table)
+    console.print(
+        f"feasible: {'yes' if result.feasible else 'NO'}   accuracy: {result.accuracy:.4f}   "
+        f"cores: {result.cores:g}/{budget:g}   objective: {result.objective:.6f}   "
+        f"({decision.solver or decision.reason.split(':')[0]}, {decision.solve_s * 1000:.1f} ms)",
+        highlight=False,
+    )

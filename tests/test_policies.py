@@ -1,0 +1,150 @@
+"""Policies share one signature; each is checked on a case whose answer is known by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from infadapter import vpa
+from infadapter.errors import BadInput
+from infadapter.plan import Allocation, Plan
+from infadapter.policies import Context, Decision, MsPlus, Stabilized, clamp_cores, make_policy
+
+
+def make_ctx(profile, **overrides) -> Context:
+    base = {"profile": profile, "now_s": 0.0, "forecast_rps": 10.0}
+    base.update(overrides)
+    return Context(**base)
+
+
+def one(name: str, cores: float, cap: float = 100.0) -> Plan:
+    return Plan((Allocation(name, cores, 1.0, cap),), 0.0)
+
+
+def test_msplus_picks_one_variant_with_the_best_objective(paper):
+    d = MsPlus().decide(make_ctx(paper, forecast_rps=45.0))
+    # 45 req/s: resnet50 on 6 cores (0.8 * (10.3212 * 6 - 3.7917) = 46.5) beats the others' objective.
+    assert [(a.name, a.cores, a.share) for a in d.plan.allocations] == [("resnet50", 6.0, 1.0)]
+
+
+def test_msplus_infeasible_runs_the_biggest_single_capacity(paper):
+    d = MsPlus().decide(make_ctx(paper, forecast_rps=500.0))
+    assert not d.plan.feasible and d.plan.names == ("resnet18",) and d.plan.cores == 20
+
+
+def test_infadapter_beats_or_equals_msplus(paper):
+    for load in (10, 45, 120, 274):
+        ctx = make_ctx(paper, forecast_rps=float(load), current=one("resnet152", 20))
+        ia = make_policy("infadapter", paper, 1).decide(ctx).plan
+        ms = make_policy("msplus", paper, 1).decide(ctx).plan
+        assert ia.objective >= ms.objective - 1e-9
+
+
+def test_oracle_plans_for_the_true_peak(paper):
+    ctx = make_ctx(paper, forecast_rps=10.0, true_peak_rps=200.0)
+    plan = make_policy("oracle", paper, 1).decide(ctx).plan
+    assert plan.load_rps == 200.0 and plan.served_capacity_rps() >= 200.0 - 1e-6
+
+
+def test_static_shares_follow_capacity(paper):
+    plan = make_policy("static:resnet18=2,resnet50=4", paper, 1).decide(make_ctx(paper)).plan
+    c18, c50 = paper.capacity_rps("resnet18", 2), paper.capacity_rps("resnet50", 4)
+    assert plan.shares_by_name()["resnet18"] == pytest.approx(c18 / (c18 + c50))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [("bogus", "unknown policy 'bogus'"), ("vpa", "vpa needs a variant"), ("vpa:vgg", "unknown variant 'vgg'"),
+     ("static:resnet18=x", "must be a number"), ("static:resnet18=30", "over the budget of 20")],
+)
+def test_bad_policy_specs(paper, spec, message):
+    with pytest.raises(BadInput, match=message):
+        make_policy(spec, paper)
+
+
+# -- stabilization ----------------------------------------------------------------------------------
+def test_scale_down_waits_for_the_window_and_scale_up_does_not(paper):
+    pol = make_policy("infadapter", paper, stabilization_intervals=3)
+    current = one("resnet18", 20, paper.capacity_rps("resnet18", 20))
+    state = None
+    kept = []
+    for _ in range(3):
+        d: Decision = pol.decide(make_ctx(paper, forecast_rps=20.0, current=current, state=state))
+        state = d.state
+        kept.append(d.plan.cores)
+    # Two decisions hold the 20 cores; the third applies the scale-down.
+    assert kept[:2] == [20.0, 20.0] and kept[2] < 20.0
+    # Scale-up is immediate: a small plan facing a big load changes at once.
+    small = one("resnet18", 2, paper.capacity_rps("resnet18", 2))
+    d = pol.decide(make_ctx(paper, forecast_rps=300.0, current=small, state=None))
+    assert d.plan.cores > 2
+
+
+def test_a_wanted_increase_resets_the_scale_down_window(paper):
+    pol = make_policy("infadapter", paper, stabilization_intervals=2)
+    current = one("resnet18", 20, paper.capacity_rps("resnet18", 20))
+    d1 = pol.decide(make_ctx(paper, forecast_rps=20.0, current=current))
+    d2 = pol.decide(make_ctx(paper, forecast_rps=380.0, current=current, state=d1.state))
+    d3 = pol.decide(make_ctx(paper, forecast_rps=20.0, current=current, state=d2.state))
+    assert d3.plan.cores == 20.0  # the window restarted at d3
+
+
+def test_stabilized_wraps_any_policy(paper):
+    assert isinstance(make_policy("msplus", paper, 4), Stabilized)
+    assert not isinstance(make_policy("msplus", paper, 1), Stabilized)
+
+
+# -- VPA ---------------------------------------------------------------------------------------------
+def test_vpa_histogram_buckets_match_upstream():
+    # Upstream: first bucket 0.01 cores, ratio 1.05; bucket i starts at 0.01 * (1.05^i - 1) / 0.05.
+    assert vpa.bucket_start(1) == pytest.approx(0.01)
+    assert vpa.bucket_start(2) == pytest.approx(0.0205)
+    assert vpa.find_bucket(0.005) == 0 and vpa.find_bucket(0.0204) == 1 and vpa.find_bucket(0.0206) == 2
+
+
+def test_vpa_target_is_p90_times_margin():
+    st = vpa.VpaState.empty()
+    # 10 samples of weight ~2 (the request): first one at 5 cores, then nine at 1 core. Later samples
+    # weigh a little more (decay), so the nine hold just over 90% of the weight.
+    st = st.add_sample(0.0, 5.0, 2.0)
+    for i in range(1, 10):
+        st = st.add_sample(float(i), 1.0, 2.0)
+    rec = vpa.recommend(st)
+    assert rec is not None
+    # p90 reaches the cumulative 90% inside the 1-core bucket: its end, bucket_start(find_bucket(1) + 1).
+    end_of_one = vpa.bucket_start(vpa.find_bucket(1.0) + 1)
+    assert rec.target_cores == pytest.approx(end_of_one * 1.15)
+    # Confidence is tiny (10 samples over 9 s): the upper bound is widened by (1 + 1/conf).
+    assert rec.upper_cores > 100
+
+
+def test_vpa_decay_weights_recent_samples_more():
+    st = vpa.VpaState.empty(vpa.VpaConfig(half_life_s=60.0))
+    for i in range(10):
+        st = st.add_sample(float(i), 1.0, 1.0)  # old: 1 core
+    for i in range(3):
+        st = st.add_sample(600.0 + i, 4.0, 1.0)  # 10 half-lives later: 4 cores, weight 1024x
+    assert st.percentile(0.5) > 3.9
+
+
+def test_vpa_policy_follows_usage_and_clamps(paper):
+    pol = make_policy("vpa:resnet50", paper, 1)
+    usage = {"resnet50": [(float(t), 3.2) for t in range(30)]}
+    d = pol.decide(make_ctx(paper, current=one("resnet50", 20), cpu_usage=usage))
+    # p90 of 3.2 cores -> bucket end ~3.2x, times 1.15 = ~3.7 -> rounded up to 4 cores.
+    assert d.plan.names == ("resnet50",) and d.plan.cores == 4.0
+    idle = {"resnet50": [(float(t), 0.1) for t in range(30)]}
+    d2 = make_policy("vpa:resnet50", paper, 1).decide(make_ctx(paper, current=one("resnet50", 20), cpu_usage=idle))
+    assert d2.plan.cores == 2.0  # clamped to the minimum
+
+
+def test_vpa_without_samples_keeps_the_request(paper):
+    d = make_policy("vpa:resnet18", paper, 1).decide(make_ctx(paper, current=one("resnet18", 7)))
+    assert d.plan.cores == 7.0 and "no usage samples" in d.reason
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(0.1, 2.0), (2.0, 2.0), (2.01, 3.0), (7.5, 8.0), (55.0, 20.0)])
+def test_clamp_cores_rounds_up_to_the_grid(paper, cores, expected):
+    assert clamp_cores(paper, cores) == expected
+    assert not math.isnan(expected)
