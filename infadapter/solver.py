@@ -191,7 +191,10 @@ def _compact_model(profile: Profile, load: float, current: Mapping[str, float]) 
     top = profile.max_load_time_s
     prob = pulp.LpProblem("infadapter", pulp.LpMaximize)
     run = {n: prob.add_variable(f"run_{j}", cat=pulp.LpBinary) for j, n in enumerate(profile.names)}
-    steps = {n: prob.add_variable(f"steps_{j}", 0, n_max, cat=pulp.LpInteger) for j, n in enumerate(profile.names)}
+    # More steps than needed to serve the whole load alone only add cost, unless they keep the
+    # current size (no transition): tighter bounds make a much smaller search tree.
+    ub = {n: _useful_steps(profile, n, load, current.get(n, 0.0), n_max) for n in profile.names}
+    steps = {n: prob.add_variable(f"steps_{j}", 0, ub[n], cat=pulp.LpInteger) for j, n in enumerate(profile.names)}
     s = {n: prob.add_variable(f"s_{j}", 0, 1) for j, n in enumerate(profile.names)}
     ch = {n: prob.add_variable(f"changed_{j}", cat=pulp.LpBinary) for j, n in enumerate(profile.names)}
     t = prob.add_variable("transition", 0, 1)
@@ -207,7 +210,7 @@ def _compact_model(profile: Profile, load: float, current: Mapping[str, float]) 
         cap = profile.variant(n).capacity
         a, b = cap.safety * cap.slope, cap.safety * cap.intercept  # type: ignore[union-attr]
         at_min = a * mn + b
-        prob += _expr({steps[n]: 1.0, run[n]: -float(n_max)}) <= 0, f"steps_only_if_running_{n}"
+        prob += _expr({steps[n]: 1.0, run[n]: -float(ub[n])}) <= 0, f"steps_only_if_running_{n}"
         prob += _expr({s[n]: 1.0, run[n]: -1.0}) <= 0, f"share_only_if_running_{n}"
         prob += _expr({s[n]: load, run[n]: -at_min, steps[n]: -a * st}) <= 0, f"capacity_{n}"
         prob += _expr({run[n]: at_min, steps[n]: a * st}) >= 0, f"capacity_not_negative_{n}"
@@ -230,6 +233,18 @@ def _compact_model(profile: Profile, load: float, current: Mapping[str, float]) 
         return chosen, {n: max(0.0, s[n].value() or 0.0) for n in chosen}
 
     return prob, extract
+
+
+def _useful_steps(profile: Profile, name: str, load: float, current_cores: float, n_max: int) -> int:
+    """The most core steps above the minimum that can be part of an optimal plan for ``name``."""
+    cap = profile.variant(name).capacity
+    a, b = cap.safety * cap.slope, cap.safety * cap.intercept  # type: ignore[union-attr]
+    if a <= 0:
+        need = 0
+    else:
+        need = math.ceil(((load - b) / a - profile.min_cores) / profile.core_step - 1e-9)
+    keep = round((current_cores - profile.min_cores) / profile.core_step) if current_cores > 0 else 0
+    return max(0, min(n_max, max(need, keep)))
 
 
 def _option_model(profile: Profile, load: float, current: Mapping[str, float]) -> tuple[pulp.LpProblem, Extract]:

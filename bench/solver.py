@@ -1,0 +1,93 @@
+"""Solver benchmark: time per decision, HiGHS vs CBC vs exhaustive enumeration, side by side.
+
+    .venv/bin/python bench/solver.py            # paper profile, loads 1..400, plus the 20-variant case
+    .venv/bin/python bench/solver.py --quick    # fewer loads (a smoke run)
+
+Each load is solved by every solver in turn (interleaved, so background load hits all alike), from
+the paper's initial state (resnet152 on 20 cores). Reports p50/p99/max in ms and how many objectives
+differ from enumeration by more than 1e-6. The scale case: 20 synthetic variants (linear capacity),
+budget 200 cores, step 1, HiGHS with a 1 s time limit (best plan found when it hits it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from infadapter.profile import load_profile, profile_from_dict  # noqa: E402
+from infadapter.solver import Options, solve  # noqa: E402
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def row(name: str, times: list[float], extra: str = "") -> str:
+    ms = [t * 1000 for t in times]
+    return (f"{name:<26} n={len(ms):<4} p50 {pct(ms, 0.5):7.1f} ms   p99 {pct(ms, 0.99):7.1f} ms   "
+            f"max {max(ms):7.1f} ms   mean {statistics.fmean(ms):7.1f} ms {extra}")
+
+
+def paper_case(loads: list[float]) -> None:
+    prof = load_profile(ROOT / "profiles" / "paper.yaml")
+    current = {"resnet152": 20.0}
+    solvers = ["highs", "cbc", "exhaustive"]
+    times: dict[str, list[float]] = {s: [] for s in solvers}
+    mismatches = dict.fromkeys(solvers, 0)
+    solve(prof, 1.0, current)  # import and first-instance costs out of the measurement
+    for load in loads:
+        ref = None
+        for s in reversed(solvers):  # exhaustive first: it is the reference
+            t0 = time.perf_counter()
+            res = solve(prof, load, current, Options(solver=s))
+            times[s].append(time.perf_counter() - t0)
+            if ref is None:
+                ref = res.plan.objective
+            elif abs(res.plan.objective - ref) > 1e-6:
+                mismatches[s] += 1
+    print(f"paper profile, loads {loads[0]:g}..{loads[-1]:g} req/s ({len(loads)} loads), current resnet152=20")
+    for s in solvers:
+        print(row(s, times[s], f"  objective != enumeration: {mismatches[s]}"))
+    ratio = statistics.median(times["exhaustive"]) / statistics.median(times["highs"])
+    print(f"median speed-up of HiGHS over enumeration: {ratio:.1f}x")
+
+
+def scale_case(n_loads: int) -> None:
+    variants = [
+        {"name": f"v{i}", "accuracy": round(0.60 + 0.01 * i, 3), "load_time_s": 5.0 + (i % 4),
+         "capacity": {"kind": "linear", "slope": 30.0 - i, "intercept": -3.0 - (i % 5), "safety": 0.8}}
+        for i in range(20)
+    ]
+    prof = profile_from_dict({"slo_ms": 750, "budget_cores": 200, "core_step": 1, "min_cores": 2,
+                              "alpha": 0.05, "beta": 0.001, "variants": variants})
+    current = {"v19": 100.0, "v10": 60.0}
+    times, limited = [], 0
+    for i in range(n_loads):
+        load = 100.0 + i * (3800.0 / max(1, n_loads - 1))
+        t0 = time.perf_counter()
+        res = solve(prof, load, current, Options(time_limit_s=1.0))
+        times.append(time.perf_counter() - t0)
+        limited += res.status == "time-limit"
+    print(f"20 variants, budget 200 cores, step 1, loads 100..3900 req/s ({n_loads} loads), limit 1 s")
+    print(row("highs (1 s limit)", times, f"  stopped at the limit (best found): {limited}"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer loads")
+    args = ap.parse_args()
+    loads = [float(x) for x in range(1, 401, 8 if args.quick else 1)]
+    paper_case(loads)
+    print()
+    scale_case(10 if args.quick else 40)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""``cli.py simulate``: replay a trace window against one policy or all of them."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import click
+
+from infadapter.commands.common import err_console, json_option, out_console, print_json, profile_option, warn
+from infadapter.errors import BadInput
+from infadapter.policies import POLICY_HELP
+
+EPILOG = """\b
+Examples:
+  python cli.py simulate --window paper --policy infadapter
+  python cli.py simulate --window paper --policy all --forecaster learned
+  python cli.py simulate --window paper --policy vpa:resnet18 --json
+  python cli.py simulate --window day16 --policy infadapter --in-place-resize
+  python cli.py simulate --window 1380000:1800 --policy all --plot sim.png
+  python cli.py simulate --trace rates.csv --window all --policy static:resnet50=8
+"""
+
+
+def resolve_forecaster(spec: str) -> str:
+    """``auto``: the learned model when one was trained (``forecast train``), else ewma+10%."""
+    if spec != "auto":
+        return spec
+    from infadapter.forecast import default_model_path
+
+    if default_model_path().exists():
+        return "learned"
+    warn(f"no learned forecaster at {default_model_path()} (run `python cli.py forecast train`); using ewma")
+    return "ewma"
+
+
+@click.command(epilog=EPILOG)
+@profile_option()
+@click.option("--window", default="paper", show_default=True,
+              help="paper | dayN | all | START:DURATION (seconds) of the trace.")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="INFADAPTER_TRACE", help="Trace file (.tbz2 or text/CSV of req/s per second).")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply every rate.")
+@click.option("--speedup", type=float, default=1.0, show_default=True, help="Compress time by a whole factor.")
+@click.option("--policy", "policy_spec", default="infadapter", show_default=True,
+              help=f"{POLICY_HELP} | all | a comma list of them.")
+@click.option("--forecaster", default="auto", show_default=True,
+              help="auto (learned if trained, else ewma) | last[:PCT] | ewma[:PCT] | learned[:MODEL].")
+@click.option("--interval", type=float, default=30.0, show_default=True, help="Seconds between decisions.")
+@click.option("--warmup", type=float, default=120.0, show_default=True, help="Seconds before the first decision.")
+@click.option("--stabilization", type=int, default=4, show_default=True,
+              help="Decisions that must want less before a scale-down (1: off).")
+@click.option("--timeout", type=float, default=None, help="Longest queue wait before a drop, s [default: 2 x SLO].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the arrivals and service times.")
+@click.option("--in-place-resize", is_flag=True, help="Resize cores in place (no load time).")
+@click.option("--make-before-break/--break-before-make", default=True, show_default=True,
+              help="Keep the old plan serving until new instances are ready.")
+@click.option("--vpa-update", type=click.Choice(["rolling", "recreate"]), default="rolling", show_default=True,
+              help="VPA applies its target by a surge rolling update or by eviction and re-creation.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a PNG: load vs capacity, cores, accuracy and violations over time.")
+@click.option("--timeline", "timeline_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the per-second timeline of every policy as CSV.")
+@json_option
+def simulate(
+    profile_path: Path, window: str, trace_path: Path | None, scale: float, speedup: float, policy_spec: str,
+    forecaster: str, interval: float, warmup: float, stabilization: int, timeout: float | None, seed: int,
+    in_place_resize: bool, make_before_break: bool, vpa_update: str, plot_path: Path | None,
+    timeline_path: Path | None, as_json: bool,
+) -> None:
+    """Replay a workload trace against policies and report SLO violations, cost and accuracy.
+
+    Requests arrive as a Poisson process within each second of the trace, are split by smooth
+    weighted round robin, and queue at each variant, whose service model reproduces the profile's
+    capacity at the SLO. --policy all runs infadapter, msplus, vpa on every variant, static on the
+    most accurate variant and the oracle on the same arrivals. With --json: one object for one
+    policy, or {"policy": "all", "results": [...], "comparison": [...]} for several.
+    """
+    from infadapter import sim
+    from infadapter.profile import load_profile
+    from infadapter.trace import load_window, parse_window
+
+    profile = load_profile(profile_path)
+    parse_window(window)  # a bad window fails before the trace loads
+    rates = load_window(window, trace_path, scale, speedup)
+    specs = sim.compare_specs(profile) if policy_spec.strip() == "all" else [
+        s.strip() for s in policy_spec.split(",") if s.strip()]
+    if not specs:
+        raise BadInput(f"--policy: expected {POLICY_HELP} or all")
+    config = sim.SimConfig(
+        interval_s=interval, warmup_s=warmup, stabilization_intervals=stabilization,
+        forecaster=resolve_forecaster(forecaster), make_before_break=make_before_break,
+        in_place_resize=in_place_resize, vpa_update=vpa_update, seed=seed, timeout_s=timeout,
+    )
+    from infadapter.forecast import make_forecaster
+    from infadapter.policies import make_policy
+
+    policies = [make_policy(s, profile, stabilization) for s in specs]  # BadInput before any work
+    fc = make_forecaster(config.forecaster)
+    arrivals = sim.make_arrivals(rates, seed)
+    results = []
+    show = sys.stderr.isatty() and not as_json
+    with _progress(show) as bar:
+        for spec, pol in zip(specs, policies, strict=True):
+            task = bar.add_task(spec, total=1.0) if bar is not None else None
+            cb = (lambda f, task=task: bar.update(task, completed=f)) if bar is not None else None
+            results.append(sim.simulate(profile, rates, pol, config, arrivals=arrivals, forecaster=fc, progress=cb))
+    label = parse_window(window).label
+    comparison = compare(profile, rates, results)
+    if timeline_path is not None:
+        write_timeline(timeline_path, results)
+    if plot_path is not None:
+        plot(plot_path, rates, results, title=f"{profile.name}: {label}")
+    if as_json:
+        extra = {"window": window, "profile": profile.name, "seed": seed}
+        if len(results) == 1:
+            print_json({**results[0].as_dict(), **extra})
+        else:
+            print_json({"policy": "all" if policy_spec.strip() == "all" else policy_spec, **extra,
+                        "results": [r.as_dict() for r in results], "comparison": comparison})
+        return
+    _print_table(results, comparison, f"{profile.name}: {label}, {rates.size} s, forecaster {fc.name}")
+
+
+def _progress(show: bool) -> Any:
+    if not show:
+        return nullcontext(None)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True,
+                    console=err_console())
+
+
+def compare(profile: Any, rates: Any, results: list[Any]) -> list[dict[str, Any]]:
+    """infadapter against every VPA run and the oracle: ratios of violations and cost."""
+    base = next((r for r in results if r.policy == "infadapter"), None)
+    if base is None:
+        return []
+    peak = float(max(rates)) if len(rates) else 0.0
+    out = []
+    for r in results:
+        if r is base or not (r.policy.startswith("vpa:") or r.policy == "oracle"):
+            continue
+        row: dict[str, Any] = {
+            "baseline": r.policy,
+            "violation_ratio": _ratio(base.slo_violation_rate, r.slo_violation_rate),
+            "cost_ratio": _ratio(base.mean_cores, r.mean_cores),
+        }
+        if r.policy.startswith("vpa:"):
+            name = r.policy.split(":", 1)[1]
+            row["can_serve_peak"] = profile.capacity_rps(name, profile.core_options()[-1]) >= peak
+            row["meets_paper_claim"] = bool(
+                row["violation_ratio"] is not None and row["violation_ratio"] <= 0.35
+                and row["cost_ratio"] is not None and row["cost_ratio"] <= 0.67)
+        out.append(row)
+    return out
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 4) if b > 0 else None
+
+
+def _print_table(results: list[Any], comparison: list[dict[str, Any]], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("policy", "SLO viol.", "dropped", "mean cores", "planned cores", "accuracy", "p99 ms",
+                "transitions"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for r in results:
+        table.add_row(r.policy, f"{r.slo_violation_rate:.2%}", str(r.dropped), f"{r.mean_cores:.2f}",
+                      f"{r.mean_planned_cores:.2f}", f"{r.mean_accuracy:.2%}", f"{r.p99_ms:.0f}", str(r.transitions))
+    con = out_console()
+    if not con.is_terminal:
+        con.width = 120  # piped output: no terminal width to fit, keep the columns whole
+    con.print(table)
+    for row in comparison:
+        v, c = row["violation_ratio"], row["cost_ratio"]
+        note = "" if "can_serve_peak" not in row else (
+            " (can serve the peak)" if row["can_serve_peak"] else " (cannot serve the peak on the budget)")
+        con.print(f"infadapter vs {row['baseline']}: violations x{v if v is not None else 'n/a'}, "
+                  f"cost x{c if c is not None else 'n/a'}{note}", highlight=False)
+
+
+def write_timeline(path: Path, results: list[Any]) -> None:
+    """One CSV row per (policy, second) with every timeline field."""
+    import csv
+
+    from infadapter.sim import TIMELINE_FIELDS
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["policy", "second", *TIMELINE_FIELDS])
+            for r in results:
+                cols = [r.timeline[k] for k in TIMELINE_FIELDS]
+                for i in range(r.duration_s):
+                    w.writerow([r.policy, i, *(f"{c[i]:.4g}" for c in cols)])
+    except OSError as exc:
+        raise BadInput(f"--timeline: cannot write {path}: {exc.strerror}") from None
+
+
+def plot(path: Path, rates: Any, results: list[Any], title: str) -> None:
+    """Load vs capacity, cores, accuracy and violations over time, one line per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    t = np.arange(len(rates)) / 60.0
+    fig, axes = plt.subplots(4, 1, figsize=(11, 11), sharex=True)
+    axes[0].plot(t, results[0].timeline["requests"], color="0.6", lw=0.6, label="requests/s")
+    for r in results:
+        tl = r.timeline
+        axes[0].plot(t, tl["capacity_rps"], lw=1.1, label=f"{r.policy} capacity")
+        axes[1].plot(t, tl["cores"], lw=1.1, label=r.policy)
+        axes[2].plot(t, tl["accuracy"] * 100, lw=1.1, label=r.policy)
+        kernel = np.ones(10)
+        sent = np.maximum(np.convolve(tl["requests"], kernel, "same"), 1)
+        viol = np.convolve(tl["violations"], kernel, "same") / sent
+        axes[3].plot(t, viol * 100, lw=1.1, label=r.policy)
+    for ax, label in zip(axes, ("req/s", "cores allocated", "accuracy %", "SLO violations % (10 s)"), strict=True):
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=3)
+    axes[1].legend(fontsize=7, ncol=3)
+    axes[-1].set_xlabel("minutes into the window")
+    fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise BadInput(f"--plot: cannot write {path}: {exc.strerror}") from None
+    finally:
+        plt.close(fig)

@@ -1,0 +1,406 @@
+"""Jinja rendering of ``templates/k8s`` into Kubernetes manifests, and of the cluster scrape config.
+
+One typed :class:`RenderConfig` says everything the templates need that is not in the plan or the
+profile: namespace, names, images and tags, ports, labels, where the models live (NFS or a PVC),
+TF Serving's batching parameters. :func:`render_plan` turns a :class:`~infadapter.plan.Plan` into the
+manifests of its variants (ConfigMap, Deployment, Service each); :func:`render_platform` renders the
+dispatcher, the adapter with its least-privilege RBAC, and the Prometheus-operator monitors. Both
+the ``render`` command and the Kubernetes/dry-run backends go through here, so what a reviewer sees
+in ``tests/golden`` is what the backend applies.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from infadapter.errors import BadInput
+from infadapter.plan import Plan
+from infadapter.profile import Profile
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+
+#: Label keys (app.kubernetes.io recommended labels plus ours).
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_VARIANT = "infadapter.io/variant"
+LABEL_GENERATION = "infadapter.io/generation"
+ANNOTATION_PLAN = "infadapter.io/plan"
+ANNOTATION_CORES = "infadapter.io/cores"
+ANNOTATION_SHARE = "infadapter.io/share"
+MANAGER = "infadapter"
+COMPONENT_MODEL_SERVER = "model-server"
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelStore(_Strict):
+    """Where TF Serving finds ``<name>/<version>/saved_model.pb``: an NFS export or a PVC."""
+
+    nfs_server: str | None = Field(default=None, description="NFS server host or IP")
+    nfs_path: str = Field(default="/srv/infadapter/models", description="exported folder holding the models")
+    pvc: str | None = Field(default="infadapter-models", description="PersistentVolumeClaim name (or set nfs_server)")
+    mount_path: str = Field(default="/models", description="where the model store is mounted in the pod")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelStore:
+        if self.nfs_server and self.pvc and "pvc" in self.model_fields_set:
+            raise ValueError("set either nfs_server (with nfs_path) or pvc, not both")
+        if not self.nfs_server and not self.pvc:
+            raise ValueError("set nfs_server (with nfs_path) or pvc")
+        if not self.nfs_path.startswith("/") or not self.mount_path.startswith("/"):
+            raise ValueError("nfs_path and mount_path must be absolute paths")
+        return self
+
+
+class Batching(_Strict):
+    """TF Serving's ``--batching_parameters_file`` (the paper served batch 1)."""
+
+    enabled: bool = Field(default=True, description="pass --enable_batching")
+    max_batch_size: int = Field(default=1, ge=1, description="largest batch TF Serving forms")
+    batch_timeout_micros: int = Field(default=0, ge=0, description="how long to wait to fill a batch")
+    max_enqueued_batches: int = Field(default=100, ge=1, description="queue bound before rejecting")
+    num_batch_threads: int | None = Field(
+        default=None, ge=1, description="batch threads; default: the variant's cores, rounded up"
+    )
+    allowed_batch_sizes: tuple[int, ...] = Field(default=(), description="optional allowed sizes")
+
+
+class TfServing(_Strict):
+    """The model-server container of every variant."""
+
+    image: str = Field(default="tensorflow/serving", description="TF Serving image (no tag)")
+    tag: str = Field(default="2.8.0", description="image tag; the paper used 2.8.0")
+    pull_policy: str = Field(default="IfNotPresent", description="imagePullPolicy")
+    grpc_port: int = Field(default=8500, ge=1, le=65535)
+    rest_port: int = Field(default=8501, ge=1, le=65535)
+    replicas: int = Field(default=1, ge=1, description="pods per variant")
+    name_prefix: str = Field(default="tfs-", description="object name = prefix + variant name")
+    rest_threads_per_core: int = Field(default=15, ge=1, description="--rest_api_num_threads per core (paper 15)")
+    readiness_period_s: int = Field(default=2, ge=1)
+    readiness_failure_threshold: int = Field(default=3, ge=1)
+    startup_timeout_s: int = Field(default=300, ge=10, description="how long a pod may take to load and warm up")
+    termination_grace_s: int = Field(default=30, ge=0)
+    config_mount_path: str = Field(default="/etc/infadapter", description="where the ConfigMap is mounted")
+
+    @field_validator("name_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if v and not (v[0].isalpha() and v.islower() and all(c.isalnum() or c == "-" for c in v)):
+            raise ValueError(f"must be lowercase letters, digits and '-', starting with a letter, got {v!r}")
+        return v
+
+
+class Dispatcher(_Strict):
+    """The router in front of the variants (``cli.py dispatch``)."""
+
+    name: str = Field(default="infadapter-dispatcher", pattern=_DNS_LABEL)
+    port: int = Field(default=8500, ge=1, le=65535)
+    service_type: str = Field(default="ClusterIP", description="ClusterIP, NodePort or LoadBalancer")
+    admin_token_secret: str = Field(
+        default="infadapter-admin-token", description="Secret with key 'token' (created by hand, never rendered)"
+    )
+    cpu: str = Field(default="1", description="CPU request = limit")
+    memory: str = Field(default="512Mi")
+
+
+class Adapter(_Strict):
+    """The adapter itself, running ``cli.py adapt --backend kubernetes`` in the namespace."""
+
+    name: str = Field(default="infadapter-adapter", pattern=_DNS_LABEL)
+    profile_path: str = Field(default="profiles/paper.yaml", description="profile inside the image")
+    prometheus_url: str = Field(default="", description="Prometheus base URL; empty: dispatcher counters")
+    extra_args: tuple[str, ...] = Field(default=(), description="more `cli.py adapt` arguments")
+    cpu: str = Field(default="500m")
+    memory: str = Field(default="512Mi")
+
+
+class Monitoring(_Strict):
+    """Prometheus-operator monitors (PodMonitor for TF Serving, ServiceMonitor for the dispatcher)."""
+
+    operator: bool = Field(default=True, description="render PodMonitor and ServiceMonitor")
+    scrape_interval: str = Field(default="5s", pattern=r"^[0-9]+(ms|s|m)$", description="the paper: 5 s windows")
+    selector_labels: dict[str, str] = Field(
+        default_factory=dict, description="labels your Prometheus selects monitors by, e.g. release: prometheus"
+    )
+
+
+class RenderConfig(_Strict):
+    """Everything the templates need besides the plan and the profile."""
+
+    namespace: str = Field(default="infadapter", pattern=_DNS_LABEL, description="namespace of all objects")
+    instance: str = Field(default="infadapter", pattern=_DNS_LABEL, description="app.kubernetes.io/instance")
+    image: str = Field(default="infadapter", description="image of the dispatcher and the adapter (no tag)")
+    tag: str = Field(default="0.1.0", description="tag of that image")
+    labels: dict[str, str] = Field(default_factory=dict, description="extra labels on every object")
+    model_store: ModelStore = Field(default_factory=ModelStore, description="NFS export or PVC with the models")
+    tfserving: TfServing = Field(default_factory=TfServing)
+    batching: Batching = Field(default_factory=Batching)
+    dispatcher: Dispatcher = Field(default_factory=Dispatcher)
+    adapter: Adapter = Field(default_factory=Adapter)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+
+    def object_name(self, variant: str) -> str:
+        """Deployment/Service name of a variant."""
+        return f"{self.tfserving.name_prefix}{variant}"
+
+    def variant_url(self, variant: str) -> str:
+        """The REST base URL of a variant's Service, as the in-cluster dispatcher reaches it."""
+        return f"http://{self.object_name(variant)}.{self.namespace}.svc:{self.tfserving.rest_port}"
+
+    def common_labels(self) -> dict[str, str]:
+        return {**self.labels, LABEL_INSTANCE: self.instance, LABEL_MANAGED_BY: MANAGER}
+
+    def model_server_selector(self) -> dict[str, str]:
+        """Labels that find every model-server object of this instance."""
+        return {LABEL_INSTANCE: self.instance, LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: COMPONENT_MODEL_SERVER}
+
+
+def load_render_config(path: str | Path | None) -> RenderConfig:
+    """Read a YAML render config (or the defaults for None); BadInput naming the field otherwise."""
+    if path is None:
+        return RenderConfig()
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise BadInput(f"--config: file {p} not found; pass a render config YAML (see docs/kubernetes.md)") from None
+    except yaml.YAMLError as exc:
+        raise BadInput(f"--config: {p} is not valid YAML ({exc.__class__.__name__})") from None
+    return config_from_dict(data, origin=str(p))
+
+
+def config_from_dict(data: Any, origin: str = "config") -> RenderConfig:
+    """Validate a mapping as a :class:`RenderConfig`."""
+    if not isinstance(data, Mapping):
+        raise BadInput(f"{origin}: must be a YAML mapping of render settings")
+    try:
+        return RenderConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise BadInput(f"{origin}: {loc}: {msg}") from None
+
+
+# -- quantities and thread counts ------------------------------------------------------------------
+def cpu_quantity(cores: float) -> str:
+    """Cores as a Kubernetes CPU quantity: whole cores as "2", fractions in millicores ("500m")."""
+    if cores <= 0 or math.isnan(cores):
+        raise BadInput(f"cores: must be > 0 to run a variant, got {cores:g}")
+    milli = round(cores * 1000)
+    if milli % 1000 == 0:
+        return str(milli // 1000)
+    return f"{milli}m"
+
+
+def parse_cpu(quantity: str | int | float | None) -> float:
+    """A Kubernetes CPU quantity ("2", "500m", 1.5) as cores; 0 for None."""
+    if quantity is None:
+        return 0.0
+    from kubernetes.utils import parse_quantity  # the client's parser, so we agree with the server
+
+    return float(parse_quantity(str(quantity)))
+
+
+@dataclass(frozen=True)
+class Threads:
+    """TF Serving's thread flags for a core count (the paper: intra 1, inter = cores, REST 15*cores)."""
+
+    intra_op: int
+    inter_op: int
+    rest_api: int
+    batch: int
+
+
+def threads_for(cores: float, config: RenderConfig) -> Threads:
+    """Thread counts derived from the CPU limit, so TF Serving never runs more busy threads than cores."""
+    whole = max(1, math.ceil(cores - 1e-9))
+    return Threads(
+        intra_op=1,
+        inter_op=whole,
+        rest_api=max(1, math.ceil(config.tfserving.rest_threads_per_core * cores - 1e-9)),
+        batch=config.batching.num_batch_threads or whole,
+    )
+
+
+# -- manifests -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Manifest:
+    """One rendered object: its text (what is written and applied) and the parsed dict."""
+
+    filename: str
+    text: str
+    obj: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.obj["kind"])
+
+    @property
+    def name(self) -> str:
+        return str(self.obj["metadata"]["name"])
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """What one variant's objects are rendered from.
+
+    ``template_cores`` is what the pod template holds; after an in-place resize it stays at the cores
+    the pods were created with (changing it would roll the pods), while ``cores`` is the plan's.
+    """
+
+    name: str
+    model: str
+    cores: float
+    template_cores: float
+    share: float
+    memory: str
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    """The template environment (cached: compiling templates costs more than rendering them)."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # YAML and text protos, not HTML
+    )
+    # JSON strings are valid YAML scalars: every value a user controls goes through `q`.
+    env.filters["q"] = lambda v: json.dumps(v, ensure_ascii=False)
+    env.filters["cpu"] = cpu_quantity
+    env.filters["merge"] = lambda a, b: {**a, **b}
+    return env
+
+
+def _render(env: jinja2.Environment, template: str, filename: str, **ctx: Any) -> Manifest:
+    text = env.get_template(template).render(**ctx)
+    try:
+        obj = yaml.safe_load(text)
+    except yaml.YAMLError as exc:  # a template bug, not user input
+        raise RuntimeError(f"template {template} rendered invalid YAML: {exc}") from exc
+    return Manifest(filename=filename, text=text, obj=obj)
+
+
+def plan_annotation(plan: Plan, generation: int) -> str:
+    """The plan JSON stored on every model-server Deployment (read back after a restart)."""
+    return json.dumps({"generation": generation, "plan": plan.as_dict()}, sort_keys=True, separators=(",", ":"))
+
+
+def variant_specs(plan: Plan, profile: Profile, template_cores: Mapping[str, float] | None = None) -> list[VariantSpec]:
+    """The variants of ``plan`` joined with the profile (memory, model name)."""
+    out = []
+    for a in plan.allocations:
+        v = profile.variant(a.name)
+        tmpl = (template_cores or {}).get(a.name, a.cores)
+        out.append(VariantSpec(a.name, v.model or v.name, a.cores, tmpl, a.share, v.memory))
+    return out
+
+
+def render_variant(
+    spec: VariantSpec, plan: Plan, generation: int, config: RenderConfig, env: jinja2.Environment | None = None
+) -> list[Manifest]:
+    """ConfigMap, Deployment and Service of one variant, in the order they must be applied."""
+    env = env or _environment()
+    name = config.object_name(spec.name)
+    ctx = {
+        "c": config,
+        "v": spec,
+        "obj_name": name,
+        "generation": generation,
+        "plan_json": plan_annotation(plan, generation),
+        "threads": threads_for(spec.template_cores, config),
+        "labels": {**config.common_labels(), LABEL_COMPONENT: COMPONENT_MODEL_SERVER, LABEL_VARIANT: spec.name},
+        "L": _label_keys(),
+    }
+    return [
+        _render(env, "k8s/variant-configmap.yaml.j2", f"{name}.configmap.yaml", **ctx),
+        _render(env, "k8s/variant-deployment.yaml.j2", f"{name}.deployment.yaml", **ctx),
+        _render(env, "k8s/variant-service.yaml.j2", f"{name}.service.yaml", **ctx),
+    ]
+
+
+def render_plan(
+    plan: Plan,
+    profile: Profile,
+    config: RenderConfig,
+    generation: int = 1,
+    template_cores: Mapping[str, float] | None = None,
+) -> list[Manifest]:
+    """The manifests of every variant in ``plan`` (ConfigMap, Deployment, Service each)."""
+    env = _environment()
+    out: list[Manifest] = []
+    for spec in variant_specs(plan, profile, template_cores):
+        out.extend(render_variant(spec, plan, generation, config, env))
+    return out
+
+
+def render_platform(config: RenderConfig) -> list[Manifest]:
+    """Namespace, dispatcher, adapter (with RBAC) and, if enabled, the Prometheus-operator monitors."""
+    env = _environment()
+    ctx = {"c": config, "labels": config.common_labels(), "L": _label_keys()}
+    files = [
+        ("k8s/namespace.yaml.j2", "namespace.yaml"),
+        ("k8s/dispatcher-deployment.yaml.j2", f"{config.dispatcher.name}.deployment.yaml"),
+        ("k8s/dispatcher-service.yaml.j2", f"{config.dispatcher.name}.service.yaml"),
+        ("k8s/adapter-serviceaccount.yaml.j2", f"{config.adapter.name}.serviceaccount.yaml"),
+        ("k8s/adapter-role.yaml.j2", f"{config.adapter.name}.role.yaml"),
+        ("k8s/adapter-rolebinding.yaml.j2", f"{config.adapter.name}.rolebinding.yaml"),
+        ("k8s/adapter-deployment.yaml.j2", f"{config.adapter.name}.deployment.yaml"),
+    ]
+    if config.monitoring.operator:
+        files += [
+            ("k8s/podmonitor.yaml.j2", f"{config.instance}-model-servers.podmonitor.yaml"),
+            ("k8s/servicemonitor.yaml.j2", f"{config.dispatcher.name}.servicemonitor.yaml"),
+        ]
+    return [_render(env, t, f, **ctx) for t, f in files]
+
+
+def render_prometheus(config: RenderConfig) -> str:
+    """A plain scrape config for a standalone Prometheus running in the cluster (pod discovery)."""
+    ctx = {"c": config, "L": _label_keys()}
+    return _environment().get_template("prometheus/cluster.yml.j2").render(**ctx)
+
+
+def write_manifests(manifests: Iterable[Manifest], out_dir: str | Path) -> list[Path]:
+    """Write each manifest to ``out_dir/<filename>``; returns the paths written."""
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for m in manifests:
+        p = d / m.filename
+        p.write_text(m.text, encoding="utf-8")
+        paths.append(p)
+    return paths
+
+
+def _label_keys() -> dict[str, str]:
+    return {
+        "name": LABEL_NAME,
+        "instance": LABEL_INSTANCE,
+        "component": LABEL_COMPONENT,
+        "managed_by": LABEL_MANAGED_BY,
+        "variant": LABEL_VARIANT,
+        "generation": LABEL_GENERATION,
+        "plan": ANNOTATION_PLAN,
+        "cores": ANNOTATION_CORES,
+        "share": ANNOTATION_SHARE,
+    }

@@ -1,0 +1,596 @@
+"""The trace-driven, request-level simulator: replay per-second rates against a policy's plans.
+
+Model (docs/simulator.md derives and discusses it):
+
+- **Arrivals**: Poisson within each second (``N_t ~ Poisson(rate_t)``, times uniform in the second),
+  drawn once per seed so that every policy sees the very same requests and service demands.
+- **Dispatcher**: smooth weighted round robin (nginx's algorithm) over integer quotas
+  ``round(1000 * share)`` of the serving plan; the sequence restarts when the plan changes.
+- **Variant on c cores**: one FIFO server with exponential service times of rate
+  ``mu(v, c) = capacity(v, c) + ln(100) / SLO``. An M/M/1 queue's sojourn time is exponential with
+  rate ``mu - lambda``, so at ``lambda = capacity(v, c)`` its p99 is exactly the SLO: the profile
+  is reproduced by construction. A request whose wait would exceed ``timeout_s`` is dropped (in a
+  FIFO queue the wait is known on arrival, so dropping then equals giving up at the timeout).
+  Waits follow Lindley's recursion, vectorized with numpy (a running maximum); only stretches with
+  drops fall back to a Python loop.
+- **CPU usage** of an instance = cores x its busy fraction of each second (the server is busy with
+  all its cores, so usage <= cores); VPA gets samples of it every ``vpa_sample_s`` seconds, each the
+  mean over the preceding ``vpa_sample_window_s`` (the recommender's 1-minute loop reading
+  metrics-server's 15-second window).
+- **Control**: a decision every ``interval_s`` from ``warmup_s`` on; the forecaster sees the last
+  ``history_s`` seconds of *observed* per-second counts; the oracle gets the true peak count of the
+  period the new plan will serve. Scale-down stabilization is :class:`infadapter.policies.Stabilized`.
+- **Transitions**: a new or resized variant is a new instance that serves after its load time.
+  Make-before-break (default; also how the paper's VPA rolling update of a 1-replica Deployment
+  behaves: maxSurge 1, maxUnavailable 0): the old plan serves until every new instance is ready,
+  then traffic switches at once. Break-before-make (``make_before_break=False``, or
+  ``vpa_update="recreate"`` for VPA runs: eviction then re-creation): the new plan takes traffic
+  at once and requests sent to a loading instance fail. ``in_place_resize``: a resize changes the
+  cores of the running instance immediately, with no load time and no queue loss.
+- **Cost**: allocated cores of every instance that exists, loading ones included (both the old and
+  the new instance count during a make-before-break transition).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from infadapter import solver as solver_mod
+from infadapter.errors import BadInput
+from infadapter.forecast import Forecaster, make_forecaster
+from infadapter.plan import Plan, diff, plan_from_cores
+from infadapter.policies import Context, Decision, Policy, Stabilized, Static, Vpa, make_policy, single_variant_plan
+from infadapter.profile import Profile
+
+SWRR_QUOTA = 1000
+LN100 = math.log(100.0)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Simulation settings; defaults follow the paper's setup."""
+
+    interval_s: float = 30.0  # seconds between decisions
+    warmup_s: float = 120.0  # the first decision's time
+    stabilization_intervals: int = 4  # scale-down only after this many decisions want less (<= 1: off)
+    forecaster: str = "ewma"  # see infadapter.forecast.make_forecaster
+    forecaster_model: str | None = None  # model file of the learned forecaster
+    make_before_break: bool = True
+    in_place_resize: bool = False
+    vpa_update: str = "rolling"  # rolling (surge, make-before-break) | recreate (evict, then start)
+    seed: int = 0
+    timeout_s: float | None = None  # longest wait before a request is dropped; None: 2 x SLO
+    history_s: int = 600  # observed history handed to the forecaster
+    vpa_sample_s: float = 60.0
+    vpa_sample_window_s: float = 15.0
+    initial: Mapping[str, float] | None = None  # initial cores by variant; None: per-policy default
+    memoize: bool = True  # reuse a stateless policy's decision for a repeated (load, current plan)
+    solver: solver_mod.Options = field(default_factory=solver_mod.Options)
+
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0:
+            raise BadInput(f"--interval: must be > 0 seconds, got {self.interval_s:g}")
+        if self.warmup_s < 0:
+            raise BadInput(f"--warmup: must be >= 0 seconds, got {self.warmup_s:g}")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise BadInput(f"--timeout: must be > 0 seconds, got {self.timeout_s:g}")
+        if self.vpa_update not in ("rolling", "recreate"):
+            raise BadInput(f"--vpa-update: must be rolling or recreate, got {self.vpa_update!r}")
+        if not self.vpa_sample_s > 0 or not self.vpa_sample_window_s > 0:
+            raise BadInput("--vpa-sample: sample period and window must be > 0 seconds")
+        if self.history_s < 1:
+            raise BadInput(f"history_s: must be >= 1 second, got {self.history_s}")
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    """Request arrival times (s, sorted) and unit-mean exponential service demands, one per request."""
+
+    times: np.ndarray
+    work: np.ndarray
+    counts: np.ndarray  # requests per second (what a monitor observes)
+
+    @property
+    def duration_s(self) -> int:
+        return int(self.counts.size)
+
+
+def make_arrivals(rates_rps: Sequence[float] | np.ndarray, seed: int = 0) -> Arrivals:
+    """Poisson arrivals within each second of ``rates_rps``; the same seed gives the same requests."""
+    rates = np.asarray(rates_rps, dtype=float)
+    if rates.ndim != 1 or rates.size == 0:
+        raise BadInput("rates: need a non-empty sequence of per-second rates")
+    if np.any(rates < 0) or not np.all(np.isfinite(rates)):
+        raise BadInput("rates: must be finite numbers >= 0")
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(rates)
+    sec = np.repeat(np.arange(rates.size, dtype=float), counts)
+    times = np.sort(sec + rng.random(sec.size))
+    work = rng.exponential(1.0, size=sec.size)
+    return Arrivals(times, work, counts.astype(float))
+
+
+def service_rate(profile: Profile, name: str, cores: float) -> float:
+    """mu(v, c) in req/s: the M/M/1 rate whose sojourn p99 equals the SLO at capacity(v, c)."""
+    return max(profile.capacity_rps(name, cores), 0.0) + LN100 / (profile.slo_ms / 1000.0)
+
+
+# -- queues -------------------------------------------------------------------------------------------
+def fifo(arrivals: np.ndarray, service: np.ndarray, free_at: float, timeout_s: float) -> tuple[np.ndarray, float]:
+    """Finish times of a FIFO single server (NaN = dropped: its wait would exceed ``timeout_s``).
+
+    ``free_at`` is when the server finishes the work it already holds; returns the new one.
+    Without drops, ``finish_n - C_n = max(finish_{n-1} - C_{n-1}, a_n - C_{n-1})`` (``C`` the cumulative
+    service), a running maximum; a drop breaks that chain, so the stretch after the first drop runs
+    in a loop until an arrival finds the server idle again.
+    """
+    n = arrivals.size
+    finish = np.full(n, np.nan)
+    i = 0
+    while i < n:
+        a, s = arrivals[i:], service[i:]
+        c = np.cumsum(s)
+        g = np.maximum.accumulate(np.maximum(a - (c - s), free_at))
+        f = g + c
+        wait = f - s - a
+        bad = np.flatnonzero(wait > timeout_s)
+        if bad.size == 0:
+            finish[i:] = f
+            return finish, float(f[-1])
+        j = int(bad[0])
+        finish[i : i + j] = f[:j]
+        if j:
+            free_at = float(f[j - 1])
+        i += j
+        # Loop over the congested stretch in chunks of plain floats.
+        idle = False
+        while i < n and not idle:
+            chunk = min(n, i + 4096)
+            out: list[float] = []
+            for ak, sk in zip(arrivals[i:chunk].tolist(), service[i:chunk].tolist(), strict=True):
+                w = free_at - ak
+                if w <= 0:
+                    idle = True  # the server is idle again: back to the vectorized recursion
+                    break
+                if w > timeout_s:
+                    out.append(math.nan)
+                else:
+                    free_at += sk
+                    out.append(free_at)
+            finish[i : i + len(out)] = out
+            i += len(out)
+    return finish, free_at
+
+
+def swrr_sequence(weights: Sequence[int]) -> np.ndarray:
+    """One period of nginx's smooth weighted round robin over integer weights (indexes of the picks)."""
+    total = sum(weights)
+    current = [0] * len(weights)
+    out = np.empty(total, dtype=np.int64)
+    for t in range(total):
+        for i, w in enumerate(weights):
+            current[i] += w
+        best = max(range(len(weights)), key=lambda i: current[i])
+        current[best] -= total
+        out[t] = best
+    return out
+
+
+def _add_interval(arr: np.ndarray, t0: float, t1: float, value: float) -> None:
+    """Add ``value`` x (overlap of [t0, t1) with each second) into the per-second array ``arr``."""
+    if t1 <= t0 or value == 0:
+        return
+    s0, s1 = math.floor(t0), math.ceil(t1)
+    s1 = min(s1, arr.size)
+    if s0 >= s1:
+        return
+    if s1 - s0 == 1:
+        arr[s0] += value * (t1 - t0)
+        return
+    arr[s0] += value * (s0 + 1 - t0)
+    arr[s0 + 1 : s1 - 1] += value
+    arr[s1 - 1] += value * (t1 - (s1 - 1)) if t1 < s1 else value
+
+
+def busy_per_second(start: np.ndarray, finish: np.ndarray, size: int) -> np.ndarray:
+    """Seconds of busy time in each second bin, from non-overlapping busy intervals [start, finish)."""
+    out = np.zeros(size + 1)
+    lo = start
+    while lo.size:
+        sec = np.floor(lo).astype(np.int64)
+        hi = np.minimum(finish, sec + 1.0)
+        keep = sec < size
+        out += np.bincount(sec[keep], weights=(hi - lo)[keep], minlength=size + 1)[: size + 1]
+        more = finish > sec + 1.0
+        lo, finish = (sec + 1.0)[more], finish[more]
+    return out[:size]
+
+
+# -- the simulation state ------------------------------------------------------------------------------
+@dataclass
+class _Instance:
+    """One running (or loading) model server."""
+
+    name: str
+    cores: float
+    mu: float
+    ready_at: float
+    free_at: float = 0.0
+
+
+@dataclass
+class _Config:
+    """What the dispatcher sends traffic to: instances and their shares."""
+
+    instances: list[_Instance]
+    shares: list[float]
+    plan: Plan
+    seq: np.ndarray
+    offset: int = 0
+
+
+@dataclass
+class _Memo:
+    """Reuses a stateless policy's decision for a repeated (load, true peak, current cores)."""
+
+    inner: Policy
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def decide(self, ctx: Context) -> Decision:
+        key = (ctx.forecast_rps, ctx.true_peak_rps, tuple(sorted(ctx.current_cores.items())))
+        hit = self.cache.get(key)
+        if hit is None:
+            hit = self.cache[key] = self.inner.decide(ctx)
+        return replace(hit, state=ctx.state)
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One decision of a run."""
+
+    t_s: float
+    forecast_rps: float
+    true_peak_rps: float
+    plan: Plan
+    reason: str
+    changed: str
+    decide_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"t_s": self.t_s, "forecast_rps": round(self.forecast_rps, 3),
+                "true_peak_rps": round(self.true_peak_rps, 3), "plan": self.plan.as_dict(),
+                "reason": self.reason, "changed": self.changed, "decide_s": round(self.decide_s, 5)}
+
+
+TIMELINE_FIELDS = ("requests", "violations", "dropped", "cores", "capacity_rps", "accuracy", "forecast_rps",
+                   "cpu_usage_cores")
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """Totals, a per-second timeline and the decisions of one simulated policy."""
+
+    policy: str
+    requests: int
+    violations: int
+    dropped: int
+    late: int
+    p50_ms: float
+    p99_ms: float
+    mean_cores: float
+    mean_planned_cores: float
+    mean_accuracy: float
+    mean_cpu_usage_cores: float
+    transitions: int
+    decisions: tuple[DecisionRecord, ...]
+    timeline: dict[str, np.ndarray]
+    forecaster: str
+    duration_s: int
+    wall_s: float
+    decide_s: float
+
+    @property
+    def slo_violation_rate(self) -> float:
+        return self.violations / self.requests if self.requests else 0.0
+
+    def as_dict(self, timeline: bool = False, decisions: bool = False) -> dict[str, Any]:
+        """The ``simulate --json`` object (timeline and decisions only when asked)."""
+        out: dict[str, Any] = {
+            "policy": self.policy,
+            "requests": self.requests,
+            "slo_violation_rate": round(self.slo_violation_rate, 6),
+            "mean_cores": round(self.mean_cores, 4),
+            "mean_accuracy": round(self.mean_accuracy, 6),
+            "mean_planned_cores": round(self.mean_planned_cores, 4),
+            "dropped": self.dropped,
+            "violations": self.violations,
+            "late": self.late,
+            "p50_ms": round(self.p50_ms, 2),
+            "p99_ms": round(self.p99_ms, 2),
+            "mean_cpu_usage_cores": round(self.mean_cpu_usage_cores, 4),
+            "transitions": self.transitions,
+            "decisions": len(self.decisions),
+            "forecaster": self.forecaster,
+            "duration_s": self.duration_s,
+            "wall_s": round(self.wall_s, 3),
+            "decide_s": round(self.decide_s, 3),
+        }
+        if timeline:
+            out["timeline"] = {k: [None if math.isnan(x) else x for x in np.round(v, 4).tolist()]
+                               for k, v in self.timeline.items()}
+        if decisions:
+            out["decision_log"] = [d.as_dict() for d in self.decisions]
+        return out
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+def _unwrap(policy: Policy) -> Policy:
+    while isinstance(policy, (Stabilized, _Memo)):
+        policy = policy.inner
+    return policy
+
+
+def initial_plan(profile: Profile, policy: Policy, config: SimConfig) -> Plan:
+    """The starting plan: REFERENCE.md's (most accurate variant, or VPA's own, on the whole budget)."""
+    top = profile.core_options()[-1]
+    if config.initial:
+        for n in config.initial:
+            profile.variant(n)
+        caps = {n: profile.capacity_rps(n, c) for n, c in config.initial.items()}
+        acc = {v.name: v.accuracy for v in profile.variants}
+        return plan_from_cores(config.initial, 0.0, caps, acc)
+    inner = _unwrap(policy)
+    if isinstance(inner, Vpa):
+        cores = min(top, inner.config.max_cores) if inner.config.max_cores else top
+        return single_variant_plan(profile, inner.variant, cores, 0.0, {})
+    if isinstance(inner, Static):
+        return inner.decide(Context(profile, 0.0, 0.0)).plan
+    best = max(profile.variants, key=lambda v: v.accuracy)
+    return single_variant_plan(profile, best.name, top, 0.0, {})
+
+
+def _build_policy(spec: str | Policy, profile: Profile, config: SimConfig) -> Policy:
+    policy = make_policy(spec, profile, config.stabilization_intervals) if isinstance(spec, str) else spec
+    if not config.memoize:
+        return policy
+    inner = _unwrap(policy)
+    stateless = type(inner).__name__ in ("InfAdapter", "Oracle", "MsPlus")
+    if stateless and isinstance(policy, Stabilized) and policy.inner is inner:
+        return replace(policy, inner=_Memo(inner))
+    if stateless and policy is inner:
+        return _Memo(inner)
+    return policy
+
+
+# -- the simulation -----------------------------------------------------------------------------------
+def simulate(
+    profile: Profile,
+    rates_rps: Sequence[float] | np.ndarray,
+    policy: str | Policy,
+    config: SimConfig | None = None,
+    *,
+    arrivals: Arrivals | None = None,
+    forecaster: Forecaster | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> SimResult:
+    """Replay ``rates_rps`` (req/s per second) against ``policy``; see the module doc for the model.
+
+    ``arrivals`` lets several runs share one draw (``make_arrivals(rates, seed)``); ``forecaster``
+    overrides ``config.forecaster``; ``progress`` is called with the fraction done.
+    """
+    cfg = config or SimConfig()
+    started = time.perf_counter()
+    arr = arrivals if arrivals is not None else make_arrivals(rates_rps, cfg.seed)
+    duration = arr.duration_s
+    pol = _build_policy(policy, profile, cfg)
+    fc = forecaster if forecaster is not None else make_forecaster(cfg.forecaster, cfg.forecaster_model)
+    slo_s = profile.slo_ms / 1000.0
+    timeout_s = cfg.timeout_s if cfg.timeout_s is not None else 2.0 * slo_s
+    names = list(profile.names)
+    vidx = {n: i for i, n in enumerate(names)}
+    accuracy = np.array([v.accuracy for v in profile.variants])
+    is_vpa = isinstance(_unwrap(pol), Vpa)
+    mbb = cfg.make_before_break and not (is_vpa and cfg.vpa_update == "recreate")
+
+    n_req = arr.times.size
+    finish = np.full(n_req, np.nan)
+    served_by = np.full(n_req, -1, dtype=np.int64)
+    cores_ts = np.zeros(duration)
+    planned_ts = np.zeros(duration)
+    cap_ts = np.zeros(duration)
+    fc_ts = np.zeros(duration)
+    usage = np.zeros((len(names), duration))
+    seq_cache: dict[tuple[int, ...], np.ndarray] = {}
+
+    def make_config(plan: Plan, instances: list[_Instance]) -> _Config:
+        shares = [plan.get(i.name).share for i in instances]  # type: ignore[union-attr]
+        weights = tuple(max(1, round(s * SWRR_QUOTA)) if s > 0 else 0 for s in shares)
+        if sum(weights) == 0:
+            weights = (1,) * len(weights)
+        if weights not in seq_cache:
+            seq_cache[weights] = swrr_sequence(weights)
+        return _Config(instances, shares, plan, seq_cache[weights])
+
+    plan0 = initial_plan(profile, pol, cfg)
+    serving = make_config(plan0, [_Instance(a.name, a.cores, service_rate(profile, a.name, a.cores), -math.inf)
+                                  for a in plan0.allocations])
+    target = plan0
+    pending: tuple[_Config, float] | None = None
+    state: Any = None
+    records: list[DecisionRecord] = []
+    transitions = 0
+    decide_total = 0.0
+    forecast_now = 0.0
+    ptr = 0
+    t = 0.0
+    next_decision = cfg.warmup_s
+    last_sample = 0.0
+
+    def run_segment(t0: float, t1: float) -> None:
+        nonlocal ptr
+        end = int(np.searchsorted(arr.times, t1, side="left"))
+        idx = np.arange(ptr, end)
+        ptr = end
+        conf = serving
+        allocated = sum(i.cores for i in conf.instances)
+        _add_interval(planned_ts, t0, t1, allocated)
+        if pending is not None:
+            allocated += sum(i.cores for i in pending[0].instances if i not in conf.instances)
+        _add_interval(cores_ts, t0, t1, allocated)
+        _add_interval(cap_ts, t0, t1, sum(profile.capacity_rps(i.name, i.cores) for i in conf.instances
+                                          if i.ready_at <= t0))
+        _add_interval(fc_ts, t0, t1, forecast_now)
+        if idx.size == 0:
+            return
+        period = conf.seq.size
+        pick = conf.seq[(conf.offset + np.arange(idx.size)) % period]
+        conf.offset = (conf.offset + idx.size) % period
+        for k, inst in enumerate(conf.instances):
+            sel = idx[pick == k]
+            if sel.size == 0 or inst.ready_at > t0:
+                continue  # a loading instance (break-before-make) fails its requests: finish stays NaN
+            a = arr.times[sel]
+            s = arr.work[sel] / inst.mu
+            f, inst.free_at = fifo(a, s, inst.free_at, timeout_s)
+            finish[sel] = f
+            ok = ~np.isnan(f)
+            served_by[sel[ok]] = vidx[inst.name]
+            busy = busy_per_second(f[ok] - s[ok], f[ok], duration)
+            usage[vidx[inst.name]] += inst.cores * busy
+
+    def cpu_samples(now: float) -> dict[str, list[tuple[float, float]]]:
+        nonlocal last_sample
+        out: dict[str, list[tuple[float, float]]] = {}
+        ts = last_sample + cfg.vpa_sample_s
+        while ts <= now + 1e-9:
+            lo = max(0, round(ts - cfg.vpa_sample_window_s))
+            hi = round(ts)
+            if hi > lo:
+                for n in names:
+                    out.setdefault(n, []).append((ts, float(usage[vidx[n], lo:hi].mean())))
+            last_sample = ts
+            ts += cfg.vpa_sample_s
+        return out
+
+    def apply(plan: Plan, now: float) -> None:
+        nonlocal serving, pending, transitions
+        pending = None
+        old = {i.name: i for i in serving.instances}
+        instances, loading = [], []
+        for a in plan.allocations:
+            inst = old.get(a.name)
+            if inst is not None and abs(inst.cores - a.cores) < 1e-9:
+                instances.append(inst)
+            elif inst is not None and cfg.in_place_resize:
+                inst.cores, inst.mu = a.cores, service_rate(profile, a.name, a.cores)
+                instances.append(inst)
+            else:
+                new = _Instance(a.name, a.cores, service_rate(profile, a.name, a.cores),
+                                now + profile.variant(a.name).load_time_s, free_at=now)
+                instances.append(new)
+                loading.append(new)
+        conf = make_config(plan, instances)
+        if loading and mbb:
+            pending = (conf, max(i.ready_at for i in loading))
+        else:
+            serving = conf
+
+    def decide(now: float) -> None:
+        nonlocal state, forecast_now, decide_total, transitions, target
+        lo = max(0, int(now) - cfg.history_s)
+        history = arr.counts[lo : int(now)]
+        forecast_now = float(fc.predict(history)) if history.size else 0.0
+        horizon = int(now + cfg.interval_s + profile.max_load_time_s)
+        future = arr.counts[int(now) : max(int(now) + 1, horizon)]
+        true_peak = float(future.max()) if future.size else 0.0
+        ctx = Context(profile, now, forecast_now, current=target, history_rps=history,
+                      cpu_usage=cpu_samples(now) if is_vpa else {}, true_peak_rps=true_peak,
+                      state=state, solver=cfg.solver)
+        t0 = time.perf_counter()
+        d = pol.decide(ctx)
+        spent = time.perf_counter() - t0
+        decide_total += spent
+        state = d.state
+        change = diff(target, d.plan)
+        if change.create or change.resize or change.delete:
+            transitions += 1
+        if not change.empty:
+            apply(d.plan, now)
+        target = d.plan
+        records.append(DecisionRecord(now, forecast_now, true_peak, d.plan, d.reason, change.summary(), spent))
+
+    while True:
+        if pending is not None and pending[1] <= t + 1e-12:
+            serving, pending = pending[0], None
+        if next_decision <= t + 1e-12 and t < duration:
+            decide(t)
+            next_decision += cfg.interval_s
+            if progress is not None:
+                progress(min(1.0, t / duration))
+            continue  # a zero load time may make the new plan ready at once
+        if t >= duration:
+            break
+        candidates = [float(duration), next_decision]
+        if pending is not None:
+            candidates.append(pending[1])
+        candidates += [i.ready_at for i in serving.instances if i.ready_at > t]
+        t_next = min(candidates)
+        run_segment(t, t_next)
+        t = t_next
+    if progress is not None:
+        progress(1.0)
+
+    ok = ~np.isnan(finish)
+    latency = finish - arr.times
+    late = ok & (latency > slo_s)
+    dropped = ~ok
+    sec = np.minimum(arr.times.astype(np.int64), duration - 1)
+    viol_ts = np.bincount(sec[late | dropped], minlength=duration).astype(float)
+    drop_ts = np.bincount(sec[dropped], minlength=duration).astype(float)
+    served_acc = np.where(ok, accuracy[np.maximum(served_by, 0)], 0.0)
+    acc_sum = np.bincount(sec, weights=served_acc, minlength=duration)
+    served_n = np.bincount(sec[ok], minlength=duration)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc_ts = np.where(served_n > 0, acc_sum / np.maximum(served_n, 1), np.nan)
+    lat_ms = latency[ok] * 1000.0
+    usage_ts = usage.sum(axis=0)
+    timeline = {
+        "requests": arr.counts.copy(), "violations": viol_ts, "dropped": drop_ts, "cores": cores_ts,
+        "capacity_rps": cap_ts, "accuracy": acc_ts, "forecast_rps": fc_ts, "cpu_usage_cores": usage_ts,
+    }
+    return SimResult(
+        policy=pol.name,
+        requests=int(n_req),
+        violations=int((late | dropped).sum()),
+        dropped=int(dropped.sum()),
+        late=int(late.sum()),
+        p50_ms=float(np.percentile(lat_ms, 50)) if lat_ms.size else 0.0,
+        p99_ms=float(np.percentile(lat_ms, 99)) if lat_ms.size else 0.0,
+        mean_cores=float(cores_ts.mean()),
+        mean_planned_cores=float(planned_ts.mean()),
+        mean_accuracy=float(accuracy[served_by[ok]].mean()) if ok.any() else 0.0,
+        mean_cpu_usage_cores=float(usage_ts.mean()),
+        transitions=transitions,
+        decisions=tuple(records),
+        timeline=timeline,
+        forecaster=fc.name,
+        duration_s=duration,
+        wall_s=time.perf_counter() - started,
+        decide_s=decide_total,
+    )
+
+
+def compare_specs(profile: Profile) -> list[str]:
+    """``--policy all``: infadapter, msplus, VPA on every variant, static on the most accurate, oracle."""
+    best = max(profile.variants, key=lambda v: v.accuracy).name
+    return ["infadapter", "msplus", *[f"vpa:{n}" for n in profile.names], f"static:{best}", "oracle"]

@@ -1,0 +1,282 @@
+"""The Kubernetes backend against tests/fake_kube_api.py (a FAKE API server; no real one runs here yet).
+
+The real ``kubernetes`` client and the real ``DispatcherClient`` talk HTTP to the fake, which
+records every request in order, so these tests assert on the order of create / route / delete.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from fake_kube_api import FakeKubeApi
+
+from infadapter.backends.kubernetes import KubeOptions, KubernetesBackend
+from infadapter.errors import BackendUnavailable
+from infadapter.plan import Plan
+from infadapter.serving.dispatcher import DispatcherClient
+
+A = {
+    "load": 80,
+    "variants": [{"name": "resnet50", "cores": 4, "share": 0.7}, {"name": "resnet18", "cores": 2, "share": 0.3}],
+}
+B = {
+    "load": 80,
+    "variants": [{"name": "resnet50", "cores": 4, "share": 0.6}, {"name": "resnet34", "cores": 2, "share": 0.4}],
+}
+GROW = {
+    "load": 90,
+    "variants": [{"name": "resnet50", "cores": 6, "share": 0.7}, {"name": "resnet18", "cores": 2, "share": 0.3}],
+}
+SHRINK = {
+    "load": 50,
+    "variants": [{"name": "resnet50", "cores": 3, "share": 0.5}, {"name": "resnet18", "cores": 3, "share": 0.5}],
+}
+
+
+@pytest.fixture
+def fake():
+    with FakeKubeApi() as f:
+        yield f
+
+
+class Sleeps(list):
+    def __call__(self, s: float) -> None:
+        self.append(s)
+
+
+def make(fake, tmp_path, paper, **opts):
+    kubeconfig = fake.kubeconfig(tmp_path / "kubeconfig")
+    options = KubeOptions(kubeconfig=str(kubeconfig), **{"ready_timeout_s": 10, "backoff_s": 0.01, **opts})
+    return KubernetesBackend(paper, options=options, router=DispatcherClient(fake.url, "token"))
+
+
+def plan(d: dict) -> Plan:
+    return Plan.from_dict(d)
+
+
+def deployments(fake) -> list[str]:
+    return sorted(fake.objects["deployments"])
+
+
+def test_first_apply_creates_then_routes(fake, tmp_path, paper):
+    backend = make(fake, tmp_path, paper)
+    fake.held.add("tfs-resnet18")
+    release = threading.Timer(0.5, fake.set_ready, ("tfs-resnet18",))
+    release.start()
+    result = backend.apply(plan(A))
+    release.join()
+    assert result.ok, result.error
+    assert fake.writes() == [
+        "PATCH configmaps/tfs-resnet50-config",
+        "PATCH deployments/tfs-resnet50",
+        "PATCH services/tfs-resnet50",
+        "PATCH configmaps/tfs-resnet18-config",
+        "PATCH deployments/tfs-resnet18",
+        "PATCH services/tfs-resnet18",
+        "PUT route",
+    ]
+    route = {b["name"]: b for b in fake.routes[-1]}
+    assert route["resnet50"]["weight"] == 0.7
+    assert route["resnet50"]["url"] == "http://tfs-resnet50.infadapter.svc:8501"
+    # A watch was used to wait for readiness.
+    assert any(q.get("watch") == "true" for _, _, q in fake.log)
+    assert "create resnet50 (4 cores)" in result.actions
+
+
+def test_replacing_a_variant_is_make_before_break(fake, tmp_path, paper):
+    backend = make(fake, tmp_path, paper)
+    assert backend.apply(plan(A)).ok
+    fake.log.clear()
+    result = backend.apply(plan(B))
+    assert result.ok, result.error
+    w = fake.writes()
+    # New variant first, then weights, then the old one goes.
+    assert w.index("PATCH deployments/tfs-resnet34") < w.index("PUT route") < w.index("DELETE deployments/tfs-resnet18")
+    assert {"DELETE services/tfs-resnet18", "DELETE configmaps/tfs-resnet18-config"} <= set(w)
+    assert deployments(fake) == ["tfs-resnet34", "tfs-resnet50"]
+    assert [b["name"] for b in fake.routes[-1]] == ["resnet50", "resnet34"]
+
+
+def test_new_variant_never_ready_keeps_previous_plan(fake, tmp_path, paper):
+    backend = make(fake, tmp_path, paper, ready_timeout_s=1.0)
+    assert backend.apply(plan(A)).ok
+    routes = len(fake.routes)
+    fake.held.add("tfs-resnet34")
+    result = backend.apply(plan(B))
+    assert not result.ok
+    assert "not ready after 1s" in result.error and "resnet34" in result.error
+    assert result.serving.shares_by_name() == {"resnet50": 0.7, "resnet18": 0.3}
+    assert result.retry_after_s is not None
+    assert len(fake.routes) == routes  # the dispatcher never heard of resnet34
+    # Rolled back: what this apply created is gone, the old variants are untouched.
+    assert deployments(fake) == ["tfs-resnet18", "tfs-resnet50"]
+    assert "rolled back: deleted resnet34" in result.actions
+
+
+def test_resize_in_place_on_1_33(fake, tmp_path, paper):
+    backend = make(fake, tmp_path, paper)
+    assert backend.apply(plan(A)).ok
+    pods_before = sorted(fake.objects["pods"])
+    fake.log.clear()
+    result = backend.apply(plan(GROW))
+    assert result.ok, result.error
+    w = fake.writes()
+    assert w[0] == f"PATCH pods/{pods_before[1] if 'resnet50' in pods_before[1] else pods_before[0]}/resize"
+    assert w.index("PUT route") > 0
+    assert sorted(fake.objects["pods"]) == pods_before  # no pod was replaced
+    assert any("in place (pods/resize" in a for a in result.actions)
+    # The template keeps 4 cores (a change would roll the pods); the pods and the state say 6.
+    dep = fake.objects["deployments"]["tfs-resnet50"]
+    assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "4"
+    state = {v.name: v for v in backend.state().variants}
+    assert state["resnet50"].cores == 6 and state["resnet50"].ready
+    assert "planned 6" in state["resnet50"].detail and "template 4" in state["resnet50"].detail
+
+
+def test_resize_rolls_on_1_32(tmp_path, paper):
+    with FakeKubeApi(version=(1, 32)) as fake:
+        backend = make(fake, tmp_path, paper)
+        assert backend.apply(plan(A)).ok
+        pods_before = set(fake.objects["pods"])
+        fake.log.clear()
+        result = backend.apply(plan(GROW))
+        assert result.ok, result.error
+        assert not any(w.endswith("/resize") for w in fake.writes())
+        assert any("rolling replacement (server v1.32.0 has no in-place resize)" in a for a in result.actions)
+        w = fake.writes()
+        assert w.index("PATCH deployments/tfs-resnet50") < w.index("PUT route")
+        dep = fake.objects["deployments"]["tfs-resnet50"]
+        assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "6"
+        assert set(fake.objects["pods"]) != pods_before  # the resnet50 pod was replaced
+
+
+def test_404_on_resize_falls_back_to_rolling_for_good(fake, tmp_path, paper):
+    """A 1.33 server with the feature gate off has no pods/resize: roll, and stop trying."""
+    backend = make(fake, tmp_path, paper)
+    assert backend.apply(plan(A)).ok
+    fake.fail("PATCH", r"/resize$", 404, message="the server could not find the requested resource")
+    result = backend.apply(plan(GROW))
+    assert result.ok, result.error
+    assert any("rolling replacement (server v1.33.0 answered 404 on pods/resize)" in a for a in result.actions), (
+        result.actions
+    )
+    fake.log.clear()
+    assert backend.apply(plan(A)).ok
+    assert not any(w.endswith("/resize") for w in fake.writes())
+
+
+def test_shrink_happens_after_routing(fake, tmp_path, paper):
+    backend = make(fake, tmp_path, paper)
+    assert backend.apply(plan(A)).ok
+    fake.log.clear()
+    result = backend.apply(plan(SHRINK))
+    assert result.ok, result.error
+    w = fake.writes()
+    grow = next(i for i, x in enumerate(w) if x.startswith("PATCH pods/tfs-resnet18"))
+    shrink = next(i for i, x in enumerate(w) if x.startswith("PATCH pods/tfs-resnet50"))
+    assert grow < w.index("PUT route") < shrink
+
+
+def test_restarted_backend_recovers_from_labels(fake, tmp_path, paper):
+    first = make(fake, tmp_path, paper)
+    assert first.apply(plan(A)).ok
+    second = make(fake, tmp_path, paper)
+    recovered = second.state().plan
+    assert recovered is not None
+    assert recovered.cores_by_name() == {"resnet50": 4, "resnet18": 2}
+    assert recovered.shares_by_name() == {"resnet50": 0.7, "resnet18": 0.3}
+    fake.log.clear()
+    result = second.apply(plan(A))
+    assert result.ok and result.actions[-1] == "no change"
+    assert fake.writes() == ["PUT route"]  # nothing re-created; the weights are set once after a restart
+    fake.log.clear()
+    assert second.apply(plan(A)).actions == ("no change",)
+    assert fake.writes() == []  # safe to call twice
+    assert second.apply(plan(B)).ok
+    labels = fake.objects["deployments"]["tfs-resnet50"]["metadata"]["labels"]
+    assert labels["infadapter.io/generation"] == "2"
+
+
+def test_leftover_of_a_crashed_apply_is_deleted(fake, tmp_path, paper):
+    first = make(fake, tmp_path, paper)
+    assert first.apply(plan(A)).ok
+    # An apply of generation 2 died after creating resnet101, before routing and stamping.
+    from infadapter.render import variant_specs
+
+    crashed = Plan.from_dict({**A, "variants": [*A["variants"][:1], {"name": "resnet101", "cores": 2, "share": 0.3}]})
+    spec = next(s for s in variant_specs(crashed, paper) if s.name == "resnet101")
+    first._apply_variant(spec, crashed, 2)
+    second = make(fake, tmp_path, paper)
+    recovered = second.state().plan
+    assert recovered.shares_by_name() == {"resnet101": 0.0, "resnet18": 0.3, "resnet50": 0.7}
+    result = second.apply(plan(A))
+    assert result.ok, result.error
+    assert "delete resnet101" in result.actions
+    assert deployments(fake) == ["tfs-resnet18", "tfs-resnet50"]
+
+
+@pytest.mark.parametrize("status", [409, 500, 503])
+def test_temporary_errors_are_retried_with_backoff(fake, tmp_path, paper, status):
+    backend = make(fake, tmp_path, paper)
+    sleeps = Sleeps()
+    backend._sleep = sleeps
+    fake.fail("PATCH", r"deployments/tfs-resnet50$", status, times=2)
+    result = backend.apply(plan(A))
+    assert result.ok, result.error
+    attempts = [p for m, p, _ in fake.log if m == "PATCH" and p.endswith("deployments/tfs-resnet50")]
+    assert len(attempts) == 3
+    assert sleeps[:2] == [0.01, 0.02]  # exponential backoff
+
+
+def test_retries_are_bounded_and_previous_plan_serves(fake, tmp_path, paper):
+    backend = make(fake, tmp_path, paper, retries=3)
+    assert backend.apply(plan(A)).ok
+    fake.fail("PATCH", r"deployments/tfs-resnet34$", 500, times=100)
+    result = backend.apply(plan(B))
+    assert not result.ok
+    assert "HTTP 500" in result.error and "gave up after 3 tries" in result.error
+    assert result.serving.names == ("resnet50", "resnet18")
+    assert result.retry_after_s is not None
+    assert deployments(fake) == ["tfs-resnet18", "tfs-resnet50"]
+
+
+def test_invalid_object_fails_at_once(fake, tmp_path, paper):
+    backend = make(fake, tmp_path, paper)
+    fake.fail("PATCH", r"deployments/tfs-resnet50$", 422, times=5)
+    result = backend.apply(plan(A))
+    assert not result.ok and "HTTP 422" in result.error and "apply Deployment/tfs-resnet50" in result.error
+    assert result.retry_after_s is None
+    attempts = [p for m, p, _ in fake.log if m == "PATCH" and p.endswith("deployments/tfs-resnet50")]
+    assert len(attempts) == 1
+
+
+def test_health_and_unreachable_cluster(fake, tmp_path, paper):
+    backend = make(fake, tmp_path, paper)
+    assert backend.health()
+    fake.stop()
+    assert not backend.health()
+    result = backend.apply(plan(A))
+    assert not result.ok and "cannot reach the API server" in result.error
+
+
+def test_missing_kubeconfig_is_backend_unavailable(tmp_path, paper, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(BackendUnavailable, match="--kubeconfig"):
+        KubernetesBackend(paper, options=KubeOptions(kubeconfig=str(tmp_path / "nope")))
+
+
+def test_make_backend_with_namespace_and_dispatcher(fake, tmp_path, paper):
+    from infadapter.backends.kubernetes import make_backend
+
+    backend = make_backend(
+        paper,
+        kubeconfig=str(fake.kubeconfig(tmp_path / "kc")),
+        namespace="team-a",
+        dispatcher_url=fake.url,
+        admin_token="t",
+        ready_timeout_s=10,
+    )
+    assert backend.apply(plan(A)).ok
+    assert all("/namespaces/team-a/" in p for m, p, _ in fake.log if m == "PATCH")
+    assert fake.routes[-1][0]["url"] == "http://tfs-resnet50.team-a.svc:8501"
