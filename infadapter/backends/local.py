@@ -1,0 +1,534 @@
+"""The local backend: model-server processes under CPU quotas, behind the dispatcher.
+
+Each running variant is one model-server process (``cli.py serve-model``) in a cgroup of its own
+whose CPU limit is the plan's cores (cgroup v2 ``cpu.max`` or v1 CFS quota, through
+:mod:`infadapter.serving.cgroups`). The dispatcher (``cli.py dispatch``) splits traffic by the plan's
+shares. ``apply`` reconciles make-before-break:
+
+1. a variant that is new, or whose thread count must change, gets a new server; the loop's data path
+   keeps using the old routing while it loads and answers ``AVAILABLE`` (warm-up requests done);
+2. a change of cores alone rewrites the cgroup limit in place: no restart. The server's thread count
+   cannot change in place, so a server is started with ``ceil(cores)`` threads and an in-place
+   resize is used when the new cores still fit those threads (more cores than threads would be
+   wasted: that case is a replacement);
+3. the dispatcher gets the new backends and weights in one atomic swap (in-flight requests keep
+   their server);
+4. servers no longer routed to get SIGTERM (they drain in-flight requests), then SIGKILL after
+   ``drain_timeout_s``, are reaped, and their cgroups removed.
+
+Without a writable cgroup the limit falls back to the thread count alone (``limit_mode`` says so in
+``status``). Every process is started in its own session and recorded, with pid, port, cores and
+cgroup, in the run's state file, so that a restarted adapter adopts live servers instead of starting
+duplicates, and ``stop`` (also run at exit and on SIGINT/SIGTERM by the adapt command) leaves none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infadapter.backends.base import ApplyResult, BackendState, VariantState
+from infadapter.errors import BackendUnavailable
+from infadapter.monitor import free_port
+from infadapter.plan import Plan
+from infadapter.profile import Profile
+from infadapter.state import StateStore, pid_alive
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = ROOT / "cli.py"
+
+
+@dataclass
+class ServerProc:
+    """One model-server process the backend runs (or adopted from a previous adapter)."""
+
+    name: str  # variant
+    model: str  # model name on the server
+    pid: int
+    port: int
+    cores: float
+    threads: int
+    cgroup: str | None
+    started_s: float
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    group: Any = field(default=None, repr=False)
+    ready: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return pid_alive(self.pid)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "model": self.model, "pid": self.pid, "port": self.port, "cores": self.cores,
+            "threads": self.threads, "cgroup": self.cgroup, "started_s": self.started_s, "ready": self.ready,
+        }
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """Settings of the local backend."""
+
+    model_dir: Path
+    run_dir: Path
+    #: "auto" (cgroup when writable, else threads), "cgroup" (required) or "threads".
+    limit_mode: str = "auto"
+    warmup: int = 3
+    ready_timeout_s: float = 180.0
+    drain_timeout_s: float = 20.0
+    slo_ms: float = 750.0
+    python: str = sys.executable
+    #: Extra arguments for every ``serve-model`` (e.g. ``("--resolution", "64")``).
+    server_args: tuple[str, ...] = ()
+    #: Settings for the dispatcher process.
+    dispatcher_args: tuple[str, ...] = ()
+
+
+def _http_json(url: str, timeout_s: float = 2.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def model_available(url: str, model: str, timeout_s: float = 2.0) -> bool:
+    """True when ``GET /v1/models/MODEL`` answers state AVAILABLE (TF Serving's model status)."""
+    try:
+        body = _http_json(f"{url}/v1/models/{model}", timeout_s)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    states = [s.get("state") for s in (body or {}).get("model_version_status", []) if isinstance(s, dict)]
+    return "AVAILABLE" in states
+
+
+def _proc_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process from /proc (the thread-mode fallback for usage)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick
+
+
+def _kill_tree(pid: int, sig: int) -> None:
+    """Signal a process group (servers run in sessions of their own), else the single process."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+class LocalBackend:
+    """Model servers as local processes; see the module doc."""
+
+    name = "local"
+
+    def __init__(self, profile: Profile, config: LocalConfig, store: StateStore) -> None:
+        self.profile = profile
+        self.config = config
+        self.store = store
+        self.servers: dict[str, ServerProc] = {}
+        self.starting: dict[int, ServerProc] = {}  # started, not yet routed (recorded for adoption)
+        self.retired: list[ServerProc] = []
+        self.plan: Plan | None = None
+        self.dispatcher_pid: int | None = None
+        self.dispatcher_port: int = 0
+        self._dispatcher_proc: subprocess.Popen[bytes] | None = None
+        self.client: Any = None
+        self.messages: list[str] = []
+        self.driver, self.limit_mode = self._detect_limits(config.limit_mode)
+        self.on_targets: Any = None  # callback(variant -> ["host:port"]) for Prometheus discovery
+        self._stopped = False
+
+    # -- CPU limits --------------------------------------------------------------------------------
+    @staticmethod
+    def _detect_limits(mode: str) -> tuple[Any, str]:
+        if mode not in ("auto", "cgroup", "threads"):
+            raise ValueError(f"limit_mode must be auto, cgroup or threads, got {mode!r}")
+        if mode == "threads":
+            return None, "threads (cgroups disabled by choice)"
+        try:
+            from infadapter.serving import cgroups
+        except ImportError:
+            driver = None
+        else:
+            try:
+                driver = cgroups.detect()
+            except Exception as exc:
+                log.warning("cgroup detection failed: %s", exc)
+                driver = None
+        if driver is None:
+            if mode == "cgroup":
+                raise BackendUnavailable("--cpu-limit cgroup: no writable cgroup cpu controller here; "
+                                         "run as root or use --cpu-limit threads")
+            return None, "threads only (no writable cgroup cpu controller: limits are thread counts)"
+        describe = getattr(driver, "describe", None)
+        label = describe() if callable(describe) else type(driver).__name__
+        return driver, f"cgroup ({label})"
+
+    @property
+    def uses_cgroups(self) -> bool:
+        return self.driver is not None
+
+    def _threads_for(self, cores: float) -> int:
+        # The serving engineer's rule: intra-op threads = floor of the allocation, at least 1.
+        return max(1, math.floor(cores + 1e-9))
+
+    # -- the router --------------------------------------------------------------------------------
+    def start_router(self, timeout_s: float = 30.0) -> str:
+        """Start the dispatcher (or adopt the one in the state file); its base URL."""
+        from infadapter.serving.dispatcher import DispatcherClient
+
+        saved = self.store.get("dispatcher") or {}
+        token_file = self.config.run_dir / "admin.token"
+        if saved and pid_alive(saved.get("pid")) and token_file.exists():
+            client = DispatcherClient(f"http://127.0.0.1:{saved['port']}", token_file.read_text().strip())
+            if client.healthy():
+                self.client, self.dispatcher_pid, self.dispatcher_port = client, saved["pid"], saved["port"]
+                self.messages.append(f"adopted dispatcher pid {saved['pid']}")
+                return client.base_url
+        self.config.run_dir.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(24)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        port = free_port()
+        logf = (self.config.run_dir / "dispatcher.log").open("ab")
+        cmd = [self.config.python, str(CLI), "dispatch", "--host", "127.0.0.1", "--port", str(port),
+               "--admin-token-file", str(token_file), "--slo-ms", f"{self.config.slo_ms:g}",
+               *self.config.dispatcher_args]
+        self._dispatcher_proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
+                                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        logf.close()
+        self.dispatcher_pid, self.dispatcher_port = self._dispatcher_proc.pid, port
+        self.client = DispatcherClient(f"http://127.0.0.1:{port}", token)
+        self._save()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._dispatcher_proc.poll() is not None:
+                raise BackendUnavailable(f"dispatcher exited with {self._dispatcher_proc.returncode}; "
+                                         f"see {self.config.run_dir / 'dispatcher.log'}")
+            if self.client.healthy():
+                return self.client.base_url
+            time.sleep(0.1)
+        raise BackendUnavailable(f"dispatcher did not answer within {timeout_s:g} s")
+
+    @property
+    def dispatcher_url(self) -> str:
+        return f"http://127.0.0.1:{self.dispatcher_port}"
+
+    # -- adoption ----------------------------------------------------------------------------------
+    def adopt(self) -> list[str]:
+        """Take over live, answering servers named in the state file; kill the others. Names adopted."""
+        adopted: list[str] = []
+        for item in self.store.get("servers") or []:
+            try:
+                sp = ServerProc(name=item["name"], model=item.get("model", item["name"]), pid=int(item["pid"]),
+                                port=int(item["port"]), cores=float(item["cores"]), threads=int(item["threads"]),
+                                cgroup=item.get("cgroup"), started_s=float(item.get("started_s", 0)))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if sp.name in self.servers or not sp.alive() or not model_available(sp.url, sp.model):
+                if sp.alive():
+                    _kill_tree(sp.pid, signal.SIGKILL)
+                self._remove_group_by_name(sp.cgroup)
+                continue
+            sp.ready = True
+            if sp.cgroup and self.driver is not None:
+                sp.group = self._open_group(sp.cgroup, sp.cores)
+            self.servers[sp.name] = sp
+            adopted.append(sp.name)
+        saved_plan = self.store.get("backend_plan")
+        if saved_plan and adopted:
+            with contextlib.suppress(Exception):
+                plan = Plan.from_dict(saved_plan)
+                if set(plan.names) == set(adopted):
+                    self.plan = plan
+        if adopted:
+            self.messages.append(f"adopted servers: {', '.join(adopted)}")
+        self._save()
+        return adopted
+
+    # -- the Backend protocol ----------------------------------------------------------------------
+    def state(self) -> BackendState:
+        self._reap()
+        variants = tuple(
+            VariantState(sp.name, sp.cores, sp.ready and sp.alive(), sp.url,
+                         f"pid {sp.pid}, {sp.threads} threads, {self.limit_mode}")
+            for sp in self.servers.values()
+        )
+        return BackendState(variants=variants, plan=self.plan, healthy=self.health(),
+                            messages=(f"cpu limit: {self.limit_mode}", *self.messages[-5:]))
+
+    def health(self) -> bool:
+        return self.client is not None and self.client.healthy()
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        """Reconcile to ``plan`` make-before-break (see the module doc); safe to call twice."""
+        if self.client is None:
+            self.start_router()
+        old_plan = self.plan
+        self._reap()
+        actions: list[str] = []
+        starting: dict[str, ServerProc] = {}
+        replaced: list[ServerProc] = []
+        grow: list[tuple[ServerProc, float]] = []
+        shrink: list[tuple[ServerProc, float]] = []
+        try:
+            for a in plan.allocations:
+                cur = self.servers.get(a.name)
+                if cur is not None and not cur.alive():
+                    self._retire(cur)
+                    cur = None
+                if cur is None:
+                    starting[a.name] = self._start_server(a.name, a.cores)
+                    actions.append(f"start {a.name} on {a.cores:g} cores (port {starting[a.name].port})")
+                elif abs(cur.cores - a.cores) > 1e-9:
+                    if self.uses_cgroups and cur.group is not None and self._threads_for(a.cores) <= cur.threads:
+                        (grow if a.cores > cur.cores else shrink).append((cur, a.cores))
+                    else:
+                        starting[a.name] = self._start_server(a.name, a.cores)
+                        replaced.append(cur)
+                        actions.append(f"replace {a.name} {cur.cores:g} -> {a.cores:g} cores "
+                                       f"({self._threads_for(a.cores)} threads)")
+            if starting:
+                self._wait_ready(list(starting.values()))
+        except Exception as exc:
+            for sp in starting.values():
+                self._terminate(sp, drain=False)
+            self.starting.clear()
+            self._save()
+            msg = f"{type(exc).__name__}: {exc}"
+            log.warning("apply failed, previous plan keeps serving: %s", msg)
+            return ApplyResult(serving=old_plan or plan, actions=tuple(actions), ok=False, error=msg,
+                               retry_after_s=5.0)
+        # Raise limits before traffic moves; lower them after.
+        for sp, cores in grow:
+            self._set_cores(sp, cores)
+            actions.append(f"resize {sp.name} {sp.cores:g} -> {cores:g} cores in place")
+            sp.cores = cores
+        removed = [sp for n, sp in self.servers.items() if plan.get(n) is None]
+        for name, sp in starting.items():
+            self.servers[name] = sp
+        self.starting.clear()
+        for sp in removed:
+            del self.servers[sp.name]
+        try:
+            self._route(plan)
+        except Exception as exc:
+            # Routing failed: the old servers still hold the old routing; undo the swap in our books.
+            for sp in starting.values():
+                self._terminate(sp, drain=False)
+            for sp in removed:
+                self.servers[sp.name] = sp
+            for sp in replaced:
+                self.servers[sp.name] = sp
+            self._save()
+            return ApplyResult(serving=old_plan or plan, actions=tuple(actions), ok=False,
+                               error=f"routing failed: {exc}", retry_after_s=2.0)
+        for sp, cores in shrink:
+            self._set_cores(sp, cores)
+            actions.append(f"resize {sp.name} {sp.cores:g} -> {cores:g} cores in place")
+            sp.cores = cores
+        for sp in [*removed, *replaced]:
+            actions.append(f"stop {sp.name} (pid {sp.pid}) after drain")
+            self._terminate(sp, drain=True)
+        self.plan = plan
+        self._save()
+        return ApplyResult(serving=plan, actions=tuple(actions))
+
+    def stop(self) -> None:
+        """Stop every server and the dispatcher this backend runs or adopted; idempotent."""
+        for sp in list(self.servers.values()) + list(self.starting.values()) + self.retired:
+            self._terminate(sp, drain=False, timeout_s=5.0)
+        self.servers.clear()
+        self.starting.clear()
+        self.retired.clear()
+        if self.dispatcher_pid and pid_alive(self.dispatcher_pid):
+            _kill_tree(self.dispatcher_pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self._pid_running(self.dispatcher_pid, self._dispatcher_proc):
+                time.sleep(0.05)
+            if self._pid_running(self.dispatcher_pid, self._dispatcher_proc):
+                _kill_tree(self.dispatcher_pid, signal.SIGKILL)
+        if self._dispatcher_proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._dispatcher_proc.wait(5)
+        self.dispatcher_pid = None
+        self.client = None
+        self.plan = None
+        self._stopped = True
+        self._save()
+
+    # -- extras the loop and status use ------------------------------------------------------------
+    def cpu_seconds(self) -> dict[str, float]:
+        """Cumulative CPU seconds per variant (cgroup accounting, else /proc of the process)."""
+        out: dict[str, float] = {}
+        for sp in self.servers.values():
+            secs: float | None = None
+            if sp.group is not None:
+                with contextlib.suppress(Exception):
+                    secs = float(sp.group.usage_seconds())
+            if secs is None:
+                secs = _proc_cpu_seconds(sp.pid)
+            if secs is not None:
+                out[sp.name] = secs
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "limit_mode": self.limit_mode,
+            "dispatcher": {"pid": self.dispatcher_pid, "port": self.dispatcher_port, "url": self.dispatcher_url},
+            "servers": [sp.as_dict() for sp in self.servers.values()],
+        }
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _start_server(self, name: str, cores: float) -> ServerProc:
+        v = self.profile.variant(name)
+        model = v.model or v.name
+        threads = self._threads_for(cores)
+        port = free_port()
+        logs = self.config.run_dir / "servers"
+        logs.mkdir(parents=True, exist_ok=True)
+        logf = (logs / f"{name}-{port}.log").open("ab")
+        cmd = [self.config.python, str(CLI), "serve-model", "--model-dir", str(self.config.model_dir),
+               "--name", model, "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads),
+               "--warmup", str(self.config.warmup), *self.config.server_args]
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        logf.close()
+        group, cgname = None, None
+        if self.driver is not None:
+            cgname = f"infadapter-{self.config.run_dir.name}-{name}-{port}"
+            try:
+                group = self._open_group(cgname, cores)
+                group.add_pid(proc.pid)
+            except Exception as exc:
+                _kill_tree(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+                raise BackendUnavailable(f"cgroup for {name}: {exc}") from None
+        sp = ServerProc(name=name, model=model, pid=proc.pid, port=port, cores=cores, threads=threads,
+                        cgroup=cgname, started_s=time.time(), proc=proc, group=group)
+        # Record it before waiting: a killed adapter must find every process it started.
+        self.starting[sp.pid] = sp
+        self._save()
+        return sp
+
+    def _open_group(self, name: str, cores: float) -> Any:
+        return self.driver.create(name, cores)
+
+    def _remove_group_by_name(self, name: str | None) -> None:
+        if not name or self.driver is None:
+            return
+        with contextlib.suppress(Exception):
+            self.driver.create(name, self.profile.min_cores).remove()
+
+    def _set_cores(self, sp: ServerProc, cores: float) -> None:
+        if sp.group is not None:
+            sp.group.set_cores(cores)
+
+    def _wait_ready(self, servers: list[ServerProc]) -> None:
+        deadline = time.monotonic() + self.config.ready_timeout_s
+
+        def wait_one(sp: ServerProc) -> None:
+            while time.monotonic() < deadline:
+                if not sp.alive():
+                    raise BackendUnavailable(f"server {sp.name} exited during start-up; see "
+                                             f"{self.config.run_dir / 'servers' / f'{sp.name}-{sp.port}.log'}")
+                if model_available(sp.url, sp.model, timeout_s=1.0):
+                    sp.ready = True
+                    return
+                time.sleep(0.2)
+            raise BackendUnavailable(f"server {sp.name} not AVAILABLE after {self.config.ready_timeout_s:g} s")
+
+        with ThreadPoolExecutor(max_workers=max(len(servers), 1)) as pool:
+            for fut in [pool.submit(wait_one, sp) for sp in servers]:
+                fut.result()
+
+    def _route(self, plan: Plan) -> None:
+        backends = []
+        for a in plan.allocations:
+            sp = self.servers[a.name]
+            backends.append({"name": a.name, "url": sp.url, "model": sp.model, "weight": round(a.share, 6)})
+        if backends and sum(b["weight"] for b in backends) <= 0:
+            for b in backends:
+                b["weight"] = 1.0
+        self.client.set_backends(backends)
+        if self.on_targets is not None:
+            with contextlib.suppress(Exception):
+                self.on_targets({sp.name: [f"127.0.0.1:{sp.port}"] for sp in self.servers.values()})
+
+    def _terminate(self, sp: ServerProc, drain: bool, timeout_s: float | None = None) -> None:
+        """SIGTERM (the server drains), wait, SIGKILL; reap; remove the cgroup."""
+        limit = timeout_s if timeout_s is not None else (self.config.drain_timeout_s if drain else 5.0)
+        if sp.alive():
+            _kill_tree(sp.pid, signal.SIGTERM)
+            deadline = time.monotonic() + limit
+            while time.monotonic() < deadline and sp.alive():
+                time.sleep(0.05)
+            if sp.alive():
+                _kill_tree(sp.pid, signal.SIGKILL)
+        if sp.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                sp.proc.wait(5)
+        else:
+            deadline = time.monotonic() + 5
+            while pid_alive(sp.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if sp.group is not None:
+            with contextlib.suppress(Exception):
+                sp.group.remove()
+            sp.group = None
+        if sp in self.retired:
+            self.retired.remove(sp)
+
+    def _retire(self, sp: ServerProc) -> None:
+        """Forget a dead server (reaping it and removing its cgroup)."""
+        self.servers.pop(sp.name, None)
+        self._terminate(sp, drain=False, timeout_s=0.5)
+        self.messages.append(f"server {sp.name} (pid {sp.pid}) exited")
+
+    def _reap(self) -> None:
+        for sp in list(self.servers.values()):
+            if not sp.alive():
+                rc = sp.proc.poll() if sp.proc is not None else None
+                log.warning("server %s (pid %d) exited (code %s)", sp.name, sp.pid, rc)
+                self._retire(sp)
+        self._save()
+
+    @staticmethod
+    def _pid_running(pid: int, proc: subprocess.Popen[bytes] | None) -> bool:
+        if proc is not None:
+            return proc.poll() is None
+        return pid_alive(pid)
+
+    def _save(self) -> None:
+        servers = [sp.as_dict() for sp in self.servers.values()] + [sp.as_dict() for sp in self.starting.values()]
+        self.store.update(
+            servers=servers,
+            dispatcher={"pid": self.dispatcher_pid, "port": self.dispatcher_port, "url": self.dispatcher_url}
+            if self.dispatcher_pid else None,
+            backend_plan=self.plan.as_dict() if self.plan is not None else None,
+            limit_mode=self.limit_mode,
+        )

@@ -1,0 +1,314 @@
+"""``adapt``, ``status`` and ``experiment``: the live control loop on the local backend."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from infadapter.commands.common import ROOT, err_console, json_option, out_console, print_json
+from infadapter.errors import BadInput
+
+DEFAULT_RUN_DIR = ROOT / "runs" / "adapt"
+LOCAL_PROFILE = ROOT / "profiles" / "local.yaml"
+
+
+def _default_profile() -> Path:
+    return LOCAL_PROFILE if LOCAL_PROFILE.exists() else ROOT / "profiles" / "paper.yaml"
+
+
+def _load_options(f: Any) -> Any:
+    opts = [
+        click.option("--window", default=None, help="Trace window to replay: paper, dayN or START:DURATION."),
+        click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply the trace's rates."),
+        click.option("--speedup", type=float, default=1.0, show_default=True, help="Compress the trace's time."),
+        click.option("--trace", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Trace file."),
+        click.option("--rate", type=float, default=None, help="Constant load in req/s instead of a window."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _common_options(f: Any) -> Any:
+    opts = [
+        click.option("--profile", "profile_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Profile YAML [default: profiles/local.yaml, else profiles/paper.yaml]."),
+        click.option("--interval", "interval_s", type=float, default=30.0, show_default=True,
+                     help="Seconds between decisions."),
+        click.option("--check", "check_s", type=float, default=1.0, show_default=True,
+                     help="Seconds between mid-interval checks (overload, crashes)."),
+        click.option("--stabilization", type=int, default=4, show_default=True,
+                     help="Decisions that must want less before scaling down (1: off)."),
+        click.option("--forecaster", default="ewma", show_default=True, help="last | ewma | learned."),
+        click.option("--models", "model_dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=ROOT / "models", show_default=True, help="Model folder (built when missing)."),
+        click.option("--resolution", type=int, default=224, show_default=True,
+                     help="Input size of models built here and of the load's JPEGs."),
+        click.option("--prometheus", default=None,
+                     help="URL of an existing Prometheus, or 'off' [default: start one when installed]."),
+        click.option("--cpu-limit", "limit_mode", type=click.Choice(["auto", "cgroup", "threads"]), default="auto",
+                     show_default=True, help="How CPU limits are enforced."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the load's arrivals."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _rates(window: str | None, scale: float, speedup: float, trace: Path | None, rate: float | None,
+           duration: float | None) -> tuple[float, ...] | None:
+    if window and rate is not None:
+        raise BadInput("--rate: give either --window or --rate, not both")
+    if rate is not None:
+        if rate < 0:
+            raise BadInput(f"--rate: must be >= 0 req/s, got {rate}")
+        if duration is None:
+            raise BadInput("--duration: needed with --rate (seconds of load)")
+        return tuple([float(rate)] * max(int(duration), 1))
+    if window:
+        from infadapter.trace import load_window
+
+        return tuple(float(x) for x in load_window(window, trace, scale, speedup))
+    return None
+
+
+def _run_config(**kw: Any) -> Any:
+    from infadapter.experiment import RunConfig
+
+    return RunConfig(**kw)
+
+
+class _View:
+    """A live rich table on a terminal; plain log lines of each decision otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty() and not quiet
+        self.last_seq: tuple[Any, int] = (None, 0)
+        self.snap: dict[str, Any] = {}
+        self.live: Any = None
+
+    def __enter__(self) -> _View:
+        if self.tty:
+            from rich.live import Live
+
+            self.live = Live(get_renderable=self.render, console=err_console(), refresh_per_second=2)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def update(self, snap: dict[str, Any]) -> None:
+        self.snap = snap
+        d = snap.get("last_decision") or {}
+        key = (snap.get("policy"), d.get("seq", 0))
+        if d and key != self.last_seq:  # (policy, seq): an experiment restarts seq per policy
+            self.last_seq = key
+            if not self.tty and not self.quiet:
+                err_console().print(
+                    f"[{time.strftime('%H:%M:%S')}] decision {d['seq']} ({d['trigger']}): observed "
+                    f"{d['observed_rps']:.1f} req/s, forecast {d['forecast_rps']:.1f} -> {d['diff']}; {d['reason']}",
+                    highlight=False,
+                )
+
+    def render(self) -> Any:
+        from rich.table import Table
+
+        s = self.snap
+        plan = s.get("plan") or {}
+        t = Table(title=f"infadapter adapt: {s.get('policy', '')} ({s.get('limit_mode', '')})", expand=False)
+        for col in ("variant", "cores", "share", "capacity req/s"):
+            t.add_column(col)
+        for v in plan.get("variants", []):
+            t.add_row(v["name"], f"{v['cores']:g}", f"{v['share']:.0%}", f"{v['capacity']:.1f}")
+        mon = s.get("monitor") or {}
+        d = s.get("last_decision") or {}
+        p99 = s.get("p99_ms")
+        t.caption = (
+            f"observed {s.get('observed_rps') or 0:.1f} req/s | forecast {s.get('forecast_rps') or 0:.1f} | "
+            f"p99 {p99 if p99 is None else round(p99)} ms | cores {plan.get('cores', 0):g} | accuracy "
+            f"{plan.get('accuracy', 0):.3f} | source {mon.get('source', '')} {mon.get('warning', '')}\n"
+            f"last decision: {d.get('trigger', '')} {d.get('diff', '')}: {d.get('reason', '')}"
+        )
+        return t
+
+
+ADAPT_EPILOG = """Examples:
+
+\b
+  python cli.py adapt --rate 20 --duration 120 --interval 10
+  python cli.py adapt --policy vpa:resnet50 --window paper --scale 0.1 --speedup 6 --interval 10
+  python cli.py adapt --duration 600 --run-dir runs/demo      # no load: adapt to outside traffic
+  python cli.py status --run-dir runs/demo                    # from another shell
+"""
+
+
+@click.command("adapt", epilog=ADAPT_EPILOG)
+@click.option("--backend", type=click.Choice(["local"]), default="local", show_default=True,
+              help="Where plans are applied (the Kubernetes backend has its own command path).")
+@click.option("--policy", default="infadapter", show_default=True,
+              help="infadapter | msplus | vpa:VARIANT | static:NAME=CORES[,...].")
+@click.option("--duration", type=float, default=None, help="Seconds to run [default: the load's length, or "
+              "until Ctrl-C without a load].")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN_DIR,
+              show_default=True, help="State file, decision log, server logs, Prometheus data.")
+@_load_options
+@_common_options
+@json_option
+@click.pass_context
+def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None, run_dir: Path,
+          window: str | None, scale: float, speedup: float, trace: Path | None, rate: float | None,
+          profile_path: Path | None, interval_s: float, check_s: float, stabilization: int, forecaster: str,
+          model_dir: Path, resolution: int, prometheus: str | None, limit_mode: str, seed: int,
+          as_json: bool) -> None:
+    """Run the adaptive inference service locally: servers, dispatcher, Prometheus, control loop.
+
+    With --window or --rate the load generator drives that load through the dispatcher and the run
+    ends with it; a summary follows (SLO violation rate, mean cores, mean accuracy, transitions).
+    Ctrl-C stops everything it started.
+    """
+    from infadapter.experiment import LiveRun
+
+    verbose = (ctx.find_root().obj or {}).get("verbose", 0)
+    _logging(verbose, as_json)
+    rates = _rates(window, scale, speedup, trace, rate, duration)
+    cfg = _run_config(profile_path=profile_path or _default_profile(), policy=policy, run_dir=run_dir,
+                      model_dir=model_dir, duration_s=duration, interval_s=interval_s, check_s=check_s,
+                      stabilization_intervals=stabilization, forecaster=forecaster, rates_rps=rates,
+                      prometheus=prometheus, limit_mode=limit_mode, resolution=resolution, seed=seed,
+                      history_stretch=max(int(speedup), 1) if window else 1)
+    with _View(quiet=as_json or verbose < 0) as view:
+        summary = LiveRun(cfg, on_update=view.update).run()
+    if as_json:
+        print_json(summary)
+        return
+    _print_summary(summary)
+
+
+def _logging(verbose: int, as_json: bool) -> None:
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    con = out_console()
+    con.print(f"policy {s['policy']}{' (interrupted)' if s.get('interrupted') else ''}: "
+              f"mean cores {s.get('mean_cores') or 0:.3f}, mean accuracy {s.get('mean_accuracy') or 0:.4f}, "
+              f"transitions {s.get('transitions')}, decisions {s.get('decisions')}", highlight=False)
+    if "requests" in s:
+        con.print(f"requests {s['requests']}: ok {s['ok']}, errors {s['errors']}, timeouts {s['timeouts']}; "
+                  f"SLO violation rate {100 * s['slo_violation_rate']:.2f}%, p99 {s.get('p99_ms')} ms",
+                  highlight=False)
+    con.print(f"run folder: {s['run_dir']} (cpu limit: {s.get('limit_mode')})", highlight=False)
+
+
+STATUS_EPILOG = """Examples:
+
+\b
+  python cli.py status
+  python cli.py status --run-dir runs/demo --json
+
+Exit code 0 also when nothing runs (the message says so; --json has "running": false).
+"""
+
+
+@click.command("status", epilog=STATUS_EPILOG)
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN_DIR,
+              show_default=True, help="The run folder of the adapter to show.")
+@json_option
+def status(run_dir: Path, as_json: bool) -> None:
+    """Show what a running adapter does: variants, load vs forecast, SLO, cost, last decision."""
+    from infadapter.status import collect_status
+
+    doc = collect_status(run_dir)
+    if as_json:
+        print_json(doc)
+        return
+    con = out_console()
+    if not doc.get("running"):
+        con.print(doc.get("message", "nothing runs"), highlight=False)
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{doc['policy']} on {doc['run_dir']} (up {doc.get('uptime_s', 0):.0f} s, "
+                    f"cpu limit: {doc.get('limit_mode')})")
+    for col in ("variant", "cores", "share", "ready", "req/s", "p99 ms", "pid", "port"):
+        t.add_column(col)
+    for v in doc.get("variants", []):
+        t.add_row(v["name"], f"{v['cores']:g}", f"{v['share']:.0%}", "yes" if v["ready"] else "no",
+                  _fmt(v.get("rps")), _fmt(v.get("p99_ms")), str(v["pid"]), str(v["port"]))
+    con.print(t)
+    mon = doc.get("monitor") or {}
+    att = doc.get("slo_attainment_5m")
+    con.print(f"load: observed {_fmt(doc.get('observed_rps'))} req/s, forecast {_fmt(doc.get('forecast_rps'))} "
+              f"req/s; p99 {_fmt(doc.get('p99_ms'))} ms (SLO {_fmt(doc.get('slo_ms'))} ms); SLO attainment 5 min: "
+              f"{'-' if att is None else f'{100 * att:.2f}%'}", highlight=False)
+    con.print(f"accuracy {_fmt(doc.get('accuracy'))}, cost {_fmt(doc.get('cost_cores'))} cores; monitor: "
+              f"{mon.get('source', '')} {mon.get('warning', '')}", highlight=False)
+    if doc.get("degraded"):
+        con.print(f"[red]degraded:[/] {doc['degraded']}")
+    d = doc.get("last_decision") or {}
+    if d:
+        con.print(f"last decision #{d['seq']} ({d['trigger']}): {d['diff']}: {d['reason']}", highlight=False)
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+EXPERIMENT_EPILOG = """Examples:
+
+\b
+  python cli.py experiment --policies infadapter,vpa:resnet50,msplus --window paper --scale 0.1 --speedup 6
+  python cli.py experiment --policies infadapter,msplus --rate 15 --duration 120 --interval 10 --out runs/exp
+"""
+
+
+@click.command("experiment", epilog=EXPERIMENT_EPILOG)
+@click.option("--policies", default="infadapter,vpa:resnet50,msplus", show_default=True,
+              help="Comma-separated policies, run one after another on the same load.")
+@click.option("--duration", type=float, default=None, help="Seconds of load (with --rate, or to cut a window).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=ROOT / "runs" / "experiment", show_default=True,
+              help="Folder for experiment.json, .md, .png and one run folder per policy.")
+@_load_options
+@_common_options
+@json_option
+@click.pass_context
+def experiment(ctx: click.Context, policies: str, duration: float | None, out_dir: Path, window: str | None,
+               scale: float, speedup: float, trace: Path | None, rate: float | None, profile_path: Path | None,
+               interval_s: float, check_s: float, stabilization: int, forecaster: str, model_dir: Path,
+               resolution: int, prometheus: str | None, limit_mode: str, seed: int, as_json: bool) -> None:
+    """Run policies live against the same load, one after another, and compare with the simulator."""
+    from infadapter.experiment import run_experiment
+
+    verbose = (ctx.find_root().obj or {}).get("verbose", 0)
+    _logging(verbose, as_json)
+    rates = _rates(window, scale, speedup, trace, rate, duration)
+    if rates is None:
+        raise BadInput("--window: experiment needs a load (--window W [--scale S --speedup K] or --rate R)")
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    if not names:
+        raise BadInput("--policies: give at least one policy")
+    base = _run_config(profile_path=profile_path or _default_profile(), policy=names[0], model_dir=model_dir,
+                       duration_s=duration if rate is None else None, interval_s=interval_s, check_s=check_s,
+                       stabilization_intervals=stabilization, forecaster=forecaster, rates_rps=rates,
+                       prometheus=prometheus, limit_mode=limit_mode, resolution=resolution, seed=seed,
+                      history_stretch=max(int(speedup), 1) if window else 1)
+    with _View(quiet=as_json or verbose < 0) as view:
+        doc = run_experiment(base, names, out_dir, on_update=view.update)
+    if as_json:
+        print_json(doc)
+        return
+    from infadapter.experiment import comparison_table
+
+    out_console().print(comparison_table(doc), highlight=False)
+    out_console().print(f"written: {out_dir / 'experiment.json'}, {out_dir / 'experiment.md'}, "
+                        f"{out_dir / 'experiment.png'}", highlight=False)

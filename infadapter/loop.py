@@ -1,0 +1,479 @@
+"""The control loop: observe -> forecast -> plan -> diff -> apply (routing included).
+
+The loop never sits on the data path: the dispatcher keeps serving with the last weights it was
+given while a decision is computed and applied. Time is injected (``clock`` and ``sleep``), so tests
+drive the loop with a fake clock and a fake backend and the live adapter uses the wall clock.
+
+Per interval (``LoopConfig.interval_s``) the loop decides once. Between decisions it checks every
+``check_s`` seconds:
+
+- **overload**: the observed rate runs above the serving plan's capacity (by ``overload_tolerance``):
+  plan again at once, with the forecast raised to at least the observed rate;
+- **crash**: a variant of the serving plan has no live, ready server: degrade at once to the
+  survivors (shares proportional to capacity; the dispatcher stops sending to the dead one), say so,
+  then plan again;
+- **retry**: an apply failed with a temporary error: keep the old plan and try again when told.
+
+Scale-down stabilization is the policy wrapper's job (:class:`infadapter.policies.Stabilized`);
+scale-up is applied at once. Every decision leaves a :class:`~infadapter.records.DecisionRecord`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from infadapter.backends.base import ApplyResult, Backend
+from infadapter.monitor import Observation
+from infadapter.plan import Plan, diff, plan_from_cores
+from infadapter.policies import Context, Policy
+from infadapter.profile import Profile
+from infadapter.records import DecisionLog, DecisionRecord
+
+log = logging.getLogger(__name__)
+
+
+class Forecaster(Protocol):
+    def predict(self, history_rps: Sequence[float]) -> float: ...
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Timing and thresholds of the loop."""
+
+    interval_s: float = 30.0
+    #: Seconds between the mid-interval checks (overload, crash, CPU samples, status).
+    check_s: float = 1.0
+    #: Replan mid-interval when the observed rate exceeds the planned capacity by this fraction.
+    overload_tolerance: float = 0.10
+    #: No two overload replans closer than this (seconds); default: half an interval.
+    min_replan_gap_s: float | None = None
+    #: Forecast of the very first decision (before any history exists).
+    initial_forecast_rps: float = 0.0
+    #: SLO attainment is reported over this window.
+    slo_window_s: float = 300.0
+    #: Replays compressed K times (``--speedup K``): each observed second stands for K trace seconds,
+    #: so the forecaster's per-minute view is taken in trace time (each second repeated K times).
+    history_stretch: int = 1
+    #: The forecaster sees at most this many (trace-time) seconds.
+    history_s: int = 600
+
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0:
+            raise ValueError(f"interval_s must be > 0, got {self.interval_s}")
+        if not self.check_s > 0:
+            raise ValueError(f"check_s must be > 0, got {self.check_s}")
+
+    @property
+    def replan_gap_s(self) -> float:
+        return self.min_replan_gap_s if self.min_replan_gap_s is not None else self.interval_s / 2
+
+
+@dataclass
+class Totals:
+    """Time-integrated figures of what served (for the end-of-run summary)."""
+
+    seconds: float = 0.0
+    core_seconds: float = 0.0
+    accuracy_seconds: float = 0.0
+    transitions: int = 0
+    decisions: int = 0
+    failed_applies: int = 0
+    crashes: int = 0
+
+    @property
+    def mean_cores(self) -> float:
+        return self.core_seconds / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mean_accuracy(self) -> float:
+        return self.accuracy_seconds / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seconds": round(self.seconds, 3),
+            "mean_cores": round(self.mean_cores, 4),
+            "mean_accuracy": round(self.mean_accuracy, 5),
+            "transitions": self.transitions,
+            "decisions": self.decisions,
+            "failed_applies": self.failed_applies,
+            "crashes": self.crashes,
+        }
+
+
+class LoopMetrics:
+    """The adapter's ``infadapter_*`` Prometheus metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.accuracy = Gauge("infadapter_accuracy", "Traffic-weighted accuracy of the serving plan", registry=r)
+        self.cost = Gauge("infadapter_cost_cores", "CPU cores allocated to model servers", registry=r)
+        self.forecast = Gauge("infadapter_forecast_rps", "Forecast peak load of the next interval", registry=r)
+        self.observed = Gauge("infadapter_observed_rps", "Observed request rate", registry=r)
+        self.capacity = Gauge("infadapter_planned_capacity_rps", "Load the serving plan serves within the SLO",
+                              registry=r)
+        self.variant_cores = Gauge("infadapter_variant_cores", "Cores per variant", ["variant"], registry=r)
+        self.variant_share = Gauge("infadapter_variant_share", "Traffic share per variant", ["variant"], registry=r)
+        self.duration = Histogram("infadapter_decision_duration_seconds", "Time of each decision step",
+                                  ["step"], registry=r,
+                                  buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.transitions = Counter("infadapter_transitions_total", "Applied plan changes (create/resize/delete)",
+                                   registry=r)
+        self.decisions = Counter("infadapter_decisions_total", "Decisions taken", ["trigger"], registry=r)
+        self.degraded = Gauge("infadapter_degraded", "1 while a crashed server forced a degraded plan", registry=r)
+        self._server: Any = None
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        from prometheus_client import start_http_server
+
+        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def show_plan(self, plan: Plan, known: Sequence[str]) -> None:
+        self.accuracy.set(plan.accuracy)
+        self.cost.set(plan.cores)
+        self.capacity.set(plan.served_capacity_rps())
+        for name in known:
+            a = plan.get(name)
+            self.variant_cores.labels(name).set(a.cores if a else 0.0)
+            self.variant_share.labels(name).set(a.share if a else 0.0)
+
+
+class ControlLoop:
+    """Runs decisions against one backend; see the module doc for when it decides."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        policy: Policy,
+        forecaster: Forecaster,
+        backend: Backend,
+        observe: Callable[[float], Observation],
+        config: LoopConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], bool] | None = None,
+        records: DecisionLog | None = None,
+        metrics: LoopMetrics | None = None,
+        on_snapshot: Callable[[dict[str, Any]], None] | None = None,
+        policy_name: str | None = None,
+        initial_plan: Plan | None = None,
+        initial_state: Any = None,
+    ) -> None:
+        self.profile = profile
+        self.policy = policy
+        self.forecaster = forecaster
+        self.backend = backend
+        self._observe = observe
+        self.config = config or LoopConfig()
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self.sleep = sleep or self.stop_event.wait
+        self.records = records if records is not None else DecisionLog(None)
+        self.metrics = metrics
+        self.on_snapshot = on_snapshot
+        self.policy_name = policy_name or getattr(policy, "name", "policy")
+        self.serving: Plan | None = initial_plan
+        self.policy_state: Any = initial_state
+        self.totals = Totals()
+        self.last_obs: Observation | None = None
+        self.last_forecast_rps = 0.0
+        self.next_decision_s: float | None = None
+        self.retry_at_s: float | None = None
+        self.degraded: str = ""
+        self._last_tick_s: float | None = None
+        self._last_decision_s: float = -math.inf
+        self._cpu_prev: dict[str, tuple[float, float]] = {}
+        self._cpu_samples: dict[str, list[tuple[float, float]]] = {}
+        self._slo_samples: deque[tuple[float, int, int, int]] = deque()
+        self._seq = 0
+
+    # -- one decision ------------------------------------------------------------------------------
+    def decide(self, trigger: str, obs: Observation | None = None) -> DecisionRecord:
+        """Observe (unless given), forecast, plan, diff, apply; record and return what happened."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        now = self.clock()
+        if obs is None:
+            obs = self._observe(now)
+            self.last_obs = obs
+        timings["observe"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        if obs.history_rps:
+            hist = list(obs.history_rps)
+            if self.config.history_stretch > 1:
+                k = self.config.history_stretch
+                hist = [x for x in hist[-(self.config.history_s // k + 1):] for _ in range(k)]
+            forecast = float(self.forecaster.predict(hist[-self.config.history_s:]))
+        else:
+            forecast = self.config.initial_forecast_rps
+        if trigger == "start":
+            forecast = max(forecast, self.config.initial_forecast_rps)
+        if trigger == "overload":
+            # The forecaster looks at 10 minutes; an overload seen now must be served now.
+            forecast = max(forecast, obs.rate_rps * (1 + self.config.overload_tolerance))
+        forecast = max(forecast, 0.0) if math.isfinite(forecast) else obs.rate_rps
+        self.last_forecast_rps = forecast
+        timings["forecast"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        ctx = Context(
+            profile=self.profile,
+            now_s=now,
+            forecast_rps=forecast,
+            current=self.serving,
+            history_rps=obs.history_rps,
+            cpu_usage={k: tuple(v) for k, v in self._cpu_samples.items()},
+            state=self.policy_state,
+        )
+        decision = self.policy.decide(ctx)
+        self._cpu_samples = {}
+        timings["plan"] = time.perf_counter() - t2
+
+        before = self.serving
+        d = diff(before, decision.plan)
+        t3 = time.perf_counter()
+        result: ApplyResult
+        if d.empty and before is not None:
+            result = ApplyResult(serving=decision.plan, actions=())
+        else:
+            try:
+                result = self.backend.apply(decision.plan)
+            except Exception as exc:  # a backend bug must not stop the loop: keep serving the old plan
+                log.exception("apply failed")
+                result = ApplyResult(serving=before or decision.plan, ok=False, error=f"{type(exc).__name__}: {exc}")
+        timings["apply"] = time.perf_counter() - t3
+
+        self.policy_state = decision.state
+        if result.ok:
+            self.serving = result.serving
+            self.retry_at_s = None
+            if d.create or d.resize or d.delete:
+                self.totals.transitions += 1
+                if self.metrics:
+                    self.metrics.transitions.inc()
+        else:
+            self.totals.failed_applies += 1
+            # A failed apply keeps the previous plan serving; the backend says what serves.
+            self.serving = result.serving if result.serving is not None else before
+            delay = result.retry_after_s if result.retry_after_s is not None else self.config.interval_s
+            self.retry_at_s = self.clock() + delay
+            log.warning("apply failed (%s); still serving the previous plan, retry in %.1f s", result.error, delay)
+        timings["total"] = time.perf_counter() - t0
+        self._seq += 1
+        self.totals.decisions += 1
+        rec = DecisionRecord(
+            seq=self._seq,
+            time_s=now,
+            trigger=trigger,
+            policy=self.policy_name,
+            observed_rps=round(obs.rate_rps, 3),
+            forecast_rps=round(forecast, 3),
+            history_len=len(obs.history_rps),
+            p99_ms=obs.p99_ms,
+            monitor_source=obs.source,
+            plan_before=before.as_dict() if before is not None else None,
+            plan_after=decision.plan.as_dict(),
+            serving=self.serving.as_dict() if self.serving is not None else None,
+            objective=decision.plan.objective,
+            solver=decision.solver,
+            solve_s=round(decision.solve_s, 6),
+            reason=(f"{self.degraded}; " if self.degraded and trigger == "crash" else "") + decision.reason,
+            diff=d.summary(),
+            actions=tuple(result.actions),
+            apply_ok=result.ok,
+            apply_error=result.error,
+            timings_s={k: round(v, 6) for k, v in timings.items()},
+        )
+        self.records.append(rec)
+        self._last_decision_s = now
+        # The next decision comes one interval after this one ended (the paper: 30 s plus decision time).
+        self.next_decision_s = self.clock() + self.config.interval_s
+        if self.metrics:
+            for step, secs in timings.items():
+                self.metrics.duration.labels(step).observe(secs)
+            self.metrics.decisions.labels(trigger).inc()
+            self.metrics.forecast.set(forecast)
+            if self.serving is not None:
+                self.metrics.show_plan(self.serving, self.profile.names)
+        log.info("decision %d (%s): %s -> %s [%s]", rec.seq, trigger, rec.diff, rec.reason,
+                 "ok" if rec.apply_ok else f"failed: {rec.apply_error}")
+        return rec
+
+    # -- between decisions -------------------------------------------------------------------------
+    def tick(self) -> DecisionRecord | None:
+        """One check: account time, sample CPU, detect crashes and overload, decide when due."""
+        now = self.clock()
+        self._account(now)
+        self._sample_cpu(now)
+        rec: DecisionRecord | None = None
+        if self.next_decision_s is None:
+            rec = self.decide("start")
+        else:
+            crashed = self._crashed()
+            if crashed:
+                rec = self._degrade(crashed)
+            else:
+                obs = self._observe(now)
+                self.last_obs = obs
+                self._note_slo(obs)
+                if self.metrics:
+                    self.metrics.observed.set(obs.rate_rps)
+                if now >= self.next_decision_s:
+                    rec = self.decide("interval", obs)
+                elif self.retry_at_s is not None and now >= self.retry_at_s:
+                    rec = self.decide("retry", obs)
+                elif self._overloaded(obs) and now - self._last_decision_s >= self.config.replan_gap_s:
+                    rec = self.decide("overload", obs)
+        if self.on_snapshot is not None:
+            self.on_snapshot(self.snapshot())
+        return rec
+
+    def run(self, duration_s: float | None = None) -> Totals:
+        """Tick every ``check_s`` until ``duration_s`` passed or :meth:`stop` was called."""
+        start = self.clock()
+        while not self.stop_event.is_set():
+            self.tick()
+            if duration_s is not None and self.clock() - start >= duration_s:
+                break
+            # Sleep to the next check, or to the next decision when that comes first.
+            wait = self.config.check_s
+            if self.next_decision_s is not None:
+                wait = min(wait, max(self.next_decision_s - self.clock(), 0.0))
+            if self.sleep(max(wait, 0.01)):
+                break
+        self._account(self.clock())
+        return self.totals
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _overloaded(self, obs: Observation) -> bool:
+        if self.serving is None or not self.serving.allocations:
+            return obs.rate_rps > 0
+        cap = self.serving.served_capacity_rps()
+        return obs.rate_rps > cap * (1 + self.config.overload_tolerance)
+
+    def _crashed(self) -> list[str]:
+        if self.serving is None or not self.serving.allocations:
+            return []
+        try:
+            st = self.backend.state()
+        except Exception as exc:
+            log.warning("backend state unavailable: %s", exc)
+            return []
+        ready = {v.name for v in st.variants if v.ready}
+        return [a.name for a in self.serving.allocations if a.name not in ready]
+
+    def _degrade(self, crashed: list[str]) -> DecisionRecord:
+        """Route around crashed servers at once, then plan again with the survivors as current."""
+        assert self.serving is not None
+        self.totals.crashes += 1
+        survivors = {a.name: a.cores for a in self.serving.allocations if a.name not in crashed}
+        self.degraded = f"server of {', '.join(crashed)} is down"
+        if survivors:
+            caps = {n: self.profile.capacity_rps(n, c) for n, c in survivors.items()}
+            acc = {n: self.profile.variant(n).accuracy for n in survivors}
+            safe = plan_from_cores(survivors, self.serving.load_rps, caps, acc)
+            safe = replace(safe, notes=(f"degraded: {self.degraded}",))
+            try:
+                res = self.backend.apply(safe)
+                if res.ok:
+                    self.serving = res.serving
+                    self.degraded += f"; traffic moved to {', '.join(survivors)}"
+            except Exception as exc:
+                log.warning("degraded apply failed: %s", exc)
+        else:
+            self.serving = None
+            self.degraded += "; no survivor, starting servers again"
+        log.warning("%s", self.degraded)
+        if self.metrics:
+            self.metrics.degraded.set(1)
+        rec = self.decide("crash")
+        if rec.apply_ok and self.metrics:
+            self.metrics.degraded.set(0)
+        return rec
+
+    def _account(self, now: float) -> None:
+        if self._last_tick_s is not None and self.serving is not None:
+            dt = max(now - self._last_tick_s, 0.0)
+            self.totals.seconds += dt
+            self.totals.core_seconds += dt * self.serving.cores
+            self.totals.accuracy_seconds += dt * self.serving.accuracy
+        elif self._last_tick_s is not None:
+            self.totals.seconds += max(now - self._last_tick_s, 0.0)
+        self._last_tick_s = now
+
+    def _sample_cpu(self, now: float) -> None:
+        """CPU used per variant since the last check, as (time, cores) samples for VPA."""
+        reader = getattr(self.backend, "cpu_seconds", None)
+        if reader is None:
+            return
+        try:
+            used: Mapping[str, float] = reader()
+        except Exception as exc:
+            log.debug("cpu usage unavailable: %s", exc)
+            return
+        for name, secs in used.items():
+            prev = self._cpu_prev.get(name)
+            self._cpu_prev[name] = (now, secs)
+            if prev is None or now <= prev[0] or secs < prev[1]:
+                continue
+            self._cpu_samples.setdefault(name, []).append((now, (secs - prev[1]) / (now - prev[0])))
+
+    def _note_slo(self, obs: Observation) -> None:
+        if obs.requests_total is None or obs.violations_total is None:
+            return  # without a cumulative violation count, status asks Prometheus instead
+        self._slo_samples.append(
+            (obs.now_s, obs.requests_total, obs.violations_total or 0, obs.errors_total or 0)
+        )
+        while self._slo_samples and obs.now_s - self._slo_samples[0][0] > self.config.slo_window_s:
+            self._slo_samples.popleft()
+
+    def slo_attainment(self) -> float | None:
+        """Share of requests within the SLO (not failed) over the last ``slo_window_s``."""
+        if len(self._slo_samples) < 2:
+            return None
+        _, r0, v0, e0 = self._slo_samples[0]
+        _, r1, v1, e1 = self._slo_samples[-1]
+        sent = r1 - r0
+        if sent <= 0:
+            return None
+        return max(0.0, 1.0 - ((v1 - v0) + (e1 - e0)) / sent)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What status shows: the serving plan, load, forecast, SLO attainment, last decision."""
+        last = self.records.last
+        obs = self.last_obs
+        return {
+            "time_s": self.clock(),
+            "policy": self.policy_name,
+            "interval_s": self.config.interval_s,
+            "plan": self.serving.as_dict() if self.serving is not None else None,
+            "observed_rps": round(obs.rate_rps, 3) if obs else None,
+            "forecast_rps": round(self.last_forecast_rps, 3),
+            "p99_ms": obs.p99_ms if obs else None,
+            "monitor": {"source": obs.source if obs else "", "warning": obs.warning if obs else ""},
+            "slo_attainment_5m": self.slo_attainment(),
+            "next_decision_s": self.next_decision_s,
+            "degraded": self.degraded,
+            "totals": self.totals.as_dict(),
+            "last_decision": last.as_dict() if last else None,
+        }
+

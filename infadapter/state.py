@@ -1,0 +1,106 @@
+"""The adapter's run state on disk: one JSON file, written atomically.
+
+``status`` in another shell and a restarted adapter read it. It names the processes that run
+(dispatcher, model servers with pid, port, cores, cgroup; Prometheus), the plan serving now, the last
+decision and the monitor's source. Writes go to a temporary file in the same folder, are flushed and
+then renamed over the old file with :func:`os.replace`, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "state.json"
+DECISIONS_FILE = "decisions.jsonl"
+
+
+def state_path(run_dir: str | Path) -> Path:
+    """The state file inside a run folder."""
+    return Path(run_dir) / STATE_FILE
+
+
+def write_state(path: str | Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (temp file + fsync + os.replace)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, sort_keys=False, default=_default)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_state(path: str | Path) -> dict[str, Any] | None:
+    """The state written last, or None when there is none (or it cannot be parsed)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True when a process with this pid exists and is not a zombie."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    # The state letter follows the command name in parentheses; Z means a zombie.
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _default(obj: Any) -> Any:
+    if hasattr(obj, "as_dict"):
+        return obj.as_dict()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+class StateStore:
+    """One state file shared by the loop and the backend: sections merged under a lock, written atomically."""
+
+    def __init__(self, path: str | Path, initial: dict[str, Any] | None = None) -> None:
+        import threading
+
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._data: dict[str, Any] = dict(initial or {})
+
+    def update(self, **sections: Any) -> None:
+        """Set top-level sections and write the whole file."""
+        with self._lock:
+            self._data.update(sections)
+            write_state(self.path, self._data)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            return self._data.get(key, default)
+
+    def data(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._data)

@@ -1,0 +1,147 @@
+"""What a running adapter is doing, gathered from outside it (``cli.py status``).
+
+Reads the run's state file (written atomically by the adapter every check) and asks the live parts:
+each model server's model status (ready), the dispatcher's ``/admin/stats`` and, when the run has
+one, Prometheus (per-variant req/s and p99, SLO attainment over the last 5 minutes). Works from any
+shell while ``adapt`` runs; when nothing runs it says so (``running: false``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from infadapter.backends.local import model_available
+from infadapter.state import pid_alive, read_state, state_path
+
+SLO_WINDOW = "5m"
+
+
+def _slo_query(slo_ms: float) -> str:
+    from prometheus_client.utils import floatToGoString
+
+    le = floatToGoString(round(slo_ms / 1000.0, 6))
+    # Fast answers over all answers; failed requests are subtracted (they count as violations).
+    return (
+        f'(sum(increase(dispatcher_request_latency_seconds_bucket{{le="{le}"}}[{SLO_WINDOW}])) '
+        f'- sum(increase(dispatcher_requests_total{{code!="200"}}[{SLO_WINDOW}]) or vector(0))) '
+        f"/ sum(increase(dispatcher_requests_total[{SLO_WINDOW}]))"
+    )
+
+
+def collect_status(run_dir: Path, sample_s: float = 1.0) -> dict[str, Any]:
+    """The status document (see ``docs/adapt.md`` for its fields)."""
+    st = read_state(state_path(run_dir))
+    if st is None:
+        return {"running": False, "run_dir": str(run_dir), "message": f"no adapter state in {run_dir}"}
+    adapter = st.get("adapter") or {}
+    running = pid_alive(adapter.get("pid"))
+    loop = st.get("loop") or {}
+    out: dict[str, Any] = {
+        "running": running,
+        "run_dir": str(run_dir),
+        "adapter": adapter or None,
+        "policy": loop.get("policy") or adapter.get("policy"),
+        "limit_mode": st.get("limit_mode"),
+        "monitor": loop.get("monitor"),
+        "prometheus": (st.get("prometheus") or {}).get("url"),
+        "plan": loop.get("plan"),
+        "observed_rps": loop.get("observed_rps"),
+        "forecast_rps": loop.get("forecast_rps"),
+        "p99_ms": loop.get("p99_ms"),
+        "slo_ms": adapter.get("slo_ms"),
+        "degraded": loop.get("degraded") or "",
+        "totals": loop.get("totals"),
+        "updated_s": st.get("updated_s"),
+        "last_decision": _short_decision(loop.get("last_decision")),
+    }
+    plan = loop.get("plan") or {}
+    out["accuracy"] = plan.get("accuracy")
+    out["cost_cores"] = plan.get("cores")
+    if not running:
+        when = st.get("stopped_s")
+        out["message"] = (f"no adapter runs on {run_dir}" +
+                          (f" (the last one stopped {time.time() - when:.0f} s ago)" if when else ""))
+        return out
+    out["uptime_s"] = round(time.time() - float(adapter.get("started_s", time.time())), 1)
+    shares = {v["name"]: v for v in plan.get("variants", [])}
+    per_variant, slo = _prometheus_figures(out["prometheus"], out["slo_ms"])
+    if not per_variant:
+        per_variant = _dispatcher_rates(run_dir, st, sample_s)
+    variants = []
+    for sp in st.get("servers") or []:
+        name = sp["name"]
+        alive = pid_alive(sp.get("pid"))
+        figures = per_variant.get(name, {})
+        variants.append({
+            "name": name,
+            "cores": sp.get("cores"),
+            "share": (shares.get(name) or {}).get("share", 0.0),
+            "ready": alive and model_available(f"http://127.0.0.1:{sp['port']}", sp.get("model", name), 1.0),
+            "pid": sp.get("pid"),
+            "port": sp.get("port"),
+            "threads": sp.get("threads"),
+            "cgroup": sp.get("cgroup"),
+            "rps": _round(figures.get("rps")),
+            "p99_ms": _round(figures.get("p99_ms")),
+        })
+    out["variants"] = variants
+    out["slo_attainment_5m"] = _round(slo, 5) if slo is not None else None
+    return out
+
+
+def _short_decision(d: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not d:
+        return None
+    return {k: d.get(k) for k in ("seq", "time_s", "trigger", "reason", "diff", "observed_rps", "forecast_rps",
+                                  "objective", "solve_s", "apply_ok", "apply_error", "actions")}
+
+
+def _prometheus_figures(url: str | None, slo_ms: float | None) -> tuple[dict[str, dict[str, float]], float | None]:
+    if not url:
+        return {}, None
+    from infadapter.monitor import VARIANT_P99_QUERY, VARIANT_RATE_QUERY, PrometheusReader
+
+    try:
+        reader = PrometheusReader(url, timeout_s=2.0)
+        rates = reader.by_label(VARIANT_RATE_QUERY, "model_name")
+        p99s = reader.by_label(VARIANT_P99_QUERY, "model_name")
+        slo = reader.scalar(_slo_query(slo_ms)) if slo_ms else None
+    except Exception:
+        return {}, None
+    names = set(rates) | set(p99s)
+    return {n: {"rps": rates.get(n), "p99_ms": p99s.get(n)} for n in names}, slo
+
+
+def _dispatcher_rates(run_dir: Path, st: dict[str, Any], sample_s: float) -> dict[str, dict[str, float]]:
+    """Per-variant req/s from two samples of the dispatcher's counters (no Prometheus)."""
+    disp = st.get("dispatcher") or {}
+    token_file = run_dir / "admin.token"
+    if not disp.get("port") or not token_file.exists():
+        return {}
+    from infadapter.serving.dispatcher import DispatcherClient
+
+    try:
+        client = DispatcherClient(f"http://127.0.0.1:{disp['port']}", token_file.read_text().strip(), timeout_s=2)
+        a = client.stats()
+        time.sleep(sample_s)
+        b = client.stats()
+    except Exception:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for name, count in (b.get("by_variant") or {}).items():
+        before = (a.get("by_variant") or {}).get(name, 0)
+        out[name] = {"rps": (count - before) / sample_s}
+    return out
+
+
+def _round(v: Any, digits: int = 3) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return round(f, digits) if math.isfinite(f) else None

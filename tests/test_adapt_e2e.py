@@ -1,0 +1,229 @@
+"""``cli.py adapt`` end to end on the local backend: real model servers (32 px ResNets), real
+dispatcher, real Prometheus, real load; then restarts (SIGKILL: adoption without duplicates; SIGINT:
+no orphans).
+
+The profile is tiny (1 core budget, 0.25-core steps) with conservative capacities, so the plans change
+with small loads: 3 req/s fits resnet50 on 0.25 cores (4 req/s); 18 req/s needs at least 1 core.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from infadapter.state import pid_alive, read_state
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = """\
+name: tiny-test
+source: hand-set for tests (32 px models, conservative capacities)
+slo_ms: 500
+budget_cores: 1.0
+core_step: 0.25
+min_cores: 0.25
+alpha: 0.05
+beta: 0.001
+variants:
+- name: resnet18
+  accuracy: 0.69758
+  load_time_s: 2
+  capacity: {kind: linear, slope: 40, intercept: 0}
+- name: resnet50
+  accuracy: 0.7613
+  load_time_s: 3
+  capacity: {kind: linear, slope: 16, intercept: 0}
+"""
+INTERVAL_S = 3.0
+SPEEDUP = 10
+# Trace seconds (compressed 10x: 30 s low, 30 s high, 40 s low in real time).
+LOW, HIGH = 3.0, 18.0
+PHASES = [(LOW, 300), (HIGH, 300), (LOW, 400)]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("adapt")
+    (base / "tiny.yaml").write_text(PROFILE)
+    subprocess.run([sys.executable, str(ROOT / "cli.py"), "build-models", "--out", str(base / "models"),
+                    "--variants", "resnet18,resnet50", "--resolution", "32"], check=True, capture_output=True)
+    return base
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "cli.py"), *args]
+
+
+def _adapt_args(base: Path, run_dir: Path, *extra: str) -> list[str]:
+    return _cli("adapt", "--profile", str(base / "tiny.yaml"), "--models", str(base / "models"), "--resolution",
+                "32", "--interval", str(INTERVAL_S), "--stabilization", "2", "--forecaster", "last",
+                "--run-dir", str(run_dir), *extra)
+
+
+def _status(run_dir: Path) -> dict:
+    out = subprocess.run(_cli("status", "--json", "--run-dir", str(run_dir)), capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _procs_with(marker: str) -> list[int]:
+    """Pids whose command line mentions ``marker`` (our run folder or model folder)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmd and pid_alive(int(d.name)):
+            pids.append(int(d.name))
+    return pids
+
+
+def _servers(models: Path) -> list[int]:
+    return [p for p in _procs_with(f"--model-dir {models}") if "serve-model" in Path(f"/proc/{p}/cmdline").read_text()]
+
+
+def test_adapt_follows_a_load_step_up_and_down(setup, tmp_path):
+    trace = tmp_path / "steps.txt"
+    trace.write_text("\n".join(str(r) for r, n in PHASES for _ in range(n)) + "\n")
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        _adapt_args(setup, run_dir, "--trace", str(trace), "--window", f"0:{sum(n for _, n in PHASES)}",
+                    "--speedup", str(SPEEDUP), "--json"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        # (d) status --json reports the running plan while adapt runs.
+        seen = None
+        deadline = time.time() + 90
+        while time.time() < deadline and proc.poll() is None:
+            st = _status(run_dir)
+            if st.get("running") and st.get("plan") and st.get("variants") and all(v["ready"] for v in st["variants"]):
+                seen = st
+                break
+            time.sleep(1)
+        assert seen is not None, "status never showed a running plan"
+        plan_names = {v["name"] for v in seen["plan"]["variants"]}
+        assert plan_names <= {v["name"] for v in seen["variants"]}
+        assert seen["last_decision"]["reason"]
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(30)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out)
+    state = read_state(run_dir / "state.json")
+    load_start = state["load"]["started_s"]
+    t_up = load_start + PHASES[0][1] / SPEEDUP
+    t_down = t_up + PHASES[1][1] / SPEEDUP
+    recs = [json.loads(line) for line in (run_dir / "decisions.jsonl").read_text().splitlines()]
+
+    def capacity(r: dict) -> float:
+        v = (r["serving"] or {}).get("variants", [])
+        shares = [x["capacity"] / x["share"] for x in v if x["share"] > 1e-6]
+        return min(shares) if shares else 0.0
+
+    # (a) Within two intervals of the step up, a decision serves the high load.
+    up = [r for r in recs if t_up <= r["time_s"] <= t_up + 2 * INTERVAL_S + 1.0 and r["apply_ok"]]
+    assert any(capacity(r) >= HIGH for r in up), [(r["time_s"] - t_up, capacity(r), r["trigger"]) for r in recs]
+    # (b) After the step down, fewer cores, but only once the stabilization window (2 decisions) passed.
+    high_cores = max((r["serving"] or {}).get("cores", 0) for r in recs if t_up <= r["time_s"] <= t_down)
+    down = [r for r in recs if r["time_s"] > t_down and (r["serving"] or {}).get("cores", 0) < high_cores - 1e-9]
+    assert down, "no scale-down after the step down"
+    assert "scale-down after 2 intervals" in down[0]["reason"]
+    held = [r for r in recs if t_down < r["time_s"] < down[0]["time_s"] and "scale-down held" in r["reason"]]
+    assert held, "the scale-down was not held for the stabilization window"
+    # (c) Nothing lost: every request sent has exactly one outcome, errors only where the plan was short.
+    assert summary["requests"] == summary["ok"] + summary["errors"] + summary["timeouts"] > 0
+    with (run_dir / "requests.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == summary["requests"]
+    bad = [float(r["sent_unix"]) for r in rows if r["outcome"] != "ok"]
+    for t in bad:
+        before = [r for r in recs if r["time_s"] <= t]
+        offered = HIGH if t_up <= t < t_down + 2 else LOW
+        # A failure is acceptable only while the serving plan was short of the offered load.
+        assert before and capacity(before[-1]) < offered * 1.5, (t, capacity(before[-1]) if before else None)
+    assert summary["mean_cores"] > 0 and summary["transitions"] >= 2
+    # Everything stopped: no server, dispatcher or Prometheus of this run remains.
+    assert _procs_with(str(run_dir)) == []
+    assert _servers(setup / "models") == []
+
+
+def test_restart_adopts_servers_and_sigint_leaves_no_orphans(setup, tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(_adapt_args(setup, run_dir, "--duration", "120", "--prometheus", "off"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        st: dict = {}
+        while time.time() < deadline:
+            st = _status(run_dir)
+            if st.get("running") and st.get("variants") and all(v["ready"] for v in st["variants"]):
+                break
+            time.sleep(0.5)
+        assert st.get("variants"), st
+        servers_before = sorted(v["pid"] for v in st["variants"])
+        dispatcher_before = read_state(run_dir / "state.json")["dispatcher"]["pid"]
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        # A SIGKILLed adapter cannot clean up: its servers live on, recorded in the state file.
+        assert all(pid_alive(p) for p in servers_before)
+        assert not _status(run_dir)["running"]
+
+        second = subprocess.Popen(_adapt_args(setup, run_dir, "--duration", "60", "--prometheus", "off"),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  start_new_session=True)
+        try:
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                st = _status(run_dir)
+                if st.get("running") and st["adapter"]["pid"] == second.pid and st.get("plan"):
+                    break
+                time.sleep(0.5)
+            assert st["adapter"]["pid"] == second.pid
+            # Adopted: the same server and dispatcher processes, no duplicates started.
+            assert sorted(v["pid"] for v in st["variants"]) == servers_before
+            assert sorted(_servers(setup / "models")) == servers_before
+            assert read_state(run_dir / "state.json")["dispatcher"]["pid"] == dispatcher_before
+            second.send_signal(signal.SIGINT)
+            _, err = second.communicate(timeout=60)
+        finally:
+            if second.poll() is None:
+                second.kill()
+                second.wait(10)
+        assert second.returncode in (0, 130), err[-2000:]
+        # Ctrl-C stopped every process it ran or adopted.
+        time.sleep(0.5)
+        assert not any(pid_alive(p) for p in servers_before)
+        assert not pid_alive(dispatcher_before)
+        assert _procs_with(str(run_dir)) == []
+        assert not _status(run_dir)["running"]
+        groups = Path("/sys/fs/cgroup/cpu/infadapter")
+        if groups.exists():
+            assert not [g for g in groups.iterdir() if g.name.startswith(f"infadapter-{run_dir.name}-")]
+    finally:
+        if first.poll() is None:
+            first.kill()
+        for p in _procs_with(str(run_dir)) + _servers(setup / "models"):
+            os.killpg(p, signal.SIGKILL) if p == os.getpgid(p) else os.kill(p, signal.SIGKILL)
+
+
+def test_status_says_clearly_when_nothing_runs(tmp_path):
+    out = subprocess.run(_cli("status", "--run-dir", str(tmp_path / "none")), capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "no adapter state" in out.stdout
+    doc = _status(tmp_path / "none")
+    assert doc["running"] is False

@@ -1,0 +1,270 @@
+"""The control loop's logic with an injected clock and a small in-test backend (FakeBackend).
+
+No servers here: the backend records the order of operations; the live parts are tested in
+test_adapt_e2e.py. Expected plans come from the tiny profile below (capacity = slope * cores).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from infadapter.backends.base import ApplyResult, BackendState, VariantState
+from infadapter.loop import ControlLoop, LoopConfig, LoopMetrics
+from infadapter.monitor import Observation
+from infadapter.plan import Plan
+from infadapter.policies import make_policy
+from infadapter.profile import profile_from_dict
+from infadapter.records import DecisionLog, read_records
+
+PROFILE = profile_from_dict({
+    "name": "tiny", "slo_ms": 500, "budget_cores": 2.0, "core_step": 0.25, "min_cores": 0.25,
+    "alpha": 0.05, "beta": 0.001,
+    "variants": [
+        {"name": "resnet18", "accuracy": 0.698, "load_time_s": 2,
+         "capacity": {"kind": "linear", "slope": 40, "intercept": 0}},
+        {"name": "resnet50", "accuracy": 0.761, "load_time_s": 3,
+         "capacity": {"kind": "linear", "slope": 16, "intercept": 0}},
+    ],
+})
+
+
+@dataclass
+class FakeClock:
+    """A fake clock: ``sleep`` advances time at once (returns False: not stopped)."""
+
+    now_s: float = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def sleep(self, seconds: float) -> bool:
+        self.now_s += seconds
+        return False
+
+
+@dataclass
+class FakeBackend:
+    """Records every call; ``fail_next`` makes the next apply fail; ``dead`` variants report not ready."""
+
+    name: str = "fake"
+    calls: list[str] = field(default_factory=list)
+    plan: Plan | None = None
+    fail_next: bool = False
+    dead: set[str] = field(default_factory=set)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    def state(self) -> BackendState:
+        self.calls.append("state")
+        allocs = self.plan.allocations if self.plan else ()
+        vs = tuple(VariantState(a.name, a.cores, a.name not in self.dead) for a in allocs)
+        return BackendState(vs, self.plan)
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        self.calls.append("apply " + ",".join(f"{a.name}={a.cores:g}" for a in plan.allocations))
+        if self.fail_next:
+            self.fail_next = False
+            return ApplyResult(serving=self.plan or plan, ok=False, error="server did not start", retry_after_s=2.0)
+        self.plan = plan
+        self.dead -= set(plan.names)  # applying a plan (re)starts its servers
+        return ApplyResult(serving=plan, actions=("applied",))
+
+    def health(self) -> bool:
+        return True
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return dict(self.cpu)
+
+
+@dataclass
+class Load:
+    """A scripted load: rate as a function of the fake clock; history grows by one second per second."""
+
+    clock: FakeClock
+    rate: float = 5.0
+    history: list[float] = field(default_factory=list)
+    calls: list[float] = field(default_factory=list)
+
+    def observe(self, now: float) -> Observation:
+        self.calls.append(now)
+        while len(self.history) < int(now - 1_000_000.0):
+            self.history.append(self.rate)
+        return Observation(now, tuple(self.history[-600:]), self.rate, 50.0, "fake")
+
+
+class PeakForecaster:
+    """The last 5 seconds' peak (no headroom): easy to reason about in expectations."""
+
+    def predict(self, history_rps):
+        return max(history_rps[-5:]) if history_rps else 0.0
+
+
+def make_loop(tmp_path=None, stabilization=3, interval=10.0, **cfg):
+    clock = FakeClock()
+    load = Load(clock)
+    backend = FakeBackend()
+    loop = ControlLoop(
+        PROFILE, make_policy("infadapter", PROFILE, stabilization), PeakForecaster(), backend, load.observe,
+        LoopConfig(interval_s=interval, check_s=1.0, initial_forecast_rps=5.0, **cfg), clock=clock, sleep=clock.sleep,
+        records=DecisionLog(tmp_path / "decisions.jsonl" if tmp_path else None), metrics=LoopMetrics(),
+    )
+    return loop, clock, load, backend
+
+
+def run_for(loop, clock, seconds):
+    end = clock.now_s + seconds
+    recs = []
+    while clock.now_s < end:
+        r = loop.tick()
+        if r is not None:
+            recs.append(r)
+        clock.sleep(loop.config.check_s)
+    return recs
+
+
+def next_decision(loop, clock, limit_s=60):
+    for _ in range(int(limit_s)):
+        clock.sleep(loop.config.check_s)
+        r = loop.tick()
+        if r is not None:
+            return r
+    raise AssertionError("no decision")
+
+
+def test_first_tick_decides_and_applies_before_anything_else(tmp_path):
+    loop, _clock, load, backend = make_loop(tmp_path)
+    rec = loop.tick()
+    assert rec is not None and rec.trigger == "start"
+    # Observe happens before apply; one apply for the first plan.
+    assert backend.calls == ["apply resnet50=0.5"]  # 5 req/s on resnet50: 0.5 cores * 16 = 8 >= 5
+    assert loop.serving is not None and loop.serving.names == ("resnet50",)
+    assert len(load.calls) == 1
+
+
+def test_decides_once_per_interval_and_only_applies_changes(tmp_path):
+    loop, clock, _load, backend = make_loop(tmp_path, interval=10.0)
+    recs = run_for(loop, clock, 35)
+    assert [r.trigger for r in recs] == ["start", "interval", "interval", "interval"]
+    # Same load, same plan: no second apply (an empty diff is not sent to the backend).
+    assert [c for c in backend.calls if c.startswith("apply")] == ["apply resnet50=0.5"]
+    assert [r.diff for r in recs[1:]] == ["no change"] * 3
+
+
+def test_step_up_is_applied_at_once_mid_interval(tmp_path):
+    loop, clock, load, _backend = make_loop(tmp_path, interval=10.0)
+    run_for(loop, clock, 3)
+    load.rate = 20.0  # above resnet50x0.5's 8 req/s by far: an overload
+    recs = run_for(loop, clock, 3)
+    assert recs and recs[0].trigger == "overload"
+    # Forecast at least the observed rate * 1.1 = 22 req/s -> more capacity than 22.
+    assert loop.serving.served_capacity_rps() >= 22 - 1e-9
+    assert recs[0].forecast_rps >= 22 - 1e-9
+
+
+def test_step_down_waits_for_the_stabilization_window(tmp_path):
+    loop, clock, load, _backend = make_loop(tmp_path, stabilization=3, interval=10.0)
+    load.rate = 20.0
+    run_for(loop, clock, 60)  # long enough for any pending scale-down to settle
+    high = loop.serving.cores
+    load.rate = 2.0
+    held = []
+    while len(held) < 2:  # the first two decisions that want less are held (1/3, 2/3)
+        held += [r for r in run_for(loop, clock, 1) if r.trigger == "interval"]
+        assert loop.serving.cores == high
+    assert ["scale-down held (1/3)" in held[0].reason, "scale-down held (2/3)" in held[1].reason] == [True, True]
+    recs = []
+    while not recs:
+        recs = [r for r in run_for(loop, clock, 1) if r.trigger == "interval"]
+    assert loop.serving.cores < high  # the third applies it
+    assert "scale-down after 3 intervals" in recs[0].reason
+
+
+def test_failed_apply_keeps_the_previous_plan_and_retries(tmp_path):
+    loop, clock, load, backend = make_loop(tmp_path, interval=10.0)
+    run_for(loop, clock, 2)
+    before = loop.serving
+    backend.fail_next = True
+    load.rate = 20.0
+    rec = next_decision(loop, clock)
+    assert rec.apply_ok is False and rec.apply_error == "server did not start"
+    assert loop.serving == before  # still serving the old plan
+    assert loop.totals.failed_applies == 1
+    t_failed = clock.now_s
+    rec = next_decision(loop, clock)
+    assert rec.trigger == "retry" and rec.apply_ok
+    assert clock.now_s - t_failed == pytest.approx(2.0, abs=1.01)  # retry_after_s = 2
+    assert loop.serving.served_capacity_rps() >= 20
+
+
+def test_crash_degrades_to_survivors_then_replans(tmp_path):
+    loop, clock, load, backend = make_loop(tmp_path, interval=10.0)
+    load.rate = 50.0
+    run_for(loop, clock, 12)
+    # 50 req/s: resnet18 x0.75 (30 req/s, 60%) + resnet50 x1.25 (20 req/s, 40%), from the solver.
+    assert set(loop.serving.names) == {"resnet18", "resnet50"}
+    victim = "resnet50"
+    backend.dead.add(victim)
+    n_applies = len([c for c in backend.calls if c.startswith("apply")])
+    recs = run_for(loop, clock, 1)
+    assert recs[0].trigger == "crash"
+    assert f"server of {victim} is down" in recs[0].reason
+    applies = [c for c in backend.calls if c.startswith("apply")][n_applies:]
+    # First the survivor alone (traffic moved away from the dead one at once), then the new plan.
+    assert applies[0].startswith("apply resnet18=") and victim not in applies[0]
+    assert victim in applies[1]
+    assert loop.totals.crashes == 1
+
+
+def test_records_hold_inputs_plans_and_timings(tmp_path):
+    loop, clock, _load, _backend = make_loop(tmp_path, interval=10.0)
+    run_for(loop, clock, 12)
+    rows = read_records(tmp_path / "decisions.jsonl")
+    assert len(rows) == 2 == len(loop.records)
+    r = rows[0]
+    for key in ("observed_rps", "forecast_rps", "plan_before", "plan_after", "objective", "solve_s", "reason",
+                "timings_s", "monitor_source", "actions"):
+        assert key in r
+    assert set(r["timings_s"]) == {"observe", "forecast", "plan", "apply", "total"}
+    assert r["plan_before"] is None and r["plan_after"]["variants"][0]["name"] == "resnet50"
+    json.dumps(loop.snapshot())  # the snapshot is JSON-ready (it goes to the state file)
+
+
+def test_vpa_gets_cpu_usage_samples_from_the_backend(tmp_path):
+    clock = FakeClock()
+    load = Load(clock, rate=5.0)
+    backend = FakeBackend()
+    loop = ControlLoop(PROFILE, make_policy("vpa:resnet50", PROFILE, 1), PeakForecaster(), backend, load.observe,
+                       LoopConfig(interval_s=10.0), clock=clock, sleep=clock.sleep)
+    loop.tick()
+    assert backend.plan.cores == 2.0  # VPA starts on the whole budget (no samples yet)
+    for _ in range(10):
+        clock.sleep(1.0)
+        backend.cpu["resnet50"] = backend.cpu.get("resnet50", 0.0) + 0.3  # 0.3 cores used
+        loop.tick()
+    # target = p90 (0.3 cores, histogram bucket) * 1.15 -> rounded up to the 0.25 grid: 0.5 cores
+    assert backend.plan.cores == pytest.approx(0.5)
+
+
+def test_metrics_follow_the_serving_plan(tmp_path):
+    loop, clock, _load, _backend = make_loop(tmp_path)
+    run_for(loop, clock, 2)
+    from prometheus_client import generate_latest
+
+    text = generate_latest(loop.metrics.registry).decode()
+    assert "infadapter_cost_cores 0.5" in text
+    assert 'infadapter_decisions_total{trigger="start"} 1.0' in text
+    assert "infadapter_transitions_total 1.0" in text
+    assert "infadapter_decision_duration_seconds_bucket" in text
+
+
+def test_run_stops_on_duration_and_accounts_time():
+    loop, _clock, _load, _backend = make_loop(None, interval=5.0)
+    totals = loop.run(duration_s=20.0)
+    assert totals.seconds == pytest.approx(20.0, abs=1.0)
+    assert totals.mean_cores == pytest.approx(0.5)
+    assert replace(loop.config).interval_s == 5.0

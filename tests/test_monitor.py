@@ -1,0 +1,115 @@
+"""The monitor against a real dispatcher and a real Prometheus, and its fallback when Prometheus dies."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infadapter.monitor import Monitor, PrometheusServer, free_port, history_from_stats, render_config, series
+from infadapter.serving.dispatcher import DispatcherClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_rendered_config_scrapes_every_part_each_second(tmp_path):
+    text = render_config("127.0.0.1:8500", tmp_path / "servers.json", "127.0.0.1:9100", 1.0, "run1")
+    cfg = yaml.safe_load(text)
+    assert cfg["global"]["scrape_interval"] == "1000ms"
+    assert cfg["global"]["scrape_timeout"] == "1000ms"  # Prometheus refuses a timeout above the interval
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    assert jobs["dispatcher"]["static_configs"][0]["targets"] == ["127.0.0.1:8500"]
+    assert jobs["adapter"]["static_configs"][0]["targets"] == ["127.0.0.1:9100"]
+    assert jobs["model-servers"]["metrics_path"] == "/monitoring/prometheus/metrics"
+    assert jobs["model-servers"]["file_sd_configs"][0]["files"] == [str(tmp_path / "servers.json")]
+
+
+def test_history_is_dense_and_ends_at_the_last_complete_second():
+    stats = {"per_second": [[100, 3], [102, 5], [103, 7]]}
+    pts = history_from_stats(stats, now_s=103.5)  # second 103 is still running: left out
+    assert pts == {100: 3.0, 102: 5.0}
+    assert series(pts, 103.5, start_s=99) == (0.0, 3.0, 0.0, 5.0)  # seconds 99..102
+
+
+@pytest.fixture
+def dispatcher(tmp_path):
+    port = free_port()
+    token_file = tmp_path / "token"
+    token_file.write_text("secret-token\n")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "dispatch", "--port", str(port), "--admin-token-file", str(token_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    client = DispatcherClient(f"http://127.0.0.1:{port}", "secret-token")
+    for _ in range(100):
+        if client.healthy():
+            break
+        time.sleep(0.1)
+    yield port, client
+    proc.terminate()
+    proc.wait(15)
+
+
+def _send(port: int, n: int) -> None:
+    for _ in range(n):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/m:predict", data=b'{"instances": [1]}',
+                                     method="POST", headers={"Content-Type": "application/json"})
+        # No backend: 503, still counted as a request.
+        with contextlib.suppress(urllib.error.HTTPError):
+            urllib.request.urlopen(req, timeout=2).read()
+
+
+def test_prometheus_then_fallback_to_the_dispatcher_when_it_dies(tmp_path, dispatcher):
+    port, client = dispatcher
+    prom = PrometheusServer(tmp_path, f"127.0.0.1:{port}")
+    url = prom.start()
+    try:
+        start = time.time()
+        stop = threading.Event()
+
+        def traffic() -> None:
+            while not stop.is_set():
+                _send(port, 5)
+                time.sleep(0.2)
+
+        t = threading.Thread(target=traffic, daemon=True)
+        t.start()
+        mon = Monitor(client.stats, url, start_s=start)
+        obs = None
+        for _ in range(40):  # Prometheus needs a few 1 s scrapes before rates exist
+            time.sleep(0.5)
+            obs = mon.observe()
+            if obs.source == "prometheus" and sum(obs.history_rps) > 0:
+                break
+        assert obs is not None and obs.source == "prometheus", obs
+        assert obs.warning == ""
+        assert max(obs.history_rps) > 0
+        prom.stop()
+        obs = mon.observe()
+        assert obs.source == "dispatcher"
+        assert "does not answer" in obs.warning
+        assert sum(obs.history_rps) > 0  # the dispatcher's own counters keep the history
+        stop.set()
+        t.join(5)
+    finally:
+        prom.stop()
+    assert not prom.alive()
+
+
+def test_without_prometheus_the_monitor_reads_the_dispatcher(dispatcher):
+    port, client = dispatcher
+    start = time.time() - 1
+    _send(port, 4)
+    time.sleep(1.1)
+    obs = Monitor(client.stats, None, start_s=start).observe()
+    assert obs.source == "dispatcher" and "no Prometheus" in obs.warning
+    assert sum(obs.history_rps) == 4
+    assert obs.requests_total == 4
