@@ -148,11 +148,19 @@ class Profile(BaseModel):
     alpha: float = Field(default=0.05, description="weight of cost (cores/budget) in the objective")
     beta: float = Field(default=0.001, description="weight of transition time in the objective")
     variants: tuple[Variant, ...] = Field(description="the served variants, any order")
+    resolution: int | None = Field(default=None, description="model input size (px) the capacities hold for")
 
     @field_validator("slo_ms", "budget_cores", "core_step", "min_cores")
     @classmethod
     def _check_positive(cls, v: float) -> float:
         return _positive(v)
+
+    @field_validator("resolution")
+    @classmethod
+    def _check_resolution(cls, v: int | None) -> int | None:
+        if v is not None and not 16 <= v <= 1024:
+            raise ValueError(f"must be between 16 and 1024 pixels, got {v}")
+        return v
 
     @field_validator("alpha", "beta")
     @classmethod

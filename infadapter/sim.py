@@ -71,6 +71,15 @@ class SimConfig:
     vpa_sample_window_s: float = 15.0
     initial: Mapping[str, float] | None = None  # initial cores by variant; None: per-policy default
     memoize: bool = True  # reuse a stateless policy's decision for a repeated (load, current plan)
+    # Reactive re-planning, as the live loop does: every check_s, if the rate of the last
+    # rate_window_s seconds runs above the plan's capacity by overload_tolerance, decide at once
+    # (at most once per replan_gap_s, default interval/2) on max(forecast, rate * (1 + tolerance)).
+    # Off by default: the paper decided only every interval.
+    react: bool = False
+    check_s: float = 1.0
+    rate_window_s: int = 5
+    overload_tolerance: float = 0.10
+    replan_gap_s: float | None = None
     solver: solver_mod.Options = field(default_factory=solver_mod.Options)
 
     def __post_init__(self) -> None:
@@ -84,6 +93,8 @@ class SimConfig:
             raise BadInput(f"--vpa-update: must be rolling or recreate, got {self.vpa_update!r}")
         if not self.vpa_sample_s > 0 or not self.vpa_sample_window_s > 0:
             raise BadInput("--vpa-sample: sample period and window must be > 0 seconds")
+        if self.react and not (self.check_s > 0 and self.rate_window_s >= 1 and self.overload_tolerance >= 0):
+            raise BadInput("--react: check_s and rate_window_s must be > 0 and the tolerance >= 0")
         if self.history_s < 1:
             raise BadInput(f"history_s: must be >= 1 second, got {self.history_s}")
 
@@ -435,6 +446,9 @@ def simulate(
     t = 0.0
     next_decision = cfg.warmup_s
     last_sample = 0.0
+    last_decision = -math.inf
+    replan_gap = cfg.replan_gap_s if cfg.replan_gap_s is not None else cfg.interval_s / 2
+    next_check = cfg.warmup_s + cfg.check_s if cfg.react else math.inf
 
     def run_segment(t0: float, t1: float) -> None:
         nonlocal ptr
@@ -505,11 +519,25 @@ def simulate(
         else:
             serving = conf
 
-    def decide(now: float) -> None:
-        nonlocal state, forecast_now, decide_total, transitions, target
+    def observed_rate(now: float) -> float:
+        hi = int(now)
+        window = arr.counts[max(0, hi - cfg.rate_window_s) : hi]
+        return float(window.mean()) if window.size else 0.0
+
+    def overloaded(now: float) -> bool:
+        if now < cfg.warmup_s or now - last_decision < replan_gap:
+            return False
+        return observed_rate(now) > target.served_capacity_rps() * (1 + cfg.overload_tolerance)
+
+    def decide(now: float, overload: bool = False) -> None:
+        nonlocal state, forecast_now, decide_total, transitions, target, last_decision
+        last_decision = now
         lo = max(0, int(now) - cfg.history_s)
         history = arr.counts[lo : int(now)]
         forecast_now = float(fc.predict(history)) if history.size else 0.0
+        if overload:
+            # The forecaster looks at minutes; an overload seen now must be served now (as the loop).
+            forecast_now = max(forecast_now, observed_rate(now) * (1 + cfg.overload_tolerance))
         horizon = int(now + cfg.interval_s + profile.max_load_time_s)
         future = arr.counts[int(now) : max(int(now) + 1, horizon)]
         true_peak = float(future.max()) if future.size else 0.0
@@ -527,7 +555,8 @@ def simulate(
         if not change.empty:
             apply(d.plan, now)
         target = d.plan
-        records.append(DecisionRecord(now, forecast_now, true_peak, d.plan, d.reason, change.summary(), spent))
+        reason = f"overload re-plan; {d.reason}" if overload else d.reason
+        records.append(DecisionRecord(now, forecast_now, true_peak, d.plan, reason, change.summary(), spent))
 
     while True:
         if pending is not None and pending[1] <= t + 1e-12:
@@ -538,9 +567,15 @@ def simulate(
             if progress is not None:
                 progress(min(1.0, t / duration))
             continue  # a zero load time may make the new plan ready at once
+        if next_check <= t + 1e-12 and t < duration:
+            next_check = t + cfg.check_s
+            if overloaded(t):
+                decide(t, overload=True)
+                next_decision = t + cfg.interval_s
+                continue
         if t >= duration:
             break
-        candidates = [float(duration), next_decision]
+        candidates = [float(duration), next_decision, next_check]
         if pending is not None:
             candidates.append(pending[1])
         candidates += [i.ready_at for i in serving.instances if i.ready_at > t]

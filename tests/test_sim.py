@@ -143,3 +143,16 @@ def test_oracle_sees_the_burst_and_the_forecaster_does_not() -> None:
     assert oracle.violations < online.violations
     assert np.isnan(oracle.timeline["accuracy"]).sum() == 0
     assert oracle.as_dict(timeline=True)["timeline"]["requests"][0] >= 0
+
+
+def test_reactive_replanning_catches_a_step_between_decisions() -> None:
+    # 10 req/s for 130 s, then 60 req/s. Decisions at 120 s and 150 s (interval 30 s). The step at
+    # 130 s overloads the 10 req/s plan; with --react a decision at ~131 s starts more capacity,
+    # ready 5 s later (load time), so ~14 s of overload shrink to ~6 s.
+    rates = np.concatenate([np.full(130, 10.0), np.full(70, 60.0)])
+    base = SimConfig(forecaster="last", stabilization_intervals=1, seed=1)
+    slow = simulate(PROFILE, rates, "infadapter", base)
+    fast = simulate(PROFILE, rates, "infadapter", SimConfig(**{**base.__dict__, "react": True}))
+    assert fast.violations < 0.7 * slow.violations
+    assert any(r.reason.startswith("overload re-plan") for r in fast.decisions)
+    assert not any(r.reason.startswith("overload re-plan") for r in slow.decisions)

@@ -19,6 +19,7 @@ Examples:
   python cli.py simulate --window paper --policy all --forecaster learned
   python cli.py simulate --window paper --policy vpa:resnet18 --json
   python cli.py simulate --window day16 --policy infadapter --in-place-resize
+  python cli.py simulate --window paper --policy infadapter,msplus --react
   python cli.py simulate --window 1380000:1800 --policy all --plot sim.png
   python cli.py simulate --trace rates.csv --window all --policy static:resnet50=8
 """
@@ -55,6 +56,8 @@ def resolve_forecaster(spec: str) -> str:
 @click.option("--timeout", type=float, default=None, help="Longest queue wait before a drop, s [default: 2 x SLO].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the arrivals and service times.")
 @click.option("--in-place-resize", is_flag=True, help="Resize cores in place (no load time).")
+@click.option("--react", is_flag=True,
+              help="Re-plan at once when the last 5 s run 10%% above the plan's capacity (as the live loop).")
 @click.option("--make-before-break/--break-before-make", default=True, show_default=True,
               help="Keep the old plan serving until new instances are ready.")
 @click.option("--vpa-update", type=click.Choice(["rolling", "recreate"]), default="rolling", show_default=True,
@@ -67,7 +70,7 @@ def resolve_forecaster(spec: str) -> str:
 def simulate(
     profile_path: Path, window: str, trace_path: Path | None, scale: float, speedup: float, policy_spec: str,
     forecaster: str, interval: float, warmup: float, stabilization: int, timeout: float | None, seed: int,
-    in_place_resize: bool, make_before_break: bool, vpa_update: str, plot_path: Path | None,
+    in_place_resize: bool, react: bool, make_before_break: bool, vpa_update: str, plot_path: Path | None,
     timeline_path: Path | None, as_json: bool,
 ) -> None:
     """Replay a workload trace against policies and report SLO violations, cost and accuracy.
@@ -92,7 +95,7 @@ def simulate(
     config = sim.SimConfig(
         interval_s=interval, warmup_s=warmup, stabilization_intervals=stabilization,
         forecaster=resolve_forecaster(forecaster), make_before_break=make_before_break,
-        in_place_resize=in_place_resize, vpa_update=vpa_update, seed=seed, timeout_s=timeout,
+        in_place_resize=in_place_resize, vpa_update=vpa_update, seed=seed, timeout_s=timeout, react=react,
     )
     from infadapter.forecast import make_forecaster
     from infadapter.policies import make_policy

@@ -1,0 +1,703 @@
+"""The dispatcher: one TF-Serving-shaped endpoint that splits traffic over model variants.
+
+``POST /v1/models/<any>:predict`` is forwarded, body unchanged, to a backend chosen by smooth weighted
+round robin (:mod:`infadapter.serving.wrr`) over the plan's shares; the model name in the path is
+rewritten to the backend's model, and the response header ``X-Infadapter-Variant`` names the variant
+that answered. The control loop sets backends and weights through a small admin API (bearer token,
+constant-time comparison) with one atomic swap: a request already forwarded keeps its backend, so
+removing a backend never drops its in-flight requests (make-before-break is the loop's job; this
+side only guarantees that nothing in flight is lost).
+
+A backend that refuses, answers 5xx or times out is ejected for ``eject_s`` seconds and the request
+is retried once on another variant (never on the same one). In-flight requests are bounded (a clean
+503 ``{"error": "overloaded"}`` past the bound), bodies too (413). Prometheus metrics at ``/metrics``;
+``/admin/stats`` gives the same picture as JSON for a control loop that runs without Prometheus.
+
+Everything lives in one :class:`Dispatcher` object (its state, its Prometheus registry, its client
+session); nothing is global, so tests run several in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import math
+import os
+import secrets
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import numpy as np
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from infadapter.errors import BackendUnavailable, BadInput
+from infadapter.serving.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
+from infadapter.serving.wrr import SmoothWRR, integer_weights
+
+VARIANT_HEADER = "X-Infadapter-Variant"
+#: Label value of requests no variant answered (overloaded, no backend, bad request).
+NO_VARIANT = "none"
+_STATS_WINDOW_S = 60
+_PER_SECOND_KEEP_S = 900
+
+
+# -- backends -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BackendSpec:
+    """One variant the dispatcher may forward to."""
+
+    name: str  # variant name, reported in X-Infadapter-Variant and the metrics' model label
+    url: str  # base URL of a TF-Serving REST server, e.g. http://127.0.0.1:9001
+    model: str  # model name on that server (the public name in the path is rewritten to it)
+    weight: float  # relative share of traffic (>= 0; normalized over all backends)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_backends(payload: Any) -> tuple[BackendSpec, ...]:
+    """Validate ``{"backends": [{"name", "url", "model"?, "weight"}, ...]}`` (or the bare list).
+
+    Raises :class:`BadInput` naming the field and the fix. ``model`` defaults to ``name``.
+    """
+    items = payload.get("backends") if isinstance(payload, Mapping) else payload
+    if not isinstance(items, list):
+        raise BadInput('backends: expected {"backends": [{"name": ..., "url": ..., "weight": ...}, ...]}')
+    specs: list[BackendSpec] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        where = f"backends[{i}]"
+        if not isinstance(item, Mapping):
+            raise BadInput(f"{where}: expected an object with name, url and weight")
+        unknown = set(item) - {"name", "url", "model", "weight"}
+        if unknown:
+            raise BadInput(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; allowed: name, url, model, weight")
+        name = item.get("name")
+        if not isinstance(name, str) or not name.strip() or "/" in name:
+            raise BadInput(f"{where}.name: a non-empty variant name without '/' is required")
+        if name in seen:
+            raise BadInput(f"{where}.name: {name!r} appears twice; names must be unique")
+        seen.add(name)
+        url = item.get("url")
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadInput(f"{where}.url: expected an http(s) base URL such as http://127.0.0.1:9001, got {url!r}")
+        if parts.query or parts.fragment:
+            raise BadInput(f"{where}.url: a base URL without query or fragment is required, got {url!r}")
+        model = item.get("model", name)
+        if not isinstance(model, str) or not model.strip() or "/" in model:
+            raise BadInput(f"{where}.model: a non-empty model name without '/' is required")
+        weight = item.get("weight")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+            raise BadInput(f"{where}.weight: a number >= 0 is required, got {weight!r}")
+        specs.append(BackendSpec(name=name, url=url.rstrip("/"), model=model, weight=float(weight)))
+    if specs and sum(s.weight for s in specs) <= 0:
+        raise BadInput("backends: the weights must have a positive sum (at least one backend with weight > 0)")
+    return tuple(specs)
+
+
+def _origin(url: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a plain-HTTP base URL (served by an :class:`UpstreamPool`); None for https."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.hostname is None:
+        return None
+    return parts.hostname, parts.port or 80
+
+
+class _Routing:
+    """An immutable backend set with its own picker; replaced whole on every change."""
+
+    __slots__ = ("generation", "index", "paths", "picker", "pools", "predict_urls", "shares", "specs")
+
+    def __init__(
+        self, specs: tuple[BackendSpec, ...], generation: int, pools: Mapping[tuple[str, int], UpstreamPool]
+    ) -> None:
+        self.specs = specs
+        self.generation = generation
+        self.index = {s.name: i for i, s in enumerate(specs)}
+        total = sum(s.weight for s in specs)
+        self.shares = tuple(s.weight / total for s in specs) if total > 0 else tuple(0.0 for _ in specs)
+        self.picker = SmoothWRR(integer_weights([s.weight for s in specs])) if total > 0 else None
+        # https backends (no pool) go through aiohttp with the full URL; http ones through their pool.
+        self.predict_urls = tuple(f"{s.url}/v1/models/{s.model}" for s in specs)
+        self.paths = tuple(f"{urlsplit(s.url).path.rstrip('/')}/v1/models/{s.model}" for s in specs)
+        self.pools = tuple(pools.get(_origin(s.url)) if _origin(s.url) else None for s in specs)  # type: ignore[arg-type]
+
+
+# -- configuration ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DispatcherConfig:
+    """Settings of one dispatcher process (validated on creation; errors name the flag)."""
+
+    host: str = "127.0.0.1"  # loopback by default: the admin API must not face the network
+    port: int = 8500  # 0 picks a free port (tests)
+    admin_token: str = field(default="", repr=False)
+    slo_ms: float = 750.0  # latency SLO: histogram buckets and the violation count in /admin/stats
+    backend_timeout_s: float = 5.0  # one forward attempt; past it the backend is ejected
+    eject_s: float = 10.0  # how long a failed backend gets no traffic
+    max_in_flight: int = 1024  # requests being served at once; more get 503 overloaded
+    max_body_bytes: int = 8 * 1024 * 1024  # larger predict bodies get 413
+    shutdown_timeout_s: float = 30.0  # on SIGTERM/SIGINT, how long in-flight requests may finish
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0 <= self.port <= 65535, "--port: must be 0..65535"),
+            (bool(self.admin_token), "--admin-token-file: the admin token must not be empty"),
+            (self.slo_ms > 0, "--slo-ms: must be > 0"),
+            (self.backend_timeout_s > 0, "--backend-timeout-s: must be > 0"),
+            (self.eject_s >= 0, "--eject-s: must be >= 0"),
+            (self.max_in_flight >= 1, "--max-in-flight: must be >= 1"),
+            (self.max_body_bytes >= 1024, "--max-body-bytes: must be >= 1024"),
+            (self.shutdown_timeout_s >= 0, "--shutdown-timeout-s: must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BadInput(message)
+
+
+def latency_buckets(slo_ms: float) -> tuple[float, ...]:
+    """Histogram buckets (seconds) from 5 ms to 2x the SLO, dense around the SLO itself."""
+    slo = slo_ms / 1000.0
+    fixed = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
+    around = [slo * f for f in (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0)]
+    return tuple(sorted({round(b, 6) for b in fixed + around if b <= 2 * slo + 1e-9}))
+
+
+# -- statistics for the control loop ------------------------------------------------------------
+class RequestStats:
+    """Counters behind ``GET /admin/stats``; time is passed in (``now_s``: unix seconds)."""
+
+    def __init__(self, slo_ms: float, start_s: float) -> None:
+        self.slo_ms = slo_ms
+        self.start_s = start_s
+        self.requests_total = 0
+        self.by_code: dict[str, int] = {}
+        self.by_variant: dict[str, int] = {}
+        self._per_second: deque[list[int]] = deque()  # [unix_second, arrivals], seconds in order
+        self._recent: deque[tuple[float, float, bool]] = deque()  # (end_s, latency_ms, violated)
+
+    def arrival(self, now_s: float) -> None:
+        sec = int(now_s)
+        self.requests_total += 1
+        ps = self._per_second
+        if ps and ps[-1][0] == sec:
+            ps[-1][1] += 1
+        else:
+            ps.append([sec, 1])
+            while ps[0][0] <= sec - _PER_SECOND_KEEP_S:
+                ps.popleft()
+
+    def done(self, now_s: float, latency_ms: float, code: int, variant: str) -> None:
+        key = str(code)
+        self.by_code[key] = self.by_code.get(key, 0) + 1
+        if code == 200:
+            self.by_variant[variant] = self.by_variant.get(variant, 0) + 1
+        # A violation: too slow, or failed on the serving side (4xx are the client's own fault).
+        violated = latency_ms > self.slo_ms or code >= 500
+        recent = self._recent
+        recent.append((now_s, latency_ms, violated))
+        horizon = now_s - _STATS_WINDOW_S
+        while recent and recent[0][0] < horizon:
+            recent.popleft()
+
+    def snapshot(self, now_s: float) -> dict[str, Any]:
+        """JSON-ready statistics: totals, the last 900 complete seconds, the last 60 s' tail latency."""
+        now_sec = int(now_s)
+        counts = {sec: n for sec, n in self._per_second}
+        first = max(int(self.start_s), now_sec - _PER_SECOND_KEEP_S)
+        per_second = [[sec, counts.get(sec, 0)] for sec in range(first, now_sec)]
+        horizon = now_s - _STATS_WINDOW_S
+        recent = [r for r in self._recent if r[0] >= horizon]
+        latencies = np.fromiter((r[1] for r in recent), dtype=float, count=len(recent))
+        return {
+            "requests_total": self.requests_total,
+            "by_code": dict(self.by_code),
+            "by_variant": dict(self.by_variant),
+            "per_second": per_second,
+            "requests_60s": len(recent),
+            "latency_ms_p50_60s": float(np.percentile(latencies, 50)) if len(recent) else 0.0,
+            "latency_ms_p99_60s": float(np.percentile(latencies, 99)) if len(recent) else 0.0,
+            "violations_60s": sum(1 for r in recent if r[2]),
+            "slo_ms": self.slo_ms,
+        }
+
+
+# -- the server ---------------------------------------------------------------------------------
+class _Attempt(Exception):
+    """A forward attempt that failed on the backend's side (ejects it, allows one retry)."""
+
+    def __init__(self, status: int, message: str, body: bytes | None = None, content_type: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+
+class Dispatcher:
+    """The dispatcher's state and its aiohttp application (see the module doc)."""
+
+    def __init__(
+        self,
+        config: DispatcherConfig,
+        backends: Sequence[BackendSpec] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._pools: dict[tuple[str, int], UpstreamPool] = {}
+        self._routing = self._make_routing(tuple(backends), 0)
+        self._ejected: dict[str, float] = {}  # variant name -> monotonic time it may return
+        self._in_flight = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._timeout = aiohttp.ClientTimeout(total=config.backend_timeout_s)
+        self.stats = RequestStats(config.slo_ms, clock())
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._m_requests = Counter(
+            "dispatcher_requests",
+            "Predict requests by variant and HTTP code",
+            ["model", "code"],
+            registry=self.registry,
+        )
+        self._m_latency = Histogram(
+            "dispatcher_request_latency_seconds",
+            "End-to-end latency of predict requests through the dispatcher",
+            ["model"],
+            buckets=latency_buckets(config.slo_ms),
+            registry=self.registry,
+        )
+        self._m_in_flight = Gauge("dispatcher_in_flight", "Predict requests being served", registry=self.registry)
+        self._m_weight = Gauge(
+            "dispatcher_backend_weight", "Share of traffic per variant (0..1)", ["model"], registry=self.registry
+        )
+        self._m_ejections = Counter(
+            "dispatcher_backend_ejections",
+            "Times a variant was ejected after a failure",
+            ["model"],
+            registry=self.registry,
+        )
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._publish_weights(self._routing)
+
+    # -- routing state ----------------------------------------------------------------------
+    @property
+    def backends(self) -> tuple[BackendSpec, ...]:
+        return self._routing.specs
+
+    def set_backends(self, specs: Sequence[BackendSpec]) -> int:
+        """Replace backends and weights in one step; returns the new generation number.
+
+        Requests already forwarded hold their backend and finish there; new requests see only the
+        new set. (A single assignment on the event loop's thread: no request sees a mix.)
+        """
+        old = self._routing
+        new = self._make_routing(tuple(specs), old.generation + 1)
+        names = set(new.index)
+        self._ejected = {n: t for n, t in self._ejected.items() if n in names}
+        self._routing = new
+        # Pools of origins no longer used close their idle connections now; connections still
+        # carrying a request close when it completes (the request itself is not disturbed).
+        in_use = {_origin(s.url) for s in new.specs}
+        for origin in [o for o in self._pools if o not in in_use]:
+            self._pools.pop(origin).close()
+        self._publish_weights(new, old)
+        return new.generation
+
+    def _make_routing(self, specs: tuple[BackendSpec, ...], generation: int) -> _Routing:
+        for spec in specs:
+            origin = _origin(spec.url)
+            if origin is not None and origin not in self._pools:
+                self._pools[origin] = UpstreamPool(*origin, max_idle=self.config.max_in_flight)
+        return _Routing(specs, generation, self._pools)
+
+    def _publish_weights(self, new: _Routing, old: _Routing | None = None) -> None:
+        if old is not None:
+            for spec in old.specs:
+                if spec.name not in new.index:
+                    with contextlib.suppress(KeyError):
+                        self._m_weight.remove(spec.name)
+        for spec, share in zip(new.specs, new.shares, strict=True):
+            self._m_weight.labels(spec.name).set(share)
+
+    def _choose(self, routing: _Routing, avoid: str | None = None) -> int | None:
+        picker = routing.picker
+        if picker is None:
+            return None
+        exclude: set[int] = set()
+        if self._ejected:
+            now = time.monotonic()
+            for name, until in list(self._ejected.items()):
+                if until <= now:
+                    del self._ejected[name]
+                elif name in routing.index:
+                    exclude.add(routing.index[name])
+        avoid_i = routing.index.get(avoid) if avoid is not None else None
+        if avoid_i is not None:
+            exclude.add(avoid_i)
+        choice = picker.pick(exclude)
+        if choice is None and exclude:
+            # Every other weighted backend is ejected: try them anyway rather than fail (nginx does
+            # too), but still never the one that just failed.
+            choice = picker.pick(() if avoid_i is None else (avoid_i,))
+        return choice
+
+    def _eject(self, name: str) -> None:
+        if self.config.eject_s > 0:
+            self._ejected[name] = time.monotonic() + self.config.eject_s
+        self._m_ejections.labels(name).inc()
+
+    # -- metrics helpers --------------------------------------------------------------------
+    def _finish(self, variant: str, code: int, started: float) -> None:
+        latency = time.perf_counter() - started
+        key = (variant, code)
+        children = self._children.get(key)
+        if children is None:
+            children = (self._m_requests.labels(variant, str(code)), self._m_latency.labels(variant))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(latency)
+        self.stats.done(self._clock(), latency * 1000.0, code, variant)
+
+    # -- public predict API -----------------------------------------------------------------
+    async def _predict(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        self.stats.arrival(self._clock())
+        if self._in_flight >= self.config.max_in_flight:
+            self._finish(NO_VARIANT, 503, started)
+            return _error(503, "overloaded")
+        self._in_flight += 1
+        self._m_in_flight.inc()
+        try:
+            return await self._serve(request, started)
+        finally:
+            self._in_flight -= 1
+            self._m_in_flight.dec()
+
+    async def _serve(self, request: web.Request, started: float) -> web.StreamResponse:
+        limit = self.config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            self._finish(NO_VARIANT, 413, started)
+            return _error(413, f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self._finish(NO_VARIANT, 413, started)
+            return _error(413, f"request body exceeds the limit of {limit} bytes")
+        version = request.match_info.get("version")
+        suffix = f"/versions/{version}:predict" if version else ":predict"
+        content_type = request.headers.get("Content-Type", "application/json")
+
+        routing = self._routing
+        first = self._choose(routing)
+        if first is None:
+            self._finish(NO_VARIANT, 503, started)
+            return _error(503, "no backend is set: PUT /admin/backends first")
+        spec = routing.specs[first]
+        try:
+            return await self._attempt(routing, first, suffix, body, content_type, started)
+        except _Attempt as exc:
+            last = exc
+        self._eject(spec.name)
+        # Retry once, on another variant of the set in force now (the weights may have moved).
+        routing = self._routing
+        second = self._choose(routing, avoid=spec.name)
+        if second is not None and routing.specs[second].name != spec.name:
+            spec = routing.specs[second]
+            try:
+                return await self._attempt(routing, second, suffix, body, content_type, started)
+            except _Attempt as exc:
+                last = exc
+            self._eject(spec.name)
+        self._finish(spec.name, last.status, started)
+        if last.body is not None:
+            return _passthrough(last.status, last.body, last.content_type, spec.name)
+        return _error(last.status, str(last), spec.name)
+
+    async def _attempt(
+        self, routing: _Routing, i: int, suffix: str, body: bytes, content_type: str, started: float
+    ) -> web.Response:
+        spec = routing.specs[i]
+        pool = routing.pools[i]
+        try:
+            if pool is not None:
+                status, resp_type, data = await pool.post(
+                    routing.paths[i] + suffix, body, content_type, self.config.backend_timeout_s
+                )
+            else:
+                status, resp_type, data = await self._post_aiohttp(routing.predict_urls[i] + suffix, body, content_type)
+        except (TimeoutError, UpstreamTimeout):
+            raise _Attempt(504, f"variant {spec.name} timed out after {self.config.backend_timeout_s} s") from None
+        except (aiohttp.ClientError, UpstreamError) as exc:
+            raise _Attempt(502, f"variant {spec.name} unreachable: {exc}") from None
+        if status >= 500:
+            raise _Attempt(status, f"variant {spec.name} answered {status}", data, resp_type)
+        self._finish(spec.name, status, started)
+        return _passthrough(status, data, resp_type or "application/json", spec.name)
+
+    async def _post_aiohttp(self, url: str, body: bytes, content_type: str) -> tuple[int, str, bytes]:
+        assert self._session is not None, "the dispatcher's client session starts with the app"
+        async with self._session.post(
+            url, data=body, headers={"Content-Type": content_type}, timeout=self._timeout
+        ) as resp:
+            return resp.status, resp.headers.get("Content-Type", "application/json"), await resp.read()
+
+    async def _model_status(self, request: web.Request) -> web.Response:
+        available = self._routing.picker is not None
+        state, code = ("AVAILABLE", "OK") if available else ("LOADING", "UNAVAILABLE")
+        body = {
+            "model_version_status": [
+                {"version": "1", "state": state, "status": {"error_code": code, "error_message": ""}}
+            ]
+        }
+        return web.json_response(body, status=200 if available else 503)
+
+    # -- admin API --------------------------------------------------------------------------
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(given.strip().encode(), self.config.admin_token.encode())
+
+    def _deny(self, request: web.Request) -> web.Response | None:
+        """401 unless the request carries the admin token (checked in each admin handler rather
+        than in a middleware, which would cost every predict request a call)."""
+        if self._authorized(request):
+            return None
+        resp = _error(401, "admin token missing or wrong: send 'Authorization: Bearer <token>'")
+        resp.headers["WWW-Authenticate"] = "Bearer"
+        return resp
+
+    def _backends_body(self) -> dict[str, Any]:
+        routing = self._routing
+        now = time.monotonic()
+        return {
+            "generation": routing.generation,
+            "backends": [
+                {**s.as_dict(), "share": round(share, 6)}
+                for s, share in zip(routing.specs, routing.shares, strict=True)
+            ],
+            "ejected": {n: round(t - now, 3) for n, t in self._ejected.items() if t > now},
+        }
+
+    async def _put_backends(self, request: web.Request) -> web.Response:
+        if denied := self._deny(request):
+            return denied
+        try:
+            payload = json.loads(await request.read() or b"null")
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(400, f"body: not valid JSON ({exc})")
+        try:
+            specs = parse_backends(payload)
+        except BadInput as exc:
+            return _error(400, str(exc))
+        self.set_backends(specs)
+        return web.json_response(self._backends_body())
+
+    async def _get_backends(self, request: web.Request) -> web.Response:
+        if denied := self._deny(request):
+            return denied
+        return web.json_response(self._backends_body())
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        if denied := self._deny(request):
+            return denied
+        body = self.stats.snapshot(self._clock())
+        body["in_flight"] = self._in_flight
+        body["max_in_flight"] = self.config.max_in_flight
+        body["generation"] = self._routing.generation
+        body["weights"] = {s.name: round(w, 6) for s, w in zip(self._routing.specs, self._routing.shares, strict=True)}
+        body["ejected"] = sorted(n for n, t in self._ejected.items() if t > time.monotonic())
+        return web.json_response(body)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "backends": len(self._routing.specs), "in_flight": self._in_flight})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def _open_session(self, app: web.Application) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.config.max_in_flight * 2,  # a retry may hold a second connection briefly
+            limit_per_host=0,
+            keepalive_timeout=30.0,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, auto_decompress=False)
+
+    async def _close_session(self, app: web.Application) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def app(self) -> web.Application:
+        """The aiohttp application (routes, admin guard, client session tied to its lifetime)."""
+        # client_max_size bounds chunked bodies too; +1 KiB so our own 413 message answers first.
+        app = web.Application(client_max_size=self.config.max_body_bytes + 1024)
+        app.on_startup.append(self._open_session)
+        app.on_cleanup.append(self._close_session)
+        app.router.add_post("/v1/models/{name}:predict", self._predict)
+        app.router.add_post("/v1/models/{name}/versions/{version}:predict", self._predict)
+        app.router.add_get("/v1/models/{name}", self._model_status)
+        app.router.add_put("/admin/backends", self._put_backends)
+        app.router.add_get("/admin/backends", self._get_backends)
+        app.router.add_get("/admin/stats", self._get_stats)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def start(self) -> tuple[web.AppRunner, int]:
+        """Start listening; returns the runner (``await runner.cleanup()`` to stop) and the bound port."""
+        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=self.config.shutdown_timeout_s)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.port, backlog=1024)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise BadInput(f"--port: cannot listen on {self.config.host}:{self.config.port} ({exc.strerror})") from None
+        port = runner.addresses[0][1]
+        return runner, port
+
+
+def _error(status: int, message: str, variant: str | None = None) -> web.Response:
+    resp = web.json_response({"error": message}, status=status)
+    if variant:
+        resp.headers[VARIANT_HEADER] = variant
+    return resp
+
+
+def _passthrough(status: int, body: bytes, content_type: str, variant: str) -> web.Response:
+    return web.Response(status=status, body=body, headers={"Content-Type": content_type, VARIANT_HEADER: variant})
+
+
+async def serve(
+    config: DispatcherConfig,
+    backends: Sequence[BackendSpec] = (),
+    on_ready: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run a dispatcher until SIGTERM/SIGINT (or ``stop`` is set), then drain in-flight requests."""
+    dispatcher = Dispatcher(config, backends)
+    runner, port = await dispatcher.start()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        if on_ready is not None:
+            on_ready(port)
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        # Stops listening, lets in-flight requests finish (shutdown_timeout_s), then closes the session.
+        await runner.cleanup()
+
+
+# -- admin token --------------------------------------------------------------------------------
+def resolve_admin_token(
+    token_file: Path | None, port: int, env: Mapping[str, str] = os.environ
+) -> tuple[str, Path | None]:
+    """The admin token and, when one was generated, the file it was written to.
+
+    Order: ``token_file`` when it exists; else ``INFADAPTER_ADMIN_TOKEN``; else a new random token
+    written (mode 0600) to ``token_file`` or to ``~/.cache/infadapter/dispatcher-<port>.token``.
+    """
+    if token_file is not None and token_file.exists():
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise BadInput(f"--admin-token-file: cannot read {token_file} ({exc.strerror})") from None
+        if not token:
+            raise BadInput(f"--admin-token-file: {token_file} is empty; write a token into it or delete it")
+        return token, None
+    from_env = env.get("INFADAPTER_ADMIN_TOKEN", "").strip()
+    if from_env and token_file is None:
+        return from_env, None
+    token = from_env or secrets.token_urlsafe(32)
+    if token_file is None:
+        base = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "infadapter"
+        token_file = base / f"dispatcher-{port}.token"
+    try:
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+    except OSError as exc:
+        raise BadInput(f"--admin-token-file: cannot write {token_file} ({exc.strerror})") from None
+    return token, token_file
+
+
+# -- synchronous client for the control loop ----------------------------------------------------
+class DispatcherClient:
+    """Blocking admin client (stdlib only): ``set_backends``, ``backends``, ``stats``, ``healthy``."""
+
+    def __init__(self, base_url: str, token: str, timeout_s: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self.timeout_s = timeout_s
+
+    def _call(self, method: str, path: str, payload: Any = None, auth: bool = True) -> Any:
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if auth:
+            req.add_header("Authorization", f"Bearer {self._token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("error", exc.reason)
+            except (ValueError, AttributeError):
+                message = exc.reason
+            if exc.code == 400:
+                raise BadInput(f"dispatcher {path}: {message}") from None
+            if exc.code == 401:
+                raise BadInput(
+                    f"dispatcher {path}: admin token rejected; pass the token the dispatcher uses "
+                    "(--admin-token-file or INFADAPTER_ADMIN_TOKEN)"
+                ) from None
+            raise BackendUnavailable(f"dispatcher {path}: HTTP {exc.code} {message}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise BackendUnavailable(f"dispatcher at {self.base_url} unreachable ({reason}); is it running?") from None
+
+    def set_backends(self, backends: Iterable[BackendSpec | Mapping[str, Any]]) -> dict[str, Any]:
+        """Replace backends and weights atomically; returns the dispatcher's view afterwards."""
+        items = [b.as_dict() if isinstance(b, BackendSpec) else dict(b) for b in backends]
+        return self._call("PUT", "/admin/backends", {"backends": items})
+
+    def backends(self) -> dict[str, Any]:
+        """``{"generation", "backends": [{name, url, model, weight, share}], "ejected"}``."""
+        return self._call("GET", "/admin/backends")
+
+    def stats(self) -> dict[str, Any]:
+        """``GET /admin/stats`` (see :meth:`RequestStats.snapshot`, plus in_flight and weights)."""
+        return self._call("GET", "/admin/stats")
+
+    def healthy(self) -> bool:
+        """True when ``/healthz`` answers."""
+        try:
+            self._call("GET", "/healthz", auth=False)
+        except BackendUnavailable:
+            return False
+        return True
