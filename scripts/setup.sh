@@ -22,12 +22,16 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   command -v nginx >/dev/null || need+=(nginx-light)
   command -v ip >/dev/null || need+=(iproute2)
+  command -v wrk >/dev/null || need+=(wrk)
+  # NFS server/client packages: the Ansible converge tests' package tasks find them installed.
+  [ -x /usr/sbin/exportfs ] || need+=(nfs-kernel-server)
+  [ -x /sbin/mount.nfs ] || need+=(nfs-common)
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need[*]}" >&2
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     # Debian starts services on install; the project starts its own and stops them afterwards.
-    for svc in prometheus nginx ssh prometheus-node-exporter; do
+    for svc in prometheus nginx ssh prometheus-node-exporter rpcbind nfs-kernel-server; do
       (service "$svc" stop >/dev/null 2>&1 || true)
     done
   fi

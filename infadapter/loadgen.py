@@ -1,0 +1,357 @@
+"""Open-loop load generator: Poisson arrivals at per-second rates, real JPEG payloads, every request recorded.
+
+Arrivals never wait for responses: the send times are drawn up front (a Poisson process whose rate
+is constant within each second of ``rates_rps``) and each request is launched at its time whatever
+the others are doing. Connections are bounded (``max_connections``); an arrival that finds every
+connection busy is not sent and is recorded as an error (``unsent``), so overload shows up in the
+numbers instead of silently slowing the generator down (which would hide it: coordinated omission).
+
+Every arrival ends in exactly one record with outcome ``ok`` (HTTP 200), ``error`` (any other status,
+a refused connection, unsent, interrupted) or ``timeout``: ``sent == ok + errors + timeouts`` holds
+always, even when the target is down or the run is interrupted (Ctrl-C writes what was recorded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import csv
+import io
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import numpy as np
+
+from infadapter.errors import BadInput
+
+VARIANT_HEADER = "X-Infadapter-Variant"
+OK, ERROR, TIMEOUT = "ok", "error", "timeout"
+CSV_COLUMNS = ("index", "scheduled_s", "sent_s", "sent_unix", "latency_ms", "status", "outcome", "variant", "error")
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    """What a run did. ``sent`` counts arrivals; ``sent == ok + errors + timeouts``."""
+
+    sent: int
+    ok: int
+    errors: int
+    timeouts: int
+    unsent: int  # arrivals that found every connection busy (part of errors)
+    answered: int  # requests that got an HTTP response, whatever its status
+    slo_violation_rate: float  # (ok slower than the SLO + errors + timeouts) / sent
+    p50_ms: float | None  # latency of ok requests; None when none was ok
+    p99_ms: float | None
+    duration_s: float
+    achieved_rps: float  # sent / duration
+    send_lag_p99_ms: float | None  # how late the generator launched requests (its own health)
+    slo_ms: float
+    by_variant: dict[str, int] = field(default_factory=dict)  # ok requests per X-Infadapter-Variant
+    by_status: dict[str, int] = field(default_factory=dict)  # HTTP status (0: no response) -> count
+    interrupted: bool = False
+    out_path: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- pure parts -----------------------------------------------------------------------------------
+def arrival_offsets(rates_rps: Sequence[float] | np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Send times in seconds from the start: a Poisson process with rate ``rates_rps[s]`` in second ``s``.
+
+    Given the count in a second (Poisson with mean the rate), Poisson arrivals are uniform within
+    it, so each second draws its count and then that many uniform offsets.
+    """
+    rates = np.asarray(rates_rps, dtype=float)
+    if rates.ndim != 1 or rates.size == 0:
+        raise BadInput("rates: expected a non-empty list of per-second rates")
+    if not np.all(np.isfinite(rates)) or np.any(rates < 0):
+        raise BadInput("rates: every per-second rate must be a finite number >= 0")
+    counts = rng.poisson(rates)
+    seconds = np.repeat(np.arange(rates.size, dtype=float), counts)
+    return np.sort(seconds + rng.random(seconds.size))
+
+
+def make_jpegs(count: int = 4, resolution: int = 224, seed: int = 0, quality: int = 85) -> list[bytes]:
+    """``count`` distinct JPEG images of ``resolution`` x ``resolution`` pixels, drawn locally.
+
+    Smooth colour gradients with a few random shapes: they compress like photographs, not like noise.
+    """
+    from PIL import Image, ImageDraw
+
+    if count < 1:
+        raise BadInput("--images: must be >= 1")
+    if not 8 <= resolution <= 4096:
+        raise BadInput(f"--resolution: must be 8..4096 pixels, got {resolution}")
+    rng = np.random.default_rng(seed)
+    out: list[bytes] = []
+    axis = np.linspace(0.0, 1.0, resolution)
+    for _ in range(count):
+        c0, c1, c2 = rng.uniform(0, 255, size=(3, 3))
+        gx, gy = np.meshgrid(axis, axis)
+        pixels = c0 + np.multiply.outer(gx, c1 - c0) + np.multiply.outer(gy, c2 - c0) * 0.5
+        img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(3, 8))):
+            x0, y0 = (int(v) for v in rng.integers(0, resolution, size=2))
+            size = int(rng.integers(resolution // 8 + 1, resolution // 2 + 2))
+            fill = tuple(int(v) for v in rng.integers(0, 256, size=3))
+            shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+            shape([x0, y0, x0 + size, y0 + size], fill=fill)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=quality)
+        out.append(buf.getvalue())
+    return out
+
+
+def predict_body(jpeg: bytes) -> bytes:
+    """TF Serving's REST predict body for one image: ``{"instances": [{"b64": ...}]}``."""
+    return json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode()}]}).encode()
+
+
+def predict_url(url: str, model: str = "resnet") -> str:
+    """A base URL (``http://host:port``) becomes ``.../v1/models/<model>:predict``; full URLs stay."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadInput(f"--url: expected http://HOST:PORT[/v1/models/NAME:predict], got {url!r}")
+    if parts.path in ("", "/"):
+        return f"{url.rstrip('/')}/v1/models/{model}:predict"
+    return url
+
+
+# -- the run --------------------------------------------------------------------------------------
+class _Records:
+    """One row per arrival, filled as requests finish; readable after an interrupt."""
+
+    def __init__(self, scheduled: np.ndarray) -> None:
+        self.scheduled = scheduled
+        self.rows: list[list[Any]] = []  # index, scheduled_s, sent_s, sent_unix, latency, status, outcome, ...
+        self.start_perf = 0.0
+        self.start_unix = 0.0
+        self.end_perf = 0.0
+
+    def add(self, i: int, sent_perf: float) -> list[Any]:
+        row = [
+            i,
+            float(self.scheduled[i]),
+            sent_perf - self.start_perf,
+            self.start_unix + (sent_perf - self.start_perf),
+            None,
+            0,
+            None,
+            "",
+            "",
+        ]
+        self.rows.append(row)
+        return row
+
+    def close_pending(self, reason: str) -> None:
+        for row in self.rows:
+            if row[6] is None:
+                row[6], row[8] = ERROR, reason
+
+
+async def _drive(
+    url: str,
+    payloads: Sequence[bytes],
+    records: _Records,
+    timeout_s: float,
+    max_connections: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    offsets = records.scheduled
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, keepalive_timeout=30.0)
+    in_flight = 0
+    tasks: set[asyncio.Task[None]] = set()
+    n_payloads = len(payloads)
+
+    async def one(row: list[Any], body: bytes, session: aiohttp.ClientSession) -> None:
+        nonlocal in_flight
+        t0 = time.perf_counter()
+        try:
+            async with session.post(url, data=body, headers=headers, timeout=timeout) as resp:
+                await resp.read()
+                row[5] = resp.status
+                row[7] = resp.headers.get(VARIANT_HEADER, "")
+                row[6] = OK if resp.status == 200 else ERROR
+        except TimeoutError:
+            row[6], row[8] = TIMEOUT, f"no answer within {timeout_s} s"
+        except (aiohttp.ClientError, OSError) as exc:
+            row[6], row[8] = ERROR, f"{type(exc).__name__}: {exc}"[:200]
+        finally:
+            row[4] = (time.perf_counter() - t0) * 1000.0
+            in_flight -= 1
+
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        loop = asyncio.get_running_loop()
+        records.start_unix = time.time()
+        records.start_perf = start = time.perf_counter()
+        total_s = math.ceil(float(offsets[-1])) if offsets.size else 0
+        reported = -1
+        try:
+            for i, offset in enumerate(offsets.tolist()):
+                delay = start + offset - time.perf_counter()
+                if delay > 0.0005:
+                    await asyncio.sleep(delay)
+                elif i % 32 == 0:
+                    await asyncio.sleep(0)  # behind schedule: still let responses be read
+                now = time.perf_counter()
+                row = records.add(i, now)
+                if in_flight >= max_connections:
+                    row[4], row[6], row[8] = 0.0, ERROR, f"unsent: all {max_connections} connections busy"
+                    continue
+                in_flight += 1
+                task = loop.create_task(one(row, payloads[i % n_payloads], session))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                if progress is not None and int(offset) != reported:
+                    reported = int(offset)
+                    progress(reported, total_s)
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            # Interrupted: requests in flight end here, before the session closes under them, so
+            # that their rows say "interrupted" rather than a misleading connection error.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        if progress is not None:
+            progress(total_s, total_s)
+    records.end_perf = time.perf_counter()
+
+
+def summarize(
+    rows: Sequence[Sequence[Any]], slo_ms: float, duration_s: float, interrupted: bool = False
+) -> LoadSummary:
+    """The summary of recorded rows (see :data:`CSV_COLUMNS`)."""
+    sent = len(rows)
+    outcomes = [r[6] for r in rows]
+    ok = outcomes.count(OK)
+    timeouts = outcomes.count(TIMEOUT)
+    errors = sent - ok - timeouts
+    unsent = sum(1 for r in rows if r[6] == ERROR and str(r[8]).startswith("unsent"))
+    ok_lat = np.array([r[4] for r in rows if r[6] == OK], dtype=float)
+    slow = int(np.count_nonzero(ok_lat > slo_ms))
+    lags = np.array([(r[2] - r[1]) * 1000.0 for r in rows], dtype=float)
+    by_variant: dict[str, int] = {}
+    by_status: dict[str, int] = {}
+    for r in rows:
+        by_status[str(r[5])] = by_status.get(str(r[5]), 0) + 1
+        if r[6] == OK:
+            by_variant[r[7] or "-"] = by_variant.get(r[7] or "-", 0) + 1
+    return LoadSummary(
+        sent=sent,
+        ok=ok,
+        errors=errors,
+        timeouts=timeouts,
+        unsent=unsent,
+        answered=sum(1 for r in rows if r[5]),
+        slo_violation_rate=(slow + errors + timeouts) / sent if sent else 0.0,
+        p50_ms=float(np.percentile(ok_lat, 50)) if ok_lat.size else None,
+        p99_ms=float(np.percentile(ok_lat, 99)) if ok_lat.size else None,
+        duration_s=duration_s,
+        achieved_rps=sent / duration_s if duration_s > 0 else 0.0,
+        send_lag_p99_ms=float(np.percentile(lags, 99)) if lags.size else None,
+        slo_ms=slo_ms,
+        by_variant=dict(sorted(by_variant.items())),
+        by_status=dict(sorted(by_status.items())),
+        interrupted=interrupted,
+    )
+
+
+def write_records(rows: Sequence[Sequence[Any]], out_path: Path) -> None:
+    """CSV (default) or Parquet (``.parquet``, needs pyarrow) with :data:`CSV_COLUMNS`."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.suffix.lower() == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise BadInput("--out: .parquet needs pyarrow (pip install pyarrow); or write a .csv") from None
+        columns = {name: [r[i] for r in rows] for i, name in enumerate(CSV_COLUMNS)}
+        pq.write_table(pa.table(columns), out_path)
+        return
+    tmp = out_path.with_name(out_path.name + ".part")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_COLUMNS)
+        for r in rows:
+            writer.writerow([r[0], f"{r[1]:.6f}", f"{r[2]:.6f}", f"{r[3]:.6f}", f"{r[4]:.3f}", r[5], r[6], r[7], r[8]])
+    tmp.replace(out_path)
+
+
+def run_load(
+    url: str,
+    rates_rps: Sequence[float] | np.ndarray,
+    out_path: Path | None = None,
+    slo_ms: float = 750.0,
+    seed: int = 0,
+    timeout_s: float = 10.0,
+    max_connections: int = 256,
+    resolution: int = 224,
+    images: int = 4,
+    payloads: Sequence[bytes] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> LoadSummary:
+    """Replay ``rates_rps`` (one rate per second) against a predict ``url``; see the module doc.
+
+    ``payloads`` (request bodies) default to ``images`` JPEGs of ``resolution`` pixels. Ctrl-C (or
+    SIGTERM in the main thread) stops sending, marks requests still in flight as errors
+    (``interrupted``), writes the records and returns the summary with ``interrupted=True``.
+    """
+    if not slo_ms > 0:
+        raise BadInput("--slo-ms: must be > 0")
+    if not timeout_s > 0:
+        raise BadInput("--timeout-s: must be > 0")
+    if max_connections < 1:
+        raise BadInput("--max-connections: must be >= 1")
+    target = predict_url(url)
+    bodies = list(payloads) if payloads is not None else [predict_body(j) for j in make_jpegs(images, resolution, seed)]
+    if not bodies:
+        raise BadInput("payloads: at least one request body is required")
+    records = _Records(arrival_offsets(rates_rps, np.random.default_rng(seed)))
+    interrupted = False
+
+    async def main() -> None:
+        nonlocal interrupted
+        task = asyncio.current_task()
+        in_main = threading.current_thread() is threading.main_thread()
+        loop = asyncio.get_running_loop()
+        if in_main and task is not None:
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            await _drive(target, bodies, records, timeout_s, max_connections, progress)
+        except asyncio.CancelledError:
+            interrupted = True
+        finally:
+            if in_main:
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        interrupted = True
+    if interrupted:
+        records.close_pending("interrupted before an answer")
+    end = records.end_perf or time.perf_counter()
+    duration = max(end - records.start_perf, 1e-9) if records.start_perf else 0.0
+    rows = records.rows
+    summary = summarize(rows, slo_ms, duration, interrupted)
+    if out_path is not None:
+        write_records(rows, Path(out_path))
+        summary = LoadSummary(**{**asdict(summary), "out_path": str(out_path)})
+    return summary
