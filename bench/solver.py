@@ -26,7 +26,7 @@ from infadapter.solver import Options, solve  # noqa: E402
 
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def row(name: str, times: list[float], extra: str = "") -> str:

@@ -1,5 +1,10 @@
 """What a running adapter is doing, gathered from outside it (``cli.py status``).
 
+:func:`collect_kubernetes_status` reads a namespace instead (``status --backend kubernetes``): each
+variant's planned cores and share (the plan annotations the backend stamps) against what runs (ready
+replicas, cores per pod, the pod template's cores), plus the loop's last decision when an adapter's
+run folder is at hand.
+
 Reads the run's state file (written atomically by the adapter every check) and asks the live parts:
 each model server's model status (ready), the dispatcher's ``/admin/stats`` and, when the run has
 one, Prometheus (per-variant req/s and p99, SLO attainment over the last 5 minutes). Works from any
@@ -44,6 +49,8 @@ def collect_status(run_dir: Path, sample_s: float = 1.0) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "adapter": adapter or None,
         "policy": loop.get("policy") or adapter.get("policy"),
+        "backend": adapter.get("backend") or loop.get("backend") or "local",
+        "observation": adapter.get("observation"),
         "limit_mode": st.get("limit_mode"),
         "monitor": loop.get("monitor"),
         "prometheus": (st.get("prometheus") or {}).get("url"),
@@ -89,6 +96,85 @@ def collect_status(run_dir: Path, sample_s: float = 1.0) -> dict[str, Any]:
         })
     out["variants"] = variants
     out["slo_attainment_5m"] = _round(slo, 5) if slo is not None else None
+    return out
+
+
+def collect_kubernetes_status(
+    run_dir: Path | None,
+    *,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    namespace: str | None = None,
+    k8s_config: Path | None = None,
+) -> dict[str, Any]:
+    """Planned vs actual per variant in a namespace (see ``docs/kubernetes.md``); exit 4 when unreachable."""
+    from infadapter.backends.kubernetes import KubeError, KubeOptions, KubernetesBackend, deployment_ready
+    from infadapter.cluster_run import render_config_for
+    from infadapter.errors import BackendUnavailable
+    from infadapter.profile import load_profile
+    from infadapter.render import ANNOTATION_CORES, ANNOTATION_SHARE
+
+    st = read_state(state_path(run_dir)) if run_dir is not None else None
+    adapter = (st or {}).get("adapter") or {}
+    if adapter.get("backend") != "kubernetes":
+        st, adapter = None, {}
+    root = Path(__file__).resolve().parents[1]
+    # The profile is not read by the status calls; the one the adapter used (or the paper's) is loaded.
+    profile = load_profile(adapter.get("profile") or root / "profiles" / "paper.yaml")
+    rc = render_config_for(k8s_config, namespace)
+    backend = KubernetesBackend(profile, rc, KubeOptions(kubeconfig=kubeconfig, context=context, retries=2,
+                                                         backoff_s=0.2, request_timeout_s=10.0))
+    try:
+        observed = backend.observe()
+        plan, generation = backend.recovered_plan(observed)
+    except KubeError as exc:
+        raise BackendUnavailable(f"--kubeconfig: cannot read namespace {rc.namespace} ({exc})") from None
+    finally:
+        backend.stop()
+    shares = plan.shares_by_name() if plan else {}
+    variants = []
+    for name, ob in sorted(observed.items()):
+        meta = ob.deployment.get("metadata") or {}
+        notes = meta.get("annotations") or {}
+        dst = ob.deployment.get("status") or {}
+        actual = [round(c, 4) for c in ob.actual_cores]
+        planned = _round(notes.get(ANNOTATION_CORES), 4)
+        ready = deployment_ready(ob.deployment)
+        variants.append({
+            "name": name,
+            "planned_cores": planned,
+            "planned_share": _round(shares.get(name, notes.get(ANNOTATION_SHARE)), 4),
+            "replicas": int((ob.deployment.get("spec") or {}).get("replicas", 1)),
+            "ready_replicas": int(dst.get("readyReplicas", 0)),
+            "ready": ready,
+            "cores_per_pod": actual,
+            "template_cores": round(ob.template_cores, 4),
+            "generation": ob.generation,
+            "matches_plan": ready and planned is not None and bool(actual)
+            and all(abs(c - planned) < 1e-6 for c in actual),
+        })
+    out: dict[str, Any] = {
+        "backend": "kubernetes",
+        "namespace": rc.namespace,
+        "running": bool(variants),
+        "generation": generation,
+        "plan": plan.as_dict() if plan is not None else None,
+        "variants": variants,
+        "messages": [f"{v['name']}: not ready ({v['ready_replicas']}/{v['replicas']})" for v in variants
+                     if not v["ready"]] + [f"{v['name']}: pods run {v['cores_per_pod']} cores, planned "
+                                           f"{v['planned_cores']}" for v in variants
+                                           if v["ready"] and not v["matches_plan"]],
+        "run_dir": str(run_dir) if run_dir is not None else None,
+        "adapter": None,
+        "loop": None,
+    }
+    if not variants:
+        out["message"] = f"no infadapter variants in namespace {rc.namespace}"
+    if st is not None:
+        loop = st.get("loop") or {}
+        out["adapter"] = {**adapter, "running": pid_alive(adapter.get("pid"))}
+        out["loop"] = {k: loop.get(k) for k in ("observed_rps", "forecast_rps", "monitor", "totals", "degraded")}
+        out["loop"]["last_decision"] = _short_decision(loop.get("last_decision"))
     return out
 
 

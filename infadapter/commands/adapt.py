@@ -1,8 +1,9 @@
-"""``adapt``, ``status`` and ``experiment``: the live control loop on the local backend."""
+"""``adapt``, ``status`` and ``experiment``: the live control loop (local, kubernetes or dry-run backend)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,8 +50,9 @@ def _common_options(f: Any) -> Any:
                      default=ROOT / "models", show_default=True, help="Model folder (built when missing)."),
         click.option("--resolution", type=int, default=224, show_default=True,
                      help="Input size of models built here and of the load's JPEGs."),
-        click.option("--prometheus", default=None,
-                     help="URL of an existing Prometheus, or 'off' [default: start one when installed]."),
+        click.option("--prometheus", "--prometheus-url", "prometheus", default=None,
+                     help="URL of an existing Prometheus, or 'off' [default: local: start one when installed; "
+                          "kubernetes/dry-run: none]."),
         click.option("--cpu-limit", "limit_mode", type=click.Choice(["auto", "cgroup", "threads"]), default="auto",
                      show_default=True, help="How CPU limits are enforced."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the load's arrivals."),
@@ -58,6 +60,78 @@ def _common_options(f: Any) -> Any:
     for o in reversed(opts):
         f = o(f)
     return f
+
+
+#: Flags of the non-local backends: (parameter, flag, backends that accept it).
+CLUSTER_FLAGS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("kubeconfig", "--kubeconfig", ("kubernetes",)),
+    ("context", "--context", ("kubernetes",)),
+    ("ready_timeout_s", "--ready-timeout", ("kubernetes",)),
+    ("in_place", "--in-place", ("kubernetes",)),
+    ("namespace", "--namespace", ("kubernetes", "dry-run")),
+    ("k8s_config", "--k8s-config", ("kubernetes", "dry-run")),
+    ("dispatcher_url", "--dispatcher-url", ("kubernetes", "dry-run")),
+    ("admin_token_file", "--admin-token-file", ("kubernetes", "dry-run")),
+    ("out_dir", "--out", ("dry-run",)),
+    ("metrics_port", "--metrics-port", ("kubernetes", "dry-run")),
+    ("model_dir", "--models", ("local",)),
+    ("resolution", "--resolution", ("local",)),
+    ("limit_mode", "--cpu-limit", ("local",)),
+)
+
+
+def _cluster_options(f: Any) -> Any:
+    path = click.Path(dir_okay=False, path_type=Path)
+    opts = [
+        click.option("--kubeconfig", default=None, help="kubernetes: kubeconfig file [default: in-cluster "
+                     "ServiceAccount inside a pod, else $KUBECONFIG or ~/.kube/config]."),
+        click.option("--context", default=None, help="kubernetes: kubeconfig context [default: current]."),
+        click.option("--namespace", default=None,
+                     help="kubernetes/dry-run: namespace of the variants [default: the --k8s-config's, infadapter]."),
+        click.option("--k8s-config", "k8s_config", type=path, default=None,
+                     help="kubernetes/dry-run: render config YAML (names, images, model store; docs/kubernetes.md)."),
+        click.option("--dispatcher-url", default=None,
+                     help="kubernetes/dry-run: the dispatcher's base URL, for its weights (kubernetes) and its "
+                          "counters (observation without --prometheus)."),
+        click.option("--admin-token-file", type=path, default=None,
+                     help="File with the dispatcher's admin token [default: env INFADAPTER_ADMIN_TOKEN]."),
+        click.option("--ready-timeout", "ready_timeout_s", type=float, default=600.0, show_default=True,
+                     help="kubernetes: seconds new variants get to become ready before an apply fails."),
+        click.option("--in-place", type=click.Choice(["auto", "never"]), default="auto", show_default=True,
+                     help="kubernetes: resize CPU in place where the cluster supports it (1.33+), or always roll."),
+        click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="dry-run: folder for gen-NNNN/ manifests, plan.json and changes.diff (required)."),
+        click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+                     help="kubernetes/dry-run: serve the adapter's infadapter_* metrics on this port (0: off)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _check_backend_flags(ctx: click.Context, backend: str) -> None:
+    """A flag given on the command line that the chosen backend ignores is a mistake: say so."""
+    from click.core import ParameterSource
+
+    for param, flag, backends in CLUSTER_FLAGS:
+        if backend not in backends and ctx.get_parameter_source(param) == ParameterSource.COMMANDLINE:
+            raise BadInput(f"{flag}: only with --backend {' or '.join(backends)}, not with --backend {backend}")
+
+
+def _admin_token(token_file: Path | None) -> str:
+    if token_file is None:
+        return os.environ.get("INFADAPTER_ADMIN_TOKEN", "").strip()
+    try:
+        return token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise BadInput(f"--admin-token-file: cannot read {token_file} ({exc.strerror})") from None
+
+
+def _replay_label(window: str | None, scale: float, speedup: float, rate: float | None,
+                  duration: float | None) -> str:
+    if rate is not None:
+        return f"a constant {rate:g} req/s for {duration:g} s"
+    return f"trace window {window} (scale {scale:g}, speedup {speedup:g})"
 
 
 def _rates(window: str | None, scale: float, speedup: float, trace: Path | None, rate: float | None,
@@ -112,8 +186,9 @@ class _View:
         if d and key != self.last_seq:  # (policy, seq): an experiment restarts seq per policy
             self.last_seq = key
             if not self.tty and not self.quiet:
+                replayed = " (replayed, not live)" if d.get("monitor_source") == "replay" else ""
                 err_console().print(
-                    f"[{time.strftime('%H:%M:%S')}] decision {d['seq']} ({d['trigger']}): observed "
+                    f"[{time.strftime('%H:%M:%S')}] decision {d['seq']} ({d['trigger']}): observed{replayed} "
                     f"{d['observed_rps']:.1f} req/s, forecast {d['forecast_rps']:.1f} -> {d['diff']}; {d['reason']}",
                     highlight=False,
                 )
@@ -147,38 +222,68 @@ ADAPT_EPILOG = """Examples:
   python cli.py adapt --policy vpa:resnet50 --window paper --scale 0.1 --speedup 6 --interval 10
   python cli.py adapt --duration 600 --run-dir runs/demo      # no load: adapt to outside traffic
   python cli.py status --run-dir runs/demo                    # from another shell
+  python cli.py adapt --backend dry-run --out runs/dry --window paper --speedup 10 --interval 3
+  python cli.py adapt --backend kubernetes --kubeconfig ~/.kube/config --namespace ml-serving \\
+      --dispatcher-url http://127.0.0.1:8500 --prometheus http://127.0.0.1:9090
+  python cli.py status --backend kubernetes --namespace ml-serving
+
+With --backend kubernetes or dry-run, --window/--rate is a replayed observation: the loop
+observes the trace's rates instead of live traffic (labelled "replay" in status and logs).
 """
 
 
 @click.command("adapt", epilog=ADAPT_EPILOG)
-@click.option("--backend", type=click.Choice(["local"]), default="local", show_default=True,
-              help="Where plans are applied (the Kubernetes backend has its own command path).")
+@click.option("--backend", type=click.Choice(["local", "kubernetes", "dry-run"]), default="local", show_default=True,
+              help="Where plans are applied: local processes, a Kubernetes namespace, or a dry-run folder.")
 @click.option("--policy", default="infadapter", show_default=True,
               help="infadapter | msplus | vpa:VARIANT | static:NAME=CORES[,...].")
 @click.option("--duration", type=float, default=None, help="Seconds to run [default: the load's length, or "
               "until Ctrl-C without a load].")
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN_DIR,
-              show_default=True, help="State file, decision log, server logs, Prometheus data.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="State file, decision log, server logs, Prometheus data [default: runs/adapt (local), "
+                   "runs/kubernetes (kubernetes), the --out folder (dry-run)].")
 @_load_options
 @_common_options
+@_cluster_options
 @json_option
 @click.pass_context
-def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None, run_dir: Path,
+def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None, run_dir: Path | None,
           window: str | None, scale: float, speedup: float, trace: Path | None, rate: float | None,
           profile_path: Path | None, interval_s: float, check_s: float, stabilization: int, forecaster: str,
           model_dir: Path, resolution: int, prometheus: str | None, limit_mode: str, seed: int,
-          as_json: bool) -> None:
-    """Run the adaptive inference service locally: servers, dispatcher, Prometheus, control loop.
+          kubeconfig: str | None, context: str | None, namespace: str | None, k8s_config: Path | None,
+          dispatcher_url: str | None, admin_token_file: Path | None, ready_timeout_s: float, in_place: str,
+          out_dir: Path | None, metrics_port: int, as_json: bool) -> None:
+    """Run the adaptive inference service: observe, forecast, plan, apply, route.
 
-    With --window or --rate the load generator drives that load through the dispatcher and the run
-    ends with it; a summary follows (SLO violation rate, mean cores, mean accuracy, transitions).
-    Ctrl-C stops everything it started.
+    --backend local (default) brings everything up on this machine: servers, dispatcher, Prometheus,
+    control loop. With --window or --rate the load generator drives that load through the dispatcher
+    and the run ends with it; a summary follows (SLO violation rate, mean cores, mean accuracy,
+    transitions). Ctrl-C stops everything it started.
+
+    --backend kubernetes applies the same loop's plans to a namespace (TF Serving Deployments,
+    make-before-break, in-place resize on 1.33+); --backend dry-run writes the manifests each plan
+    would apply to --out DIR (gen-NNNN/ with a diff). Both observe Prometheus (--prometheus) or the
+    dispatcher's counters (--dispatcher-url), or replay --window/--rate as the observed load.
     """
-    from infadapter.experiment import LiveRun
-
     verbose = (ctx.find_root().obj or {}).get("verbose", 0)
     _logging(verbose, as_json)
+    _check_backend_flags(ctx, backend)
     rates = _rates(window, scale, speedup, trace, rate, duration)
+    if backend != "local":
+        _adapt_cluster(
+            backend=backend, policy=policy, duration=duration, run_dir=run_dir, rates=rates,
+            replay_label=_replay_label(window, scale, speedup, rate, duration) if rates is not None else "",
+            stretch=max(int(speedup), 1) if window else 1, profile_path=profile_path, interval_s=interval_s,
+            check_s=check_s, stabilization=stabilization, forecaster=forecaster, prometheus=prometheus,
+            kubeconfig=kubeconfig, context=context, namespace=namespace, k8s_config=k8s_config,
+            dispatcher_url=dispatcher_url, admin_token_file=admin_token_file, ready_timeout_s=ready_timeout_s,
+            in_place=in_place, out_dir=out_dir, metrics_port=metrics_port, as_json=as_json, quiet=verbose < 0,
+        )
+        return
+    from infadapter.experiment import LiveRun
+
+    run_dir = run_dir or DEFAULT_RUN_DIR
     cfg = _run_config(profile_path=profile_path or _default_profile(), policy=policy, run_dir=run_dir,
                       model_dir=model_dir, duration_s=duration, interval_s=interval_s, check_s=check_s,
                       stabilization_intervals=stabilization, forecaster=forecaster, rates_rps=rates,
@@ -190,6 +295,58 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
         print_json(summary)
         return
     _print_summary(summary)
+
+
+def _adapt_cluster(*, backend: str, policy: str, duration: float | None, run_dir: Path | None,
+                   rates: tuple[float, ...] | None, replay_label: str, stretch: int, profile_path: Path | None,
+                   interval_s: float, check_s: float, stabilization: int, forecaster: str, prometheus: str | None,
+                   kubeconfig: str | None, context: str | None, namespace: str | None, k8s_config: Path | None,
+                   dispatcher_url: str | None, admin_token_file: Path | None, ready_timeout_s: float,
+                   in_place: str, out_dir: Path | None, metrics_port: int, as_json: bool, quiet: bool) -> None:
+    from infadapter.cluster_run import ClusterRun, ClusterRunConfig
+
+    if run_dir is None:
+        run_dir = out_dir if backend == "dry-run" and out_dir is not None else ROOT / "runs" / backend
+    cfg = ClusterRunConfig(
+        backend=backend, profile_path=profile_path or ROOT / "profiles" / "paper.yaml", run_dir=run_dir,
+        policy=policy, duration_s=duration, interval_s=interval_s, check_s=check_s,
+        stabilization_intervals=stabilization, forecaster=forecaster, replay_rps=rates, replay_label=replay_label,
+        history_stretch=stretch, prometheus_url=None if prometheus in (None, "", "off") else prometheus,
+        dispatcher_url=dispatcher_url or None, admin_token=_admin_token(admin_token_file) if dispatcher_url else "",
+        k8s_config=k8s_config, namespace=namespace, kubeconfig=kubeconfig, context=context,
+        ready_timeout_s=ready_timeout_s, in_place=in_place, out_dir=out_dir, metrics_port=metrics_port,
+    )
+    view = _View(quiet=as_json or quiet)
+    run = ClusterRun(cfg, on_update=view.update)
+    try:
+        run.start()
+    except BaseException:
+        run.cleanup()
+        raise
+    if not (as_json or quiet):
+        for m in run.messages:
+            err_console().print(f"adapt: {m}", highlight=False)
+        err_console().print(f"adapt: run folder {run_dir} (python cli.py status --run-dir {run_dir})",
+                            highlight=False)
+    with view:
+        summary = run.run()
+    if as_json:
+        print_json(summary)
+        return
+    con = out_console()
+    con.print(f"policy {summary['policy']} on {backend}{' (interrupted)' if summary.get('interrupted') else ''}: "
+              f"decisions {summary.get('decisions')}, transitions {summary.get('transitions')}, failed applies "
+              f"{summary.get('failed_applies')}, mean cores {summary.get('mean_cores') or 0:.3f}, mean accuracy "
+              f"{summary.get('mean_accuracy') or 0:.4f}", highlight=False)
+    con.print(f"observation: {summary['observation']}", highlight=False)
+    plan = summary.get("plan") or {}
+    if plan:
+        con.print("final plan: " + ", ".join(f"{v['name']} {v['cores']:g} cores {v['share']:.0%}"
+                                             for v in plan.get("variants", [])), highlight=False)
+    if backend == "dry-run":
+        con.print(f"manifests: {summary.get('out_dir')} ({len(summary.get('generations') or [])} generations)",
+                  highlight=False)
+    con.print(f"run folder: {summary['run_dir']} (decisions.jsonl, state.json)", highlight=False)
 
 
 def _logging(verbose: int, as_json: bool) -> None:
@@ -214,20 +371,51 @@ STATUS_EPILOG = """Examples:
 \b
   python cli.py status
   python cli.py status --run-dir runs/demo --json
+  python cli.py status --backend kubernetes --kubeconfig ~/.kube/config --namespace ml-serving
+  python cli.py status --backend kubernetes --namespace ml-serving --json
 
 Exit code 0 also when nothing runs (the message says so; --json has "running": false).
+With --backend kubernetes the variants are read from the cluster (planned vs actual: ready
+replicas, cores per pod); an unreachable cluster exits 4.
 """
 
 
 @click.command("status", epilog=STATUS_EPILOG)
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUN_DIR,
-              show_default=True, help="The run folder of the adapter to show.")
+@click.option("--backend", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True,
+              help="local: the run folder's processes; kubernetes: the variants in a namespace.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The run folder of the adapter to show [default: runs/adapt; kubernetes: runs/kubernetes, "
+                   "for the loop's last decision when the adapter runs here].")
+@click.option("--kubeconfig", default=None, help="kubernetes: kubeconfig file [default: in-cluster, else "
+              "$KUBECONFIG or ~/.kube/config].")
+@click.option("--context", default=None, help="kubernetes: kubeconfig context [default: current].")
+@click.option("--namespace", default=None, help="kubernetes: namespace [default: the --k8s-config's, infadapter].")
+@click.option("--k8s-config", "k8s_config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="kubernetes: render config YAML (instance label, name prefix).")
 @json_option
-def status(run_dir: Path, as_json: bool) -> None:
+@click.pass_context
+def status(ctx: click.Context, backend: str, run_dir: Path | None, kubeconfig: str | None, context: str | None,
+           namespace: str | None, k8s_config: Path | None, as_json: bool) -> None:
     """Show what a running adapter does: variants, load vs forecast, SLO, cost, last decision."""
+    if backend == "kubernetes":
+        from infadapter.status import collect_kubernetes_status
+
+        doc = collect_kubernetes_status(run_dir or ROOT / "runs" / "kubernetes", kubeconfig=kubeconfig,
+                                        context=context, namespace=namespace, k8s_config=k8s_config)
+        if as_json:
+            print_json(doc)
+        else:
+            _print_kubernetes_status(doc)
+        return
+    from click.core import ParameterSource
+
+    for param, flag in (("kubeconfig", "--kubeconfig"), ("context", "--context"), ("namespace", "--namespace"),
+                        ("k8s_config", "--k8s-config")):
+        if ctx.get_parameter_source(param) == ParameterSource.COMMANDLINE:
+            raise BadInput(f"{flag}: only with --backend kubernetes")
     from infadapter.status import collect_status
 
-    doc = collect_status(run_dir)
+    doc = collect_status(run_dir or DEFAULT_RUN_DIR)
     if as_json:
         print_json(doc)
         return
@@ -244,6 +432,10 @@ def status(run_dir: Path, as_json: bool) -> None:
     for v in doc.get("variants", []):
         t.add_row(v["name"], f"{v['cores']:g}", f"{v['share']:.0%}", "yes" if v["ready"] else "no",
                   _fmt(v.get("rps")), _fmt(v.get("p99_ms")), str(v["pid"]), str(v["port"]))
+    if doc.get("backend", "local") != "local":  # no local servers: the plan applied to the cluster/folder
+        for v in (doc.get("plan") or {}).get("variants", []):
+            t.add_row(v["name"], f"{v['cores']:g}", f"{v['share']:.0%}", "-", "-", "-", "-", "-")
+        con.print(f"observing: {doc.get('observation')}", highlight=False)
     con.print(t)
     mon = doc.get("monitor") or {}
     att = doc.get("slo_attainment_5m")
@@ -257,6 +449,36 @@ def status(run_dir: Path, as_json: bool) -> None:
     d = doc.get("last_decision") or {}
     if d:
         con.print(f"last decision #{d['seq']} ({d['trigger']}): {d['diff']}: {d['reason']}", highlight=False)
+
+
+def _print_kubernetes_status(doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    con = out_console()
+    if not doc.get("variants"):
+        con.print(doc.get("message", "no variants"), highlight=False)
+    else:
+        t = Table(title=f"namespace {doc['namespace']}: plan generation {doc.get('generation')} "
+                        f"(load {_fmt((doc.get('plan') or {}).get('load'))} req/s)")
+        for col in ("variant", "planned cores", "share", "ready", "cores per pod", "template cores", "generation"):
+            t.add_column(col)
+        for v in doc["variants"]:
+            t.add_row(v["name"], _fmt(v.get("planned_cores")), f"{v.get('planned_share') or 0:.0%}",
+                      f"{v['ready_replicas']}/{v['replicas']}", ", ".join(f"{c:g}" for c in v["cores_per_pod"]) or "-",
+                      _fmt(v.get("template_cores")), str(v.get("generation")))
+        con.print(t)
+    for m in doc.get("messages", []):
+        con.print(m, highlight=False)
+    loop = doc.get("loop") or {}
+    if loop:
+        adapter = doc.get("adapter") or {}
+        con.print(f"adapter {'runs' if adapter.get('running') else 'does not run'} here ({doc.get('run_dir')}); "
+                  f"observing {adapter.get('observation', '-')}", highlight=False)
+        d = loop.get("last_decision") or {}
+        con.print(f"load: observed {_fmt(loop.get('observed_rps'))} req/s, forecast {_fmt(loop.get('forecast_rps'))} "
+                  f"req/s", highlight=False)
+        if d:
+            con.print(f"last decision #{d['seq']} ({d['trigger']}): {d['diff']}: {d['reason']}", highlight=False)
 
 
 def _fmt(v: Any) -> str:
