@@ -58,7 +58,7 @@ class RunConfig:
     rates_rps: tuple[float, ...] | None = None  # per-second load to drive through the dispatcher
     prometheus: str | None = None  # URL of an existing server; "off" disables; None: start one if present
     limit_mode: str = "auto"
-    resolution: int = 224  # model input and load JPEG size (built models must match)
+    resolution: int | None = None  # model input and load JPEG size; None: the profile's, else 224
     initial_forecast_rps: float | None = None  # default: the load's first 10 s peak, else 0
     warmup: int = 3
     seed: int = 0
@@ -84,7 +84,9 @@ def ensure_models(profile: Profile, model_dir: Path, resolution: int) -> list[st
     built = []
     for v in profile.variants:
         name = v.model or v.name
-        if not resnet.model_path(model_dir, name).exists():
+        path = resnet.model_path(model_dir, name)
+        built_at = resnet.built_resolution(model_dir, name)
+        if not path.exists() or (built_at is not None and built_at != resolution):
             log.info("building %s at %d px into %s", name, resolution, model_dir)
             resnet.write_model(model_dir, name, resolution=resolution)
             built.append(name)
@@ -116,6 +118,11 @@ class LiveRun:
     def __post_init__(self) -> None:
         self.profile = load_profile(self.config.profile_path)
 
+    @property
+    def resolution(self) -> int:
+        """The models' input size: the flag, else the one the profile was measured at, else 224."""
+        return self.config.resolution or self.profile.resolution or 224
+
     # -- bring-up ----------------------------------------------------------------------------------
     def start(self) -> None:
         from infadapter.backends.local import LocalBackend, LocalConfig
@@ -133,9 +140,9 @@ class LiveRun:
         self.store = StateStore(state_path(cfg.run_dir), keep)
         policy = make_policy(cfg.policy, self.profile, cfg.stabilization_intervals)
         forecaster = make_forecaster(cfg.forecaster)
-        built = ensure_models(self.profile, cfg.model_dir, cfg.resolution)
+        built = ensure_models(self.profile, cfg.model_dir, self.resolution)
         if built:
-            self.messages.append(f"built models: {', '.join(built)} ({cfg.resolution} px)")
+            self.messages.append(f"built models: {', '.join(built)} ({self.resolution} px)")
         self.store.update(adapter={"pid": os.getpid(), "started_s": time.time(), "policy": cfg.policy,
                                    "run_dir": str(cfg.run_dir), "interval_s": cfg.interval_s,
                                    "profile": str(cfg.profile_path), "slo_ms": self.profile.slo_ms})
@@ -280,7 +287,7 @@ class LiveRun:
         self.store.update(load={"seconds": int(rates.size), "mean_rps": float(rates.mean()), "started_s": time.time()})
         summary = run_load(f"{self.backend.dispatcher_url}/v1/models/resnet:predict", rates, out_path=out,
                            slo_ms=self.profile.slo_ms, seed=cfg.seed, timeout_s=cfg.timeout_s,
-                           resolution=cfg.resolution)
+                           resolution=self.resolution)
         self.store.update(load_summary=summary.as_dict())
         return summary
 

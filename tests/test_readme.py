@@ -24,7 +24,9 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_plan_examples_in_the_readme_run():
     """Every `python cli.py plan|profile show` line in the README runs and exits as documented."""
-    lines = [ln.strip() for ln in README.splitlines() if ln.strip().startswith("python cli.py plan ")]
+    # Pipelines write files elsewhere (render has its own tests); single commands run here.
+    lines = [ln.strip() for ln in README.splitlines()
+             if ln.strip().startswith("python cli.py plan ") and not set("|><") & set(ln)]
     assert lines, "the README shows cli.py plan"
     for line in lines:
         args = shlex.split(line)[2:]

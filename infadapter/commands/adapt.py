@@ -48,7 +48,7 @@ def _common_options(f: Any) -> Any:
         click.option("--forecaster", default="ewma", show_default=True, help="last | ewma | learned."),
         click.option("--models", "model_dir", type=click.Path(file_okay=False, path_type=Path),
                      default=ROOT / "models", show_default=True, help="Model folder (built when missing)."),
-        click.option("--resolution", type=int, default=224, show_default=True,
+        click.option("--resolution", type=int, default=None,
                      help="Input size of models built here and of the load's JPEGs."),
         click.option("--prometheus", "--prometheus-url", "prometheus", default=None,
                      help="URL of an existing Prometheus, or 'off' [default: local: start one when installed; "

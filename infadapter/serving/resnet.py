@@ -18,6 +18,7 @@ sizes; the global average pool makes every R >= 32 valid.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,9 @@ def parameter_count(model: onnx.ModelProto) -> int:
     return sum(math.prod(t.dims) for t in model.graph.initializer)
 
 
+INFO_FILE = "build.json"
+
+
 def model_path(out_dir: Path, name: str, version: int = 1) -> Path:
     """TF-Serving-like layout: ``<out>/<name>/<version>/model.onnx``."""
     return Path(out_dir) / name / str(version) / MODEL_FILE
@@ -171,4 +175,15 @@ def write_model(out_dir: Path, name: str, resolution: int = 224, seed: int = 0) 
     # Written whole then renamed, so a server never reads a half-written model.
     tmp.write_bytes(model.SerializeToString())
     tmp.replace(path)
+    # A small sidecar lets callers check the input size without parsing hundreds of MB of weights.
+    path.with_name(INFO_FILE).write_text(json.dumps({"resolution": resolution, "seed": seed, "name": name}))
     return path
+
+
+def built_resolution(out_dir: Path, name: str) -> int | None:
+    """The input size a model under ``out_dir`` was built for, or None when unknown (no sidecar)."""
+    try:
+        info = json.loads(model_path(out_dir, name).with_name(INFO_FILE).read_text())
+        return int(info["resolution"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
