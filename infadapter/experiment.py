@@ -343,30 +343,26 @@ class LiveRun:
 
 # -- experiments -----------------------------------------------------------------------------------
 def simulate_same(profile: Profile, rates: np.ndarray, policy: str, interval_s: float,
-                  stabilization: int, forecaster: str, speedup: int = 1) -> dict[str, Any] | None:
-    """The simulator on the same load and settings (None when the simulator is not there).
+                  stabilization: int, forecaster: str, speedup: int = 1) -> dict[str, Any]:
+    """The simulator on the same load and with the live loop's settings.
 
-    A replay compressed K times is simulated in trace time (each second K times, the interval K times
-    longer), as the live loop's forecaster sees it; rates, shares and means are the same either way.
+    A replay compressed K times is simulated in trace time (each second K times, every duration K
+    times longer), as the live loop's forecaster sees it; rates, shares and means are the same either
+    way. Like the local backend, cores change in place; like the loop, an overload seen between
+    decisions (mean of the last 3 s above capacity by 10 %) triggers a decision at once.
     """
-    if speedup > 1:
-        rates = np.repeat(rates, speedup)
-        interval_s *= speedup
-    try:
-        from infadapter import sim
-    except ImportError:
-        return None
-    cfg_fields = getattr(sim.SimConfig, "__dataclass_fields__", None) or getattr(sim.SimConfig, "model_fields", {})
-    kwargs: dict[str, Any] = {}
-    for name, value in (("interval_s", interval_s), ("stabilization_intervals", stabilization),
-                        ("forecaster", forecaster), ("in_place_resize", True), ("warmup_s", 0)):
-        if name in cfg_fields:
-            kwargs[name] = value
-    res = sim.simulate(profile, rates, policy, sim.SimConfig(**kwargs))
-    totals = getattr(res, "totals", res)
-    get = totals.get if isinstance(totals, dict) else (lambda k, d=None: getattr(totals, k, d))
-    return {k: get(k) for k in ("requests", "slo_violation_rate", "mean_cores", "mean_accuracy", "transitions",
-                                "dropped")}
+    from infadapter import sim
+
+    k = max(int(speedup), 1)
+    if k > 1:
+        rates = np.repeat(rates, k)
+    cfg = sim.SimConfig(
+        interval_s=interval_s * k, stabilization_intervals=stabilization, forecaster=forecaster,
+        in_place_resize=True, warmup_s=0, react=True, check_s=float(k), rate_window_s=3 * k,
+    )
+    res = sim.simulate(profile, rates, policy, cfg)
+    return {"requests": res.requests, "slo_violation_rate": res.slo_violation_rate, "mean_cores": res.mean_cores,
+            "mean_accuracy": res.mean_accuracy, "transitions": res.transitions, "dropped": res.dropped}
 
 
 def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,

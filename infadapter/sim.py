@@ -77,7 +77,7 @@ class SimConfig:
     # Off by default: the paper decided only every interval.
     react: bool = False
     check_s: float = 1.0
-    rate_window_s: int = 5
+    rate_window_s: int = 3
     overload_tolerance: float = 0.10
     replan_gap_s: float | None = None
     solver: solver_mod.Options = field(default_factory=solver_mod.Options)

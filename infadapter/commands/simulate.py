@@ -57,7 +57,7 @@ def resolve_forecaster(spec: str) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the arrivals and service times.")
 @click.option("--in-place-resize", is_flag=True, help="Resize cores in place (no load time).")
 @click.option("--react", is_flag=True,
-              help="Re-plan at once when the last 5 s run 10%% above the plan's capacity (as the live loop).")
+              help="Re-plan at once when the last 3 s run 10%% above the plan's capacity (as the live loop).")
 @click.option("--make-before-break/--break-before-make", default=True, show_default=True,
               help="Keep the old plan serving until new instances are ready.")
 @click.option("--vpa-update", type=click.Choice(["rolling", "recreate"]), default="rolling", show_default=True,
