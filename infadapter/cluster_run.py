@@ -58,6 +58,7 @@ class ClusterRunConfig:
     interval_s: float = 30.0
     check_s: float = 1.0
     stabilization_intervals: int = 4
+    min_gain: float = 0.005  # see policies.Stabilized.min_gain
     forecaster: str = "ewma"
     #: Per-second rates the loop observes instead of live traffic (None: observe live).
     replay_rps: tuple[float, ...] | None = None
@@ -251,7 +252,7 @@ class ClusterRun:
         if pid_alive(other.get("pid")) and other.get("pid") != os.getpid():
             raise BadInput(f"--run-dir: an adapter (pid {other['pid']}) already runs on {cfg.run_dir}; "
                            "stop it or pick another --run-dir")
-        policy = make_policy(cfg.policy, self.profile, cfg.stabilization_intervals)
+        policy = make_policy(cfg.policy, self.profile, cfg.stabilization_intervals, min_gain=cfg.min_gain)
         forecaster = make_forecaster(cfg.forecaster)
         # Flags and the cluster are checked before anything is written.
         self.backend = build_backend(cfg, self.profile)

@@ -54,6 +54,7 @@ class RunConfig:
     interval_s: float = 30.0
     check_s: float = 1.0
     stabilization_intervals: int = 4
+    min_gain: float = 0.005  # see policies.Stabilized.min_gain
     forecaster: str = "ewma"
     rates_rps: tuple[float, ...] | None = None  # per-second load to drive through the dispatcher
     prometheus: str | None = None  # URL of an existing server; "off" disables; None: start one if present
@@ -138,7 +139,7 @@ class LiveRun:
         previous = read_state(state_path(cfg.run_dir)) or {}
         keep = {k: previous[k] for k in ("servers", "dispatcher", "backend_plan", "prometheus") if k in previous}
         self.store = StateStore(state_path(cfg.run_dir), keep)
-        policy = make_policy(cfg.policy, self.profile, cfg.stabilization_intervals)
+        policy = make_policy(cfg.policy, self.profile, cfg.stabilization_intervals, min_gain=cfg.min_gain)
         forecaster = make_forecaster(cfg.forecaster)
         built = ensure_models(self.profile, cfg.model_dir, self.resolution)
         if built:
@@ -343,7 +344,7 @@ class LiveRun:
 
 # -- experiments -----------------------------------------------------------------------------------
 def simulate_same(profile: Profile, rates: np.ndarray, policy: str, interval_s: float,
-                  stabilization: int, forecaster: str, speedup: int = 1) -> dict[str, Any]:
+                  stabilization: int, forecaster: str, speedup: int = 1, min_gain: float = 0.0) -> dict[str, Any]:
     """The simulator on the same load and with the live loop's settings.
 
     A replay compressed K times is simulated in trace time (each second K times, every duration K
@@ -358,7 +359,7 @@ def simulate_same(profile: Profile, rates: np.ndarray, policy: str, interval_s: 
         rates = np.repeat(rates, k)
     cfg = sim.SimConfig(
         interval_s=interval_s * k, stabilization_intervals=stabilization, forecaster=forecaster,
-        in_place_resize=True, warmup_s=0, react=True, check_s=float(k), rate_window_s=3 * k,
+        in_place_resize=True, warmup_s=0, react=True, check_s=float(k), rate_window_s=3 * k, min_gain=min_gain,
     )
     res = sim.simulate(profile, rates, policy, cfg)
     return {"requests": res.requests, "slo_violation_rate": res.slo_violation_rate, "mean_cores": res.mean_cores,
@@ -383,7 +384,7 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
         sim_res = None
         try:
             sim_res = simulate_same(profile, rates, pol, base.interval_s, base.stabilization_intervals,
-                                    base.forecaster, base.history_stretch)
+                                    base.forecaster, base.history_stretch, base.min_gain)
         except Exception as exc:  # the comparison must not lose the live figures
             log.warning("simulator failed for %s: %s", pol, exc)
         results.append({"policy": pol, "live": live, "simulated": sim_res,

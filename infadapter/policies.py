@@ -225,6 +225,10 @@ class Stabilized:
 
     inner: Policy
     intervals: int = 4
+    #: Keep the current cores when the new plan's objective beats them by less than this (the current
+    #: plan re-shared for the forecast, no transition): forecast noise must not swap equal plans back
+    #: and forth. Only for policies that maximize the objective; 0 turns it off.
+    min_gain: float = 0.0
 
     @property
     def name(self) -> str:
@@ -234,6 +238,9 @@ class Stabilized:
         st = ctx.state if isinstance(ctx.state, StabilizedState) else StabilizedState()
         d = self.inner.decide(replace(ctx, state=st.inner))
         cur = ctx.current
+        kept = _keep_if_close(ctx, d, self.min_gain) if self.min_gain > 0 else None
+        if kept is not None:
+            return replace(kept, state=StabilizedState(d.state, st.pending_down))
         wants_less = (
             cur is not None
             and cur.allocations
@@ -252,6 +259,28 @@ class Stabilized:
                        reason=f"{d.reason}; scale-down held ({len(pending)}/{self.intervals})")
 
 
+def _keep_if_close(ctx: Context, d: Decision, min_gain: float) -> Decision | None:
+    """The current cores re-shared for the forecast, when ``d`` gains less than ``min_gain`` over them."""
+    cur = ctx.current
+    if cur is None or not cur.allocations or not d.plan.feasible:
+        return None
+    cores = cur.cores_by_name()
+    if d.plan.cores_by_name() == cores:
+        return None
+    shares = solver_mod.greedy_shares(ctx.profile, ctx.forecast_rps, cores)
+    if shares is None:
+        return None  # the current plan cannot serve the forecast: change
+    obj = solver_mod.objective_value(ctx.profile, shares, cores, cores)
+    gain = d.plan.objective - obj
+    if gain >= min_gain:
+        return None
+    p = ctx.profile
+    allocs = tuple(Allocation(n, c, shares[n], p.capacity_rps(n, c)) for n, c in cores.items())
+    acc = sum(shares[n] * p.variant(n).accuracy for n in cores)
+    plan = Plan(allocs, ctx.forecast_rps, feasible=True, objective=obj, accuracy=acc)
+    return replace(d, plan=plan, reason=f"{d.reason}; kept the current cores (gain {gain:.4f} < {min_gain:g})")
+
+
 # -- registry ---------------------------------------------------------------------------------------
 POLICY_HELP = "infadapter | msplus | vpa:VARIANT | static:NAME=CORES[,...] | oracle"
 
@@ -261,8 +290,12 @@ def make_policy(
     profile: Profile,
     stabilization_intervals: int = 4,
     vpa_config: VpaConfig | None = None,
+    min_gain: float = 0.0,
 ) -> Policy:
-    """Build a policy from its name, wrapped in the shared stabilization (``intervals`` <= 1 disables it)."""
+    """Build a policy from its name, wrapped in the shared stabilization (``intervals`` <= 1 disables it).
+
+    ``min_gain`` > 0 also keeps the current cores when a new plan of an objective-maximizing policy
+    (infadapter, msplus, oracle) beats them by less than that (see :class:`Stabilized`)."""
     name, _, arg = spec.partition(":")
     factories: dict[str, Callable[[], Policy]] = {
         "infadapter": InfAdapter,
@@ -276,7 +309,10 @@ def make_policy(
     if name not in factories:
         raise BadInput(f"--policy: unknown policy {spec!r}, expected {POLICY_HELP}")
     policy = factories[name]()
-    return Stabilized(policy, stabilization_intervals) if stabilization_intervals > 1 else policy
+    gain = min_gain if name in ("infadapter", "oracle", "msplus", "ms+") else 0.0
+    if stabilization_intervals > 1 or gain > 0:
+        return Stabilized(policy, max(stabilization_intervals, 1), gain)
+    return policy
 
 
 def _vpa_variant(arg: str, profile: Profile) -> str:

@@ -59,6 +59,7 @@ class SimConfig:
     interval_s: float = 30.0  # seconds between decisions
     warmup_s: float = 120.0  # the first decision's time
     stabilization_intervals: int = 4  # scale-down only after this many decisions want less (<= 1: off)
+    min_gain: float = 0.0  # keep the current cores unless a plan beats them by this much (policies.Stabilized)
     forecaster: str = "ewma"  # see infadapter.forecast.make_forecaster
     forecaster_model: str | None = None  # model file of the learned forecaster
     make_before_break: bool = True
@@ -371,7 +372,8 @@ def initial_plan(profile: Profile, policy: Policy, config: SimConfig) -> Plan:
 
 
 def _build_policy(spec: str | Policy, profile: Profile, config: SimConfig) -> Policy:
-    policy = make_policy(spec, profile, config.stabilization_intervals) if isinstance(spec, str) else spec
+    policy = (make_policy(spec, profile, config.stabilization_intervals, min_gain=config.min_gain)
+              if isinstance(spec, str) else spec)
     if not config.memoize:
         return policy
     inner = _unwrap(policy)

@@ -165,8 +165,10 @@ def _pulp_solver(options: Options, time_limit_s: float) -> tuple[pulp.LpSolver, 
     with warnings.catch_warnings():
         # PuLP 3.x deprecates its bundled CBC in favour of a separate package; it still works.
         warnings.simplefilter("ignore", DeprecationWarning)
+        # CBC's default objective increment prunes nodes that improve by less than ~1e-5: too coarse
+        # for the transition term (bench/solver.py found one load off by 1.5e-6 without this).
         cbc = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, math.ceil(time_limit_s)), gapRel=0.0,
-                                gapAbs=options.gap_abs)
+                                gapAbs=options.gap_abs, options=[f"increment {options.gap_abs:g}"])
     if cbc.available():
         return cbc, "cbc"
     raise BadInput("--solver: neither HiGHS (pip install highspy) nor CBC is available")

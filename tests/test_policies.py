@@ -148,3 +148,18 @@ def test_vpa_without_samples_keeps_the_request(paper):
 def test_clamp_cores_rounds_up_to_the_grid(paper, cores, expected):
     assert clamp_cores(paper, cores) == expected
     assert not math.isnan(expected)
+
+
+def test_min_gain_keeps_current_cores_unless_they_cannot_serve(paper):
+    current = one("resnet50", 10, paper.capacity_rps("resnet50", 10))
+    # 50 req/s: resnet50 on 10 cores (78.5 req/s) still serves it; any new plan gains < 1.0.
+    sticky = make_policy("infadapter", paper, 1, min_gain=1.0)
+    held = sticky.decide(make_ctx(paper, forecast_rps=50.0, current=current))
+    assert held.plan.cores_by_name() == {"resnet50": 10.0} and "kept the current cores" in held.reason
+    free = make_policy("infadapter", paper, 1, min_gain=0.0).decide(make_ctx(paper, forecast_rps=50.0, current=current))
+    assert free.plan.cores_by_name() != {"resnet50": 10.0}
+    # 150 req/s is beyond resnet50 on 10 cores: the plan must change whatever the threshold.
+    grow = sticky.decide(make_ctx(paper, forecast_rps=150.0, current=current))
+    assert grow.plan.served_capacity_rps() >= 150.0 - 1e-6
+    # VPA does not maximize the objective: the threshold does not apply to it.
+    assert not isinstance(make_policy("vpa:resnet50", paper, 1, min_gain=1.0), Stabilized)

@@ -33,6 +33,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -312,6 +313,12 @@ class LocalBackend:
                         replaced.append(cur)
                         actions.append(f"replace {a.name} {cur.cores:g} -> {a.cores:g} cores "
                                        f"({self._threads_for(a.cores)} threads)")
+            # Raise limits before anything waits: in place, instant, and the burst is happening now.
+            for sp, cores in grow:
+                self._set_cores(sp, cores)
+                actions.append(f"resize {sp.name} {sp.cores:g} -> {cores:g} cores in place")
+                sp.cores = cores
+            grow.clear()
             if starting:
                 self._wait_ready(list(starting.values()))
         except Exception as exc:
@@ -353,7 +360,7 @@ class LocalBackend:
             sp.cores = cores
         for sp in [*removed, *replaced]:
             actions.append(f"stop {sp.name} (pid {sp.pid}) after drain")
-            self._terminate(sp, drain=True)
+            self._terminate_later(sp)
         self.plan = plan
         self._save()
         return ApplyResult(serving=plan, actions=tuple(actions))
@@ -500,8 +507,14 @@ class LocalBackend:
             with contextlib.suppress(Exception):
                 sp.group.remove()
             sp.group = None
-        if sp in self.retired:
+        with contextlib.suppress(ValueError):  # stop() may have cleared the list meanwhile
             self.retired.remove(sp)
+
+    def _terminate_later(self, sp: ServerProc) -> None:
+        """Drain and stop ``sp`` in the background: it gets no traffic any more, and the loop must
+        not wait seconds for its queue to empty (it may be needed for the next overload)."""
+        self.retired.append(sp)
+        threading.Thread(target=self._terminate, args=(sp, True), name=f"stop-{sp.name}", daemon=True).start()
 
     def _retire(self, sp: ServerProc) -> None:
         """Forget a dead server (reaping it and removing its cgroup)."""

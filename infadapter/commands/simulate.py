@@ -56,6 +56,8 @@ def resolve_forecaster(spec: str) -> str:
 @click.option("--timeout", type=float, default=None, help="Longest queue wait before a drop, s [default: 2 x SLO].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the arrivals and service times.")
 @click.option("--in-place-resize", is_flag=True, help="Resize cores in place (no load time).")
+@click.option("--min-gain", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Keep the current cores unless a new plan's objective is better by this much (live: 0.005).")
 @click.option("--react", is_flag=True,
               help="Re-plan at once when the last 3 s run 10%% above the plan's capacity (as the live loop).")
 @click.option("--make-before-break/--break-before-make", default=True, show_default=True,
@@ -70,8 +72,8 @@ def resolve_forecaster(spec: str) -> str:
 def simulate(
     profile_path: Path, window: str, trace_path: Path | None, scale: float, speedup: float, policy_spec: str,
     forecaster: str, interval: float, warmup: float, stabilization: int, timeout: float | None, seed: int,
-    in_place_resize: bool, react: bool, make_before_break: bool, vpa_update: str, plot_path: Path | None,
-    timeline_path: Path | None, as_json: bool,
+    in_place_resize: bool, min_gain: float, react: bool, make_before_break: bool, vpa_update: str,
+    plot_path: Path | None, timeline_path: Path | None, as_json: bool,
 ) -> None:
     """Replay a workload trace against policies and report SLO violations, cost and accuracy.
 
@@ -96,11 +98,12 @@ def simulate(
         interval_s=interval, warmup_s=warmup, stabilization_intervals=stabilization,
         forecaster=resolve_forecaster(forecaster), make_before_break=make_before_break,
         in_place_resize=in_place_resize, vpa_update=vpa_update, seed=seed, timeout_s=timeout, react=react,
+        min_gain=min_gain,
     )
     from infadapter.forecast import make_forecaster
     from infadapter.policies import make_policy
 
-    policies = [make_policy(s, profile, stabilization) for s in specs]  # BadInput before any work
+    policies = [make_policy(s, profile, stabilization, min_gain=min_gain) for s in specs]  # BadInput first
     fc = make_forecaster(config.forecaster)
     arrivals = sim.make_arrivals(rates, seed)
     results = []
