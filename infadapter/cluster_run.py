@@ -59,6 +59,7 @@ class ClusterRunConfig:
     check_s: float = 1.0
     stabilization_intervals: int = 4
     min_gain: float = 0.005  # see policies.Stabilized.min_gain
+    alpha: float | None = None  # overrides the profile's cost weight
     forecaster: str = "ewma"
     #: Per-second rates the loop observes instead of live traffic (None: observe live).
     replay_rps: tuple[float, ...] | None = None
@@ -240,7 +241,7 @@ class ClusterRun:
     _cleaned: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
-        self.profile = load_profile(self.config.profile_path)
+        self.profile = load_profile(self.config.profile_path).with_overrides(alpha=self.config.alpha)
 
     def start(self) -> None:
         """Backend, observer, state file and loop; nothing is applied yet (:meth:`run` calls it if needed)."""

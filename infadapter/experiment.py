@@ -55,6 +55,7 @@ class RunConfig:
     check_s: float = 1.0
     stabilization_intervals: int = 4
     min_gain: float = 0.005  # see policies.Stabilized.min_gain
+    alpha: float | None = None  # overrides the profile's cost weight
     forecaster: str = "ewma"
     rates_rps: tuple[float, ...] | None = None  # per-second load to drive through the dispatcher
     prometheus: str | None = None  # URL of an existing server; "off" disables; None: start one if present
@@ -117,7 +118,7 @@ class LiveRun:
     _cleaned: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
-        self.profile = load_profile(self.config.profile_path)
+        self.profile = load_profile(self.config.profile_path).with_overrides(alpha=self.config.alpha)
 
     @property
     def resolution(self) -> int:
@@ -374,7 +375,7 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
     if not base.rates_rps:
         raise BadInput("experiment: a load is required (--window ... or --rate R --duration S)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    profile = load_profile(base.profile_path)
+    profile = load_profile(base.profile_path).with_overrides(alpha=base.alpha)
     rates = np.asarray(base.rates_rps, dtype=float)
     results = []
     for pol in policies:

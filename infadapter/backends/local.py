@@ -411,6 +411,13 @@ class LocalBackend:
         }
 
     # -- internals ---------------------------------------------------------------------------------
+    def _queue_bound(self, name: str, cores: float) -> int:
+        """Requests a server may hold waiting: what it serves within the SLO at its capacity
+        (Little's law, capacity x SLO), at least 2. Beyond it the server answers 503 at once and the
+        dispatcher retries on another variant, instead of a backlog that outlives the burst."""
+        cap = max(self.profile.capacity_rps(name, cores), 0.0)
+        return max(2, math.ceil(cap * self.profile.slo_ms / 1000.0))
+
     def _start_server(self, name: str, cores: float) -> ServerProc:
         v = self.profile.variant(name)
         model = v.model or v.name
@@ -422,6 +429,8 @@ class LocalBackend:
         cmd = [self.config.python, str(CLI), "serve-model", "--model-dir", str(self.config.model_dir),
                "--name", model, "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads),
                "--warmup", str(self.config.warmup), *self.config.server_args]
+        if "--max-queue" not in self.config.server_args:
+            cmd += ["--max-queue", str(self._queue_bound(name, cores))]
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
         logf.close()

@@ -45,6 +45,8 @@ def _common_options(f: Any) -> Any:
                      help="Seconds between mid-interval checks (overload, crashes)."),
         click.option("--stabilization", type=int, default=4, show_default=True,
                      help="Decisions that must want less before scaling down (1: off)."),
+        click.option("--alpha", type=click.FloatRange(0), default=None,
+                     help="Override the profile's cost weight (higher: fewer cores, lower accuracy)."),
         click.option("--min-gain", type=click.FloatRange(0, 1), default=0.005, show_default=True,
                      help="Keep the current cores unless a new plan's objective is better by this much."),
         click.option("--forecaster", default="ewma", show_default=True, help="last | ewma | learned."),
@@ -251,8 +253,9 @@ observes the trace's rates instead of live traffic (labelled "replay" in status 
 @click.pass_context
 def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None, run_dir: Path | None,
           window: str | None, scale: float, speedup: float, trace: Path | None, rate: float | None,
-          profile_path: Path | None, interval_s: float, check_s: float, stabilization: int, min_gain: float,
-          forecaster: str, model_dir: Path, resolution: int, prometheus: str | None, limit_mode: str, seed: int,
+          profile_path: Path | None, interval_s: float, check_s: float, stabilization: int, alpha: float | None,
+          min_gain: float, forecaster: str, model_dir: Path, resolution: int, prometheus: str | None,
+          limit_mode: str, seed: int,
           kubeconfig: str | None, context: str | None, namespace: str | None, k8s_config: Path | None,
           dispatcher_url: str | None, admin_token_file: Path | None, ready_timeout_s: float, in_place: str,
           out_dir: Path | None, metrics_port: int, as_json: bool) -> None:
@@ -277,7 +280,7 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
             backend=backend, policy=policy, duration=duration, run_dir=run_dir, rates=rates,
             replay_label=_replay_label(window, scale, speedup, rate, duration) if rates is not None else "",
             stretch=max(int(speedup), 1) if window else 1, profile_path=profile_path, interval_s=interval_s,
-            check_s=check_s, stabilization=stabilization, min_gain=min_gain, forecaster=forecaster,
+            check_s=check_s, stabilization=stabilization, min_gain=min_gain, alpha=alpha, forecaster=forecaster,
             prometheus=prometheus, kubeconfig=kubeconfig, context=context, namespace=namespace, k8s_config=k8s_config,
             dispatcher_url=dispatcher_url, admin_token_file=admin_token_file, ready_timeout_s=ready_timeout_s,
             in_place=in_place, out_dir=out_dir, metrics_port=metrics_port, as_json=as_json, quiet=verbose < 0,
@@ -290,7 +293,7 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
                       model_dir=model_dir, duration_s=duration, interval_s=interval_s, check_s=check_s,
                       stabilization_intervals=stabilization, forecaster=forecaster, rates_rps=rates,
                       prometheus=prometheus, limit_mode=limit_mode, resolution=resolution, seed=seed,
-                      history_stretch=max(int(speedup), 1) if window else 1, min_gain=min_gain)
+                      history_stretch=max(int(speedup), 1) if window else 1, min_gain=min_gain, alpha=alpha)
     with _View(quiet=as_json or verbose < 0) as view:
         summary = LiveRun(cfg, on_update=view.update).run()
     if as_json:
@@ -301,8 +304,8 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
 
 def _adapt_cluster(*, backend: str, policy: str, duration: float | None, run_dir: Path | None,
                    rates: tuple[float, ...] | None, replay_label: str, stretch: int, profile_path: Path | None,
-                   interval_s: float, check_s: float, stabilization: int, min_gain: float, forecaster: str,
-                   prometheus: str | None,
+                   interval_s: float, check_s: float, stabilization: int, min_gain: float, alpha: float | None,
+                   forecaster: str, prometheus: str | None,
                    kubeconfig: str | None, context: str | None, namespace: str | None, k8s_config: Path | None,
                    dispatcher_url: str | None, admin_token_file: Path | None, ready_timeout_s: float,
                    in_place: str, out_dir: Path | None, metrics_port: int, as_json: bool, quiet: bool) -> None:
@@ -313,7 +316,7 @@ def _adapt_cluster(*, backend: str, policy: str, duration: float | None, run_dir
     cfg = ClusterRunConfig(
         backend=backend, profile_path=profile_path or ROOT / "profiles" / "paper.yaml", run_dir=run_dir,
         policy=policy, duration_s=duration, interval_s=interval_s, check_s=check_s,
-        stabilization_intervals=stabilization, min_gain=min_gain, forecaster=forecaster, replay_rps=rates,
+        stabilization_intervals=stabilization, min_gain=min_gain, alpha=alpha, forecaster=forecaster, replay_rps=rates,
         replay_label=replay_label,
         history_stretch=stretch, prometheus_url=None if prometheus in (None, "", "off") else prometheus,
         dispatcher_url=dispatcher_url or None, admin_token=_admin_token(admin_token_file) if dispatcher_url else "",
@@ -510,8 +513,8 @@ EXPERIMENT_EPILOG = """Examples:
 @click.pass_context
 def experiment(ctx: click.Context, policies: str, duration: float | None, out_dir: Path, window: str | None,
                scale: float, speedup: float, trace: Path | None, rate: float | None, profile_path: Path | None,
-               interval_s: float, check_s: float, stabilization: int, min_gain: float, forecaster: str,
-               model_dir: Path, resolution: int, prometheus: str | None, limit_mode: str, seed: int,
+               interval_s: float, check_s: float, stabilization: int, alpha: float | None, min_gain: float,
+               forecaster: str, model_dir: Path, resolution: int, prometheus: str | None, limit_mode: str, seed: int,
                as_json: bool) -> None:
     """Run policies live against the same load, one after another, and compare with the simulator."""
     from infadapter.experiment import run_experiment
@@ -528,7 +531,7 @@ def experiment(ctx: click.Context, policies: str, duration: float | None, out_di
                        duration_s=duration if rate is None else None, interval_s=interval_s, check_s=check_s,
                        stabilization_intervals=stabilization, forecaster=forecaster, rates_rps=rates,
                        prometheus=prometheus, limit_mode=limit_mode, resolution=resolution, seed=seed,
-                       history_stretch=max(int(speedup), 1) if window else 1, min_gain=min_gain)
+                       history_stretch=max(int(speedup), 1) if window else 1, min_gain=min_gain, alpha=alpha)
     with _View(quiet=as_json or verbose < 0) as view:
         doc = run_experiment(base, names, out_dir, on_update=view.update)
     if as_json:
