@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +49,15 @@ def make_profile() -> Callable[..., Profile]:
         return profile_from_dict(make_profile_dict(**overrides))
 
     return factory
+
+
+@pytest.fixture
+def cluster() -> Iterator[Any]:
+    """Real small TF-Serving-speaking backends plus a dispatcher (tests/test_dispatcher_support.py)."""
+    from tests.test_dispatcher_support import Cluster
+
+    c = Cluster()
+    try:
+        yield c
+    finally:
+        c.close()

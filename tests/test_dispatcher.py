@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,13 +28,6 @@ from tests.test_dispatcher_support import TOKEN, Cluster, http, predict
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def wait_until(cond, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]

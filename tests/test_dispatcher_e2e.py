@@ -76,13 +76,6 @@ def model_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
                 proc.stderr.close()
 
 
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def test_load_through_the_dispatcher_to_real_model_servers(model_servers: dict[str, str], cluster: Cluster) -> None:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CLOSED_URL = "http://127.0.0.1:9/v1/models/m:predict"  # the discard port: nothing listens there
 
 
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
