@@ -260,15 +260,22 @@ def _useful_steps(profile: Profile, name: str, load: float, current_cores: float
     return max(0, min(n_max, max(need, keep)))
 
 
-def _option_model(profile: Profile, load: float, current: Mapping[str, float]) -> tuple[pulp.LpProblem, Extract]:
-    """Any capacity model: one binary per (variant, core count)."""
-    opts = _options(profile)
-    prob = pulp.LpProblem("infadapter", pulp.LpMaximize)
-    y = {
+def _option_binaries(
+    prob: pulp.LpProblem, opts: Mapping[str, list[tuple[float, float]]]
+) -> dict[tuple[str, int], pulp.LpVariable]:
+    """One binary per (variant, index of its core option): 1 when the variant runs on that option."""
+    return {
         (n, i): prob.add_variable(f"y_{j}_{i}", cat=pulp.LpBinary)
         for j, (n, choices) in enumerate(opts.items())
         for i in range(len(choices))
     }
+
+
+def _option_model(profile: Profile, load: float, current: Mapping[str, float]) -> tuple[pulp.LpProblem, Extract]:
+    """Any capacity model: one binary per (variant, core count)."""
+    opts = _options(profile)
+    prob = pulp.LpProblem("infadapter", pulp.LpMaximize)
+    y = _option_binaries(prob, opts)
     s = {n: prob.add_variable(f"s_{j}", 0, 1) for j, n in enumerate(opts)}
     t = prob.add_variable("transition", 0, 1)
     top = profile.max_load_time_s
@@ -306,11 +313,7 @@ def _max_capacity(profile: Profile, load: float, current: Mapping[str, float], o
     """The plan with the most capacity (fewest cores among those), for loads nothing can serve."""
     opts = _options(profile)
     prob = pulp.LpProblem("infadapter_max_capacity", pulp.LpMaximize)
-    y = {
-        (n, i): prob.add_variable(f"y_{j}_{i}", cat=pulp.LpBinary)
-        for j, (n, ch) in enumerate(opts.items())
-        for i in range(len(ch))
-    }
+    y = _option_binaries(prob, opts)
     cap_expr = pulp.lpSum(cap * y[n, i] for n, ch in opts.items() for i, (_, cap) in enumerate(ch))
     cores_expr = pulp.lpSum(k * y[n, i] for n, ch in opts.items() for i, (k, _) in enumerate(ch))
     acc_expr = pulp.lpSum(profile.variant(n).accuracy * y[n, i] for n, ch in opts.items() for i in range(len(ch)))
