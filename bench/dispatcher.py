@@ -8,13 +8,15 @@ same two backends with keep-alive, in a temp config, as a foreground process), t
 
 1. added latency: open-loop Poisson load at ``--rate`` req/s (infadapter's own load generator) for
    ``--seconds`` per target, in interleaved rounds: backend directly, through the dispatcher, through
-   nginx. Reported: p50/p99 of each and the difference to the direct path;
+   nginx. Reported: p50/p99 of each and the difference to the direct path, in two CPU layouts
+   (``--layouts``): *shared* (every process on every CPU) and *dedicated* (the proxy alone on CPU 0,
+   the load generator and the backends on CPU 1);
 2. maximum throughput: ``wrk`` (closed loop, ``--connections``) for ``--seconds`` against the backend
    directly, the dispatcher and nginx; the proxy under test pinned to CPU 0 and everything else
    (wrk, backends) to CPU 1 where the machine has 2 CPUs or more.
 
 Usage:
-    python bench/dispatcher.py                 # the full run (about 2 minutes)
+    python bench/dispatcher.py                 # the full run (about 6 minutes)
     python bench/dispatcher.py --json          # one JSON object
     python bench/dispatcher.py loadgen         # what the load generator itself sustains
     python bench/dispatcher.py backend --port 9001   # just a fake backend (for trying things)
@@ -296,7 +298,10 @@ def main() -> int:
     ap.add_argument("--classes", type=int, default=1000, help="scores in each fake prediction (ResNet: 1000)")
     ap.add_argument("--rate", type=float, default=200.0, help="req/s of the added-latency part")
     ap.add_argument("--seconds", type=int, default=10, help="seconds per measurement")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the added-latency part")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the added-latency part")
+    ap.add_argument(
+        "--layouts", default="shared,dedicated", help="CPU layouts of the added-latency part: shared, dedicated"
+    )
     ap.add_argument("--connections", type=int, default=64, help="wrk connections")
     ap.add_argument("--wrk-seconds", type=int, default=10, help="seconds per wrk run (0: skip the throughput part)")
     ap.add_argument("--resolution", type=int, default=64, help="JPEG size of the request body")
@@ -351,21 +356,45 @@ def main() -> int:
         for url in targets.values():
             latency_round(url, 200, 2, body, seed=99)
 
-        print(
-            f"added latency at {args.rate:g} req/s ({args.rounds} rounds x {args.seconds} s each) ...", file=sys.stderr
-        )
-        rounds: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
-        for r in range(args.rounds):
-            for name, url in targets.items():
-                rounds[name].append(latency_round(url, args.rate, args.seconds, body, seed=r))
-        latency = {}
-        for name in targets:
-            p50 = stat([x["p50_ms"] for x in rounds[name]])
-            p99 = stat([x["p99_ms"] for x in rounds[name]])
-            latency[name] = {"p50_ms": round(p50, 3), "p99_ms": round(p99, 3), "rounds": rounds[name]}
-        for name in ("dispatcher", "nginx"):
-            latency[name]["added_p50_ms"] = round(latency[name]["p50_ms"] - latency["direct"]["p50_ms"], 3)
-            latency[name]["added_p99_ms"] = round(latency[name]["p99_ms"] - latency["direct"]["p99_ms"], 3)
+        layouts = [x.strip() for x in args.layouts.split(",") if x.strip()]
+        for layout in layouts:
+            if layout not in ("shared", "dedicated"):
+                raise SystemExit(f"bench: --layouts: unknown layout {layout!r} (shared, dedicated)")
+        latency: dict[str, dict[str, dict[str, object]]] = {}
+        all_cpus = set(range(os.cpu_count() or 1))
+        for layout in layouts:
+            if layout == "dedicated" and not pin("0"):
+                print("bench: the dedicated layout needs 2 CPUs and taskset; skipped", file=sys.stderr)
+                continue
+            # shared: every process may run on every CPU (they compete for them, as on a small box);
+            # dedicated: the proxy under test has CPU 0 to itself, the load generator and the
+            # backends share CPU 1 (the layout of the throughput part, and of a deployment that
+            # gives the dispatcher its own core).
+            dedicated = layout == "dedicated"
+            for name, proc in procs.items():
+                own = {0} if name in ("dispatcher", "nginx") else {1}
+                os.sched_setaffinity(proc.pid, own if dedicated else all_cpus)
+            os.sched_setaffinity(0, {1} if dedicated else all_cpus)
+            print(
+                f"added latency at {args.rate:g} req/s, {layout} CPUs "
+                f"({args.rounds} rounds x {args.seconds} s each) ...",
+                file=sys.stderr,
+            )
+            latency_round(targets["dispatcher"], args.rate, 2, body, seed=98)
+            rounds: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
+            for r in range(args.rounds):
+                for name, url in targets.items():
+                    rounds[name].append(latency_round(url, args.rate, args.seconds, body, seed=r))
+            table: dict[str, dict[str, object]] = {}
+            for name in targets:
+                p50 = stat([x["p50_ms"] for x in rounds[name]])
+                p99 = stat([x["p99_ms"] for x in rounds[name]])
+                table[name] = {"p50_ms": round(p50, 3), "p99_ms": round(p99, 3), "rounds": rounds[name]}
+            for name in ("dispatcher", "nginx"):
+                table[name]["added_p50_ms"] = round(table[name]["p50_ms"] - table["direct"]["p50_ms"], 3)  # type: ignore[operator]
+                table[name]["added_p99_ms"] = round(table[name]["p99_ms"] - table["direct"]["p99_ms"], 3)  # type: ignore[operator]
+            latency[layout] = table
+        os.sched_setaffinity(0, all_cpus)
         results["latency"] = latency
 
         print(
@@ -373,8 +402,7 @@ def main() -> int:
         )
         throughput = {}
         if pin("0"):
-            # The latency part ran unpinned (a pinned process cannot dodge other load on its CPU);
-            # for throughput each proxy gets CPU 0 to itself, wrk and the backends share CPU 1.
+            # For throughput each proxy gets CPU 0 to itself, wrk and the backends share CPU 1.
             for name, proc in procs.items():
                 os.sched_setaffinity(proc.pid, {0} if name in ("dispatcher", "nginx") else {1})
         if args.wrk_seconds > 0:
@@ -405,13 +433,23 @@ def main() -> int:
         print(json.dumps(results))
         return 0
     print(f"\nbackend: {results['backend']}; request body {len(body)} bytes; {os.cpu_count()} CPUs")
-    print(f"\nadded latency, open-loop Poisson at {args.rate:g} req/s (median of {args.rounds} rounds):")
-    print(f"  {'path':<11} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8}")
-    for name in targets:
-        row = latency[name]
-        add50 = f"{row['added_p50_ms']:+8.3f}" if "added_p50_ms" in row else f"{'':>8}"
-        add99 = f"{row['added_p99_ms']:+8.3f}" if "added_p99_ms" in row else f"{'':>8}"
-        print(f"  {name:<11} {row['p50_ms']:8.3f} {row['p99_ms']:8.3f} {add50} {add99}")
+    for layout, table in latency.items():
+        where = (
+            "every process on every CPU"
+            if layout == "shared"
+            else "proxy alone on CPU 0, load generator + backends on CPU 1"
+        )
+        print(
+            f"\nadded latency, open-loop Poisson at {args.rate:g} req/s, {layout} CPUs "
+            f"({where}; median of {args.rounds} rounds):"
+        )
+        print(f"  {'path':<11} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8}   p99 of each round")
+        for name in targets:
+            row = table[name]
+            add50 = f"{row['added_p50_ms']:+8.3f}" if "added_p50_ms" in row else f"{'':>8}"
+            add99 = f"{row['added_p99_ms']:+8.3f}" if "added_p99_ms" in row else f"{'':>8}"
+            each = " ".join(f"{x['p99_ms']:.2f}" for x in row["rounds"])  # type: ignore[attr-defined]
+            print(f"  {name:<11} {row['p50_ms']:8.3f} {row['p99_ms']:8.3f} {add50} {add99}   {each}")
     if not throughput:
         return 0
     print(

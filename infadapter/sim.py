@@ -13,10 +13,13 @@ Model (docs/simulator.md derives and discusses it):
   FIFO queue the wait is known on arrival, so dropping then equals giving up at the timeout).
   Waits follow Lindley's recursion, vectorized with numpy (a running maximum); only stretches with
   drops fall back to a Python loop.
-- **CPU usage** of an instance = cores x its busy fraction of each second (the server is busy with
-  all its cores, so usage <= cores); VPA gets samples of it every ``vpa_sample_s`` seconds, each the
-  mean over the preceding ``vpa_sample_window_s`` (the recommender's 1-minute loop reading
-  metrics-server's 15-second window).
+- **CPU usage** of an instance = cores x its busy fraction of each second (``cpu_model="busy"``, the
+  default: a request keeps every core of its server busy, so usage <= cores), or (``"work"``, for
+  servers whose requests use a fixed amount of CPU, as the local backend's ONNX servers with
+  ``floor(cores)`` threads) busy fraction x ``min(cores, mu x w_v)`` with ``w_v`` the fewest
+  core-seconds per request the profile implies (``cpu_per_request``); VPA gets samples of it every
+  ``vpa_sample_s`` seconds, each the mean over the preceding ``vpa_sample_window_s`` (the
+  recommender's 1-minute loop reading metrics-server's 15-second window).
 - **Control**: a decision every ``interval_s`` from ``warmup_s`` on; the forecaster sees the last
   ``history_s`` seconds of *observed* per-second counts; the oracle gets the true peak count of the
   period the new plan will serve. Scale-down stabilization is :class:`infadapter.policies.Stabilized`.
@@ -37,6 +40,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -82,6 +86,32 @@ class SimConfig:
     overload_tolerance: float = 0.10
     replan_gap_s: float | None = None
     solver: solver_mod.Options = field(default_factory=solver_mod.Options)
+    # A replay compressed K times (the live loop's --speedup K): each observed second stands for K
+    # trace seconds, so the forecaster sees every second repeated K times (LoopConfig.history_stretch).
+    history_stretch: int = 1
+    # The first decision's forecast is at least this (the live loop's initial forecast); None: off.
+    initial_forecast_rps: float | None = None
+    # The first decision's plan serves from its start, decided with no current plan: the live loop
+    # brings its first servers up before the load starts. Off: the paper's initial state serves first.
+    first_plan_ready: bool = False
+    # busy: a busy server uses all its cores; work: a request needs a fixed CPU time (see the module doc).
+    cpu_model: str = "busy"
+    # Coefficient of variation of service times: 1 = exponential (M/M/1, the closed form); below 1
+    # gamma-distributed, for servers whose inference time varies little (see service_rate).
+    service_cv: float = 1.0
+    # Seconds the monitor lags behind the arrivals (a live monitor reading Prometheus sees complete
+    # seconds only after a scrape: about 2 s on the local backend); 0: the simulator sees at once.
+    observe_lag_s: int = 0
+    # Refuse a request when max(2, ceil(capacity x SLO)) are already waiting, as the local backend's
+    # servers do (a fast 503 instead of a backlog): in a FIFO queue, a wait longer than that many
+    # services. Off: only the timeout drops requests.
+    queue_bound: bool = False
+    # queue: one FIFO server of rate mu (the paper's model, see the module doc). cfs: the local
+    # backend's server as it runs under a CFS quota: one request at a time on floor(cores) threads
+    # (at least 1), each needing cpu_per_request x its demand core-seconds, at full speed while the
+    # cgroup has quota left in the current cfs_period_s and throttled until the next period after.
+    service_model: str = "queue"
+    cfs_period_s: float = 0.1
 
     def __post_init__(self) -> None:
         if not self.interval_s > 0:
@@ -98,6 +128,18 @@ class SimConfig:
             raise BadInput("--react: check_s and rate_window_s must be > 0 and the tolerance >= 0")
         if self.history_s < 1:
             raise BadInput(f"history_s: must be >= 1 second, got {self.history_s}")
+        if not 0.05 <= self.service_cv <= 1.0:
+            raise BadInput(f"service_cv: must be between 0.05 and 1, got {self.service_cv:g}")
+        if self.cpu_model not in ("busy", "work"):
+            raise BadInput(f"cpu_model: must be busy or work, got {self.cpu_model!r}")
+        if self.service_model not in ("queue", "cfs"):
+            raise BadInput(f"service_model: must be queue or cfs, got {self.service_model!r}")
+        if not self.cfs_period_s > 0:
+            raise BadInput(f"cfs_period_s: must be > 0, got {self.cfs_period_s:g}")
+        if self.observe_lag_s < 0:
+            raise BadInput(f"observe_lag_s: must be >= 0 seconds, got {self.observe_lag_s}")
+        if self.history_stretch < 1:
+            raise BadInput(f"history_stretch: must be >= 1, got {self.history_stretch}")
 
 
 @dataclass(frozen=True)
@@ -128,9 +170,96 @@ def make_arrivals(rates_rps: Sequence[float] | np.ndarray, seed: int = 0) -> Arr
     return Arrivals(times, work, counts.astype(float))
 
 
-def service_rate(profile: Profile, name: str, cores: float) -> float:
-    """mu(v, c) in req/s: the M/M/1 rate whose sojourn p99 equals the SLO at capacity(v, c)."""
-    return max(profile.capacity_rps(name, cores), 0.0) + LN100 / (profile.slo_ms / 1000.0)
+def arrivals_from_times(times_s: Sequence[float] | np.ndarray, duration_s: int, seed: int = 0) -> Arrivals:
+    """Arrivals at given times (s from the start, e.g. a live run's schedule), with fresh service demands.
+
+    Lets the simulator replay exactly the requests a live run sent, so that a live-vs-simulated
+    comparison does not also compare two Poisson draws.
+    """
+    times = np.sort(np.asarray(times_s, dtype=float))
+    if times.ndim != 1 or duration_s < 1:
+        raise BadInput("arrivals: need a 1-D array of times and a duration of at least 1 second")
+    times = times[(times >= 0) & (times < duration_s)]
+    counts = np.bincount(times.astype(np.int64), minlength=duration_s)[:duration_s].astype(float)
+    work = np.random.default_rng(seed).exponential(1.0, size=times.size)
+    return Arrivals(times, work, counts)
+
+
+def _threads(cores: float) -> int:
+    """The local backend's intra-op threads for an allocation: floor(cores), at least 1."""
+    return max(1, math.floor(cores + 1e-9))
+
+
+def cpu_per_request(profile: Profile, name: str, service_cv: float | None = None) -> float:
+    """Core-seconds one request needs, from the profile's capacities (before its safety factor).
+
+    Without ``service_cv``: the least ``cores / capacity`` over the allowed allocations, an upper
+    bound (a server at its capacity is not quite busy all the time). With it, the ``cfs`` model's
+    calibration: on a whole-core allocation (as many threads as cores, so the quota never throttles)
+    the server is an M/G/1 queue of mean service ``w / cores``, so the measured capacity has its p99
+    at the SLO when ``w = rho x cores / capacity`` with ``rho = load_at_slo(capacity x SLO, cv)``;
+    the least over whole-core allocations (the upper bound if there is none). For ResNet-50 of
+    profiles/local.yaml: 31 ms as the bound, 24 ms calibrated (CV 0.2); live, one request took 27-29
+    ms at low load on one thread.
+    """
+    v = profile.variant(name)
+    safety = getattr(v.capacity, "safety", 1.0) or 1.0
+    slo_s = profile.slo_ms / 1000.0
+    raw = {c: profile.capacity_rps(name, c) / safety for c in profile.core_options()}
+    bound = [c / cap for c, cap in raw.items() if cap > 0]
+    if service_cv is not None:
+        whole = [load_at_slo(cap * slo_s, service_cv) * c / cap for c, cap in raw.items()
+                 if cap > 0 and c >= 1 and abs(c - round(c)) < 1e-9]
+        if whole:
+            return min(whole)
+    return min(bound) if bound else 0.0
+
+
+def service_rate(profile: Profile, name: str, cores: float, service_cv: float = 1.0) -> float:
+    """mu(v, c) in req/s: the rate whose M/G/1 sojourn p99 equals the SLO at capacity(v, c).
+
+    Exponential service (``service_cv`` 1, the default) has the closed form ``capacity + ln(100)/SLO``;
+    other coefficients of variation use gamma-distributed service times and :func:`load_at_slo`.
+    """
+    cap = max(profile.capacity_rps(name, cores), 0.0)
+    slo_s = profile.slo_ms / 1000.0
+    if abs(service_cv - 1.0) < 1e-12:
+        return cap + LN100 / slo_s
+    if cap <= 0:
+        return 1.0 / slo_s  # serves nothing by the profile; any small rate keeps the queue defined
+    return cap / load_at_slo(cap * slo_s, service_cv)
+
+
+@lru_cache(maxsize=16)
+def _p99_sojourn_curve(service_cv: float, n: int = 100_000, seed: int = 12345) -> tuple[np.ndarray, np.ndarray]:
+    """``(rho, rho * T99(rho))`` of an M/G/1 FIFO queue with unit-mean gamma service of CV ``service_cv``.
+
+    ``T99`` is the sojourn p99 in mean service times, by simulation with common random numbers (the
+    same draws at every load, so the curve is smooth and increasing).
+    """
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1.0, n)
+    shape = 1.0 / (service_cv * service_cv)
+    service = rng.gamma(shape, 1.0 / shape, n)
+    rhos = np.concatenate([np.linspace(0.01, 0.9, 60), np.linspace(0.905, 0.995, 19)])
+    g = np.empty(rhos.size)
+    for i, rho in enumerate(rhos):
+        arrivals = np.cumsum(gaps / rho)
+        finish, _ = fifo(arrivals, service, 0.0, math.inf)
+        g[i] = rho * float(np.percentile(finish - arrivals, 99))
+    return rhos, np.maximum.accumulate(g)
+
+
+def load_at_slo(capacity_x_slo: float, service_cv: float) -> float:
+    """The utilization at which an M/G/1 queue's sojourn p99 is the SLO, given ``capacity x SLO``.
+
+    With service rate mu and utilization rho = capacity/mu, ``p99 = T99(rho)/mu = SLO`` is
+    ``rho * T99(rho) = capacity x SLO``: one increasing curve per CV, inverted by interpolation.
+    """
+    if abs(service_cv - 1.0) < 1e-12:
+        return capacity_x_slo / (capacity_x_slo + LN100)
+    rhos, g = _p99_sojourn_curve(round(float(service_cv), 6))
+    return float(np.interp(capacity_x_slo, g, rhos, left=rhos[0], right=rhos[-1]))
 
 
 # -- queues -------------------------------------------------------------------------------------------
@@ -210,6 +339,46 @@ def _add_interval(arr: np.ndarray, t0: float, t1: float, value: float) -> None:
     arr[s1 - 1] += value * (t1 - (s1 - 1)) if t1 < s1 else value
 
 
+def fifo_cfs(arrivals: np.ndarray, cpu_s: np.ndarray, free_at: float, timeout_s: float, cores: float,
+             threads: int, period_s: float, quota: list[float]) -> tuple[np.ndarray, float]:
+    """Finish times of one request-at-a-time server under a CFS CPU quota (NaN = dropped).
+
+    Request ``i`` needs ``cpu_s[i]`` core-seconds and runs on ``threads`` CPUs while the cgroup has
+    quota left in the current period (``cores x period_s`` core-seconds per period, periods aligned
+    at multiples of ``period_s``), else it is throttled until the next period. A request whose wait
+    would exceed ``timeout_s`` is dropped on arrival, as in :func:`fifo`. ``quota`` is the
+    ``[period index, CPU used]`` state carried from segment to segment.
+    """
+    finish = np.full(arrivals.size, np.nan)
+    budget = cores * period_s
+    k, used = int(quota[0]), quota[1]
+    for i in range(arrivals.size):
+        a = float(arrivals[i])
+        t = max(a, free_at)
+        if t - a > timeout_s:
+            continue
+        k_t = math.floor(t / period_s + 1e-9)
+        if k_t > k:
+            k, used = k_t, 0.0
+        left = float(cpu_s[i])
+        while left > 1e-12:
+            avail = budget - used
+            room = ((k + 1) * period_s - t) * threads
+            if avail <= 1e-12 or room <= 1e-12:
+                # Throttled (or at the period's end): the next period brings a fresh quota.
+                k, used = k + 1, 0.0
+                t = max(t, k * period_s)
+                continue
+            run = min(left, avail, room)
+            t += run / threads
+            used += run
+            left -= run
+        finish[i] = t
+        free_at = t
+    quota[0], quota[1] = k, used
+    return finish, free_at
+
+
 def busy_per_second(start: np.ndarray, finish: np.ndarray, size: int) -> np.ndarray:
     """Seconds of busy time in each second bin, from non-overlapping busy intervals [start, finish)."""
     out = np.zeros(size + 1)
@@ -234,6 +403,7 @@ class _Instance:
     mu: float
     ready_at: float
     free_at: float = 0.0
+    quota: list[float] = field(default_factory=lambda: [-1.0, 0.0])  # cfs: [period index, CPU used in it]
 
 
 @dataclass
@@ -404,6 +574,12 @@ def simulate(
     cfg = config or SimConfig()
     started = time.perf_counter()
     arr = arrivals if arrivals is not None else make_arrivals(rates_rps, cfg.seed)
+    if abs(cfg.service_cv - 1.0) > 1e-12:
+        # Same requests, gamma service demands of unit mean (a seed of their own: every policy of a
+        # comparison still sees the very same demands).
+        shape = 1.0 / (cfg.service_cv * cfg.service_cv)
+        work = np.random.default_rng(cfg.seed + 7919).gamma(shape, 1.0 / shape, arr.times.size)
+        arr = replace(arr, work=work)
     duration = arr.duration_s
     pol = _build_policy(policy, profile, cfg)
     fc = forecaster if forecaster is not None else make_forecaster(cfg.forecaster, cfg.forecaster_model)
@@ -424,6 +600,15 @@ def simulate(
     fc_ts = np.zeros(duration)
     usage = np.zeros((len(names), duration))
     seq_cache: dict[tuple[int, ...], np.ndarray] = {}
+    cfs = cfg.service_model == "cfs"
+    work_cpu = ([cpu_per_request(profile, n, cfg.service_cv if cfs else None) for n in names]
+                if cfg.cpu_model == "work" or cfs else None)
+
+    def rate(name: str, cores: float) -> float:
+        if cfs:  # what the quota and the threads let through; also sets the queue bound's wait
+            w = work_cpu[vidx[name]] if work_cpu is not None else 0.0
+            return min(cores, _threads(cores)) / w if w > 0 else 1e-9
+        return service_rate(profile, name, cores, cfg.service_cv)
 
     def make_config(plan: Plan, instances: list[_Instance]) -> _Config:
         shares = [plan.get(i.name).share for i in instances]  # type: ignore[union-attr]
@@ -435,7 +620,8 @@ def simulate(
         return _Config(instances, shares, plan, seq_cache[weights])
 
     plan0 = initial_plan(profile, pol, cfg)
-    serving = make_config(plan0, [_Instance(a.name, a.cores, service_rate(profile, a.name, a.cores), -math.inf)
+    serving = make_config(plan0, [_Instance(a.name, a.cores, rate(a.name, a.cores),
+                                            -math.inf)
                                   for a in plan0.allocations])
     target = plan0
     pending: tuple[_Config, float] | None = None
@@ -451,6 +637,7 @@ def simulate(
     last_decision = -math.inf
     replan_gap = cfg.replan_gap_s if cfg.replan_gap_s is not None else cfg.interval_s / 2
     next_check = cfg.warmup_s + cfg.check_s if cfg.react else math.inf
+    first = True
 
     def run_segment(t0: float, t1: float) -> None:
         nonlocal ptr
@@ -477,12 +664,26 @@ def simulate(
                 continue  # a loading instance (break-before-make) fails its requests: finish stays NaN
             a = arr.times[sel]
             s = arr.work[sel] / inst.mu
-            f, inst.free_at = fifo(a, s, inst.free_at, timeout_s)
+            limit = timeout_s
+            if cfg.queue_bound:
+                waiting = max(2, math.ceil(max(profile.capacity_rps(inst.name, inst.cores), 0.0) * slo_s))
+                limit = min(timeout_s, waiting / inst.mu)
+            v = vidx[inst.name]
+            if cfs:
+                assert work_cpu is not None
+                cpu = arr.work[sel] * work_cpu[v]
+                f, inst.free_at = fifo_cfs(a, cpu, inst.free_at, limit, inst.cores, _threads(inst.cores),
+                                           cfg.cfs_period_s, inst.quota)
+                ok = ~np.isnan(f)
+                sec = np.minimum(f[ok].astype(np.int64), duration - 1)
+                usage[v] += np.bincount(sec, weights=cpu[ok], minlength=duration)[:duration]
+            else:
+                f, inst.free_at = fifo(a, s, inst.free_at, limit)
+                ok = ~np.isnan(f)
+                busy = busy_per_second(f[ok] - s[ok], f[ok], duration)
+                usage[v] += busy * (min(inst.cores, inst.mu * work_cpu[v]) if work_cpu is not None else inst.cores)
             finish[sel] = f
-            ok = ~np.isnan(f)
-            served_by[sel[ok]] = vidx[inst.name]
-            busy = busy_per_second(f[ok] - s[ok], f[ok], duration)
-            usage[vidx[inst.name]] += inst.cores * busy
+            served_by[sel[ok]] = v
 
     def cpu_samples(now: float) -> dict[str, list[tuple[float, float]]]:
         nonlocal last_sample
@@ -498,7 +699,7 @@ def simulate(
             ts += cfg.vpa_sample_s
         return out
 
-    def apply(plan: Plan, now: float) -> None:
+    def apply(plan: Plan, now: float, immediate: bool = False) -> None:
         nonlocal serving, pending, transitions
         pending = None
         old = {i.name: i for i in serving.instances}
@@ -508,21 +709,22 @@ def simulate(
             if inst is not None and abs(inst.cores - a.cores) < 1e-9:
                 instances.append(inst)
             elif inst is not None and cfg.in_place_resize:
-                inst.cores, inst.mu = a.cores, service_rate(profile, a.name, a.cores)
+                inst.cores, inst.mu = a.cores, rate(a.name, a.cores)
                 instances.append(inst)
             else:
-                new = _Instance(a.name, a.cores, service_rate(profile, a.name, a.cores),
-                                now + profile.variant(a.name).load_time_s, free_at=now)
+                ready = -math.inf if immediate else now + profile.variant(a.name).load_time_s
+                mu = rate(a.name, a.cores)
+                new = _Instance(a.name, a.cores, mu, ready, free_at=now)
                 instances.append(new)
                 loading.append(new)
         conf = make_config(plan, instances)
-        if loading and mbb:
+        if loading and mbb and not immediate:
             pending = (conf, max(i.ready_at for i in loading))
         else:
             serving = conf
 
     def observed_rate(now: float) -> float:
-        hi = int(now)
+        hi = max(int(now) - cfg.observe_lag_s, 0)
         window = arr.counts[max(0, hi - cfg.rate_window_s) : hi]
         return float(window.mean()) if window.size else 0.0
 
@@ -532,18 +734,26 @@ def simulate(
         return observed_rate(now) > target.served_capacity_rps() * (1 + cfg.overload_tolerance)
 
     def decide(now: float, overload: bool = False) -> None:
-        nonlocal state, forecast_now, decide_total, transitions, target, last_decision
+        nonlocal state, forecast_now, decide_total, transitions, target, last_decision, first
         last_decision = now
-        lo = max(0, int(now) - cfg.history_s)
-        history = arr.counts[lo : int(now)]
+        k = cfg.history_stretch
+        seen = max(int(now) - cfg.observe_lag_s, 0)
+        if k > 1:
+            lo = max(0, seen - cfg.history_s // k - 1)
+            history = np.repeat(arr.counts[lo:seen], k)[-cfg.history_s :]
+        else:
+            history = arr.counts[max(0, seen - cfg.history_s) : seen]
         forecast_now = float(fc.predict(history)) if history.size else 0.0
+        if first and cfg.initial_forecast_rps is not None:
+            forecast_now = max(forecast_now, cfg.initial_forecast_rps)
         if overload:
             # The forecaster looks at minutes; an overload seen now must be served now (as the loop).
             forecast_now = max(forecast_now, observed_rate(now) * (1 + cfg.overload_tolerance))
         horizon = int(now + cfg.interval_s + profile.max_load_time_s)
         future = arr.counts[int(now) : max(int(now) + 1, horizon)]
         true_peak = float(future.max()) if future.size else 0.0
-        ctx = Context(profile, now, forecast_now, current=target, history_rps=history,
+        start = first and cfg.first_plan_ready
+        ctx = Context(profile, now, forecast_now, current=None if start else target, history_rps=history,
                       cpu_usage=cpu_samples(now) if is_vpa else {}, true_peak_rps=true_peak,
                       state=state, solver=cfg.solver)
         t0 = time.perf_counter()
@@ -552,11 +762,14 @@ def simulate(
         decide_total += spent
         state = d.state
         change = diff(target, d.plan)
+        if start:
+            change = diff(None, d.plan)  # as the live loop counts its first decision
         if change.create or change.resize or change.delete:
             transitions += 1
         if not change.empty:
-            apply(d.plan, now)
+            apply(d.plan, now, immediate=start)
         target = d.plan
+        first = False
         reason = f"overload re-plan; {d.reason}" if overload else d.reason
         records.append(DecisionRecord(now, forecast_now, true_peak, d.plan, reason, change.summary(), spent))
 

@@ -156,3 +156,141 @@ def test_reactive_replanning_catches_a_step_between_decisions() -> None:
     assert fast.violations < 0.7 * slow.violations
     assert any(r.reason.startswith("overload re-plan") for r in fast.decisions)
     assert not any(r.reason.startswith("overload re-plan") for r in slow.decisions)
+
+
+# -- the live-fidelity options (docs/adapt.md, "Simulator fidelity") -------------------------------
+def test_gamma_service_curve_reproduces_the_mm1_closed_form() -> None:
+    # The numeric M/G/1 curve at CV 1 is M/M/1: rho = x / (x + ln 100) with x = capacity x SLO.
+    from infadapter.sim import _p99_sojourn_curve
+
+    rhos, g = _p99_sojourn_curve(1.0)
+    for x in (0.5, 2.0, 8.0, 30.0):
+        assert float(np.interp(x, g, rhos)) == pytest.approx(x / (x + math.log(100)), rel=0.03)
+
+
+@pytest.mark.parametrize("cv", [0.3, 0.5])
+def test_gamma_service_puts_p99_at_the_slo_and_needs_a_slower_server(cv: float) -> None:
+    # Less variable service meets the same p99 with a smaller rate, so it saturates sooner under overload.
+    mu = service_rate(PROFILE, "fast", 2, cv)
+    assert 40 < mu < service_rate(PROFILE, "fast", 2)
+    res = simulate(PROFILE, np.full(1200, 40.0), "static:fast=2", SimConfig(warmup_s=1e9, seed=3, service_cv=cv))
+    assert res.p99_ms == pytest.approx(500, rel=0.12)
+    assert res.slo_violation_rate == pytest.approx(0.01, abs=0.005)
+
+
+def test_work_cpu_model_charges_a_fixed_cpu_time_per_request() -> None:
+    from infadapter.sim import cpu_per_request
+
+    # One thread's worth of work: 20 req/s on 1 core, only 30 on 4 (the extra cores mostly idle).
+    prof = profile_from_dict({
+        "slo_ms": 500, "budget_cores": 4, "core_step": 1, "min_cores": 1,
+        "variants": [{"name": "one", "accuracy": 0.7, "load_time_s": 1,
+                      "capacity": {"kind": "points", "points": {1: 20, 4: 30}}}],
+    })
+    assert cpu_per_request(prof, "one") == pytest.approx(0.05)
+    cfg = dict(warmup_s=1e9, seed=2)
+    busy = simulate(prof, np.full(300, 10.0), "static:one=4", SimConfig(**cfg))
+    work = simulate(prof, np.full(300, 10.0), "static:one=4", SimConfig(**cfg, cpu_model="work"))
+    # busy: 4 cores x 10 / mu(4) = 4 x 10 / 39.2 ~ 1.0 core; work: 10 req/s x 0.05 = 0.5 core.
+    assert busy.mean_cpu_usage_cores == pytest.approx(4 * 10 / service_rate(prof, "one", 4), rel=0.1)
+    assert work.mean_cpu_usage_cores == pytest.approx(0.5, rel=0.1)
+
+
+@dataclass
+class Recorder:
+    """A test policy: records what it is shown and always plans ``fast`` on ``cores``."""
+
+    cores: float = 2
+    name: str = "recorder"
+    seen: list = None  # type: ignore[assignment]
+
+    def decide(self, ctx: Context) -> Decision:
+        if self.seen is None:
+            self.seen = []
+        self.seen.append((ctx.now_s, ctx.forecast_rps, ctx.current, np.asarray(ctx.history_rps).copy()))
+        return Decision(Plan((Allocation("fast", self.cores, 1.0, PROFILE.capacity_rps("fast", self.cores)),),
+                             ctx.forecast_rps))
+
+
+def test_first_plan_ready_serves_from_the_start_and_is_decided_from_nothing() -> None:
+    rec = Recorder()
+    cfg = SimConfig(warmup_s=0, interval_s=10, forecaster="last", first_plan_ready=True, initial_forecast_rps=25)
+    res = simulate(PROFILE, np.full(30, 20.0), rec, cfg)
+    t0, forecast, current, _ = rec.seen[0]
+    assert t0 == 0 and forecast == 25 and current is None
+    # fast on 2 cores serves 20 req/s from t=0 (no load time, no initial R-whatever plan first).
+    assert res.dropped == 0 and res.mean_cores == pytest.approx(2.0)
+    assert res.transitions == 1  # the first plan counts, as the live loop counts it
+    plain = simulate(PROFILE, np.full(30, 20.0), Recorder(), SimConfig(warmup_s=0, interval_s=10, forecaster="last"))
+    assert plain.mean_cores > 2.0  # the paper's initial state (whole budget) serves while fast loads
+
+
+def test_history_stretch_and_observe_lag_shape_what_the_forecaster_sees() -> None:
+    rates = np.arange(40, dtype=float)  # counts are Poisson around these: only lengths are exact
+    rec = Recorder()
+    cfg = SimConfig(warmup_s=20, interval_s=100, forecaster="last", history_stretch=5, observe_lag_s=2)
+    arr = make_arrivals(rates, seed=0)
+    simulate(PROFILE, rates, rec, cfg, arrivals=arr)
+    _, _, _, hist = rec.seen[0]
+    # 18 observed seconds (lag 2 at t=20), each repeated 5 times.
+    assert hist.size == 18 * 5
+    np.testing.assert_array_equal(hist[-5:], np.full(5, arr.counts[17]))
+
+
+def test_observe_lag_delays_the_overload_replan() -> None:
+    rates = np.concatenate([np.full(60, 10.0), np.full(40, 60.0)])
+    base = dict(warmup_s=0, interval_s=100, forecaster="last", react=True, stabilization_intervals=1,
+                initial={"fast": 1}, seed=4, in_place_resize=True, replan_gap_s=1)
+    now = simulate(PROFILE, rates, "infadapter", SimConfig(**base))
+    late = simulate(PROFILE, rates, "infadapter", SimConfig(**base, observe_lag_s=3))
+
+    def first_replan(res) -> float:
+        return min(r.t_s for r in res.decisions if r.reason.startswith("overload re-plan"))
+
+    assert first_replan(late) - first_replan(now) == pytest.approx(3, abs=1)
+    assert late.violations > now.violations
+
+
+def test_arrivals_from_times_replays_a_schedule() -> None:
+    from infadapter.sim import arrivals_from_times
+
+    times = np.array([0.1, 0.5, 1.2, 3.9, 3.95, 7.0])
+    arr = arrivals_from_times(times, 5, seed=1)
+    np.testing.assert_array_equal(arr.counts, [2, 1, 0, 2, 0])  # 7.0 is past the 5 s window
+    assert arr.times.size == arr.work.size == 5
+    with pytest.raises(Exception, match="arrivals"):
+        arrivals_from_times(times, 0)
+
+
+def test_cfs_server_runs_at_full_speed_until_its_quota_is_spent() -> None:
+    from infadapter.sim import fifo_cfs
+
+    # 28 ms of CPU per request, 0.25 core = 25 ms per 100 ms period, one thread.
+    a = np.array([0.0, 0.001, 0.5])
+    f, free = fifo_cfs(a, np.full(3, 0.028), 0.0, 10.0, 0.25, 1, 0.1, [-1, 0.0])
+    # 25 ms, throttled to 0.1, 3 ms more; the second starts at 0.103 with 22 ms left in that period
+    # (to 0.125), throttled to 0.2, 6 ms more; the third arrives to a fresh period.
+    np.testing.assert_allclose(f, [0.103, 0.206, 0.603])
+    assert free == pytest.approx(0.603)
+    # On a whole core nothing throttles: back-to-back 28 ms services.
+    f, _ = fifo_cfs(a, np.full(3, 0.028), 0.0, 10.0, 1.0, 1, 0.1, [-1, 0.0])
+    np.testing.assert_allclose(f, [0.028, 0.056, 0.528])
+    # A wait longer than the timeout is dropped on arrival, as in fifo().
+    f, _ = fifo_cfs(np.zeros(3), np.full(3, 0.028), 0.0, 0.05, 0.25, 1, 0.1, [-1, 0.0])
+    assert not np.isnan(f[0]) and np.isnan(f[1:]).all()  # both would wait 103 ms for the first
+
+
+def test_cfs_model_is_calibrated_to_the_profile_at_whole_cores() -> None:
+    from infadapter.sim import cpu_per_request, load_at_slo
+
+    # fast: 20 req/s per core; at 1 core the calibrated CPU time puts p99 at the SLO at 20 req/s.
+    w = cpu_per_request(PROFILE, "fast", 0.3)
+    assert w == pytest.approx(load_at_slo(20 * 0.5, 0.3) / 20)
+    assert w < cpu_per_request(PROFILE, "fast") == pytest.approx(0.05)
+    cfg = SimConfig(warmup_s=1e9, seed=5, service_model="cfs", service_cv=0.3)
+    res = simulate(PROFILE, np.full(1200, 20.0), "static:fast=1", cfg)
+    assert res.p99_ms == pytest.approx(500, rel=0.15)
+    # Under overload a quota-bound server serves at most cores / w, unlike the M/M/1 model's mu.
+    over = simulate(PROFILE, np.full(300, 40.0), "static:fast=1", cfg)
+    served = over.requests - over.dropped
+    assert served / 300 == pytest.approx(1 / w, rel=0.1)
