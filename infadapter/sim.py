@@ -129,15 +129,15 @@ class SimConfig:
         if self.history_s < 1:
             raise BadInput(f"history_s: must be >= 1 second, got {self.history_s}")
         if not 0.05 <= self.service_cv <= 1.0:
-            raise BadInput(f"service_cv: must be between 0.05 and 1, got {self.service_cv:g}")
+            raise BadInput(f"--service-cv: must be between 0.05 and 1, got {self.service_cv:g}")
         if self.cpu_model not in ("busy", "work"):
             raise BadInput(f"cpu_model: must be busy or work, got {self.cpu_model!r}")
         if self.service_model not in ("queue", "cfs"):
-            raise BadInput(f"service_model: must be queue or cfs, got {self.service_model!r}")
+            raise BadInput(f"--service-model: must be queue or cfs, got {self.service_model!r}")
         if not self.cfs_period_s > 0:
             raise BadInput(f"cfs_period_s: must be > 0, got {self.cfs_period_s:g}")
         if self.observe_lag_s < 0:
-            raise BadInput(f"observe_lag_s: must be >= 0 seconds, got {self.observe_lag_s}")
+            raise BadInput(f"--observe-lag: must be >= 0 seconds, got {self.observe_lag_s}")
         if self.history_stretch < 1:
             raise BadInput(f"history_stretch: must be >= 1, got {self.history_stretch}")
 

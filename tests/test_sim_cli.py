@@ -56,11 +56,26 @@ def test_simulate_all_json_and_plot(tmp_path: Path) -> None:
     (["--window", "lunchtime"], "--window"),
     (["--policy", "hpa"], "--policy"),
     (["--forecaster", "lstm"], "--forecaster"),
+    (["--service-cv", "3"], "--service-cv"),
+    (["--observe-lag", "-1"], "--observe-lag"),
 ])
 def test_bad_input_is_one_line_exit_2(args: list[str], field: str) -> None:
     out = cli("simulate", *args)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and field in out.stderr and "Traceback" not in out.stderr
+
+
+def test_simulate_the_local_backend_service_model(tmp_path: Path) -> None:
+    # 5 req/s, then 20: ResNet-18 on 0.25 core of profiles/local.yaml serves ~16 req/s under its CPU
+    # quota, so a quarter of the step is refused; the queue model (mu = 26 req/s) serves it, late or not.
+    trace = tmp_path / "rates.txt"
+    trace.write_text("\n".join(["5"] * 60 + ["20"] * 60))
+    common = ["simulate", "--profile", str(ROOT / "profiles" / "local.yaml"), "--trace", str(trace), "--window",
+              "all", "--policy", "static:resnet18=0.25", "--json"]
+    cfs = json.loads(cli(*common, "--service-model", "cfs", "--service-cv", "0.2", "--queue-bound").stdout)
+    queue = json.loads(cli(*common).stdout)
+    assert cfs["requests"] == queue["requests"]
+    assert cfs["slo_violation_rate"] > queue["slo_violation_rate"] + 0.1
 
 
 def test_paper_window_single_policy_table() -> None:

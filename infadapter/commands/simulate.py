@@ -22,6 +22,9 @@ Examples:
   python cli.py simulate --window paper --policy infadapter,msplus --react
   python cli.py simulate --window 1380000:1800 --policy all --plot sim.png
   python cli.py simulate --trace rates.csv --window all --policy static:resnet50=8
+  python cli.py simulate --profile profiles/local.yaml --window paper --scale 0.1 \
+      --policy infadapter,vpa:resnet50 --react --in-place-resize \
+      --service-model cfs --service-cv 0.2 --queue-bound --observe-lag 2
 """
 
 
@@ -64,6 +67,15 @@ def resolve_forecaster(spec: str) -> str:
               help="Keep the old plan serving until new instances are ready.")
 @click.option("--vpa-update", type=click.Choice(["rolling", "recreate"]), default="rolling", show_default=True,
               help="VPA applies its target by a surge rolling update or by eviction and re-creation.")
+@click.option("--service-model", type=click.Choice(["queue", "cfs"]), default="queue", show_default=True,
+              help="queue: one FIFO server per variant (the paper's setting); cfs: the local backend's "
+                   "server under a CPU quota (one request at a time, throttled per 100 ms period).")
+@click.option("--service-cv", type=float, default=1.0, show_default=True,
+              help="Coefficient of variation of service times (1: exponential; local backend: 0.2).")
+@click.option("--queue-bound", is_flag=True,
+              help="Servers refuse requests beyond capacity x SLO waiting, as the local backend's do.")
+@click.option("--observe-lag", type=int, default=0, show_default=True,
+              help="Seconds the monitor lags behind the arrivals (local backend with Prometheus: 2).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a PNG: load vs capacity, cores, accuracy and violations over time.")
 @click.option("--timeline", "timeline_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -73,6 +85,7 @@ def simulate(
     profile_path: Path, window: str, trace_path: Path | None, scale: float, speedup: float, policy_spec: str,
     forecaster: str, interval: float, warmup: float, stabilization: int, timeout: float | None, seed: int,
     in_place_resize: bool, min_gain: float, react: bool, make_before_break: bool, vpa_update: str,
+    service_model: str, service_cv: float, queue_bound: bool, observe_lag: int,
     plot_path: Path | None, timeline_path: Path | None, as_json: bool,
 ) -> None:
     """Replay a workload trace against policies and report SLO violations, cost and accuracy.
@@ -98,7 +111,8 @@ def simulate(
         interval_s=interval, warmup_s=warmup, stabilization_intervals=stabilization,
         forecaster=resolve_forecaster(forecaster), make_before_break=make_before_break,
         in_place_resize=in_place_resize, vpa_update=vpa_update, seed=seed, timeout_s=timeout, react=react,
-        min_gain=min_gain,
+        min_gain=min_gain, service_model=service_model, service_cv=service_cv, queue_bound=queue_bound,
+        observe_lag_s=observe_lag, cpu_model="work" if service_model == "cfs" else "busy",
     )
     from infadapter.forecast import make_forecaster
     from infadapter.policies import make_policy
