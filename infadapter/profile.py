@@ -25,6 +25,11 @@ _MEMORY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T|k)?$")
 _GRID_EPS = 1e-9
 
 
+def threads_for_cores(cores: float) -> int:
+    """ONNX Runtime threads for a CPU allocation: never more threads than cores, at least one."""
+    return max(1, math.floor(cores + _GRID_EPS))
+
+
 def _between(value: float, low: float, high: float) -> float:
     if not (low <= value <= high) or math.isnan(value):
         raise ValueError(f"must be between {low:g} and {high:g}, got {value:g}")
@@ -212,6 +217,11 @@ class Profile(BaseModel):
         """Allowed core counts of a running variant: min_cores, min_cores + step, ..., <= budget."""
         n = math.floor((self.budget_cores - self.min_cores) / self.core_step + _GRID_EPS)
         return tuple(round(self.min_cores + i * self.core_step, 9) for i in range(n + 1))
+
+    def queue_bound(self, name: str, cores: float) -> int:
+        """Requests a server may hold waiting: what it serves within the SLO at its capacity (Little's
+        law, capacity x SLO), at least 2. The local backend's servers refuse more at once (503)."""
+        return max(2, math.ceil(max(self.capacity_rps(name, cores), 0.0) * self.slo_ms / 1000.0))
 
     def capacity_rps(self, name: str, cores: float) -> float:
         """capacity(v, cores) in req/s; 0 for 0 cores. May be negative for a poor linear fit."""

@@ -39,10 +39,10 @@ import numpy as np
 
 from infadapter.errors import BackendUnavailable, BadInput
 from infadapter.paper import VARIANTS as PAPER_VARIANTS
-from infadapter.profile import Profile, profile_from_dict
+from infadapter.profile import Profile, profile_from_dict, threads_for_cores
 from infadapter.serving import cgroups
 from infadapter.serving.images import make_jpeg_b64
-from infadapter.serving.server import METRICS_PATH, server_command, threads_for_cores
+from infadapter.serving.server import METRICS_PATH, server_command
 
 MIB = 2**20
 

@@ -50,7 +50,7 @@ from infadapter.errors import BadInput
 from infadapter.forecast import Forecaster, make_forecaster
 from infadapter.plan import Plan, diff, plan_from_cores
 from infadapter.policies import Context, Decision, Policy, Stabilized, Static, Vpa, make_policy, single_variant_plan
-from infadapter.profile import Profile
+from infadapter.profile import Profile, threads_for_cores
 
 SWRR_QUOTA = 1000
 LN100 = math.log(100.0)
@@ -183,11 +183,6 @@ def arrivals_from_times(times_s: Sequence[float] | np.ndarray, duration_s: int, 
     counts = np.bincount(times.astype(np.int64), minlength=duration_s)[:duration_s].astype(float)
     work = np.random.default_rng(seed).exponential(1.0, size=times.size)
     return Arrivals(times, work, counts)
-
-
-def _threads(cores: float) -> int:
-    """The local backend's intra-op threads for an allocation: floor(cores), at least 1."""
-    return max(1, math.floor(cores + 1e-9))
 
 
 def cpu_per_request(profile: Profile, name: str, service_cv: float | None = None) -> float:
@@ -607,7 +602,7 @@ def simulate(
     def rate(name: str, cores: float) -> float:
         if cfs:  # what the quota and the threads let through; also sets the queue bound's wait
             w = work_cpu[vidx[name]] if work_cpu is not None else 0.0
-            return min(cores, _threads(cores)) / w if w > 0 else 1e-9
+            return min(cores, threads_for_cores(cores)) / w if w > 0 else 1e-9
         return service_rate(profile, name, cores, cfg.service_cv)
 
     def make_config(plan: Plan, instances: list[_Instance]) -> _Config:
@@ -663,21 +658,20 @@ def simulate(
             if sel.size == 0 or inst.ready_at > t0:
                 continue  # a loading instance (break-before-make) fails its requests: finish stays NaN
             a = arr.times[sel]
-            s = arr.work[sel] / inst.mu
             limit = timeout_s
             if cfg.queue_bound:
-                waiting = max(2, math.ceil(max(profile.capacity_rps(inst.name, inst.cores), 0.0) * slo_s))
-                limit = min(timeout_s, waiting / inst.mu)
+                limit = min(timeout_s, profile.queue_bound(inst.name, inst.cores) / inst.mu)
             v = vidx[inst.name]
             if cfs:
                 assert work_cpu is not None
                 cpu = arr.work[sel] * work_cpu[v]
-                f, inst.free_at = fifo_cfs(a, cpu, inst.free_at, limit, inst.cores, _threads(inst.cores),
+                f, inst.free_at = fifo_cfs(a, cpu, inst.free_at, limit, inst.cores, threads_for_cores(inst.cores),
                                            cfg.cfs_period_s, inst.quota)
                 ok = ~np.isnan(f)
                 sec = np.minimum(f[ok].astype(np.int64), duration - 1)
                 usage[v] += np.bincount(sec, weights=cpu[ok], minlength=duration)[:duration]
             else:
+                s = arr.work[sel] / inst.mu
                 f, inst.free_at = fifo(a, s, inst.free_at, limit)
                 ok = ~np.isnan(f)
                 busy = busy_per_second(f[ok] - s[ok], f[ok], duration)

@@ -129,3 +129,13 @@ def test_profiles_are_immutable(make_profile):
     prof = make_profile()
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError for frozen models
         prof.alpha = 1.0  # type: ignore[misc]
+
+
+def test_serving_rules_shared_by_the_local_backend_and_the_simulator():
+    from infadapter.profile import threads_for_cores
+
+    assert [threads_for_cores(c) for c in (0.25, 0.999999999999, 1.0, 1.75, 2.0)] == [1, 1, 1, 1, 2]
+    local = load_profile(ROOT / "profiles" / "local.yaml")
+    # ResNet-50 on 0.25 core: 5.5 req/s x 0.3 s = 1.65 -> at least 2; ResNet-18 on 1 core: 44 x 0.3 -> 14.
+    assert local.queue_bound("resnet50", 0.25) == 2
+    assert local.queue_bound("resnet18", 1.0) == 14

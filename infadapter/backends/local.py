@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import secrets
 import signal
@@ -46,7 +45,7 @@ from infadapter.backends.base import ApplyResult, BackendState, VariantState
 from infadapter.errors import BackendUnavailable
 from infadapter.monitor import free_port
 from infadapter.plan import Plan
-from infadapter.profile import Profile
+from infadapter.profile import Profile, threads_for_cores
 from infadapter.state import StateStore, pid_alive
 
 log = logging.getLogger(__name__)
@@ -192,10 +191,6 @@ class LocalBackend:
     def uses_cgroups(self) -> bool:
         return self.driver is not None
 
-    def _threads_for(self, cores: float) -> int:
-        # The serving engineer's rule: intra-op threads = floor of the allocation, at least 1.
-        return max(1, math.floor(cores + 1e-9))
-
     # -- the router --------------------------------------------------------------------------------
     def start_router(self, timeout_s: float = 30.0) -> str:
         """Start the dispatcher (or adopt the one in the state file); its base URL."""
@@ -306,13 +301,13 @@ class LocalBackend:
                     starting[a.name] = self._start_server(a.name, a.cores)
                     actions.append(f"start {a.name} on {a.cores:g} cores (port {starting[a.name].port})")
                 elif abs(cur.cores - a.cores) > 1e-9:
-                    if self.uses_cgroups and cur.group is not None and self._threads_for(a.cores) <= cur.threads:
+                    if self.uses_cgroups and cur.group is not None and threads_for_cores(a.cores) <= cur.threads:
                         (grow if a.cores > cur.cores else shrink).append((cur, a.cores))
                     else:
                         starting[a.name] = self._start_server(a.name, a.cores)
                         replaced.append(cur)
                         actions.append(f"replace {a.name} {cur.cores:g} -> {a.cores:g} cores "
-                                       f"({self._threads_for(a.cores)} threads)")
+                                       f"({threads_for_cores(a.cores)} threads)")
             # Raise limits before anything waits: in place, instant, and the burst is happening now.
             for sp, cores in grow:
                 self._set_cores(sp, cores)
@@ -411,17 +406,10 @@ class LocalBackend:
         }
 
     # -- internals ---------------------------------------------------------------------------------
-    def _queue_bound(self, name: str, cores: float) -> int:
-        """Requests a server may hold waiting: what it serves within the SLO at its capacity
-        (Little's law, capacity x SLO), at least 2. Beyond it the server answers 503 at once and the
-        dispatcher retries on another variant, instead of a backlog that outlives the burst."""
-        cap = max(self.profile.capacity_rps(name, cores), 0.0)
-        return max(2, math.ceil(cap * self.profile.slo_ms / 1000.0))
-
     def _start_server(self, name: str, cores: float) -> ServerProc:
         v = self.profile.variant(name)
         model = v.model or v.name
-        threads = self._threads_for(cores)
+        threads = threads_for_cores(cores)
         port = free_port()
         logs = self.config.run_dir / "servers"
         logs.mkdir(parents=True, exist_ok=True)
@@ -430,7 +418,7 @@ class LocalBackend:
                "--name", model, "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads),
                "--warmup", str(self.config.warmup), *self.config.server_args]
         if "--max-queue" not in self.config.server_args:
-            cmd += ["--max-queue", str(self._queue_bound(name, cores))]
+            cmd += ["--max-queue", str(self.profile.queue_bound(name, cores))]
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
         logf.close()

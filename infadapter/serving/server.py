@@ -90,11 +90,6 @@ class ServerConfig:
             raise BadInput(f"--drain-timeout: must be >= 0 seconds, got {self.drain_timeout_s:g}")
 
 
-def threads_for_cores(cores: float) -> int:
-    """ONNX Runtime threads for a CPU allocation: never more threads than cores, at least one."""
-    return max(1, math.floor(cores + 1e-9))
-
-
 def find_model_file(model_dir: Path, name: str, version: int | None = None) -> tuple[Path, int]:
     """``model_dir/name/<version>/*.onnx`` (highest numeric version unless given); BadInput otherwise."""
     base = Path(model_dir) / name
