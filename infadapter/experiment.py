@@ -69,6 +69,7 @@ class RunConfig:
     server_args: tuple[str, ...] = ()
     requests_csv: bool = True
     history_stretch: int = 1  # the load's --speedup (see LoopConfig.history_stretch)
+    router: str = "dispatcher"  # dispatcher | haproxy (infadapter/serving/router.py, docs/routing.md)
 
     def __post_init__(self) -> None:
         if not self.interval_s > 0:
@@ -138,7 +139,8 @@ class LiveRun:
             raise BadInput(f"--run-dir: an adapter (pid {other['pid']}) already runs on {cfg.run_dir}; "
                            "stop it or pick another --run-dir")
         previous = read_state(state_path(cfg.run_dir)) or {}
-        keep = {k: previous[k] for k in ("servers", "dispatcher", "backend_plan", "prometheus") if k in previous}
+        keep = {k: previous[k] for k in ("servers", "dispatcher", "router", "backend_plan", "prometheus")
+                if k in previous}
         self.store = StateStore(state_path(cfg.run_dir), keep)
         policy = make_policy(cfg.policy, self.profile, cfg.stabilization_intervals, min_gain=cfg.min_gain)
         forecaster = make_forecaster(cfg.forecaster)
@@ -152,7 +154,7 @@ class LiveRun:
 
         self.backend = LocalBackend(self.profile, LocalConfig(
             model_dir=cfg.model_dir, run_dir=cfg.run_dir, limit_mode=cfg.limit_mode, warmup=cfg.warmup,
-            slo_ms=self.profile.slo_ms, server_args=cfg.server_args), self.store)
+            slo_ms=self.profile.slo_ms, server_args=cfg.server_args, router=cfg.router), self.store)
         self.backend.start_router()
         adopted = self.backend.adopt()
         if adopted:
@@ -168,7 +170,8 @@ class LiveRun:
             self.backend.on_targets = lambda t: write_server_targets(targets, t)
             self.backend.on_targets({sp.name: [f"127.0.0.1:{sp.port}"] for sp in self.backend.servers.values()})
         started = float((self.store.get("adapter") or {}).get("started_s", time.time()))
-        monitor = Monitor(self.backend.client.stats, prom_url, start_s=started if not adopted else started - 600)
+        monitor = Monitor(self.backend.client.stats, prom_url, start_s=started if not adopted else started - 600,
+                          rate_query=self.backend.router.rate_query, p99_query=self.backend.router.p99_query)
         initial = cfg.initial_forecast_rps
         if initial is None:
             initial = float(max(cfg.rates_rps[:10])) if cfg.rates_rps else 0.0
@@ -206,7 +209,7 @@ class LiveRun:
             # A previous adapter's Prometheus keeps the history; stop it anyway, its config names old ports.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(saved["pid"]), signal.SIGTERM)
-        self.prometheus = PrometheusServer(cfg.run_dir, self.backend.dispatcher_url.split("//")[1],
+        self.prometheus = PrometheusServer(cfg.run_dir, self.backend.metrics_target,
                                            f"127.0.0.1:{metrics_port}")
         try:
             url = self.prometheus.start()
@@ -330,6 +333,7 @@ class LiveRun:
             "crashes": totals.get("crashes"),
             "seconds": totals.get("seconds"),
             "limit_mode": self.backend.limit_mode if self.backend else "",
+            "router": self.config.router,
             "run_dir": str(self.config.run_dir),
         }
         if load is not None:

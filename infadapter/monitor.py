@@ -209,11 +209,11 @@ class PrometheusReader:
         # No retries: a dead Prometheus must be noticed within one observation, not after backoff.
         self._prom = PrometheusConnect(url=url, disable_ssl=True, retry=Retry(total=0), timeout=timeout_s)
 
-    def history(self, now_s: float, seconds: int = HISTORY_S) -> dict[int, float]:
+    def history(self, now_s: float, seconds: int = HISTORY_S, query: str = RATE_QUERY) -> dict[int, float]:
         end = math.floor(now_s) - 1
         start = max(end - seconds + 1, end - 10_999)  # Prometheus caps a range at 11,000 points
         data = self._prom.custom_query_range(
-            RATE_QUERY, start_time=_dt(start), end_time=_dt(end), step="1s"
+            query, start_time=_dt(start), end_time=_dt(end), step="1s"
         )
         out: dict[int, float] = {}
         for series in data:
@@ -282,7 +282,13 @@ class Monitor:
         start_s: float | None = None,
         rate_window_s: int = 3,
         clock: Callable[[], float] = time.time,
+        rate_query: str = RATE_QUERY,
+        p99_query: str | None = P99_QUERY,
     ) -> None:
+        # The router's PromQL (infadapter/serving/router.py): HAProxy has its own metric names and no
+        # latency histogram (p99_query None: the p99 comes from stats(), its request log).
+        self.rate_query = rate_query
+        self.p99_query = p99_query
         self._stats = stats
         self.reader = PrometheusReader(prometheus_url) if prometheus_url else None
         self.prometheus_url = prometheus_url
@@ -300,8 +306,8 @@ class Monitor:
         source, warning = "dispatcher", ""
         if self.reader is not None:
             try:
-                points = self.reader.history(now)
-                p99 = self.reader.scalar(P99_QUERY)
+                points = self.reader.history(now, query=self.rate_query)
+                p99 = self.reader.scalar(self.p99_query) if self.p99_query else None
                 if not points:
                     points = None
                     warning = "Prometheus has no samples yet: reading the dispatcher's counters"
@@ -319,6 +325,8 @@ class Monitor:
             if points is None:
                 raise
             log.warning("dispatcher stats unavailable: %s", exc)
+        if p99 is None and self.p99_query is None and stats is not None:
+            p99 = _float_or_none(stats.get("latency_ms_p99_60s"))
         if points is None:
             points = history_from_stats(stats or {}, now)
             if p99 is None and stats is not None:

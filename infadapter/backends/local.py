@@ -1,9 +1,10 @@
-"""The local backend: model-server processes under CPU quotas, behind the dispatcher.
+"""The local backend: model-server processes under CPU quotas, behind a router (dispatcher or HAProxy).
 
 Each running variant is one model-server process (``cli.py serve-model``) in a cgroup of its own
 whose CPU limit is the plan's cores (cgroup v2 ``cpu.max`` or v1 CFS quota, through
-:mod:`infadapter.serving.cgroups`). The dispatcher (``cli.py dispatch``) splits traffic by the plan's
-shares. ``apply`` reconciles make-before-break:
+:mod:`infadapter.serving.cgroups`). The router splits traffic by the plan's shares: our dispatcher
+(``cli.py dispatch``, the default) or HAProxy (``--router haproxy``), both behind one interface
+(:mod:`infadapter.serving.router`). ``apply`` reconciles make-before-break:
 
 1. a variant that is new, or whose thread count must change, gets a new server; the loop's data path
    keeps using the old routing while it loads and answers ``AVAILABLE`` (warm-up requests done);
@@ -11,8 +12,8 @@ shares. ``apply`` reconciles make-before-break:
    cannot change in place, so a server is started with ``ceil(cores)`` threads and an in-place
    resize is used when the new cores still fit those threads (more cores than threads would be
    wasted: that case is a replacement);
-3. the dispatcher gets the new backends and weights in one atomic swap (in-flight requests keep
-   their server);
+3. the router gets the new backends and weights (the dispatcher in one atomic swap; HAProxy brings
+   new servers up before it moves weights); in-flight requests keep their server;
 4. servers no longer routed to get SIGTERM (they drain in-flight requests), then SIGKILL after
    ``drain_timeout_s``, are reaped, and their cgroups removed.
 
@@ -28,7 +29,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -46,6 +46,7 @@ from infadapter.errors import BackendUnavailable
 from infadapter.monitor import free_port
 from infadapter.plan import Plan
 from infadapter.profile import Profile, threads_for_cores
+from infadapter.serving.router import Route, Router, RouterConfig, make_router
 from infadapter.state import StateStore, pid_alive
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ class LocalConfig:
     server_args: tuple[str, ...] = ()
     #: Settings for the dispatcher process.
     dispatcher_args: tuple[str, ...] = ()
+    #: Which router splits the traffic: "dispatcher" (ours) or "haproxy" (docs/routing.md).
+    router: str = "dispatcher"
 
 
 def _http_json(url: str, timeout_s: float = 2.0) -> Any:
@@ -152,9 +155,12 @@ class LocalBackend:
         self.starting: dict[int, ServerProc] = {}  # started, not yet routed (recorded for adoption)
         self.retired: list[ServerProc] = []
         self.plan: Plan | None = None
-        self.dispatcher_pid: int | None = None
-        self.dispatcher_port: int = 0
-        self._dispatcher_proc: subprocess.Popen[bytes] | None = None
+        self.router: Router = make_router(
+            config.router,
+            RouterConfig(run_dir=config.run_dir, slo_ms=config.slo_ms, python=config.python,
+                         dispatcher_args=config.dispatcher_args),
+            store, variants=[(v.name, v.model or v.name) for v in profile.variants])
+        #: The running router (stats(), healthy(), set_backends()); None until start_router().
         self.client: Any = None
         self.messages: list[str] = []
         self.driver, self.limit_mode = self._detect_limits(config.limit_mode)
@@ -193,46 +199,21 @@ class LocalBackend:
 
     # -- the router --------------------------------------------------------------------------------
     def start_router(self, timeout_s: float = 30.0) -> str:
-        """Start the dispatcher (or adopt the one in the state file); its base URL."""
-        from infadapter.serving.dispatcher import DispatcherClient
-
-        saved = self.store.get("dispatcher") or {}
-        token_file = self.config.run_dir / "admin.token"
-        if saved and pid_alive(saved.get("pid")) and token_file.exists():
-            client = DispatcherClient(f"http://127.0.0.1:{saved['port']}", token_file.read_text().strip())
-            if client.healthy():
-                self.client, self.dispatcher_pid, self.dispatcher_port = client, saved["pid"], saved["port"]
-                self.messages.append(f"adopted dispatcher pid {saved['pid']}")
-                return client.base_url
-        self.config.run_dir.mkdir(parents=True, exist_ok=True)
-        token = secrets.token_urlsafe(24)
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(token + "\n")
-        port = free_port()
-        logf = (self.config.run_dir / "dispatcher.log").open("ab")
-        cmd = [self.config.python, str(CLI), "dispatch", "--host", "127.0.0.1", "--port", str(port),
-               "--admin-token-file", str(token_file), "--slo-ms", f"{self.config.slo_ms:g}",
-               *self.config.dispatcher_args]
-        self._dispatcher_proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
-                                                 stdin=subprocess.DEVNULL, start_new_session=True)
-        logf.close()
-        self.dispatcher_pid, self.dispatcher_port = self._dispatcher_proc.pid, port
-        self.client = DispatcherClient(f"http://127.0.0.1:{port}", token)
-        self._save()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._dispatcher_proc.poll() is not None:
-                raise BackendUnavailable(f"dispatcher exited with {self._dispatcher_proc.returncode}; "
-                                         f"see {self.config.run_dir / 'dispatcher.log'}")
-            if self.client.healthy():
-                return self.client.base_url
-            time.sleep(0.1)
-        raise BackendUnavailable(f"dispatcher did not answer within {timeout_s:g} s")
+        """Start the router (or adopt the one in the state file); the base URL clients call."""
+        url = self.router.start(timeout_s)
+        self.client = self.router
+        self.messages.extend(getattr(self.router, "messages", []))
+        return url
 
     @property
     def dispatcher_url(self) -> str:
-        return f"http://127.0.0.1:{self.dispatcher_port}"
+        """Base URL of the router clients call (the name predates ``--router``)."""
+        return self.router.url
+
+    @property
+    def metrics_target(self) -> str:
+        """``host:port`` of the router's Prometheus metrics (``/metrics``)."""
+        return self.router.metrics_target
 
     # -- adoption ----------------------------------------------------------------------------------
     def adopt(self) -> list[str]:
@@ -367,17 +348,7 @@ class LocalBackend:
         self.servers.clear()
         self.starting.clear()
         self.retired.clear()
-        if self.dispatcher_pid and pid_alive(self.dispatcher_pid):
-            _kill_tree(self.dispatcher_pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self._pid_running(self.dispatcher_pid, self._dispatcher_proc):
-                time.sleep(0.05)
-            if self._pid_running(self.dispatcher_pid, self._dispatcher_proc):
-                _kill_tree(self.dispatcher_pid, signal.SIGKILL)
-        if self._dispatcher_proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._dispatcher_proc.wait(5)
-        self.dispatcher_pid = None
+        self.router.stop()
         self.client = None
         self.plan = None
         self._stopped = True
@@ -401,7 +372,7 @@ class LocalBackend:
     def describe(self) -> dict[str, Any]:
         return {
             "limit_mode": self.limit_mode,
-            "dispatcher": {"pid": self.dispatcher_pid, "port": self.dispatcher_port, "url": self.dispatcher_url},
+            "router": self.router.describe(),
             "servers": [sp.as_dict() for sp in self.servers.values()],
         }
 
@@ -471,14 +442,11 @@ class LocalBackend:
                 fut.result()
 
     def _route(self, plan: Plan) -> None:
-        backends = []
-        for a in plan.allocations:
-            sp = self.servers[a.name]
-            backends.append({"name": a.name, "url": sp.url, "model": sp.model, "weight": round(a.share, 6)})
-        if backends and sum(b["weight"] for b in backends) <= 0:
-            for b in backends:
-                b["weight"] = 1.0
-        self.client.set_backends(backends)
+        routes = [Route(name=a.name, url=self.servers[a.name].url, model=self.servers[a.name].model,
+                        weight=round(a.share, 6)) for a in plan.allocations]
+        if routes and sum(r.weight for r in routes) <= 0:
+            routes = [Route(r.name, r.url, r.model, 1.0) for r in routes]
+        self.client.set_backends(routes)
         if self.on_targets is not None:
             with contextlib.suppress(Exception):
                 self.on_targets({sp.name: [f"127.0.0.1:{sp.port}"] for sp in self.servers.values()})
@@ -537,8 +505,6 @@ class LocalBackend:
         servers = [sp.as_dict() for sp in self.servers.values()] + [sp.as_dict() for sp in self.starting.values()]
         self.store.update(
             servers=servers,
-            dispatcher={"pid": self.dispatcher_pid, "port": self.dispatcher_port, "url": self.dispatcher_url}
-            if self.dispatcher_pid else None,
             backend_plan=self.plan.as_dict() if self.plan is not None else None,
             limit_mode=self.limit_mode,
         )

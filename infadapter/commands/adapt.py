@@ -60,6 +60,9 @@ def _common_options(f: Any) -> Any:
         click.option("--cpu-limit", "limit_mode", type=click.Choice(["auto", "cgroup", "threads"]), default="auto",
                      show_default=True, help="How CPU limits are enforced."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the load's arrivals."),
+        click.option("--router", type=click.Choice(["dispatcher", "haproxy"]), default="dispatcher",
+                     show_default=True, help="local: what splits the traffic, our dispatcher or HAProxy "
+                     "(apt-get install haproxy; docs/routing.md)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -223,6 +226,7 @@ ADAPT_EPILOG = """Examples:
 
 \b
   python cli.py adapt --rate 20 --duration 120 --interval 10
+  python cli.py adapt --router haproxy --rate 20 --duration 120 --interval 10
   python cli.py adapt --policy vpa:resnet50 --window paper --scale 0.1 --speedup 6 --interval 10
   python cli.py adapt --duration 600 --run-dir runs/demo      # no load: adapt to outside traffic
   python cli.py status --run-dir runs/demo                    # from another shell
@@ -255,7 +259,7 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
           window: str | None, scale: float, speedup: float, trace: Path | None, rate: float | None,
           profile_path: Path | None, interval_s: float, check_s: float, stabilization: int, alpha: float | None,
           min_gain: float, forecaster: str, model_dir: Path, resolution: int, prometheus: str | None,
-          limit_mode: str, seed: int,
+          limit_mode: str, seed: int, router: str,
           kubeconfig: str | None, context: str | None, namespace: str | None, k8s_config: Path | None,
           dispatcher_url: str | None, admin_token_file: Path | None, ready_timeout_s: float, in_place: str,
           out_dir: Path | None, metrics_port: int, as_json: bool) -> None:
@@ -274,6 +278,8 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
     verbose = (ctx.find_root().obj or {}).get("verbose", 0)
     _logging(verbose, as_json)
     _check_backend_flags(ctx, backend)
+    if backend != "local" and router == "haproxy":
+        raise BadInput(f"--router haproxy: only with --backend local, not with --backend {backend}")
     rates = _rates(window, scale, speedup, trace, rate, duration)
     if backend != "local":
         _adapt_cluster(
@@ -293,7 +299,8 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
                       model_dir=model_dir, duration_s=duration, interval_s=interval_s, check_s=check_s,
                       stabilization_intervals=stabilization, forecaster=forecaster, rates_rps=rates,
                       prometheus=prometheus, limit_mode=limit_mode, resolution=resolution, seed=seed,
-                      history_stretch=max(int(speedup), 1) if window else 1, min_gain=min_gain, alpha=alpha)
+                      history_stretch=max(int(speedup), 1) if window else 1, min_gain=min_gain, alpha=alpha,
+                      router=router)
     with _View(quiet=as_json or verbose < 0) as view:
         summary = LiveRun(cfg, on_update=view.update).run()
     if as_json:
@@ -515,7 +522,7 @@ def experiment(ctx: click.Context, policies: str, duration: float | None, out_di
                scale: float, speedup: float, trace: Path | None, rate: float | None, profile_path: Path | None,
                interval_s: float, check_s: float, stabilization: int, alpha: float | None, min_gain: float,
                forecaster: str, model_dir: Path, resolution: int, prometheus: str | None, limit_mode: str, seed: int,
-               as_json: bool) -> None:
+               router: str, as_json: bool) -> None:
     """Run policies live against the same load, one after another, and compare with the simulator."""
     from infadapter.experiment import run_experiment
 
@@ -531,7 +538,8 @@ def experiment(ctx: click.Context, policies: str, duration: float | None, out_di
                        duration_s=duration if rate is None else None, interval_s=interval_s, check_s=check_s,
                        stabilization_intervals=stabilization, forecaster=forecaster, rates_rps=rates,
                        prometheus=prometheus, limit_mode=limit_mode, resolution=resolution, seed=seed,
-                       history_stretch=max(int(speedup), 1) if window else 1, min_gain=min_gain, alpha=alpha)
+                       history_stretch=max(int(speedup), 1) if window else 1, min_gain=min_gain, alpha=alpha,
+                       router=router)
     with _View(quiet=as_json or verbose < 0) as view:
         doc = run_experiment(base, names, out_dir, on_update=view.update)
     if as_json:
