@@ -1,16 +1,40 @@
-"""Shared fixtures: the repository root, the paper profile, and a small profile factory."""
+"""Shared fixtures: the repository root, the paper profile, and a small profile factory.
+
+The test session is hermetic: before anything imports the package, this module points the user cache
+(``XDG_CACHE_HOME``: decoded trace windows, dispatcher tokens) at a fresh folder of its own (the learned
+forecaster is the committed ``profiles/forecaster.npz``), and drops every other
+``INFADAPTER_*`` setting of the user's shell except the data locations (``INFADAPTER_TRACE``,
+``INFADAPTER_PAPER_CSV``, ``INFADAPTER_PROMETHEUS_BIN``). Subprocesses (``tests/cli_helpers.run_cli``)
+inherit ``os.environ``, so CLI tests see the same cache. No test reads or writes ``~/.cache``;
+``tests/test_hermetic.py`` checks it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
 
-import pytest
+#: Settings that say where input data is (not where state goes): kept from the user's environment.
+_KEEP_ENV = ("INFADAPTER_TRACE", "INFADAPTER_PAPER_CSV", "INFADAPTER_PROMETHEUS_BIN")
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="infadapter-tests-"))
+for _k in [k for k in os.environ if k.startswith("INFADAPTER_") and k not in _KEEP_ENV]:
+    del os.environ[_k]
+os.environ["XDG_CACHE_HOME"] = str(SESSION_DIR / "cache")
 
-from infadapter.profile import Profile, load_profile, profile_from_dict
+from collections.abc import Callable, Iterator  # noqa: E402  (after the environment is set)
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+from infadapter.profile import Profile, load_profile, profile_from_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

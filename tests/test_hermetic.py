@@ -1,0 +1,32 @@
+"""The test session never touches the user's home: its cache, forecaster and CLI runs use their own folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from infadapter.forecast import default_model_path
+from infadapter.trace import cache_dir
+from tests.cli_helpers import run_cli
+from tests.conftest import SESSION_DIR
+
+REAL_CACHE = Path.home() / ".cache"
+
+
+def test_the_session_cache_is_its_own_folder() -> None:
+    assert os.environ["XDG_CACHE_HOME"] == str(SESSION_DIR / "cache")
+    assert cache_dir().is_relative_to(SESSION_DIR)
+    assert default_model_path().is_relative_to(Path(__file__).resolve().parents[1])  # the committed model
+    assert not cache_dir().is_relative_to(REAL_CACHE)
+
+
+def test_cli_subprocesses_inherit_the_session_cache(tmp_path: Path) -> None:
+    """A CLI run with HOME pointing at an empty folder still works and writes only to the session cache."""
+    home = tmp_path / "home"
+    home.mkdir()
+    r = run_cli("simulate", "--window", "1300920:120", "--policy", "static:resnet18=4", "--json",
+                env={"HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["policy"] == "static:resnet18=4"
+    assert list(home.iterdir()) == [], "the CLI wrote into HOME"
