@@ -116,6 +116,13 @@ def build_models(out: Path, variants: str, resolution: int, seed: int, as_json: 
 @click.option("--max-queue", type=int, default=64, show_default=True, help="Waiting requests before 503.")
 @click.option("--top-k", type=int, default=5, show_default=True, help="Classes returned per instance.")
 @click.option("--drain-timeout", type=float, default=30.0, show_default=True, help="Seconds to drain on SIGTERM.")
+@click.option("--max-batch", type=int, default=128, show_default=True, help="Instances per request (more: 400).")
+@click.option(
+    "--max-body-bytes", type=int, default=32 * 1024 * 1024, show_default=True, help="Largest predict body (413)."
+)
+@click.option(
+    "--body-timeout", type=float, default=30.0, show_default=True, help="Seconds to receive a request body (408)."
+)
 @click.pass_context
 def serve_model(
     ctx: click.Context,
@@ -130,6 +137,9 @@ def serve_model(
     max_queue: int,
     top_k: int,
     drain_timeout: float,
+    max_batch: int,
+    max_body_bytes: int,
+    body_timeout: float,
 ) -> None:
     """Serve one ONNX model with TF Serving's REST API and metric names.
 
@@ -155,5 +165,8 @@ def serve_model(
         max_queue=max_queue,
         top_k=top_k,
         drain_timeout_s=drain_timeout,
+        max_batch=max_batch,
+        max_body_bytes=max_body_bytes,
+        body_timeout_s=body_timeout,
     )
     ctx.exit(run_server(config))

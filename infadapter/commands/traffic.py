@@ -67,6 +67,12 @@ Examples:
     "--max-body-bytes", type=int, default=8 * 1024 * 1024, show_default=True, help="Largest predict body (413)."
 )
 @click.option("--shutdown-timeout-s", type=float, default=30.0, show_default=True, help="Drain time on SIGTERM/SIGINT.")
+@click.option(
+    "--body-timeout-s", type=float, default=30.0, show_default=True, help="Time to receive a predict body (408)."
+)
+@click.option(
+    "--model-name", default="", help="Public model name; predict requests for another name get 404 [default: any]."
+)
 def dispatch(
     host: str,
     port: int,
@@ -78,6 +84,8 @@ def dispatch(
     max_in_flight: int,
     max_body_bytes: int,
     shutdown_timeout_s: float,
+    body_timeout_s: float,
+    model_name: str,
 ) -> None:
     """Serve POST /v1/models/NAME:predict and split it over variants by smooth weighted round robin.
 
@@ -98,6 +106,8 @@ def dispatch(
         max_in_flight=max_in_flight,
         max_body_bytes=max_body_bytes,
         shutdown_timeout_s=shutdown_timeout_s,
+        body_timeout_s=body_timeout_s,
+        model_name=model_name,
     )
     console = err_console()
 

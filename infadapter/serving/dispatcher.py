@@ -13,6 +13,13 @@ is retried once on another variant (never on the same one). In-flight requests a
 503 ``{"error": "overloaded"}`` past the bound), bodies too (413). Prometheus metrics at ``/metrics``;
 ``/admin/stats`` gives the same picture as JSON for a control loop that runs without Prometheus.
 
+Hostile input: the body is forwarded unparsed (the model server answers malformed JSON, shapes and
+images with its own 400, passed through unchanged and never retried); this side refuses what would
+reach the backend's request line or headers (a version that is not a number, a content type that is
+not printable ASCII), bodies over the limit (413) and bodies not complete within ``body_timeout_s``
+(408; a slow client is read before it takes an in-flight slot, so it never blocks others). Every
+other path or method is a JSON 404/405, never a plain-text page.
+
 Everything lives in one :class:`Dispatcher` object (its state, its Prometheus registry, its client
 session); nothing is global, so tests run several in one process.
 """
@@ -25,6 +32,7 @@ import hmac
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import time
@@ -51,6 +59,10 @@ VARIANT_HEADER = "X-Infadapter-Variant"
 NO_VARIANT = "none"
 _STATS_WINDOW_S = 60
 _PER_SECOND_KEEP_S = 900
+# Variant and model names travel in URLs and headers: a conservative token (Kubernetes names fit).
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+_VERSION_RE = re.compile(r"[0-9]{1,19}")  # TF Serving versions are int64
+_CONTENT_TYPE_RE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,200}")
 
 
 # -- backends -----------------------------------------------------------------------------------
@@ -85,20 +97,26 @@ def parse_backends(payload: Any) -> tuple[BackendSpec, ...]:
         if unknown:
             raise BadInput(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; allowed: name, url, model, weight")
         name = item.get("name")
-        if not isinstance(name, str) or not name.strip() or "/" in name:
-            raise BadInput(f"{where}.name: a non-empty variant name without '/' is required")
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            raise BadInput(
+                f"{where}.name: a variant name of letters, digits, '.', '_' and '-' is required, got {name!r}"
+            )
         if name in seen:
             raise BadInput(f"{where}.name: {name!r} appears twice; names must be unique")
         seen.add(name)
         url = item.get("url")
         parts = urlsplit(url) if isinstance(url, str) else None
+        if not isinstance(url, str) or not url.isascii() or not url.isprintable() or " " in url:
+            parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise BadInput(f"{where}.url: expected an http(s) base URL such as http://127.0.0.1:9001, got {url!r}")
         if parts.query or parts.fragment:
             raise BadInput(f"{where}.url: a base URL without query or fragment is required, got {url!r}")
         model = item.get("model", name)
-        if not isinstance(model, str) or not model.strip() or "/" in model:
-            raise BadInput(f"{where}.model: a non-empty model name without '/' is required")
+        if not isinstance(model, str) or not _NAME_RE.fullmatch(model):
+            raise BadInput(
+                f"{where}.model: a model name of letters, digits, '.', '_' and '-' is required, got {model!r}"
+            )
         weight = item.get("weight")
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
             raise BadInput(f"{where}.weight: a number >= 0 is required, got {weight!r}")
@@ -149,6 +167,8 @@ class DispatcherConfig:
     eject_s: float = 10.0  # how long a failed backend gets no traffic
     max_in_flight: int = 1024  # requests being served at once; more get 503 overloaded
     max_body_bytes: int = 8 * 1024 * 1024  # larger predict bodies get 413
+    body_timeout_s: float = 30.0  # a predict body not complete after this long gets 408
+    model_name: str = ""  # the public model name; others get 404 (empty: any name is forwarded)
     shutdown_timeout_s: float = 30.0  # on SIGTERM/SIGINT, how long in-flight requests may finish
 
     def __post_init__(self) -> None:
@@ -160,6 +180,7 @@ class DispatcherConfig:
             (self.eject_s >= 0, "--eject-s: must be >= 0"),
             (self.max_in_flight >= 1, "--max-in-flight: must be >= 1"),
             (self.max_body_bytes >= 1024, "--max-body-bytes: must be >= 1024"),
+            (self.body_timeout_s > 0, "--body-timeout-s: must be > 0"),
             (self.shutdown_timeout_s >= 0, "--shutdown-timeout-s: must be >= 0"),
         ]
         for ok, message in checks:
@@ -376,27 +397,51 @@ class Dispatcher:
         if self._in_flight >= self.config.max_in_flight:
             self._finish(NO_VARIANT, 503, started)
             return _error(503, "overloaded")
+        public = self.config.model_name
+        if public and request.match_info["name"] != public:
+            self._finish(NO_VARIANT, 404, started)
+            return _error(404, f"Servable not found for request: Latest({request.match_info['name'][:100]})")
+        version = request.match_info.get("version")
+        if version is not None and not _VERSION_RE.fullmatch(version):
+            self._finish(NO_VARIANT, 404, started)
+            return _error(404, "Malformed request: the version in /versions/V must be a number")
+        # Read the whole body before taking an in-flight slot, under a deadline: a client that
+        # sends half a request holds only its own connection, and only until the deadline.
+        body = await self._read_body(request, started)
+        if isinstance(body, web.Response):
+            return body
+        if self._in_flight >= self.config.max_in_flight:
+            self._finish(NO_VARIANT, 503, started)
+            return _error(503, "overloaded")
         self._in_flight += 1
         self._m_in_flight.inc()
         try:
-            return await self._serve(request, started)
+            return await self._serve(request, body, version, started)
         finally:
             self._in_flight -= 1
             self._m_in_flight.dec()
 
-    async def _serve(self, request: web.Request, started: float) -> web.StreamResponse:
+    async def _read_body(self, request: web.Request, started: float) -> bytes | web.Response:
         limit = self.config.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             self._finish(NO_VARIANT, 413, started)
             return _error(413, f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
         try:
-            body = await request.read()
+            async with asyncio.timeout(self.config.body_timeout_s):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:
             self._finish(NO_VARIANT, 413, started)
             return _error(413, f"request body exceeds the limit of {limit} bytes")
-        version = request.match_info.get("version")
+        except TimeoutError:
+            self._finish(NO_VARIANT, 408, started)
+            return _error(408, f"request body not received within {self.config.body_timeout_s:g} s")
+
+    async def _serve(self, request: web.Request, body: bytes, version: str | None, started: float) -> web.Response:
         suffix = f"/versions/{version}:predict" if version else ":predict"
         content_type = request.headers.get("Content-Type", "application/json")
+        if not _CONTENT_TYPE_RE.fullmatch(content_type):  # it is copied into the backend request's header
+            self._finish(NO_VARIANT, 400, started)
+            return _error(400, "Content-Type: printable ASCII expected, such as application/json")
 
         routing = self._routing
         first = self._choose(routing)
@@ -453,6 +498,9 @@ class Dispatcher:
             return resp.status, resp.headers.get("Content-Type", "application/json"), await resp.read()
 
     async def _model_status(self, request: web.Request) -> web.Response:
+        public = self.config.model_name
+        if public and request.match_info["name"] != public:
+            return _error(404, f"Servable not found for request: Latest({request.match_info['name'][:100]})")
         available = self._routing.picker is not None
         state, code = ("AVAILABLE", "OK") if available else ("LOADING", "UNAVAILABLE")
         body = {
@@ -558,7 +606,23 @@ class Dispatcher:
         app.router.add_get("/admin/stats", self._get_stats)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
+        # Last: every other path or method gets a TF-Serving-style JSON error (aiohttp's are text).
+        app.router.add_route("*", "/{tail:.*}", self._unknown)
         return app
+
+    async def _unknown(self, request: web.Request) -> web.Response:
+        path, method = request.path, request.method
+        last = path.rsplit("/", 1)[-1]
+        if path in ("/admin/backends", "/admin/stats", "/healthz", "/metrics"):
+            return _error(405, f"method {method} is not allowed on {path}")
+        if path.startswith("/v1/models/") and ":" in last:
+            if method != "POST":
+                return _error(405, f"method {method} is not allowed on {path[:200]}; POST a predict request")
+            verb = last.rsplit(":", 1)[-1][:40]
+            if verb == "predict":
+                return _error(404, f"Malformed request: POST {path[:200]}")
+            return _error(400, f"unsupported method :{verb}; the dispatcher forwards :predict")
+        return _error(404, f"Malformed request: {method} {path[:200]}")
 
     async def start(self) -> tuple[web.AppRunner, int]:
         """Start listening; returns the runner (``await runner.cleanup()`` to stop) and the bound port."""

@@ -43,7 +43,9 @@ def preprocess(data: bytes, resolution: int) -> np.ndarray:
             short = round(resolution * 256 / 224)
             img.draft("RGB", (short, short))
             rgb = img.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError):
+    except Image.DecompressionBombError:  # Pillow's own guard, which fires first for the largest claims
+        raise BadInput(f"b64: image is larger than {MAX_PIXELS} pixels (a decompression bomb?)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise BadInput("b64: not a decodable image (JPEG or PNG expected)") from None
     w, h = rgb.size
     scale = short / min(w, h)

@@ -16,8 +16,13 @@ Routes (TF Serving's REST API, so clients, the dispatcher and PromQL work unchan
   TF Serving's exponential buckets), ``:tensorflow:serving:runtime_latency*``, and ``process_*`` CPU and
   memory.
 
-Errors are ``{"error": "..."}``: 400 bad input, 404 unknown model or version, 503 while loading or when
-``max_queue`` requests are already waiting (overload is refused at once, not queued without bound).
+Errors are ``{"error": "..."}`` (JSON, whatever went wrong): 400 bad input (malformed, truncated or
+too deeply nested JSON, non-finite numbers, wrong shapes or types, bad base64, bytes that are not an
+image, more than ``max_batch`` instances, an unknown ``signature_name`` or verb), 404 unknown model,
+version or path, 405 a known path with another method, 408 a body not received within
+``body_timeout_s`` (a slow client holds only its own connection, never a queue slot), 413 a body over
+``max_body_bytes``, 503 while loading or when ``max_queue`` requests are already waiting (overload is
+refused at once, not queued without bound), 500 only for a fault of the server itself.
 
 Threads: ONNX Runtime runs with ``intra_op_num_threads = threads`` (the CPU allocation rounded down, at
 least 1) and ``inter_op_num_threads = 1``; requests run one at a time on one worker thread by default
@@ -53,7 +58,23 @@ log = logging.getLogger("infadapter.server")
 METRICS_PATH = "/monitoring/prometheus/metrics"
 # TF Serving's request_latency buckets: monitoring::Buckets::Exponential(10, 1.8, 33), in microseconds.
 LATENCY_BUCKETS_US = tuple(10 * 1.8**i for i in range(33))
-_STATUS_BY_HTTP = {200: "OK", 400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 503: "UNAVAILABLE", 500: "INTERNAL"}
+_STATUS_BY_HTTP = {
+    200: "OK",
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    413: "RESOURCE_EXHAUSTED",
+    503: "UNAVAILABLE",
+    500: "INTERNAL",
+}
+#: Signature names this server answers: TF Serving's default ("" means the default).
+SIGNATURES = ("", "serving_default")
+_BODY_KEYS = {"instances", "inputs", "signature_name"}
+
+
+def _refuse_constant(name: str) -> float:
+    """json.loads hook for NaN, Infinity and -Infinity, which TF Serving refuses too."""
+    raise BadInput(f"request body: {name} is not a valid JSON number; send finite numbers only")
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,8 @@ class ServerConfig:
     top_k: int = 5
     drain_timeout_s: float = 30.0
     max_body_bytes: int = 32 * 1024 * 1024
+    max_batch: int = 128  # instances per request; more is a 400 (bounds the memory one request takes)
+    body_timeout_s: float = 30.0  # a body not complete after this long is a 408
 
     def check(self) -> None:
         """BadInput naming the flag for any value out of range."""
@@ -83,11 +106,15 @@ class ServerConfig:
             ("--warmup", self.warmup, 0),
             ("--max-queue", self.max_queue, 1),
             ("--top-k", self.top_k, 1),
+            ("--max-batch", self.max_batch, 1),
+            ("--max-body-bytes", self.max_body_bytes, 1024),
         ):
             if value < low:
                 raise BadInput(f"{flag}: must be at least {low}, got {value}")
         if self.drain_timeout_s < 0:
             raise BadInput(f"--drain-timeout: must be >= 0 seconds, got {self.drain_timeout_s:g}")
+        if not self.body_timeout_s > 0:
+            raise BadInput(f"--body-timeout: must be > 0 seconds, got {self.body_timeout_s:g}")
 
 
 def find_model_file(model_dir: Path, name: str, version: int | None = None) -> tuple[Path, int]:
@@ -167,15 +194,31 @@ class OnnxModel:
             if set(value) == {"b64"}:
                 return preprocess(decode_b64(value["b64"]), r)
             if set(value) == {self.input_name}:
-                return self.to_array(value[self.input_name], where)
+                inner = value[self.input_name]
+                if isinstance(inner, dict) and set(inner) == {"b64"}:
+                    return preprocess(decode_b64(inner["b64"]), r)
+                if isinstance(inner, dict):  # one level of naming only, so nesting cannot recurse
+                    raise BadInput(f'{where}.{self.input_name}: expected {{"b64": "<JPEG>"}} or a numeric array')
+                return self.to_array(inner, f"{where}.{self.input_name}")
             raise BadInput(
                 f'{where}: expected {{"b64": "<JPEG>"}}, {{"{self.input_name}": ...}} or a numeric array, '
                 f"got keys {sorted(value)}"
             )
+        if not isinstance(value, list):
+            raise BadInput(
+                f'{where}: must be a numeric array of shape [3, {r}, {r}] or {{"b64": ...}}, got {type(value).__name__}'
+            )
         try:
-            arr = np.asarray(value, dtype=np.float32)
-        except (ValueError, TypeError):
+            # No dtype here: strings, booleans and nulls must be refused, not converted.
+            raw = np.asarray(value)
+        except (ValueError, TypeError, OverflowError, RecursionError):
             raise BadInput(f'{where}: must be a numeric array of shape [3, {r}, {r}] or {{"b64": ...}}') from None
+        if raw.dtype.kind not in "iuf":
+            raise BadInput(
+                f"{where}: numeric array expected (numbers only, no strings, booleans or nulls; "
+                f"integers must fit 64 bits), got {raw.dtype.kind!r} values"
+            )
+        arr = raw.astype(np.float32)
         if arr.shape == (3, r, r):
             return arr
         if arr.shape == (r, r, 3):
@@ -188,7 +231,7 @@ class OnnxModel:
         """Preprocess, run and post-process a batch; returns (classes, scores, runtime seconds)."""
         batch = np.stack([self.to_array(v, f"instances[{i}]") for i, v in enumerate(instances)])
         if not np.isfinite(batch).all():
-            raise BadInput("instances: numeric values must be finite (no NaN or Infinity)")
+            raise BadInput("instances: numeric values must be finite (no NaN or Infinity, nothing beyond float32)")
         t0 = time.perf_counter()
         logits = self.infer(batch)
         runtime = time.perf_counter() - t0
@@ -313,7 +356,16 @@ class ModelServer:
         app.router.add_post("/v1/models/{rest:.+}", self.handle_post)
         app.router.add_get(METRICS_PATH, self.handle_metrics)
         app.router.add_get("/v1/models/{rest:.+}", self.handle_get)
+        # Last: every other path or method gets a JSON error too (aiohttp's own are plain text).
+        app.router.add_route("*", "/{tail:.*}", self.handle_unknown)
         return app
+
+    async def handle_unknown(self, request: web.Request) -> web.Response:
+        if request.path.startswith("/v1/models/") or request.path == METRICS_PATH:
+            resp = _error(405, f"method {request.method} is not allowed on {request.path}; use GET or POST")
+            resp.headers["Allow"] = "GET" if request.path == METRICS_PATH else "GET, POST"
+            return resp
+        return _error(404, f"Malformed request: {request.method} {request.path[:200]}")
 
     # -- routing --------------------------------------------------------------------------------
     def _match(self, rest: str) -> tuple[str, str | None, str] | web.Response:
@@ -389,7 +441,11 @@ class ModelServer:
     async def handle_post(self, request: web.Request) -> web.Response:
         t0 = time.perf_counter()
         runtime: list[float | None] = [None]
-        resp = await self._predict(request, runtime)
+        try:
+            resp = await self._predict(request, runtime)
+        except Exception:  # a fault of ours: logged, answered as TF Serving would, and serving goes on
+            log.exception("%s: predict failed", self.config.name)
+            resp = _error(500, "internal error while serving the request (logged by the server)")
         if resp.status != 404:  # requests for other models are not this model's requests
             self.metrics.record(self.config.name, resp.status, time.perf_counter() - t0, runtime[0])
         return resp
@@ -403,18 +459,32 @@ class ModelServer:
         model = self.model
         if model is None or self.state != "AVAILABLE":
             return _error(503, f"model {self.config.name} is {self.state}, not AVAILABLE")
+        limit = self.config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return _error(413, f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
+        # The body is read before the request takes a queue slot, under a deadline: a client that
+        # sends half a request holds its own connection until the deadline, never a slot of others.
+        try:
+            async with asyncio.timeout(self.config.body_timeout_s):
+                raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"request body exceeds the limit of {limit} bytes")
+        except TimeoutError:
+            return _error(408, f"request body not received within {self.config.body_timeout_s:g} s")
+        try:
+            body = json.loads(raw, parse_constant=_refuse_constant)
+        except BadInput as exc:
+            return _error(400, str(exc))
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            return _error(400, f"request body is not valid JSON ({str(exc)[:120]})")
+        except RecursionError:
+            return _error(400, "request body is not valid JSON (nested too deeply)")
         if self.waiting >= self.config.max_queue:
             return _error(503, f"server overloaded: {self.waiting} requests waiting (max_queue)")
         self.waiting += 1
         try:
             try:
-                body = await request.json(loads=json.loads)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                return _error(400, "request body is not valid JSON")
-            except web.HTTPRequestEntityTooLarge:
-                return _error(400, f"request body exceeds {self.config.max_body_bytes} bytes")
-            try:
-                instances, columnar = _instances(body)
+                instances, columnar = _instances(body, self.config.max_batch)
                 loop = asyncio.get_running_loop()
                 classes, scores, runtime[0] = await loop.run_in_executor(self.pool, model.predict, instances)
             except BadInput as exc:
@@ -427,16 +497,27 @@ class ModelServer:
         return web.json_response({"predictions": preds})
 
 
-def _instances(body: Any) -> tuple[list[Any], bool]:
+def _instances(body: Any, max_batch: int = 128) -> tuple[list[Any], bool]:
     """The request's instances and whether it was columnar (``inputs``)."""
     if not isinstance(body, dict):
         raise BadInput('request body must be a JSON object with "instances" or "inputs"')
+    unknown = set(body) - _BODY_KEYS
+    if unknown:
+        names = ", ".join(repr(k[:40]) for k in sorted(unknown)[:5])
+        raise BadInput(f"request body: unknown field(s) {names}; allowed: signature_name, instances, inputs")
+    signature = body.get("signature_name", "")
+    if not isinstance(signature, str):
+        raise BadInput('"signature_name" must be a string such as "serving_default"')
+    if signature not in SIGNATURES:
+        raise BadInput(f'Serving signature name: "{signature[:80]}" not found in signature def (have: serving_default)')
     if "instances" in body and "inputs" in body:
         raise BadInput('request has both "instances" and "inputs"; send one')
     if "instances" in body:
         inst = body["instances"]
         if not isinstance(inst, list) or not inst:
             raise BadInput('"instances" must be a non-empty list')
+        if len(inst) > max_batch:
+            raise BadInput(f'"instances": {len(inst)} instances in one request; at most {max_batch} (--max-batch)')
         return inst, False
     if "inputs" in body:
         inputs = body["inputs"]
@@ -446,6 +527,8 @@ def _instances(body: Any) -> tuple[list[Any], bool]:
             inputs = [inputs]
         if not isinstance(inputs, list) or not inputs:
             raise BadInput('"inputs" must be a non-empty list (a batch) or {"<input>": batch}')
+        if len(inputs) > max_batch:
+            raise BadInput(f'"inputs": {len(inputs)} instances in one request; at most {max_batch} (--max-batch)')
         return inputs, True
     raise BadInput('missing "instances" (row format) or "inputs" (columnar format)')
 
