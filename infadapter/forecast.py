@@ -30,11 +30,11 @@ from typing import Protocol
 import numpy as np
 
 from infadapter.errors import BadInput
-from infadapter.trace import DAY_S, cache_dir
+from infadapter.trace import DAY_S
 
 MINUTES = 10
 EWMA_SPAN = 10
-FORECAST_HELP = "last[:PCT] | ewma[:PCT] | learned[:MODEL.npz]"
+FORECAST_HELP = "auto | last[:PCT] | ewma[:PCT] | learned[:MODEL.npz]"
 MODEL_FORMAT = "infadapter-forecaster/1"
 
 
@@ -242,15 +242,26 @@ class Learned:
         return cls(trees, float(meta["factor"]), meta)
 
 
+#: The learned model trained on the Twitter trace, committed; ``forecast train`` regenerates it.
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "profiles" / "forecaster.npz"
+
+
 def default_model_path() -> Path:
-    """``INFADAPTER_FORECAST_MODEL``, else ``forecaster.npz`` in the user cache."""
+    """``INFADAPTER_FORECAST_MODEL``, else the committed model (``profiles/forecaster.npz``)."""
     env = os.environ.get("INFADAPTER_FORECAST_MODEL")
-    return Path(env) if env else cache_dir() / "forecaster.npz"
+    return Path(env) if env else SHIPPED_MODEL
+
+
+def resolve_spec(spec: str, model_path: str | Path | None = None) -> str:
+    """``auto`` is ``learned`` when its model file exists, else ``ewma`` (the paper's cold start)."""
+    if spec.strip().lower() != "auto":
+        return spec
+    return "learned" if Path(model_path or default_model_path()).exists() else "ewma"
 
 
 def make_forecaster(spec: str, model_path: str | Path | None = None) -> Forecaster:
-    """Build a forecaster from ``last[:PCT]``, ``ewma[:PCT]`` or ``learned[:PATH]``."""
-    name, _, arg = spec.strip().partition(":")
+    """Build a forecaster from ``auto``, ``last[:PCT]``, ``ewma[:PCT]`` or ``learned[:PATH]``."""
+    name, _, arg = resolve_spec(spec, model_path).strip().partition(":")
     name = name.lower()
     if name in ("last", "ewma"):
         default = 0.0 if name == "last" else 10.0

@@ -27,9 +27,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
+from infadapter import control
 from infadapter.backends.base import ApplyResult, Backend
+from infadapter.control import ControlConfig, Forecaster
 from infadapter.monitor import Observation
 from infadapter.plan import Plan, diff, plan_from_cores
 from infadapter.policies import Context, Policy
@@ -39,40 +41,12 @@ from infadapter.records import DecisionLog, DecisionRecord
 log = logging.getLogger(__name__)
 
 
-class Forecaster(Protocol):
-    def predict(self, history_rps: Sequence[float]) -> float: ...
-
-
 @dataclass(frozen=True)
-class LoopConfig:
-    """Timing and thresholds of the loop."""
+class LoopConfig(ControlConfig):
+    """The control rules (:class:`infadapter.control.ControlConfig`) plus what only a live loop reports."""
 
-    interval_s: float = 30.0
-    #: Seconds between the mid-interval checks (overload, crash, CPU samples, status).
-    check_s: float = 1.0
-    #: Replan mid-interval when the observed rate exceeds the planned capacity by this fraction.
-    overload_tolerance: float = 0.10
-    #: No two overload replans closer than this (seconds); default: half an interval.
-    min_replan_gap_s: float | None = None
-    #: Forecast of the very first decision (before any history exists).
-    initial_forecast_rps: float = 0.0
     #: SLO attainment is reported over this window.
     slo_window_s: float = 300.0
-    #: Replays compressed K times (``--speedup K``): each observed second stands for K trace seconds,
-    #: so the forecaster's per-minute view is taken in trace time (each second repeated K times).
-    history_stretch: int = 1
-    #: The forecaster sees at most this many (trace-time) seconds.
-    history_s: int = 600
-
-    def __post_init__(self) -> None:
-        if not self.interval_s > 0:
-            raise ValueError(f"interval_s must be > 0, got {self.interval_s}")
-        if not self.check_s > 0:
-            raise ValueError(f"check_s must be > 0, got {self.check_s}")
-
-    @property
-    def replan_gap_s(self) -> float:
-        return self.min_replan_gap_s if self.min_replan_gap_s is not None else self.interval_s / 2
 
 
 @dataclass
@@ -214,20 +188,7 @@ class ControlLoop:
         timings["observe"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        if obs.history_rps:
-            hist = list(obs.history_rps)
-            if self.config.history_stretch > 1:
-                k = self.config.history_stretch
-                hist = [x for x in hist[-(self.config.history_s // k + 1):] for _ in range(k)]
-            forecast = float(self.forecaster.predict(hist[-self.config.history_s:]))
-        else:
-            forecast = self.config.initial_forecast_rps
-        if trigger == "start":
-            forecast = max(forecast, self.config.initial_forecast_rps)
-        if trigger == "overload":
-            # The forecaster looks at 10 minutes; an overload seen now must be served now.
-            forecast = max(forecast, obs.rate_rps * (1 + self.config.overload_tolerance))
-        forecast = max(forecast, 0.0) if math.isfinite(forecast) else obs.rate_rps
+        forecast = control.decision_load(trigger, self.forecaster, obs.history_rps, obs.rate_rps, self.config)
         self.last_forecast_rps = forecast
         timings["forecast"] = time.perf_counter() - t1
 
@@ -334,12 +295,11 @@ class ControlLoop:
                 self._note_slo(obs)
                 if self.metrics:
                     self.metrics.observed.set(obs.rate_rps)
-                if now >= self.next_decision_s:
-                    rec = self.decide("interval", obs)
-                elif self.retry_at_s is not None and now >= self.retry_at_s:
-                    rec = self.decide("retry", obs)
-                elif self._overloaded(obs) and now - self._last_decision_s >= self.config.replan_gap_s:
-                    rec = self.decide("overload", obs)
+                cap = self.serving.served_capacity_rps() if self.serving and self.serving.allocations else None
+                due = control.trigger_due(now, self.next_decision_s, self._last_decision_s, obs.rate_rps, cap,
+                                          self.config, self.retry_at_s)
+                if due is not None:
+                    rec = self.decide(due, obs)
         if self.on_snapshot is not None:
             self.on_snapshot(self.snapshot())
         return rec
@@ -364,12 +324,6 @@ class ControlLoop:
         self.stop_event.set()
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _overloaded(self, obs: Observation) -> bool:
-        if self.serving is None or not self.serving.allocations:
-            return obs.rate_rps > 0
-        cap = self.serving.served_capacity_rps()
-        return obs.rate_rps > cap * (1 + self.config.overload_tolerance)
-
     def _crashed(self) -> list[str]:
         if self.serving is None or not self.serving.allocations:
             return []

@@ -218,8 +218,8 @@ class StabilizedState:
 class Stabilized:
     """Scale-up at once; scale-down only after ``intervals`` consecutive decisions want less.
 
-    A decision "wants less" when its plan has fewer cores than the current one while the current plan
-    still serves the forecast. When the window is full, the most generous of the pending plans is
+    A decision "wants less" when its plan has fewer cores or less capacity than the current one while
+    the current plan still serves the forecast. When the window is full, the most generous of the pending plans is
     applied (Kubernetes HPA's stabilization window semantics).
     """
 
@@ -241,10 +241,13 @@ class Stabilized:
         kept = _keep_if_close(ctx, d, self.min_gain) if self.min_gain > 0 else None
         if kept is not None:
             return replace(kept, state=StabilizedState(d.state, st.pending_down))
+        # Less is fewer cores or less capacity: swapping to slower, more accurate variants on the same
+        # cores is a scale-down too, and waits like one.
         wants_less = (
             cur is not None
             and cur.allocations
-            and d.plan.cores < cur.cores - 1e-9
+            and (d.plan.cores < cur.cores - 1e-9
+                 or d.plan.served_capacity_rps() < cur.served_capacity_rps() * (1 - 1e-6) - 1e-9)
             and cur.served_capacity_rps() + 1e-9 >= ctx.forecast_rps
         )
         if not wants_less or self.intervals <= 1:

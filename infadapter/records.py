@@ -38,6 +38,8 @@ class DecisionRecord:
     apply_ok: bool = True
     apply_error: str = ""
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: The true peak of the period the plan serves: only a simulation knows it (the oracle's input).
+    true_peak_rps: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -45,12 +45,14 @@ from typing import Any
 
 import numpy as np
 
+from infadapter import control
 from infadapter import solver as solver_mod
 from infadapter.errors import BadInput
 from infadapter.forecast import Forecaster, make_forecaster
 from infadapter.plan import Plan, diff, plan_from_cores
 from infadapter.policies import Context, Decision, Policy, Stabilized, Static, Vpa, make_policy, single_variant_plan
 from infadapter.profile import Profile, threads_for_cores
+from infadapter.records import DecisionRecord
 
 SWRR_QUOTA = 1000
 LN100 = math.log(100.0)
@@ -58,29 +60,29 @@ LN100 = math.log(100.0)
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Simulation settings; defaults follow the paper's setup."""
+    """Simulation settings. The defaults are the adapter's (the live loop's) defaults; :func:`paper_config`
+    gives the paper's setting. The control fields mean what :class:`infadapter.control.ControlConfig`'s do."""
 
-    interval_s: float = 30.0  # seconds between decisions
-    warmup_s: float = 120.0  # the first decision's time
+    interval_s: float = control.ControlConfig.interval_s  # seconds between decisions
+    warmup_s: float = 0.0  # the first decision's time (the paper: 120 s)
     stabilization_intervals: int = 4  # scale-down only after this many decisions want less (<= 1: off)
     min_gain: float = 0.0  # keep the current cores unless a plan beats them by this much (policies.Stabilized)
-    forecaster: str = "ewma"  # see infadapter.forecast.make_forecaster
+    forecaster: str = "auto"  # see infadapter.forecast.make_forecaster
     forecaster_model: str | None = None  # model file of the learned forecaster
     make_before_break: bool = True
-    in_place_resize: bool = False
+    in_place_resize: bool = True  # resize a running server's cores without a restart (the paper: off)
     vpa_update: str = "rolling"  # rolling (surge, make-before-break) | recreate (evict, then start)
     seed: int = 0
     timeout_s: float | None = None  # longest wait before a request is dropped; None: 2 x SLO
-    history_s: int = 600  # observed history handed to the forecaster
+    history_s: int = control.HISTORY_S  # observed history handed to the forecaster
     vpa_sample_s: float = 60.0
     vpa_sample_window_s: float = 15.0
     initial: Mapping[str, float] | None = None  # initial cores by variant; None: per-policy default
     memoize: bool = True  # reuse a stateless policy's decision for a repeated (load, current plan)
-    # Reactive re-planning, as the live loop does: every check_s, if the rate of the last
-    # rate_window_s seconds runs above the plan's capacity by overload_tolerance, decide at once
-    # (at most once per replan_gap_s, default interval/2) on max(forecast, rate * (1 + tolerance)).
-    # Off by default: the paper decided only every interval.
-    react: bool = False
+    # Reactive re-planning (control.trigger_due): every check_s, if the rate of the last rate_window_s
+    # seconds runs above the plan's capacity by overload_tolerance, decide at once on
+    # max(forecast, rate * (1 + tolerance)). The paper decided only every interval.
+    react: bool = True
     check_s: float = 1.0
     rate_window_s: int = 3
     overload_tolerance: float = 0.10
@@ -91,9 +93,12 @@ class SimConfig:
     history_stretch: int = 1
     # The first decision's forecast is at least this (the live loop's initial forecast); None: off.
     initial_forecast_rps: float | None = None
-    # The first decision's plan serves from its start, decided with no current plan: the live loop
-    # brings its first servers up before the load starts. Off: the paper's initial state serves first.
-    first_plan_ready: bool = False
+    # The first decision's plan serves from its start, decided with no current plan: the adapter brings its
+    # first servers up before the load reaches them. Off: the paper's initial state serves first.
+    first_plan_ready: bool = True
+    # Per-second counts observed before the window (the replay's time scale): an adapter that was already
+    # running has seen them, so its first forecast uses them. None: it starts with no history.
+    history_before: Sequence[float] | None = None
     # busy: a busy server uses all its cores; work: a request needs a fixed CPU time (see the module doc).
     cpu_model: str = "busy"
     # Coefficient of variation of service times: 1 = exponential (M/M/1, the closed form); below 1
@@ -140,6 +145,23 @@ class SimConfig:
             raise BadInput(f"--observe-lag: must be >= 0 seconds, got {self.observe_lag_s}")
         if self.history_stretch < 1:
             raise BadInput(f"history_stretch: must be >= 1, got {self.history_stretch}")
+        self.control  # noqa: B018 - validates the control fields once, with their flag names
+
+    @property
+    def control(self) -> control.ControlConfig:
+        """The control rules of this run, shared with the live loop."""
+        return control.ControlConfig(
+            interval_s=self.interval_s, check_s=self.check_s, react=self.react, rate_window_s=self.rate_window_s,
+            overload_tolerance=self.overload_tolerance, replan_gap_s=self.replan_gap_s, history_s=self.history_s,
+            history_stretch=self.history_stretch, initial_forecast_rps=self.initial_forecast_rps or 0.0)
+
+
+#: The paper's setting (``simulate --paper``): 30-s decisions on ewma+10% from a 2-minute warm-up, the
+#: initial plan serving first, new instances for every change (make-before-break), no reaction.
+PAPER_SETTING: dict[str, Any] = dict(
+    interval_s=30.0, warmup_s=120.0, forecaster="ewma", make_before_break=True, in_place_resize=False,
+    react=False, first_plan_ready=False, history_before=None,
+)
 
 
 @dataclass(frozen=True)
@@ -431,24 +453,6 @@ class _Memo:
         return replace(hit, state=ctx.state)
 
 
-@dataclass(frozen=True)
-class DecisionRecord:
-    """One decision of a run."""
-
-    t_s: float
-    forecast_rps: float
-    true_peak_rps: float
-    plan: Plan
-    reason: str
-    changed: str
-    decide_s: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"t_s": self.t_s, "forecast_rps": round(self.forecast_rps, 3),
-                "true_peak_rps": round(self.true_peak_rps, 3), "plan": self.plan.as_dict(),
-                "reason": self.reason, "changed": self.changed, "decide_s": round(self.decide_s, 5)}
-
-
 TIMELINE_FIELDS = ("requests", "violations", "dropped", "cores", "capacity_rps", "accuracy", "forecast_rps",
                    "cpu_usage_cores")
 
@@ -511,6 +515,14 @@ class SimResult:
 
 
 # -- helpers -----------------------------------------------------------------------------------------
+def _plan_of(profile: Profile, cores: Mapping[str, float]) -> Plan | None:
+    """The plan of what serves now (shares by capacity), None when nothing does."""
+    if not cores:
+        return None
+    caps = {n: profile.capacity_rps(n, c) for n, c in cores.items()}
+    return plan_from_cores(cores, 0.0, caps, {n: profile.variant(n).accuracy for n in cores})
+
+
 def _unwrap(policy: Policy) -> Policy:
     while isinstance(policy, (Stabilized, _Memo)):
         policy = policy.inner
@@ -619,7 +631,7 @@ def simulate(
                                             -math.inf)
                                   for a in plan0.allocations])
     target = plan0
-    pending: tuple[_Config, float] | None = None
+    pending: tuple[_Config, float, tuple[tuple[_Instance, float], ...]] | None = None
     state: Any = None
     records: list[DecisionRecord] = []
     transitions = 0
@@ -630,9 +642,8 @@ def simulate(
     next_decision = cfg.warmup_s
     last_sample = 0.0
     last_decision = -math.inf
-    replan_gap = cfg.replan_gap_s if cfg.replan_gap_s is not None else cfg.interval_s / 2
-    next_check = cfg.warmup_s + cfg.check_s if cfg.react else math.inf
     first = True
+    pre_history = np.asarray(cfg.history_before if cfg.history_before is not None else (), dtype=float)
 
     def run_segment(t0: float, t1: float) -> None:
         nonlocal ptr
@@ -693,61 +704,71 @@ def simulate(
             ts += cfg.vpa_sample_s
         return out
 
-    def apply(plan: Plan, now: float, immediate: bool = False) -> None:
-        nonlocal serving, pending, transitions
+    def set_cores(inst: _Instance, cores: float) -> None:
+        inst.cores, inst.mu = cores, rate(inst.name, cores)
+
+    def apply(plan: Plan, now: float, immediate: bool = False, loading: Sequence[_Instance] = ()) -> None:
+        """Start the plan: in-place growth at once, new instances after their load time, and (when
+        make-before-break waits for them) in-place shrinks only when the new plan takes the traffic,
+        since the old shares still send the old load to the instance until then."""
+        nonlocal serving, pending
+        still_loading = {(i.name, i.cores): i for i in loading if i.ready_at > now}
         pending = None
         old = {i.name: i for i in serving.instances}
-        instances, loading = [], []
+        instances, starting, shrinks = [], [], []
         for a in plan.allocations:
             inst = old.get(a.name)
             if inst is not None and abs(inst.cores - a.cores) < 1e-9:
                 instances.append(inst)
             elif inst is not None and cfg.in_place_resize:
-                inst.cores, inst.mu = a.cores, rate(a.name, a.cores)
+                if a.cores > inst.cores:
+                    set_cores(inst, a.cores)
+                else:
+                    shrinks.append((inst, a.cores))
                 instances.append(inst)
+            elif (a.name, a.cores) in still_loading and not immediate:
+                new = still_loading[(a.name, a.cores)]  # keeps loading: a re-plan does not restart it
+                instances.append(new)
+                starting.append(new)
             else:
                 ready = -math.inf if immediate else now + profile.variant(a.name).load_time_s
-                mu = rate(a.name, a.cores)
-                new = _Instance(a.name, a.cores, mu, ready, free_at=now)
+                new = _Instance(a.name, a.cores, rate(a.name, a.cores), ready, free_at=now)
                 instances.append(new)
-                loading.append(new)
+                starting.append(new)
         conf = make_config(plan, instances)
-        if loading and mbb and not immediate:
-            pending = (conf, max(i.ready_at for i in loading))
+        if starting and mbb and not immediate:
+            pending = (conf, max(i.ready_at for i in starting), tuple(shrinks))
         else:
+            for inst, cores in shrinks:
+                set_cores(inst, cores)
             serving = conf
 
+    def switch(ready: tuple[_Config, float, tuple[tuple[_Instance, float], ...]]) -> _Config:
+        for inst, cores in ready[2]:
+            set_cores(inst, cores)
+        return ready[0]
+
+    ctl = cfg.control
+
     def observed_rate(now: float) -> float:
-        hi = max(int(now) - cfg.observe_lag_s, 0)
-        window = arr.counts[max(0, hi - cfg.rate_window_s) : hi]
-        return float(window.mean()) if window.size else 0.0
+        return control.windowed_rate(arr.counts, max(int(now) - cfg.observe_lag_s, 0), ctl)
 
-    def overloaded(now: float) -> bool:
-        if now < cfg.warmup_s or now - last_decision < replan_gap:
-            return False
-        return observed_rate(now) > target.served_capacity_rps() * (1 + cfg.overload_tolerance)
-
-    def decide(now: float, overload: bool = False) -> None:
+    def decide(now: float, trigger: str) -> None:
         nonlocal state, forecast_now, decide_total, transitions, target, last_decision, first
         last_decision = now
-        k = cfg.history_stretch
         seen = max(int(now) - cfg.observe_lag_s, 0)
-        if k > 1:
-            lo = max(0, seen - cfg.history_s // k - 1)
-            history = np.repeat(arr.counts[lo:seen], k)[-cfg.history_s :]
-        else:
-            history = arr.counts[max(0, seen - cfg.history_s) : seen]
-        forecast_now = float(fc.predict(history)) if history.size else 0.0
-        if first and cfg.initial_forecast_rps is not None:
-            forecast_now = max(forecast_now, cfg.initial_forecast_rps)
-        if overload:
-            # The forecaster looks at minutes; an overload seen now must be served now (as the loop).
-            forecast_now = max(forecast_now, observed_rate(now) * (1 + cfg.overload_tolerance))
+        lo = max(0, seen - cfg.history_s // cfg.history_stretch - 1)
+        history = arr.counts[lo:seen] if seen > 0 else arr.counts[:0]
+        if pre_history.size and seen * cfg.history_stretch < cfg.history_s:
+            history = np.concatenate([pre_history, history])
+        observed = observed_rate(now)
+        forecast_now = control.decision_load(trigger, fc, history, observed, ctl)
         horizon = int(now + cfg.interval_s + profile.max_load_time_s)
         future = arr.counts[int(now) : max(int(now) + 1, horizon)]
         true_peak = float(future.max()) if future.size else 0.0
         start = first and cfg.first_plan_ready
-        ctx = Context(profile, now, forecast_now, current=None if start else target, history_rps=history,
+        ctx = Context(profile, now, forecast_now, current=None if start else target,
+                      history_rps=control.forecast_input(history, ctl),
                       cpu_usage=cpu_samples(now) if is_vpa else {}, true_peak_rps=true_peak,
                       state=state, solver=cfg.solver)
         t0 = time.perf_counter()
@@ -755,36 +776,48 @@ def simulate(
         spent = time.perf_counter() - t0
         decide_total += spent
         state = d.state
-        change = diff(target, d.plan)
-        if start:
-            change = diff(None, d.plan)  # as the live loop counts its first decision
+        before = target
+        change = diff(None if start else target, d.plan)
         if change.create or change.resize or change.delete:
             transitions += 1
         if not change.empty:
-            apply(d.plan, now, immediate=start)
+            loading = pending[0].instances if pending else ()
+            if cfg.in_place_resize and mbb and not start:
+                now_cores = {i.name: i.cores for i in serving.instances if i.ready_at <= now}
+                bridge = control.bridge_plan(profile, _plan_of(profile, now_cores), d.plan, forecast_now)
+                if bridge is not None:
+                    apply(bridge, now)
+            apply(d.plan, now, immediate=start, loading=loading)
         target = d.plan
         first = False
-        reason = f"overload re-plan; {d.reason}" if overload else d.reason
-        records.append(DecisionRecord(now, forecast_now, true_peak, d.plan, reason, change.summary(), spent))
+        reason = f"overload re-plan; {d.reason}" if trigger == "overload" else d.reason
+        records.append(DecisionRecord(
+            seq=len(records) + 1, time_s=now, trigger=trigger, policy=pol.name, observed_rps=round(observed, 3),
+            forecast_rps=round(forecast_now, 3), history_len=int(history.size), p99_ms=None, monitor_source="sim",
+            plan_before=before.as_dict() if before is not None else None, plan_after=d.plan.as_dict(),
+            serving=None, objective=d.plan.objective, solver=d.solver, solve_s=round(spent, 6), reason=reason,
+            diff=change.summary(), true_peak_rps=round(true_peak, 3)))
 
     while True:
         if pending is not None and pending[1] <= t + 1e-12:
-            serving, pending = pending[0], None
-        if next_decision <= t + 1e-12 and t < duration:
-            decide(t)
-            next_decision += cfg.interval_s
-            if progress is not None:
-                progress(min(1.0, t / duration))
-            continue  # a zero load time may make the new plan ready at once
-        if next_check <= t + 1e-12 and t < duration:
-            next_check = t + cfg.check_s
-            if overloaded(t):
-                decide(t, overload=True)
+            serving, pending = switch(pending), None
+        if t < duration and t >= cfg.warmup_s - 1e-12:
+            cap = target.served_capacity_rps() if target.allocations else None
+            nxt = None if first else next_decision
+            due = control.trigger_due(t, nxt, last_decision, observed_rate(t) if cfg.react else 0.0, cap, ctl)
+            if due is not None:
+                decide(t, due)
                 next_decision = t + cfg.interval_s
-                continue
+                if progress is not None:
+                    progress(min(1.0, t / duration))
+                continue  # a zero load time may make the new plan ready at once
         if t >= duration:
             break
-        candidates = [float(duration), next_decision, next_check]
+        # Checks fall on whole multiples of check_s from the first decision, as the loop's ticks.
+        after = t - cfg.warmup_s
+        next_check = (cfg.warmup_s + (math.floor(after / cfg.check_s + 1e-9) + 1) * cfg.check_s
+                      if cfg.react and not first else math.inf)
+        candidates = [float(duration), cfg.warmup_s if first else next_decision, next_check]
         if pending is not None:
             candidates.append(pending[1])
         candidates += [i.ready_at for i in serving.instances if i.ready_at > t]

@@ -238,3 +238,20 @@ def load_window(
 ) -> np.ndarray:
     """One call for CLI commands: load, cut, scale and compress."""
     return transform(cut(load_trace(trace), parse_window(spec)), scale, speedup)
+
+
+def load_history_before(
+    spec: str = "paper", trace: str | Path | None = None, scale: float = 1.0, speedup: float = 1.0,
+    seconds: int = 600,
+) -> np.ndarray:
+    """The ``seconds`` (trace time) before a window, scaled and compressed like it: what an adapter that
+    was already running had observed when the window began (empty at the trace's start)."""
+    w = parse_window(spec)
+    if w.duration_s < 0 or w.start_s <= 0:
+        return np.zeros(0)
+    k = max(round(speedup), 1)
+    lo = max(0, w.start_s - (seconds // k) * k)
+    # Aligned to whole speedup blocks that end where the window starts.
+    lo = w.start_s - (w.start_s - lo) // k * k
+    before = load_trace(trace)[lo : w.start_s]
+    return transform(before, scale, speedup) if before.size >= k else np.zeros(0)

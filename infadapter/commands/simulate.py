@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from infadapter.commands.common import err_console, json_option, out_console, print_json, profile_option, warn
+from infadapter.commands.common import err_console, json_option, out_console, print_json, profile_option
+from infadapter.control import ControlConfig
 from infadapter.errors import BadInput
 from infadapter.policies import POLICY_HELP
 
@@ -28,18 +29,6 @@ Examples:
 """
 
 
-def resolve_forecaster(spec: str) -> str:
-    """``auto``: the learned model when one was trained (``forecast train``), else ewma+10%."""
-    if spec != "auto":
-        return spec
-    from infadapter.forecast import default_model_path
-
-    if default_model_path().exists():
-        return "learned"
-    warn(f"no learned forecaster at {default_model_path()} (run `python cli.py forecast train`); using ewma")
-    return "ewma"
-
-
 @click.command(epilog=EPILOG)
 @profile_option()
 @click.option("--window", default="paper", show_default=True,
@@ -50,18 +39,26 @@ def resolve_forecaster(spec: str) -> str:
 @click.option("--speedup", type=float, default=1.0, show_default=True, help="Compress time by a whole factor.")
 @click.option("--policy", "policy_spec", default="infadapter", show_default=True,
               help=f"{POLICY_HELP} | all | a comma list of them.")
+@click.option("--paper", is_flag=True,
+              help="The paper's setting: 30 s interval, ewma+10%%, 2-minute warm-up from a cold start, "
+                   "make-before-break replacement, no reaction (flags given explicitly still win).")
 @click.option("--forecaster", default="auto", show_default=True,
-              help="auto (learned if trained, else ewma) | last[:PCT] | ewma[:PCT] | learned[:MODEL].")
-@click.option("--interval", type=float, default=30.0, show_default=True, help="Seconds between decisions.")
-@click.option("--warmup", type=float, default=120.0, show_default=True, help="Seconds before the first decision.")
+              help="auto (the committed learned model, else ewma) | last[:PCT] | ewma[:PCT] | learned[:MODEL].")
+@click.option("--interval", type=float, default=ControlConfig.interval_s, show_default=True,
+              help="Seconds between decisions.")
+@click.option("--warmup", type=float, default=0.0, show_default=True, help="Seconds before the first decision.")
+@click.option("--warm-start/--cold-start", default=True, show_default=True,
+              help="The adapter has observed the 10 minutes before the window (as one that was running) "
+                   "and its first plan serves from the first second; cold: no history, the initial plan first.")
 @click.option("--stabilization", type=int, default=4, show_default=True,
               help="Decisions that must want less before a scale-down (1: off).")
 @click.option("--timeout", type=float, default=None, help="Longest queue wait before a drop, s [default: 2 x SLO].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the arrivals and service times.")
-@click.option("--in-place-resize", is_flag=True, help="Resize cores in place (no load time).")
+@click.option("--in-place-resize/--no-in-place-resize", default=True, show_default=True,
+              help="Resize cores in place (no load time), as Kubernetes >= 1.33 and the local backend do.")
 @click.option("--min-gain", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Keep the current cores unless a new plan's objective is better by this much (live: 0.005).")
-@click.option("--react", is_flag=True,
+@click.option("--react/--no-react", default=True, show_default=True,
               help="Re-plan at once when the last 3 s run 10%% above the plan's capacity (as the live loop).")
 @click.option("--make-before-break/--break-before-make", default=True, show_default=True,
               help="Keep the old plan serving until new instances are ready.")
@@ -83,7 +80,8 @@ def resolve_forecaster(spec: str) -> str:
 @json_option
 def simulate(
     profile_path: Path, window: str, trace_path: Path | None, scale: float, speedup: float, policy_spec: str,
-    forecaster: str, interval: float, warmup: float, stabilization: int, timeout: float | None, seed: int,
+    paper: bool, forecaster: str, interval: float, warmup: float, warm_start: bool, stabilization: int,
+    timeout: float | None, seed: int,
     in_place_resize: bool, min_gain: float, react: bool, make_before_break: bool, vpa_update: str,
     service_model: str, service_cv: float, queue_bound: bool, observe_lag: int,
     plot_path: Path | None, timeline_path: Path | None, as_json: bool,
@@ -98,7 +96,7 @@ def simulate(
     """
     from infadapter import sim
     from infadapter.profile import load_profile
-    from infadapter.trace import load_window, parse_window
+    from infadapter.trace import load_history_before, load_window, parse_window
 
     profile = load_profile(profile_path)
     parse_window(window)  # a bad window fails before the trace loads
@@ -107,13 +105,24 @@ def simulate(
         s.strip() for s in policy_spec.split(",") if s.strip()]
     if not specs:
         raise BadInput(f"--policy: expected {POLICY_HELP} or all")
-    config = sim.SimConfig(
-        interval_s=interval, warmup_s=warmup, stabilization_intervals=stabilization,
-        forecaster=resolve_forecaster(forecaster), make_before_break=make_before_break,
-        in_place_resize=in_place_resize, vpa_update=vpa_update, seed=seed, timeout_s=timeout, react=react,
-        min_gain=min_gain, service_model=service_model, service_cv=service_cv, queue_bound=queue_bound,
-        observe_lag_s=observe_lag, cpu_model="work" if service_model == "cfs" else "busy",
+    given = explicit_params(click.get_current_context())
+    settings: dict[str, Any] = dict(
+        interval_s=interval, warmup_s=warmup, stabilization_intervals=stabilization, forecaster=forecaster,
+        make_before_break=make_before_break, in_place_resize=in_place_resize, vpa_update=vpa_update, seed=seed,
+        timeout_s=timeout, react=react, min_gain=min_gain, service_model=service_model, service_cv=service_cv,
+        queue_bound=queue_bound, observe_lag_s=observe_lag, cpu_model="work" if service_model == "cfs" else "busy",
     )
+    if paper:
+        flags = {"interval_s": "interval", "warmup_s": "warmup", "forecaster": "forecaster",
+                 "make_before_break": "make_before_break", "in_place_resize": "in_place_resize", "react": "react"}
+        settings.update({k: v for k, v in sim.PAPER_SETTING.items() if flags.get(k) not in given})
+        warm_start = warm_start and "warm_start" in given
+    if warm_start:
+        settings.update(first_plan_ready=True, history_before=tuple(
+            load_history_before(window, trace_path, scale, speedup, settings.get("history_s", 600))))
+    else:
+        settings.update(first_plan_ready=False, history_before=None)
+    config = sim.SimConfig(**settings)
     from infadapter.forecast import make_forecaster
     from infadapter.policies import make_policy
 
@@ -142,6 +151,14 @@ def simulate(
                         "results": [r.as_dict() for r in results], "comparison": comparison})
         return
     _print_table(results, comparison, f"{profile.name}: {label}, {rates.size} s, forecaster {fc.name}")
+
+
+def explicit_params(ctx: click.Context) -> set[str]:
+    """Names of the parameters given on the command line or in the environment (not defaults)."""
+    from click.core import ParameterSource
+
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
 
 
 def _progress(show: bool) -> Any:

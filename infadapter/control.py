@@ -1,0 +1,185 @@
+"""When to decide and on which load: the one copy of the control rules.
+
+The live loop (:mod:`infadapter.loop`) and the simulator (:mod:`infadapter.sim`) both call these
+functions, so a rule changed here changes in both places, and the simulator imitates the loop by
+construction. Everything here is pure: time, the observed history and the observed rate come in
+as arguments.
+
+The rules (docs/adapt.md explains the measurements behind each default):
+
+- **Triggers**: ``start`` (the first decision, before the load is seen), ``interval`` (every
+  ``interval_s`` after the last decision ended), ``overload`` (the rate observed over the last
+  ``rate_window_s`` seconds exceeds the serving plan's capacity by ``overload_tolerance``; at most
+  once per ``replan_gap_s``), ``crash`` and ``retry`` (the live loop only: a dead server, a failed
+  apply).
+- **Forecast input**: the last ``history_s`` seconds of observed per-second counts; a replay
+  compressed ``history_stretch`` times repeats each observed second that often, so the forecaster's
+  minutes are trace minutes.
+- **The load a decision plans for**: the forecast, and never less than the rate observed now; on
+  ``start`` at least ``initial_forecast_rps``;
+  on ``overload`` at least the highest rate of the last ``rate_window_s`` seconds times
+  ``1 + overload_tolerance`` (the forecaster looks at minutes; an overload seen now must be served
+  now, and a burst is still rising when it is seen).
+- **Grow in place first, re-mix after** (:func:`bridge_plan`): when a plan needs variants that are
+  not running yet, the variants that run now are first grown in place (no load time) to serve the
+  load as far as the budget allows, while the new ones load; the planned mix takes over when they
+  are ready.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from infadapter.errors import BadInput
+from infadapter.plan import Plan, plan_from_cores
+from infadapter.profile import Profile
+
+#: Ten minutes of per-second history: the paper's forecaster input.
+HISTORY_S = 600
+
+TRIGGERS = ("start", "interval", "overload", "crash", "retry")
+
+
+class Forecaster(Protocol):
+    def predict(self, history_rps: Sequence[float]) -> float: ...
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """Timing and thresholds of the control rules; the same names in the loop, the simulator and the CLI."""
+
+    #: Seconds between periodic decisions.
+    interval_s: float = 10.0
+    #: Seconds between mid-interval checks (overload, crashes, CPU samples).
+    check_s: float = 1.0
+    #: Re-plan at once when the observed rate runs above the plan's capacity (off: the paper's setting).
+    react: bool = True
+    #: Seconds of observed counts averaged into the rate that the overload check compares.
+    rate_window_s: int = 3
+    #: The overload check fires above capacity x (1 + this); the re-plan serves rate x (1 + this).
+    overload_tolerance: float = 0.10
+    #: No two overload re-plans closer than this (seconds); None: a tenth of the interval, at least check_s.
+    replan_gap_s: float | None = None
+    #: The forecaster sees at most this many (trace-time) seconds of history.
+    history_s: int = HISTORY_S
+    #: Replays compressed K times (``--speedup K``): each observed second stands for K trace seconds.
+    history_stretch: int = 1
+    #: The first decision plans for at least this load (req/s).
+    initial_forecast_rps: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0:
+            raise BadInput(f"--interval: must be > 0 seconds, got {self.interval_s:g}")
+        if not self.check_s > 0:
+            raise BadInput(f"--check: must be > 0 seconds, got {self.check_s:g}")
+        if self.rate_window_s < 1:
+            raise BadInput(f"rate_window_s: must be >= 1 second, got {self.rate_window_s}")
+        if not self.overload_tolerance >= 0:
+            raise BadInput(f"--overload-tolerance: must be >= 0, got {self.overload_tolerance:g}")
+        if self.replan_gap_s is not None and self.replan_gap_s < 0:
+            raise BadInput(f"replan_gap_s: must be >= 0 seconds, got {self.replan_gap_s:g}")
+        if self.history_s < 1:
+            raise BadInput(f"history_s: must be >= 1 second, got {self.history_s}")
+        if self.history_stretch < 1:
+            raise BadInput(f"history_stretch: must be >= 1, got {self.history_stretch}")
+        if not (self.initial_forecast_rps >= 0 and math.isfinite(self.initial_forecast_rps)):
+            raise BadInput(f"initial_forecast_rps: must be a finite rate >= 0, got {self.initial_forecast_rps}")
+
+    @property
+    def gap_s(self) -> float:
+        """The effective minimum gap between two overload re-plans."""
+        if self.replan_gap_s is not None:
+            return self.replan_gap_s
+        return max(self.interval_s / 10.0, self.check_s)
+
+
+def forecast_input(history_rps: Sequence[float], config: ControlConfig) -> list[float]:
+    """What the forecaster sees: the last ``history_s`` trace-time seconds of the observed counts."""
+    hist = list(history_rps)
+    k = config.history_stretch
+    if k > 1:
+        hist = [x for x in hist[-(config.history_s // k + 1):] for _ in range(k)]
+    return hist[-config.history_s:]
+
+
+def decision_load(trigger: str, forecaster: Forecaster, history_rps: Sequence[float], observed_rps: float,
+                  config: ControlConfig) -> float:
+    """The load (req/s) a decision plans for (see the module doc)."""
+    hist = forecast_input(history_rps, config)
+    forecast = float(forecaster.predict(hist)) if hist else config.initial_forecast_rps
+    if trigger == "start":
+        forecast = max(forecast, config.initial_forecast_rps)
+    if trigger == "overload":
+        recent = max(history_rps[-config.rate_window_s:], default=0.0) if len(history_rps) else 0.0
+        forecast = max(forecast, max(observed_rps, float(recent)) * (1 + config.overload_tolerance))
+    elif trigger != "start":
+        forecast = max(forecast, observed_rps)  # a forecaster that lags a rise must not plan below it
+    if not math.isfinite(forecast):
+        forecast = observed_rps
+    return max(forecast, 0.0)
+
+
+def overloaded(observed_rps: float, capacity_rps: float | None, config: ControlConfig) -> bool:
+    """The observed rate runs above the serving plan's capacity (None: nothing serves)."""
+    if capacity_rps is None:
+        return observed_rps > 0
+    return observed_rps > capacity_rps * (1 + config.overload_tolerance)
+
+
+def trigger_due(now_s: float, next_decision_s: float | None, last_decision_s: float, observed_rps: float,
+                capacity_rps: float | None, config: ControlConfig, retry_at_s: float | None = None) -> str | None:
+    """Which decision is due now, if any: start, interval, retry or overload (in that order)."""
+    if next_decision_s is None:
+        return "start"
+    if now_s >= next_decision_s - 1e-9:
+        return "interval"
+    if retry_at_s is not None and now_s >= retry_at_s - 1e-9:
+        return "retry"
+    if (config.react and now_s - last_decision_s >= config.gap_s - 1e-9
+            and overloaded(observed_rps, capacity_rps, config)):
+        return "overload"
+    return None
+
+
+def windowed_rate(counts: Sequence[float], end: int, config: ControlConfig) -> float:
+    """Mean per-second count over the ``rate_window_s`` seconds before index ``end``."""
+    lo = max(0, end - config.rate_window_s)
+    window = counts[lo:end]
+    return float(sum(window)) / len(window) if len(window) else 0.0
+
+
+def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: float) -> Plan | None:
+    """The plan to serve while ``target``'s new variants load, or None when none is needed.
+
+    None when ``target`` starts no new variant, or when ``serving`` already serves ``load_rps``.
+    Otherwise the variants of ``serving`` with their cores grown in place (never shrunk), one core
+    step at a time to the variant that gains the most capacity per step, until the load is served or
+    the budget is used (the loading variants are the surge, as Kubernetes' ``maxSurge``); shares
+    are proportional to capacity.
+    """
+    if serving is None or not serving.allocations:
+        return None
+    cores = serving.cores_by_name()
+    if not set(target.cores_by_name()) - set(cores) or serving.served_capacity_rps() + 1e-9 >= load_rps:
+        return None
+    top = profile.core_options()[-1]
+    step = profile.core_step
+
+    def cap(name: str, c: float) -> float:
+        return max(profile.capacity_rps(name, c), 0.0)
+
+    grown = dict(cores)
+    while sum(cap(n, c) for n, c in grown.items()) < load_rps:
+        room = [n for n, c in grown.items() if c + step <= top + 1e-9]
+        if not room or sum(grown.values()) + step > profile.budget_cores + 1e-9:
+            break
+        best = max(room, key=lambda n: cap(n, grown[n] + step) - cap(n, grown[n]))
+        grown[best] = round(grown[best] + step, 9)
+    if grown == cores:
+        return None
+    caps = {n: cap(n, c) for n, c in grown.items()}
+    acc = {n: profile.variant(n).accuracy for n in grown}
+    return plan_from_cores(grown, load_rps, caps, acc)
