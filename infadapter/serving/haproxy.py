@@ -41,7 +41,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,7 +207,7 @@ class HAProxyRouter:
     p99_query: str | None = None
 
     def __init__(self, config: RouterConfig, store: StateStore, variants: Sequence[tuple[str, str]],
-                 settings: HAProxySettings = HAProxySettings()) -> None:
+                 settings: HAProxySettings = HAProxySettings(), clock: Callable[[], float] = time.time) -> None:
         if not variants:
             raise BadInput("--router haproxy: the profile names no variants to route to")
         self.config = config
@@ -221,7 +221,8 @@ class HAProxyRouter:
         self._proc: subprocess.Popen[bytes] | None = None
         self.api: RuntimeAPI | None = None
         self.messages: list[str] = []
-        self._stats = _LogStats(config.slo_ms, time.time())
+        self.clock = clock
+        self._stats = _LogStats(config.slo_ms, clock())
         self._lock = threading.Lock()
         self._log_sock: socket.socket | None = None
         self._log_thread: threading.Thread | None = None
@@ -415,7 +416,7 @@ class HAProxyRouter:
     def stats(self) -> dict[str, Any]:
         """The dispatcher's ``/admin/stats`` shape, from the request log plus HAProxy's own counters."""
         with self._lock:
-            body = self._stats.snapshot(time.time())
+            body = self._stats.snapshot(self.clock())
         if self.api is not None:
             slots = self._slots()
             total = sum(s["weight"] for s in slots.values() if not s["status"].startswith("MAINT"))
