@@ -31,6 +31,7 @@ import numpy as np
 from infadapter.errors import BadInput
 from infadapter.loop import ControlLoop, LoopConfig, LoopMetrics
 from infadapter.monitor import Monitor, PrometheusServer, free_port, prometheus_binary, write_server_targets
+from infadapter.plots import decision_timeline, plot_experiment
 from infadapter.profile import Profile, load_profile
 from infadapter.records import DecisionLog
 from infadapter.state import DECISIONS_FILE, StateStore, pid_alive, read_state, state_path
@@ -435,7 +436,7 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
         except Exception as exc:  # the comparison must not lose the live figures
             log.warning("simulator failed for %s: %s", pol, exc)
         results.append({"policy": pol, "live": live, "simulated": sim_res,
-                        "timeline": _timeline(run_dir)})
+                        "timeline": decision_timeline(run_dir)})
         if live.get("interrupted"):
             break
     doc = {"profile": str(base.profile_path), "seconds": int(rates.size), "mean_rps": float(rates.mean()),
@@ -443,25 +444,12 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
     (out_dir / "experiment.json").write_text(json.dumps(doc, indent=1, default=str))
     (out_dir / "experiment.md").write_text(comparison_table(doc))
     with contextlib.suppress(Exception):
-        plot_experiment(doc, rates, out_dir / "experiment.png")
+        plot_experiment(doc, rates, out_dir / "experiment.png", slo_ms=profile.slo_ms)
     return doc
 
 
 def _safe(policy: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in policy)
-
-
-def _timeline(run_dir: Path) -> list[dict[str, Any]]:
-    from infadapter.records import read_records
-
-    out = []
-    for r in read_records(run_dir / DECISIONS_FILE):
-        serving = r.get("serving") or {}
-        out.append({"time_s": r["time_s"], "forecast_rps": r["forecast_rps"], "observed_rps": r["observed_rps"],
-                    "cores": serving.get("cores"), "accuracy": serving.get("accuracy"),
-                    "capacity": sum(v.get("capacity", 0) for v in serving.get("variants", [])),
-                    "p99_ms": r.get("p99_ms"), "trigger": r["trigger"]})
-    return out
 
 
 def comparison_table(doc: dict[str, Any]) -> str:
@@ -493,32 +481,3 @@ def _pct(v: Any) -> str:
 
 def _num(v: Any) -> str:
     return "-" if v is None else f"{float(v):.3f}"
-
-
-def plot_experiment(doc: dict[str, Any], rates: np.ndarray, path: Path) -> None:
-    """Load, capacity, cores, accuracy and p99 over time per policy (one PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
-    axes[0].plot(np.arange(rates.size), rates, color="black", lw=0.8, label="offered load")
-    for r in doc["results"]:
-        tl = r["timeline"]
-        if not tl:
-            continue
-        t0 = tl[0]["time_s"]
-        t = [x["time_s"] - t0 for x in tl]
-        axes[0].step(t, [x["capacity"] for x in tl], where="post", label=f"{r['policy']} capacity")
-        axes[1].step(t, [x["cores"] or 0 for x in tl], where="post", label=r["policy"])
-        axes[2].step(t, [x["accuracy"] or 0 for x in tl], where="post", label=r["policy"])
-        axes[3].plot(t, [x["p99_ms"] if x["p99_ms"] is not None else np.nan for x in tl], marker=".",
-                     label=r["policy"])
-    for ax, label in zip(axes, ("req/s", "cores", "accuracy", "p99 ms"), strict=True):
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
-    axes[-1].set_xlabel("seconds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)

@@ -303,10 +303,11 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
                       router=router)
     with _View(quiet=as_json or verbose < 0) as view:
         summary = LiveRun(cfg, on_update=view.update).run()
+    plot = _write_plot(summary, rates, cfg.profile_path, quiet=as_json or verbose < 0)
     if as_json:
         print_json(summary)
         return
-    _print_summary(summary)
+    _print_summary(summary, plot, quiet=verbose < 0)
 
 
 def _adapt_cluster(*, backend: str, policy: str, duration: float | None, run_dir: Path | None,
@@ -344,23 +345,17 @@ def _adapt_cluster(*, backend: str, policy: str, duration: float | None, run_dir
                             highlight=False)
     with view:
         summary = run.run()
+    plot = _write_plot(summary, rates, cfg.profile_path, quiet=as_json or quiet)
     if as_json:
         print_json(summary)
-        return
-    con = out_console()
-    con.print(f"policy {summary['policy']} on {backend}{' (interrupted)' if summary.get('interrupted') else ''}: "
-              f"decisions {summary.get('decisions')}, transitions {summary.get('transitions')}, failed applies "
-              f"{summary.get('failed_applies')}, mean cores {summary.get('mean_cores') or 0:.3f}, mean accuracy "
-              f"{summary.get('mean_accuracy') or 0:.4f}", highlight=False)
-    con.print(f"observation: {summary['observation']}", highlight=False)
-    plan = summary.get("plan") or {}
-    if plan:
-        con.print("final plan: " + ", ".join(f"{v['name']} {v['cores']:g} cores {v['share']:.0%}"
-                                             for v in plan.get("variants", [])), highlight=False)
-    if backend == "dry-run":
-        con.print(f"manifests: {summary.get('out_dir')} ({len(summary.get('generations') or [])} generations)",
-                  highlight=False)
-    con.print(f"run folder: {summary['run_dir']} (decisions.jsonl, state.json)", highlight=False)
+    else:
+        _print_summary(summary, plot, quiet=quiet)
+    if summary.get("applies") == 0:  # the kubernetes backend never got a plan to serve: not a success
+        from infadapter.errors import BackendUnavailable
+
+        failed = summary.get("backend_failed_applies")
+        raise BackendUnavailable(f"--backend {backend}: no plan was ever applied ({failed} failed applies; last: "
+                                 f"{summary.get('last_apply_error') or 'none'})")
 
 
 def _logging(verbose: int, as_json: bool) -> None:
@@ -368,16 +363,30 @@ def _logging(verbose: int, as_json: bool) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _print_summary(s: dict[str, Any]) -> None:
+def _write_plot(summary: dict[str, Any], rates: tuple[float, ...] | None, profile_path: Path,
+                quiet: bool) -> str | None:
+    """adapt.png in the run folder (load vs capacity, cores, accuracy, violations); None if it failed."""
+    from infadapter.plots import plot_adapt_run
+    from infadapter.profile import load_profile
+
+    try:
+        slo_ms = load_profile(profile_path).slo_ms
+        return str(plot_adapt_run(Path(summary["run_dir"]), str(summary.get("policy")), rates, slo_ms,
+                                  title=f"adapt: {summary.get('policy')} ({profile_path.name})"))
+    except Exception as exc:  # the run's figures matter more than its picture
+        if not quiet:
+            err_console().print(f"adapt: no plot ({type(exc).__name__}: {exc})", highlight=False)
+        return None
+
+
+def _print_summary(s: dict[str, Any], plot: str | None, quiet: bool) -> None:
+    from infadapter.commands.views import adapt_summary, adapt_summary_line
+
     con = out_console()
-    con.print(f"policy {s['policy']}{' (interrupted)' if s.get('interrupted') else ''}: "
-              f"mean cores {s.get('mean_cores') or 0:.3f}, mean accuracy {s.get('mean_accuracy') or 0:.4f}, "
-              f"transitions {s.get('transitions')}, decisions {s.get('decisions')}", highlight=False)
-    if "requests" in s:
-        con.print(f"requests {s['requests']}: ok {s['ok']}, errors {s['errors']}, timeouts {s['timeouts']}; "
-                  f"SLO violation rate {100 * s['slo_violation_rate']:.2f}%, p99 {s.get('p99_ms')} ms",
-                  highlight=False)
-    con.print(f"run folder: {s['run_dir']} (cpu limit: {s.get('limit_mode')})", highlight=False)
+    if quiet:
+        con.print(adapt_summary_line(s), highlight=False)
+        return
+    con.print(adapt_summary(s, plot))
 
 
 STATUS_EPILOG = """Examples:

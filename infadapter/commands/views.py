@@ -1,0 +1,98 @@
+"""Rich views of command results, kept apart from the commands' logic.
+
+``adapt_summary`` turns the summary ``adapt`` returns (local, kubernetes or dry-run; the same dict
+``--json`` prints) into a table of rounded figures; ``adapt_summary_line`` is its one-line form for
+``-q``. Percentages have two decimals, cores three, latencies whole milliseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def pct(v: Any, digits: int = 2) -> str:
+    """A fraction as a percentage (``0.04412`` -> ``4.41 %``); ``-`` when unknown."""
+    return "-" if v is None else f"{100 * float(v):.{digits}f} %"
+
+
+def ms(v: Any) -> str:
+    """Milliseconds, rounded to whole ones; ``-`` when unknown."""
+    return "-" if v is None else f"{float(v):.0f} ms"
+
+
+def cores(v: Any) -> str:
+    return "-" if v is None else f"{float(v):.3f}"
+
+
+def _plan_text(plan: dict[str, Any] | None) -> str:
+    variants = (plan or {}).get("variants") or []
+    return ", ".join(f"{v['name']} {float(v['cores']):g} cores {float(v['share']):.0%}" for v in variants) or "-"
+
+
+def _title(s: dict[str, Any]) -> str:
+    backend = s.get("backend") or "local"
+    return f"adapt: policy {s.get('policy')} on {backend}{' (interrupted)' if s.get('interrupted') else ''}"
+
+
+def adapt_summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """(figure, value) rows of an adapt summary, rounded for people."""
+    rows: list[tuple[str, str]] = []
+    if "requests" in s:
+        sent = int(s.get("requests") or 0)
+        rate = s.get("slo_violation_rate")
+        missed = "" if rate is None else f" ({round(float(rate) * sent)} of {sent} requests)"
+        rows.append(("SLO violations", pct(rate) + missed))
+        rows.append(("requests", f"{sent} sent: {s.get('ok')} ok, {s.get('errors')} errors, "
+                                 f"{s.get('timeouts')} timeouts"))
+        rows.append(("latency p50 / p99", f"{ms(s.get('p50_ms'))} / {ms(s.get('p99_ms'))}"))
+        served = s.get("by_variant") or {}
+        total = sum(served.values())
+        if total:
+            rows.append(("served by", ", ".join(f"{k} {n / total:.0%}" for k, n in served.items())))
+    rows.append(("mean cores", cores(s.get("mean_cores"))))
+    rows.append(("mean accuracy", pct(s.get("mean_accuracy"))))
+    rows.append(("decisions", f"{s.get('decisions')} ({s.get('transitions')} transitions, "
+                              f"{s.get('failed_applies') or 0} failed applies)"))
+    if s.get("crashes"):
+        rows.append(("server crashes", str(s["crashes"])))
+    if s.get("seconds") is not None:
+        rows.append(("duration", f"{float(s['seconds']):.0f} s"))
+    if s.get("plan"):
+        rows.append(("final plan", _plan_text(s["plan"])))
+    if s.get("observation"):
+        rows.append(("observation", str(s["observation"])))
+    if s.get("namespace"):
+        rows.append(("namespace", str(s["namespace"])))
+    if s.get("out_dir"):
+        rows.append(("manifests", f"{s['out_dir']} ({len(s.get('generations') or [])} generations)"))
+    if s.get("limit_mode") and not s.get("backend"):
+        rows.append(("cpu limit", str(s["limit_mode"])))
+    return rows
+
+
+def adapt_summary(s: dict[str, Any], plot: str | None = None) -> Any:
+    """The summary as a rich table; the run folder (and plot) in its caption."""
+    from rich.table import Table
+
+    t = Table(title=_title(s), show_header=False, title_justify="left", expand=False)
+    t.add_column("figure", style="bold")
+    t.add_column("value")
+    for name, value in adapt_summary_rows(s):
+        t.add_row(name, value)
+    caption = f"run folder: {s.get('run_dir')} (decisions.jsonl, state.json"
+    caption += f", {plot.rsplit('/', 1)[-1]})" if plot else ")"
+    t.caption = caption
+    t.caption_justify = "left"
+    return t
+
+
+def adapt_summary_line(s: dict[str, Any]) -> str:
+    """One line of the key figures (for ``-q``)."""
+    parts = [f"policy {s.get('policy')}{' (interrupted)' if s.get('interrupted') else ''}"]
+    if "requests" in s:
+        parts.append(f"SLO violations {pct(s.get('slo_violation_rate'))}")
+        parts.append(f"p99 {ms(s.get('p99_ms'))}")
+    parts.append(f"mean cores {cores(s.get('mean_cores'))}")
+    parts.append(f"mean accuracy {pct(s.get('mean_accuracy'))}")
+    parts.append(f"transitions {s.get('transitions')}")
+    return ", ".join(parts)

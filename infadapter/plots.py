@@ -1,0 +1,176 @@
+"""Run plots: offered load vs planned capacity, cores, accuracy and SLO violations over time (one PNG).
+
+One drawing for ``cli.py adapt`` (one run, ``adapt.png`` in its run folder) and ``cli.py experiment``
+(one line per policy, ``experiment.png``). The data come from the run folder: the decision log
+(``decisions.jsonl``: what each decision served, at which load) and, when a load was driven,
+``requests.csv`` (each request's send time, latency and outcome). Without requests (a dry-run or a
+replayed observation) the violations panel shows the share of the observed load above the planned
+capacity, an estimate, and says so. matplotlib runs headless (Agg).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infadapter.records import read_records
+from infadapter.state import DECISIONS_FILE, read_state, state_path
+
+#: Width of the bins of the violation-rate panel, in seconds.
+VIOLATION_BIN_S = 10.0
+
+
+@dataclass(frozen=True)
+class RunSeries:
+    """What one run contributes to the plot: its label, decision timeline and violations over time."""
+
+    label: str
+    timeline: tuple[dict[str, Any], ...]
+    #: (bin start seconds, violation rate) from the run's requests; None: estimate from the timeline.
+    violations: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    #: Unix time of second 0 of the offered load (None: the first decision's time).
+    start_s: float | None = None
+
+
+def decision_timeline(run_dir: Path) -> list[dict[str, Any]]:
+    """One point per decision of a run folder: time, forecast, observed load, and what then served."""
+    out = []
+    for r in read_records(Path(run_dir) / DECISIONS_FILE):
+        serving = r.get("serving") or {}
+        out.append({"time_s": r["time_s"], "forecast_rps": r["forecast_rps"], "observed_rps": r["observed_rps"],
+                    "cores": serving.get("cores"), "accuracy": serving.get("accuracy"),
+                    "capacity": sum(v.get("capacity", 0) for v in serving.get("variants", [])),
+                    "p99_ms": r.get("p99_ms"), "trigger": r["trigger"]})
+    return out
+
+
+def violation_rates(requests_csv: Path, slo_ms: float, start_s: float,
+                    bin_s: float = VIOLATION_BIN_S) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Share of requests per ``bin_s`` bin that missed the SLO or failed; None without a requests file."""
+    try:
+        with Path(requests_csv).open(newline="") as fh:
+            rows = [(float(r["sent_unix"]), r["outcome"], float(r["latency_ms"] or 0)) for r in csv.DictReader(fh)
+                    if r.get("sent_unix")]
+    except (OSError, KeyError, ValueError):
+        return None
+    if not rows:
+        return None
+    t = np.array([r[0] for r in rows]) - start_s
+    bad = np.array([r[1] != "ok" or r[2] > slo_ms for r in rows], dtype=float)
+    idx = np.floor(np.maximum(t, 0.0) / bin_s).astype(int)
+    sent = np.bincount(idx)
+    missed = np.bincount(idx, weights=bad)
+    keep = sent > 0
+    starts = np.arange(sent.size)[keep] * bin_s
+    return tuple(float(x) for x in starts), tuple(float(x) for x in missed[keep] / sent[keep])
+
+
+def run_series(run_dir: Path, label: str, slo_ms: float | None) -> RunSeries:
+    """A run folder as a :class:`RunSeries` (requests.csv used when present and ``slo_ms`` is known)."""
+    run_dir = Path(run_dir)
+    timeline = tuple(decision_timeline(run_dir))
+    load = (read_state(state_path(run_dir)) or {}).get("load") or {}
+    start = load.get("started_s")
+    start = float(start) if start is not None else (timeline[0]["time_s"] if timeline else None)
+    violations = None
+    if slo_ms is not None and start is not None:
+        violations = violation_rates(run_dir / "requests.csv", slo_ms, start)
+    return RunSeries(label, timeline, violations, start)
+
+
+def overload_estimate(t: Sequence[float], timeline: Sequence[dict[str, Any]], rates: np.ndarray | None
+                      ) -> tuple[list[float], list[float]]:
+    """Share of the load above the capacity in force, per second of ``rates`` (else per decision).
+
+    Without requests this is the best guess at violations: the load a plan could not serve. With
+    ``rates``, each second's offered load meets the capacity of the last decision before it; without,
+    each decision's observed load meets the capacity planned at the decision before.
+    """
+    caps = [x["capacity"] for x in timeline]
+    if rates is not None and len(rates):
+        secs = np.arange(len(rates), dtype=float)
+        idx = np.searchsorted(np.asarray(t, dtype=float), secs, side="right") - 1
+        cap = np.where(idx >= 0, np.asarray(caps, dtype=float)[np.maximum(idx, 0)], 0.0)
+        load = np.asarray(rates, dtype=float)
+        over = np.where(load > 0, np.maximum(load - cap, 0.0) / np.maximum(load, 1e-9), 0.0)
+        return list(secs), [float(v) for v in over]
+    out = [0.0]
+    for prev, x in pairwise(timeline):
+        rps = x["observed_rps"]
+        out.append(max(rps - prev["capacity"], 0.0) / rps if rps > 0 else 0.0)
+    return list(t), out
+
+
+def plot_runs(runs: Sequence[RunSeries], rates: np.ndarray | None, path: Path, title: str = "") -> Path:
+    """Four panels over time: load vs capacity, cores, accuracy, SLO violations; written to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(4, 1, figsize=(9, 9), sharex=True)
+    if rates is not None and len(rates):
+        axes[0].plot(np.arange(len(rates)), rates, color="black", lw=0.8, label="offered load")
+    estimated = False
+    for run in runs:
+        tl = run.timeline
+        if not tl:
+            continue
+        t0 = run.start_s if run.start_s is not None else tl[0]["time_s"]
+        t = [x["time_s"] - t0 for x in tl]
+        if rates is None or not len(rates):
+            axes[0].plot(t, [x["observed_rps"] for x in tl], marker=".", lw=0.8, label=f"{run.label} observed")
+        axes[0].step(t, [x["capacity"] for x in tl], where="post", label=f"{run.label} capacity")
+        axes[1].step(t, [x["cores"] or 0 for x in tl], where="post", label=run.label)
+        axes[2].step(t, [100 * (x["accuracy"] or 0) for x in tl], where="post", label=run.label)
+        if run.violations is not None:
+            starts, rate = run.violations
+            axes[3].step(starts, [100 * v for v in rate], where="post", label=run.label)
+        else:
+            estimated = True
+            ts, over = overload_estimate(t, tl, rates)
+            axes[3].step(ts, [100 * v for v in over], where="post", label=f"{run.label} (est.)")
+    labels = ("req/s", "cores", "accuracy %",
+              "load over capacity % (est.)" if estimated and not any(r.violations for r in runs)
+              else f"SLO violations % ({VIOLATION_BIN_S:g} s)")
+    for ax, label in zip(axes, labels, strict=True):
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left")
+    axes[-1].set_xlabel("seconds")
+    if title:
+        axes[0].set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_experiment(doc: dict[str, Any], rates: np.ndarray, path: Path, slo_ms: float | None = None) -> Path:
+    """``cli.py experiment``'s plot: one line per policy of ``doc["results"]`` on the same load."""
+    runs = []
+    for r in doc["results"]:
+        run_dir = (r.get("live") or {}).get("run_dir")
+        if run_dir:
+            s = run_series(Path(run_dir), r["policy"], slo_ms)
+            runs.append(RunSeries(r["policy"], tuple(r.get("timeline") or s.timeline), s.violations, s.start_s))
+        else:
+            runs.append(RunSeries(r["policy"], tuple(r.get("timeline") or ())))
+    return plot_runs(runs, rates, path, title=f"experiment: {doc.get('profile', '')}")
+
+
+def plot_adapt_run(run_dir: Path, policy: str, rates: Sequence[float] | None, slo_ms: float | None,
+                   path: Path | None = None, title: str = "") -> Path:
+    """``cli.py adapt``'s plot of one run folder, written as ``adapt.png`` in it unless ``path`` says."""
+    series = run_series(Path(run_dir), policy, slo_ms)
+    arr = np.asarray(rates, dtype=float) if rates else None
+    return plot_runs([series], arr, path or Path(run_dir) / "adapt.png", title=title)
