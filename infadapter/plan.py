@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from infadapter.errors import BadInput
+from infadapter.loading import finite_number, load_json, strings
 
 _SHARE_TOL = 1e-6
 
@@ -115,7 +116,11 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], origin: str = "plan") -> Plan:
-        """Parse the ``plan --json`` object; BadInput naming the field otherwise."""
+        """Parse the ``plan --json`` object; BadInput naming the field otherwise.
+
+        Numbers must be finite JSON numbers (not strings, booleans or null), names strings, flags
+        booleans, notes a list of strings; unknown fields are ignored (newer writers may add some).
+        """
         if not isinstance(data, Mapping):
             raise BadInput(f"{origin}: must be a JSON object with 'load' and 'variants'")
         variants = data.get("variants")
@@ -123,40 +128,47 @@ class Plan:
             raise BadInput(f"{origin}: variants: must be a list of {{name, cores, share}} objects")
         allocs = []
         for i, v in enumerate(variants):
+            where = f"{origin}: variants[{i}]"
             if not isinstance(v, Mapping) or "name" not in v or "cores" not in v:
-                raise BadInput(f"{origin}: variants[{i}]: needs 'name' and 'cores'")
-            try:
-                allocs.append(
-                    Allocation(
-                        name=str(v["name"]),
-                        cores=float(v["cores"]),
-                        share=float(v.get("share", 1.0 / len(variants))),
-                        capacity_rps=float(v.get("capacity", 0.0)),
-                    )
+                raise BadInput(f"{where}: needs 'name' and 'cores'")
+            name = v["name"]
+            if not isinstance(name, str) or not name.strip():
+                raise BadInput(f"{where}.name: must be a non-empty variant name")
+            allocs.append(
+                Allocation(
+                    name=name,
+                    cores=finite_number(v["cores"], f"{where}.cores", low=0),
+                    share=finite_number(v.get("share", 1.0 / len(variants)), f"{where}.share", low=-_SHARE_TOL),
+                    capacity_rps=finite_number(v.get("capacity", 0.0), f"{where}.capacity", unit="req/s"),
                 )
-            except (TypeError, ValueError):
-                raise BadInput(f"{origin}: variants[{i}]: cores, share and capacity must be numbers") from None
+            )
+        for key in ("feasible", "optimal"):
+            if not isinstance(data.get(key, True), bool):
+                raise BadInput(f"{origin}: {key}: must be true or false")
+        notes = data.get("notes", [])
         try:
-            load = float(data.get("load", 0.0))
-        except (TypeError, ValueError):
-            raise BadInput(f"{origin}: load: must be a number in req/s") from None
+            return cls._checked(data, tuple(allocs), notes, origin)
+        except BadInput as exc:  # the value object's own checks (unique names, shares): name the file
+            message = str(exc)
+            raise BadInput(
+                message if message.startswith(origin) else f"{origin}: {message.removeprefix('plan.')}"
+            ) from None
+
+    @classmethod
+    def _checked(cls, data: Mapping[str, Any], allocs: tuple[Allocation, ...], notes: Any, origin: str) -> Plan:
         return cls(
-            allocations=tuple(allocs),
-            load_rps=load,
-            feasible=bool(data.get("feasible", True)),
-            objective=float(data.get("objective", 0.0)),
-            accuracy=float(data.get("accuracy", 0.0)),
-            optimal=bool(data.get("optimal", True)),
-            notes=tuple(data.get("notes", ())),
+            allocations=allocs,
+            load_rps=finite_number(data.get("load", 0.0), f"{origin}: load", low=0, unit="req/s"),
+            feasible=data.get("feasible", True),
+            objective=finite_number(data.get("objective", 0.0), f"{origin}: objective"),
+            accuracy=finite_number(data.get("accuracy", 0.0), f"{origin}: accuracy"),
+            optimal=data.get("optimal", True),
+            notes=strings(notes, f"{origin}: notes"),
         )
 
     @classmethod
     def from_json(cls, text: str, origin: str = "plan") -> Plan:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BadInput(f"{origin}: not valid JSON at line {exc.lineno} column {exc.colno}") from None
-        return cls.from_dict(data, origin=origin)
+        return cls.from_dict(load_json(text, origin), origin=origin)
 
 
 def empty_plan(load_rps: float = 0.0) -> Plan:

@@ -18,9 +18,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from infadapter.errors import BadInput
+from infadapter.loading import load_yaml
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
 _MEMORY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T|k)?$")
+# Bounds that keep the planner's work finite whatever a profile says (a budget of 1e308 cores would
+# otherwise list 1e308 core options; a slope of 1e308 overflows to an infinite capacity).
+MAX_CORE_OPTIONS = 10_000
+MAX_RPS = 1e9
 # Grid arithmetic works in integer multiples of the core step; this tolerance absorbs float noise.
 _GRID_EPS = 1e-9
 
@@ -45,13 +50,14 @@ def _positive(value: float) -> float:
 class LinearCapacity(BaseModel):
     """``capacity(cores) = safety * (slope * cores + intercept)`` in req/s."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     kind: Literal["linear"] = "linear"
     slope: float = Field(description="req/s gained per core at the SLO")
     intercept: float = Field(description="req/s at zero cores (often negative)")
     safety: float = Field(default=1.0, description="multiplier applied to the fit (paper: 0.8)")
 
     _safety_ok = field_validator("safety")(lambda v: _between(v, 0.0, 1.0) if v > 0 else _positive(v))
+    _rps_ok = field_validator("slope", "intercept")(lambda v: _between(v, -MAX_RPS, MAX_RPS))
 
     def rps(self, cores: float) -> float:
         return self.safety * (self.slope * cores + self.intercept)
@@ -67,7 +73,7 @@ class PointsCapacity(BaseModel):
     segment's slope is extended and :meth:`extrapolated` says so; the profile warns about it.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     kind: Literal["points"] = "points"
     points: dict[float, float] = Field(description="measured capacity in req/s by core count")
     safety: float = Field(default=1.0, description="multiplier applied to the measured capacity")
@@ -82,8 +88,10 @@ class PointsCapacity(BaseModel):
         for cores, rps in points.items():
             if cores <= 0:
                 raise ValueError(f"cores must be greater than 0, got {cores:g}")
-            if rps < 0 or math.isnan(rps):
+            if rps < 0:
                 raise ValueError(f"capacity at {cores:g} cores must be >= 0 req/s, got {rps:g}")
+            if rps > MAX_RPS or cores > MAX_RPS:
+                raise ValueError(f"capacity at {cores:g} cores: at most {MAX_RPS:g} cores and req/s, got {rps:g}")
         return dict(sorted(points.items()))
 
     def rps(self, cores: float) -> float:
@@ -105,7 +113,7 @@ class PointsCapacity(BaseModel):
 class Variant(BaseModel):
     """One model variant of the served family."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     name: str = Field(description="DNS-1123 label, used in server and Kubernetes object names")
     accuracy: float = Field(description="top-1 accuracy as a fraction in [0, 1]")
     load_time_s: float = Field(description="seconds from start until the variant serves")
@@ -143,7 +151,7 @@ class Variant(BaseModel):
 class Profile(BaseModel):
     """The decision problem's fixed inputs: SLO, budget, core grid, objective weights, variants."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     name: str = Field(default="profile", description="a label for reports")
     source: str = Field(default="", description="where the numbers come from")
     slo_ms: float = Field(description="p99 latency SLO in milliseconds")
@@ -190,6 +198,11 @@ class Profile(BaseModel):
         if not _on_grid(self.min_cores, self.core_step):
             raise ValueError(
                 f"min_cores: must be a multiple of core_step {self.core_step:g}, got {self.min_cores:g}"
+            )
+        if (self.budget_cores - self.min_cores) / self.core_step > MAX_CORE_OPTIONS:
+            raise ValueError(
+                f"budget_cores: at most {MAX_CORE_OPTIONS} core steps of {self.core_step:g} above min_cores "
+                f"(got {self.budget_cores:g}); raise core_step or lower the budget"
             )
         if self.min_cores > self.budget_cores + _GRID_EPS:
             raise ValueError(
@@ -278,11 +291,19 @@ def _message(err: Mapping[str, Any]) -> str:
         return "is required"
     if kind == "extra_forbidden":
         return "is not a known field (check its spelling)"
-    if kind in ("float_parsing", "float_type", "int_parsing", "int_type"):
-        return f"must be a number, got {err.get('input')!r}"
+    if kind in ("float_parsing", "float_type", "int_parsing", "int_type", "int_from_float"):
+        return f"must be a number, got {_short(err.get('input'))}"
+    if kind == "finite_number":
+        return f"must be a finite number, got {_short(err.get('input'))}"
     if kind == "union_tag_invalid" or kind == "union_tag_not_found":
         return "needs kind: linear (slope, intercept, safety) or kind: points ({cores: rps})"
     return msg
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A bounded repr for messages (the input may be anything a YAML file holds)."""
+    text = repr(value) if isinstance(value, str | int | float | bool | None) else type(value).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _validate(data: Any, origin: str) -> Profile:
@@ -312,13 +333,8 @@ def load_profile(path: str | Path) -> Profile:
         raise BadInput(f"{p}: profile file not found (pass --profile PATH)") from None
     except OSError as exc:
         raise BadInput(f"{p}: cannot read profile: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise BadInput(f"{p}: not valid YAML{where}") from None
-    return profile_from_dict(data, origin=str(p))
+    # Safe YAML without aliases, duplicate keys or deep nesting (infadapter.loading).
+    return profile_from_dict(load_yaml(text, origin=str(p)), origin=str(p))
 
 
 def dump_profile(profile: Profile, header: str = "") -> str:

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from infadapter.errors import BadInput
+from infadapter.loading import load_yaml
 from infadapter.plan import Plan
 from infadapter.profile import Profile
 
@@ -46,7 +47,7 @@ _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ModelStore(_Strict):
@@ -177,11 +178,13 @@ def load_render_config(path: str | Path | None) -> RenderConfig:
         return RenderConfig()
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise BadInput(f"--config: file {p} not found; pass a render config YAML (see docs/kubernetes.md)") from None
-    except yaml.YAMLError as exc:
-        raise BadInput(f"--config: {p} is not valid YAML ({exc.__class__.__name__})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"--config: cannot read {p} ({exc.__class__.__name__}); pass a UTF-8 YAML file") from None
+    # Safe YAML without aliases, duplicate keys or deep nesting (infadapter.loading).
+    data = load_yaml(text, origin=f"--config: {p}") or {}
     return config_from_dict(data, origin=str(p))
 
 
