@@ -15,12 +15,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 # Debian packages: Prometheus (monitoring), sshd (Ansible converge tests), nginx (dispatcher benchmark),
-# iproute2 (network namespaces for test hosts), nfs-kernel-server config files.
+# HAProxy (adapt --router haproxy, router benchmark), iproute2 (network namespaces for test hosts),
+# nfs-kernel-server config files.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
   command -v prometheus >/dev/null || need+=(prometheus)
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   command -v nginx >/dev/null || need+=(nginx-light)
+  [ -x /usr/sbin/haproxy ] || need+=(haproxy)
   command -v ip >/dev/null || need+=(iproute2)
   command -v wrk >/dev/null || need+=(wrk)
   # NFS server/client packages: the Ansible converge tests' package tasks find them installed.
@@ -31,7 +33,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     # Debian starts services on install; the project starts its own and stops them afterwards.
-    for svc in prometheus nginx ssh prometheus-node-exporter rpcbind nfs-kernel-server; do
+    for svc in prometheus nginx haproxy ssh prometheus-node-exporter rpcbind nfs-kernel-server; do
       (service "$svc" stop >/dev/null 2>&1 || true)
     done
   fi
