@@ -104,6 +104,13 @@ class LoopMetrics:
                                    registry=r)
         self.decisions = Counter("infadapter_decisions_total", "Decisions taken", ["trigger"], registry=r)
         self.degraded = Gauge("infadapter_degraded", "1 while a crashed server forced a degraded plan", registry=r)
+        # For the alert rules (templates/prometheus/slo-rules.yml.j2): not deciding, infeasible, fallback.
+        self.last_decision = Gauge("infadapter_last_decision_timestamp_seconds",
+                                   "Unix time of the last decision", registry=r)
+        self.feasible = Gauge("infadapter_plan_feasible",
+                              "1 when the last plan serves the forecast load within the budget, else 0", registry=r)
+        self.fallback = Gauge("infadapter_monitor_fallback",
+                              "1 while the loop reads the dispatcher's counters instead of Prometheus", registry=r)
         self._server: Any = None
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
@@ -270,6 +277,9 @@ class ControlLoop:
                 self.metrics.duration.labels(step).observe(secs)
             self.metrics.decisions.labels(trigger).inc()
             self.metrics.forecast.set(forecast)
+            self.metrics.last_decision.set(time.time())  # wall time for the alert's time() - x
+            self.metrics.feasible.set(1 if decision.plan.feasible else 0)
+            self.metrics.fallback.set(0 if obs.source == "prometheus" else 1)
             if self.serving is not None:
                 self.metrics.show_plan(self.serving, self.profile.names)
         log.info("decision %d (%s): %s -> %s [%s]", rec.seq, trigger, rec.diff, rec.reason,
@@ -295,6 +305,7 @@ class ControlLoop:
                 self._note_slo(obs)
                 if self.metrics:
                     self.metrics.observed.set(obs.rate_rps)
+                    self.metrics.fallback.set(0 if obs.source == "prometheus" else 1)
                 cap = self.serving.served_capacity_rps() if self.serving and self.serving.allocations else None
                 due = control.trigger_due(now, self.next_decision_s, self._last_decision_s, obs.rate_rps, cap,
                                           self.config, self.retry_at_s)

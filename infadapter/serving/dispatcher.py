@@ -299,6 +299,17 @@ class Dispatcher:
             registry=self.registry,
         )
         self._m_in_flight = Gauge("dispatcher_in_flight", "Predict requests being served", registry=self.registry)
+        # The SLO's good events for the recording rules (templates/prometheus/slo-rules.yml.j2): answered
+        # without a server-side error (< 500) within the SLO. Total events: dispatcher_requests_total.
+        self._m_good = Counter(
+            "dispatcher_slo_good_requests",
+            "Predict requests answered below 500 within the latency SLO",
+            registry=self.registry,
+        )
+        self._slo_s = config.slo_ms / 1000.0
+        Gauge(
+            "dispatcher_slo_seconds", "The latency SLO the good requests are counted against", registry=self.registry
+        ).set(self._slo_s)
         self._m_weight = Gauge(
             "dispatcher_backend_weight", "Share of traffic per variant (0..1)", ["model"], registry=self.registry
         )
@@ -388,6 +399,8 @@ class Dispatcher:
             self._children[key] = children
         children[0].inc()
         children[1].observe(latency)
+        if code < 500 and latency <= self._slo_s:
+            self._m_good.inc()
         self.stats.done(self._clock(), latency * 1000.0, code, variant)
 
     # -- public predict API -----------------------------------------------------------------
