@@ -447,6 +447,11 @@ class HAProxyRouter:
         self._log_thread = threading.Thread(target=self._read_logs, name="haproxy-log", daemon=True)
         self._log_thread.start()
 
+    @property
+    def log_thread_id(self) -> int | None:
+        """Native thread id of the request-log reader (the benchmark pins it with HAProxy)."""
+        return self._log_thread.native_id if self._log_thread is not None else None
+
     def _read_logs(self) -> None:
         sock = self._log_sock
         while sock is not None and not self._stop.is_set():
