@@ -225,6 +225,35 @@ def build_backend(cfg: ClusterRunConfig, profile: Profile) -> Any:
     return backend
 
 
+class CountingBackend:
+    """Delegates to a backend and counts its applies: how many succeeded, failed, and whether the
+    last one failed (so ``adapt`` can exit non-zero when no plan was ever applied)."""
+
+    def __init__(self, backend: Any) -> None:
+        self.inner = backend
+        self.applied = 0
+        self.failed = 0
+        self.last_error = ""
+
+    def apply(self, plan: Any) -> Any:
+        try:
+            result = self.inner.apply(plan)
+        except Exception as exc:
+            self.failed += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise
+        if result.ok:
+            self.applied += 1
+            self.last_error = ""
+        else:
+            self.failed += 1
+            self.last_error = result.error
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 @dataclass
 class ClusterRun:
     """One run; call :meth:`run` once (see the module doc)."""
@@ -253,10 +282,13 @@ class ClusterRun:
         if pid_alive(other.get("pid")) and other.get("pid") != os.getpid():
             raise BadInput(f"--run-dir: an adapter (pid {other['pid']}) already runs on {cfg.run_dir}; "
                            "stop it or pick another --run-dir")
-        policy = make_policy(cfg.policy, self.profile, cfg.stabilization_intervals, min_gain=cfg.min_gain)
         forecaster = make_forecaster(cfg.forecaster)
         # Flags and the cluster are checked before anything is written.
         self.backend = build_backend(cfg, self.profile)
+        if cfg.backend == "kubernetes":
+            self._fit_cluster()
+        policy = make_policy(cfg.policy, self.profile, cfg.stabilization_intervals, min_gain=cfg.min_gain)
+        self.backend = CountingBackend(self.backend)
         try:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -324,6 +356,28 @@ class ClusterRun:
         )
         for m in self.messages:
             log.info("%s", m)
+
+    def _fit_cluster(self) -> None:
+        """Preflight the namespace, and size pods to the nodes: the largest pod is the profile's
+        ``max_pod_cores``, else the render config's ``tfserving.max_pod_cores``, else the largest node's
+        allocatable CPU; the solver then plans variants as replicas x cores per pod."""
+        backend = self.backend
+        errors, warnings = backend.preflight()
+        if errors:
+            backend.stop()
+            more = f" (and {len(errors) - 1} more)" if errors[1:] else ""
+            raise BackendUnavailable(f"preflight: {errors[0]}{more}")
+        self.messages.extend(f"preflight: {w}" for w in warnings)
+        limit = self.profile.max_pod_cores or backend.config.tfserving.max_pod_cores
+        if limit:
+            where = "profile" if self.profile.max_pod_cores else "--k8s-config tfserving.max_pod_cores"
+            self.messages.append(f"pods: at most {limit:g} cores each ({where})")
+        else:
+            limit, note = backend.cluster_max_pod_cores()
+            self.messages.append(f"pods: at most {limit:g} cores each (nodes: {note})" if limit else f"pods: {note}")
+        if limit and limit != self.profile.max_pod_cores:
+            self.profile = self.profile.with_overrides(max_pod_cores=limit)
+            backend.profile = self.profile
 
     def _snapshot(self, snap: dict[str, Any]) -> None:
         snap["backend"] = self.config.backend
@@ -432,6 +486,10 @@ class ClusterRun:
             out["generations"] = sorted(p.name for p in cfg.out_dir.glob("gen-*") if p.is_dir())
         if cfg.backend == "kubernetes" and self.backend is not None:
             out["namespace"] = self.backend.namespace
+        if isinstance(self.backend, CountingBackend):
+            out["applies"] = self.backend.applied
+            out["backend_failed_applies"] = self.backend.failed
+            out["last_apply_error"] = self.backend.last_error
         if self.store is not None:
             with contextlib.suppress(Exception):
                 self.store.update(summary=out)

@@ -296,8 +296,10 @@ class TrainConfig:
 
     train_days: tuple[int, int] = (1, 13)  # fit on days 1..12
     calibration_days: tuple[int, int] = (13, 15)  # calibrate the headroom on days 13..14
-    # Half of ewma+10%'s under-prediction rate on the calibration days (14.3%), with a little margin.
-    target_under: float = 0.065
+    # The adapter repairs an under-prediction within seconds (re-plan on the observed rate, growth in
+    # place), so headroom buys little SLO and costs accuracy: a quarter of the minutes may be
+    # under-predicted (factor ~1.05). docs/adapt.md has the side-by-side measurement.
+    target_under: float = 0.25
     max_iter: int = 200
     seed: int = 0
 

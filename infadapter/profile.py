@@ -148,6 +148,24 @@ class Variant(BaseModel):
         return str(v)
 
 
+def pod_layout(cores: float, max_pod_cores: float | None) -> tuple[int, float]:
+    """(replicas, cores per pod) for a variant of ``cores`` in all: the fewest equal pods of at most
+    ``max_pod_cores`` each whose cores are whole millicores and add up to ``cores`` exactly.
+
+    >>> pod_layout(12, 8), pod_layout(20, 8), pod_layout(6, 8), pod_layout(6, None)
+    ((2, 6.0), (4, 5.0), (1, 6), (1, 6))
+    """
+    if cores <= 0:
+        return 0, 0.0
+    if max_pod_cores is None or cores <= max_pod_cores + _GRID_EPS:
+        return 1, cores
+    milli = round(cores * 1000)
+    replicas = math.ceil(cores / max_pod_cores - _GRID_EPS)
+    while milli % replicas:
+        replicas += 1
+    return replicas, milli // replicas / 1000
+
+
 class Profile(BaseModel):
     """The decision problem's fixed inputs: SLO, budget, core grid, objective weights, variants."""
 
@@ -162,11 +180,21 @@ class Profile(BaseModel):
     beta: float = Field(default=0.001, description="weight of transition time in the objective")
     variants: tuple[Variant, ...] = Field(description="the served variants, any order")
     resolution: int | None = Field(default=None, description="model input size (px) the capacities hold for")
+    max_pod_cores: float | None = Field(
+        default=None,
+        description="most cores one pod may have (a cluster node's allocatable CPU); a variant planned with "
+        "more runs as equal replicas and its capacity is replicas x capacity(cores per pod); None: one pod",
+    )
 
     @field_validator("slo_ms", "budget_cores", "core_step", "min_cores")
     @classmethod
     def _check_positive(cls, v: float) -> float:
         return _positive(v)
+
+    @field_validator("max_pod_cores")
+    @classmethod
+    def _check_max_pod(cls, v: float | None) -> float | None:
+        return None if v is None else _positive(v)
 
     @field_validator("resolution")
     @classmethod
@@ -237,10 +265,23 @@ class Profile(BaseModel):
         return max(2, math.ceil(max(self.capacity_rps(name, cores), 0.0) * self.slo_ms / 1000.0))
 
     def capacity_rps(self, name: str, cores: float) -> float:
-        """capacity(v, cores) in req/s; 0 for 0 cores. May be negative for a poor linear fit."""
+        """capacity(v, cores) in req/s; 0 for 0 cores. May be negative for a poor linear fit.
+
+        With ``max_pod_cores`` the cores run as :meth:`pod_layout` says: replicas x capacity(per pod).
+        """
         if cores <= 0:
             return 0.0
-        return self.variant(name).capacity.rps(cores)
+        replicas, per_pod = self.pod_layout(cores)
+        return replicas * self.variant(name).capacity.rps(per_pod)
+
+    def pod_layout(self, cores: float) -> tuple[int, float]:
+        """(replicas, cores per pod) that a variant of ``cores`` runs as; see :func:`pod_layout`."""
+        return pod_layout(cores, self.max_pod_cores)
+
+    @property
+    def splits_pods(self) -> bool:
+        """Whether some allowed core count needs more than one pod (then capacity is not linear in cores)."""
+        return self.max_pod_cores is not None and self.max_pod_cores < self.budget_cores - _GRID_EPS
 
     def extrapolation_warnings(self) -> list[str]:
         """One line per variant whose capacity is extrapolated past its measured points."""

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from infadapter.errors import BadInput
 from infadapter.loading import load_yaml
 from infadapter.plan import Plan
-from infadapter.profile import Profile
+from infadapter.profile import Profile, pod_layout
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 
@@ -40,6 +40,7 @@ LABEL_GENERATION = "infadapter.io/generation"
 ANNOTATION_PLAN = "infadapter.io/plan"
 ANNOTATION_CORES = "infadapter.io/cores"
 ANNOTATION_SHARE = "infadapter.io/share"
+ANNOTATION_LOAD_TIME = "infadapter.io/load-time-s"
 MANAGER = "infadapter"
 COMPONENT_MODEL_SERVER = "model-server"
 
@@ -90,7 +91,18 @@ class TfServing(_Strict):
     pull_policy: str = Field(default="IfNotPresent", description="imagePullPolicy")
     grpc_port: int = Field(default=8500, ge=1, le=65535)
     rest_port: int = Field(default=8501, ge=1, le=65535)
-    replicas: int = Field(default=1, ge=1, description="pods per variant")
+    replicas: int = Field(
+        default=1, ge=1, description="fewest pods per variant; a variant's planned cores are split evenly over them"
+    )
+    max_pod_cores: float | None = Field(
+        default=None,
+        gt=0,
+        description="most cores of one pod; more run as replicas. Default: the profile's max_pod_cores, else "
+        "(adapt --backend kubernetes) the largest allocatable CPU of the cluster's nodes",
+    )
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict, description="extra annotations on the variant pods (e.g. for a scraper or kwok)"
+    )
     name_prefix: str = Field(default="tfs-", description="object name = prefix + variant name")
     rest_threads_per_core: int = Field(default=15, ge=1, description="--rest_api_num_threads per core (paper 15)")
     readiness_period_s: int = Field(default=2, ge=1)
@@ -274,6 +286,8 @@ class VariantSpec:
     template_cores: float
     share: float
     memory: str
+    replicas: int = 1  # pods; ``cores`` = replicas x cores per pod (template_cores unless resized in place)
+    load_time_s: float = 0.0  # the profile's load time (a pod annotation; kwok's ready delay can follow it)
 
 
 @functools.cache
@@ -308,13 +322,40 @@ def plan_annotation(plan: Plan, generation: int) -> str:
     return json.dumps({"generation": generation, "plan": plan.as_dict()}, sort_keys=True, separators=(",", ":"))
 
 
-def variant_specs(plan: Plan, profile: Profile, template_cores: Mapping[str, float] | None = None) -> list[VariantSpec]:
-    """The variants of ``plan`` joined with the profile (memory, model name)."""
+def variant_layout(
+    cores: float, profile: Profile, config: RenderConfig | None = None, max_pod_cores: float | None = None
+) -> tuple[int, float]:
+    """(replicas, cores per pod) of a variant planned with ``cores``.
+
+    The most cores of one pod: ``max_pod_cores`` (what the backend learned from the cluster), else the
+    render config's ``tfserving.max_pod_cores``, else the profile's; at least ``tfserving.replicas`` pods.
+    """
+    config = config or RenderConfig()
+    limit = config.tfserving.max_pod_cores or profile.max_pod_cores
+    if max_pod_cores is not None:
+        limit = min(limit, max_pod_cores) if limit else max_pod_cores
+    replicas, per_pod = pod_layout(cores, limit)
+    if 0 < replicas < config.tfserving.replicas:
+        replicas, per_pod = pod_layout(cores, cores / config.tfserving.replicas)
+    return replicas, per_pod
+
+
+def variant_specs(
+    plan: Plan,
+    profile: Profile,
+    template_cores: Mapping[str, float] | None = None,
+    config: RenderConfig | None = None,
+    max_pod_cores: float | None = None,
+) -> list[VariantSpec]:
+    """The variants of ``plan`` joined with the profile (memory, model name) and laid out in pods."""
     out = []
     for a in plan.allocations:
         v = profile.variant(a.name)
-        tmpl = (template_cores or {}).get(a.name, a.cores)
-        out.append(VariantSpec(a.name, v.model or v.name, a.cores, tmpl, a.share, v.memory))
+        replicas, per_pod = variant_layout(a.cores, profile, config, max_pod_cores)
+        tmpl = (template_cores or {}).get(a.name, per_pod)
+        out.append(
+            VariantSpec(a.name, v.model or v.name, a.cores, tmpl, a.share, v.memory, max(replicas, 1), v.load_time_s)
+        )
     return out
 
 
@@ -351,7 +392,7 @@ def render_plan(
     """The manifests of every variant in ``plan`` (ConfigMap, Deployment, Service each)."""
     env = _environment()
     out: list[Manifest] = []
-    for spec in variant_specs(plan, profile, template_cores):
+    for spec in variant_specs(plan, profile, template_cores, config):
         out.extend(render_variant(spec, plan, generation, config, env))
     return out
 
@@ -406,4 +447,5 @@ def _label_keys() -> dict[str, str]:
         "plan": ANNOTATION_PLAN,
         "cores": ANNOTATION_CORES,
         "share": ANNOTATION_SHARE,
+        "load_time": ANNOTATION_LOAD_TIME,
     }

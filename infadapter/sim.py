@@ -107,10 +107,11 @@ class SimConfig:
     # Seconds the monitor lags behind the arrivals (a live monitor reading Prometheus sees complete
     # seconds only after a scrape: about 2 s on the local backend); 0: the simulator sees at once.
     observe_lag_s: int = 0
-    # Refuse a request when max(2, ceil(capacity x SLO)) are already waiting, as the local backend's
-    # servers do (a fast 503 instead of a backlog): in a FIFO queue, a wait longer than that many
-    # services. Off: only the timeout drops requests.
-    queue_bound: bool = False
+    # Refuse a request when max(2, ceil(capacity x SLO)) are already waiting, as our model servers and
+    # the dispatcher do (a fast 503 instead of a backlog that makes every later request late): in a
+    # FIFO queue, a wait longer than that many services. Off (the paper's TF Serving): only the
+    # timeout drops requests.
+    queue_bound: bool = True
     # queue: one FIFO server of rate mu (the paper's model, see the module doc). cfs: the local
     # backend's server as it runs under a CFS quota: one request at a time on floor(cores) threads
     # (at least 1), each needing cpu_per_request x its demand core-seconds, at full speed while the
@@ -160,7 +161,7 @@ class SimConfig:
 #: initial plan serving first, new instances for every change (make-before-break), no reaction.
 PAPER_SETTING: dict[str, Any] = dict(
     interval_s=30.0, warmup_s=120.0, forecaster="ewma", make_before_break=True, in_place_resize=False,
-    react=False, first_plan_ready=False, history_before=None,
+    react=False, first_plan_ready=False, history_before=None, queue_bound=False,
 )
 
 

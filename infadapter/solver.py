@@ -106,7 +106,7 @@ def _options(profile: Profile) -> dict[str, list[tuple[float, float]]]:
     grid = profile.core_options()
     out: dict[str, list[tuple[float, float]]] = {}
     for v in profile.variants:
-        out[v.name] = [(k, cap) for k in grid if (cap := v.capacity.rps(k)) >= 0]
+        out[v.name] = [(k, cap) for k in grid if (cap := profile.capacity_rps(v.name, k)) >= 0]
     return out
 
 
@@ -175,7 +175,8 @@ def _pulp_solver(options: Options, time_limit_s: float) -> tuple[pulp.LpSolver, 
 
 
 def _solve_milp(profile: Profile, load: float, current: Mapping[str, float], options: Options) -> Result:
-    compact = all(isinstance(v.capacity, LinearCapacity) for v in profile.variants)
+    # Replicas (profile.max_pod_cores) make capacity piecewise in cores: the option model handles it.
+    compact = all(isinstance(v.capacity, LinearCapacity) for v in profile.variants) and not profile.splits_pods
     prob, extract = (_compact_model if compact else _option_model)(profile, load, current)
     solver, name = _pulp_solver(options, options.time_limit_s)
     prob.solve(solver)

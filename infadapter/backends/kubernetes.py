@@ -20,12 +20,13 @@ forbidden requests (403) fail at once with the server's message. The backend nev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from infadapter.backends.base import ApplyResult, BackendState, VariantState
@@ -44,6 +45,8 @@ from infadapter.render import (
     cpu_quantity,
     parse_cpu,
     render_variant,
+    variant_layout,
+    variant_specs,
 )
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,10 @@ _PATHS = {
     "Service": "/api/v1/namespaces/{ns}/services",
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
     "Pod": "/api/v1/namespaces/{ns}/pods",
+    "Event": "/api/v1/namespaces/{ns}/events",
+    "PersistentVolumeClaim": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
+    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+    "Secret": "/api/v1/namespaces/{ns}/secrets",
 }
 
 
@@ -139,14 +146,29 @@ class Observed:
         return out
 
     @property
-    def cores(self) -> float:
-        """The variant's effective cores: what its pods are set to (template when none exist)."""
+    def replicas(self) -> int:
+        return int(self.deployment["spec"].get("replicas", 1))
+
+    @property
+    def per_pod(self) -> float:
+        """Cores each pod is set to (the template when no pod exists); -1 when pods disagree."""
         pods = self.pod_cores
         if pods and all(abs(c - pods[0]) < 1e-9 for c in pods):
             return pods[0]
         if pods:
-            return -1.0  # pods disagree (resize or rollout in progress): treat as needing a resize
+            return -1.0  # pods disagree (resize or rollout in progress): needs a change
         return self.template_cores
+
+    @property
+    def layout(self) -> tuple[int, float]:
+        """(replicas, cores per pod) as the cluster holds them now."""
+        return self.replicas, self.per_pod
+
+    @property
+    def cores(self) -> float:
+        """The variant's cores in all: replicas x cores per pod; -1 while its pods disagree."""
+        per_pod = self.per_pod
+        return per_pod * self.replicas if per_pod > 0 else -1.0
 
     @property
     def ready(self) -> bool:
@@ -170,6 +192,13 @@ def _progress_failed(d: Mapping[str, Any]) -> str:
     for cond in (d.get("status") or {}).get("conditions", []) or []:
         if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
             return str(cond.get("message", "progress deadline exceeded"))
+    return ""
+
+
+def _replica_failure(d: Mapping[str, Any]) -> str:
+    for cond in (d.get("status") or {}).get("conditions", []) or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return str(cond.get("message", cond.get("reason", "ReplicaFailure")))
     return ""
 
 
@@ -215,6 +244,8 @@ class KubernetesBackend:
         self._server_version = ""
         self._resize_404 = False
         self._serving: Plan | None = None
+        #: Pod size the cluster refused to resize to (403 / Infeasible): later layouts stay under it.
+        self.pod_limit_cores: float | None = None
 
     # -- low-level API calls with retries ---------------------------------------------------------
     def _request(
@@ -340,7 +371,7 @@ class KubernetesBackend:
         allocs = []
         for name, ob in sorted(observed.items()):
             planned = newest.get(name) if newest else None
-            cores = ob.cores if ob.cores > 0 else ob.template_cores
+            cores = ob.cores if ob.cores > 0 else ob.template_cores * ob.replicas
             allocs.append(Allocation(name, cores, shares.get(name, 0.0), planned.capacity_rps if planned else 0.0))
         total = sum(a.share for a in allocs)
         if total <= 0:  # no usable annotation: spread evenly so the plan is well formed
@@ -364,7 +395,7 @@ class KubernetesBackend:
             st = ob.deployment.get("status") or {}
             want = int(ob.deployment["spec"].get("replicas", 1))
             actual = ob.actual_cores
-            cores = actual[0] if actual else 0.0
+            cores = sum(actual)
             annotated = ob.deployment["metadata"].get("annotations", {}).get(ANNOTATION_CORES, "?")
             detail = (
                 f"ready {int(st.get('readyReplicas', 0))}/{want}; cores per pod "
@@ -378,6 +409,75 @@ class KubernetesBackend:
             plan = self._serving if set(self._serving.names) == set(observed) else plan
         messages.insert(0, f"namespace {self.namespace}; plan generation {gen}")
         return BackendState(tuple(variants), plan, healthy=all(v.ready for v in variants), messages=tuple(messages))
+
+    # -- what the cluster offers ------------------------------------------------------------------
+    def node_cpus(self) -> list[float]:
+        """Allocatable CPU of each ready, schedulable node (KubeError when the nodes cannot be read)."""
+        nodes = self._request("GET", "/api/v1/nodes", "list nodes") or {}
+        sizes = []
+        for n in nodes.get("items", []):
+            if (n.get("spec") or {}).get("unschedulable"):
+                continue
+            conds = {c.get("type"): c.get("status") for c in (n.get("status") or {}).get("conditions", []) or []}
+            if conds.get("Ready") == "True":
+                sizes.append(parse_cpu(((n.get("status") or {}).get("allocatable") or {}).get("cpu")))
+        return sizes
+
+    def cluster_max_pod_cores(self) -> tuple[float | None, str]:
+        """The largest allocatable CPU among the ready, schedulable nodes, with a note; None when the
+        nodes cannot be read (a namespaced Role cannot: then set ``tfserving.max_pod_cores``)."""
+        try:
+            sizes = self.node_cpus()
+        except KubeError as exc:
+            return None, f"cannot read the nodes ({exc}); set tfserving.max_pod_cores in --k8s-config to split pods"
+        if not sizes:
+            return None, "no ready, schedulable node found"
+        return max(sizes), f"{len(sizes)} ready nodes, {sum(sizes):g} allocatable cores, the largest {max(sizes):g}"
+
+    def preflight(self) -> tuple[list[str], list[str]]:
+        """Check what the rendered objects reference before the first apply: (errors, warnings).
+
+        Errors: the model-store claim or the pods' ServiceAccount is missing. Warnings: the claim is
+        not bound yet, the nodes hold fewer cores than the budget, something cannot be checked (403).
+        """
+        errors: list[str] = []
+        warnings: list[str] = []
+        ns = self.namespace
+
+        def get(kind: str, name: str) -> dict[str, Any] | None:
+            return self._request("GET", self._path(kind, name), f"read {kind}/{name}", ok_statuses=(404,))
+
+        try:
+            if get("ServiceAccount", "default") is None:
+                errors.append(
+                    f"namespace {ns} has no ServiceAccount 'default' (does the namespace exist? create it: "
+                    f"kubectl create namespace {ns})"
+                )
+        except KubeError as exc:
+            warnings.append(f"cannot check the ServiceAccount 'default' ({exc})")
+        store = self.config.model_store
+        if store.pvc and not store.nfs_server:
+            try:
+                claim = get("PersistentVolumeClaim", store.pvc)
+                if claim is None:
+                    errors.append(
+                        f"model_store.pvc: the claim {store.pvc!r} does not exist in namespace {ns}: create it "
+                        "(bound to the volume holding the models; see docs/kubernetes.md) or set "
+                        "model_store.nfs_server in --k8s-config"
+                    )
+                elif (claim.get("status") or {}).get("phase") != "Bound":
+                    phase = (claim.get("status") or {}).get("phase", "?")
+                    warnings.append(f"model_store.pvc: the claim {store.pvc!r} is {phase}, not Bound: pods wait for it")
+            except KubeError as exc:
+                warnings.append(f"cannot check the claim {store.pvc!r} ({exc})")
+        with contextlib.suppress(KubeError):  # a Role cannot read nodes: nothing to compare then
+            total = sum(self.node_cpus())
+            if total < self.profile.budget_cores:
+                warnings.append(
+                    f"the nodes hold {total:g} allocatable cores, less than the budget of "
+                    f"{self.profile.budget_cores:g}: plans near the budget will not fit"
+                )
+        return errors, warnings
 
     def health(self) -> bool:
         """True when the API server answers ``/version``."""
@@ -405,9 +505,13 @@ class KubernetesBackend:
     def apply(self, plan: Plan) -> ApplyResult:
         """Reconcile the namespace to ``plan``, make-before-break; safe to call twice.
 
-        Order: create new variants and grow resized ones, wait until they are ready, stamp the
-        generation, route, then shrink resized ones and delete dropped ones. Shrinking after routing
-        means a variant never has fewer cores than the traffic it is still being sent.
+        Each variant runs as ``replicas x cores per pod`` (:meth:`layout`). Order: create new variants,
+        grow changed ones (in-place resize, more replicas, or a rolling replacement), wait until they
+        are ready, stamp the generation, route, then shrink (resize down, fewer replicas) and delete
+        dropped ones. Shrinking after routing means a variant never has fewer cores than the traffic
+        it is still being sent. A resize the cluster refuses (403 from admission, or Infeasible /
+        Deferred from the node) becomes a rolling replacement, with more and smaller pods when the
+        node could not hold the pod, and the actions say so: never a retry of the same resize.
         """
         actions: list[str] = []
         try:
@@ -422,14 +526,16 @@ class KubernetesBackend:
         generation = gen + 1
 
         wanted = plan.cores_by_name()
+        layout = {n: self.layout(c) for n, c in wanted.items()}
         creates = [n for n in wanted if n not in observed]
         deletes = [n for n in observed if n not in wanted]
-        resizes = [n for n in wanted if n in observed and abs(observed[n].cores - wanted[n]) > 1e-9]
-        grow = [n for n in resizes if observed[n].cores < wanted[n]]
-        shrink = [n for n in resizes if n not in grow]
-        unready = [n for n in wanted if n in observed and n not in resizes and not observed[n].ready]
+        changes = [n for n in wanted if n in observed and not _same_layout(observed[n].layout, layout[n])]
+        # Shrink after routing: fewer replicas of the same size, or smaller pods in place.
+        shrink = [n for n in changes if _shrinks(observed[n].layout, layout[n])]
+        grow = [n for n in changes if n not in shrink]
+        unready = [n for n in wanted if n in observed and n not in changes and not observed[n].ready]
         reweight = previous.shares_by_name() != plan.shares_by_name()
-        if not (creates or deletes or resizes or unready or reweight):
+        if not (creates or deletes or changes or unready or reweight):
             if self._serving is None:  # first apply after a restart: the dispatcher may have restarted too
                 try:
                     actions.append(self._route(plan))
@@ -438,18 +544,20 @@ class KubernetesBackend:
             self._serving = plan
             return ApplyResult(plan, (*actions, "no change"), ok=True)
 
-        template = {n: ob.template_cores for n, ob in observed.items() if n in wanted}
-        specs = {s.name: s for s in _specs(plan, self.profile, template)}
+        template = {n: ob.template_cores for n, ob in observed.items() if n in wanted and n not in changes}
+        specs = {s.name: s for s in self._specs(plan, template)}
         created: list[str] = []
-        rolled: dict[str, float] = {}  # variant -> template cores before its rolling replacement
+        rolled: dict[str, tuple[int, float]] = {}  # variant -> (replicas, template cores) before this apply
+        waits: list[str] = []
         try:
             for name in creates:
                 self._apply_variant(specs[name], plan, generation)
                 created.append(name)
-                actions.append(f"create {name} ({cpu_quantity(wanted[name])} cores)")
+                k, c = layout[name]
+                actions.append(f"create {name} ({cpu_quantity(wanted[name])} cores{_pods(k, c)})")
             for name in grow:
-                actions.append(self._resize(observed[name], wanted[name], specs, plan, generation, rolled))
-            self._wait(actions, [*creates, *rolled, *unready])
+                actions.append(self._change(observed[name], specs, plan, generation, rolled, waits))
+            self._wait(actions, [*creates, *waits, *unready])
         except KubeError as exc:
             actions += self._roll_back(created, rolled, plan, previous, generation)
             return ApplyResult(previous, tuple(actions), ok=False, error=str(exc), retry_after_s=self._retry_after(exc))
@@ -457,7 +565,7 @@ class KubernetesBackend:
         try:
             # The new generation goes on the other variants only once the new ones serve.
             for name in wanted:
-                if name not in created and name not in rolled and name not in shrink:
+                if name not in created and name not in rolled and name not in shrink and name not in grow:
                     self._apply_variant(specs[name], plan, generation)
             actions.append(self._route(plan))
         except (KubeError, InfAdapterError) as exc:
@@ -467,10 +575,11 @@ class KubernetesBackend:
 
         self._serving = plan
         try:
-            shrunk: dict[str, float] = {}
+            shrunk: dict[str, tuple[int, float]] = {}
+            later: list[str] = []
             for name in shrink:
-                actions.append(self._resize(observed[name], wanted[name], specs, plan, generation, shrunk))
-            self._wait(actions, list(shrunk))
+                actions.append(self._change(observed[name], specs, plan, generation, shrunk, later))
+            self._wait(actions, later)
             for name in deletes:
                 self._delete_variant(name)
                 actions.append(f"delete {name}")
@@ -482,26 +591,59 @@ class KubernetesBackend:
             )
         return ApplyResult(plan, tuple(actions), ok=True)
 
-    def _resize(
+    # -- pod layout -------------------------------------------------------------------------------
+    def layout(self, cores: float) -> tuple[int, float]:
+        """(replicas, cores per pod) for a variant of ``cores``: see :func:`infadapter.render.variant_layout`;
+        a pod size the cluster refused (``pod_limit_cores``) caps it further."""
+        return variant_layout(cores, self.profile, self.config, self.pod_limit_cores)
+
+    def _specs(self, plan: Plan, template: Mapping[str, float]) -> list[VariantSpec]:
+        return variant_specs(plan, self.profile, template, self.config, self.pod_limit_cores)
+
+    def _change(
         self,
         ob: Observed,
-        cores: float,
         specs: dict[str, VariantSpec],
         plan: Plan,
         generation: int,
-        rolled: dict[str, float],
+        rolled: dict[str, tuple[int, float]],
+        waits: list[str],
     ) -> str:
-        """Resize one variant in place if possible, else start a rolling replacement; says which."""
-        old = ob.cores if ob.cores > 0 else ob.template_cores
-        how = self._resize_in_place(ob, cores)
-        if how:
-            self._apply_variant(specs[ob.name], plan, generation)  # annotations only: template unchanged
-            return f"resize {ob.name} {old:g} -> {cores:g} cores in place ({how})"
-        reason = self._why_rolling()
-        rolled[ob.name] = ob.template_cores
-        specs[ob.name] = _with_template(specs[ob.name], cores)
-        self._apply_variant(specs[ob.name], plan, generation)
-        return f"resize {ob.name} {old:g} -> {cores:g} cores by rolling replacement ({reason})"
+        """Bring one variant to its planned layout; says how. Fills ``rolled`` (for a roll back) and
+        ``waits`` (Deployments whose new pods must become ready)."""
+        name = ob.name
+        spec = specs[name]
+        k0, c0 = ob.layout
+        k, c = spec.replicas, spec.template_cores
+        old = f"{ob.cores:g} cores{_pods(k0, c0)}" if c0 > 0 else "pods of mixed sizes"
+        new = f"{spec.cores:g} cores{_pods(k, c)}"
+        if c0 > 0 and abs(c0 - c) < 1e-9:  # same pod size: only the number of pods changes
+            rolled[name] = (k0, ob.template_cores)
+            self._apply_variant(_with_template(spec, ob.template_cores), plan, generation)
+            if k > k0:
+                waits.append(name)
+            return f"scale {name} {old} -> {new}"
+        refused = ""
+        if c0 > 0 and k == k0:  # same number of pods: resize each in place where the cluster can
+            how, refused = self._resize_in_place(ob, c)
+            if how:
+                self._apply_variant(_with_template(spec, ob.template_cores), plan, generation)  # annotations only
+                return f"resize {name} {old} -> {new} in place ({how})"
+            if refused and self._refused_for_size(refused):
+                # The node cannot hold a pod that size: cap pods at the size that runs, use more of them.
+                self.pod_limit_cores = min(self.pod_limit_cores or c0, c0)
+                k, c = self.layout(spec.cores)
+                spec = specs[name] = _with_layout(spec, k, c)
+                new = f"{spec.cores:g} cores{_pods(k, c)}"
+        rolled[name] = (k0, ob.template_cores)
+        self._apply_variant(spec, plan, generation)
+        waits.append(name)
+        why = f"resize refused: {refused}" if refused else self._why_rolling() if k == k0 else "pod layout changes"
+        return f"replace {name} {old} -> {new} by rolling replacement ({why})"
+
+    @staticmethod
+    def _refused_for_size(reason: str) -> bool:
+        return ("403" in reason and "exceeded quota" not in reason) or "Infeasible" in reason
 
     def _wait(self, actions: list[str], names: list[str]) -> None:
         if names:
@@ -522,9 +664,14 @@ class KubernetesBackend:
         return done
 
     def _roll_back(
-        self, created: list[str], rolled: Mapping[str, float], plan: Plan, previous: Plan, generation: int
+        self,
+        created: list[str],
+        rolled: Mapping[str, tuple[int, float]],
+        plan: Plan,
+        previous: Plan,
+        generation: int,
     ) -> list[str]:
-        """Undo a failed apply: delete what it created, put replaced Deployments back."""
+        """Undo a failed apply: delete what it created, put changed Deployments back."""
         notes = []
         for name in created:
             try:
@@ -532,13 +679,13 @@ class KubernetesBackend:
                 notes.append(f"rolled back: deleted {name}")
             except KubeError as exc:
                 notes.append(f"roll back of {name} failed ({exc}); the next apply deletes it")
-        for name, cores in rolled.items():
+        for name, (replicas, cores) in rolled.items():
             try:
                 alloc = previous.get(name)
                 keep = previous if alloc is not None else plan
-                spec = next(s for s in _specs(keep, self.profile, {name: cores}) if s.name == name)
-                self._apply_variant(_with_template(spec, cores), keep, generation - 1)
-                notes.append(f"rolled back: {name} to {cores:g} cores")
+                spec = next(s for s in self._specs(keep, {name: cores}) if s.name == name)
+                self._apply_variant(_with_layout(spec, replicas, cores), keep, generation - 1)
+                notes.append(f"rolled back: {name} to {replicas * cores:g} cores{_pods(replicas, cores)}")
             except KubeError as exc:
                 notes.append(f"roll back of {name} failed ({exc})")
         return notes
@@ -621,8 +768,43 @@ class KubernetesBackend:
                 self._sleep(min(1.0, max(0.0, deadline - self._clock())))
             if self._clock() >= deadline:
                 break
-        detail = "; ".join(f"{n}: {_status_line(last.get(obj))}" for obj, n in pending.items())
+        detail = "; ".join(f"{n}: {_status_line(last.get(obj))}{self._explain(n)}" for obj, n in pending.items())
         raise KubeError(f"not ready after {timeout_s:g}s: {detail}", 0, temporary=True)
+
+    def _explain(self, variant: str) -> str:
+        """Why a variant's pods are not ready, as the API server says: each unready pod's PodScheduled
+        condition and the latest warning events of its pods and ReplicaSets (", ..." or "")."""
+        notes: list[str] = []
+        obj = self.config.object_name(variant)
+        try:
+            sel = {**self.config.model_server_selector(), LABEL_VARIANT: variant}
+            for p in self._list("Pod", sel).get("items", []):
+                conds = {c.get("type"): c for c in (p.get("status") or {}).get("conditions", []) or []}
+                if (conds.get("Ready") or {}).get("status") == "True":
+                    continue
+                sched = conds.get("PodScheduled") or {}
+                name = p["metadata"]["name"]
+                if sched.get("status") == "False":
+                    notes.append(f"pod {name} {sched.get('reason', 'unscheduled')}: {sched.get('message', '')}")
+                else:
+                    notes.append(f"pod {name} {(p.get('status') or {}).get('phase', '?')}, not ready")
+            events = self._request("GET", self._path("Event"), "list events") or {}
+            warnings = [
+                e for e in events.get("items", [])
+                if e.get("type") == "Warning" and str((e.get("involvedObject") or {}).get("name", "")).startswith(obj)
+            ]
+            warnings.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+            seen = set()
+            for e in reversed(warnings):
+                line = f"{e.get('reason')}: {e.get('message', '').strip()}"
+                if line not in seen:
+                    seen.add(line)
+                    notes.append(f"event {(e.get('involvedObject') or {}).get('kind', '')} {line}")
+                if len(seen) >= 3:
+                    break
+        except KubeError as exc:
+            notes.append(f"(could not read pods/events: {exc})")
+        return " [" + "; ".join(notes) + "]" if notes else ""
 
     @staticmethod
     def _check_ready(pending: dict[str, str], last: Mapping[str, dict[str, Any]]) -> None:
@@ -634,6 +816,10 @@ class KubernetesBackend:
                 del pending[obj]
             elif _progress_failed(d):
                 raise KubeError(f"{pending[obj]}: {_progress_failed(d)}", 0, temporary=True)
+            elif _replica_failure(d):
+                # The ReplicaSet cannot create pods (e.g. a ResourceQuota or LimitRange refuses them):
+                # waiting longer does not help, so the apply fails now and rolls back.
+                raise KubeError(f"{pending[obj]}: pods cannot be created: {_replica_failure(d)}", 403)
 
     # -- in-place resize ------------------------------------------------------------------------
     def _version(self) -> tuple[int, int]:
@@ -659,10 +845,16 @@ class KubernetesBackend:
             return f"server {self._server_version} has no in-place resize"
         return "in-place resize not possible"
 
-    def _resize_in_place(self, ob: Observed, cores: float) -> str:
-        """Resize every pod of a variant through ``pods/resize``; "" when it must roll instead."""
+    def _resize_in_place(self, ob: Observed, cores: float) -> tuple[str, str]:
+        """Resize every pod of a variant to ``cores`` through ``pods/resize``.
+
+        Returns (how, refused): ``how`` says what was done ("" when it must roll instead); ``refused``
+        is the cluster's reason when it refused (403 from admission such as PodResizeValidator or a
+        ResourceQuota, 422, or the node's PodResizePending Infeasible, or Deferred past the resize
+        timeout), "" otherwise.
+        """
         if not self.resize_supported() or not ob.pods:
-            return ""
+            return "", ""
         q = cpu_quantity(cores)
         body = {
             "spec": {"containers": [{"name": CONTAINER, "resources": {"requests": {"cpu": q}, "limits": {"cpu": q}}}]}
@@ -674,45 +866,51 @@ class KubernetesBackend:
                     "PATCH", self._path("Pod", pod, "resize"), f"resize pod {pod}", body=body, content_type=MERGE_PATCH
                 )
             except KubeError as exc:
+                if exc.status in (403, 422):
+                    log.warning("%s: falling back to a rolling replacement", exc)
+                    return "", str(exc)
                 if exc.status not in (404, 405):
                     raise
                 if "could not find the requested resource" in str(exc) or exc.status == 405:
                     # No such subresource: the feature gate is off or the server is older than it says.
                     self._resize_ok = False
                     self._resize_404 = True
-                return ""  # the pod went away meanwhile: a rolling replacement is the safe way
+                return "", ""  # the pod went away meanwhile: a rolling replacement is the safe way
         deadline = self._clock() + self.options.resize_timeout_s
         while True:
-            pending = []
+            pending, deferred = [], ""
             for pod in names:
                 p = self._request("GET", self._path("Pod", pod), f"read pod {pod}") or {}
-                verdict = _resize_status(p, cores)
+                verdict, why = _resize_status(p, cores)
                 if verdict == "infeasible":
-                    return ""
+                    return "", f"pod {pod}: PodResizePending Infeasible ({why})"
+                if verdict == "deferred":
+                    deferred = f"pod {pod}: PodResizePending Deferred ({why})"
                 if verdict != "done":
                     pending.append(pod)
             if not pending:
-                return f"pods/resize on {len(names)} pod{'s' if len(names) > 1 else ''}"
+                return f"pods/resize on {len(names)} pod{'s' if len(names) > 1 else ''}", ""
             if self._clock() >= deadline:
+                if deferred:
+                    return "", f"{deferred} for {self.options.resize_timeout_s:g}s"
                 raise KubeError(f"in-place resize of {ob.name} not done after {self.options.resize_timeout_s:g}s")
             self._sleep(0.2)
 
 
-def _resize_status(pod: Mapping[str, Any], cores: float) -> str:
-    """'done', 'pending' or 'infeasible' for a pod asked to run with ``cores``."""
-    for cond in (pod.get("status") or {}).get("conditions", []) or []:
-        if cond.get("type") == "PodResizePending" and cond.get("reason") == "Infeasible":
-            return "infeasible"
+def _resize_status(pod: Mapping[str, Any], cores: float) -> tuple[str, str]:
+    """('done' | 'pending' | 'deferred' | 'infeasible', the condition's message) for a pod asked to run
+    with ``cores``."""
+    conditions = (pod.get("status") or {}).get("conditions", []) or []
+    for cond in conditions:
+        if cond.get("type") == "PodResizePending" and cond.get("reason") in ("Infeasible", "Deferred"):
+            return str(cond["reason"]).lower(), str(cond.get("message", ""))
     for cs in (pod.get("status") or {}).get("containerStatuses", []) or []:
         if cs.get("name") == CONTAINER:
             cpu = ((cs.get("resources") or {}).get("limits") or {}).get("cpu")
             if cpu is not None and abs(parse_cpu(cpu) - cores) < 1e-9:
-                busy = any(
-                    c.get("type") in ("PodResizePending", "PodResizeInProgress")
-                    for c in (pod.get("status") or {}).get("conditions", []) or []
-                )
-                return "pending" if busy else "done"
-    return "pending"
+                busy = any(c.get("type") in ("PodResizePending", "PodResizeInProgress") for c in conditions)
+                return ("pending" if busy else "done"), ""
+    return "pending", ""
 
 
 def _status_line(d: Mapping[str, Any] | None) -> str:
@@ -734,14 +932,29 @@ def _api_message(exc: Any) -> str:
         return str(exc.reason)
 
 
-def _specs(plan: Plan, profile: Profile, template: Mapping[str, float]) -> list[VariantSpec]:
-    from infadapter.render import variant_specs
-
-    return variant_specs(plan, profile, template)
-
-
 def _with_template(spec: VariantSpec, cores: float) -> VariantSpec:
-    return VariantSpec(spec.name, spec.model, spec.cores, cores, spec.share, spec.memory)
+    return replace(spec, template_cores=cores)
+
+
+def _with_layout(spec: VariantSpec, replicas: int, cores: float) -> VariantSpec:
+    return replace(spec, replicas=replicas, template_cores=cores)
+
+
+def _pods(replicas: int, per_pod: float) -> str:
+    """", as 2 pods of 6" when a variant runs as more than one pod."""
+    return f" as {replicas} pods of {per_pod:g}" if replicas > 1 else ""
+
+
+def _same_layout(a: tuple[int, float], b: tuple[int, float]) -> bool:
+    return a[0] == b[0] and abs(a[1] - b[1]) < 1e-9
+
+
+def _shrinks(old: tuple[int, float], new: tuple[int, float]) -> bool:
+    """Whether going from ``old`` to ``new`` only takes cores away (done after routing)."""
+    if old[1] <= 0:
+        return False
+    same_size = abs(old[1] - new[1]) < 1e-9
+    return (same_size and new[0] < old[0]) or (old[0] == new[0] and new[1] < old[1])
 
 
 def _make_api_client(options: KubeOptions) -> Any:

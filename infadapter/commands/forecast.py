@@ -14,7 +14,7 @@ TRAIN_EPILOG = """\b
 Examples:
   python cli.py forecast train
   python cli.py forecast train --out models/forecaster.npz --json
-  python cli.py forecast train --train-days 1-12 --calibration-days 13-14 --target-under 0.065
+  python cli.py forecast train --train-days 1-12 --calibration-days 13-14 --target-under 0.25
 """
 EVAL_EPILOG = """\b
 Examples:
@@ -41,11 +41,11 @@ def forecast() -> None:
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               envvar="INFADAPTER_TRACE", help="Trace file (.tbz2 or text/CSV of req/s per second).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Model file [default: INFADAPTER_FORECAST_MODEL or the user cache].")
+              help="Model file [default: INFADAPTER_FORECAST_MODEL, else the committed profiles/forecaster.npz].")
 @click.option("--train-days", default="1-12", show_default=True, help="Days to fit on (0-based, like dayN).")
 @click.option("--calibration-days", default="13-14", show_default=True,
               help="Held-out days that calibrate the headroom factor.")
-@click.option("--target-under", type=float, default=0.065, show_default=True,
+@click.option("--target-under", type=float, default=0.25, show_default=True,
               help="Share of calibration minutes allowed to be under-predicted.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @json_option

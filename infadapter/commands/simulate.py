@@ -69,8 +69,8 @@ Examples:
                    "server under a CPU quota (one request at a time, throttled per 100 ms period).")
 @click.option("--service-cv", type=float, default=1.0, show_default=True,
               help="Coefficient of variation of service times (1: exponential; local backend: 0.2).")
-@click.option("--queue-bound", is_flag=True,
-              help="Servers refuse requests beyond capacity x SLO waiting, as the local backend's do.")
+@click.option("--queue-bound/--no-queue-bound", default=True, show_default=True,
+              help="Servers refuse requests beyond capacity x SLO waiting (a fast 503), as ours do.")
 @click.option("--observe-lag", type=int, default=0, show_default=True,
               help="Seconds the monitor lags behind the arrivals (local backend with Prometheus: 2).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -114,7 +114,8 @@ def simulate(
     )
     if paper:
         flags = {"interval_s": "interval", "warmup_s": "warmup", "forecaster": "forecaster",
-                 "make_before_break": "make_before_break", "in_place_resize": "in_place_resize", "react": "react"}
+                 "make_before_break": "make_before_break", "in_place_resize": "in_place_resize", "react": "react",
+                 "queue_bound": "queue_bound"}
         settings.update({k: v for k, v in sim.PAPER_SETTING.items() if flags.get(k) not in given})
         warm_start = warm_start and "warm_start" in given
     if warm_start:
