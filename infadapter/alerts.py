@@ -1,0 +1,39 @@
+"""The Prometheus rules of infadapter (SLO recording rules, burn-rate and adapter alerts), rendered
+from ``templates/prometheus/slo-rules.yml.j2`` so the local stack, the Ansible role and the tests
+(`promtool test rules`, tests/test_alerts.py) all use one file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from infadapter.errors import BadInput
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "prometheus"
+RULES_TEMPLATE = "slo-rules.yml.j2"
+
+
+def render_rules(
+    slo_objective: float = 0.99,
+    adapter_stale_after_s: int = 180,
+    alert_for: str = "2m",
+    rules_selector: str = "",
+    **extra: Any,
+) -> str:
+    """The rules file as text; BadInput naming the setting when a value is out of range."""
+    if not 0.0 < slo_objective < 1.0:
+        raise BadInput(f"slo_objective: must be between 0 and 1 (e.g. 0.99), got {slo_objective:g}")
+    if adapter_stale_after_s <= 0:
+        raise BadInput(f"adapter_stale_after_s: must be > 0 seconds, got {adapter_stale_after_s}")
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
+    )
+    return env.get_template(RULES_TEMPLATE).render(
+        slo_objective=slo_objective,
+        adapter_stale_after_s=adapter_stale_after_s,
+        alert_for=alert_for,
+        rules_selector=rules_selector,
+        **extra,
+    )
