@@ -33,10 +33,18 @@ from urllib.parse import parse_qsl, urlsplit
 import yaml
 
 _RE = re.compile(
-    r"^/(?:api/v1|apis/apps/v1)/namespaces/(?P<ns>[^/]+)/(?P<res>deployments|services|configmaps|pods)"
+    r"^/(?:api/v1|apis/apps/v1)/namespaces/(?P<ns>[^/]+)/(?P<res>deployments|services|configmaps|pods|"
+    r"serviceaccounts|persistentvolumeclaims)"
     r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>resize))?$"
 )
-_KINDS = {"deployments": "Deployment", "services": "Service", "configmaps": "ConfigMap", "pods": "Pod"}
+_KINDS = {
+    "deployments": "Deployment",
+    "services": "Service",
+    "configmaps": "ConfigMap",
+    "pods": "Pod",
+    "serviceaccounts": "ServiceAccount",
+    "persistentvolumeclaims": "PersistentVolumeClaim",
+}
 
 
 class FakeKubeApi:
@@ -47,6 +55,10 @@ class FakeKubeApi:
         self.ready_delay_s = ready_delay_s
         self.held: set[str] = set()  # Deployment names whose new pods do not become ready
         self.objects: dict[str, dict[str, dict[str, Any]]] = {r: {} for r in _KINDS}
+        # What the backend's preflight reads: the default ServiceAccount and the model-store claim.
+        self.objects["serviceaccounts"]["default"] = {"metadata": {"name": "default"}}
+        self.objects["persistentvolumeclaims"]["infadapter-models"] = {
+            "metadata": {"name": "infadapter-models"}, "status": {"phase": "Bound"}}
         self.log: list[tuple[str, str, dict[str, str]]] = []
         self.routes: list[list[dict[str, Any]]] = []  # bodies of PUT /admin/backends
         self._failures: list[list[Any]] = []  # [method, path regex, status, times left]

@@ -245,6 +245,22 @@ def test_in_place_template_cores_keep_the_pod_template(paper):
     assert m["metadata"]["annotations"]["infadapter.io/cores"] == "6500m"
 
 
+def test_variants_larger_than_a_pod_run_as_replicas(paper):
+    """max_pod_cores splits a variant into equal pods: 12 cores on 8-core nodes -> 2 pods of 6, and
+    20 -> 4 pods of 5 (3 pods would need 6.667 cores each, not whole millicores)."""
+    plan = Plan.from_dict({"load": 150, "variants": [{"name": "resnet50", "cores": 12, "share": 0.6},
+                                                      {"name": "resnet18", "cores": 20, "share": 0.4}]})
+    out = {m.name: m.obj for m in render_plan(plan, paper, RenderConfig.model_validate(
+        {"tfserving": {"max_pod_cores": 8}})) if m.kind == "Deployment"}
+    for name, replicas, per_pod in (("tfs-resnet50", 2, "6"), ("tfs-resnet18", 4, "5")):
+        d = out[name]
+        assert d["spec"]["replicas"] == replicas
+        assert d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == per_pod
+        assert d["spec"]["template"]["metadata"]["annotations"]["infadapter.io/load-time-s"]
+    # the profile's own max_pod_cores does the same; the render config's wins
+    assert render_plan(plan, paper.with_overrides(max_pod_cores=4), RenderConfig())[1].obj["spec"]["replicas"] == 3
+
+
 def test_role_is_namespaced_and_least_privilege(paper):
     role = next(m for m in render_platform(RenderConfig()) if m.kind == "Role").obj
     grants = {
@@ -256,8 +272,14 @@ def test_role_is_namespaced_and_least_privilege(paper):
         ("", "configmaps"),
         ("", "pods"),
         ("", "pods/resize"),
+        ("", "persistentvolumeclaims"),
+        ("", "serviceaccounts"),
+        ("", "events"),
     }
     assert grants[("", "pods")] == {"get", "list", "watch"}
+    # Preflight reads one claim and the ServiceAccount; readiness reports list events: nothing more.
+    assert grants[("", "persistentvolumeclaims")] == grants[("", "serviceaccounts")] == {"get"}
+    assert grants[("", "events")] == {"list"}
     assert all("*" not in verbs and "update" not in verbs for verbs in grants.values())
 
 

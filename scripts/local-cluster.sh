@@ -1,0 +1,453 @@
+#!/usr/bin/env bash
+# A local Kubernetes control plane for the kubernetes backend: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler (Kubernetes v1.36.3, built from the Go module proxy with
+# hack/k8s/go.mod) and kwok v0.8.0 faking the nodes and the kubelets, all on 127.0.0.1.
+#
+#   bash scripts/local-cluster.sh up [--nodes N] [--node-cpu C] [--node-memory M] [--ready-delay D]
+#   bash scripts/local-cluster.sh status
+#   bash scripts/local-cluster.sh down
+#   bash scripts/local-cluster.sh build        # only build (or find) the binaries
+#
+# `up` builds the binaries once into a per-version cache (reused when present), starts the processes
+# with generated PKI on free ports, creates fake nodes (default 4 of 8 CPU and 32 GiB), prepares the
+# namespace `infadapter` (the model-store claim bound to a local volume, the default ServiceAccount),
+# installs the kwok stages that emulate readiness and in-place resize, waits until workloads can be
+# created, and prints the admin kubeconfig path as the LAST line of stdout. A running cluster is
+# reused. `down` stops what `up` started, by PID, and removes the state folder.
+#
+# Environment (each also a flag of `up`):
+#   INFADAPTER_CLUSTER_DIR  state folder [~/.cache/infadapter/cluster]
+#   INFADAPTER_K8S_CACHE    binary cache [~/.cache/infadapter/k8s-v1.36.3]
+#   INFADAPTER_CLUSTER_PORT apiserver port [a free one]
+# Exit codes: 0 ok, 2 bad usage, 4 a component failed to start (its log is named).
+set -euo pipefail
+
+K8S_VERSION=v1.36.3
+KWOK_VERSION=v0.8.0
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
+STATE=${INFADAPTER_CLUSTER_DIR:-$HOME/.cache/infadapter/cluster}
+CACHE=${INFADAPTER_K8S_CACHE:-$HOME/.cache/infadapter/k8s-$K8S_VERSION}
+NODES=4
+NODE_CPU=8
+NODE_MEMORY=32Gi
+READY_DELAY=1s
+API_PORT=${INFADAPTER_CLUSTER_PORT:-}
+NAMESPACE=infadapter
+
+say() { echo "local-cluster: $*" >&2; }
+die() { echo "local-cluster: $1" >&2; exit "${2:-4}"; }
+
+usage() {
+  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+cmd=${1:-}
+[ -n "$cmd" ] || usage
+shift
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) NODES=$2; shift 2 ;;
+    --node-cpu) NODE_CPU=$2; shift 2 ;;
+    --node-memory) NODE_MEMORY=$2; shift 2 ;;
+    --ready-delay) READY_DELAY=$2; shift 2 ;;
+    --state-dir) STATE=$2; shift 2 ;;
+    --cache-dir) CACHE=$2; shift 2 ;;
+    --port) API_PORT=$2; shift 2 ;;
+    -h|--help) usage ;;
+    *) die "unknown option $1 (see: bash scripts/local-cluster.sh --help)" 2 ;;
+  esac
+done
+[[ "$NODES" =~ ^[1-9][0-9]*$ ]] || die "--nodes: expected a whole number >= 1, got '$NODES'" 2
+[[ "$NODE_CPU" =~ ^[1-9][0-9]*$ ]] || die "--node-cpu: expected whole cores >= 1, got '$NODE_CPU'" 2
+[[ "$NODE_MEMORY" =~ ^[0-9]+(Ki|Mi|Gi|Ti)$ ]] || die "--node-memory: expected a quantity like 32Gi, got '$NODE_MEMORY'" 2
+[[ "$READY_DELAY" =~ ^([0-9]+(ms|s|m)|load-time)$ ]] || die "--ready-delay: expected a duration like 500ms or 2s, or load-time, got '$READY_DELAY'" 2
+[ -z "$API_PORT" ] || [[ "$API_PORT" =~ ^[0-9]+$ ]] || die "--port: expected a port number, got '$API_PORT'" 2
+
+BIN=$CACHE/bin
+PKI=$STATE/pki
+LOGS=$STATE/logs
+KUBECONFIG_OUT=$STATE/admin.kubeconfig
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+
+# -- build --------------------------------------------------------------------------------------
+binaries_ok() {
+  local b
+  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do
+    [ -x "$BIN/$b" ] || return 1
+  done
+  "$BIN/kube-apiserver" --version 2>/dev/null | grep -q "Kubernetes $K8S_VERSION" || return 1
+  "$BIN/kwok" --version 2>/dev/null | grep -q "${KWOK_VERSION#v}" || return 1
+}
+
+build() {
+  if binaries_ok; then
+    say "binaries: $BIN (cached)"
+    return 0
+  fi
+  [ -x "$GO" ] || die "go not found: install Go >= 1.26 (https://go.dev/dl/) or set GO=/path/to/go"
+  mkdir -p "$BIN"
+  local tmp t0 ld
+  tmp=$(mktemp -d "$CACHE/build.XXXXXX")
+  t0=$(date +%s)
+  ld="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=36 -X $pkg.gitTreeState=clean"
+  done
+  say "building Kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler) and etcd from the"
+  say "Go module proxy into $BIN: about 5 minutes on 2 cores the first time, seconds with warm Go caches"
+  # -x lists each command it runs: counted, so the first build shows progress on stderr.
+  if ! (cd "$ROOT/hack/k8s" && GOFLAGS=-mod=readonly "$GO" build -trimpath -ldflags "$ld" -o "$tmp/" -x \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler go.etcd.io/etcd/server/v3 2>&1) | progress "$tmp/build.log" "$t0"; then
+    tail -5 "$tmp/build.log" >&2
+    die "go build failed; see $tmp/build.log" 4
+  fi
+  say "building kwok $KWOK_VERSION"
+  if ! (cd "$tmp" && GOBIN="$tmp" GOFLAGS= "$GO" install -x -trimpath -ldflags "-s -w" \
+      "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" 2>&1) | progress "$tmp/kwok-build.log" "$t0"; then
+    tail -5 "$tmp/kwok-build.log" >&2
+    die "building kwok failed; see $tmp/kwok-build.log" 4
+  fi
+  # etcd's main package is go.etcd.io/etcd/server/v3, so go names the binary "v3" or "server".
+  for cand in "$tmp/v3" "$tmp/server"; do [ -x "$cand" ] && mv "$cand" "$tmp/etcd"; done
+  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do
+    [ -x "$tmp/$b" ] || die "build produced no $b; see $tmp/build.log" 4
+    mv "$tmp/$b" "$BIN/$b"
+  done
+  rm -rf "$tmp"
+  binaries_ok || die "the built binaries do not report $K8S_VERSION / kwok $KWOK_VERSION" 4
+  say "built in $(( $(date +%s) - t0 )) s"
+}
+
+# Reads `go build -x` output; prints one progress line every 15 s (a count of compiled packages).
+progress() {
+  local log=$1 t0=$2 n=0 last line
+  last=$(date +%s)
+  : > "$log"
+  while IFS= read -r line; do
+    echo "$line" >> "$log"
+    case "$line" in *"/compile "*|*"/compile -"*) n=$((n + 1)) ;; esac
+    if [ $(( $(date +%s) - last )) -ge 15 ]; then
+      last=$(date +%s)
+      echo "local-cluster: ... $(( last - t0 )) s, $n packages compiled" >&2
+    fi
+  done
+}
+
+# -- helpers --------------------------------------------------------------------------------------
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+pid_of() { [ -f "$STATE/pids/$1" ] && cat "$STATE/pids/$1" || true; }
+
+alive() {
+  local pid
+  pid=$(pid_of "$1")
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+
+api() {  # api METHOD PATH [BODY-FILE|-] [CONTENT-TYPE]: admin call, prints the body, fails on >= 400
+  local method=$1 path=$2 data=${3:-} ctype=${4:-application/json} port
+  port=$(cat "$STATE/ports/apiserver")
+  local args=(-sS --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" -X "$method"
+              --max-time 10 -H "Content-Type: $ctype" -H "Accept: application/json" -w '\n%{http_code}')
+  [ -n "$data" ] && args+=(--data-binary "@$data")
+  local out code
+  out=$(curl "${args[@]}" "https://127.0.0.1:$port$path") || return 1
+  code=${out##*$'\n'}
+  out=${out%$'\n'*}
+  printf '%s\n' "$out"
+  [ "$code" -lt 400 ]
+}
+
+apply_yaml() {  # server-side apply of one object given on stdin; $1 = its API path
+  local f
+  f=$(mktemp)
+  cat > "$f"
+  api PATCH "$1?fieldManager=local-cluster&force=true" "$f" application/apply-patch+yaml >/dev/null \
+    || { rm -f "$f"; return 1; }
+  rm -f "$f"
+}
+
+wait_for() {  # wait_for SECONDS WHAT COMMAND...
+  local secs=$1 what=$2 i
+  shift 2
+  for ((i = 0; i < secs * 5; i++)); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.2
+  done
+  die "$what not ready after ${secs}s; see $LOGS/" 4
+}
+
+start() {  # start NAME LOG-NAME COMMAND...: in the background, own session, PID recorded
+  local name=$1
+  shift
+  setsid "$@" > "$LOGS/$name.log" 2>&1 < /dev/null &
+  echo $! > "$STATE/pids/$name"
+}
+
+# -- PKI -----------------------------------------------------------------------------------------
+pki() {
+  mkdir -p "$PKI"
+  [ -f "$PKI/admin.crt" ] && return 0
+  (
+    cd "$PKI"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
+      -subj "/CN=infadapter-local-ca" 2>/dev/null
+    cat > serving.ext <<EOF
+subjectAltName = IP:127.0.0.1, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, IP:10.96.0.1
+extendedKeyUsage = serverAuth
+EOF
+    echo "extendedKeyUsage = clientAuth" > client.ext
+    cert() {  # cert NAME SUBJECT EXT
+      openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 3650 \
+        -extfile "$3" 2>/dev/null
+      rm -f "$1.csr"
+    }
+    cert apiserver "/CN=kube-apiserver" serving.ext
+    cert admin "/O=system:masters/CN=infadapter-admin" client.ext
+    cert controller-manager "/CN=system:kube-controller-manager" client.ext
+    cert scheduler "/CN=system:kube-scheduler" client.ext
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    chmod 600 ./*.key
+  )
+}
+
+kubeconfig() {  # kubeconfig USER FILE
+  local port
+  port=$(cat "$STATE/ports/apiserver")
+  cat > "$2" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: infadapter-local
+  cluster:
+    server: https://127.0.0.1:$port
+    certificate-authority: $PKI/ca.crt
+users:
+- name: $1
+  user:
+    client-certificate: $PKI/$1.crt
+    client-key: $PKI/$1.key
+contexts:
+- name: infadapter-local
+  context: {cluster: infadapter-local, user: $1, namespace: $NAMESPACE}
+current-context: infadapter-local
+EOF
+  chmod 600 "$2"
+}
+
+# -- up -------------------------------------------------------------------------------------------
+running() {
+  local c
+  [ -f "$STATE/ports/apiserver" ] || return 1
+  for c in "${COMPONENTS[@]}"; do alive "$c" || return 1; done
+  readyz
+}
+
+readyz() {
+  curl -sf --max-time 2 --cacert "$PKI/ca.crt" "https://127.0.0.1:$(cat "$STATE/ports/apiserver")/readyz" >/dev/null
+}
+
+up() {
+  if running; then
+    say "already running (state $STATE)"
+    echo "$KUBECONFIG_OUT"
+    return 0
+  fi
+  if [ -d "$STATE/pids" ]; then
+    say "a previous cluster in $STATE is incomplete: stopping it first"
+    down_quiet
+  fi
+  command -v openssl >/dev/null || die "openssl not found: apt-get install openssl" 4
+  command -v curl >/dev/null || die "curl not found: apt-get install curl" 4
+  build
+  mkdir -p "$STATE"/{pids,ports,logs,etcd,volumes/models}
+  pki
+  local etcd_port etcd_peer kcm_port sched_port kwok_port t0
+  t0=$(date +%s)
+  API_PORT=${API_PORT:-$(free_port)}
+  etcd_port=$(free_port); etcd_peer=$(free_port); kcm_port=$(free_port); sched_port=$(free_port); kwok_port=$(free_port)
+  echo "$API_PORT" > "$STATE/ports/apiserver"
+  echo "$etcd_port" > "$STATE/ports/etcd"
+  kubeconfig admin "$KUBECONFIG_OUT"
+  kubeconfig controller-manager "$STATE/controller-manager.kubeconfig"
+  kubeconfig scheduler "$STATE/scheduler.kubeconfig"
+
+  start etcd "$BIN/etcd" --name local --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+    --initial-cluster "local=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync --quota-backend-bytes 1073741824
+  wait_for 30 etcd curl -sf "http://127.0.0.1:$etcd_port/health"
+
+  start kube-apiserver "$BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
+    --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" --client-ca-file "$PKI/ca.crt" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+    --authorization-mode Node,RBAC --endpoint-reconciler-type none --service-cluster-ip-range 10.96.0.0/16 \
+    --enable-priority-and-fairness=false --profiling=false
+  wait_for 60 kube-apiserver readyz
+
+  start kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$kcm_port" --leader-elect=false --use-service-account-credentials \
+    --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
+    --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" --profiling=false
+  start kube-scheduler "$BIN/kube-scheduler" --kubeconfig "$STATE/scheduler.kubeconfig" \
+    --authentication-kubeconfig "$STATE/scheduler.kubeconfig" --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false --profiling=false
+
+  local expr ms=0
+  case "$READY_DELAY" in
+    load-time)
+      # TF Serving's load time from the profile (the pod annotation infadapter.io/load-time-s).
+      expr='.metadata.annotations["pod-ready.stage.kwok.x-k8s.io/delay"] // (.metadata.annotations["infadapter.io/load-time-s"] | if . then . + "s" else null end)' ;;
+    *ms) ms=${READY_DELAY%ms}; expr='.metadata.annotations["pod-ready.stage.kwok.x-k8s.io/delay"]' ;;
+    *s) ms=$(( ${READY_DELAY%s} * 1000 )); expr='.metadata.annotations["pod-ready.stage.kwok.x-k8s.io/delay"]' ;;
+    *m) ms=$(( ${READY_DELAY%m} * 60000 )); expr='.metadata.annotations["pod-ready.stage.kwok.x-k8s.io/delay"]' ;;
+  esac
+  sed -e "s|@READY_DELAY_MS@|$ms|" -e "s|@READY_DELAY_EXPR@|$expr|" "$ROOT/hack/k8s/kwok-stages.yaml.in" \
+    > "$STATE/kwok-stages.yaml"
+  # HOME and KWOK_WORKDIR point into the state folder: kwok would otherwise also load ~/.kwok/kwok.yaml.
+  start kwok env HOME="$STATE" KWOK_WORKDIR="$STATE/kwok" "$BIN/kwok" --kubeconfig "$KUBECONFIG_OUT" \
+    --config "$STATE/kwok-stages.yaml" --manage-all-nodes=false \
+    --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+    --server-address "127.0.0.1:$kwok_port" --node-lease-duration-seconds 40 --cidr 10.244.0.1/16 \
+    --node-ip 127.0.0.1
+
+  local i
+  for ((i = 0; i < NODES; i++)); do
+    apply_yaml "/api/v1/nodes/kwok-node-$i" <<EOF || die "cannot create node kwok-node-$i; see $LOGS/kube-apiserver.log"
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-$i
+  annotations: {kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}
+  labels: {type: kwok, kubernetes.io/hostname: kwok-node-$i, kubernetes.io/os: linux, kubernetes.io/arch: amd64}
+status:
+  allocatable: {cpu: "$NODE_CPU", memory: "$NODE_MEMORY", pods: "110"}
+  capacity: {cpu: "$NODE_CPU", memory: "$NODE_MEMORY", pods: "110"}
+EOF
+  done
+  prepare_namespace
+  wait_for 60 "the default ServiceAccount of namespace $NAMESPACE" \
+    api GET "/api/v1/namespaces/$NAMESPACE/serviceaccounts/default"
+  wait_for 60 "the nodes (kwok)" nodes_ready
+  wait_for 60 "the model-store claim" claim_bound
+  for c in "${COMPONENTS[@]}"; do alive "$c" || die "$c exited; see $LOGS/$c.log" 4; done
+  say "up in $(( $(date +%s) - t0 )) s: API https://127.0.0.1:$API_PORT, $NODES nodes of $NODE_CPU CPU / $NODE_MEMORY, namespace $NAMESPACE"
+  echo "$KUBECONFIG_OUT"
+}
+
+nodes_ready() {
+  local n
+  n=$(api GET "/api/v1/nodes?labelSelector=type%3Dkwok" | python3 -c '
+import json, sys
+items = json.load(sys.stdin)["items"]
+print(sum(1 for n in items for c in n.get("status", {}).get("conditions", []) if c["type"] == "Ready" and c["status"] == "True"))')
+  [ "$n" -ge "$NODES" ]
+}
+
+claim_bound() {
+  api GET "/api/v1/namespaces/$NAMESPACE/persistentvolumeclaims/infadapter-models" | grep -q '"phase": *"Bound"'
+}
+
+prepare_namespace() {
+  apply_yaml "/api/v1/namespaces/$NAMESPACE" <<EOF || die "cannot create namespace $NAMESPACE"
+apiVersion: v1
+kind: Namespace
+metadata: {name: $NAMESPACE}
+EOF
+  # The default render config mounts the claim infadapter-models (model_store.pvc): a local volume
+  # pre-bound to it (no provisioner runs here).
+  apply_yaml "/api/v1/persistentvolumes/infadapter-models-local" <<EOF || die "cannot create the model-store volume"
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: infadapter-models-local, labels: {app.kubernetes.io/part-of: infadapter}}
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: [ReadOnlyMany, ReadWriteMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  hostPath: {path: $STATE/volumes/models, type: DirectoryOrCreate}
+  claimRef: {namespace: $NAMESPACE, name: infadapter-models}
+EOF
+  apply_yaml "/api/v1/namespaces/$NAMESPACE/persistentvolumeclaims/infadapter-models" <<EOF || die "cannot create the model-store claim"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: infadapter-models, namespace: $NAMESPACE}
+spec:
+  accessModes: [ReadOnlyMany]
+  storageClassName: ""
+  volumeName: infadapter-models-local
+  resources: {requests: {storage: 1Gi}}
+EOF
+}
+
+# -- down / status -----------------------------------------------------------------------------
+down_quiet() {
+  local c pid i
+  for c in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+    pid=$(pid_of "$c")
+    [ -n "$pid" ] || continue
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$STATE/pids/$c"
+  done
+}
+
+down() {
+  if [ ! -d "$STATE" ]; then
+    say "nothing to stop ($STATE does not exist)"
+    return 0
+  fi
+  down_quiet
+  rm -rf "$STATE"
+  say "stopped; removed $STATE"
+}
+
+status() {
+  if [ ! -d "$STATE/pids" ]; then
+    echo "not running (no state in $STATE)"
+    return 3
+  fi
+  local c pid rc=0
+  for c in "${COMPONENTS[@]}"; do
+    pid=$(pid_of "$c")
+    if alive "$c"; then echo "$c: running (pid $pid)"; else echo "$c: stopped"; rc=3; fi
+  done
+  if [ -f "$STATE/ports/apiserver" ] && readyz; then
+    echo "api: https://127.0.0.1:$(cat "$STATE/ports/apiserver") ready"
+  else
+    echo "api: not ready"; rc=3
+  fi
+  echo "kubeconfig: $KUBECONFIG_OUT"
+  return $rc
+}
+
+case "$cmd" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  build) build; echo "$BIN" ;;
+  restart-apiserver)  # for tests: stop and start kube-apiserver only (same flags, same port)
+    pid=$(pid_of kube-apiserver); [ -n "$pid" ] || die "not running" 4
+    args=$(tr '\0' '\n' < "/proc/$pid/cmdline" | tail -n +2)
+    kill -TERM "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    sleep "${INFADAPTER_RESTART_PAUSE:-0}"
+    mapfile -t argv <<< "$args"
+    start kube-apiserver "$BIN/kube-apiserver" "${argv[@]}"
+    wait_for 60 kube-apiserver readyz
+    echo "$KUBECONFIG_OUT" ;;
+  *) usage ;;
+esac
