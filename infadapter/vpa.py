@@ -7,7 +7,7 @@ lower/upper bounds = 50th/95th percentiles, each times (1 + 15% safety margin); 
 the confidence factor (upper * (1 + 1/conf), lower * (1 + 0.001/conf)^-2, conf = min(history days,
 samples / 1440)); a 25 millicore floor. Percentiles return the end of the bucket, as upstream.
 
-Where we differ (documented in the README): the paper applied the *target* every decision (30 s) by
+Where we differ (documented in docs/core.md): the paper applied the *target* every decision (30 s) by
 a rolling update, not the updater's "only outside [lower, upper]" rule; we do the same, rounded up
 to the core grid and clamped to [min_cores, max_cores]. The memory estimate, OOM bumps, checkpoints
 and the load-adjusted CPU multiplier of recent releases are not modelled.
