@@ -28,7 +28,11 @@ def render_rules(
     if adapter_stale_after_s <= 0:
         raise BadInput(f"adapter_stale_after_s: must be > 0 seconds, got {adapter_stale_after_s}")
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,  # as Ansible's template lookup does, so both render the same text
+        lstrip_blocks=True,
     )
     return env.get_template(RULES_TEMPLATE).render(
         slo_objective=slo_objective,

@@ -82,6 +82,7 @@ def render_config(
     adapter_target: str | None = None,
     scrape_interval_s: float = 1.0,
     run_label: str = "local",
+    rules_file: Path | None = None,
 ) -> str:
     """The scrape config for the local stack, rendered from ``templates/prometheus/local.yml.j2``."""
     env = jinja2.Environment(
@@ -95,6 +96,7 @@ def render_config(
         adapter_target=adapter_target or "",
         servers_file=str(servers_file),
         run_label=run_label,
+        rules_file=str(rules_file) if rules_file else "",
     )
 
 
@@ -144,8 +146,12 @@ class PrometheusServer:
         if not self.servers_file.exists():
             write_server_targets(self.servers_file, {})
         cfg = pdir / "prometheus.yml"
+        rules = pdir / "rules.yml"  # the SLO recording rules and alerts (infadapter.alerts)
+        from infadapter.alerts import render_rules
+
+        rules.write_text(render_rules())
         cfg.write_text(render_config(self.dispatcher_target, self.servers_file, self.adapter_target,
-                                     self.scrape_interval_s, self.run_dir.name))
+                                     self.scrape_interval_s, self.run_dir.name, rules_file=rules))
         self.port = self.port or free_port()
         logf = (pdir / "prometheus.log").open("ab")
         self.proc = subprocess.Popen(

@@ -246,3 +246,72 @@ def test_loop_registry_exports_the_adapter_series() -> None:
     for needed in ("infadapter_last_decision_timestamp_seconds", "infadapter_plan_feasible",
                    "infadapter_monitor_fallback"):  # fmt: skip
         assert needed in names
+
+
+# -- installed by the prometheus role ------------------------------------------------------------
+@needs_promtool
+def test_the_prometheus_role_installs_the_same_rules(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    play = tmp_path / "play.yml"
+    out = tmp_path / "manifests"
+    play.write_text(yaml.safe_dump([{
+        "name": "Render the prometheus role's manifests", "hosts": "localhost", "connection": "local",
+        "gather_facts": False,
+        "roles": [{"role": "prometheus", "vars": {
+            "prometheus_addon_enable": False, "prometheus_apply": False, "prometheus_service_manage": False,
+            "prometheus_access": "none", "prometheus_manifest_dir": str(out), "prometheus_slo_objective": 0.995}}],
+    }]))  # fmt: skip
+    env = {**os.environ, "ANSIBLE_CONFIG": str(root / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(root / "roles"),
+           "ANSIBLE_NOCOLOR": "1"}  # fmt: skip
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-e",
+         f"ansible_python_interpreter={sys.executable}", str(play)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    manifest = yaml.safe_load((out / "prometheusrule-slo.yml").read_text())
+    assert manifest["kind"] == "PrometheusRule" and manifest["metadata"]["labels"] == {"release": "kube-prom-stack"}
+    want = yaml.safe_load(render_rules(slo_objective=0.995, rules_selector='namespace="infadapter"'))
+    assert manifest["spec"]["groups"] == want["groups"]
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": manifest["spec"]["groups"]}))
+    check = subprocess.run([PROMTOOL, "check", "rules", "rules.yml"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+# -- a real Prometheus on the local stack loads them and computes them from the real dispatcher ----
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed (scripts/setup.sh)")
+def test_local_prometheus_evaluates_the_rules_on_the_dispatchers_series(cluster: Cluster, tmp_path: Path) -> None:
+    import time
+
+    import requests
+
+    from infadapter.monitor import PrometheusServer
+
+    backend = cluster.backend("resnet18")
+    _, base = cluster.dispatcher([backend.spec()])
+    prom = PrometheusServer(tmp_path, base.removeprefix("http://"))
+    url = prom.start()
+    try:
+        groups = requests.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        assert {g["name"] for g in groups} == {"infadapter-slo", "infadapter-slo-burn", "infadapter-adapter"}
+        assert all(r["health"] != "err" for g in groups for r in g["rules"])
+        value = None
+        deadline = time.monotonic() + 60  # bounded: scrapes and evaluations run every second
+        while time.monotonic() < deadline:
+            for _ in range(5):
+                assert predict(base).status == 200
+            res = requests.get(f"{url}/api/v1/query", params={"query": "infadapter:slo_violation_ratio:rate5m"},
+                               timeout=10).json()["data"]["result"]  # fmt: skip
+            if res and res[0]["value"][1] not in ("NaN",):
+                value = float(res[0]["value"][1])
+                break
+            time.sleep(0.5)
+        assert value == 0.0  # every request answered fast: no violation
+        alerts = requests.get(f"{url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        assert not [a for a in alerts if a["labels"]["alertname"] == BURN]
+    finally:
+        prom.stop()
