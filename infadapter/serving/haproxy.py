@@ -165,22 +165,32 @@ class RuntimeAPI:
 
 
 class _LogStats(RequestStats):
-    """``RequestStats`` fed from HAProxy's log lines, which arrive in completion order: an arrival
-    may belong to a second before the last one counted, so it is put in its place."""
+    """``RequestStats`` fed from HAProxy: arrivals from its request counter (exact at any rate) or,
+    without one, from log lines, which come in completion order (an arrival may belong to a second
+    before the last one counted, so it is put in its place); latency, codes, variants from the log."""
 
-    def arrival(self, now_s: float) -> None:
+    def arrival(self, now_s: float, count: float = 1.0) -> None:
         sec = int(now_s)
-        self.requests_total += 1
         ps = self._per_second
         i = len(ps)
         while i > 0 and ps[i - 1][0] > sec:
             i -= 1
         if i > 0 and ps[i - 1][0] == sec:
-            ps[i - 1][1] += 1
+            ps[i - 1][1] += count
         else:
-            ps.insert(i, [sec, 1])
+            ps.insert(i, [sec, count])
         while ps and ps[0][0] <= ps[-1][0] - 900:
             ps.popleft()
+
+    def arrivals_between(self, t0: float, t1: float, count: float) -> None:
+        """``count`` arrivals spread evenly over ``[t0, t1)``, credited to the seconds they overlap."""
+        if count <= 0 or t1 <= t0:
+            return
+        t = t0
+        while t < t1:
+            end = min(math.floor(t) + 1.0, t1)
+            self.arrival(t, count * (end - t) / (t1 - t0))
+            t = end
 
 
 def parse_log_line(line: str) -> tuple[float, float, int, str] | None:
@@ -230,6 +240,8 @@ class HAProxyRouter:
         self._sock_dir: Path | None = None
         self._routes: dict[str, Route] = {}  # what is routed now (name -> route)
         self.dropped_lines = 0
+        self._counter_thread: threading.Thread | None = None
+        self._counted: tuple[float, int] | None = None  # (when, HAProxy's req_tot then)
 
     # -- paths ----------------------------------------------------------------------------------
     def _socket_dir(self) -> Path:
@@ -291,6 +303,7 @@ class HAProxyRouter:
                 raise BackendUnavailable(f"haproxy exited with {self._proc.returncode}: {' | '.join(tail)}")
             if self.healthy():
                 os.chmod(self.admin_socket, 0o600)  # HAProxy's "mode 600" already; make sure
+                self._start_counting()
                 return self.url
             time.sleep(0.05)
         raise BackendUnavailable(f"haproxy did not answer on {self.admin_socket} within {timeout_s:g} s")
@@ -307,6 +320,7 @@ class HAProxyRouter:
                 self.api, self.pid = api, int(saved["pid"])
                 self.port, self.metrics_port = int(saved["port"]), int(saved["metrics_port"])
                 self._open_log_socket()
+                self._start_counting()
                 self.messages.append(f"adopted haproxy pid {self.pid}")
                 return True
         except (BackendUnavailable, KeyError, TypeError, ValueError):
@@ -325,15 +339,16 @@ class HAProxyRouter:
 
     def stop(self) -> None:
         """Soft-stop HAProxy (SIGUSR1: stop listening, finish in-flight requests), then force; idempotent."""
+        self._stop.set()
         stop_process(self.pid, self._proc, signal.SIGUSR1, 10.0)
         self.pid, self._proc, self.api = None, None, None
-        self._stop.set()
         if self._log_sock is not None:
             with contextlib.suppress(OSError):
                 self._log_sock.close()
             self._log_sock = None
-        if self._log_thread is not None:
-            self._log_thread.join(2)
+        for t in (self._log_thread, self._counter_thread):
+            if t is not None:
+                t.join(2)
         if self._sock_dir is not None:
             for p in (self.admin_socket, self.log_socket):
                 with contextlib.suppress(OSError):
@@ -424,9 +439,44 @@ class HAProxyRouter:
             body["weights"] = {n: round(s["weight"] / total, 6) for n, s in slots.items()
                                if total and not s["status"].startswith("MAINT")}
             body["ejected"] = sorted(n for n, s in slots.items() if s["status"].startswith("DOWN"))
+            with contextlib.suppress(BackendUnavailable, ValueError):
+                body["log_lines_dropped"] = int(self.api.info().get("DroppedLogs", 0))
         body["max_in_flight"] = self.settings.max_in_flight
         body["log_lines_unparsed"] = self.dropped_lines
         return body
+
+    def _requests_counter(self) -> int:
+        """HAProxy's count of HTTP requests received by the predict frontend (``req_tot``)."""
+        assert self.api is not None
+        rows = [r for r in csv.DictReader(io.StringIO(self.api.raw("show stat predict 1 -1").lstrip("# ")))
+                if r.get("svname") == "FRONTEND"]
+        if not rows:
+            raise BackendUnavailable("haproxy: no predict frontend in show stat")
+        return int(rows[0].get("req_tot") or 0)
+
+    def _start_counting(self) -> None:
+        """Arrivals per second from HAProxy's request counter, read just after each second starts."""
+        self._counted = (self.clock(), self._requests_counter())
+        self._stop.clear()
+        self._counter_thread = threading.Thread(target=self._count, name="haproxy-count", daemon=True)
+        self._counter_thread.start()
+
+    def _count(self) -> None:
+        while not self._stop.wait(1.02 - (time.time() % 1.0)):
+            if self.api is None:
+                return
+            try:
+                total = self._requests_counter()
+            except (BackendUnavailable, ValueError):
+                continue
+            now = self.clock()
+            with self._lock:
+                if self._counted is not None:
+                    t0, before = self._counted
+                    delta = total - before if total >= before else total  # a reset counter starts at 0
+                    self._stats.arrivals_between(t0, now, delta)
+                    self._stats.requests_total += delta
+                self._counted = (now, total)
 
     def _open_log_socket(self) -> None:
         if not self.settings.log_requests:
@@ -471,7 +521,9 @@ class HAProxyRouter:
             return
         accept_s, latency_ms, status, server = parsed
         with self._lock:
-            self._stats.arrival(accept_s)
+            if self._counted is None:  # no counter read (tests of the parser): the log counts arrivals
+                self._stats.arrival(accept_s)
+                self._stats.requests_total += 1
             self._stats.done(accept_s + latency_ms / 1000.0, latency_ms, status, server)
 
     def describe(self) -> dict[str, Any]:
