@@ -277,6 +277,7 @@ class Dispatcher:
     ) -> None:
         self.config = config
         self._clock = clock
+        self._token_bytes = config.admin_token.encode("utf-8", "surrogateescape")
         self._pools: dict[tuple[str, int], UpstreamPool] = {}
         self._routing = self._make_routing(tuple(backends), 0)
         self._ejected: dict[str, float] = {}  # variant name -> monotonic time it may return
@@ -524,21 +525,29 @@ class Dispatcher:
         return web.json_response(body, status=200 if available else 503)
 
     # -- admin API --------------------------------------------------------------------------
-    def _authorized(self, request: web.Request) -> bool:
+    def _authorized(self, request: web.Request) -> bool | None:
+        """True for the admin token, False for another token, None when no bearer token was sent."""
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        return hmac.compare_digest(given.strip().encode(), self.config.admin_token.encode())
+        given = given.strip()
+        if scheme.lower() != "bearer" or not given:
+            return None
+        # Constant time: how long the comparison takes says nothing about how much of a guess was right.
+        # (surrogateescape: a header with bytes that are not UTF-8 is a wrong token, not a crash)
+        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self._token_bytes)
 
     def _deny(self, request: web.Request) -> web.Response | None:
-        """401 unless the request carries the admin token (checked in each admin handler rather
-        than in a middleware, which would cost every predict request a call)."""
-        if self._authorized(request):
+        """401 without a bearer token, 403 with a wrong one; None for the admin token. Checked in each
+        admin handler rather than in a middleware, which would cost every predict request a call.
+        Neither the token nor the one sent is ever logged or echoed."""
+        ok = self._authorized(request)
+        if ok:
             return None
-        resp = _error(401, "admin token missing or wrong: send 'Authorization: Bearer <token>'")
-        resp.headers["WWW-Authenticate"] = "Bearer"
-        return resp
+        if ok is None:
+            resp = _error(401, "admin token missing: send 'Authorization: Bearer <token>'")
+            resp.headers["WWW-Authenticate"] = "Bearer"
+            return resp
+        return _error(403, "admin token wrong: send the token the dispatcher was started with")
 
     def _backends_body(self) -> dict[str, Any]:
         routing = self._routing
@@ -748,7 +757,7 @@ class DispatcherClient:
                 message = exc.reason
             if exc.code == 400:
                 raise BadInput(f"dispatcher {path}: {message}") from None
-            if exc.code == 401:
+            if exc.code in (401, 403):
                 raise BadInput(
                     f"dispatcher {path}: admin token rejected; pass the token the dispatcher uses "
                     "(--admin-token-file or INFADAPTER_ADMIN_TOKEN)"
