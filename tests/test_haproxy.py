@@ -267,8 +267,9 @@ def test_killed_server_is_ejected_and_its_requests_retried_elsewhere(tmp_path, m
         assert s.ok == s.sent and set(s.by_variant) == {"resnet50"}
         # Everything down: HAProxy itself answers 503, without a variant header.
         r.set_backends([Route("resnet18", f"http://127.0.0.1:{port}", "resnet18", 1.0)])
-        code, variant, _ = _post(r.url)
+        code, variant, body = _post(r.url)
         assert code == 503 and variant is None
+        assert "error" in json.loads(body)  # TF Serving's error shape, as from the dispatcher
     finally:
         r.stop()
         if victim.poll() is None:
