@@ -136,8 +136,9 @@ def trigger_due(now_s: float, next_decision_s: float | None, last_decision_s: fl
         return "start"
     if now_s >= next_decision_s - 1e-9:
         return "interval"
-    if retry_at_s is not None and now_s >= retry_at_s - 1e-9:
-        return "retry"
+    if retry_at_s is not None:
+        # A failed apply waits for its backoff: re-planning sooner would hammer a backend in trouble.
+        return "retry" if now_s >= retry_at_s - 1e-9 else None
     if (config.react and now_s - last_decision_s >= config.gap_s - 1e-9
             and overloaded(observed_rps, capacity_rps, config)):
         return "overload"

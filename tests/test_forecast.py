@@ -46,7 +46,8 @@ def synthetic_trace(days: int = 4, seed: int = 0) -> np.ndarray:
 
 def test_learned_trains_saves_loads_and_beats_ewma(tmp_path: Path) -> None:
     trace = synthetic_trace()
-    model = fc.train(trace, fc.TrainConfig(train_days=(0, 2), calibration_days=(2, 3), max_iter=40))
+    model = fc.train(trace, fc.TrainConfig(train_days=(0, 2), calibration_days=(2, 3), max_iter=40,
+                                           target_under=0.065))
     path = model.save(tmp_path / "m.npz")
     loaded = fc.make_forecaster(f"learned:{path}")
     p, m, _ = fc.minute_table(trace, 3 * fc.DAY_S, 4 * fc.DAY_S)

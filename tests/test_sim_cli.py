@@ -101,4 +101,4 @@ def test_forecast_train_and_evaluate_json(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     scores = {s["forecaster"]: s for s in json.loads(out.stdout)["scores"]}
     assert set(scores) == {"last", "ewma+10%", "learned"}
-    assert 0 <= scores["learned"]["under_prediction_rate"] < 0.2
+    assert 0 <= scores["learned"]["under_prediction_rate"] < 0.4  # calibrated for 25 % (the default)
