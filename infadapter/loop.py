@@ -221,7 +221,10 @@ class ControlLoop:
             result = ApplyResult(serving=decision.plan, actions=())
         else:
             try:
+                bridged = self._bridge(decision.plan, forecast)
                 result = self.backend.apply(decision.plan)
+                if bridged:
+                    result = replace(result, actions=(*bridged, *result.actions))
             except Exception as exc:  # a backend bug must not stop the loop: keep serving the old plan
                 log.exception("apply failed")
                 result = ApplyResult(serving=before or decision.plan, ok=False, error=f"{type(exc).__name__}: {exc}")
@@ -292,6 +295,15 @@ class ControlLoop:
         now = self.clock()
         self._account(now)
         self._sample_cpu(now)
+        heal = getattr(self.backend, "heal_router", None)  # a router that died comes back before we observe
+        if heal is not None:
+            try:
+                healed = heal()
+            except Exception as exc:  # the next tick tries again; the loop itself must go on
+                log.warning("router down and not restarted yet: %s", exc)
+            else:
+                if healed:
+                    log.warning("%s", healed)
         rec: DecisionRecord | None = None
         if self.next_decision_s is None:
             rec = self.decide("start")
@@ -335,6 +347,21 @@ class ControlLoop:
         self.stop_event.set()
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _bridge(self, target: Plan, load_rps: float) -> tuple[str, ...]:
+        """Grow the running variants in place first when ``target`` must wait for new ones to load."""
+        if not self.backend.in_place_resize:
+            return ()
+        bridge = control.bridge_plan(self.profile, self.serving, target, load_rps)
+        if bridge is None:
+            return ()
+        res = self.backend.apply(bridge)
+        if not res.ok:
+            log.warning("growing in place first failed (%s); applying the plan", res.error)
+            return ()
+        self.serving = res.serving
+        grown = ", ".join(f"{a.name}x{a.cores:g}" for a in bridge.allocations)
+        return (f"grown in place while new variants load: {grown}",)
+
     def _crashed(self) -> list[str]:
         if self.serving is None or not self.serving.allocations:
             return []

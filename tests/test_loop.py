@@ -50,6 +50,7 @@ class FakeBackend:
     """Records every call; ``fail_next`` makes the next apply fail; ``dead`` variants report not ready."""
 
     name: str = "fake"
+    in_place_resize: bool = False
     calls: list[str] = field(default_factory=list)
     plan: Plan | None = None
     fail_next: bool = False
@@ -270,3 +271,24 @@ def test_run_stops_on_duration_and_accounts_time():
     assert totals.seconds == pytest.approx(20.0, abs=1.0)
     assert totals.mean_cores == pytest.approx(0.5)
     assert replace(loop.config).interval_s == 5.0
+
+
+def test_in_place_backend_grows_running_variants_first_while_new_ones_load():
+    """An overload whose plan needs a variant that is not running: the running one grows in place first
+    (one apply, no load time), then the planned mix is applied; a restart-only backend skips the first step."""
+    calls = {}
+    for in_place in (True, False):
+        loop, clock, load, backend = make_loop(None, interval=10.0)
+        backend.in_place_resize = in_place
+        load.rate = 4.0
+        run_for(loop, clock, 3)
+        assert [a.name for a in loop.serving.allocations] == ["resnet50"]
+        backend.calls.clear()
+        load.rate = 60.0  # beyond resnet50 on the whole budget (32 req/s): resnet18 must start
+        rec = next_decision(loop, clock)
+        assert rec.trigger == "overload"
+        calls[in_place] = [c for c in backend.calls if c.startswith("apply")]
+        assert "resnet18" in loop.serving.names
+    assert calls[True][0] == "apply resnet50=2"  # the whole budget, in place, before resnet18 loads
+    assert len(calls[True]) == 2 and "resnet18" in calls[True][1]
+    assert len(calls[False]) == 1 and "resnet18" in calls[False][0]

@@ -55,6 +55,10 @@ class Backend(Protocol):
         """What runs now (read back from the processes or the cluster, not from memory alone)."""
         ...
 
+    #: True when ``apply`` changes a running variant's cores without a restart (no load time): the loop
+    #: then grows running variants first while new ones load (``control.bridge_plan``).
+    in_place_resize: bool
+
     def apply(self, plan: Plan) -> ApplyResult:
         """Reconcile to ``plan`` make-before-break, routing included; safe to call twice."""
         ...

@@ -27,6 +27,7 @@ class DryRunBackend:
     """Applies plans to a folder; see the module docstring."""
 
     name = "dry-run"
+    in_place_resize = False
 
     def __init__(self, profile: Profile, out_dir: str | Path, config: RenderConfig | None = None) -> None:
         self.profile = profile
