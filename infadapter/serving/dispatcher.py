@@ -46,7 +46,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -197,17 +196,45 @@ def latency_buckets(slo_ms: float) -> tuple[float, ...]:
 
 
 # -- statistics for the control loop ------------------------------------------------------------
+# Latency bins of /admin/stats: 5% wide from 0.05 ms to past 60 s (a tail percentile is read to within
+# one bin, i.e. 5%, which is what a control loop needs; exact values come from Prometheus' histogram).
+_BIN_MIN_MS = 0.05
+_BIN_GROWTH = 1.05
+_LOG_GROWTH = math.log(_BIN_GROWTH)
+_N_BINS = math.ceil(math.log(120_000 / _BIN_MIN_MS) / _LOG_GROWTH) + 2
+#: Upper edge (ms) of each bin; bin 0 holds everything up to _BIN_MIN_MS.
+_BIN_EDGES_MS = tuple(_BIN_MIN_MS * _BIN_GROWTH**i for i in range(_N_BINS))
+
+
+def _latency_bin(latency_ms: float) -> int:
+    if latency_ms <= _BIN_MIN_MS:
+        return 0
+    return min(_N_BINS - 1, int(math.log(latency_ms / _BIN_MIN_MS) / _LOG_GROWTH) + 1)
+
+
 class RequestStats:
-    """Counters behind ``GET /admin/stats``; time is passed in (``now_s``: unix seconds)."""
+    """Counters behind ``GET /admin/stats``; time is passed in (``now_s``: unix seconds).
+
+    Cheap at any rate: each request adds one to a fixed-size per-second row (a count per latency bin
+    and a violation count) in a ring of :data:`_STATS_WINDOW_S` rows and to the window's running
+    totals; a row leaves the totals once, when it expires. So :meth:`done` is O(1) and
+    :meth:`snapshot` reads fixed-width totals: nothing grows with the request rate.
+    """
 
     def __init__(self, slo_ms: float, start_s: float) -> None:
         self.slo_ms = slo_ms
         self.start_s = start_s
         self.requests_total = 0
+        self.violations_total = 0
         self.by_code: dict[str, int] = {}
         self.by_variant: dict[str, int] = {}
         self._per_second: deque[list[int]] = deque()  # [unix_second, arrivals], seconds in order
-        self._recent: deque[tuple[float, float, bool]] = deque()  # (end_s, latency_ms, violated)
+        # The last 60 seconds of completions: row i holds second _row_sec[i] (i = second % 60).
+        self._row_sec = [-1] * _STATS_WINDOW_S
+        self._rows = [[0] * _N_BINS for _ in range(_STATS_WINDOW_S)]
+        self._row_violations = [0] * _STATS_WINDOW_S
+        self._win = [0] * _N_BINS  # the sum of the live rows
+        self._win_violations = 0
 
     def arrival(self, now_s: float) -> None:
         sec = int(now_s)
@@ -227,11 +254,56 @@ class RequestStats:
             self.by_variant[variant] = self.by_variant.get(variant, 0) + 1
         # A violation: too slow, or failed on the serving side (4xx are the client's own fault).
         violated = latency_ms > self.slo_ms or code >= 500
-        recent = self._recent
-        recent.append((now_s, latency_ms, violated))
-        horizon = now_s - _STATS_WINDOW_S
-        while recent and recent[0][0] < horizon:
-            recent.popleft()
+        if violated:
+            self.violations_total += 1
+        sec = int(now_s)
+        i = sec % _STATS_WINDOW_S
+        if self._row_sec[i] != sec:
+            if self._row_sec[i] > sec:  # older than the window (completions may come out of order)
+                return
+            self._expire(i)
+            self._row_sec[i] = sec
+        b = _latency_bin(latency_ms)
+        self._rows[i][b] += 1
+        self._win[b] += 1
+        if violated:
+            self._row_violations[i] += 1
+            self._win_violations += 1
+
+    def _expire(self, i: int) -> None:
+        """Take row i out of the window's totals and clear it."""
+        if self._row_sec[i] < 0:
+            return
+        row, win = self._rows[i], self._win
+        for b, c in enumerate(row):
+            if c:
+                win[b] -= c
+                row[b] = 0
+        self._win_violations -= self._row_violations[i]
+        self._row_violations[i] = 0
+        self._row_sec[i] = -1
+
+    def _window(self, now_s: float) -> tuple[list[int], int]:
+        """Latency bin counts and violations of completions in the last 60 s (by whole seconds)."""
+        low = math.floor(now_s - _STATS_WINDOW_S) - 1  # seconds from now - 60 s on (as many as the ring holds)
+        for i, sec in enumerate(self._row_sec):
+            if 0 <= sec <= low:
+                self._expire(i)
+        return self._win, self._win_violations
+
+    @staticmethod
+    def _quantile(counts: list[int], n: int, q: float) -> float:
+        """The q-quantile in ms, interpolated linearly inside its bin (as Prometheus' histogram_quantile)."""
+        if n == 0:
+            return 0.0
+        rank = q * n
+        cum = 0
+        for b, c in enumerate(counts):
+            if c and cum + c >= rank:
+                low = _BIN_EDGES_MS[b - 1] if b > 0 else 0.0
+                return low + (_BIN_EDGES_MS[b] - low) * (rank - cum) / c
+            cum += c
+        return _BIN_EDGES_MS[-1]
 
     def snapshot(self, now_s: float) -> dict[str, Any]:
         """JSON-ready statistics: totals, the last 900 complete seconds, the last 60 s' tail latency."""
@@ -239,18 +311,18 @@ class RequestStats:
         counts = {sec: n for sec, n in self._per_second}
         first = max(int(self.start_s), now_sec - _PER_SECOND_KEEP_S)
         per_second = [[sec, counts.get(sec, 0)] for sec in range(first, now_sec)]
-        horizon = now_s - _STATS_WINDOW_S
-        recent = [r for r in self._recent if r[0] >= horizon]
-        latencies = np.fromiter((r[1] for r in recent), dtype=float, count=len(recent))
+        bins, violations = self._window(now_s)
+        n = sum(bins)
         return {
             "requests_total": self.requests_total,
+            "violations_total": self.violations_total,
             "by_code": dict(self.by_code),
             "by_variant": dict(self.by_variant),
             "per_second": per_second,
-            "requests_60s": len(recent),
-            "latency_ms_p50_60s": float(np.percentile(latencies, 50)) if len(recent) else 0.0,
-            "latency_ms_p99_60s": float(np.percentile(latencies, 99)) if len(recent) else 0.0,
-            "violations_60s": sum(1 for r in recent if r[2]),
+            "requests_60s": n,
+            "latency_ms_p50_60s": round(self._quantile(bins, n, 0.50), 3),
+            "latency_ms_p99_60s": round(self._quantile(bins, n, 0.99), 3),
+            "violations_60s": violations,
             "slo_ms": self.slo_ms,
         }
 
