@@ -33,9 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infadapter import control
+from infadapter.control import ControlConfig
 from infadapter.errors import BackendUnavailable, BadInput
 from infadapter.loop import ControlLoop, LoopConfig
 from infadapter.monitor import HISTORY_S, Observation
+from infadapter.policies import DEFAULT_MIN_GAIN, DEFAULT_STABILIZATION
 from infadapter.profile import Profile, load_profile
 from infadapter.records import DecisionLog
 from infadapter.state import DECISIONS_FILE, StateStore, pid_alive, read_state, state_path
@@ -55,17 +58,18 @@ class ClusterRunConfig:
     run_dir: Path
     policy: str = "infadapter"
     duration_s: float | None = None  # None: until the replay ends, or until Ctrl-C/SIGTERM
-    interval_s: float = 30.0
-    check_s: float = 1.0
-    stabilization_intervals: int = 4
-    min_gain: float = 0.005  # see policies.Stabilized.min_gain
+    interval_s: float = ControlConfig.interval_s
+    check_s: float = ControlConfig.check_s
+    stabilization_intervals: int = DEFAULT_STABILIZATION
+    min_gain: float = DEFAULT_MIN_GAIN  # see policies.Stabilized.min_gain
     alpha: float | None = None  # overrides the profile's cost weight
-    forecaster: str = "ewma"
+    forecaster: str = "auto"
     #: Per-second rates the loop observes instead of live traffic (None: observe live).
     replay_rps: tuple[float, ...] | None = None
     replay_label: str = ""
     history_stretch: int = 1  # the replay's --speedup (see LoopConfig.history_stretch)
-    initial_forecast_rps: float | None = None  # default: the replay's peak over the first interval, else 0
+    initial_forecast_rps: float | None = None  # default: control.initial_forecast
+    history_before: tuple[float, ...] = ()  # counts before the replayed window (see ControlConfig)
     prometheus_url: str | None = None
     dispatcher_url: str | None = None
     admin_token: str = ""
@@ -327,10 +331,7 @@ class ClusterRun:
             "namespace": getattr(self.backend, "namespace", None),
             "out_dir": str(cfg.out_dir) if cfg.out_dir else None,
         }, messages=self.messages, stopped_s=None, limit_mode=f"{cfg.backend} backend")
-        initial = cfg.initial_forecast_rps
-        if initial is None and cfg.replay_rps:
-            # The first decision has no history: plan for the replay's peak until the next decision.
-            initial = float(max(cfg.replay_rps[: max(math.ceil(cfg.interval_s), 1)]))
+        initial = control.initial_forecast(cfg.replay_rps, cfg.history_before, cfg.initial_forecast_rps)
         metrics = None
         if cfg.metrics_port:
             from infadapter.loop import LoopMetrics
@@ -345,7 +346,8 @@ class ClusterRun:
         self.metrics = metrics
         self.loop = ControlLoop(
             self.profile, policy, forecaster, self.backend, GuardedObserver(observe),
-            LoopConfig(interval_s=cfg.interval_s, check_s=cfg.check_s, initial_forecast_rps=initial or 0.0,
+            LoopConfig(interval_s=cfg.interval_s, check_s=cfg.check_s, initial_forecast_rps=initial,
+                       history_before=cfg.history_before,
                        history_stretch=cfg.history_stretch),
             clock=self.clock,
             records=DecisionLog(cfg.run_dir / DECISIONS_FILE),

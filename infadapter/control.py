@@ -69,6 +69,9 @@ class ControlConfig:
     history_stretch: int = 1
     #: The first decision plans for at least this load (req/s).
     initial_forecast_rps: float = 0.0
+    #: Per-second counts seen before the run (at the replay's time scale): an adapter that was already
+    #: running saw them, so the forecaster's first inputs include them.
+    history_before: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.interval_s > 0:
@@ -108,7 +111,10 @@ def forecast_input(history_rps: Sequence[float], config: ControlConfig) -> list[
 def decision_load(trigger: str, forecaster: Forecaster, history_rps: Sequence[float], observed_rps: float,
                   config: ControlConfig) -> float:
     """The load (req/s) a decision plans for (see the module doc)."""
-    hist = forecast_input(history_rps, config)
+    seen = list(history_rps)
+    if config.history_before and len(seen) * config.history_stretch < config.history_s:
+        seen = [*config.history_before, *seen]
+    hist = forecast_input(seen, config)
     forecast = float(forecaster.predict(hist)) if hist else config.initial_forecast_rps
     if trigger == "start":
         forecast = max(forecast, config.initial_forecast_rps)
@@ -184,3 +190,15 @@ def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: 
     caps = {n: cap(n, c) for n, c in grown.items()}
     acc = {n: profile.variant(n).accuracy for n in grown}
     return plan_from_cores(grown, load_rps, caps, acc)
+
+
+def initial_forecast(rates_rps: Sequence[float] | None, history_before: Sequence[float] = (),
+                     explicit: float | None = None) -> float:
+    """The first decision's floor: ``explicit`` when given; 0 when there is history before the load (the
+    forecaster reads it); else the first 10 s peak of a known load schedule (a constant ``--rate`` is
+    that rate), since with nothing observed yet the first plan would otherwise be the smallest one."""
+    if explicit is not None:
+        return float(explicit)
+    if len(history_before) or not rates_rps:
+        return 0.0
+    return float(max(list(rates_rps)[:10]))

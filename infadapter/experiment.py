@@ -28,10 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from infadapter import control
+from infadapter.control import ControlConfig
 from infadapter.errors import BadInput
 from infadapter.loop import ControlLoop, LoopConfig, LoopMetrics
 from infadapter.monitor import Monitor, PrometheusServer, free_port, prometheus_binary, write_server_targets
 from infadapter.plots import decision_timeline, plot_experiment
+from infadapter.policies import DEFAULT_MIN_GAIN, DEFAULT_STABILIZATION, make_policy
 from infadapter.profile import Profile, load_profile
 from infadapter.records import DecisionLog
 from infadapter.state import DECISIONS_FILE, StateStore, pid_alive, read_state, state_path
@@ -52,17 +55,18 @@ class RunConfig:
     run_dir: Path = DEFAULT_RUN_DIR
     model_dir: Path = DEFAULT_MODELS
     duration_s: float | None = None  # None: until the load ends, or until Ctrl-C without a load
-    interval_s: float = 30.0
-    check_s: float = 1.0
-    stabilization_intervals: int = 4
-    min_gain: float = 0.005  # see policies.Stabilized.min_gain
+    interval_s: float = ControlConfig.interval_s
+    check_s: float = ControlConfig.check_s
+    stabilization_intervals: int = DEFAULT_STABILIZATION
+    min_gain: float = DEFAULT_MIN_GAIN  # see policies.Stabilized.min_gain
     alpha: float | None = None  # overrides the profile's cost weight
-    forecaster: str = "ewma"
+    forecaster: str = "auto"
     rates_rps: tuple[float, ...] | None = None  # per-second load to drive through the dispatcher
     prometheus: str | None = None  # URL of an existing server; "off" disables; None: start one if present
     limit_mode: str = "auto"
     resolution: int | None = None  # model input and load JPEG size; None: the profile's, else 224
-    initial_forecast_rps: float | None = None  # default: the load's first 10 s peak, else 0
+    initial_forecast_rps: float | None = None  # default: control.initial_forecast
+    history_before: tuple[float, ...] = ()  # counts before the replayed window (see ControlConfig)
     warmup: int = 3
     seed: int = 0
     timeout_s: float = 10.0
@@ -173,13 +177,8 @@ class LiveRun:
         started = float((self.store.get("adapter") or {}).get("started_s", time.time()))
         monitor = Monitor(self.backend.client.stats, prom_url, start_s=started if not adopted else started - 600,
                           rate_query=self.backend.router.rate_query, p99_query=self.backend.router.p99_query)
-        initial = cfg.initial_forecast_rps
-        if initial is None:
-            initial = float(max(cfg.rates_rps[:10])) if cfg.rates_rps else 0.0
         self.loop = ControlLoop(
-            self.profile, policy, forecaster, self.backend, monitor.observe,
-            LoopConfig(interval_s=cfg.interval_s, check_s=cfg.check_s, initial_forecast_rps=initial,
-                       history_stretch=cfg.history_stretch),
+            self.profile, policy, forecaster, self.backend, monitor.observe, loop_config(cfg),
             records=DecisionLog(cfg.run_dir / DECISIONS_FILE),
             metrics=self.metrics,
             on_snapshot=self._snapshot,
@@ -358,43 +357,46 @@ LOCAL_SERVICE_CV = 0.2
 LOCAL_OBSERVE_LAG_S = 2
 
 
-def simulate_same(profile: Profile, rates: np.ndarray, policy: str, interval_s: float,
-                  stabilization: int, forecaster: str, speedup: int = 1, min_gain: float = 0.0,
-                  check_s: float = 1.0, initial_forecast_rps: float | None = None,
-                  arrival_times_s: np.ndarray | None = None, seed: int = 0,
+def loop_config(cfg: RunConfig) -> LoopConfig:
+    """The control rules of a live run (the simulator's :func:`simulate_same` uses the same ones)."""
+    return LoopConfig(
+        interval_s=cfg.interval_s, check_s=cfg.check_s, history_stretch=cfg.history_stretch,
+        history_before=cfg.history_before,
+        initial_forecast_rps=control.initial_forecast(cfg.rates_rps, cfg.history_before, cfg.initial_forecast_rps))
+
+
+def simulate_same(profile: Profile, cfg: RunConfig, arrival_times_s: np.ndarray | None = None,
                   service_cv: float = LOCAL_SERVICE_CV, observe_lag_s: int = LOCAL_OBSERVE_LAG_S,
                   service_model: str = "cfs") -> dict[str, Any]:
-    """The simulator on the same load, with the live loop's rules and clock.
+    """The simulator on the same load, with the live run's control rules (:func:`loop_config`) and clock.
 
     Simulated in wall time, as the live run happened: the servers' queues, start-up times and the
-    loop's checks (``check_s``) and decisions (``interval_s``) run on the same clock as live, and a
-    replay compressed K times (``speedup``) reaches the forecaster stretched as the loop stretches it.
-    Like the local backend, cores change in place and servers refuse requests beyond their queue
-    bound; like the loop, an overload seen between decisions (mean of the last 3 s above capacity by
-    10 %) triggers a decision at once, the first decision's forecast is the initial one and its
-    servers are up before the load starts, and VPA gets one CPU sample per check. Servers follow
-    ``service_model`` ("cfs": one request at a time under a CPU quota, CPU time per request of CV
-    ``service_cv``) and the monitor lags ``observe_lag_s`` behind. ``arrival_times_s`` (seconds from
-    the load's start, e.g. a live run's schedule) replays exactly those requests instead of a fresh
-    Poisson draw.
+    loop's checks and decisions run on the same clock as live. The control settings are the live
+    run's (one :class:`~infadapter.control.ControlConfig`); what differs is only what models the
+    local backend: servers follow ``service_model`` ("cfs": one request at a time under a CPU quota,
+    CPU time per request of CV ``service_cv``), the monitor lags ``observe_lag_s`` behind, and VPA
+    gets one CPU sample per check. ``arrival_times_s`` (seconds from the load's start, e.g. a live
+    run's schedule) replays exactly those requests instead of a fresh Poisson draw.
     """
     from infadapter import sim
 
-    rates = np.asarray(rates, dtype=float)
-    if initial_forecast_rps is None:
-        initial_forecast_rps = float(rates[:10].max()) if rates.size else 0.0
-    cfg = sim.SimConfig(
-        interval_s=interval_s, stabilization_intervals=stabilization, forecaster=forecaster,
-        in_place_resize=True, warmup_s=0, react=True, check_s=check_s, rate_window_s=3, min_gain=min_gain,
-        history_stretch=max(int(speedup), 1), initial_forecast_rps=initial_forecast_rps,
-        first_plan_ready=True, vpa_sample_s=check_s, vpa_sample_window_s=check_s, seed=seed,
-        cpu_model="work", service_cv=service_cv, observe_lag_s=observe_lag_s, queue_bound=True,
-        service_model=service_model,
+    rates = np.asarray(cfg.rates_rps or (), dtype=float)
+    ctl = loop_config(cfg)
+    settings = {k: getattr(ctl, k) for k in ("interval_s", "check_s", "react", "rate_window_s",
+                                             "overload_tolerance", "replan_gap_s", "history_s", "history_stretch",
+                                             "initial_forecast_rps")}
+    sim_cfg = sim.SimConfig(
+        **settings, history_before=ctl.history_before, stabilization_intervals=cfg.stabilization_intervals,
+        min_gain=cfg.min_gain, forecaster=cfg.forecaster, warmup_s=0, first_plan_ready=True,
+        vpa_sample_s=cfg.check_s, vpa_sample_window_s=cfg.check_s, seed=cfg.seed, cpu_model="work",
+        service_cv=service_cv, observe_lag_s=observe_lag_s, service_model=service_model,
     )
+    profile = profile.with_overrides(alpha=cfg.alpha)
     arrivals = None
     if arrival_times_s is not None:
-        arrivals = sim.arrivals_from_times(arrival_times_s, int(rates.size), seed)
-    res = sim.simulate(profile, rates, policy, cfg, arrivals=arrivals)
+        arrivals = sim.arrivals_from_times(arrival_times_s, int(rates.size), cfg.seed)
+    policy = make_policy(cfg.policy, profile, cfg.stabilization_intervals, min_gain=cfg.min_gain)
+    res = sim.simulate(profile, rates, policy, sim_cfg, arrivals=arrivals)
     return {"requests": res.requests, "slo_violation_rate": res.slo_violation_rate, "mean_cores": res.mean_cores,
             "mean_planned_cores": res.mean_planned_cores, "mean_accuracy": res.mean_accuracy,
             "transitions": res.transitions, "dropped": res.dropped,
@@ -429,10 +431,8 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
         live = LiveRun(cfg, on_update=on_update).run()
         sim_res = None
         try:
-            sim_res = simulate_same(profile, rates, pol, base.interval_s, base.stabilization_intervals,
-                                    base.forecaster, base.history_stretch, base.min_gain, check_s=base.check_s,
-                                    initial_forecast_rps=base.initial_forecast_rps,
-                                    arrival_times_s=live_arrival_times(run_dir / "requests.csv"), seed=base.seed)
+            sim_res = simulate_same(load_profile(base.profile_path), cfg,
+                                    arrival_times_s=live_arrival_times(run_dir / "requests.csv"))
         except Exception as exc:  # the comparison must not lose the live figures
             log.warning("simulator failed for %s: %s", pol, exc)
         results.append({"policy": pol, "live": live, "simulated": sim_res,

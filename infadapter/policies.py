@@ -206,7 +206,14 @@ class Static:
         return Decision(plan, ctx.state, f"static: {_describe(plan)}")
 
 
-# -- the shared stabilization wrapper --------------------------------------------------------------
+# -- the shared stabilization wrapper
+#: Decisions that must want less before a scale-down (HPA's stabilization window, in decisions).
+DEFAULT_STABILIZATION = 4
+#: Keep the current cores unless a new plan's objective beats them by this much: forecast noise must not
+#: swap equal plans back and forth (measured against plan churn in live runs; docs/adapt.md).
+DEFAULT_MIN_GAIN = 0.005
+
+
 @dataclass(frozen=True)
 class StabilizedState:
     inner: Any = None
@@ -291,7 +298,7 @@ POLICY_HELP = "infadapter | msplus | vpa:VARIANT | static:NAME=CORES[,...] | ora
 def make_policy(
     spec: str,
     profile: Profile,
-    stabilization_intervals: int = 4,
+    stabilization_intervals: int = DEFAULT_STABILIZATION,
     vpa_config: VpaConfig | None = None,
     min_gain: float = 0.0,
 ) -> Policy:

@@ -50,7 +50,18 @@ from infadapter import solver as solver_mod
 from infadapter.errors import BadInput
 from infadapter.forecast import Forecaster, make_forecaster
 from infadapter.plan import Plan, diff, plan_from_cores
-from infadapter.policies import Context, Decision, Policy, Stabilized, Static, Vpa, make_policy, single_variant_plan
+from infadapter.policies import (
+    DEFAULT_MIN_GAIN,
+    DEFAULT_STABILIZATION,
+    Context,
+    Decision,
+    Policy,
+    Stabilized,
+    Static,
+    Vpa,
+    make_policy,
+    single_variant_plan,
+)
 from infadapter.profile import Profile, threads_for_cores
 from infadapter.records import DecisionRecord
 
@@ -65,8 +76,8 @@ class SimConfig:
 
     interval_s: float = control.ControlConfig.interval_s  # seconds between decisions
     warmup_s: float = 0.0  # the first decision's time (the paper: 120 s)
-    stabilization_intervals: int = 4  # scale-down only after this many decisions want less (<= 1: off)
-    min_gain: float = 0.0  # keep the current cores unless a plan beats them by this much (policies.Stabilized)
+    stabilization_intervals: int = DEFAULT_STABILIZATION  # scale-down after this many decisions want less
+    min_gain: float = DEFAULT_MIN_GAIN  # keep the current cores unless a plan beats them by this much
     forecaster: str = "auto"  # see infadapter.forecast.make_forecaster
     forecaster_model: str | None = None  # model file of the learned forecaster
     make_before_break: bool = True
@@ -154,14 +165,15 @@ class SimConfig:
         return control.ControlConfig(
             interval_s=self.interval_s, check_s=self.check_s, react=self.react, rate_window_s=self.rate_window_s,
             overload_tolerance=self.overload_tolerance, replan_gap_s=self.replan_gap_s, history_s=self.history_s,
-            history_stretch=self.history_stretch, initial_forecast_rps=self.initial_forecast_rps or 0.0)
+            history_stretch=self.history_stretch, initial_forecast_rps=self.initial_forecast_rps or 0.0,
+            history_before=tuple(float(x) for x in self.history_before or ()))
 
 
 #: The paper's setting (``simulate --paper``): 30-s decisions on ewma+10% from a 2-minute warm-up, the
 #: initial plan serving first, new instances for every change (make-before-break), no reaction.
 PAPER_SETTING: dict[str, Any] = dict(
     interval_s=30.0, warmup_s=120.0, forecaster="ewma", make_before_break=True, in_place_resize=False,
-    react=False, first_plan_ready=False, history_before=None, queue_bound=False,
+    react=False, first_plan_ready=False, history_before=None, queue_bound=False, min_gain=0.0,
 )
 
 
@@ -644,7 +656,6 @@ def simulate(
     last_sample = 0.0
     last_decision = -math.inf
     first = True
-    pre_history = np.asarray(cfg.history_before if cfg.history_before is not None else (), dtype=float)
 
     def run_segment(t0: float, t1: float) -> None:
         nonlocal ptr
@@ -760,8 +771,6 @@ def simulate(
         seen = max(int(now) - cfg.observe_lag_s, 0)
         lo = max(0, seen - cfg.history_s // cfg.history_stretch - 1)
         history = arr.counts[lo:seen] if seen > 0 else arr.counts[:0]
-        if pre_history.size and seen * cfg.history_stretch < cfg.history_s:
-            history = np.concatenate([pre_history, history])
         observed = observed_rate(now)
         forecast_now = control.decision_load(trigger, fc, history, observed, ctl)
         horizon = int(now + cfg.interval_s + profile.max_load_time_s)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infadapter.experiment import live_arrival_times, simulate_same
+from infadapter.experiment import RunConfig, live_arrival_times, simulate_same
 from infadapter.profile import load_profile
 from infadapter.sim import make_arrivals
 
@@ -18,6 +18,12 @@ def _step_load() -> np.ndarray:
     return np.concatenate([np.full(40, 4.0), np.full(40, 24.0), np.full(40, 4.0)])
 
 
+def _run(policy: str, rates: np.ndarray) -> RunConfig:
+    """A live run's settings: 3-s decisions on ewma, a replay compressed 10 times."""
+    return RunConfig(ROOT / "profiles" / "local.yaml", policy=policy, interval_s=3.0, forecaster="ewma",
+                     rates_rps=tuple(rates), history_stretch=10)
+
+
 def test_replays_the_live_schedule_and_reports_both_cost_figures(tmp_path: Path) -> None:
     rates = _step_load()
     times = make_arrivals(rates, seed=3).times
@@ -25,7 +31,7 @@ def test_replays_the_live_schedule_and_reports_both_cost_figures(tmp_path: Path)
     csv.write_text("index,scheduled_s,latency_ms\n" + "".join(f"{i},{t:.6f},1\n" for i, t in enumerate(times)))
     got = live_arrival_times(csv)
     assert got is not None and got.size == times.size
-    res = simulate_same(PROFILE, rates, "infadapter", 3.0, 4, "ewma", speedup=10, arrival_times_s=got)
+    res = simulate_same(PROFILE, _run("infadapter", rates), arrival_times_s=got)
     assert res["requests"] == times.size and res["arrivals"] == "live schedule"
     assert res["mean_planned_cores"] <= res["mean_cores"]
     assert live_arrival_times(tmp_path / "absent.csv") is None
@@ -33,8 +39,8 @@ def test_replays_the_live_schedule_and_reports_both_cost_figures(tmp_path: Path)
 
 def test_reacts_to_the_step_within_seconds_and_vpa_lags_behind() -> None:
     rates = _step_load()
-    ia = simulate_same(PROFILE, rates, "infadapter", 3.0, 4, "ewma", speedup=10)
-    vpa = simulate_same(PROFILE, rates, "vpa:resnet50", 3.0, 4, "ewma", speedup=10)
+    ia = simulate_same(PROFILE, _run("infadapter", rates))
+    vpa = simulate_same(PROFILE, _run("vpa:resnet50", rates))
     assert ia["arrivals"] == "poisson"
     # infadapter re-plans on the overload about 2 s (the monitor's lag) after the step; VPA grows by
     # its CPU samples only, so it violates far more on the same requests.
@@ -45,6 +51,6 @@ def test_reacts_to_the_step_within_seconds_and_vpa_lags_behind() -> None:
 
 def test_the_monitor_lag_costs_violations() -> None:
     rates = _step_load()
-    lagged = simulate_same(PROFILE, rates, "infadapter", 3.0, 4, "ewma", speedup=10, observe_lag_s=4)
-    instant = simulate_same(PROFILE, rates, "infadapter", 3.0, 4, "ewma", speedup=10, observe_lag_s=0)
+    lagged = simulate_same(PROFILE, _run("infadapter", rates), observe_lag_s=4)
+    instant = simulate_same(PROFILE, _run("infadapter", rates), observe_lag_s=0)
     assert lagged["slo_violation_rate"] > instant["slo_violation_rate"]

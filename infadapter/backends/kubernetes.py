@@ -219,6 +219,11 @@ class KubernetesBackend:
 
     name = "kubernetes"
 
+    @property
+    def in_place_resize(self) -> bool:
+        """pods/resize is used unless turned off or found unsupported by the cluster."""
+        return self._resize_ok is not False
+
     def __init__(
         self,
         profile: Profile,

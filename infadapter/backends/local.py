@@ -160,6 +160,8 @@ class LocalBackend:
             RouterConfig(run_dir=config.run_dir, slo_ms=config.slo_ms, python=config.python,
                          dispatcher_args=config.dispatcher_args),
             store, variants=[(v.name, v.model or v.name) for v in profile.variants])
+        #: The routes last given to the router (re-sent when a dead router is restarted).
+        self._last_routes: list[Route] = []
         #: The running router (stats(), healthy(), set_backends()); None until start_router().
         self.client: Any = None
         self.messages: list[str] = []
@@ -192,6 +194,11 @@ class LocalBackend:
         describe = getattr(driver, "describe", None)
         label = describe() if callable(describe) else type(driver).__name__
         return driver, f"cgroup ({label})"
+
+    @property
+    def in_place_resize(self) -> bool:
+        """A cgroup quota changes under a running server; thread-limited servers restart instead."""
+        return self.uses_cgroups
 
     @property
     def uses_cgroups(self) -> bool:
@@ -441,12 +448,27 @@ class LocalBackend:
             for fut in [pool.submit(wait_one, sp) for sp in servers]:
                 fut.result()
 
+    def heal_router(self) -> str | None:
+        """Restart a router process that died (same port, so clients and Prometheus find it again) and
+        give it the last routes; a message saying so, or None when it is alive (or not ours to check)."""
+        alive = getattr(self.router, "alive", None)
+        if alive is None or self.router.pid is None or alive():
+            return None
+        old = self.router.pid
+        self.router.start()
+        self.client = self.router
+        if self._last_routes:
+            self.router.set_backends(self._last_routes)
+        return f"router pid {old} died; restarted as pid {self.router.pid} on port {self.router.port} " \
+               f"with {len(self._last_routes)} routes"
+
     def _route(self, plan: Plan) -> None:
         routes = [Route(name=a.name, url=self.servers[a.name].url, model=self.servers[a.name].model,
                         weight=round(a.share, 6)) for a in plan.allocations]
         if routes and sum(r.weight for r in routes) <= 0:
             routes = [Route(r.name, r.url, r.model, 1.0) for r in routes]
         self.client.set_backends(routes)
+        self._last_routes = routes
         if self.on_targets is not None:
             with contextlib.suppress(Exception):
                 self.on_targets({sp.name: [f"127.0.0.1:{sp.port}"] for sp in self.servers.values()})

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from infadapter.commands.common import ROOT, err_console, json_option, out_console, print_json
+from infadapter.commands.options import control_options
 from infadapter.errors import BadInput
 
 DEFAULT_RUN_DIR = ROOT / "runs" / "adapt"
@@ -36,20 +37,10 @@ def _load_options(f: Any) -> Any:
 
 
 def _common_options(f: Any) -> Any:
+    f = control_options(f)
     opts = [
         click.option("--profile", "profile_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="Profile YAML [default: profiles/local.yaml, else profiles/paper.yaml]."),
-        click.option("--interval", "interval_s", type=float, default=30.0, show_default=True,
-                     help="Seconds between decisions."),
-        click.option("--check", "check_s", type=float, default=1.0, show_default=True,
-                     help="Seconds between mid-interval checks (overload, crashes)."),
-        click.option("--stabilization", type=int, default=4, show_default=True,
-                     help="Decisions that must want less before scaling down (1: off)."),
-        click.option("--alpha", type=click.FloatRange(0), default=None,
-                     help="Override the profile's cost weight (higher: fewer cores, lower accuracy)."),
-        click.option("--min-gain", type=click.FloatRange(0, 1), default=0.005, show_default=True,
-                     help="Keep the current cores unless a new plan's objective is better by this much."),
-        click.option("--forecaster", default="ewma", show_default=True, help="last | ewma | learned."),
         click.option("--models", "model_dir", type=click.Path(file_okay=False, path_type=Path),
                      default=ROOT / "models", show_default=True, help="Model folder (built when missing)."),
         click.option("--resolution", type=int, default=None,
@@ -156,6 +147,15 @@ def _rates(window: str | None, scale: float, speedup: float, trace: Path | None,
 
         return tuple(float(x) for x in load_window(window, trace, scale, speedup))
     return None
+
+
+def _history_before(window: str | None, scale: float, speedup: float, trace: Path | None) -> tuple[float, ...]:
+    """The 10 minutes before a replayed window, as an adapter that was already running saw them."""
+    if not window:
+        return ()
+    from infadapter.trace import load_history_before
+
+    return tuple(float(x) for x in load_history_before(window, trace, scale, speedup))
 
 
 def _run_config(**kw: Any) -> Any:
@@ -286,6 +286,7 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
             backend=backend, policy=policy, duration=duration, run_dir=run_dir, rates=rates,
             replay_label=_replay_label(window, scale, speedup, rate, duration) if rates is not None else "",
             stretch=max(int(speedup), 1) if window else 1, profile_path=profile_path, interval_s=interval_s,
+            history_before=_history_before(window, scale, speedup, trace),
             check_s=check_s, stabilization=stabilization, min_gain=min_gain, alpha=alpha, forecaster=forecaster,
             prometheus=prometheus, kubeconfig=kubeconfig, context=context, namespace=namespace, k8s_config=k8s_config,
             dispatcher_url=dispatcher_url, admin_token_file=admin_token_file, ready_timeout_s=ready_timeout_s,
@@ -300,6 +301,7 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
                       stabilization_intervals=stabilization, forecaster=forecaster, rates_rps=rates,
                       prometheus=prometheus, limit_mode=limit_mode, resolution=resolution, seed=seed,
                       history_stretch=max(int(speedup), 1) if window else 1, min_gain=min_gain, alpha=alpha,
+                      history_before=_history_before(window, scale, speedup, trace),
                       router=router)
     with _View(quiet=as_json or verbose < 0) as view:
         summary = LiveRun(cfg, on_update=view.update).run()
@@ -312,6 +314,7 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
 
 def _adapt_cluster(*, backend: str, policy: str, duration: float | None, run_dir: Path | None,
                    rates: tuple[float, ...] | None, replay_label: str, stretch: int, profile_path: Path | None,
+                   history_before: tuple[float, ...],
                    interval_s: float, check_s: float, stabilization: int, min_gain: float, alpha: float | None,
                    forecaster: str, prometheus: str | None,
                    kubeconfig: str | None, context: str | None, namespace: str | None, k8s_config: Path | None,
@@ -325,7 +328,7 @@ def _adapt_cluster(*, backend: str, policy: str, duration: float | None, run_dir
         backend=backend, profile_path=profile_path or ROOT / "profiles" / "paper.yaml", run_dir=run_dir,
         policy=policy, duration_s=duration, interval_s=interval_s, check_s=check_s,
         stabilization_intervals=stabilization, min_gain=min_gain, alpha=alpha, forecaster=forecaster, replay_rps=rates,
-        replay_label=replay_label,
+        replay_label=replay_label, history_before=history_before,
         history_stretch=stretch, prometheus_url=None if prometheus in (None, "", "off") else prometheus,
         dispatcher_url=dispatcher_url or None, admin_token=_admin_token(admin_token_file) if dispatcher_url else "",
         k8s_config=k8s_config, namespace=namespace, kubeconfig=kubeconfig, context=context,
@@ -548,6 +551,7 @@ def experiment(ctx: click.Context, policies: str, duration: float | None, out_di
                        stabilization_intervals=stabilization, forecaster=forecaster, rates_rps=rates,
                        prometheus=prometheus, limit_mode=limit_mode, resolution=resolution, seed=seed,
                        history_stretch=max(int(speedup), 1) if window else 1, min_gain=min_gain, alpha=alpha,
+                       history_before=_history_before(window, scale, speedup, trace),
                        router=router)
     with _View(quiet=as_json or verbose < 0) as view:
         doc = run_experiment(base, names, out_dir, on_update=view.update)

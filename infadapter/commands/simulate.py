@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from infadapter.commands.common import err_console, json_option, out_console, print_json, profile_option
-from infadapter.control import ControlConfig
+from infadapter.commands.options import control_options
 from infadapter.errors import BadInput
 from infadapter.policies import POLICY_HELP
 
@@ -42,22 +42,15 @@ Examples:
 @click.option("--paper", is_flag=True,
               help="The paper's setting: 30 s interval, ewma+10%%, 2-minute warm-up from a cold start, "
                    "make-before-break replacement, no reaction (flags given explicitly still win).")
-@click.option("--forecaster", default="auto", show_default=True,
-              help="auto (the committed learned model, else ewma) | last[:PCT] | ewma[:PCT] | learned[:MODEL].")
-@click.option("--interval", type=float, default=ControlConfig.interval_s, show_default=True,
-              help="Seconds between decisions.")
+@control_options
 @click.option("--warmup", type=float, default=0.0, show_default=True, help="Seconds before the first decision.")
 @click.option("--warm-start/--cold-start", default=True, show_default=True,
               help="The adapter has observed the 10 minutes before the window (as one that was running) "
                    "and its first plan serves from the first second; cold: no history, the initial plan first.")
-@click.option("--stabilization", type=int, default=4, show_default=True,
-              help="Decisions that must want less before a scale-down (1: off).")
 @click.option("--timeout", type=float, default=None, help="Longest queue wait before a drop, s [default: 2 x SLO].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the arrivals and service times.")
 @click.option("--in-place-resize/--no-in-place-resize", default=True, show_default=True,
               help="Resize cores in place (no load time), as Kubernetes >= 1.33 and the local backend do.")
-@click.option("--min-gain", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Keep the current cores unless a new plan's objective is better by this much (live: 0.005).")
 @click.option("--react/--no-react", default=True, show_default=True,
               help="Re-plan at once when the last 3 s run 10%% above the plan's capacity (as the live loop).")
 @click.option("--make-before-break/--break-before-make", default=True, show_default=True,
@@ -80,8 +73,8 @@ Examples:
 @json_option
 def simulate(
     profile_path: Path, window: str, trace_path: Path | None, scale: float, speedup: float, policy_spec: str,
-    paper: bool, forecaster: str, interval: float, warmup: float, warm_start: bool, stabilization: int,
-    timeout: float | None, seed: int,
+    paper: bool, forecaster: str, interval_s: float, check_s: float, alpha: float | None, warmup: float,
+    warm_start: bool, stabilization: int, timeout: float | None, seed: int,
     in_place_resize: bool, min_gain: float, react: bool, make_before_break: bool, vpa_update: str,
     service_model: str, service_cv: float, queue_bound: bool, observe_lag: int,
     plot_path: Path | None, timeline_path: Path | None, as_json: bool,
@@ -98,7 +91,7 @@ def simulate(
     from infadapter.profile import load_profile
     from infadapter.trace import load_history_before, load_window, parse_window
 
-    profile = load_profile(profile_path)
+    profile = load_profile(profile_path).with_overrides(alpha=alpha)
     parse_window(window)  # a bad window fails before the trace loads
     rates = load_window(window, trace_path, scale, speedup)
     specs = sim.compare_specs(profile) if policy_spec.strip() == "all" else [
@@ -107,13 +100,14 @@ def simulate(
         raise BadInput(f"--policy: expected {POLICY_HELP} or all")
     given = explicit_params(click.get_current_context())
     settings: dict[str, Any] = dict(
-        interval_s=interval, warmup_s=warmup, stabilization_intervals=stabilization, forecaster=forecaster,
+        interval_s=interval_s, check_s=check_s, warmup_s=warmup, stabilization_intervals=stabilization,
+        forecaster=forecaster,
         make_before_break=make_before_break, in_place_resize=in_place_resize, vpa_update=vpa_update, seed=seed,
         timeout_s=timeout, react=react, min_gain=min_gain, service_model=service_model, service_cv=service_cv,
         queue_bound=queue_bound, observe_lag_s=observe_lag, cpu_model="work" if service_model == "cfs" else "busy",
     )
     if paper:
-        flags = {"interval_s": "interval", "warmup_s": "warmup", "forecaster": "forecaster",
+        flags = {"interval_s": "interval_s", "warmup_s": "warmup", "min_gain": "min_gain", "forecaster": "forecaster",
                  "make_before_break": "make_before_break", "in_place_resize": "in_place_resize", "react": "react",
                  "queue_bound": "queue_bound"}
         settings.update({k: v for k, v in sim.PAPER_SETTING.items() if flags.get(k) not in given})
