@@ -462,6 +462,7 @@ class ControlLoop:
             "forecast_rps": round(self.last_forecast_rps, 3),
             "p99_ms": obs.p99_ms if obs else None,
             "monitor": {"source": obs.source if obs else "", "warning": obs.warning if obs else ""},
+            "write_error": self.records.write_error,
             "slo_attainment_5m": self.slo_attainment(),
             "next_decision_s": self.next_decision_s,
             "degraded": self.degraded,

@@ -7,10 +7,13 @@ in-memory history that ``status`` and the live view read.
 from __future__ import annotations
 
 import json
+import logging
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("infadapter.records")
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,23 @@ class DecisionLog:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    #: Why the last append failed ("" after a good one). A full disk or an unwritable run folder
+    #: loses records on disk, never the loop: the capped history in memory still has them.
+    write_error: str = ""
+
     def append(self, record: DecisionRecord) -> None:
         self.history.append(record)
         if self.path is not None:
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record.as_dict(), default=str) + "\n")
+            try:
+                with self.path.open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(record.as_dict(), default=str) + "\n")
+            except OSError as exc:
+                message = f"cannot write {self.path} ({exc.strerror or exc}); decisions kept in memory only"
+                if message != self.write_error:
+                    log.error("%s", message)
+                self.write_error = message
+            else:
+                self.write_error = ""
 
     @property
     def last(self) -> DecisionRecord | None:

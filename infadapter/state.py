@@ -9,10 +9,13 @@ then renamed over the old file with :func:`os.replace`, so a reader never sees h
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("infadapter.state")
 
 STATE_FILE = "state.json"
 DECISIONS_FILE = "decisions.jsonl"
@@ -91,11 +94,25 @@ class StateStore:
         self._lock = threading.Lock()
         self._data: dict[str, Any] = dict(initial or {})
 
+    #: Why the last write failed ("" after a good one): a full disk or an unwritable run folder
+    #: must not stop the service, so the state stays in memory and the next update writes it all.
+    write_error: str = ""
+
     def update(self, **sections: Any) -> None:
-        """Set top-level sections and write the whole file."""
+        """Set top-level sections and write the whole file (a failed write is logged, not raised)."""
         with self._lock:
             self._data.update(sections)
-            write_state(self.path, self._data)
+            try:
+                write_state(self.path, self._data)
+            except OSError as exc:
+                message = f"cannot write {self.path} ({exc.strerror or exc}); state kept in memory, serving goes on"
+                if message != self.write_error:
+                    log.error("%s", message)
+                self.write_error = message
+            else:
+                if self.write_error:
+                    log.warning("%s is writable again", self.path)
+                self.write_error = ""
 
     def get(self, key: str, default: Any = None) -> Any:
         with self._lock:

@@ -67,6 +67,9 @@ def collect_status(run_dir: Path, sample_s: float = 1.0) -> dict[str, Any]:
     plan = loop.get("plan") or {}
     out["accuracy"] = plan.get("accuracy")
     out["cost_cores"] = plan.get("cores")
+    # False when the load exceeds what the budget serves: the highest-capacity plan runs, the rest is shed.
+    out["feasible"] = plan.get("feasible") if plan else None
+    out["write_error"] = loop.get("write_error") or ""  # a full disk or unwritable run folder
     if not running:
         when = st.get("stopped_s")
         out["message"] = (f"no adapter runs on {run_dir}" +
@@ -148,10 +151,12 @@ def collect_kubernetes_status(
             "ready_replicas": int(dst.get("readyReplicas", 0)),
             "ready": ready,
             "cores_per_pod": actual,
+            "cores": round(sum(actual), 4),  # all its pods together (a variant may run as replicas)
             "template_cores": round(ob.template_cores, 4),
             "generation": ob.generation,
             "matches_plan": ready and planned is not None and bool(actual)
-            and all(abs(c - planned) < 1e-6 for c in actual),
+            and abs(sum(actual) - planned) < 1e-6 and len(actual) == int((ob.deployment.get("spec") or {})
+                                                                         .get("replicas", 1)),
         })
     out: dict[str, Any] = {
         "backend": "kubernetes",

@@ -185,7 +185,8 @@ class DispatcherRouter:
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(token + "\n")
-        port = free_port()
+        # A restart keeps the port: clients and Prometheus know the dispatcher by it.
+        port = self.port or free_port()
         logf = (self.config.run_dir / "dispatcher.log").open("ab")
         cmd = [self.config.python, str(CLI), "dispatch", "--host", "127.0.0.1", "--port", str(port),
                "--admin-token-file", str(token_file), "--slo-ms", f"{self.config.slo_ms:g}",
@@ -219,6 +220,12 @@ class DispatcherRouter:
 
     def healthy(self) -> bool:
         return self.client is not None and self.client.healthy()
+
+    def alive(self) -> bool:
+        """Whether the dispatcher process still exists (reaps it when it was our child and died)."""
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return self.pid is not None and pid_alive(self.pid)
 
     def stop(self) -> None:
         stop_process(self.pid, self._proc)
