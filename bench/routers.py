@@ -8,6 +8,9 @@ not the models, are measured), then every router in front of them with the same 
 - ``haproxy``: :class:`~infadapter.serving.haproxy.HAProxyRouter` exactly as ``--router haproxy`` runs
   it (one thread, per-variant path rewrite, L7 retries, request log read by the adapter's thread);
 - ``haproxy-nolog``: the same without the request log (what the monitor's log costs);
+- ``haproxy-plain``: a REFERENCE, not a router the adapter can use: one HAProxy backend straight to
+  the two servers, no per-variant model-name rewrite (the fake backends ignore the path; real model
+  servers do not), no retries: what the rewrite hop, retries and log cost on top;
 - ``nginx``: bench/dispatcher.py's nginx config (weighted upstream, keep-alive, one worker).
 
 Measured, on a machine with 2+ CPUs, with the router alone on CPU 0 (HAProxy's log-reader thread is
@@ -50,7 +53,23 @@ assert _spec is not None and _spec.loader is not None
 bd = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bd)
 
-PATHS = ("direct", "dispatcher", "haproxy", "haproxy-nolog", "nginx")
+PATHS = ("direct", "dispatcher", "haproxy", "haproxy-nolog", "haproxy-plain", "nginx")
+PLAIN_HAPROXY = """\
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 60s
+    timeout server 5s
+frontend predict
+    bind 127.0.0.1:{port}
+    default_backend variants
+backend variants
+    balance roundrobin
+{servers}
+"""
 
 
 def _thread_cpu_seconds(tid: int) -> float:
@@ -62,13 +81,14 @@ def _thread_cpu_seconds(tid: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=200.0, help="req/s of the added-latency part")
-    ap.add_argument("--seconds", type=int, default=6, help="seconds per path and round (added latency)")
+    ap.add_argument("--seconds", type=int, default=5, help="seconds per path and round (added latency)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the added-latency part")
     ap.add_argument("--connections", type=int, default=64, help="wrk connections")
     ap.add_argument("--wrk-seconds", type=int, default=5, help="seconds per wrk run (0: skip the throughput part)")
     ap.add_argument("--classes", type=int, default=1000, help="scores in each fake prediction (ResNet: 1000)")
     ap.add_argument("--resolution", type=int, default=64, help="JPEG size of the request body")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--save", type=Path, default=None, help="also write the JSON object to this file")
     args = ap.parse_args()
 
     from infadapter.loadgen import make_jpegs, predict_body
@@ -120,11 +140,17 @@ def main() -> int:
             stack.callback(r.stop)
             r.set_backends(routes)
             haproxies[name] = r
+        p_port = bd.free_port()
+        plain = tmp / "haproxy-plain.cfg"
+        plain.write_text(PLAIN_HAPROXY.format(port=p_port, servers="\n".join(
+            f"    server {n} 127.0.0.1:{ports[n]} weight {w}" for n, w in bd.WEIGHTS)))
+        procs["haproxy-plain"] = bd.start(stack, [str(haproxy_binary()), "-db", "-f", str(plain)])
         targets = {
             "direct": f"http://127.0.0.1:{ports['fake-a']}/v1/models/fake-a:predict",
             "dispatcher": f"http://127.0.0.1:{d_port}/v1/models/resnet:predict",
             "haproxy": f"{haproxies['haproxy'].url}/v1/models/resnet:predict",
             "haproxy-nolog": f"{haproxies['haproxy-nolog'].url}/v1/models/resnet:predict",
+            "haproxy-plain": f"http://127.0.0.1:{p_port}/v1/models/resnet:predict",
             "nginx": f"http://127.0.0.1:{n_port}/v1/models/resnet:predict",
         }
         for url in targets.values():
@@ -132,10 +158,12 @@ def main() -> int:
         # Which CPU time is each path's: the router's processes (and HAProxy's log thread), or the backend's.
         owners = {"direct": [procs["fake-a"].pid], "dispatcher": [procs["dispatcher"].pid],
                   "haproxy": [haproxies["haproxy"].pid], "haproxy-nolog": [haproxies["haproxy-nolog"].pid],
+                  "haproxy-plain": [procs["haproxy-plain"].pid],
                   "nginx": [procs["nginx"].pid]}
         log_tid = haproxies["haproxy"].log_thread_id
         if dedicated:
-            routers = {procs["dispatcher"].pid, procs["nginx"].pid, *(h.pid for h in haproxies.values())}
+            routers = {procs["dispatcher"].pid, procs["nginx"].pid, procs["haproxy-plain"].pid,
+                       *(h.pid for h in haproxies.values())}
             for pid in {p.pid for p in procs.values()} | routers:
                 os.sched_setaffinity(pid, {0} if pid in routers else {1})
             if log_tid:
@@ -185,6 +213,9 @@ def main() -> int:
         os.sched_setaffinity(0, all_cpus)
 
     results["ratios"] = ratios(latency, throughput)
+    results["command"] = " ".join(["python", "bench/routers.py", *sys.argv[1:]])
+    if args.save is not None:
+        args.save.write_text(json.dumps(results, indent=1))
     if args.json:
         print(json.dumps(results))
         return 0

@@ -39,8 +39,7 @@ variants:
   capacity: {kind: linear, slope: 16, intercept: 0}
 """
 # The docs/routing.md example, run here with a hermetic profile, model folder and run folder appended.
-DOC_COMMAND = ("python cli.py adapt --router haproxy --rate 10 --duration 20 "
-               "--policy static:resnet18=0.25,resnet50=0.5 --interval 5 --json")
+DOC_COMMAND = "python cli.py adapt --router haproxy --rate 10 --duration 20 --policy static:resnet18=0.25,resnet50=0.5 --interval 5 --json"  # noqa: E501
 SHARES = {"resnet18": 10 / 18, "resnet50": 8 / 18}  # capacity-proportional: 40*0.25 and 16*0.5 req/s
 
 
