@@ -41,6 +41,9 @@ class Context:
     true_peak_rps: float | None = None
     state: Any = None
     solver: solver_mod.Options = field(default_factory=solver_mod.Options)
+    #: Per-second request rates before the run (the trace's preceding day, at the run's scale): what a
+    #: policy that had been running would have seen. Read once, on the first decision (warm VPA).
+    rates_before: Sequence[float] = ()
 
     @property
     def current_cores(self) -> dict[str, float]:
@@ -138,21 +141,37 @@ def single_variant_plan(
 # -- VPA --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Vpa:
-    """The VPA recommender's CPU target on one fixed variant, applied by replacement."""
+    """The VPA recommender's CPU target on one fixed variant.
+
+    ``warm``: the recommender has been running; on its first decision it is fed one usage sample a
+    minute of the day before the run (``Context.rates_before``), each the CPU the variant needs for
+    that minute's mean rate (:meth:`Profile.cores_for` x rate / capacity), as a VPA that had watched
+    that day would hold. ``limited`` False: VPA manages requests only, there is no CPU limit, so a
+    server may use CPU beyond its request (the simulator lets it use the whole budget) and its usage
+    shows the demand; cost is still the request.
+    """
 
     variant: str
     config: VpaConfig = field(default_factory=VpaConfig)
     initial_cores: float | None = None
+    warm: bool = True
+    limited: bool = True
 
     @property
     def name(self) -> str:
-        return f"vpa:{self.variant}"
+        kind = "vpa" if self.limited else "vpa-requests"
+        return f"{kind}:{self.variant}" if self.warm or not self.limited else f"vpa-cold:{self.variant}"
 
     def decide(self, ctx: Context) -> Decision:
         p = ctx.profile
         p.variant(self.variant)  # BadInput for an unknown name
-        state: VpaState = ctx.state if isinstance(ctx.state, VpaState) else VpaState.empty(self.config)
         request = ctx.current_cores.get(self.variant, self.initial_cores or p.core_options()[-1])
+        if isinstance(ctx.state, VpaState):
+            state = ctx.state
+        else:
+            state = VpaState.empty(self.config)
+            if self.warm:
+                state = warm_vpa_state(state, p, self.variant, ctx.rates_before, ctx.now_s, request)
         for t, used in ctx.cpu_usage.get(self.variant, ()):
             state = state.add_sample(t, used, request)
         rec = recommend(state, self.config)
@@ -167,6 +186,77 @@ class Vpa:
             )
         plan = single_variant_plan(p, self.variant, cores, ctx.forecast_rps, ctx.current_cores)
         return Decision(plan, state, why)
+
+
+def warm_vpa_state(state: VpaState, profile: Profile, variant: str, rates_before: Sequence[float], now_s: float,
+                   request: float) -> VpaState:
+    """``state`` with one sample a minute of ``rates_before`` (ending at ``now_s``): the CPU each minute needed."""
+    rates = list(rates_before)
+    minutes = len(rates) // 60
+    start = now_s - minutes * 60.0
+    for m in range(minutes):
+        rate = sum(rates[m * 60:(m + 1) * 60]) / 60.0
+        cores = profile.cores_for(variant, rate)
+        cap = profile.capacity_rps(variant, cores)
+        used = min(cores, cores * rate / cap) if cap > 0 else cores
+        state = state.add_sample(start + (m + 1) * 60.0, used, request)
+    return state
+
+
+@dataclass(frozen=True)
+class HpaState:
+    """Replica recommendations of the last ``stabilization_s`` seconds: (time, replicas)."""
+
+    recommendations: tuple[tuple[float, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Hpa:
+    """Kubernetes HPA on one variant: replicas of a fixed pod size, CPU utilization target.
+
+    Upstream's algorithm: ``desired = ceil(replicas x usage / (requests x target))``, no change
+    within a 10 % tolerance of the target, scale-up at once, scale-down to the highest
+    recommendation of the last 300 s (the default stabilization window). Usage is the mean of the
+    CPU samples since the last decision (metrics-server's window). Replicas run as one allocation of
+    ``replicas x pod_cores`` cores.
+    """
+
+    variant: str
+    pod_cores: float
+    target_utilization: float = 0.7
+    tolerance: float = 0.1
+    stabilization_s: float = 300.0
+
+    @property
+    def name(self) -> str:
+        return f"hpa:{self.variant}"
+
+    def decide(self, ctx: Context) -> Decision:
+        p = ctx.profile
+        p.variant(self.variant)
+        st = ctx.state if isinstance(ctx.state, HpaState) else HpaState()
+        top = max(1, math.floor(p.budget_cores / self.pod_cores + 1e-9))
+        current = ctx.current_cores.get(self.variant)
+        replicas = max(1, round(current / self.pod_cores)) if current else top
+        samples = [used for _, used in ctx.cpu_usage.get(self.variant, ())]
+        if not samples:  # no new metric since the last decision: nothing to recommend
+            plan = single_variant_plan(p, self.variant, replicas * self.pod_cores, ctx.forecast_rps,
+                                       ctx.current_cores)
+            return Decision(plan, st, "hpa: no new CPU samples, keeping the replicas")
+        desired = replicas
+        if samples:
+            ratio = (sum(samples) / len(samples)) / (replicas * self.pod_cores) / self.target_utilization
+            if abs(ratio - 1.0) > self.tolerance:
+                desired = min(top, max(1, math.ceil(replicas * ratio - 1e-9)))
+            why = f"hpa: utilization {ratio * self.target_utilization:.0%} of requests, target " \
+                  f"{self.target_utilization:.0%} -> {desired} replicas"
+        recent = tuple((t, r) for t, r in st.recommendations if ctx.now_s - t < self.stabilization_s)
+        recent = (*recent, (ctx.now_s, desired))
+        chosen = desired if desired >= replicas else max(r for _, r in recent)
+        if chosen != desired:
+            why += f"; scale-down held to {chosen} (highest of the last {self.stabilization_s:g} s)"
+        plan = single_variant_plan(p, self.variant, chosen * self.pod_cores, ctx.forecast_rps, ctx.current_cores)
+        return Decision(plan, HpaState(recent), why)
 
 
 def clamp_cores(
@@ -292,7 +382,139 @@ def _keep_if_close(ctx: Context, d: Decision, min_gain: float) -> Decision | Non
 
 
 # -- registry ---------------------------------------------------------------------------------------
-POLICY_HELP = "infadapter | msplus | vpa:VARIANT | static:NAME=CORES[,...] | oracle"
+@dataclass(frozen=True)
+class PolicyEntry:
+    """What a policy is and what it needs; every caller (CLI, simulator, loop) asks this, never the type."""
+
+    name: str
+    usage: str  # how it is written on the command line
+    build: Callable[[str, Profile, VpaConfig | None], Policy]
+    #: Decides from the load alone (``cli.py plan`` can run it without history or CPU samples).
+    from_load: bool = False
+    #: Gets CPU usage samples of its variants, every ``cpu_sample_s`` (a mean over ``cpu_window_s``).
+    needs_cpu: bool = False
+    cpu_sample_s: float = 60.0
+    cpu_window_s: float = 15.0
+    #: Maximizes the objective (``min_gain`` hysteresis applies).
+    maximizes_objective: bool = False
+    #: Stateless: the simulator may reuse its decision for a repeated input.
+    stateless: bool = False
+    #: Its changes of cores may happen in place (HPA adds pods instead).
+    in_place: bool = True
+    #: Its servers are held to their cores (False: requests only, a server may use the free budget).
+    cpu_limited: bool = True
+    #: Wrapped in the shared scale-down stabilization (HPA has its own time window).
+    stabilized: bool = True
+    #: Needs the true future load: the simulator only.
+    simulator_only: bool = False
+    #: The plan that serves before its first decision (the paper: the most accurate variant, whole budget).
+    initial_plan: Callable[[Profile, Policy], Plan] | None = None
+    #: What ``--policy all`` runs of it.
+    compare: Callable[[Profile], list[str]] = lambda profile: []
+
+
+def _most_accurate_on_budget(profile: Profile, policy: Policy) -> Plan:
+    best = max(profile.variants, key=lambda v: v.accuracy)
+    return single_variant_plan(profile, best.name, profile.core_options()[-1], 0.0, {})
+
+
+def _own_variant_on_budget(profile: Profile, policy: Policy) -> Plan:
+    inner = unwrap(policy)
+    name = inner.variant  # type: ignore[attr-defined]
+    top = profile.core_options()[-1]
+    if isinstance(inner, Vpa) and inner.config.max_cores:
+        top = min(top, inner.config.max_cores)
+    return single_variant_plan(profile, name, top, 0.0, {})
+
+
+def _static_initial(profile: Profile, policy: Policy) -> Plan:
+    return unwrap(policy).decide(Context(profile, 0.0, 0.0)).plan
+
+
+def _vpa(warm: bool, limited: bool) -> Callable[[str, Profile, VpaConfig | None], Policy]:
+    def build(arg: str, profile: Profile, config: VpaConfig | None) -> Policy:
+        cfg = config or VpaConfig(min_cores=profile.min_cores, max_cores=profile.budget_cores)
+        return Vpa(_vpa_variant(arg, profile), cfg, warm=warm, limited=limited)
+    return build
+
+
+def _hpa(arg: str, profile: Profile, config: VpaConfig | None) -> Policy:
+    name, _, size = arg.partition("=")
+    variant = _vpa_variant(name, profile)
+    try:
+        pod = float(size) if size else profile.min_cores
+    except ValueError:
+        raise BadInput(f"--policy: hpa pod cores must be a number, e.g. hpa:{variant}=2, got {size!r}") from None
+    if not profile.min_cores - 1e-9 <= pod <= profile.budget_cores + 1e-9:
+        raise BadInput(f"--policy: hpa pod cores must be between {profile.min_cores:g} and {profile.budget_cores:g}, "
+                       f"got {pod:g}")
+    return Hpa(variant, pod)
+
+
+def _best(profile: Profile) -> str:
+    return max(profile.variants, key=lambda v: v.accuracy).name
+
+
+def _middle(profile: Profile) -> str:
+    """The variant in the middle of the accuracy order (ResNet-50 of five): a typical single-model choice."""
+    ranked = sorted(profile.variants, key=lambda v: v.accuracy)
+    return ranked[len(ranked) // 2].name
+
+
+REGISTRY: dict[str, PolicyEntry] = {e.name: e for e in (
+    PolicyEntry("infadapter", "infadapter", lambda a, p, c: InfAdapter(), from_load=True, maximizes_objective=True,
+                stateless=True, initial_plan=_most_accurate_on_budget, compare=lambda p: ["infadapter"]),
+    PolicyEntry("msplus", "msplus", lambda a, p, c: MsPlus(), from_load=True, maximizes_objective=True,
+                stateless=True, initial_plan=_most_accurate_on_budget, compare=lambda p: ["msplus"]),
+    PolicyEntry("vpa", "vpa:VARIANT", _vpa(warm=True, limited=True), needs_cpu=True,
+                initial_plan=_own_variant_on_budget, compare=lambda p: [f"vpa:{n}" for n in p.names]),
+    PolicyEntry("vpa-requests", "vpa-requests:VARIANT", _vpa(warm=True, limited=False), needs_cpu=True,
+                cpu_limited=False, initial_plan=_own_variant_on_budget,
+                compare=lambda p: [f"vpa-requests:{_middle(p)}"]),
+    PolicyEntry("vpa-cold", "vpa-cold:VARIANT", _vpa(warm=False, limited=True), needs_cpu=True,
+                initial_plan=_own_variant_on_budget, compare=lambda p: [f"vpa-cold:{_middle(p)}"]),
+    PolicyEntry("hpa", "hpa:VARIANT[=POD_CORES]", _hpa, needs_cpu=True, cpu_sample_s=15.0, in_place=False,
+                stabilized=False, initial_plan=_own_variant_on_budget,
+                compare=lambda p: [f"hpa:{n}" for n in p.names]),
+    PolicyEntry("static", "static:NAME=CORES[,...]",
+                lambda a, p, c: Static(_static_cores(a, p), name=f"static:{a}"), from_load=True,
+                initial_plan=_static_initial, compare=lambda p: [f"static:{_best(p)}"]),
+    PolicyEntry("oracle", "oracle", lambda a, p, c: Oracle(), maximizes_objective=True, stateless=True,
+                simulator_only=True, initial_plan=_most_accurate_on_budget, compare=lambda p: ["oracle"]),
+)}
+ALIASES = {"ms+": "msplus"}
+POLICY_HELP = " | ".join(e.usage for e in REGISTRY.values())
+
+
+def register(e: PolicyEntry) -> None:
+    """Add a policy to the registry: it is then known to ``plan``, ``simulate`` and ``adapt``."""
+    REGISTRY[e.name] = e
+
+
+def policy_help() -> str:
+    return " | ".join(e.usage for e in REGISTRY.values())
+
+
+def entry(spec: str | Policy) -> PolicyEntry:
+    """The registry entry of a policy spec (``vpa:resnet50``) or of a built policy (by its name).
+
+    A policy object that no entry names (a caller's own, passed as an object) gets the defaults.
+    """
+    text = spec if isinstance(spec, str) else unwrap(spec).name
+    name = text.partition(":")[0].strip().lower()
+    name = ALIASES.get(name, name)
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if not isinstance(spec, str):
+        return PolicyEntry(name, name, lambda a, p, c: spec, initial_plan=_most_accurate_on_budget)
+    raise BadInput(f"--policy: unknown policy {text!r}, expected {policy_help()}")
+
+
+def unwrap(policy: Policy) -> Policy:
+    """The policy inside the shared wrappers (stabilization, the simulator's memo)."""
+    while hasattr(policy, "inner"):
+        policy = policy.inner  # type: ignore[attr-defined]
+    return policy
 
 
 def make_policy(
@@ -302,27 +524,21 @@ def make_policy(
     vpa_config: VpaConfig | None = None,
     min_gain: float = 0.0,
 ) -> Policy:
-    """Build a policy from its name, wrapped in the shared stabilization (``intervals`` <= 1 disables it).
+    """Build a policy from its spec, wrapped in the shared stabilization (``intervals`` <= 1 disables it).
 
     ``min_gain`` > 0 also keeps the current cores when a new plan of an objective-maximizing policy
     (infadapter, msplus, oracle) beats them by less than that (see :class:`Stabilized`)."""
-    name, _, arg = spec.partition(":")
-    factories: dict[str, Callable[[], Policy]] = {
-        "infadapter": InfAdapter,
-        "oracle": Oracle,
-        "msplus": MsPlus,
-        "ms+": MsPlus,
-        "vpa": lambda: Vpa(_vpa_variant(arg, profile), vpa_config or VpaConfig(
-            min_cores=profile.min_cores, max_cores=profile.budget_cores)),
-        "static": lambda: Static(_static_cores(arg, profile), name=f"static:{arg}"),
-    }
-    if name not in factories:
-        raise BadInput(f"--policy: unknown policy {spec!r}, expected {POLICY_HELP}")
-    policy = factories[name]()
-    gain = min_gain if name in ("infadapter", "oracle", "msplus", "ms+") else 0.0
-    if stabilization_intervals > 1 or gain > 0:
+    e = entry(spec)
+    policy = e.build(spec.partition(":")[2], profile, vpa_config)
+    gain = min_gain if e.maximizes_objective else 0.0
+    if e.stabilized and (stabilization_intervals > 1 or gain > 0):
         return Stabilized(policy, max(stabilization_intervals, 1), gain)
     return policy
+
+
+def compare_specs(profile: Profile) -> list[str]:
+    """``--policy all``: every registered policy's comparison rows, in registry order."""
+    return [s for e in REGISTRY.values() for s in e.compare(profile)]
 
 
 def _vpa_variant(arg: str, profile: Profile) -> str:

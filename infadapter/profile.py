@@ -264,6 +264,11 @@ class Profile(BaseModel):
         law, capacity x SLO), at least 2. The local backend's servers refuse more at once (503)."""
         return max(2, math.ceil(max(self.capacity_rps(name, cores), 0.0) * self.slo_ms / 1000.0))
 
+    def cores_for(self, name: str, load_rps: float) -> float:
+        """The fewest allowed cores on which ``name`` serves ``load_rps`` (the budget's when none does)."""
+        options = self.core_options()
+        return next((c for c in options if self.capacity_rps(name, c) + 1e-9 >= load_rps), options[-1])
+
     def capacity_rps(self, name: str, cores: float) -> float:
         """capacity(v, cores) in req/s; 0 for 0 cores. May be negative for a poor linear fit.
 

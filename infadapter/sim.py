@@ -57,11 +57,10 @@ from infadapter.policies import (
     Decision,
     Policy,
     Stabilized,
-    Static,
-    Vpa,
     make_policy,
-    single_variant_plan,
+    unwrap,
 )
+from infadapter.policies import entry as policy_entry
 from infadapter.profile import Profile, threads_for_cores
 from infadapter.records import DecisionRecord
 
@@ -110,6 +109,9 @@ class SimConfig:
     # Per-second counts observed before the window (the replay's time scale): an adapter that was already
     # running has seen them, so its first forecast uses them. None: it starts with no history.
     history_before: Sequence[float] | None = None
+    # Per-second rates of the day before the window (the replay's time scale): what a VPA that had been
+    # running would have seen (policies.Context.rates_before). None: policies start cold.
+    rates_before: Sequence[float] | None = None
     # busy: a busy server uses all its cores; work: a request needs a fixed CPU time (see the module doc).
     cpu_model: str = "busy"
     # Coefficient of variation of service times: 1 = exponential (M/M/1, the closed form); below 1
@@ -543,34 +545,27 @@ def _unwrap(policy: Policy) -> Policy:
 
 
 def initial_plan(profile: Profile, policy: Policy, config: SimConfig) -> Plan:
-    """The starting plan: REFERENCE.md's (most accurate variant, or VPA's own, on the whole budget)."""
-    top = profile.core_options()[-1]
+    """The starting plan: ``config.initial``, else the policy's own (REFERENCE.md: the most accurate
+    variant, or VPA's own, on the whole budget)."""
     if config.initial:
         for n in config.initial:
             profile.variant(n)
         caps = {n: profile.capacity_rps(n, c) for n, c in config.initial.items()}
         acc = {v.name: v.accuracy for v in profile.variants}
         return plan_from_cores(config.initial, 0.0, caps, acc)
-    inner = _unwrap(policy)
-    if isinstance(inner, Vpa):
-        cores = min(top, inner.config.max_cores) if inner.config.max_cores else top
-        return single_variant_plan(profile, inner.variant, cores, 0.0, {})
-    if isinstance(inner, Static):
-        return inner.decide(Context(profile, 0.0, 0.0)).plan
-    best = max(profile.variants, key=lambda v: v.accuracy)
-    return single_variant_plan(profile, best.name, top, 0.0, {})
+    make = policy_entry(policy).initial_plan
+    return make(profile, policy) if make is not None else plan_from_cores({}, 0.0, {}, {})
 
 
 def _build_policy(spec: str | Policy, profile: Profile, config: SimConfig) -> Policy:
     policy = (make_policy(spec, profile, config.stabilization_intervals, min_gain=config.min_gain)
               if isinstance(spec, str) else spec)
-    if not config.memoize:
+    if not config.memoize or not policy_entry(policy).stateless:
         return policy
-    inner = _unwrap(policy)
-    stateless = type(inner).__name__ in ("InfAdapter", "Oracle", "MsPlus")
-    if stateless and isinstance(policy, Stabilized) and policy.inner is inner:
+    inner = unwrap(policy)
+    if isinstance(policy, Stabilized) and policy.inner is inner:
         return replace(policy, inner=_Memo(inner))
-    if stateless and policy is inner:
+    if policy is inner:
         return _Memo(inner)
     return policy
 
@@ -608,8 +603,12 @@ def simulate(
     names = list(profile.names)
     vidx = {n: i for i, n in enumerate(names)}
     accuracy = np.array([v.accuracy for v in profile.variants])
-    is_vpa = isinstance(_unwrap(pol), Vpa)
-    mbb = cfg.make_before_break and not (is_vpa and cfg.vpa_update == "recreate")
+    kind = policy_entry(pol)
+    mbb = cfg.make_before_break and not (kind.name.startswith("vpa") and cfg.vpa_update == "recreate")
+    in_place = cfg.in_place_resize and kind.in_place
+    top = profile.core_options()[-1]
+    sample_s = cfg.vpa_sample_s if kind.name.startswith("vpa") else kind.cpu_sample_s
+    sample_window_s = cfg.vpa_sample_window_s if kind.name.startswith("vpa") else kind.cpu_window_s
 
     n_req = arr.times.size
     finish = np.full(n_req, np.nan)
@@ -625,6 +624,8 @@ def simulate(
                 if cfg.cpu_model == "work" or cfs else None)
 
     def rate(name: str, cores: float) -> float:
+        if not kind.cpu_limited:
+            cores = top  # requests only: a server may use the free budget beyond its request
         if cfs:  # what the quota and the threads let through; also sets the queue bound's wait
             w = work_cpu[vidx[name]] if work_cpu is not None else 0.0
             return min(cores, threads_for_cores(cores)) / w if w > 0 else 1e-9
@@ -698,22 +699,23 @@ def simulate(
                 f, inst.free_at = fifo(a, s, inst.free_at, limit)
                 ok = ~np.isnan(f)
                 busy = busy_per_second(f[ok] - s[ok], f[ok], duration)
-                usage[v] += busy * (min(inst.cores, inst.mu * work_cpu[v]) if work_cpu is not None else inst.cores)
+                usable = inst.cores if kind.cpu_limited else top
+                usage[v] += busy * (min(usable, inst.mu * work_cpu[v]) if work_cpu is not None else usable)
             finish[sel] = f
             served_by[sel[ok]] = v
 
     def cpu_samples(now: float) -> dict[str, list[tuple[float, float]]]:
         nonlocal last_sample
         out: dict[str, list[tuple[float, float]]] = {}
-        ts = last_sample + cfg.vpa_sample_s
+        ts = last_sample + sample_s
         while ts <= now + 1e-9:
-            lo = max(0, round(ts - cfg.vpa_sample_window_s))
+            lo = max(0, round(ts - sample_window_s))
             hi = round(ts)
             if hi > lo:
                 for n in names:
                     out.setdefault(n, []).append((ts, float(usage[vidx[n], lo:hi].mean())))
             last_sample = ts
-            ts += cfg.vpa_sample_s
+            ts += sample_s
         return out
 
     def set_cores(inst: _Instance, cores: float) -> None:
@@ -732,7 +734,7 @@ def simulate(
             inst = old.get(a.name)
             if inst is not None and abs(inst.cores - a.cores) < 1e-9:
                 instances.append(inst)
-            elif inst is not None and cfg.in_place_resize:
+            elif inst is not None and in_place:
                 if a.cores > inst.cores:
                     set_cores(inst, a.cores)
                 else:
@@ -779,8 +781,8 @@ def simulate(
         start = first and cfg.first_plan_ready
         ctx = Context(profile, now, forecast_now, current=None if start else target,
                       history_rps=control.forecast_input(history, ctl),
-                      cpu_usage=cpu_samples(now) if is_vpa else {}, true_peak_rps=true_peak,
-                      state=state, solver=cfg.solver)
+                      cpu_usage=cpu_samples(now) if kind.needs_cpu else {}, true_peak_rps=true_peak,
+                      state=state, solver=cfg.solver, rates_before=cfg.rates_before or ())
         t0 = time.perf_counter()
         d = pol.decide(ctx)
         spent = time.perf_counter() - t0
@@ -792,7 +794,7 @@ def simulate(
             transitions += 1
         if not change.empty:
             loading = pending[0].instances if pending else ()
-            if cfg.in_place_resize and mbb and not start:
+            if in_place and mbb and not start:
                 now_cores = {i.name: i.cores for i in serving.instances if i.ready_at <= now}
                 bridge = control.bridge_plan(profile, _plan_of(profile, now_cores), d.plan, forecast_now)
                 if bridge is not None:
@@ -877,7 +879,3 @@ def simulate(
     )
 
 
-def compare_specs(profile: Profile) -> list[str]:
-    """``--policy all``: infadapter, msplus, VPA on every variant, static on the most accurate, oracle."""
-    best = max(profile.variants, key=lambda v: v.accuracy).name
-    return ["infadapter", "msplus", *[f"vpa:{n}" for n in profile.names], f"static:{best}", "oracle"]

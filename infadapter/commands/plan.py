@@ -22,7 +22,6 @@ from infadapter.plan import Plan, plan_from_cores
 from infadapter.profile import Profile, load_profile
 
 # Policies that make sense without history (VPA needs CPU usage samples, the oracle a future).
-HISTORYLESS = ("infadapter", "msplus", "static")
 
 EXAMPLES = """
 \b
@@ -75,8 +74,9 @@ def plan(
     unknown = [n for n in cur_cores if n not in prof.names]
     if unknown:
         raise BadInput(f"--current: unknown variant {unknown[0]!r}, expected one of {', '.join(prof.names)}")
-    if policy.split(":")[0] not in HISTORYLESS:
-        raise BadInput(f"--policy: plan supports {', '.join(HISTORYLESS)}; use simulate for {policy!r}")
+    if not policies.entry(policy).from_load:
+        usable = ", ".join(e.name for e in policies.REGISTRY.values() if e.from_load)
+        raise BadInput(f"--policy: plan supports {usable}; use simulate for {policy!r}")
     for line in prof.extrapolation_warnings():
         warn(line)
     pol = policies.make_policy(policy, prof, stabilization_intervals=1)

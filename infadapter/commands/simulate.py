@@ -12,7 +12,7 @@ import click
 from infadapter.commands.common import err_console, json_option, out_console, print_json, profile_option
 from infadapter.commands.options import control_options
 from infadapter.errors import BadInput
-from infadapter.policies import POLICY_HELP
+from infadapter.policies import POLICY_HELP, compare_specs
 
 EPILOG = """\b
 Examples:
@@ -45,8 +45,9 @@ Examples:
 @control_options
 @click.option("--warmup", type=float, default=0.0, show_default=True, help="Seconds before the first decision.")
 @click.option("--warm-start/--cold-start", default=True, show_default=True,
-              help="The adapter has observed the 10 minutes before the window (as one that was running) "
-                   "and its first plan serves from the first second; cold: no history, the initial plan first.")
+              help="Every policy has been running before the window: the adapter has seen its last 10 minutes "
+                   "(and its first plan serves from the first second), VPA the day before; cold: no history, "
+                   "the initial plan first.")
 @click.option("--timeout", type=float, default=None, help="Longest queue wait before a drop, s [default: 2 x SLO].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the arrivals and service times.")
 @click.option("--in-place-resize/--no-in-place-resize", default=True, show_default=True,
@@ -88,13 +89,14 @@ def simulate(
     policy, or {"policy": "all", "results": [...], "comparison": [...]} for several.
     """
     from infadapter import sim
+    from infadapter.control import HISTORY_S
     from infadapter.profile import load_profile
-    from infadapter.trace import load_history_before, load_window, parse_window
+    from infadapter.trace import DAY_S, load_history_before, load_window, parse_window
 
     profile = load_profile(profile_path).with_overrides(alpha=alpha)
     parse_window(window)  # a bad window fails before the trace loads
     rates = load_window(window, trace_path, scale, speedup)
-    specs = sim.compare_specs(profile) if policy_spec.strip() == "all" else [
+    specs = compare_specs(profile) if policy_spec.strip() == "all" else [
         s.strip() for s in policy_spec.split(",") if s.strip()]
     if not specs:
         raise BadInput(f"--policy: expected {POLICY_HELP} or all")
@@ -113,10 +115,11 @@ def simulate(
         settings.update({k: v for k, v in sim.PAPER_SETTING.items() if flags.get(k) not in given})
         warm_start = warm_start and "warm_start" in given
     if warm_start:
-        settings.update(first_plan_ready=True, history_before=tuple(
-            load_history_before(window, trace_path, scale, speedup, settings.get("history_s", 600))))
+        day = load_history_before(window, trace_path, scale, speedup, DAY_S)
+        settings.update(first_plan_ready=True, history_before=tuple(day[-(HISTORY_S // max(int(speedup), 1)):]),
+                        rates_before=tuple(day))
     else:
-        settings.update(first_plan_ready=False, history_before=None)
+        settings.update(first_plan_ready=False, history_before=None, rates_before=None)
     config = sim.SimConfig(**settings)
     from infadapter.forecast import make_forecaster
     from infadapter.policies import make_policy
@@ -173,15 +176,15 @@ def compare(profile: Any, rates: Any, results: list[Any]) -> list[dict[str, Any]
     peak = float(max(rates)) if len(rates) else 0.0
     out = []
     for r in results:
-        if r is base or not (r.policy.startswith("vpa:") or r.policy == "oracle"):
+        if r is base or not (r.policy.startswith(("vpa", "hpa:")) or r.policy == "oracle"):
             continue
         row: dict[str, Any] = {
             "baseline": r.policy,
             "violation_ratio": _ratio(base.slo_violation_rate, r.slo_violation_rate),
             "cost_ratio": _ratio(base.mean_cores, r.mean_cores),
         }
-        if r.policy.startswith("vpa:"):
-            name = r.policy.split(":", 1)[1]
+        if r.policy.startswith(("vpa", "hpa:")):
+            name = r.policy.split(":", 1)[1].split("=")[0]
             row["can_serve_peak"] = profile.capacity_rps(name, profile.core_options()[-1]) >= peak
             row["meets_paper_claim"] = bool(
                 row["violation_ratio"] is not None and row["violation_ratio"] <= 0.35
