@@ -13,7 +13,9 @@ Model (docs/simulator.md derives and discusses it):
   FIFO queue the wait is known on arrival, so dropping then equals giving up at the timeout).
   Waits follow Lindley's recursion, vectorized with numpy (a running maximum); only stretches with
   drops fall back to a Python loop.
-- **CPU usage** of an instance = cores x its busy fraction of each second (``cpu_model="busy"``, the
+- **CPU usage** of an instance (the signal VPA and HPA read) = the CPU it used plus the CPU the requests
+  it shed would have used (so the signal shows the demand, as the local backend's does), where the
+  CPU used = cores x its busy fraction of each second (``cpu_model="busy"``, the
   default: a request keeps every core of its server busy, so usage <= cores), or (``"work"``, for
   servers whose requests use a fixed amount of CPU, as the local backend's ONNX servers with
   ``floor(cores)`` threads) busy fraction x ``min(cores, mu x w_v)`` with ``w_v`` the fewest
@@ -694,13 +696,20 @@ def simulate(
                 ok = ~np.isnan(f)
                 sec = np.minimum(f[ok].astype(np.int64), duration - 1)
                 usage[v] += np.bincount(sec, weights=cpu[ok], minlength=duration)[:duration]
+                shed = np.minimum(a[~ok].astype(np.int64), duration - 1)  # the demand it shed: see below
+                usage[v] += np.bincount(shed, weights=cpu[~ok], minlength=duration)[:duration]
             else:
                 s = arr.work[sel] / inst.mu
                 f, inst.free_at = fifo(a, s, inst.free_at, limit)
                 ok = ~np.isnan(f)
                 busy = busy_per_second(f[ok] - s[ok], f[ok], duration)
                 usable = inst.cores if kind.cpu_limited else top
-                usage[v] += busy * (min(usable, inst.mu * work_cpu[v]) if work_cpu is not None else usable)
+                per_busy_s = min(usable, inst.mu * work_cpu[v]) if work_cpu is not None else usable
+                usage[v] += busy * per_busy_s
+                # Shed requests count with the CPU they would have used: the usage signal shows the
+                # demand, as the local backend's does (LocalBackend.cpu_seconds).
+                shed = np.minimum(a[~ok].astype(np.int64), duration - 1)
+                usage[v] += np.bincount(shed, weights=s[~ok] * per_busy_s, minlength=duration)[:duration]
             finish[sel] = f
             served_by[sel[ok]] = v
 

@@ -123,6 +123,27 @@ def model_available(url: str, model: str, timeout_s: float = 2.0) -> bool:
     return "AVAILABLE" in states
 
 
+def _request_counts(url: str, timeout_s: float = 0.5) -> tuple[float, float]:
+    """(served, shed with 503) requests of a model server, from its TF Serving request_count metric."""
+    import urllib.request
+
+    served = shed = 0.0
+    try:
+        with urllib.request.urlopen(f"{url}/monitoring/prometheus/metrics", timeout=timeout_s) as resp:
+            text = resp.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return served, shed
+    for line in text.splitlines():
+        if line.startswith(":tensorflow:serving:request_count{"):
+            with contextlib.suppress(ValueError, IndexError):
+                n = float(line.rsplit(" ", 1)[1])
+                if 'status="OK"' in line:
+                    served += n
+                elif 'status="UNAVAILABLE"' in line:
+                    shed += n
+    return served, shed
+
+
 def _proc_cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of a process from /proc (the thread-mode fallback for usage)."""
     try:
@@ -363,7 +384,10 @@ class LocalBackend:
 
     # -- extras the loop and status use ------------------------------------------------------------
     def cpu_seconds(self) -> dict[str, float]:
-        """Cumulative CPU seconds per variant (cgroup accounting, else /proc of the process)."""
+        """Cumulative CPU demand in seconds per variant: the CPU used (cgroup accounting, else /proc of the
+        process) plus the CPU the requests it shed with a 503 would have used (shed x CPU per served
+        request). A server held to its limit sheds what it cannot serve, so its usage alone can never
+        show more demand than the limit; VPA and HPA read this signal and see the demand."""
         out: dict[str, float] = {}
         for sp in self.servers.values():
             secs: float | None = None
@@ -373,7 +397,8 @@ class LocalBackend:
             if secs is None:
                 secs = _proc_cpu_seconds(sp.pid)
             if secs is not None:
-                out[sp.name] = secs
+                served, shed = _request_counts(sp.url)
+                out[sp.name] = secs + (shed * secs / served if served > 0 else 0.0)
         return out
 
     def describe(self) -> dict[str, Any]:
