@@ -208,7 +208,7 @@ def main() -> int:
                 row["rps_per_cpu_second"] = round(row["requests"] / used) if used > 0 else float("nan")
                 throughput[name] = row
         results["throughput"] = throughput
-        results["haproxy_log_seen"] = haproxies["haproxy"].stats()["requests_total"]
+        results["haproxy_requests_counted"] = haproxies["haproxy"].stats()["requests_total"]
         results["haproxy_log_unparsed"] = haproxies["haproxy"].dropped_lines
         os.sched_setaffinity(0, all_cpus)
 
@@ -263,8 +263,8 @@ def table(results: dict, args: argparse.Namespace) -> str:
             f"{f(t.get('cpu_us_per_request'), '.1f')} | {f(r.get('rps_per_cpu_vs_dispatcher'), '.2f')} |")
     extra = [f"{n}: non-2xx {t['non_2xx']}, socket errors {t['socket_errors'] or 'none'}" for n, t in thr.items()
              if t.get("non_2xx") or t.get("socket_errors")]
-    lines += ["", f"haproxy request log: {results['haproxy_log_seen']} lines counted by the adapter's reader, "
-              f"{results['haproxy_log_unparsed']} unparsed", *extra]
+    lines += ["", f"haproxy: {results['haproxy_requests_counted']} requests counted by the adapter (HAProxy's "
+              f"counter); request-log lines unparsed: {results['haproxy_log_unparsed']}", *extra]
     return "\n".join(lines)
 
 
