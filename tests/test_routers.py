@@ -9,6 +9,7 @@ answered can be compared with the plan.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -96,3 +97,22 @@ def test_haproxy_router_is_local_only():
     assert out.stderr.strip().splitlines()[-1].endswith(
         "--router haproxy: only with --backend local, not with --backend dry-run")
     assert "Traceback" not in out.stderr
+
+
+def test_missing_haproxy_is_one_line_naming_the_flag(setup, tmp_path):
+    cmd = [sys.executable, str(ROOT / "cli.py"), "adapt", "--router", "haproxy", "--rate", "5", "--duration", "5",
+           "--profile", str(setup / "tiny.yaml"), "--models", str(setup / "models"), "--resolution", "32",
+           "--run-dir", str(tmp_path / "run")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, "INFADAPTER_HAPROXY_BIN": str(tmp_path / "no-haproxy")})
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: --router haproxy: the haproxy binary is not installed (apt-get install haproxy, or "
+        "scripts/setup.sh as root); or use --router dispatcher"]
+
+
+@pytest.mark.parametrize("command", ["adapt", "experiment"])
+def test_router_option_is_offered(command):
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), command, "--help"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 0 and "--router [dispatcher|haproxy]" in out.stdout
