@@ -138,7 +138,11 @@ class LiveRun:
         from infadapter.policies import make_policy
 
         cfg = self.config
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInput(f"--run-dir: cannot create {cfg.run_dir} ({exc.strerror or exc}); "
+                           "pass a writable folder") from None
         other = running_adapter(cfg.run_dir)
         if other is not None and other.get("pid") != os.getpid():
             raise BadInput(f"--run-dir: an adapter (pid {other['pid']}) already runs on {cfg.run_dir}; "
