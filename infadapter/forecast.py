@@ -192,20 +192,35 @@ class Learned:
     trees: Trees
     factor: float
     meta: dict = field(default_factory=dict, compare=False)
-    fallback: Ewma = field(default_factory=Ewma)
+    fallback: Ewma | None = None  # None: ewma with the same calibrated headroom (factor - 1)
 
     name: str = "learned"
+
+    def __post_init__(self) -> None:
+        if self.fallback is None:
+            object.__setattr__(self, "fallback", Ewma(max(self.factor - 1.0, 0.0)))
 
     def predict(self, history_rps: Sequence[float]) -> float:
         if len(history_rps) < MINUTES * 60:
             return self.fallback.predict(history_rps)
         peaks, means = minute_stats(history_rps)
+        if not self.in_range(float(means.mean())):
+            return self.fallback.predict(history_rps)
         raw = math.expm1(self.trees.predict_one(features(peaks, means)[0].tolist()))
         return max(raw, 0.0) * self.factor
 
+    def in_range(self, level_rps: float) -> bool:
+        """Trees cannot extrapolate: outside the load levels it was trained on (a load scaled down to a
+        small machine), the model answers a constant, so the fallback forecasts instead."""
+        lo, hi = self.meta.get("level_range", (0.0, math.inf))
+        return level_rps == 0 or lo <= level_rps <= hi
+
     def predict_batch(self, peaks: np.ndarray, means: np.ndarray) -> np.ndarray:
-        raw = np.expm1(self.trees.predict(features(peaks, means)))
-        return np.maximum(raw, 0.0) * self.factor
+        raw = np.maximum(np.expm1(self.trees.predict(features(peaks, means))), 0.0) * self.factor
+        inside = np.array([self.in_range(float(x)) for x in means.mean(axis=1)], dtype=bool)
+        if inside.all():
+            return raw
+        return np.where(inside, raw, self.fallback.predict_batch(peaks, means))
 
     def save(self, path: str | Path) -> Path:
         p = Path(path)
@@ -330,8 +345,13 @@ def train(trace: np.ndarray, config: TrainConfig | None = None) -> Learned:
     ok = cy > 0
     # Split-conformal headroom: the (1 - target) quantile of true/predicted on held-out minutes.
     factor = float(np.quantile(cy[ok] / median[ok], 1 - cfg.target_under)) if ok.any() else 1.1
+    level = m.mean(axis=1)
+    busy = level[level > 0]
+    # The load levels the trees have seen enough of: the 1st to the 100th percentile of non-zero levels.
+    level_range = [float(np.quantile(busy, 0.01)), float(busy.max())] if busy.size else [0.0, math.inf]
     meta = {
         "model": "HistGradientBoostingRegressor(loss=absolute_error) on log1p(peaks, means)",
+        "level_range": [round(x, 3) for x in level_range],
         "train_days": list(cfg.train_days),
         "calibration_days": list(cfg.calibration_days),
         "target_under": cfg.target_under,

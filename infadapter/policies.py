@@ -299,8 +299,9 @@ class Static:
 # -- the shared stabilization wrapper
 #: Decisions that must want less before a scale-down (HPA's stabilization window, in decisions).
 DEFAULT_STABILIZATION = 4
-#: Keep the current cores unless a new plan's objective beats them by this much: forecast noise must not
-#: swap equal plans back and forth (measured against plan churn in live runs; docs/adapt.md).
+#: Keep the current variants unless a new mix's objective beats them by this much: forecast noise must not
+#: swap equal mixes back and forth (measured against plan churn in live runs; docs/adapt.md). Resizes of
+#: the same variants are never held back.
 DEFAULT_MIN_GAIN = 0.005
 
 
@@ -365,8 +366,8 @@ def _keep_if_close(ctx: Context, d: Decision, min_gain: float) -> Decision | Non
     if cur is None or not cur.allocations or not d.plan.feasible:
         return None
     cores = cur.cores_by_name()
-    if d.plan.cores_by_name() == cores:
-        return None
+    if set(d.plan.cores_by_name()) == set(cores):
+        return None  # the same variants resized: in place and cheap, never held back
     shares = solver_mod.greedy_shares(ctx.profile, ctx.forecast_rps, cores)
     if shares is None:
         return None  # the current plan cannot serve the forecast: change

@@ -78,7 +78,7 @@ class SimConfig:
     interval_s: float = control.ControlConfig.interval_s  # seconds between decisions
     warmup_s: float = 0.0  # the first decision's time (the paper: 120 s)
     stabilization_intervals: int = DEFAULT_STABILIZATION  # scale-down after this many decisions want less
-    min_gain: float = DEFAULT_MIN_GAIN  # keep the current cores unless a plan beats them by this much
+    min_gain: float = DEFAULT_MIN_GAIN  # keep the current mix unless a new one beats it by this much
     forecaster: str = "auto"  # see infadapter.forecast.make_forecaster
     forecaster_model: str | None = None  # model file of the learned forecaster
     make_before_break: bool = True

@@ -60,8 +60,13 @@ def test_learned_trains_saves_loads_and_beats_ewma(tmp_path: Path) -> None:
     # is generous, and the learned model gets near its target with less over-provisioning.
     assert 0.02 < learned.under_rate < 0.12
     assert learned.over_pct < ewma.over_pct
-    # Short history: the paper's cold start falls back to ewma.
-    assert loaded.predict(h[:300]) == fc.make_forecaster("ewma").predict(h[:300])
+    # Short history: the paper's cold start falls back to ewma, with the model's calibrated headroom.
+    assert loaded.predict(h[:300]) == fc.Ewma(loaded.factor - 1).predict(h[:300])
+    # Outside the load levels it was trained on, trees answer a constant: the fallback forecasts.
+    lo, _hi = loaded.meta["level_range"]
+    quiet = h * (lo / 2) / h.mean()
+    assert not loaded.in_range(float(quiet.mean()))
+    assert loaded.predict(quiet) == fc.Ewma(loaded.factor - 1).predict(quiet)
 
 
 def test_model_file_is_not_a_pickle(tmp_path: Path) -> None:

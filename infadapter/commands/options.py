@@ -25,7 +25,7 @@ CONTROL_OPTIONS = (
     click.option("--stabilization", type=int, default=DEFAULT_STABILIZATION, show_default=True,
                  help="Decisions that must want less before a scale-down (1: off)."),
     click.option("--min-gain", type=click.FloatRange(0, 1), default=DEFAULT_MIN_GAIN, show_default=True,
-                 help="Keep the current cores unless a new plan's objective is better by this much."),
+                 help="Keep the current mix of variants unless a new one's objective is better by this much."),
     click.option("--forecaster", default="auto", show_default=True,
                  help=f"{FORECAST_HELP} (auto: the committed learned model, else ewma)."),
     click.option("--alpha", type=click.FloatRange(0), default=None,
