@@ -67,6 +67,7 @@ class RunConfig:
     resolution: int | None = None  # model input and load JPEG size; None: the profile's, else 224
     initial_forecast_rps: float | None = None  # default: control.initial_forecast
     history_before: tuple[float, ...] = ()  # counts before the replayed window (see ControlConfig)
+    rates_before: tuple[float, ...] = ()  # the day before the window, for warm VPA (policies.Context)
     warmup: int = 3
     seed: int = 0
     timeout_s: float = 10.0
@@ -365,7 +366,7 @@ def loop_config(cfg: RunConfig) -> LoopConfig:
     """The control rules of a live run (the simulator's :func:`simulate_same` uses the same ones)."""
     return LoopConfig(
         interval_s=cfg.interval_s, check_s=cfg.check_s, history_stretch=cfg.history_stretch,
-        history_before=cfg.history_before,
+        history_before=cfg.history_before, rates_before=cfg.rates_before,
         initial_forecast_rps=control.initial_forecast(cfg.rates_rps, cfg.history_before, cfg.initial_forecast_rps))
 
 
@@ -390,7 +391,8 @@ def simulate_same(profile: Profile, cfg: RunConfig, arrival_times_s: np.ndarray 
                                              "overload_tolerance", "replan_gap_s", "history_s", "history_stretch",
                                              "initial_forecast_rps")}
     sim_cfg = sim.SimConfig(
-        **settings, history_before=ctl.history_before, stabilization_intervals=cfg.stabilization_intervals,
+        **settings, history_before=ctl.history_before, rates_before=ctl.rates_before,
+        stabilization_intervals=cfg.stabilization_intervals,
         min_gain=cfg.min_gain, forecaster=cfg.forecaster, warmup_s=0, first_plan_ready=True,
         vpa_sample_s=cfg.check_s, vpa_sample_window_s=cfg.check_s, seed=cfg.seed, cpu_model="work",
         service_cv=service_cv, observe_lag_s=observe_lag_s, service_model=service_model,

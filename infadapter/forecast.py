@@ -345,6 +345,9 @@ def train(trace: np.ndarray, config: TrainConfig | None = None) -> Learned:
     ok = cy > 0
     # Split-conformal headroom: the (1 - target) quantile of true/predicted on held-out minutes.
     factor = float(np.quantile(cy[ok] / median[ok], 1 - cfg.target_under)) if ok.any() else 1.1
+    # The factors other targets would give (bench/adaptation.py compares them side by side).
+    factor_at = {str(q): round(float(np.quantile(cy[ok] / median[ok], 1 - q)), 4) if ok.any() else 1.1
+                 for q in (0.065, 0.1, 0.25, 0.5)}
     level = m.mean(axis=1)
     busy = level[level > 0]
     # The load levels the trees have seen enough of: the 1st to the 100th percentile of non-zero levels.
@@ -352,6 +355,7 @@ def train(trace: np.ndarray, config: TrainConfig | None = None) -> Learned:
     meta = {
         "model": "HistGradientBoostingRegressor(loss=absolute_error) on log1p(peaks, means)",
         "level_range": [round(x, 3) for x in level_range],
+        "factor_at": factor_at,
         "train_days": list(cfg.train_days),
         "calibration_days": list(cfg.calibration_days),
         "target_under": cfg.target_under,

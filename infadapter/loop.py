@@ -47,6 +47,8 @@ class LoopConfig(ControlConfig):
 
     #: SLO attainment is reported over this window.
     slo_window_s: float = 300.0
+    #: Per-second rates of the day before the run, for policies that warm up on it (policies.Context).
+    rates_before: tuple[float, ...] = ()
 
 
 @dataclass
@@ -208,6 +210,7 @@ class ControlLoop:
             history_rps=obs.history_rps,
             cpu_usage={k: tuple(v) for k, v in self._cpu_samples.items()},
             state=self.policy_state,
+            rates_before=self.config.rates_before,
         )
         decision = self.policy.decide(ctx)
         self._cpu_samples = {}

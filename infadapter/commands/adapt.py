@@ -51,9 +51,10 @@ def _common_options(f: Any) -> Any:
         click.option("--cpu-limit", "limit_mode", type=click.Choice(["auto", "cgroup", "threads"]), default="auto",
                      show_default=True, help="How CPU limits are enforced."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the load's arrivals."),
-        click.option("--router", type=click.Choice(["dispatcher", "haproxy"]), default="dispatcher",
+        click.option("--router", type=click.Choice(["dispatcher", "haproxy", "gateway"]), default="dispatcher",
                      show_default=True, help="local: what splits the traffic, our dispatcher or HAProxy "
-                     "(apt-get install haproxy; docs/routing.md)."),
+                     "(apt-get install haproxy; docs/routing.md); kubernetes/dry-run: gateway writes the shares "
+                     "as a Gateway API HTTPRoute's weights (docs/kubernetes.md)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -149,13 +150,14 @@ def _rates(window: str | None, scale: float, speedup: float, trace: Path | None,
     return None
 
 
-def _history_before(window: str | None, scale: float, speedup: float, trace: Path | None) -> tuple[float, ...]:
-    """The 10 minutes before a replayed window, as an adapter that was already running saw them."""
+def _history_before(window: str | None, scale: float, speedup: float, trace: Path | None,
+                    seconds: int = 600) -> tuple[float, ...]:
+    """The ``seconds`` before a replayed window, as an adapter (or a VPA) that was already running saw them."""
     if not window:
         return ()
     from infadapter.trace import load_history_before
 
-    return tuple(float(x) for x in load_history_before(window, trace, scale, speedup))
+    return tuple(float(x) for x in load_history_before(window, trace, scale, speedup, seconds))
 
 
 def _run_config(**kw: Any) -> Any:
@@ -280,6 +282,8 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
     _check_backend_flags(ctx, backend)
     if backend != "local" and router == "haproxy":
         raise BadInput(f"--router haproxy: only with --backend local, not with --backend {backend}")
+    if backend == "local" and router == "gateway":
+        raise BadInput("--router gateway: only with --backend kubernetes or dry-run (a Gateway API HTTPRoute)")
     rates = _rates(window, scale, speedup, trace, rate, duration)
     if backend != "local":
         _adapt_cluster(
@@ -291,6 +295,7 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
             prometheus=prometheus, kubeconfig=kubeconfig, context=context, namespace=namespace, k8s_config=k8s_config,
             dispatcher_url=dispatcher_url, admin_token_file=admin_token_file, ready_timeout_s=ready_timeout_s,
             in_place=in_place, out_dir=out_dir, metrics_port=metrics_port, as_json=as_json, quiet=verbose < 0,
+            router=router,
         )
         return
     from infadapter.experiment import LiveRun
@@ -302,6 +307,7 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
                       prometheus=prometheus, limit_mode=limit_mode, resolution=resolution, seed=seed,
                       history_stretch=max(int(speedup), 1) if window else 1, min_gain=min_gain, alpha=alpha,
                       history_before=_history_before(window, scale, speedup, trace),
+                      rates_before=_history_before(window, scale, speedup, trace, 86400),
                       router=router)
     with _View(quiet=as_json or verbose < 0) as view:
         summary = LiveRun(cfg, on_update=view.update).run()
@@ -319,7 +325,8 @@ def _adapt_cluster(*, backend: str, policy: str, duration: float | None, run_dir
                    forecaster: str, prometheus: str | None,
                    kubeconfig: str | None, context: str | None, namespace: str | None, k8s_config: Path | None,
                    dispatcher_url: str | None, admin_token_file: Path | None, ready_timeout_s: float,
-                   in_place: str, out_dir: Path | None, metrics_port: int, as_json: bool, quiet: bool) -> None:
+                   in_place: str, out_dir: Path | None, metrics_port: int, as_json: bool, quiet: bool,
+                   router: str = "dispatcher") -> None:
     from infadapter.cluster_run import ClusterRun, ClusterRunConfig
 
     if run_dir is None:
@@ -333,6 +340,7 @@ def _adapt_cluster(*, backend: str, policy: str, duration: float | None, run_dir
         dispatcher_url=dispatcher_url or None, admin_token=_admin_token(admin_token_file) if dispatcher_url else "",
         k8s_config=k8s_config, namespace=namespace, kubeconfig=kubeconfig, context=context,
         ready_timeout_s=ready_timeout_s, in_place=in_place, out_dir=out_dir, metrics_port=metrics_port,
+        router="gateway" if router == "gateway" else None,
     )
     view = _View(quiet=as_json or quiet)
     run = ClusterRun(cfg, on_update=view.update)
@@ -552,6 +560,7 @@ def experiment(ctx: click.Context, policies: str, duration: float | None, out_di
                        prometheus=prometheus, limit_mode=limit_mode, resolution=resolution, seed=seed,
                        history_stretch=max(int(speedup), 1) if window else 1, min_gain=min_gain, alpha=alpha,
                        history_before=_history_before(window, scale, speedup, trace),
+                       rates_before=_history_before(window, scale, speedup, trace, 86400),
                        router=router)
     with _View(quiet=as_json or verbose < 0) as view:
         doc = run_experiment(base, names, out_dir, on_update=view.update)
