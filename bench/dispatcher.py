@@ -20,6 +20,13 @@ Usage:
     python bench/dispatcher.py --json          # one JSON object
     python bench/dispatcher.py loadgen         # what the load generator itself sustains
     python bench/dispatcher.py backend --port 9001   # just a fake backend (for trying things)
+    python bench/dispatcher.py soak --seconds 60     # 2x the admitted capacity for a minute
+
+``soak`` puts the dispatcher in front of one fake backend that answers after ``--delay-ms``, admits
+``--max-in-flight`` requests at once (capacity = max-in-flight / delay), offers twice that with the
+open-loop generator for ``--seconds``, and reports: sent = ok + shed (503) + errors, the admitted
+requests' p50/p99, the dispatcher's memory and open files over the run, and what one
+``GET /admin/stats`` costs under that load.
 
 ``loadgen`` drives one fake backend (pinned to CPU 1) with infadapter's open-loop load generator
 (pinned to CPU 0) at rising rates and reports the rate it reached, how late it sent (send lag p99)
@@ -63,6 +70,7 @@ class FakeTFServing(asyncio.Protocol):
     and answers each with the same fixed ``{"predictions": [[...]]}`` body, whatever the path."""
 
     response = b""
+    delay_s = 0.0  # soak mode: answer after this long (a model's service time)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -86,11 +94,19 @@ class FakeTFServing(asyncio.Protocol):
             if len(self.buf) < end + 4 + length:
                 return
             self.buf = self.buf[end + 4 + length :]
+            if self.delay_s:
+                asyncio.get_running_loop().call_later(self.delay_s, self._answer)
+            else:
+                self.transport.write(self.response)  # type: ignore[attr-defined]
+
+    def _answer(self) -> None:
+        if not self.transport.is_closing():  # type: ignore[attr-defined]
             self.transport.write(self.response)  # type: ignore[attr-defined]
 
 
-def run_backend(port: int, classes: int) -> None:
+def run_backend(port: int, classes: int, delay_ms: float = 0.0) -> None:
     FakeTFServing.response = _fake_response(classes)
+    FakeTFServing.delay_s = delay_ms / 1000.0
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -274,6 +290,75 @@ def bench_loadgen(args: argparse.Namespace) -> int:
     return 0
 
 
+def proc_usage(pid: int) -> tuple[int, int]:
+    """(resident memory in KiB, open file descriptors) of a process."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    rss = next(int(x.split()[1]) for x in lines if x.startswith("VmRSS:"))
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def bench_soak(args: argparse.Namespace) -> int:
+    """2x the admitted capacity for ``--seconds``: shedding, accounting, memory and files, /admin/stats cost."""
+    import threading
+
+    import numpy as np
+
+    from infadapter.loadgen import make_jpegs, predict_body, run_load
+
+    capacity = args.max_in_flight / (args.delay_ms / 1000.0)
+    rate = 2.0 * capacity
+    body = predict_body(make_jpegs(1, args.resolution, seed=0)[0])
+    token = "bench-token"
+    with ExitStack() as stack:
+        b_port, d_port = free_port(), free_port()
+        start(stack, [sys.executable, __file__, "backend", "--port", str(b_port), "--classes", str(args.classes),
+                      "--delay-ms", str(args.delay_ms)])  # fmt: skip
+        wait_http(f"http://127.0.0.1:{b_port}/v1/models/x:predict", method="POST", data=b"{}")
+        disp = start(stack, [sys.executable, str(ROOT / "cli.py"), "dispatch", "--port", str(d_port),
+                             "--max-in-flight", str(args.max_in_flight), f"--backend=fake=http://127.0.0.1:{b_port}"],
+                     env={**os.environ, "INFADAPTER_ADMIN_TOKEN": token})  # fmt: skip
+        url = f"http://127.0.0.1:{d_port}/v1/models/resnet:predict"
+        wait_http(url, method="POST", data=body)
+        samples: list[tuple[float, int, int]] = []
+        stats_ms: list[float] = []
+        done = threading.Event()
+
+        def watch() -> None:
+            t0 = time.monotonic()
+            req = urllib.request.Request(f"http://127.0.0.1:{d_port}/admin/stats",
+                                         headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+            while not done.wait(1.0):
+                samples.append((round(time.monotonic() - t0, 1), *proc_usage(disp.pid)))
+                t = time.perf_counter()
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    resp.read()
+                stats_ms.append((time.perf_counter() - t) * 1000)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        print(f"soak: {rate:g} req/s for {args.seconds} s on a capacity of {capacity:g} req/s ...", file=sys.stderr)
+        s = run_load(url, np.full(args.seconds, rate), slo_ms=1000, seed=0, timeout_s=10, payloads=[body])
+        done.set()
+        watcher.join()
+    shed = s.by_status.get("503", 0)
+    errors = s.sent - s.ok - shed
+    first, last = samples[min(3, len(samples) - 1)], samples[-1]
+    result = {
+        "capacity_rps": capacity, "offered_rps": rate, "seconds": args.seconds, "sent": s.sent, "ok": s.ok,
+        "shed_503": shed, "errors": errors, "accounted": s.sent == s.ok + shed + errors,
+        "ok_p50_ms": s.p50_ms, "ok_p99_ms": s.p99_ms, "backend_delay_ms": args.delay_ms,
+        "rss_kib_first_last": [first[1], last[1]], "fds_first_last": [first[2], last[2]],
+        "admin_stats_ms_median": round(float(np.median(stats_ms)), 2) if stats_ms else None,
+        "admin_stats_ms_max": round(max(stats_ms), 2) if stats_ms else None,
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"  {k:<22} {v}")
+    return 0
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of processes so far (from /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -292,7 +377,9 @@ def stat(values: list[float]) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", nargs="?", default="bench", choices=["bench", "backend", "loadgen"])
+    ap.add_argument("mode", nargs="?", default="bench", choices=["bench", "backend", "loadgen", "soak"])
+    ap.add_argument("--delay-ms", type=float, default=0.0, help="backend/soak: the fake backend's service time")
+    ap.add_argument("--max-in-flight", type=int, default=16, help="soak: the dispatcher's bound on admitted requests")
     ap.add_argument("--rates", default="250,500,1000,2000", help="loadgen mode: req/s to try")
     ap.add_argument("--port", type=int, default=9001, help="backend mode: port")
     ap.add_argument("--classes", type=int, default=1000, help="scores in each fake prediction (ResNet: 1000)")
@@ -308,8 +395,12 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
     if args.mode == "backend":
-        run_backend(args.port, args.classes)
+        run_backend(args.port, args.classes, args.delay_ms)
         return 0
+    if args.mode == "soak":
+        if args.delay_ms <= 0:
+            args.delay_ms = 20.0
+        return bench_soak(args)
     if args.mode == "loadgen":
         return bench_loadgen(args)
 
