@@ -42,7 +42,6 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -64,10 +63,18 @@ from infadapter.policies import (
 )
 from infadapter.policies import entry as policy_entry
 from infadapter.profile import Profile, threads_for_cores
+from infadapter.queues import add_interval, busy_per_second, fifo, fifo_cfs, swrr_sequence
 from infadapter.records import DecisionRecord
+from infadapter.service import cpu_per_request, load_at_slo, service_rate
 
 SWRR_QUOTA = 1000
-LN100 = math.log(100.0)
+
+#: The queue kernels and the service model live in their own modules; these names stay importable here.
+__all__ = [
+    "PAPER_SETTING", "TIMELINE_FIELDS", "Arrivals", "SimConfig", "SimResult", "Simulation", "arrivals_from_times",
+    "busy_per_second", "cpu_per_request", "fifo", "fifo_cfs", "initial_plan", "load_at_slo", "make_arrivals",
+    "service_rate", "simulate", "swrr_sequence",
+]
 
 
 @dataclass(frozen=True)
@@ -224,209 +231,6 @@ def arrivals_from_times(times_s: Sequence[float] | np.ndarray, duration_s: int, 
     return Arrivals(times, work, counts)
 
 
-def cpu_per_request(profile: Profile, name: str, service_cv: float | None = None) -> float:
-    """Core-seconds one request needs, from the profile's capacities (before its safety factor).
-
-    Without ``service_cv``: the least ``cores / capacity`` over the allowed allocations, an upper
-    bound (a server at its capacity is not quite busy all the time). With it, the ``cfs`` model's
-    calibration: on a whole-core allocation (as many threads as cores, so the quota never throttles)
-    the server is an M/G/1 queue of mean service ``w / cores``, so the measured capacity has its p99
-    at the SLO when ``w = rho x cores / capacity`` with ``rho = load_at_slo(capacity x SLO, cv)``;
-    the least over whole-core allocations (the upper bound if there is none). For ResNet-50 of
-    profiles/local.yaml: 31 ms as the bound, 24 ms calibrated (CV 0.2); live, one request took 27-29
-    ms at low load on one thread.
-    """
-    v = profile.variant(name)
-    safety = getattr(v.capacity, "safety", 1.0) or 1.0
-    slo_s = profile.slo_ms / 1000.0
-    raw = {c: profile.capacity_rps(name, c) / safety for c in profile.core_options()}
-    bound = [c / cap for c, cap in raw.items() if cap > 0]
-    if service_cv is not None:
-        whole = [load_at_slo(cap * slo_s, service_cv) * c / cap for c, cap in raw.items()
-                 if cap > 0 and c >= 1 and abs(c - round(c)) < 1e-9]
-        if whole:
-            return min(whole)
-    return min(bound) if bound else 0.0
-
-
-def service_rate(profile: Profile, name: str, cores: float, service_cv: float = 1.0) -> float:
-    """mu(v, c) in req/s: the rate whose M/G/1 sojourn p99 equals the SLO at capacity(v, c).
-
-    Exponential service (``service_cv`` 1, the default) has the closed form ``capacity + ln(100)/SLO``;
-    other coefficients of variation use gamma-distributed service times and :func:`load_at_slo`.
-    """
-    cap = max(profile.capacity_rps(name, cores), 0.0)
-    slo_s = profile.slo_ms / 1000.0
-    if abs(service_cv - 1.0) < 1e-12:
-        return cap + LN100 / slo_s
-    if cap <= 0:
-        return 1.0 / slo_s  # serves nothing by the profile; any small rate keeps the queue defined
-    return cap / load_at_slo(cap * slo_s, service_cv)
-
-
-@lru_cache(maxsize=16)
-def _p99_sojourn_curve(service_cv: float, n: int = 100_000, seed: int = 12345) -> tuple[np.ndarray, np.ndarray]:
-    """``(rho, rho * T99(rho))`` of an M/G/1 FIFO queue with unit-mean gamma service of CV ``service_cv``.
-
-    ``T99`` is the sojourn p99 in mean service times, by simulation with common random numbers (the
-    same draws at every load, so the curve is smooth and increasing).
-    """
-    rng = np.random.default_rng(seed)
-    gaps = rng.exponential(1.0, n)
-    shape = 1.0 / (service_cv * service_cv)
-    service = rng.gamma(shape, 1.0 / shape, n)
-    rhos = np.concatenate([np.linspace(0.01, 0.9, 60), np.linspace(0.905, 0.995, 19)])
-    g = np.empty(rhos.size)
-    for i, rho in enumerate(rhos):
-        arrivals = np.cumsum(gaps / rho)
-        finish, _ = fifo(arrivals, service, 0.0, math.inf)
-        g[i] = rho * float(np.percentile(finish - arrivals, 99))
-    return rhos, np.maximum.accumulate(g)
-
-
-def load_at_slo(capacity_x_slo: float, service_cv: float) -> float:
-    """The utilization at which an M/G/1 queue's sojourn p99 is the SLO, given ``capacity x SLO``.
-
-    With service rate mu and utilization rho = capacity/mu, ``p99 = T99(rho)/mu = SLO`` is
-    ``rho * T99(rho) = capacity x SLO``: one increasing curve per CV, inverted by interpolation.
-    """
-    if abs(service_cv - 1.0) < 1e-12:
-        return capacity_x_slo / (capacity_x_slo + LN100)
-    rhos, g = _p99_sojourn_curve(round(float(service_cv), 6))
-    return float(np.interp(capacity_x_slo, g, rhos, left=rhos[0], right=rhos[-1]))
-
-
-# -- queues -------------------------------------------------------------------------------------------
-def fifo(arrivals: np.ndarray, service: np.ndarray, free_at: float, timeout_s: float) -> tuple[np.ndarray, float]:
-    """Finish times of a FIFO single server (NaN = dropped: its wait would exceed ``timeout_s``).
-
-    ``free_at`` is when the server finishes the work it already holds; returns the new one.
-    Without drops, ``finish_n - C_n = max(finish_{n-1} - C_{n-1}, a_n - C_{n-1})`` (``C`` the cumulative
-    service), a running maximum; a drop breaks that chain, so the stretch after the first drop runs
-    in a loop until an arrival finds the server idle again.
-    """
-    n = arrivals.size
-    finish = np.full(n, np.nan)
-    i = 0
-    while i < n:
-        a, s = arrivals[i:], service[i:]
-        c = np.cumsum(s)
-        g = np.maximum.accumulate(np.maximum(a - (c - s), free_at))
-        f = g + c
-        wait = f - s - a
-        bad = np.flatnonzero(wait > timeout_s)
-        if bad.size == 0:
-            finish[i:] = f
-            return finish, float(f[-1])
-        j = int(bad[0])
-        finish[i : i + j] = f[:j]
-        if j:
-            free_at = float(f[j - 1])
-        i += j
-        # Loop over the congested stretch in chunks of plain floats.
-        idle = False
-        while i < n and not idle:
-            chunk = min(n, i + 4096)
-            out: list[float] = []
-            for ak, sk in zip(arrivals[i:chunk].tolist(), service[i:chunk].tolist(), strict=True):
-                w = free_at - ak
-                if w <= 0:
-                    idle = True  # the server is idle again: back to the vectorized recursion
-                    break
-                if w > timeout_s:
-                    out.append(math.nan)
-                else:
-                    free_at += sk
-                    out.append(free_at)
-            finish[i : i + len(out)] = out
-            i += len(out)
-    return finish, free_at
-
-
-def swrr_sequence(weights: Sequence[int]) -> np.ndarray:
-    """One period of nginx's smooth weighted round robin over integer weights (indexes of the picks)."""
-    total = sum(weights)
-    current = [0] * len(weights)
-    out = np.empty(total, dtype=np.int64)
-    for t in range(total):
-        for i, w in enumerate(weights):
-            current[i] += w
-        best = max(range(len(weights)), key=lambda i: current[i])
-        current[best] -= total
-        out[t] = best
-    return out
-
-
-def _add_interval(arr: np.ndarray, t0: float, t1: float, value: float) -> None:
-    """Add ``value`` x (overlap of [t0, t1) with each second) into the per-second array ``arr``."""
-    if t1 <= t0 or value == 0:
-        return
-    s0, s1 = math.floor(t0), math.ceil(t1)
-    s1 = min(s1, arr.size)
-    if s0 >= s1:
-        return
-    if s1 - s0 == 1:
-        arr[s0] += value * (t1 - t0)
-        return
-    arr[s0] += value * (s0 + 1 - t0)
-    arr[s0 + 1 : s1 - 1] += value
-    arr[s1 - 1] += value * (t1 - (s1 - 1)) if t1 < s1 else value
-
-
-def fifo_cfs(arrivals: np.ndarray, cpu_s: np.ndarray, free_at: float, timeout_s: float, cores: float,
-             threads: int, period_s: float, quota: list[float]) -> tuple[np.ndarray, float]:
-    """Finish times of one request-at-a-time server under a CFS CPU quota (NaN = dropped).
-
-    Request ``i`` needs ``cpu_s[i]`` core-seconds and runs on ``threads`` CPUs while the cgroup has
-    quota left in the current period (``cores x period_s`` core-seconds per period, periods aligned
-    at multiples of ``period_s``), else it is throttled until the next period. A request whose wait
-    would exceed ``timeout_s`` is dropped on arrival, as in :func:`fifo`. ``quota`` is the
-    ``[period index, CPU used]`` state carried from segment to segment.
-    """
-    finish = np.full(arrivals.size, np.nan)
-    budget = cores * period_s
-    k, used = int(quota[0]), quota[1]
-    for i in range(arrivals.size):
-        a = float(arrivals[i])
-        t = max(a, free_at)
-        if t - a > timeout_s:
-            continue
-        k_t = math.floor(t / period_s + 1e-9)
-        if k_t > k:
-            k, used = k_t, 0.0
-        left = float(cpu_s[i])
-        while left > 1e-12:
-            avail = budget - used
-            room = ((k + 1) * period_s - t) * threads
-            if avail <= 1e-12 or room <= 1e-12:
-                # Throttled (or at the period's end): the next period brings a fresh quota.
-                k, used = k + 1, 0.0
-                t = max(t, k * period_s)
-                continue
-            run = min(left, avail, room)
-            t += run / threads
-            used += run
-            left -= run
-        finish[i] = t
-        free_at = t
-    quota[0], quota[1] = k, used
-    return finish, free_at
-
-
-def busy_per_second(start: np.ndarray, finish: np.ndarray, size: int) -> np.ndarray:
-    """Seconds of busy time in each second bin, from non-overlapping busy intervals [start, finish)."""
-    out = np.zeros(size + 1)
-    lo = start
-    while lo.size:
-        sec = np.floor(lo).astype(np.int64)
-        hi = np.minimum(finish, sec + 1.0)
-        keep = sec < size
-        out += np.bincount(sec[keep], weights=(hi - lo)[keep], minlength=size + 1)[: size + 1]
-        more = finish > sec + 1.0
-        lo, finish = (sec + 1.0)[more], finish[more]
-    return out[:size]
-
-
 # -- the simulation state ------------------------------------------------------------------------------
 @dataclass
 class _Instance:
@@ -449,6 +253,15 @@ class _Config:
     plan: Plan
     seq: np.ndarray
     offset: int = 0
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A plan waiting for its new instances (make-before-break), and the shrinks due when it takes over."""
+
+    config: _Config
+    ready_at: float
+    shrinks: tuple[tuple[_Instance, float], ...]
 
 
 @dataclass
@@ -540,12 +353,6 @@ def _plan_of(profile: Profile, cores: Mapping[str, float]) -> Plan | None:
     return plan_from_cores(cores, 0.0, caps, {n: profile.variant(n).accuracy for n in cores})
 
 
-def _unwrap(policy: Policy) -> Policy:
-    while isinstance(policy, (Stabilized, _Memo)):
-        policy = policy.inner
-    return policy
-
-
 def initial_plan(profile: Profile, policy: Policy, config: SimConfig) -> Plan:
     """The starting plan: ``config.initial``, else the policy's own (REFERENCE.md: the most accurate
     variant, or VPA's own, on the whole budget)."""
@@ -573,6 +380,335 @@ def _build_policy(spec: str | Policy, profile: Profile, config: SimConfig) -> Po
 
 
 # -- the simulation -----------------------------------------------------------------------------------
+class Simulation:
+    """One policy replayed against one set of arrivals: the state of a run and its steps.
+
+    :meth:`run` advances time from event to event (a decision, a check, an instance becoming ready,
+    the end); between events :meth:`serve` sends the arrivals to the serving instances. A decision
+    (:meth:`decide`) follows :mod:`infadapter.control`, the live loop's rules, and starts its plan with
+    :meth:`apply`. Each step reads and changes the attributes below, in this order only.
+    """
+
+    def __init__(self, profile: Profile, rates_rps: Sequence[float] | np.ndarray, policy: str | Policy,
+                 config: SimConfig | None = None, *, arrivals: Arrivals | None = None,
+                 forecaster: Forecaster | None = None) -> None:
+        cfg = self.config = config or SimConfig()
+        self.profile = profile
+        arr = arrivals if arrivals is not None else make_arrivals(rates_rps, cfg.seed)
+        if abs(cfg.service_cv - 1.0) > 1e-12:
+            # Same requests, gamma service demands of unit mean (a seed of their own: every policy of a
+            # comparison still sees the very same demands).
+            shape = 1.0 / (cfg.service_cv * cfg.service_cv)
+            work = np.random.default_rng(cfg.seed + 7919).gamma(shape, 1.0 / shape, arr.times.size)
+            arr = replace(arr, work=work)
+        self.arr = arr
+        self.duration = arr.duration_s
+        self.policy = _build_policy(policy, profile, cfg)
+        self.forecaster = forecaster if forecaster is not None else make_forecaster(cfg.forecaster,
+                                                                                    cfg.forecaster_model)
+        self.ctl = cfg.control
+        self.slo_s = profile.slo_ms / 1000.0
+        self.timeout_s = cfg.timeout_s if cfg.timeout_s is not None else 2.0 * self.slo_s
+        self.names = list(profile.names)
+        self.vidx = {n: i for i, n in enumerate(self.names)}
+        self.accuracy = np.array([v.accuracy for v in profile.variants])
+        kind = self.kind = policy_entry(self.policy)
+        vpa = kind.name.startswith("vpa")
+        self.mbb = cfg.make_before_break and not (vpa and cfg.vpa_update == "recreate")
+        self.in_place = cfg.in_place_resize and kind.in_place
+        self.top = profile.core_options()[-1]
+        self.sample_s = cfg.vpa_sample_s if vpa else kind.cpu_sample_s
+        self.sample_window_s = cfg.vpa_sample_window_s if vpa else kind.cpu_window_s
+        self.cfs = cfg.service_model == "cfs"
+        self.work_cpu = ([cpu_per_request(profile, n, cfg.service_cv if self.cfs else None) for n in self.names]
+                         if cfg.cpu_model == "work" or self.cfs else None)
+        # Per request and per second: what happened.
+        n, d = arr.times.size, self.duration
+        self.finish = np.full(n, np.nan)
+        self.served_by = np.full(n, -1, dtype=np.int64)
+        self.cores_ts, self.planned_ts, self.cap_ts, self.fc_ts = (np.zeros(d) for _ in range(4))
+        self.usage = np.zeros((len(self.names), d))
+        self._seqs: dict[tuple[int, ...], np.ndarray] = {}
+        # The control state.
+        plan0 = initial_plan(profile, self.policy, cfg)
+        self.serving = self._config(plan0, [_Instance(a.name, a.cores, self._rate(a.name, a.cores), -math.inf)
+                                            for a in plan0.allocations])
+        self.target = plan0
+        self.pending: _Pending | None = None
+        self.state: Any = None
+        self.records: list[DecisionRecord] = []
+        self.transitions = 0
+        self.decide_total = 0.0
+        self.forecast_now = 0.0
+        self.next_request = 0
+        self.next_decision = cfg.warmup_s
+        self.last_sample = 0.0
+        self.last_decision = -math.inf
+        self.first = True
+
+    # -- the service model ------------------------------------------------------------------------
+    def _rate(self, name: str, cores: float) -> float:
+        if not self.kind.cpu_limited:
+            cores = self.top  # requests only: a server may use the free budget beyond its request
+        if self.cfs:  # what the quota and the threads let through; also sets the queue bound's wait
+            w = self.work_cpu[self.vidx[name]] if self.work_cpu is not None else 0.0
+            return min(cores, threads_for_cores(cores)) / w if w > 0 else 1e-9
+        return service_rate(self.profile, name, cores, self.config.service_cv)
+
+    def _set_cores(self, inst: _Instance, cores: float) -> None:
+        inst.cores, inst.mu = cores, self._rate(inst.name, cores)
+
+    def _config(self, plan: Plan, instances: list[_Instance]) -> _Config:
+        shares = [plan.get(i.name).share for i in instances]  # type: ignore[union-attr]
+        weights = tuple(max(1, round(s * SWRR_QUOTA)) if s > 0 else 0 for s in shares)
+        if sum(weights) == 0:
+            weights = (1,) * len(weights)
+        if weights not in self._seqs:
+            self._seqs[weights] = swrr_sequence(weights)
+        return _Config(instances, shares, plan, self._seqs[weights])
+
+    # -- between events: requests are served ------------------------------------------------------
+    def serve(self, t0: float, t1: float) -> None:
+        """Send the arrivals of [t0, t1) to the serving instances; account cores, capacity, usage."""
+        cfg, arr, d = self.config, self.arr, self.duration
+        end = int(np.searchsorted(arr.times, t1, side="left"))
+        idx = np.arange(self.next_request, end)
+        self.next_request = end
+        conf = self.serving
+        allocated = sum(i.cores for i in conf.instances)
+        add_interval(self.planned_ts, t0, t1, allocated)
+        if self.pending is not None:
+            allocated += sum(i.cores for i in self.pending.config.instances if i not in conf.instances)
+        add_interval(self.cores_ts, t0, t1, allocated)
+        add_interval(self.cap_ts, t0, t1, sum(self.profile.capacity_rps(i.name, i.cores) for i in conf.instances
+                                              if i.ready_at <= t0))
+        add_interval(self.fc_ts, t0, t1, self.forecast_now)
+        if idx.size == 0:
+            return
+        period = conf.seq.size
+        pick = conf.seq[(conf.offset + np.arange(idx.size)) % period]
+        conf.offset = (conf.offset + idx.size) % period
+        for k, inst in enumerate(conf.instances):
+            sel = idx[pick == k]
+            if sel.size == 0 or inst.ready_at > t0:
+                continue  # a loading instance (break-before-make) fails its requests: finish stays NaN
+            a = arr.times[sel]
+            limit = self.timeout_s
+            if cfg.queue_bound:
+                limit = min(limit, self.profile.queue_bound(inst.name, inst.cores) / inst.mu)
+            v = self.vidx[inst.name]
+            # The usage signal (what VPA and HPA read) counts shed requests with the CPU they would
+            # have used, so it shows the demand, as the local backend's does (LocalBackend.cpu_seconds).
+            if self.cfs:
+                assert self.work_cpu is not None
+                cpu = arr.work[sel] * self.work_cpu[v]
+                f, inst.free_at = fifo_cfs(a, cpu, inst.free_at, limit, inst.cores, threads_for_cores(inst.cores),
+                                           cfg.cfs_period_s, inst.quota)
+                ok = ~np.isnan(f)
+                used_at, used = np.minimum(f[ok].astype(np.int64), d - 1), cpu[ok]
+                shed_cpu = cpu[~ok]
+            else:
+                s = arr.work[sel] / inst.mu
+                f, inst.free_at = fifo(a, s, inst.free_at, limit)
+                ok = ~np.isnan(f)
+                usable = inst.cores if self.kind.cpu_limited else self.top
+                per_busy_s = min(usable, inst.mu * self.work_cpu[v]) if self.work_cpu is not None else usable
+                self.usage[v] += busy_per_second(f[ok] - s[ok], f[ok], d) * per_busy_s
+                used_at, used = np.zeros(0, dtype=np.int64), np.zeros(0)
+                shed_cpu = s[~ok] * per_busy_s
+            shed_at = np.minimum(a[~ok].astype(np.int64), d - 1)
+            self.usage[v] += np.bincount(np.concatenate([used_at, shed_at]),
+                                         weights=np.concatenate([used, shed_cpu]), minlength=d)[:d]
+            self.finish[sel] = f
+            self.served_by[sel[ok]] = v
+
+    def cpu_samples(self, now: float) -> dict[str, list[tuple[float, float]]]:
+        """Usage samples since the last call: one every ``sample_s``, the mean over ``sample_window_s``."""
+        out: dict[str, list[tuple[float, float]]] = {}
+        ts = self.last_sample + self.sample_s
+        while ts <= now + 1e-9:
+            lo, hi = max(0, round(ts - self.sample_window_s)), round(ts)
+            if hi > lo:
+                for n in self.names:
+                    out.setdefault(n, []).append((ts, float(self.usage[self.vidx[n], lo:hi].mean())))
+            self.last_sample = ts
+            ts += self.sample_s
+        return out
+
+    # -- a decision -------------------------------------------------------------------------------
+    def observed_rate(self, now: float) -> float:
+        return control.windowed_rate(self.arr.counts, max(int(now) - self.config.observe_lag_s, 0), self.ctl)
+
+    def decide(self, now: float, trigger: str) -> None:
+        """Forecast (control.decision_load), let the policy plan, apply: growth in place first when the
+        plan must wait for new variants (control.bridge_plan), then the plan; record the decision."""
+        cfg, profile = self.config, self.profile
+        self.last_decision = now
+        seen = max(int(now) - cfg.observe_lag_s, 0)
+        lo = max(0, seen - cfg.history_s // cfg.history_stretch - 1)
+        history = self.arr.counts[lo:seen] if seen > 0 else self.arr.counts[:0]
+        observed = self.observed_rate(now)
+        self.forecast_now = control.decision_load(trigger, self.forecaster, history, observed, self.ctl)
+        horizon = int(now + cfg.interval_s + profile.max_load_time_s)
+        future = self.arr.counts[int(now) : max(int(now) + 1, horizon)]
+        true_peak = float(future.max()) if future.size else 0.0
+        start = self.first and cfg.first_plan_ready
+        ctx = Context(profile, now, self.forecast_now, current=None if start else self.target,
+                      history_rps=control.forecast_input(history, self.ctl),
+                      cpu_usage=self.cpu_samples(now) if self.kind.needs_cpu else {}, true_peak_rps=true_peak,
+                      state=self.state, solver=cfg.solver, rates_before=cfg.rates_before or ())
+        t0 = time.perf_counter()
+        d = self.policy.decide(ctx)
+        spent = time.perf_counter() - t0
+        self.decide_total += spent
+        self.state = d.state
+        before = self.target
+        change = diff(None if start else self.target, d.plan)
+        if change.create or change.resize or change.delete:
+            self.transitions += 1
+        if not change.empty:
+            loading = self.pending.config.instances if self.pending else ()
+            if self.in_place and self.mbb and not start:
+                now_cores = {i.name: i.cores for i in self.serving.instances if i.ready_at <= now}
+                bridge = control.bridge_plan(profile, _plan_of(profile, now_cores), d.plan, self.forecast_now)
+                if bridge is not None:
+                    self.apply(bridge, now)
+            self.apply(d.plan, now, immediate=start, loading=loading)
+        self.target = d.plan
+        self.first = False
+        reason = f"overload re-plan; {d.reason}" if trigger == "overload" else d.reason
+        self.records.append(DecisionRecord(
+            seq=len(self.records) + 1, time_s=now, trigger=trigger, policy=self.policy.name,
+            observed_rps=round(observed, 3), forecast_rps=round(self.forecast_now, 3), history_len=int(history.size),
+            p99_ms=None, monitor_source="sim", plan_before=before.as_dict() if before is not None else None,
+            plan_after=d.plan.as_dict(), serving=None, objective=d.plan.objective, solver=d.solver,
+            solve_s=round(spent, 6), reason=reason, diff=change.summary(), true_peak_rps=round(true_peak, 3)))
+
+    def apply(self, plan: Plan, now: float, immediate: bool = False, loading: Sequence[_Instance] = ()) -> None:
+        """Start the plan: in-place growth at once, new instances after their load time, and (when
+        make-before-break waits for them) in-place shrinks only when the new plan takes the traffic,
+        since the old shares still send the old load to the instance until then. ``loading``: instances
+        of the plan being replaced that are still loading; one the new plan keeps is not restarted."""
+        still_loading = {(i.name, i.cores): i for i in loading if i.ready_at > now}
+        self.pending = None
+        old = {i.name: i for i in self.serving.instances}
+        instances, starting, shrinks = [], [], []
+        for a in plan.allocations:
+            inst = old.get(a.name)
+            if inst is not None and abs(inst.cores - a.cores) < 1e-9:
+                instances.append(inst)
+            elif inst is not None and self.in_place:
+                if a.cores > inst.cores:
+                    self._set_cores(inst, a.cores)
+                else:
+                    shrinks.append((inst, a.cores))
+                instances.append(inst)
+            elif (a.name, a.cores) in still_loading and not immediate:
+                new = still_loading[(a.name, a.cores)]
+                instances.append(new)
+                starting.append(new)
+            else:
+                ready = -math.inf if immediate else now + self.profile.variant(a.name).load_time_s
+                new = _Instance(a.name, a.cores, self._rate(a.name, a.cores), ready, free_at=now)
+                instances.append(new)
+                starting.append(new)
+        conf = self._config(plan, instances)
+        if starting and self.mbb and not immediate:
+            self.pending = _Pending(conf, max(i.ready_at for i in starting), tuple(shrinks))
+        else:
+            for inst, cores in shrinks:
+                self._set_cores(inst, cores)
+            self.serving = conf
+
+    def _switch_if_ready(self, t: float) -> None:
+        """Make-before-break: the pending plan takes the traffic once all its new instances are ready."""
+        if self.pending is not None and self.pending.ready_at <= t + 1e-12:
+            for inst, cores in self.pending.shrinks:
+                self._set_cores(inst, cores)
+            self.serving, self.pending = self.pending.config, None
+
+    # -- the run ----------------------------------------------------------------------------------
+    def _next_event(self, t: float) -> float:
+        cfg = self.config
+        # Checks fall on whole multiples of check_s from the first decision, as the loop's ticks.
+        after = t - cfg.warmup_s
+        next_check = (cfg.warmup_s + (math.floor(after / cfg.check_s + 1e-9) + 1) * cfg.check_s
+                      if cfg.react and not self.first else math.inf)
+        candidates = [float(self.duration), cfg.warmup_s if self.first else self.next_decision, next_check]
+        if self.pending is not None:
+            candidates.append(self.pending.ready_at)
+        candidates += [i.ready_at for i in self.serving.instances if i.ready_at > t]
+        return min(candidates)
+
+    def run(self, progress: Callable[[float], None] | None = None) -> SimResult:
+        """Replay the whole window; ``progress`` is called with the fraction done."""
+        started = time.perf_counter()
+        cfg, t = self.config, 0.0
+        while True:
+            self._switch_if_ready(t)
+            if self.duration > t >= cfg.warmup_s - 1e-12:
+                cap = self.target.served_capacity_rps() if self.target.allocations else None
+                due = control.trigger_due(t, None if self.first else self.next_decision, self.last_decision,
+                                          self.observed_rate(t) if cfg.react else 0.0, cap, self.ctl)
+                if due is not None:
+                    self.decide(t, due)
+                    self.next_decision = t + cfg.interval_s
+                    if progress is not None:
+                        progress(min(1.0, t / self.duration))
+                    continue  # a zero load time may make the new plan ready at once
+            if t >= self.duration:
+                break
+            t_next = self._next_event(t)
+            self.serve(t, t_next)
+            t = t_next
+        if progress is not None:
+            progress(1.0)
+        return self.result(time.perf_counter() - started)
+
+    def result(self, wall_s: float) -> SimResult:
+        """Totals and the per-second timeline of what happened."""
+        arr, d, finish, accuracy = self.arr, self.duration, self.finish, self.accuracy
+        ok = ~np.isnan(finish)
+        latency = finish - arr.times
+        late = ok & (latency > self.slo_s)
+        dropped = ~ok
+        sec = np.minimum(arr.times.astype(np.int64), d - 1)
+        served_acc = np.where(ok, accuracy[np.maximum(self.served_by, 0)], 0.0)
+        acc_sum = np.bincount(sec, weights=served_acc, minlength=d)
+        served_n = np.bincount(sec[ok], minlength=d)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            acc_ts = np.where(served_n > 0, acc_sum / np.maximum(served_n, 1), np.nan)
+        lat_ms = latency[ok] * 1000.0
+        usage_ts = self.usage.sum(axis=0)
+        timeline = {
+            "requests": arr.counts.copy(),
+            "violations": np.bincount(sec[late | dropped], minlength=d).astype(float),
+            "dropped": np.bincount(sec[dropped], minlength=d).astype(float),
+            "cores": self.cores_ts, "capacity_rps": self.cap_ts, "accuracy": acc_ts, "forecast_rps": self.fc_ts,
+            "cpu_usage_cores": usage_ts,
+        }
+        return SimResult(
+            policy=self.policy.name,
+            requests=int(arr.times.size),
+            violations=int((late | dropped).sum()),
+            dropped=int(dropped.sum()),
+            late=int(late.sum()),
+            p50_ms=float(np.percentile(lat_ms, 50)) if lat_ms.size else 0.0,
+            p99_ms=float(np.percentile(lat_ms, 99)) if lat_ms.size else 0.0,
+            mean_cores=float(self.cores_ts.mean()),
+            mean_planned_cores=float(self.planned_ts.mean()),
+            mean_accuracy=float(accuracy[self.served_by[ok]].mean()) if ok.any() else 0.0,
+            mean_cpu_usage_cores=float(usage_ts.mean()),
+            transitions=self.transitions,
+            decisions=tuple(self.records),
+            timeline=timeline,
+            forecaster=self.forecaster.name,
+            duration_s=d,
+            wall_s=wall_s,
+            decide_s=self.decide_total,
+        )
+
+
 def simulate(
     profile: Profile,
     rates_rps: Sequence[float] | np.ndarray,
@@ -588,303 +724,4 @@ def simulate(
     ``arrivals`` lets several runs share one draw (``make_arrivals(rates, seed)``); ``forecaster``
     overrides ``config.forecaster``; ``progress`` is called with the fraction done.
     """
-    cfg = config or SimConfig()
-    started = time.perf_counter()
-    arr = arrivals if arrivals is not None else make_arrivals(rates_rps, cfg.seed)
-    if abs(cfg.service_cv - 1.0) > 1e-12:
-        # Same requests, gamma service demands of unit mean (a seed of their own: every policy of a
-        # comparison still sees the very same demands).
-        shape = 1.0 / (cfg.service_cv * cfg.service_cv)
-        work = np.random.default_rng(cfg.seed + 7919).gamma(shape, 1.0 / shape, arr.times.size)
-        arr = replace(arr, work=work)
-    duration = arr.duration_s
-    pol = _build_policy(policy, profile, cfg)
-    fc = forecaster if forecaster is not None else make_forecaster(cfg.forecaster, cfg.forecaster_model)
-    slo_s = profile.slo_ms / 1000.0
-    timeout_s = cfg.timeout_s if cfg.timeout_s is not None else 2.0 * slo_s
-    names = list(profile.names)
-    vidx = {n: i for i, n in enumerate(names)}
-    accuracy = np.array([v.accuracy for v in profile.variants])
-    kind = policy_entry(pol)
-    mbb = cfg.make_before_break and not (kind.name.startswith("vpa") and cfg.vpa_update == "recreate")
-    in_place = cfg.in_place_resize and kind.in_place
-    top = profile.core_options()[-1]
-    sample_s = cfg.vpa_sample_s if kind.name.startswith("vpa") else kind.cpu_sample_s
-    sample_window_s = cfg.vpa_sample_window_s if kind.name.startswith("vpa") else kind.cpu_window_s
-
-    n_req = arr.times.size
-    finish = np.full(n_req, np.nan)
-    served_by = np.full(n_req, -1, dtype=np.int64)
-    cores_ts = np.zeros(duration)
-    planned_ts = np.zeros(duration)
-    cap_ts = np.zeros(duration)
-    fc_ts = np.zeros(duration)
-    usage = np.zeros((len(names), duration))
-    seq_cache: dict[tuple[int, ...], np.ndarray] = {}
-    cfs = cfg.service_model == "cfs"
-    work_cpu = ([cpu_per_request(profile, n, cfg.service_cv if cfs else None) for n in names]
-                if cfg.cpu_model == "work" or cfs else None)
-
-    def rate(name: str, cores: float) -> float:
-        if not kind.cpu_limited:
-            cores = top  # requests only: a server may use the free budget beyond its request
-        if cfs:  # what the quota and the threads let through; also sets the queue bound's wait
-            w = work_cpu[vidx[name]] if work_cpu is not None else 0.0
-            return min(cores, threads_for_cores(cores)) / w if w > 0 else 1e-9
-        return service_rate(profile, name, cores, cfg.service_cv)
-
-    def make_config(plan: Plan, instances: list[_Instance]) -> _Config:
-        shares = [plan.get(i.name).share for i in instances]  # type: ignore[union-attr]
-        weights = tuple(max(1, round(s * SWRR_QUOTA)) if s > 0 else 0 for s in shares)
-        if sum(weights) == 0:
-            weights = (1,) * len(weights)
-        if weights not in seq_cache:
-            seq_cache[weights] = swrr_sequence(weights)
-        return _Config(instances, shares, plan, seq_cache[weights])
-
-    plan0 = initial_plan(profile, pol, cfg)
-    serving = make_config(plan0, [_Instance(a.name, a.cores, rate(a.name, a.cores),
-                                            -math.inf)
-                                  for a in plan0.allocations])
-    target = plan0
-    pending: tuple[_Config, float, tuple[tuple[_Instance, float], ...]] | None = None
-    state: Any = None
-    records: list[DecisionRecord] = []
-    transitions = 0
-    decide_total = 0.0
-    forecast_now = 0.0
-    ptr = 0
-    t = 0.0
-    next_decision = cfg.warmup_s
-    last_sample = 0.0
-    last_decision = -math.inf
-    first = True
-
-    def run_segment(t0: float, t1: float) -> None:
-        nonlocal ptr
-        end = int(np.searchsorted(arr.times, t1, side="left"))
-        idx = np.arange(ptr, end)
-        ptr = end
-        conf = serving
-        allocated = sum(i.cores for i in conf.instances)
-        _add_interval(planned_ts, t0, t1, allocated)
-        if pending is not None:
-            allocated += sum(i.cores for i in pending[0].instances if i not in conf.instances)
-        _add_interval(cores_ts, t0, t1, allocated)
-        _add_interval(cap_ts, t0, t1, sum(profile.capacity_rps(i.name, i.cores) for i in conf.instances
-                                          if i.ready_at <= t0))
-        _add_interval(fc_ts, t0, t1, forecast_now)
-        if idx.size == 0:
-            return
-        period = conf.seq.size
-        pick = conf.seq[(conf.offset + np.arange(idx.size)) % period]
-        conf.offset = (conf.offset + idx.size) % period
-        for k, inst in enumerate(conf.instances):
-            sel = idx[pick == k]
-            if sel.size == 0 or inst.ready_at > t0:
-                continue  # a loading instance (break-before-make) fails its requests: finish stays NaN
-            a = arr.times[sel]
-            limit = timeout_s
-            if cfg.queue_bound:
-                limit = min(timeout_s, profile.queue_bound(inst.name, inst.cores) / inst.mu)
-            v = vidx[inst.name]
-            if cfs:
-                assert work_cpu is not None
-                cpu = arr.work[sel] * work_cpu[v]
-                f, inst.free_at = fifo_cfs(a, cpu, inst.free_at, limit, inst.cores, threads_for_cores(inst.cores),
-                                           cfg.cfs_period_s, inst.quota)
-                ok = ~np.isnan(f)
-                sec = np.minimum(f[ok].astype(np.int64), duration - 1)
-                usage[v] += np.bincount(sec, weights=cpu[ok], minlength=duration)[:duration]
-                shed = np.minimum(a[~ok].astype(np.int64), duration - 1)  # the demand it shed: see below
-                usage[v] += np.bincount(shed, weights=cpu[~ok], minlength=duration)[:duration]
-            else:
-                s = arr.work[sel] / inst.mu
-                f, inst.free_at = fifo(a, s, inst.free_at, limit)
-                ok = ~np.isnan(f)
-                busy = busy_per_second(f[ok] - s[ok], f[ok], duration)
-                usable = inst.cores if kind.cpu_limited else top
-                per_busy_s = min(usable, inst.mu * work_cpu[v]) if work_cpu is not None else usable
-                usage[v] += busy * per_busy_s
-                # Shed requests count with the CPU they would have used: the usage signal shows the
-                # demand, as the local backend's does (LocalBackend.cpu_seconds).
-                shed = np.minimum(a[~ok].astype(np.int64), duration - 1)
-                usage[v] += np.bincount(shed, weights=s[~ok] * per_busy_s, minlength=duration)[:duration]
-            finish[sel] = f
-            served_by[sel[ok]] = v
-
-    def cpu_samples(now: float) -> dict[str, list[tuple[float, float]]]:
-        nonlocal last_sample
-        out: dict[str, list[tuple[float, float]]] = {}
-        ts = last_sample + sample_s
-        while ts <= now + 1e-9:
-            lo = max(0, round(ts - sample_window_s))
-            hi = round(ts)
-            if hi > lo:
-                for n in names:
-                    out.setdefault(n, []).append((ts, float(usage[vidx[n], lo:hi].mean())))
-            last_sample = ts
-            ts += sample_s
-        return out
-
-    def set_cores(inst: _Instance, cores: float) -> None:
-        inst.cores, inst.mu = cores, rate(inst.name, cores)
-
-    def apply(plan: Plan, now: float, immediate: bool = False, loading: Sequence[_Instance] = ()) -> None:
-        """Start the plan: in-place growth at once, new instances after their load time, and (when
-        make-before-break waits for them) in-place shrinks only when the new plan takes the traffic,
-        since the old shares still send the old load to the instance until then."""
-        nonlocal serving, pending
-        still_loading = {(i.name, i.cores): i for i in loading if i.ready_at > now}
-        pending = None
-        old = {i.name: i for i in serving.instances}
-        instances, starting, shrinks = [], [], []
-        for a in plan.allocations:
-            inst = old.get(a.name)
-            if inst is not None and abs(inst.cores - a.cores) < 1e-9:
-                instances.append(inst)
-            elif inst is not None and in_place:
-                if a.cores > inst.cores:
-                    set_cores(inst, a.cores)
-                else:
-                    shrinks.append((inst, a.cores))
-                instances.append(inst)
-            elif (a.name, a.cores) in still_loading and not immediate:
-                new = still_loading[(a.name, a.cores)]  # keeps loading: a re-plan does not restart it
-                instances.append(new)
-                starting.append(new)
-            else:
-                ready = -math.inf if immediate else now + profile.variant(a.name).load_time_s
-                new = _Instance(a.name, a.cores, rate(a.name, a.cores), ready, free_at=now)
-                instances.append(new)
-                starting.append(new)
-        conf = make_config(plan, instances)
-        if starting and mbb and not immediate:
-            pending = (conf, max(i.ready_at for i in starting), tuple(shrinks))
-        else:
-            for inst, cores in shrinks:
-                set_cores(inst, cores)
-            serving = conf
-
-    def switch(ready: tuple[_Config, float, tuple[tuple[_Instance, float], ...]]) -> _Config:
-        for inst, cores in ready[2]:
-            set_cores(inst, cores)
-        return ready[0]
-
-    ctl = cfg.control
-
-    def observed_rate(now: float) -> float:
-        return control.windowed_rate(arr.counts, max(int(now) - cfg.observe_lag_s, 0), ctl)
-
-    def decide(now: float, trigger: str) -> None:
-        nonlocal state, forecast_now, decide_total, transitions, target, last_decision, first
-        last_decision = now
-        seen = max(int(now) - cfg.observe_lag_s, 0)
-        lo = max(0, seen - cfg.history_s // cfg.history_stretch - 1)
-        history = arr.counts[lo:seen] if seen > 0 else arr.counts[:0]
-        observed = observed_rate(now)
-        forecast_now = control.decision_load(trigger, fc, history, observed, ctl)
-        horizon = int(now + cfg.interval_s + profile.max_load_time_s)
-        future = arr.counts[int(now) : max(int(now) + 1, horizon)]
-        true_peak = float(future.max()) if future.size else 0.0
-        start = first and cfg.first_plan_ready
-        ctx = Context(profile, now, forecast_now, current=None if start else target,
-                      history_rps=control.forecast_input(history, ctl),
-                      cpu_usage=cpu_samples(now) if kind.needs_cpu else {}, true_peak_rps=true_peak,
-                      state=state, solver=cfg.solver, rates_before=cfg.rates_before or ())
-        t0 = time.perf_counter()
-        d = pol.decide(ctx)
-        spent = time.perf_counter() - t0
-        decide_total += spent
-        state = d.state
-        before = target
-        change = diff(None if start else target, d.plan)
-        if change.create or change.resize or change.delete:
-            transitions += 1
-        if not change.empty:
-            loading = pending[0].instances if pending else ()
-            if in_place and mbb and not start:
-                now_cores = {i.name: i.cores for i in serving.instances if i.ready_at <= now}
-                bridge = control.bridge_plan(profile, _plan_of(profile, now_cores), d.plan, forecast_now)
-                if bridge is not None:
-                    apply(bridge, now)
-            apply(d.plan, now, immediate=start, loading=loading)
-        target = d.plan
-        first = False
-        reason = f"overload re-plan; {d.reason}" if trigger == "overload" else d.reason
-        records.append(DecisionRecord(
-            seq=len(records) + 1, time_s=now, trigger=trigger, policy=pol.name, observed_rps=round(observed, 3),
-            forecast_rps=round(forecast_now, 3), history_len=int(history.size), p99_ms=None, monitor_source="sim",
-            plan_before=before.as_dict() if before is not None else None, plan_after=d.plan.as_dict(),
-            serving=None, objective=d.plan.objective, solver=d.solver, solve_s=round(spent, 6), reason=reason,
-            diff=change.summary(), true_peak_rps=round(true_peak, 3)))
-
-    while True:
-        if pending is not None and pending[1] <= t + 1e-12:
-            serving, pending = switch(pending), None
-        if t < duration and t >= cfg.warmup_s - 1e-12:
-            cap = target.served_capacity_rps() if target.allocations else None
-            nxt = None if first else next_decision
-            due = control.trigger_due(t, nxt, last_decision, observed_rate(t) if cfg.react else 0.0, cap, ctl)
-            if due is not None:
-                decide(t, due)
-                next_decision = t + cfg.interval_s
-                if progress is not None:
-                    progress(min(1.0, t / duration))
-                continue  # a zero load time may make the new plan ready at once
-        if t >= duration:
-            break
-        # Checks fall on whole multiples of check_s from the first decision, as the loop's ticks.
-        after = t - cfg.warmup_s
-        next_check = (cfg.warmup_s + (math.floor(after / cfg.check_s + 1e-9) + 1) * cfg.check_s
-                      if cfg.react and not first else math.inf)
-        candidates = [float(duration), cfg.warmup_s if first else next_decision, next_check]
-        if pending is not None:
-            candidates.append(pending[1])
-        candidates += [i.ready_at for i in serving.instances if i.ready_at > t]
-        t_next = min(candidates)
-        run_segment(t, t_next)
-        t = t_next
-    if progress is not None:
-        progress(1.0)
-
-    ok = ~np.isnan(finish)
-    latency = finish - arr.times
-    late = ok & (latency > slo_s)
-    dropped = ~ok
-    sec = np.minimum(arr.times.astype(np.int64), duration - 1)
-    viol_ts = np.bincount(sec[late | dropped], minlength=duration).astype(float)
-    drop_ts = np.bincount(sec[dropped], minlength=duration).astype(float)
-    served_acc = np.where(ok, accuracy[np.maximum(served_by, 0)], 0.0)
-    acc_sum = np.bincount(sec, weights=served_acc, minlength=duration)
-    served_n = np.bincount(sec[ok], minlength=duration)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        acc_ts = np.where(served_n > 0, acc_sum / np.maximum(served_n, 1), np.nan)
-    lat_ms = latency[ok] * 1000.0
-    usage_ts = usage.sum(axis=0)
-    timeline = {
-        "requests": arr.counts.copy(), "violations": viol_ts, "dropped": drop_ts, "cores": cores_ts,
-        "capacity_rps": cap_ts, "accuracy": acc_ts, "forecast_rps": fc_ts, "cpu_usage_cores": usage_ts,
-    }
-    return SimResult(
-        policy=pol.name,
-        requests=int(n_req),
-        violations=int((late | dropped).sum()),
-        dropped=int(dropped.sum()),
-        late=int(late.sum()),
-        p50_ms=float(np.percentile(lat_ms, 50)) if lat_ms.size else 0.0,
-        p99_ms=float(np.percentile(lat_ms, 99)) if lat_ms.size else 0.0,
-        mean_cores=float(cores_ts.mean()),
-        mean_planned_cores=float(planned_ts.mean()),
-        mean_accuracy=float(accuracy[served_by[ok]].mean()) if ok.any() else 0.0,
-        mean_cpu_usage_cores=float(usage_ts.mean()),
-        transitions=transitions,
-        decisions=tuple(records),
-        timeline=timeline,
-        forecaster=fc.name,
-        duration_s=duration,
-        wall_s=time.perf_counter() - started,
-        decide_s=decide_total,
-    )
-
-
+    return Simulation(profile, rates_rps, policy, config, arrivals=arrivals, forecaster=forecaster).run(progress)

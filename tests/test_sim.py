@@ -167,7 +167,7 @@ def test_reactive_replanning_catches_a_step_between_decisions() -> None:
 # -- the live-fidelity options (docs/adapt.md, "Simulator fidelity") -------------------------------
 def test_gamma_service_curve_reproduces_the_mm1_closed_form() -> None:
     # The numeric M/G/1 curve at CV 1 is M/M/1: rho = x / (x + ln 100) with x = capacity x SLO.
-    from infadapter.sim import _p99_sojourn_curve
+    from infadapter.service import _p99_sojourn_curve
 
     rhos, g = _p99_sojourn_curve(1.0)
     for x in (0.5, 2.0, 8.0, 30.0):
