@@ -1,7 +1,8 @@
 """Shared fixtures: the repository root, the paper profile, and a small profile factory.
 
 The test session is hermetic: before anything imports the package, this module points the user cache
-(``XDG_CACHE_HOME``: decoded trace windows, dispatcher tokens) at a fresh folder of its own (the learned
+(``XDG_CACHE_HOME``: decoded trace windows, dispatcher tokens) and config (``XDG_CONFIG_HOME``,
+``MPLCONFIGDIR``) at a fresh folder of its own (the learned
 forecaster is the committed ``profiles/forecaster.npz``), and drops every other
 ``INFADAPTER_*`` setting of the user's shell except the data locations (``INFADAPTER_TRACE``,
 ``INFADAPTER_PAPER_CSV``, ``INFADAPTER_PROMETHEUS_BIN``). Subprocesses (``tests/cli_helpers.run_cli``)
@@ -22,6 +23,8 @@ SESSION_DIR = Path(tempfile.mkdtemp(prefix="infadapter-tests-"))
 for _k in [k for k in os.environ if k.startswith("INFADAPTER_") and k not in _KEEP_ENV]:
     del os.environ[_k]
 os.environ["XDG_CACHE_HOME"] = str(SESSION_DIR / "cache")
+os.environ["XDG_CONFIG_HOME"] = str(SESSION_DIR / "config")  # matplotlib and others create folders there
+os.environ["MPLCONFIGDIR"] = str(SESSION_DIR / "config" / "matplotlib")
 
 from collections.abc import Callable, Iterator  # noqa: E402  (after the environment is set)
 from typing import Any  # noqa: E402

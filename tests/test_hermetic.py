@@ -29,4 +29,9 @@ def test_cli_subprocesses_inherit_the_session_cache(tmp_path: Path) -> None:
                 env={"HOME": str(home)})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["policy"] == "static:resnet18=4"
+    # A dry-run adapt draws adapt.png: matplotlib's config folder is the session's too.
+    r = run_cli("adapt", "--backend", "dry-run", "--out", str(tmp_path / "dry"), "--rate", "5", "--duration", "2",
+                "--interval", "2", env={"HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "dry" / "adapt.png").exists()
     assert list(home.iterdir()) == [], "the CLI wrote into HOME"
