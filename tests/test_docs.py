@@ -241,9 +241,6 @@ EXAMPLES = all_examples()
 
 
 # -- sandbox ---------------------------------------------------------------------------------------
-BAD_PROFILE_NOTE = "a profile whose third variant has accuracy 76.13 (docs/core.md's error example)"
-
-
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A working folder for the examples: the repository's inputs linked in, the files examples name."""
@@ -265,7 +262,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import yaml
 
     bad = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
-    bad["variants"][2]["accuracy"] = 76.13  # BAD_PROFILE_NOTE
+    bad["variants"][2]["accuracy"] = 76.13  # docs/core.md's error example: a percentage, not a fraction
     (box / "bad.yaml").write_text(yaml.safe_dump(bad))
     return box
 
@@ -337,7 +334,10 @@ def test_example(ex: Example, sandbox: Path) -> None:
         return
     assert r.returncode == 0, f"{ex.id}: `{ex.command}` exits {r.returncode}\n{r.stderr[-2000:]}"
     if "--json" in ex.command.split("|")[-1].split():
-        json.loads(r.stdout)
+        printed = json.loads(r.stdout)
+        if ex.shown.startswith("{"):  # the page shows the object: the same keys (values may move)
+            shown = json.loads(ex.shown)
+            assert set(shown) <= set(printed), f"{ex.id}: shown keys {sorted(set(shown) - set(printed))} not printed"
 
 
 # -- the README's own promises ---------------------------------------------------------------------
