@@ -317,3 +317,46 @@ def test_restarted_adapter_adopts_the_running_haproxy(tmp_path, model_servers):
         second.stop()
     finally:
         first.stop()
+
+
+def _server_requests(port: int, model: str) -> int:
+    """Predict requests a model server counted (its TF-Serving-style Prometheus counter)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/monitoring/prometheus/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return int(sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+                   if ln.startswith(":tensorflow:serving:request_count{") and f'model_name="{model}"' in ln))
+
+
+@needs_haproxy
+@pytest.mark.slow
+def test_replaced_server_takes_over_live_and_the_old_one_drains(router, model_servers):
+    """A replacement (new port, as when a variant's thread count changes) is one `set server addr`:
+    new requests reach the new server at once, nothing fails while the old one stops."""
+    old_port = model_servers["procs"]["resnet50"][1]
+    router.set_backends(_routes(model_servers, {"resnet50": 1.0}))
+    assert _post(router.url)[:2] == (200, "resnet50")
+    port = free_port()
+    new = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "serve-model", "--model-dir", str(model_servers["models"]),
+         "--name", "resnet50", "--port", str(port), "--warmup", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_available(f"http://127.0.0.1:{port}", "resnet50", new)
+        results: dict[str, object] = {}
+        t = threading.Thread(target=lambda: results.update(
+            s=run_load(router.url, np.full(6, 15.0), slo_ms=500, seed=5, payloads=[BODY])))
+        t.start()
+        time.sleep(2)
+        old_before = _server_requests(old_port, "resnet50")
+        router.set_backends([Route("resnet50", f"http://127.0.0.1:{port}", "resnet50", 1.0)])
+        time.sleep(0.5)  # requests already in flight on the old server finish there
+        old_after = _server_requests(old_port, "resnet50")
+        t.join(60)
+        s = results["s"]
+        assert s.ok == s.sent, s.by_status  # nothing lost in the switch
+        assert _server_requests(old_port, "resnet50") == old_after  # no new request reached the old server
+        assert old_after >= old_before and _server_requests(port, "resnet50") > 40
+    finally:
+        if new.poll() is None:
+            new.kill()
+        new.wait(10)
