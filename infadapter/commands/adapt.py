@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import click
 
 from infadapter.commands.common import ROOT, err_console, json_option, out_console, print_json
 from infadapter.commands.options import control_options
+from infadapter.commands.views import LiveView as _View
 from infadapter.errors import BadInput
 
 DEFAULT_RUN_DIR = ROOT / "runs" / "adapt"
@@ -164,64 +164,6 @@ def _run_config(**kw: Any) -> Any:
     from infadapter.experiment import RunConfig
 
     return RunConfig(**kw)
-
-
-class _View:
-    """A live rich table on a terminal; plain log lines of each decision otherwise."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty() and not quiet
-        self.last_seq: tuple[Any, int] = (None, 0)
-        self.snap: dict[str, Any] = {}
-        self.live: Any = None
-
-    def __enter__(self) -> _View:
-        if self.tty:
-            from rich.live import Live
-
-            self.live = Live(get_renderable=self.render, console=err_console(), refresh_per_second=2)
-            self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.live is not None:
-            self.live.__exit__(*exc)
-
-    def update(self, snap: dict[str, Any]) -> None:
-        self.snap = snap
-        d = snap.get("last_decision") or {}
-        key = (snap.get("policy"), d.get("seq", 0))
-        if d and key != self.last_seq:  # (policy, seq): an experiment restarts seq per policy
-            self.last_seq = key
-            if not self.tty and not self.quiet:
-                replayed = " (replayed, not live)" if d.get("monitor_source") == "replay" else ""
-                err_console().print(
-                    f"[{time.strftime('%H:%M:%S')}] decision {d['seq']} ({d['trigger']}): observed{replayed} "
-                    f"{d['observed_rps']:.1f} req/s, forecast {d['forecast_rps']:.1f} -> {d['diff']}; {d['reason']}",
-                    highlight=False,
-                )
-
-    def render(self) -> Any:
-        from rich.table import Table
-
-        s = self.snap
-        plan = s.get("plan") or {}
-        t = Table(title=f"infadapter adapt: {s.get('policy', '')} ({s.get('limit_mode', '')})", expand=False)
-        for col in ("variant", "cores", "share", "capacity req/s"):
-            t.add_column(col)
-        for v in plan.get("variants", []):
-            t.add_row(v["name"], f"{v['cores']:g}", f"{v['share']:.0%}", f"{v['capacity']:.1f}")
-        mon = s.get("monitor") or {}
-        d = s.get("last_decision") or {}
-        p99 = s.get("p99_ms")
-        t.caption = (
-            f"observed {s.get('observed_rps') or 0:.1f} req/s | forecast {s.get('forecast_rps') or 0:.1f} | "
-            f"p99 {p99 if p99 is None else round(p99)} ms | cores {plan.get('cores', 0):g} | accuracy "
-            f"{plan.get('accuracy', 0):.3f} | source {mon.get('source', '')} {mon.get('warning', '')}\n"
-            f"last decision: {d.get('trigger', '')} {d.get('diff', '')}: {d.get('reason', '')}"
-        )
-        return t
 
 
 ADAPT_EPILOG = """Examples:
