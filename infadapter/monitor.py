@@ -8,6 +8,11 @@ Two sources, one answer (:class:`Observation`):
 - **The dispatcher's own counters** (``GET /admin/stats``): used when no Prometheus binary exists, when
   Prometheus stops answering, or while it has no samples yet. The monitor then says so: the
   observation's ``warning`` and ``source`` fields, which the loop copies into the state file.
+
+With ``--router haproxy`` (docs/routing.md) the router passes its own queries (HAProxy's exporter
+names; no latency histogram there, so ``p99_query=None`` and the p99 comes from ``stats()``), and
+``stats()`` is the same ``/admin/stats`` shape computed in the adapter from HAProxy's request counter
+and request log.
 """
 
 from __future__ import annotations
