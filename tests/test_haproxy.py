@@ -360,3 +360,24 @@ def test_replaced_server_takes_over_live_and_the_old_one_drains(router, model_se
         if new.poll() is None:
             new.kill()
         new.wait(10)
+
+
+@needs_haproxy
+@pytest.mark.slow
+def test_dead_haproxy_restarts_on_its_port_and_counts_once(router, model_servers):
+    routes = _routes(model_servers, {"resnet18": 0.5, "resnet50": 0.5})
+    router.set_backends(routes)
+    url = router.url
+    os.killpg(router.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while router.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not router.alive()
+    assert router.start() == url  # the same port: clients and Prometheus keep their target
+    router.set_backends(routes)  # the backend re-applies the routes it had
+    for _ in range(4):
+        assert _post(router.url)[0] == 200
+    time.sleep(2.2)  # two counter reads
+    st = router.stats()
+    assert sum(n for _, n in st["per_second"]) == pytest.approx(4, abs=1e-6)  # one counter, not two
+    assert sum(st["by_variant"].values()) == 4

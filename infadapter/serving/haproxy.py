@@ -278,10 +278,12 @@ class HAProxyRouter:
             raise BadInput("--router haproxy: the haproxy binary is not installed (apt-get install haproxy, "
                            "or scripts/setup.sh as root); or use --router dispatcher")
         self.config.run_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_threads()  # a restart after HAProxy died: the old reader and counter end first
         if self._adopt():
             return self.url
         self._open_log_socket()
-        self.port, self.metrics_port = free_port(), free_port()
+        # A restart keeps the ports: clients and Prometheus know the router by them.
+        self.port, self.metrics_port = self.port or free_port(), self.metrics_port or free_port()
         tag = f"infadapter-{secrets.token_hex(6)}"
         cfg = self.config.run_dir / "haproxy.cfg"
         cfg.write_text(render_config(self.variants, self.port, self.metrics_port, str(self.admin_socket),
@@ -337,18 +339,18 @@ class HAProxyRouter:
         except BackendUnavailable:
             return False
 
+    def alive(self) -> bool:
+        """Whether the HAProxy process still exists (reaps it when it was our child and died)."""
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return self.pid is not None and pid_alive(self.pid)
+
     def stop(self) -> None:
         """Soft-stop HAProxy (SIGUSR1: stop listening, finish in-flight requests), then force; idempotent."""
         self._stop.set()
         stop_process(self.pid, self._proc, signal.SIGUSR1, 10.0)
         self.pid, self._proc, self.api = None, None, None
-        if self._log_sock is not None:
-            with contextlib.suppress(OSError):
-                self._log_sock.close()
-            self._log_sock = None
-        for t in (self._log_thread, self._counter_thread):
-            if t is not None:
-                t.join(2)
+        self._stop_threads()
         if self._sock_dir is not None:
             for p in (self.admin_socket, self.log_socket):
                 with contextlib.suppress(OSError):
@@ -454,15 +456,29 @@ class HAProxyRouter:
             raise BackendUnavailable("haproxy: no predict frontend in show stat")
         return int(rows[0].get("req_tot") or 0)
 
+    def _stop_threads(self) -> None:
+        """End the log reader and the counter of this HAProxy (each watches its own event)."""
+        self._stop.set()
+        if self._log_sock is not None:
+            with contextlib.suppress(OSError):
+                self._log_sock.close()
+            self._log_sock = None
+        for t in (self._log_thread, self._counter_thread):
+            if t is not None and t is not threading.current_thread():
+                t.join(2)
+        self._log_thread = self._counter_thread = None
+        self._counted = None
+        self._stop = threading.Event()
+
     def _start_counting(self) -> None:
         """Arrivals per second from HAProxy's request counter, read just after each second starts."""
         self._counted = (self.clock(), self._requests_counter())
-        self._stop.clear()
-        self._counter_thread = threading.Thread(target=self._count, name="haproxy-count", daemon=True)
+        self._counter_thread = threading.Thread(target=self._count, args=(self._stop,), name="haproxy-count",
+                                                daemon=True)
         self._counter_thread.start()
 
-    def _count(self) -> None:
-        while not self._stop.wait(1.02 - (time.time() % 1.0)):
+    def _count(self, stop: threading.Event) -> None:
+        while not stop.wait(1.02 - (time.time() % 1.0)):
             if self.api is None:
                 return
             try:
@@ -493,8 +509,8 @@ class HAProxyRouter:
             os.umask(old)
         sock.settimeout(0.5)
         self._log_sock = sock
-        self._stop.clear()
-        self._log_thread = threading.Thread(target=self._read_logs, name="haproxy-log", daemon=True)
+        self._log_thread = threading.Thread(target=self._read_logs, args=(sock, self._stop), name="haproxy-log",
+                                            daemon=True)
         self._log_thread.start()
 
     @property
@@ -502,9 +518,8 @@ class HAProxyRouter:
         """Native thread id of the request-log reader (the benchmark pins it with HAProxy)."""
         return self._log_thread.native_id if self._log_thread is not None else None
 
-    def _read_logs(self) -> None:
-        sock = self._log_sock
-        while sock is not None and not self._stop.is_set():
+    def _read_logs(self, sock: socket.socket, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
                 data = sock.recv(4096)
             except TimeoutError:

@@ -89,6 +89,10 @@ class Router(Protocol):
 
     def healthy(self) -> bool: ...
 
+    def alive(self) -> bool:
+        """Whether the router process still exists (a dead one is restarted on its port)."""
+        ...
+
     def stop(self) -> None:
         """Stop the router process; idempotent."""
         ...
