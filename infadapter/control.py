@@ -29,7 +29,7 @@ The rules (docs/adapt.md explains the measurements behind each default):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -158,14 +158,16 @@ def windowed_rate(counts: Sequence[float], end: int, config: ControlConfig) -> f
     return float(sum(window)) / len(window) if len(window) else 0.0
 
 
-def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: float) -> Plan | None:
+def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: float,
+                max_cores: Mapping[str, float] | None = None) -> Plan | None:
     """The plan to serve while ``target``'s new variants load, or None when none is needed.
 
     None when ``target`` starts no new variant, or when ``serving`` already serves ``load_rps``.
     Otherwise the variants of ``serving`` with their cores grown in place (never shrunk), one core
     step at a time to the variant that gains the most capacity per step, until the load is served or
-    the budget is used (the loading variants are the surge, as Kubernetes' ``maxSurge``); shares
-    are proportional to capacity.
+    the budget is used (the loading variants are the surge, as Kubernetes' ``maxSurge``), each
+    variant at most ``max_cores[name]`` (what the backend can give it in place); shares are
+    proportional to capacity.
     """
     if serving is None or not serving.allocations:
         return None
@@ -180,7 +182,8 @@ def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: 
 
     grown = dict(cores)
     while sum(cap(n, c) for n, c in grown.items()) < load_rps:
-        room = [n for n, c in grown.items() if c + step <= top + 1e-9]
+        room = [n for n, c in grown.items()
+                if c + step <= min(top, (max_cores or {}).get(n, top)) + 1e-9]
         if not room or sum(grown.values()) + step > profile.budget_cores + 1e-9:
             break
         best = max(room, key=lambda n: cap(n, grown[n] + step) - cap(n, grown[n]))

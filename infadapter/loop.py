@@ -354,7 +354,7 @@ class ControlLoop:
         """Grow the running variants in place first when ``target`` must wait for new ones to load."""
         if not self.backend.in_place_resize:
             return ()
-        bridge = control.bridge_plan(self.profile, self.serving, target, load_rps)
+        bridge = control.bridge_plan(self.profile, self.serving, target, load_rps, self.backend.in_place_max_cores())
         if bridge is None:
             return ()
         res = self.backend.apply(bridge)

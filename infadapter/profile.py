@@ -254,6 +254,12 @@ class Profile(BaseModel):
                 return v
         raise BadInput(f"variant: unknown variant {name!r}, expected one of {', '.join(self.names)}")
 
+    def in_place_ceiling(self, threads: int) -> float:
+        """The most cores a server started with ``threads`` threads can be given in place: the largest
+        allocation with the same thread count (:func:`threads_for_cores`); beyond it, a restart."""
+        fits = [c for c in self.core_options() if threads_for_cores(c) <= threads]
+        return fits[-1] if fits else self.core_options()[0]
+
     def core_options(self) -> tuple[float, ...]:
         """Allowed core counts of a running variant: min_cores, min_cores + step, ..., <= budget."""
         n = math.floor((self.budget_cores - self.min_cores) / self.core_step + _GRID_EPS)

@@ -242,6 +242,11 @@ class _Instance:
     ready_at: float
     free_at: float = 0.0
     quota: list[float] = field(default_factory=lambda: [-1.0, 0.0])  # cfs: [period index, CPU used in it]
+    threads: int = 0  # cfs: fixed when the server starts (0: from the cores it started on)
+
+    def __post_init__(self) -> None:
+        if not self.threads:
+            self.threads = threads_for_cores(self.cores)
 
 
 @dataclass
@@ -455,6 +460,17 @@ class Simulation:
             return min(cores, threads_for_cores(cores)) / w if w > 0 else 1e-9
         return service_rate(self.profile, name, cores, self.config.service_cv)
 
+    def _in_place_max(self, inst: _Instance) -> float:
+        """The most cores ``inst`` can get in place: a local server's threads are fixed when it starts."""
+        return self.profile.in_place_ceiling(inst.threads) if self.cfs else self.top
+
+    def _queue_bound(self, inst: _Instance) -> int:
+        """Requests a server lets wait: for the cores it has, or (a local server, whose bound is set when
+        it starts) for the most it can get in place, as LocalBackend starts them."""
+        if self.cfs:
+            return self.profile.queue_bound(inst.name, max(inst.cores, self._in_place_max(inst)))
+        return self.profile.queue_bound(inst.name, inst.cores)
+
     def _set_cores(self, inst: _Instance, cores: float) -> None:
         inst.cores, inst.mu = cores, self._rate(inst.name, cores)
 
@@ -495,14 +511,14 @@ class Simulation:
             a = arr.times[sel]
             limit = self.timeout_s
             if cfg.queue_bound:
-                limit = min(limit, self.profile.queue_bound(inst.name, inst.cores) / inst.mu)
+                limit = min(limit, self._queue_bound(inst) / inst.mu)
             v = self.vidx[inst.name]
             # The usage signal (what VPA and HPA read) counts shed requests with the CPU they would
             # have used, so it shows the demand, as the local backend's does (LocalBackend.cpu_seconds).
             if self.cfs:
                 assert self.work_cpu is not None
                 cpu = arr.work[sel] * self.work_cpu[v]
-                f, inst.free_at = fifo_cfs(a, cpu, inst.free_at, limit, inst.cores, threads_for_cores(inst.cores),
+                f, inst.free_at = fifo_cfs(a, cpu, inst.free_at, limit, inst.cores, inst.threads,
                                            cfg.cfs_period_s, inst.quota)
                 ok = ~np.isnan(f)
                 used_at, used = np.minimum(f[ok].astype(np.int64), d - 1), cpu[ok]
@@ -569,8 +585,9 @@ class Simulation:
         if not change.empty:
             loading = self.pending.config.instances if self.pending else ()
             if self.in_place and self.mbb and not start:
-                now_cores = {i.name: i.cores for i in self.serving.instances if i.ready_at <= now}
-                bridge = control.bridge_plan(profile, _plan_of(profile, now_cores), d.plan, self.forecast_now)
+                ready = [i for i in self.serving.instances if i.ready_at <= now]
+                bridge = control.bridge_plan(profile, _plan_of(profile, {i.name: i.cores for i in ready}), d.plan,
+                                             self.forecast_now, {i.name: self._in_place_max(i) for i in ready})
                 if bridge is not None:
                     self.apply(bridge, now)
             self.apply(d.plan, now, immediate=start, loading=loading)
@@ -597,7 +614,7 @@ class Simulation:
             inst = old.get(a.name)
             if inst is not None and abs(inst.cores - a.cores) < 1e-9:
                 instances.append(inst)
-            elif inst is not None and self.in_place:
+            elif inst is not None and self.in_place and a.cores <= self._in_place_max(inst) + 1e-9:
                 if a.cores > inst.cores:
                     self._set_cores(inst, a.cores)
                 else:

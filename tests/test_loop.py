@@ -75,6 +75,9 @@ class FakeBackend:
     def health(self) -> bool:
         return True
 
+    def in_place_max_cores(self) -> dict[str, float]:
+        return {}
+
     def stop(self) -> None:
         self.calls.append("stop")
 

@@ -29,6 +29,9 @@ class DryRunBackend:
     name = "dry-run"
     in_place_resize = False
 
+    def in_place_max_cores(self) -> dict[str, float]:
+        return {}
+
     def __init__(self, profile: Profile, out_dir: str | Path, config: RenderConfig | None = None) -> None:
         self.profile = profile
         self.config = config or RenderConfig()

@@ -44,6 +44,7 @@ from infadapter.render import (
     VariantSpec,
     cpu_quantity,
     parse_cpu,
+    render_route,
     render_variant,
     variant_layout,
     variant_specs,
@@ -68,6 +69,7 @@ _PATHS = {
     "PersistentVolumeClaim": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
     "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
     "Secret": "/api/v1/namespaces/{ns}/secrets",
+    "HTTPRoute": "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes",
 }
 
 
@@ -223,6 +225,10 @@ class KubernetesBackend:
     def in_place_resize(self) -> bool:
         """pods/resize is used unless turned off or found unsupported by the cluster."""
         return self._resize_ok is not False
+
+    def in_place_max_cores(self) -> dict[str, float]:
+        """No limit of its own: the plan's pod sizes already fit the nodes."""
+        return {}
 
     def __init__(
         self,
@@ -572,7 +578,7 @@ class KubernetesBackend:
             for name in wanted:
                 if name not in created and name not in rolled and name not in shrink and name not in grow:
                     self._apply_variant(specs[name], plan, generation)
-            actions.append(self._route(plan))
+            actions.append(self._route(plan, leaving=deletes))
         except (KubeError, InfAdapterError) as exc:
             # New variants are up but the dispatcher still routes the old plan; nothing was
             # deleted or shrunk, so the old plan keeps serving and the next apply finishes the job.
@@ -588,6 +594,8 @@ class KubernetesBackend:
             for name in deletes:
                 self._delete_variant(name)
                 actions.append(f"delete {name}")
+            if deletes and self.config.router == "gateway":  # the weight-0 entries go with their Services
+                actions.append(self._apply_route(plan.shares_by_name()))
         except KubeError as exc:
             # Routing has switched: the new shares serve, on at least the planned cores. A variant
             # that kept more cores, or one left over, gets fixed by the next apply (reconcile).
@@ -695,22 +703,33 @@ class KubernetesBackend:
                 notes.append(f"roll back of {name} failed ({exc})")
         return notes
 
-    def _route(self, plan: Plan) -> str:
+    def _route(self, plan: Plan, leaving: Iterable[str] = ()) -> str:
+        """Switch traffic to ``plan``'s shares: the HTTPRoute (router: gateway; variants ``leaving``
+        stay listed with weight 0 until they are deleted) and/or the dispatcher."""
         weights = ", ".join(f"{a.name} {a.share:.2f}" for a in plan.allocations)
+        done = []
+        if self.config.router == "gateway":
+            done.append(self._apply_route({**dict.fromkeys(leaving, 0.0), **plan.shares_by_name()}))
         if self.router is None:
-            return f"route skipped (no dispatcher configured): {weights}"
+            return "; ".join(done) or f"route skipped (no dispatcher configured): {weights}"
         self.router.set_backends(
             [
                 {
                     "name": a.name,
                     "url": self.config.variant_url(a.name),
-                    "model": self.profile.variant(a.name).model or a.name,
+                    "model": self.config.served_model(self.profile.variant(a.name).model or a.name),
                     "weight": a.share,
                 }
                 for a in plan.allocations
             ]
         )
-        return f"route: {weights}"
+        return "; ".join([*done, f"route: {weights}"])
+
+    def _apply_route(self, shares: Mapping[str, float]) -> str:
+        m = render_route(shares, self.config)
+        self._apply_object(m)
+        w = ", ".join(f"{b['name']} {b['weight']}" for b in m.obj["spec"]["rules"][0]["backendRefs"])
+        return f"route: HTTPRoute/{m.name} weights {w}"
 
     @staticmethod
     def _retry_after(exc: KubeError) -> float | None:
@@ -994,6 +1013,7 @@ def make_backend(
     admin_token: str | None = None,
     ready_timeout_s: float = 600.0,
     in_place: str = "auto",
+    config: RenderConfig | None = None,
 ) -> KubernetesBackend:
     """The backend as ``cli.py adapt --backend kubernetes`` builds it from its options."""
     from infadapter.render import load_render_config
@@ -1003,4 +1023,5 @@ def make_backend(
     options = KubeOptions(
         kubeconfig=kubeconfig, context=context, namespace=namespace, ready_timeout_s=ready_timeout_s, in_place=in_place
     )
-    return KubernetesBackend(profile, load_render_config(config_path), options, router=router)
+    rc = config if config is not None else load_render_config(config_path)
+    return KubernetesBackend(profile, rc, options, router=router)

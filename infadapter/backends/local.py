@@ -221,6 +221,10 @@ class LocalBackend:
         """A cgroup quota changes under a running server; thread-limited servers restart instead."""
         return self.uses_cgroups
 
+    def in_place_max_cores(self) -> dict[str, float]:
+        """A server's thread count is fixed when it starts: beyond that many cores, a restart."""
+        return {n: self.profile.in_place_ceiling(sp.threads) for n, sp in self.servers.items()}
+
     @property
     def uses_cgroups(self) -> bool:
         return self.driver is not None
@@ -421,7 +425,10 @@ class LocalBackend:
                "--name", model, "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads),
                "--warmup", str(self.config.warmup), *self.config.server_args]
         if "--max-queue" not in self.config.server_args:
-            cmd += ["--max-queue", str(self.profile.queue_bound(name, cores))]
+            # The queue bound of the most cores this server can be given in place (its thread count
+            # is fixed): a resize changes the cgroup quota, not the server's max_queue.
+            ceiling = self.profile.in_place_ceiling(threads_for_cores(cores))
+            cmd += ["--max-queue", str(self.profile.queue_bound(name, max(cores, ceiling)))]
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
         logf.close()
