@@ -513,6 +513,8 @@ class Dispatcher:
             self._finish(NO_VARIANT, 413, started)
             return _error(413, f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
         try:
+            if request.content.is_eof():  # the whole body came with the headers: no deadline to arm
+                return await request.read()
             async with asyncio.timeout(self.config.body_timeout_s):
                 return await request.read()
         except web.HTTPRequestEntityTooLarge:
