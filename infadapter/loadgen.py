@@ -19,6 +19,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import signal
 import threading
@@ -285,12 +286,16 @@ def write_records(rows: Sequence[Sequence[Any]], out_path: Path) -> None:
         pq.write_table(pa.table(columns), out_path)
         return
     tmp = out_path.with_name(out_path.name + ".part")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
-        for r in rows:
-            writer.writerow([r[0], f"{r[1]:.6f}", f"{r[2]:.6f}", f"{r[3]:.6f}", f"{r[4]:.3f}", r[5], r[6], r[7], r[8]])
-    tmp.replace(out_path)
+    try:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(CSV_COLUMNS)
+            for r in rows:
+                writer.writerow([r[0], f"{r[1]:.6f}", f"{r[2]:.6f}", f"{r[3]:.6f}", f"{r[4]:.3f}", *r[5:9]])
+        tmp.replace(out_path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # no half file left behind (a full disk)
+        raise
 
 
 def run_load(
@@ -352,6 +357,12 @@ def run_load(
     rows = records.rows
     summary = summarize(rows, slo_ms, duration, interrupted)
     if out_path is not None:
-        write_records(rows, Path(out_path))
-        summary = LoadSummary(**{**asdict(summary), "out_path": str(out_path)})
+        try:
+            write_records(rows, Path(out_path))
+        except OSError as exc:  # a full disk loses the per-request log, not the run or its summary
+            logging.getLogger("infadapter.loadgen").error(
+                "cannot write %s (%s); the summary still counts every request", out_path, exc.strerror or exc
+            )
+        else:
+            summary = LoadSummary(**{**asdict(summary), "out_path": str(out_path)})
     return summary

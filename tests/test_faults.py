@@ -277,3 +277,33 @@ def test_model_server_killed_mid_load_only_its_in_flight_requests_fail(setup: Pa
     assert all(-2.0 <= w[1] <= 1.0 for w in where), where
     print(f"model server {victim['name']} killed: planned servers ready again {back - t_kill:.1f} s later "
           f"(interval {INTERVAL_S:g} s); {len(failed)} of {len(rows)} requests failed; planned {sorted(planned)}")
+
+
+def test_full_disk_mid_run_is_logged_and_the_run_goes_on(setup: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root): the full-disk case is not run")
+    try:
+        run_dir = small / "run"
+        proc = _adapt(setup, run_dir, "--rate", "6", "--duration", "30")
+        _wait_serving(proc, run_dir)
+        t_full = time.time()
+        with (small / "filler").open("wb") as fh:  # fill the run folder's filesystem to the last byte
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError:
+                pass
+        summary, err = _finish(proc)  # exits 0 with its summary, although nothing could be written
+        assert "No space left on device" in err and "Traceback" not in err
+        said = [line for line in err.splitlines() if "cannot write" in line]
+        assert 1 <= len(said) <= 4, said  # once per file, not once per write
+        assert summary["requests"] > 0 and summary["errors"] == 0 and summary["timeouts"] == 0
+        assert summary["ok"] == summary["requests"]  # serving went on through the full disk
+        print(f"full disk {time.time() - t_full:.0f} s before the end: {summary['requests']} requests, all ok; "
+              f"{len(said)} error lines")
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
