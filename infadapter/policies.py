@@ -310,6 +310,8 @@ class StabilizedState:
     inner: Any = None
     #: Plans proposed by consecutive decisions that wanted fewer cores than the current plan.
     pending_down: tuple[Plan, ...] = ()
+    #: Variants the plans dropped, kept warm: (name, consecutive decisions that left it out).
+    warm: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -334,11 +336,41 @@ class Stabilized:
 
     def decide(self, ctx: Context) -> Decision:
         st = ctx.state if isinstance(ctx.state, StabilizedState) else StabilizedState()
+        d = self._decide(ctx, st)
+        return self._keep_warm(ctx, d)
+
+    def _keep_warm(self, ctx: Context, d: Decision) -> Decision:
+        """A variant the plan drops stays, idle on the fewest cores, until ``intervals`` decisions in a row
+        have left it out: if the load comes back it grows in place at once instead of loading again."""
+        st: StabilizedState = d.state
+        cur = ctx.current
+        if self.intervals <= 1 or cur is None:
+            return d
+        p = ctx.profile
+        wanted = set(d.plan.names)
+        counts = dict(st.warm)
+        warm, allocs = [], list(d.plan.allocations)
+        for a in cur.allocations:
+            if a.name in wanted:
+                continue
+            n = counts.get(a.name, 0) + 1
+            cores = p.min_cores
+            if n >= self.intervals or sum(x.cores for x in allocs) + cores > p.budget_cores + 1e-9:
+                continue
+            warm.append((a.name, n))
+            allocs.append(Allocation(a.name, cores, 0.0, p.capacity_rps(a.name, cores)))
+        if not warm:
+            return replace(d, state=replace(st, warm=()))
+        plan = replace(d.plan, allocations=tuple(allocs))
+        names = ", ".join(f"{n} ({k}/{self.intervals})" for n, k in warm)
+        return replace(d, plan=plan, state=replace(st, warm=tuple(warm)), reason=f"{d.reason}; kept warm: {names}")
+
+    def _decide(self, ctx: Context, st: StabilizedState) -> Decision:
         d = self.inner.decide(replace(ctx, state=st.inner))
         cur = ctx.current
         kept = _keep_if_close(ctx, d, self.min_gain) if self.min_gain > 0 else None
         if kept is not None:
-            return replace(kept, state=StabilizedState(d.state, st.pending_down))
+            return replace(kept, state=StabilizedState(d.state, st.pending_down, st.warm))
         # Less is fewer cores or less capacity: swapping to slower, more accurate variants on the same
         # cores is a scale-down too, and waits like one.
         wants_less = (
@@ -349,14 +381,14 @@ class Stabilized:
             and cur.served_capacity_rps() + 1e-9 >= ctx.forecast_rps
         )
         if not wants_less or self.intervals <= 1:
-            return replace(d, state=StabilizedState(d.state, ()))
+            return replace(d, state=StabilizedState(d.state, (), st.warm))
         pending = (*st.pending_down, d.plan)
         if len(pending) >= self.intervals:
             chosen = max(pending[-self.intervals :], key=lambda p: p.cores)
-            return replace(d, plan=chosen.with_load(ctx.forecast_rps), state=StabilizedState(d.state, ()),
+            return replace(d, plan=chosen.with_load(ctx.forecast_rps), state=StabilizedState(d.state, (), st.warm),
                            reason=f"{d.reason}; scale-down after {self.intervals} intervals")
         keep = cur.with_load(ctx.forecast_rps)  # type: ignore[union-attr]
-        return replace(d, plan=keep, state=StabilizedState(d.state, pending),
+        return replace(d, plan=keep, state=StabilizedState(d.state, pending, st.warm),
                        reason=f"{d.reason}; scale-down held ({len(pending)}/{self.intervals})")
 
 
