@@ -336,3 +336,30 @@ def _profile_file(tmp_path: Path) -> Path:
     p = tmp_path / "good-profile.yaml"
     p.write_text(dump(make_profile_dict()))
     return p
+
+
+# -- inventories (Ansible's validate play, the first stage of site.yml) ----------------------------
+SAMPLE_INVENTORY = yaml.safe_load((Path(__file__).resolve().parents[1] / "inventory/sample/hosts.yml").read_text())
+INVENTORY_PATHS = [p for p in _paths(SAMPLE_INVENTORY) if p[-1] not in ("all", "children")]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(INVENTORY_PATHS), value=HOSTILE | st.just({}) | st.just({"hosts": None}))
+def test_inventory_with_a_hostile_value_passes_or_fails_with_an_inventory_message(tmp_path_factory, path, value):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    inv = tmp_path_factory.mktemp("inv") / "hosts.yml"
+    inv.write_text(dump(mutate(SAMPLE_INVENTORY, path, value)))
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inv), "playbooks/validate.yml"],
+        cwd=root, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "ANSIBLE_CONFIG": str(root / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
+    )  # fmt: skip
+    out = res.stdout + res.stderr
+    assert "Traceback" not in out and "unexpected exception" not in out.lower(), out[-2000:]
+    if res.returncode != 0:
+        # Refused by one of the play's asserts (which say what to fix), or by Ansible's inventory parser.
+        assert "inventory:" in out or "Unable to parse" in out or "ERROR!" in out, out[-2000:]
