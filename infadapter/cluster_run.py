@@ -82,6 +82,7 @@ class ClusterRunConfig:
     out_dir: Path | None = None  # dry-run folder
     metrics_port: int = 0  # serve the adapter's infadapter_* metrics on this port (0: off)
     metrics_host: str = "0.0.0.0"  # scraped from other hosts (the cluster's Prometheus)
+    router: str | None = None  # "gateway": the plan's shares as HTTPRoute weights (None: the render config's)
 
     def __post_init__(self) -> None:
         if self.backend not in CLUSTER_BACKENDS:
@@ -187,7 +188,7 @@ def _no_dispatcher() -> Mapping[str, Any]:
 
 
 # -- the run ---------------------------------------------------------------------------------------
-def render_config_for(k8s_config: Path | None, namespace: str | None) -> Any:
+def render_config_for(k8s_config: Path | None, namespace: str | None, router: str | None = None) -> Any:
     """The render config of ``--k8s-config`` with ``--namespace`` applied, validated (BadInput naming the flag)."""
     from pydantic import ValidationError
 
@@ -203,12 +204,14 @@ def render_config_for(k8s_config: Path | None, namespace: str | None) -> Any:
         except ValidationError:
             raise BadInput(f"--namespace: {namespace!r} is not a Kubernetes name (lowercase letters, digits "
                            "and '-', starting and ending with a letter or digit)") from None
+    if router and router != rc.router:
+        rc = rc.model_copy(update={"router": router})
     return rc
 
 
 def build_backend(cfg: ClusterRunConfig, profile: Profile) -> Any:
     """The kubernetes or dry-run backend the flags describe; BackendUnavailable if the cluster is away."""
-    rc = render_config_for(cfg.k8s_config, cfg.namespace)
+    rc = render_config_for(cfg.k8s_config, cfg.namespace, cfg.router)
     if cfg.backend == "dry-run":
         from infadapter.backends.dryrun import DryRunBackend
 
@@ -219,7 +222,7 @@ def build_backend(cfg: ClusterRunConfig, profile: Profile) -> Any:
     backend = make_backend(
         profile, kubeconfig=cfg.kubeconfig, context=cfg.context, namespace=rc.namespace,
         config_path=str(cfg.k8s_config) if cfg.k8s_config else None, dispatcher_url=cfg.dispatcher_url,
-        admin_token=cfg.admin_token, ready_timeout_s=cfg.ready_timeout_s, in_place=cfg.in_place,
+        admin_token=cfg.admin_token, ready_timeout_s=cfg.ready_timeout_s, in_place=cfg.in_place, config=rc,
     )
     if not backend.health():
         host = getattr(getattr(backend._api, "configuration", None), "host", "") or "the API server"

@@ -153,6 +153,33 @@ class Monitoring(_Strict):
     )
 
 
+class ParentRef(_Strict):
+    """A Gateway the HTTPRoute attaches to (Gateway API ``parentRefs``)."""
+
+    name: str = Field(pattern=_DNS_LABEL, description="the Gateway's name")
+    namespace: str | None = Field(default=None, pattern=_DNS_LABEL, description="its namespace [the route's]")
+    section_name: str | None = Field(default=None, description="one listener of it [all]")
+
+
+class Gateway(_Strict):
+    """``router: gateway``: the plan's shares become the backendRefs weights of one Gateway API HTTPRoute
+    (served by Envoy Gateway, Istio, NGINX Gateway Fabric and others) instead of the dispatcher's."""
+
+    route_name: str = Field(default="infadapter", pattern=_DNS_LABEL, description="the HTTPRoute's name")
+    parent_refs: tuple[ParentRef, ...] = Field(
+        default=(ParentRef(name="infadapter-gateway"),), min_length=1, description="the Gateways it attaches to"
+    )
+    hostnames: tuple[str, ...] = Field(default=(), description="hostnames it matches [any]")
+    path_prefix: str = Field(default="/v1/models", description="requests routed by the weights")
+    model_name: str = Field(
+        default="resnet",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="the one model name every variant serves under, so clients call "
+        "/v1/models/<model_name>:predict whichever variant the gateway picks",
+    )
+    weight_scale: int = Field(default=1000, ge=1, le=1_000_000, description="weight of a share of 1")
+
+
 class RenderConfig(_Strict):
     """Everything the templates need besides the plan and the profile."""
 
@@ -167,6 +194,20 @@ class RenderConfig(_Strict):
     dispatcher: Dispatcher = Field(default_factory=Dispatcher)
     adapter: Adapter = Field(default_factory=Adapter)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    router: str = Field(
+        default="dispatcher",
+        pattern=r"^(dispatcher|gateway)$",
+        description="dispatcher (our router, weights through its admin API) or gateway (a Gateway API HTTPRoute)",
+    )
+    gateway: Gateway = Field(default_factory=Gateway)
+
+    def served_model(self, model: str) -> str:
+        """The model name a variant's TF Serving serves (one shared name behind a gateway)."""
+        return self.gateway.model_name if self.router == "gateway" else model
+
+    def route_weights(self, shares: Mapping[str, float]) -> dict[str, int]:
+        """HTTPRoute backendRef weights of each variant's Service for the plan's shares."""
+        return {self.object_name(n): max(0, round(s * self.gateway.weight_scale)) for n, s in shares.items()}
 
     def object_name(self, variant: str) -> str:
         """Deployment/Service name of a variant."""
@@ -368,6 +409,7 @@ def render_variant(
     ctx = {
         "c": config,
         "v": spec,
+        "served": config.served_model(spec.model),
         "obj_name": name,
         "generation": generation,
         "plan_json": plan_annotation(plan, generation),
@@ -389,12 +431,22 @@ def render_plan(
     generation: int = 1,
     template_cores: Mapping[str, float] | None = None,
 ) -> list[Manifest]:
-    """The manifests of every variant in ``plan`` (ConfigMap, Deployment, Service each)."""
+    """The manifests of every variant in ``plan`` (ConfigMap, Deployment, Service each), and with
+    ``router: gateway`` the HTTPRoute whose weights are the plan's shares."""
     env = _environment()
     out: list[Manifest] = []
     for spec in variant_specs(plan, profile, template_cores, config):
         out.extend(render_variant(spec, plan, generation, config, env))
+    if config.router == "gateway" and plan.allocations:
+        out.append(render_route(plan.shares_by_name(), config))
     return out
+
+
+def render_route(shares: Mapping[str, float], config: RenderConfig) -> Manifest:
+    """The Gateway API HTTPRoute splitting traffic over the variants' Services by ``shares`` (a variant
+    on its way out is given with share 0: it stays listed, weight 0, until its Deployment goes)."""
+    ctx = {"c": config, "weights": config.route_weights(shares), "labels": config.common_labels(), "L": _label_keys()}
+    return _render(_environment(), "k8s/httproute.yaml.j2", f"{config.gateway.route_name}.httproute.yaml", **ctx)
 
 
 def render_platform(config: RenderConfig) -> list[Manifest]:

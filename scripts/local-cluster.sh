@@ -7,6 +7,7 @@
 #   bash scripts/local-cluster.sh status
 #   bash scripts/local-cluster.sh down
 #   bash scripts/local-cluster.sh build        # only build (or find) the binaries
+#   bash scripts/local-cluster.sh gateway-api  # install the Gateway API CRDs (standard channel) into it
 #
 # `up` builds the binaries once into a per-version cache (reused when present), starts the processes
 # with generated PKI on free ports, creates fake nodes (default 4 of 8 CPU and 32 GiB), prepares the
@@ -24,6 +25,7 @@ set -euo pipefail
 
 K8S_VERSION=v1.36.3
 KWOK_VERSION=v0.8.0
+GATEWAY_API_VERSION=v1.6.3
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 STATE=${INFADAPTER_CLUSTER_DIR:-$HOME/.cache/infadapter/cluster}
@@ -435,15 +437,45 @@ status() {
   return $rc
 }
 
+gateway_api() {  # the standard-channel CRDs as shipped in the sigs.k8s.io/gateway-api Go module
+  running || die "no running cluster in $STATE: run 'bash scripts/local-cluster.sh up' first" 4
+  local dir crd f
+  dir=$(cd "$STATE" && GOFLAGS=-mod=mod "$GO" mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])') \
+    || die "cannot download sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION from the Go module proxy" 4
+  for crd in gatewayclasses gateways httproutes referencegrants; do
+    f="$dir/config/crd/standard/gateway.networking.k8s.io_$crd.yaml"
+    api PATCH "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/$crd.gateway.networking.k8s.io?fieldManager=local-cluster&force=true" \
+      "$f" application/apply-patch+yaml >/dev/null || die "cannot install the CRD $crd from $f" 4
+  done
+  for crd in gatewayclasses gateways httproutes referencegrants; do
+    wait_for 60 "CRD $crd" established "$crd.gateway.networking.k8s.io"
+  done
+  say "Gateway API $GATEWAY_API_VERSION CRDs installed (no gateway controller runs here: routes are accepted, not served)"
+  echo "$KUBECONFIG_OUT"
+}
+
+established() {
+  api GET "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/$1" | python3 -c '
+import json, sys
+conds = json.load(sys.stdin).get("status", {}).get("conditions", [])
+sys.exit(0 if any(c["type"] == "Established" and c["status"] == "True" for c in conds) else 1)'
+}
+
 case "$cmd" in
   up) up ;;
+  gateway-api) gateway_api ;;
   down) down ;;
   status) status ;;
   build) build; echo "$BIN" ;;
   restart-apiserver)  # for tests: stop and start kube-apiserver only (same flags, same port)
     pid=$(pid_of kube-apiserver); [ -n "$pid" ] || die "not running" 4
     args=$(tr '\0' '\n' < "/proc/$pid/cmdline" | tail -n +2)
-    kill -TERM "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    # SIGTERM, then SIGKILL after 3 s: a graceful shutdown waits up to a minute for open watches.
+    kill -TERM "$pid"
+    for ((i = 0; i < 30; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
     sleep "${INFADAPTER_RESTART_PAUSE:-0}"
     mapfile -t argv <<< "$args"
     start kube-apiserver "$BIN/kube-apiserver" "${argv[@]}"

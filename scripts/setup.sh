@@ -28,6 +28,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # NFS server/client packages: the Ansible converge tests' package tasks find them installed.
   [ -x /usr/sbin/exportfs ] || need+=(nfs-kernel-server)
   [ -x /sbin/mount.nfs ] || need+=(nfs-common)
+  # The local Kubernetes control plane (scripts/local-cluster.sh): PKI and API calls.
+  command -v openssl >/dev/null || need+=(openssl)
+  command -v curl >/dev/null || need+=(curl)
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need[*]}" >&2
     apt-get update -qq >/dev/null
@@ -37,4 +40,12 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       (service "$svc" stop >/dev/null 2>&1 || true)
     done
   fi
+fi
+# The local Kubernetes control plane for tests/test_k8s_real.py: Kubernetes v1.36.3 + etcd + kwok built
+# from the Go module proxy into ~/.cache/infadapter/k8s-v1.36.3/bin (about 5-10 minutes on 2 cores the
+# first time, with progress; seconds afterwards). Needs Go >= 1.26. A failure here is reported, and the
+# Kubernetes tests then try the build again and fail with its error.
+if [ -z "${INFADAPTER_SKIP_K8S_BUILD:-}" ]; then
+  PATH="$PATH:/usr/local/go/bin" bash scripts/local-cluster.sh build >/dev/null \
+    || echo "setup: the local Kubernetes control plane did not build (see above)" >&2
 fi

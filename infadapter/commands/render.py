@@ -19,6 +19,10 @@ EPILOG = """Examples:
   python cli.py render --plan plan.json --out manifests/
   python cli.py plan --load 120 --json | python cli.py render --out manifests/
   python cli.py render --plan plan.json --config k8s.yaml --no-platform --out manifests/
+  python cli.py render --plan plan.json --router gateway --out manifests/
+
+--router gateway writes a Gateway API HTTPRoute whose backendRefs weights are the plan's shares
+(and gives the adapter's Role create/patch on httproutes); the default is the dispatcher.
 """
 
 
@@ -52,6 +56,12 @@ EPILOG = """Examples:
     show_default=True,
     help="Also write the namespace, dispatcher, adapter with RBAC, monitors and the Prometheus scrape config.",
 )
+@click.option(
+    "--router",
+    type=click.Choice(["dispatcher", "gateway"]),
+    default=None,
+    help="How traffic is split: our dispatcher, or a Gateway API HTTPRoute [default: the --config's, dispatcher].",
+)
 @json_option
 def render(
     plan_path: Path | None,
@@ -60,11 +70,14 @@ def render(
     profile_path: Path,
     generation: int,
     platform: bool,
+    router: str | None,
     as_json: bool,
 ) -> None:
     """Write the Kubernetes manifests of a plan: per variant a TF Serving ConfigMap, Deployment, Service."""
     plan = _read_plan(plan_path)
     config = load_render_config(config_path)
+    if router is not None and router != config.router:
+        config = config.model_copy(update={"router": router})
     profile = load_profile(profile_path)
     if not plan.feasible:
         warn("the plan is marked infeasible: it cannot serve its load within the budget")

@@ -1,0 +1,580 @@
+"""The Kubernetes backend end to end against a REAL control plane: ``scripts/local-cluster.sh``.
+
+etcd, kube-apiserver, kube-controller-manager and kube-scheduler (v1.36.3) run on 127.0.0.1 with kwok
+(v0.8.0) playing the nodes and kubelets: admission, RBAC, server-side apply, watches, ReplicaSets,
+scheduling, ResourceQuota and the ``pods/resize`` subresource are the real thing. What kwok fakes is
+the container runtime: pods become Ready after a stage delay, and its stages write what a kubelet
+with in-place resize writes (see hack/k8s/kwok-stages.yaml.in). Each test works in its own namespace.
+
+The session fixture builds the binaries when the cache (~/.cache/infadapter/k8s-v1.36.3) is absent:
+minutes on a fresh machine, with progress on the terminal; the cache only makes it faster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cli_helpers import run_cli
+from k8s_cluster import ROOT, Kube, KubeHTTPError, start_cluster
+
+from infadapter.backends.kubernetes import KubeOptions, KubernetesBackend
+from infadapter.plan import Plan
+from infadapter.render import RenderConfig, render_platform
+
+pytestmark = pytest.mark.timeout(1800) if hasattr(pytest.mark, "timeout") else []
+
+#: A busy stretch of the paper's trace: its peak needs more than one 8-core node (see the adapt test).
+BUSY_WINDOW = "1768200:1260"
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+
+    def terminal(line: str) -> None:
+        if capman is None:
+            print(line, file=sys.stderr)
+            return
+        with capman.global_and_fixture_disabled():
+            print(line, file=sys.stderr, flush=True)
+
+    with start_cluster(tmp_path_factory.mktemp("k8s"), terminal) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def admin(kube_cluster: Any) -> Any:
+    k = Kube(kube_cluster.kubeconfig)
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def make_ns(admin: Kube) -> Any:
+    """Namespaces ready for the adapter, deleted after the test (its pods go, so the nodes' CPU frees)."""
+    made: list[str] = []
+
+    def make(name: str, claim: bool = True) -> str:
+        made.append(name)
+        if claim:
+            return admin.make_namespace(name)
+        admin.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        admin.wait("default ServiceAccount", lambda: admin._exists("ServiceAccount", "default", name))
+        return name
+
+    yield make
+    for name in made:
+        admin.delete("Namespace", name)
+        admin.delete("PersistentVolume", f"models-{name}")
+    for name in made:
+        admin.wait(f"namespace {name} gone", lambda n=name: not admin._exists("Namespace", n, ""), timeout_s=120)
+
+
+class Router:
+    """Records each routing call and, at that moment, what the API server holds (the make-before-break
+    check is made when the switch happens, not reconstructed afterwards)."""
+
+    def __init__(self, admin: Kube, ns: str) -> None:
+        self.admin, self.ns = admin, ns
+        self.calls: list[dict[str, Any]] = []
+
+    def set_backends(self, backends: Any) -> Any:
+        weights = {b["name"]: b["weight"] for b in backends}
+        seen = self.admin.variants(self.ns)
+        ready = {n for n, d in seen.items() if (d.get("status") or {}).get("readyReplicas", 0) >= d["spec"]["replicas"]}
+        self.calls.append({"weights": weights, "exist": set(seen), "ready": ready})
+        return {}
+
+
+def plan(**cores_share: tuple[float, float]) -> Plan:
+    return Plan.from_dict(
+        {"load": 50, "variants": [{"name": n, "cores": c, "share": s} for n, (c, s) in cores_share.items()]}
+    )
+
+
+def make_backend(
+    kube_cluster: Any,
+    admin: Kube,
+    ns: str,
+    profile: Any,
+    router: Any = None,
+    kubeconfig: str | None = None,
+    **render: Any,
+) -> KubernetesBackend:
+    rc = RenderConfig.model_validate({"namespace": ns, **render})
+    opts = KubeOptions(
+        kubeconfig=kubeconfig or str(kube_cluster.kubeconfig), ready_timeout_s=60, resize_timeout_s=20, backoff_s=0.2
+    )
+    return KubernetesBackend(profile, rc, opts, router=router)
+
+
+class DeploymentWatch:
+    """A real watch on the namespace's Deployments, in a thread: (type, name, ready replicas, replicas)."""
+
+    def __init__(self, admin: Kube, ns: str) -> None:
+        self.admin, self.ns = admin, ns
+        self.events: list[tuple[str, str, int, int]] = []
+        rv = admin.call("GET", admin.path("Deployment", ns))["metadata"]["resourceVersion"]
+        self._thread = threading.Thread(target=self._run, args=(rv,), daemon=True)
+        self._thread.start()
+
+    def _run(self, rv: str) -> None:
+        from kubernetes.watch.watch import iter_resp_lines
+
+        resp = self.admin.api.call_api(
+            self.admin.path("Deployment", self.ns),
+            "GET",
+            query_params=[("watch", "true"), ("resourceVersion", rv), ("timeoutSeconds", 120)],
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _preload_content=False,
+            _request_timeout=130,
+        )
+        try:
+            for line in iter_resp_lines(resp):
+                ev = json.loads(line)
+                d = ev["object"]
+                self.events.append(
+                    (
+                        ev["type"],
+                        d["metadata"]["name"],
+                        int((d.get("status") or {}).get("readyReplicas", 0)),
+                        int(d["spec"]["replicas"]),
+                    )
+                )
+        except Exception:  # the connection closes when the test ends
+            return
+
+    def first(self, kind: str, name: str, ready: bool = False) -> int:
+        for i, (t, n, r, want) in enumerate(self.events):
+            if t == kind and n == name and (not ready or r >= want):
+                return i
+        raise AssertionError(f"no {kind} {name} (ready={ready}) in {self.events}")
+
+
+# -- the script --------------------------------------------------------------------------------------
+def test_up_is_idempotent_and_status_names_every_component(kube_cluster: Any) -> None:
+    again = kube_cluster.script("up")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().splitlines()[-1] == str(kube_cluster.kubeconfig)
+    assert "already running" in again.stderr
+    st = kube_cluster.script("status")
+    assert st.returncode == 0, st.stdout
+    for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"):
+        assert f"{component}: running" in st.stdout
+
+
+def test_the_cluster_is_ready_for_the_default_render_config(admin: Kube) -> None:
+    """4 kwok nodes of 8 CPU, namespace infadapter with the model-store claim bound, version reported."""
+    nodes = admin.list("Node", selector="type=kwok")
+    assert len(nodes) == 4
+    assert {n["status"]["allocatable"]["cpu"] for n in nodes} == {"8"}
+    assert admin.get("PersistentVolumeClaim", "infadapter-models", "infadapter")["status"]["phase"] == "Bound"
+    assert admin.call("GET", "/version")["gitVersion"] == "v1.36.3"
+
+
+def test_down_stops_every_process_it_started(tmp_path: Path) -> None:
+    with start_cluster(tmp_path / "second", None, "--nodes", "1") as c:
+        pids = [int(p.read_text()) for p in (c.state_dir / "pids").iterdir()]
+        assert len(pids) == 5
+        down = c.script("down")
+        assert down.returncode == 0, down.stderr
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not (tmp_path / "second").exists()
+
+
+def test_bad_options_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    r = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "local-cluster.sh"), "up", "--nodes", "many"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "INFADAPTER_CLUSTER_DIR": str(tmp_path)},
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip() == "local-cluster: --nodes: expected a whole number >= 1, got 'many'"
+
+
+# -- the backend against the real API server ---------------------------------------------------------
+def test_change_of_variants_is_make_before_break(kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any) -> None:
+    ns = make_ns("mbb")
+    router = Router(admin, ns)
+    b = make_backend(kube_cluster, admin, ns, paper, router)
+    first = b.apply(plan(resnet50=(4, 0.7), resnet18=(2, 0.3)))
+    assert first.ok, first.error
+    watch = DeploymentWatch(admin, ns)
+    second = b.apply(plan(resnet50=(4, 0.6), resnet34=(2, 0.4)))
+    assert second.ok, second.error
+    admin.wait("old variant gone", lambda: "resnet18" not in admin.variants(ns))
+    time.sleep(0.5)
+    # The watch (server order): tfs-resnet34 Ready before tfs-resnet18 is deleted.
+    assert watch.first("MODIFIED", "tfs-resnet34", ready=True) < watch.first("DELETED", "tfs-resnet18")
+    # When the weights switched, resnet34 was Ready and resnet18 still existed.
+    switch = router.calls[-1]
+    assert switch["weights"] == {"resnet50": 0.6, "resnet34": 0.4}
+    assert "resnet34" in switch["ready"] and "resnet18" in switch["exist"]
+    # Rendered objects are there: ConfigMap, Service, Deployment per variant, with our labels.
+    for kind in ("Deployment", "Service", "ConfigMap"):
+        names = {o["metadata"]["name"] for o in admin.list(kind, ns, "infadapter.io/variant")}
+        assert {"tfs-resnet50", "tfs-resnet34"} <= {n.removesuffix("-config") for n in names}, kind
+        assert not any("resnet18" in n for n in names)
+
+
+def test_cores_only_change_resizes_in_place_keeping_pod_name_and_uid(
+    kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any
+) -> None:
+    ns = make_ns("resize")
+    b = make_backend(kube_cluster, admin, ns, paper)
+    assert b.apply(plan(resnet50=(4, 1.0))).ok
+    (pod,) = admin.pods(ns, "resnet50")
+    result = b.apply(plan(resnet50=(6, 1.0)))
+    assert result.ok, result.error
+    assert any("in place (pods/resize" in a for a in result.actions), result.actions
+    (after,) = admin.pods(ns, "resnet50")
+    assert (after["metadata"]["name"], after["metadata"]["uid"]) == (pod["metadata"]["name"], pod["metadata"]["uid"])
+    # The backend waited for the status (kwok's resize stages) to follow the spec.
+    (cs,) = after["status"]["containerStatuses"]
+    assert cs["resources"]["limits"]["cpu"] == cs["resources"]["requests"]["cpu"] == "6"
+    assert not [c for c in after["status"]["conditions"] if c["type"].startswith("PodResize")]
+
+
+def test_resize_beyond_the_node_is_refused_and_replaced_by_more_pods(
+    kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any
+) -> None:
+    """tfserving.max_pod_cores says 16 but nodes have 8: the resize 4 -> 12 is refused with 403 by the
+    API server's admission; the backend replaces the pods by pods no larger than what ran (4), once."""
+    ns = make_ns("refused")
+    b = make_backend(kube_cluster, admin, ns, paper, tfserving={"max_pod_cores": 16})
+    assert b.apply(plan(resnet50=(4, 1.0))).ok
+    result = b.apply(plan(resnet50=(12, 1.0)))
+    assert result.ok, result.error
+    (action,) = [a for a in result.actions if a.startswith("replace resnet50")]
+    assert "resize refused" in action and "403" in action and "3 pods of 4" in action, action
+    pods = admin.pods(ns, "resnet50")
+    cpus = [p["spec"]["containers"][0]["resources"]["limits"]["cpu"] for p in pods]
+    assert cpus == ["4", "4", "4"]
+    assert b.apply(plan(resnet50=(12, 1.0))).actions == ("no change",)  # no retry of the refused resize
+
+
+@pytest.mark.parametrize("reason", ["Infeasible", "Deferred"])
+def test_resize_the_node_refuses_falls_back_to_a_rolling_replacement(
+    kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any, reason: str
+) -> None:
+    """kwok's forced refusal (pod annotation kwok.infadapter.io/resize) sets PodResizePending, as a
+    kubelet without room does. Infeasible: replaced at once; Deferred: after the resize timeout."""
+    ns = make_ns(f"refuse-{reason.lower()}")
+    b = make_backend(kube_cluster, admin, ns, paper)
+    b.options = KubeOptions(
+        kubeconfig=str(kube_cluster.kubeconfig), ready_timeout_s=60, resize_timeout_s=3, backoff_s=0.2
+    )
+    assert b.apply(plan(resnet50=(4, 1.0))).ok
+    (pod,) = admin.pods(ns, "resnet50")
+    admin.patch(
+        "Pod", pod["metadata"]["name"], ns, {"metadata": {"annotations": {"kwok.infadapter.io/resize": reason}}}
+    )
+    result = b.apply(plan(resnet50=(6, 1.0)))
+    assert result.ok, result.error
+    (action,) = [a for a in result.actions if a.startswith("replace resnet50")]
+    assert f"PodResizePending {reason}" in action and "rolling replacement" in action, action
+    admin.wait("old pod gone", lambda: pod["metadata"]["uid"] not in {p["metadata"]["uid"] for p in admin.pods(ns)})
+    cpus = sorted(float(p["spec"]["containers"][0]["resources"]["limits"]["cpu"]) for p in admin.pods(ns, "resnet50"))
+    assert sum(cpus) == 6 and max(cpus) <= 4 if reason == "Infeasible" else cpus == [6.0]
+
+
+def test_a_restarted_backend_recovers_the_plan_without_duplicates_or_orphans(
+    kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any
+) -> None:
+    ns = make_ns("recover")
+    a = plan(resnet50=(4, 0.7), resnet18=(2, 0.3))
+    assert make_backend(kube_cluster, admin, ns, paper).apply(a).ok
+    # An apply that died after creating a variant leaves it without the committed generation.
+    dying = make_backend(kube_cluster, admin, ns, paper)
+    spec = dying._specs(plan(resnet50=(4, 0.5), resnet18=(2, 0.3), resnet34=(2, 0.2)), {})
+    dying._apply_variant(
+        next(s for s in spec if s.name == "resnet34"), plan(resnet50=(4, 0.5), resnet18=(2, 0.3), resnet34=(2, 0.2)), 99
+    )
+    fresh = make_backend(kube_cluster, admin, ns, paper)
+    st = fresh.state()
+    assert st.plan is not None and st.plan.shares_by_name()["resnet34"] == 0  # recovered: the orphan has no share
+    result = fresh.apply(a)
+    assert result.ok, result.error
+    assert any(x.startswith("recovered generation") for x in result.actions)
+    assert "delete resnet34" in result.actions
+    assert sorted(admin.variants(ns)) == ["resnet18", "resnet50"]
+    assert len(admin.pods(ns, "resnet50")) == 1 and len(admin.pods(ns, "resnet18")) == 1
+
+
+def test_resource_quota_violation_fails_cleanly_and_the_previous_plan_keeps_serving(
+    kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any
+) -> None:
+    ns = make_ns("quota")
+    admin.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "cpu", "namespace": ns},
+            "spec": {"hard": {"limits.cpu": "6", "requests.cpu": "6"}},
+        }
+    )
+    b = make_backend(kube_cluster, admin, ns, paper)
+    assert b.apply(plan(resnet50=(4, 1.0))).ok
+    t0 = time.monotonic()
+    result = b.apply(plan(resnet50=(4, 0.6), resnet18=(4, 0.4)))
+    assert not result.ok
+    assert time.monotonic() - t0 < b.options.ready_timeout_s
+    assert "exceeded quota" in result.error, result.error
+    assert "rolled back: deleted resnet18" in result.actions
+    assert result.serving.names == ("resnet50",)
+    assert sorted(admin.variants(ns)) == ["resnet50"]
+    assert [o["metadata"]["name"] for o in admin.list("ConfigMap", ns, "infadapter.io/variant")] == [
+        "tfs-resnet50-config"
+    ]
+
+
+def test_apply_timeout_reports_scheduling_conditions_and_events(
+    kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any
+) -> None:
+    """A pod larger than any node (max_pod_cores 16 on 8-core nodes) stays Pending; the error says why."""
+    ns = make_ns("pending")
+    b = make_backend(kube_cluster, admin, ns, paper, tfserving={"max_pod_cores": 16})
+    b.options = KubeOptions(kubeconfig=str(kube_cluster.kubeconfig), ready_timeout_s=5, backoff_s=0.2)
+    result = b.apply(plan(resnet50=(12, 1.0)))
+    assert not result.ok
+    assert "Unschedulable" in result.error and "Insufficient cpu" in result.error, result.error
+    assert "FailedScheduling" in result.error
+    assert admin.variants(ns) == {}
+
+
+# -- RBAC ----------------------------------------------------------------------------------------------
+def test_rendered_rbac_lets_the_adapter_work_and_nothing_more(
+    kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any, tmp_path: Path
+) -> None:
+    ns = make_ns("rbac")
+    make_ns("rbac-other")
+    rc = RenderConfig(namespace=ns)
+    for m in render_platform(rc):
+        if m.kind in ("ServiceAccount", "Role", "RoleBinding"):
+            admin.apply(m.obj)
+    kc = admin.token_kubeconfig(rc.adapter.name, ns, tmp_path / "sa.kubeconfig")
+    sa = Kube(kc)
+    try:
+        b = make_backend(kube_cluster, admin, ns, paper, kubeconfig=str(kc), tfserving={"max_pod_cores": 8})
+        assert b.preflight() == ([], [])
+        assert b.apply(plan(resnet50=(4, 0.7), resnet18=(2, 0.3))).ok
+        assert b.apply(plan(resnet50=(6, 0.7), resnet18=(2, 0.3))).ok  # pods/resize allowed
+        assert b.apply(plan(resnet50=(6, 0.6), resnet34=(2, 0.4))).ok  # create + delete
+        assert sorted(sa.variants(ns)) == ["resnet34", "resnet50"]
+        for kind, where in (("Secret", ns), ("Deployment", "rbac-other"), ("Node", "")):
+            with pytest.raises(KubeHTTPError) as err:
+                sa.list(kind, where)
+            assert err.value.status == 403, (kind, where)
+        assert b.cluster_max_pod_cores()[0] is None  # a Role cannot read nodes: the render config says 8
+    finally:
+        sa.close()
+
+
+# -- the CLI, as the issue's "Must show" runs it --------------------------------------------------------
+def _adapt(kc: Path, run_dir: Path, *extra: str, ns: str = "infadapter", timeout: float = 300) -> Any:
+    return run_cli(
+        "adapt",
+        "--backend",
+        "kubernetes",
+        "--kubeconfig",
+        str(kc),
+        "--namespace",
+        ns,
+        "--profile",
+        "profiles/paper.yaml",
+        "--window",
+        BUSY_WINDOW,
+        "--speedup",
+        "20",
+        "--interval",
+        "3",
+        "--ready-timeout",
+        "90",
+        "--run-dir",
+        str(run_dir),
+        *extra,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def infadapter_ns(admin: Kube, paper: Any, kube_cluster: Any) -> Any:
+    """The namespace local-cluster.sh prepared; the variants a test leaves there are deleted after it."""
+    yield "infadapter"
+    make_backend(kube_cluster, admin, "infadapter", paper).teardown()
+
+
+def test_adapt_on_a_busy_window_then_status_and_restart(
+    kube_cluster: Any, admin: Kube, infadapter_ns: str, tmp_path: Path
+) -> None:
+    kc = kube_cluster.kubeconfig
+    r = _adapt(kc, tmp_path / "run", "--duration", "45", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    assert summary["applies"] >= 1 and summary["last_apply_error"] == ""
+    decisions = [json.loads(x) for x in (tmp_path / "run" / "decisions.jsonl").read_text().splitlines()]
+    assert len(decisions) >= 5
+    # The window needs more than one node's CPU at some point: some variant ran as several pods.
+    assert any(" pods of " in a for d in decisions for a in d.get("actions", [])), [d.get("actions") for d in decisions]
+    # No failed apply left unresolved: the last decision applied.
+    assert not decisions[-1].get("apply_error")
+    deps = admin.variants("infadapter")
+    assert deps and all(d["status"].get("readyReplicas", 0) == d["spec"]["replicas"] for d in deps.values())
+    total = 0.0
+    for name in deps:
+        for p in admin.pods("infadapter", name):
+            res = p["spec"]["containers"][0]["resources"]
+            assert res["requests"]["cpu"] == res["limits"]["cpu"]
+            cpu = float(res["limits"]["cpu"].removesuffix("m")) / (1000 if res["limits"]["cpu"].endswith("m") else 1)
+            assert cpu <= 8
+            total += cpu
+    assert total <= 20
+    st = run_cli("status", "--backend", "kubernetes", "--kubeconfig", str(kc), "--namespace", "infadapter", "--json")
+    assert st.returncode == 0, st.stderr
+    doc = json.loads(st.stdout)
+    assert {v["name"] for v in doc["variants"]} == set(deps)
+    assert all(v["ready"] and v["matches_plan"] for v in doc["variants"]), doc["variants"]
+    # A restarted adapter resumes from the cluster: nothing duplicated, nothing left over.
+    again = _adapt(kc, tmp_path / "run2", "--duration", "9", "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from the plan the backend holds" in json.dumps(
+        json.loads((tmp_path / "run2" / "state.json").read_text()).get("messages")
+    )
+    after = admin.variants("infadapter")
+    assert len(admin.list("Deployment", "infadapter")) == len(after)
+    for name, d in after.items():
+        assert len(admin.pods("infadapter", name)) == d["spec"]["replicas"]
+
+
+def test_adapt_survives_an_api_server_restart(kube_cluster: Any, admin: Kube, make_ns: Any, tmp_path: Path) -> None:
+    ns = make_ns("restart")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "cli.py"),
+            "-v",
+            "adapt",
+            "--backend",
+            "kubernetes",
+            "--kubeconfig",
+            str(kube_cluster.kubeconfig),
+            "--namespace",
+            ns,
+            "--profile",
+            "profiles/paper.yaml",
+            "--window",
+            BUSY_WINDOW,
+            "--speedup",
+            "20",
+            "--interval",
+            "3",
+            "--ready-timeout",
+            "60",
+            "--duration",
+            "30",
+            "--json",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        admin.wait(
+            "first plan applied and ready",
+            lambda: (
+                (d := admin.variants(ns))
+                and all(x["status"].get("readyReplicas") == x["spec"]["replicas"] for x in d.values())
+            ),
+            timeout_s=60,
+        )
+        restart = kube_cluster.script("restart-apiserver", timeout=120)
+        assert restart.returncode == 0, restart.stderr
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out)
+    assert summary["applies"] >= 1
+    # The loop reported the outage (retries with backoff, or a failed apply it recovered from).
+    assert "cannot reach the API server" in err or summary["failed_applies"] >= 1 or "retry" in err, err[-2000:]
+    deps = admin.variants(ns)
+    assert len(admin.list("Deployment", ns)) == len(deps)
+    for name, d in deps.items():
+        assert len(admin.pods(ns, name)) == d["spec"]["replicas"]
+
+
+def test_adapt_exits_non_zero_when_no_plan_was_ever_applied(
+    kube_cluster: Any, admin: Kube, make_ns: Any, tmp_path: Path
+) -> None:
+    """A namespace whose quota admits no model server: every apply fails; adapt says so and exits 4."""
+    ns = make_ns("noapply")
+    admin.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "cpu", "namespace": ns},
+            "spec": {"hard": {"limits.cpu": "1"}},
+        }
+    )
+    r = _adapt(kube_cluster.kubeconfig, tmp_path / "run", "--duration", "9", ns=ns)
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert "no plan was ever applied" in r.stderr and "exceeded quota" in r.stderr, r.stderr[-2000:]
+    assert admin.variants(ns) == {}
+
+
+def test_preflight_names_a_missing_model_store_claim(kube_cluster: Any, make_ns: Any, tmp_path: Path) -> None:
+    make_ns("noclaim", claim=False)
+    r = _adapt(kube_cluster.kubeconfig, tmp_path / "run", "--duration", "6", ns="noclaim")
+    assert r.returncode == 4
+    assert "model_store.pvc: the claim 'infadapter-models' does not exist in namespace noclaim" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_rendered_manifests_are_accepted_by_the_api_server(kube_cluster: Any, admin: Kube, tmp_path: Path) -> None:
+    """`render` output (variants and platform) passes the API server's validation (server-side dry run)."""
+    out = tmp_path / "manifests"
+    r = run_cli("render", "--plan", str(ROOT / "tests" / "golden" / "plan.json"), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    checked = 0
+    for f in sorted(out.glob("*.yaml")):
+        obj = yaml.safe_load(f.read_text())
+        if not isinstance(obj, dict) or obj.get("kind") not in (
+            "Deployment",
+            "Service",
+            "ConfigMap",
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "Namespace",
+        ):
+            continue  # PodMonitor/ServiceMonitor need the Prometheus operator's CRDs
+        meta = obj["metadata"]
+        admin.call(
+            "PATCH",
+            admin.path(obj["kind"], meta.get("namespace", ""), meta["name"]),
+            body=obj,
+            query={"fieldManager": "tests", "dryRun": "All"},
+            content_type="application/apply-patch+yaml",
+        )
+        checked += 1
+    assert checked >= 10
