@@ -347,9 +347,11 @@ class Stabilized:
         if self.intervals <= 1 or cur is None:
             return d
         p = ctx.profile
-        wanted = set(d.plan.names)
+        # Idle allocations (no share) are not wanted: a held plan or a kept one may carry them along.
+        allocs = [a for a in d.plan.allocations if a.share > 1e-9]
+        wanted = {a.name for a in allocs}
         counts = dict(st.warm)
-        warm, allocs = [], list(d.plan.allocations)
+        warm = []
         for a in cur.allocations:
             if a.name in wanted:
                 continue
@@ -359,8 +361,9 @@ class Stabilized:
                 continue
             warm.append((a.name, n))
             allocs.append(Allocation(a.name, cores, 0.0, p.capacity_rps(a.name, cores)))
+        plan = replace(d.plan, allocations=tuple(allocs)) if len(allocs) < len(d.plan.allocations) else d.plan
         if not warm:
-            return replace(d, state=replace(st, warm=()))
+            return replace(d, plan=plan, state=replace(st, warm=()))
         plan = replace(d.plan, allocations=tuple(allocs))
         names = ", ".join(f"{n} ({k}/{self.intervals})" for n, k in warm)
         return replace(d, plan=plan, state=replace(st, warm=tuple(warm)), reason=f"{d.reason}; kept warm: {names}")
