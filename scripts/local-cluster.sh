@@ -437,18 +437,31 @@ status() {
   return $rc
 }
 
-gateway_api() {  # the standard-channel CRDs as shipped in the sigs.k8s.io/gateway-api Go module
-  running || die "no running cluster in $STATE: run 'bash scripts/local-cluster.sh up' first" 4
-  local dir crd f
-  dir=$(cd "$STATE" && GOFLAGS=-mod=mod "$GO" mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" \
+GATEWAY_CRDS=(gatewayclasses gateways httproutes referencegrants)
+
+fetch_gateway_crds() {  # the standard-channel CRDs as shipped in the sigs.k8s.io/gateway-api Go module
+  local out=$CACHE/gateway-api-$GATEWAY_API_VERSION dir crd
+  [ -f "$out/httproutes.yaml" ] && { echo "$out"; return 0; }
+  dir=$(cd "$CACHE" && GOFLAGS=-mod=mod "$GO" mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" \
         | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])') \
     || die "cannot download sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION from the Go module proxy" 4
-  for crd in gatewayclasses gateways httproutes referencegrants; do
-    f="$dir/config/crd/standard/gateway.networking.k8s.io_$crd.yaml"
+  mkdir -p "$out"
+  for crd in "${GATEWAY_CRDS[@]}"; do
+    cp "$dir/config/crd/standard/gateway.networking.k8s.io_$crd.yaml" "$out/$crd.yaml"
+  done
+  echo "$out"
+}
+
+gateway_api() {
+  running || die "no running cluster in $STATE: run 'bash scripts/local-cluster.sh up' first" 4
+  local dir crd f
+  dir=$(fetch_gateway_crds) || exit 4
+  for crd in "${GATEWAY_CRDS[@]}"; do
+    f="$dir/$crd.yaml"
     api PATCH "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/$crd.gateway.networking.k8s.io?fieldManager=local-cluster&force=true" \
       "$f" application/apply-patch+yaml >/dev/null || die "cannot install the CRD $crd from $f" 4
   done
-  for crd in gatewayclasses gateways httproutes referencegrants; do
+  for crd in "${GATEWAY_CRDS[@]}"; do
     wait_for 60 "CRD $crd" established "$crd.gateway.networking.k8s.io"
   done
   say "Gateway API $GATEWAY_API_VERSION CRDs installed (no gateway controller runs here: routes are accepted, not served)"
@@ -467,7 +480,7 @@ case "$cmd" in
   gateway-api) gateway_api ;;
   down) down ;;
   status) status ;;
-  build) build; echo "$BIN" ;;
+  build) build; fetch_gateway_crds >/dev/null; echo "$BIN" ;;
   restart-apiserver)  # for tests: stop and start kube-apiserver only (same flags, same port)
     pid=$(pid_of kube-apiserver); [ -n "$pid" ] || die "not running" 4
     args=$(tr '\0' '\n' < "/proc/$pid/cmdline" | tail -n +2)
