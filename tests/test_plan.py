@@ -28,7 +28,7 @@ def test_served_capacity_is_the_tightest_variant():
     ("text", "message"),
     [("{", "not valid JSON"), ("[]", "must be a JSON object"), ('{"variants": 3}', "variants: must be a list"),
      ('{"variants": [{"cores": 1}]}', "variants\\[0\\]: needs 'name' and 'cores'"),
-     ('{"variants": [{"name": "a", "cores": "x"}]}', "must be numbers"),
+     ('{"variants": [{"name": "a", "cores": "x"}]}', "variants\\[0\\].cores: must be a number"),
      ('{"variants": [{"name": "a", "cores": 1, "share": 0.5}]}', "shares must sum to 1")],
 )
 def test_bad_plan_json(text, message):
