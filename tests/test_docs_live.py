@@ -56,6 +56,9 @@ EXPERIMENT = ("python cli.py experiment --policies infadapter,vpa:resnet50 --win
 # README "Results" and docs/adapt.md "Measured figures": the command of the live figures (15 s of it here).
 EXPERIMENT_RESULTS = ("python cli.py experiment --policies infadapter,vpa:resnet50,msplus --window paper "
                       "--scale 0.1 --speedup 10 --interval 3 --alpha 0.5 --out runs/exp6")
+# README "Results" and docs/adaptation.md "Live": today's defaults (15 s of it here).
+EXPERIMENT_DEFAULTS = ("python cli.py experiment --policies infadapter,vpa:resnet50 --window paper --scale 0.08 "
+                       "--speedup 10 --interval 3 --out runs/exp")
 # docs/serving.md: models, the model server, the profiler (the profile's own command, cut to one point).
 BUILD_ALL = "python cli.py build-models"
 BUILD_64 = "python cli.py build-models --resolution 64"
@@ -127,7 +130,8 @@ def test_adapt_examples(base: Path, tmp_path: Path, command: str) -> None:
 
 
 @pytest.mark.parametrize("command,extra", [(EXPERIMENT, ("--duration", "20")),
-                                           (EXPERIMENT_RESULTS, ("--duration", "15"))])
+                                           (EXPERIMENT_RESULTS, ("--duration", "15")),
+                                           (EXPERIMENT_DEFAULTS, ("--duration", "15"))])
 def test_experiment_examples(base: Path, tmp_path: Path, command: str, extra: tuple[str, ...]) -> None:
     out_dir = tmp_path / "exp"
     _run(command, *_hermetic(base), *extra, "--out", str(out_dir), timeout=420)
