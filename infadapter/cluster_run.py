@@ -334,7 +334,8 @@ class ClusterRun:
             "namespace": getattr(self.backend, "namespace", None),
             "out_dir": str(cfg.out_dir) if cfg.out_dir else None,
         }, messages=self.messages, stopped_s=None, limit_mode=f"{cfg.backend} backend")
-        initial = control.initial_forecast(cfg.replay_rps, cfg.history_before, cfg.initial_forecast_rps)
+        initial = control.initial_forecast(cfg.replay_rps, cfg.history_before, cfg.initial_forecast_rps,
+                                           cfg.interval_s)
         metrics = None
         if cfg.metrics_port:
             from infadapter.loop import LoopMetrics

@@ -196,12 +196,13 @@ def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: 
 
 
 def initial_forecast(rates_rps: Sequence[float] | None, history_before: Sequence[float] = (),
-                     explicit: float | None = None) -> float:
+                     explicit: float | None = None, interval_s: float = ControlConfig.interval_s) -> float:
     """The first decision's floor: ``explicit`` when given; 0 when there is history before the load (the
-    forecaster reads it); else the first 10 s peak of a known load schedule (a constant ``--rate`` is
-    that rate), since with nothing observed yet the first plan would otherwise be the smallest one."""
+    forecaster reads it); else the peak of a known load schedule over the first interval (a constant
+    ``--rate`` is that rate), since with nothing observed yet the first plan would otherwise be the
+    smallest one."""
     if explicit is not None:
         return float(explicit)
     if len(history_before) or not rates_rps:
         return 0.0
-    return float(max(list(rates_rps)[:10]))
+    return float(max(list(rates_rps)[: max(math.ceil(interval_s), 1)]))

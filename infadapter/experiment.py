@@ -367,7 +367,8 @@ def loop_config(cfg: RunConfig) -> LoopConfig:
     return LoopConfig(
         interval_s=cfg.interval_s, check_s=cfg.check_s, history_stretch=cfg.history_stretch,
         history_before=cfg.history_before, rates_before=cfg.rates_before,
-        initial_forecast_rps=control.initial_forecast(cfg.rates_rps, cfg.history_before, cfg.initial_forecast_rps))
+        initial_forecast_rps=control.initial_forecast(cfg.rates_rps, cfg.history_before, cfg.initial_forecast_rps,
+                                                      cfg.interval_s))
 
 
 def simulate_same(profile: Profile, cfg: RunConfig, arrival_times_s: np.ndarray | None = None,

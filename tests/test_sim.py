@@ -15,7 +15,7 @@ from infadapter.sim import PAPER_SETTING, fifo, make_arrivals, service_rate, sim
 from infadapter.sim import SimConfig as _SimConfig
 
 
-def SimConfig(**kw: object) -> _SimConfig:  # noqa: N802 - reads as the class it builds
+def SimConfig(**kw: object) -> _SimConfig:
     """The queueing model's tests run in the paper's setting unless they name a field."""
     return _SimConfig(**{**PAPER_SETTING, **kw})  # type: ignore[arg-type]
 
