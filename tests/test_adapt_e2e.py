@@ -173,7 +173,8 @@ def test_adapt_follows_a_load_step_up_and_down(setup, tmp_path):
 
 
 def test_restart_adopts_servers_and_sigint_leaves_no_orphans(setup, tmp_path):
-    run_dir = tmp_path / "run"
+    # A name of its own: cgroups are named after the run folder, and another run may be live on the machine.
+    run_dir = tmp_path / f"run-{os.getpid()}"
     first = subprocess.Popen(_adapt_args(setup, run_dir, "--duration", "120", "--prometheus", "off"),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
