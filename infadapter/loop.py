@@ -417,11 +417,8 @@ class ControlLoop:
 
     def _sample_cpu(self, now: float) -> None:
         """CPU used per variant since the last check, as (time, cores) samples for VPA."""
-        reader = getattr(self.backend, "cpu_seconds", None)
-        if reader is None:
-            return
         try:
-            used: Mapping[str, float] = reader()
+            used: Mapping[str, float] = self.backend.cpu_seconds()
         except Exception as exc:
             log.debug("cpu usage unavailable: %s", exc)
             return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -225,13 +225,6 @@ def diff(old: Plan | None, new: Plan) -> PlanDiff:
     old_shares = old.shares_by_name() if old is not None else {}
     reweight = any(abs(old_shares.get(n, 0.0) - s) > 1e-6 for n, s in new.shares_by_name().items())
     return PlanDiff(create, resize, delete, unchanged, reweight or bool(create or delete))
-
-
-def changed_variants(current: Mapping[str, float], new: Mapping[str, float]) -> Iterable[str]:
-    """Variants that start or change cores between two core maps (stopping is not a change)."""
-    for name, cores in new.items():
-        if cores > 0 and abs(current.get(name, 0.0) - cores) > 1e-9:
-            yield name
 
 
 def _clean(x: float) -> float:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import itertools
 import math
 import os
 import sys
@@ -408,7 +407,3 @@ def _solve_exhaustive(profile: Profile, load: float, current: Mapping[str, float
     plan = _make_plan(profile, load, current, best[1], best[2], feasible=True)
     return Result(plan, "exhaustive", "optimal", 0.0)
 
-
-def count_assignments(profile: Profile) -> int:
-    """How many core assignments exhaustive enumeration visits (for benchmarks)."""
-    return sum(1 for _ in itertools.islice(_assignments(_options(profile), profile.budget_cores), 10_000_000))

@@ -59,6 +59,10 @@ class Backend(Protocol):
     #: then grows running variants first while new ones load (``control.bridge_plan``).
     in_place_resize: bool
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """Cumulative CPU demand in seconds per running variant (VPA's and HPA's usage signal); {} if unknown."""
+        ...
+
     def in_place_max_cores(self) -> dict[str, float]:
         """Per running variant, the most cores ``apply`` can give it in place (absent: up to the budget)."""
         ...

@@ -32,6 +32,9 @@ class DryRunBackend:
     def in_place_max_cores(self) -> dict[str, float]:
         return {}
 
+    def cpu_seconds(self) -> dict[str, float]:
+        return {}  # nothing runs
+
     def __init__(self, profile: Profile, out_dir: str | Path, config: RenderConfig | None = None) -> None:
         self.profile = profile
         self.config = config or RenderConfig()
