@@ -20,14 +20,26 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PROFILE = ROOT / "profiles" / "paper.yaml"
 
 
+def _consoles() -> dict[str, Console]:
+    """The run's two consoles, made once per command on the click context (``-q`` silences diagnostics)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    if not isinstance(obj, dict):
+        return {"out": Console(soft_wrap=True), "err": Console(stderr=True, soft_wrap=True)}
+    if "consoles" not in obj:
+        obj["consoles"] = {"out": Console(soft_wrap=True),
+                           "err": Console(stderr=True, soft_wrap=True, quiet=obj.get("verbose", 0) < 0)}
+    return obj["consoles"]
+
+
 def out_console() -> Console:
     """Results go to stdout."""
-    return Console(soft_wrap=True)
+    return _consoles()["out"]
 
 
 def err_console() -> Console:
-    """Diagnostics go to stderr."""
-    return Console(stderr=True, soft_wrap=True)
+    """Diagnostics go to stderr; ``-q`` silences them (errors still print, as one line, from cli.run)."""
+    return _consoles()["err"]
 
 
 def print_json(value: Any) -> None:
