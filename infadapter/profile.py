@@ -149,18 +149,27 @@ class Variant(BaseModel):
 
 
 def pod_layout(cores: float, max_pod_cores: float | None) -> tuple[int, float]:
-    """(replicas, cores per pod) for a variant of ``cores`` in all: the fewest equal pods of at most
-    ``max_pod_cores`` each whose cores are whole millicores and add up to ``cores`` exactly.
+    """(replicas, cores per pod) for a variant of ``cores`` in all: equal pods of at most ``max_pod_cores``
+    each (a node's allocatable CPU), whole millicores, adding up to ``cores`` exactly.
 
-    >>> pod_layout(12, 8), pod_layout(20, 8), pod_layout(6, 8), pod_layout(6, None)
-    ((2, 6.0), (4, 5.0), (1, 6), (1, 6))
+    Pods that fill a node exactly (their size divides ``max_pod_cores``) are preferred when that takes at
+    most twice the fewest pods: 5-core pods would leave 3 cores of every 8-core node unusable by
+    them, so 20 cores run as 5 pods of 4, not 4 of 5. Otherwise the fewest pods.
+
+    >>> pod_layout(12, 8), pod_layout(20, 8), pod_layout(16, 8), pod_layout(13, 8), pod_layout(6, 8)
+    ((3, 4.0), (5, 4.0), (2, 8.0), (2, 6.5), (1, 6))
     """
     if cores <= 0:
         return 0, 0.0
     if max_pod_cores is None or cores <= max_pod_cores + _GRID_EPS:
         return 1, cores
-    milli = round(cores * 1000)
-    replicas = math.ceil(cores / max_pod_cores - _GRID_EPS)
+    milli, node = round(cores * 1000), round(max_pod_cores * 1000)
+    fewest = math.ceil(cores / max_pod_cores - _GRID_EPS)
+    exact = [k for k in range(fewest, 2 * fewest + 1) if milli % k == 0]
+    for k in exact:
+        if node % (milli // k) == 0:
+            return k, milli // k / 1000
+    replicas = exact[0] if exact else fewest
     while milli % replicas:
         replicas += 1
     return replicas, milli // replicas / 1000

@@ -302,9 +302,25 @@ up() {
     --bind-address 127.0.0.1 --secure-port "$kcm_port" --leader-elect=false --use-service-account-credentials \
     --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
     --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" --profiling=false
-  start kube-scheduler "$BIN/kube-scheduler" --kubeconfig "$STATE/scheduler.kubeconfig" \
+  # Bin packing (MostAllocated) as autoscaled clusters are usually run: pods fill nodes before new
+  # ones are used, so a whole node stays free for a large pod (make-before-break needs that room).
+  cat > "$STATE/scheduler.yaml" <<EOF
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection: {kubeconfig: "$STATE/scheduler.kubeconfig"}
+leaderElection: {leaderElect: false}
+profiles:
+- schedulerName: default-scheduler
+  pluginConfig:
+  - name: NodeResourcesFit
+    args:
+      scoringStrategy:
+        type: MostAllocated
+        resources: [{name: cpu, weight: 1}, {name: memory, weight: 1}]
+EOF
+  start kube-scheduler "$BIN/kube-scheduler" --config "$STATE/scheduler.yaml" \
     --authentication-kubeconfig "$STATE/scheduler.kubeconfig" --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
-    --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false --profiling=false
+    --bind-address 127.0.0.1 --secure-port "$sched_port" --profiling=false
 
   local expr ms=0
   case "$READY_DELAY" in

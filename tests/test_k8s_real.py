@@ -727,3 +727,133 @@ def test_adapt_with_router_gateway_keeps_the_route_on_the_plan(
     final = json.loads(r.stdout)["plan"]
     route = admin.get("HTTPRoute", "infadapter", ns)
     assert _route_weights(route) == {f"tfs-{v['name']}": round(v["share"] * 1000) for v in final["variants"]}
+
+
+# -- a step load through a real dispatcher, then status (was tested against a fake API server) -----------
+# Trace seconds: 120 at 20 req/s, 160 at 150 req/s, 320 at 20 req/s; at --speedup 40: 3 s, 4 s, 8 s.
+STEP = [20.0] * 120 + [150.0] * 160 + [20.0] * 320
+LOOP = ["--window", "0:600", "--speedup", "40", "--interval", "1", "--stabilization", "2", "--forecaster", "last"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_adapt_step_load_with_a_real_dispatcher_then_status(
+    kube_cluster: Any, admin: Kube, make_ns: Any, tmp_path: Path
+) -> None:
+    ns = make_ns("team-a")
+    trace = tmp_path / "step.txt"
+    trace.write_text("\n".join(f"{x:g}" for x in STEP) + "\n")
+    token = tmp_path / "admin.token"
+    token.write_text("t0ken\n")
+    port = _free_port()
+    disp = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "dispatch", "--port", str(port), "--admin-token-file", str(token)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    kc = str(kube_cluster.kubeconfig)
+    run_dir = tmp_path / "run"
+    try:
+        # --namespace through its environment variable (click's INFADAPTER_ prefix, per command).
+        env = {"INFADAPTER_ADAPT_NAMESPACE": ns}
+        r = run_cli(
+            "adapt",
+            "--backend",
+            "kubernetes",
+            "--kubeconfig",
+            kc,
+            "--dispatcher-url",
+            f"http://127.0.0.1:{port}",
+            "--admin-token-file",
+            str(token),
+            "--run-dir",
+            str(run_dir),
+            "--ready-timeout",
+            "30",
+            "--trace",
+            str(trace),
+            *LOOP,
+            "--json",
+            env=env,
+            timeout=240,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        summary = json.loads(r.stdout)
+        assert summary["namespace"] == ns and summary["failed_applies"] == 0, summary
+        assert summary["decisions"] >= 5 and summary["transitions"] >= 2, summary
+        final = {v["name"]: v for v in summary["plan"]["variants"]}
+        deps = admin.variants(ns)
+        assert sorted(deps) == sorted(final)
+        for name, v in final.items():
+            assert float(deps[name]["metadata"]["annotations"]["infadapter.io/cores"]) == v["cores"]
+        # The real dispatcher holds the final plan's shares (it was driven through its admin API).
+        import urllib.request
+
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/admin/backends", headers={"Authorization": "Bearer t0ken"}
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            backends = json.loads(resp.read())["backends"]
+        assert {b["name"]: b["share"] for b in backends} == pytest.approx(
+            {n: v["share"] for n, v in final.items()}, abs=1e-5
+        )
+        # Within each decision: new variants ready, then the route, then deletes.
+        records = [json.loads(line) for line in (run_dir / "decisions.jsonl").read_text().splitlines()]
+        assert any(a.startswith("create ") for rec in records for a in rec["actions"])
+        assert any(a.startswith("delete ") for rec in records for a in rec["actions"])
+        for rec in records:
+            kinds = [a.split(" ")[0].rstrip(":") for a in rec["actions"]]
+            if "create" in kinds and "delete" in kinds:
+                assert kinds.index("ready") < kinds.index("route") < kinds.index("delete"), rec["actions"]
+    finally:
+        disp.terminate()
+        disp.wait(timeout=30)
+
+    st = run_cli(
+        "status", "--backend", "kubernetes", "--kubeconfig", kc, "--namespace", ns, "--run-dir", str(run_dir), "--json"
+    )
+    assert st.returncode == 0, st.stderr
+    doc = json.loads(st.stdout)
+    assert doc["namespace"] == ns and doc["running"] is True
+    got = {v["name"]: v for v in doc["variants"]}
+    assert sorted(got) == sorted(final)
+    for name, v in final.items():
+        g = got[name]
+        assert g["planned_cores"] == v["cores"] and g["cores"] == v["cores"]
+        assert g["ready_replicas"] == g["replicas"] == len(g["cores_per_pod"]) and g["ready"] and g["matches_plan"]
+        assert g["planned_share"] == pytest.approx(v["share"])
+    assert doc["adapter"]["running"] is False and "replay" in doc["adapter"]["observation"]
+    assert doc["messages"] == []
+    text = run_cli("status", "--backend", "kubernetes", "--kubeconfig", kc, "--namespace", ns)
+    assert text.returncode == 0 and "planned cores" in text.stdout
+
+
+def test_status_of_an_unreachable_cluster_is_one_line_exit_4(tmp_path: Path) -> None:
+    kc = tmp_path / "kubeconfig"
+    kc.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {"server": f"https://127.0.0.1:{_free_port()}", "insecure-skip-tls-verify": True},
+                    }
+                ],
+                "users": [{"name": "u", "user": {"token": "x"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            }
+        )
+    )
+    gone = run_cli("status", "--backend", "kubernetes", "--kubeconfig", str(kc), "--namespace", "team-a")
+    assert gone.returncode == 4 and gone.stderr.startswith("error: --kubeconfig:"), gone.stderr
+    assert len(gone.stderr.strip().splitlines()) == 1

@@ -246,13 +246,13 @@ def test_in_place_template_cores_keep_the_pod_template(paper):
 
 
 def test_variants_larger_than_a_pod_run_as_replicas(paper):
-    """max_pod_cores splits a variant into equal pods: 12 cores on 8-core nodes -> 2 pods of 6, and
-    20 -> 4 pods of 5 (3 pods would need 6.667 cores each, not whole millicores)."""
+    """max_pod_cores splits a variant into equal pods that fill 8-core nodes exactly: 12 cores -> 3 pods
+    of 4 (2 of 6 would strand 2 cores a node), 20 -> 5 pods of 4 (4 of 5 would strand 3)."""
     plan = Plan.from_dict({"load": 150, "variants": [{"name": "resnet50", "cores": 12, "share": 0.6},
                                                       {"name": "resnet18", "cores": 20, "share": 0.4}]})
     out = {m.name: m.obj for m in render_plan(plan, paper, RenderConfig.model_validate(
         {"tfserving": {"max_pod_cores": 8}})) if m.kind == "Deployment"}
-    for name, replicas, per_pod in (("tfs-resnet50", 2, "6"), ("tfs-resnet18", 4, "5")):
+    for name, replicas, per_pod in (("tfs-resnet50", 3, "4"), ("tfs-resnet18", 5, "4")):
         d = out[name]
         assert d["spec"]["replicas"] == replicas
         assert d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == per_pod

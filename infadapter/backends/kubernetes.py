@@ -226,9 +226,24 @@ class KubernetesBackend:
         """pods/resize is used unless turned off or found unsupported by the cluster."""
         return self._resize_ok is not False
 
-    def in_place_max_cores(self) -> dict[str, float]:
-        """No limit of its own: the plan's pod sizes already fit the nodes."""
+    def cpu_seconds(self) -> dict[str, float]:
+        """Not read from the cluster (metrics-server is the cluster's): VPA and HPA run as policies in the
+        simulator and on the local backend."""
         return {}
+
+    def in_place_max_cores(self) -> dict[str, float]:
+        """Per running variant: its pods each grown to the largest pod size (as last read back)."""
+        limit = self.max_pod_cores()
+        if limit is None:
+            return {}
+        return {n: k * limit for n, (k, per_pod) in self._layouts.items() if k > 0 and per_pod > 0}
+
+    def max_pod_cores(self) -> float | None:
+        """The largest pod: the render config's, else the profile's, capped by a size the cluster refused."""
+        limit = self.config.tfserving.max_pod_cores or self.profile.max_pod_cores
+        if self.pod_limit_cores is not None:
+            limit = min(limit, self.pod_limit_cores) if limit else self.pod_limit_cores
+        return limit
 
     def __init__(
         self,
@@ -257,6 +272,7 @@ class KubernetesBackend:
         self._serving: Plan | None = None
         #: Pod size the cluster refused to resize to (403 / Infeasible): later layouts stay under it.
         self.pod_limit_cores: float | None = None
+        self._layouts: dict[str, tuple[int, float]] = {}  # (replicas, cores per pod) as last read back
 
     # -- low-level API calls with retries ---------------------------------------------------------
     def _request(
@@ -352,6 +368,7 @@ class KubernetesBackend:
             name = p["metadata"].get("labels", {}).get(LABEL_VARIANT)
             if name in out:
                 out[name].pods.append(p)
+        self._layouts = {n: ob.layout for n, ob in out.items()}
         return out
 
     def recovered_plan(self, observed: Mapping[str, Observed]) -> tuple[Plan | None, int]:
@@ -537,7 +554,7 @@ class KubernetesBackend:
         generation = gen + 1
 
         wanted = plan.cores_by_name()
-        layout = {n: self.layout(c) for n, c in wanted.items()}
+        layout = {n: self.layout(c, observed[n].layout if n in observed else None) for n, c in wanted.items()}
         creates = [n for n in wanted if n not in observed]
         deletes = [n for n in observed if n not in wanted]
         changes = [n for n in wanted if n in observed and not _same_layout(observed[n].layout, layout[n])]
@@ -557,6 +574,8 @@ class KubernetesBackend:
 
         template = {n: ob.template_cores for n, ob in observed.items() if n in wanted and n not in changes}
         specs = {s.name: s for s in self._specs(plan, template)}
+        for n, (k, c) in layout.items():  # the layout chosen above (kept pod counts included)
+            specs[n] = replace(specs[n], replicas=k, template_cores=template.get(n, c))
         created: list[str] = []
         rolled: dict[str, tuple[int, float]] = {}  # variant -> (replicas, template cores) before this apply
         waits: list[str] = []
@@ -605,10 +624,19 @@ class KubernetesBackend:
         return ApplyResult(plan, tuple(actions), ok=True)
 
     # -- pod layout -------------------------------------------------------------------------------
-    def layout(self, cores: float) -> tuple[int, float]:
+    def layout(self, cores: float, now: tuple[int, float] | None = None) -> tuple[int, float]:
         """(replicas, cores per pod) for a variant of ``cores``: see :func:`infadapter.render.variant_layout`;
-        a pod size the cluster refused (``pod_limit_cores``) caps it further."""
-        return variant_layout(cores, self.profile, self.config, self.pod_limit_cores)
+        a pod size the cluster refused (``pod_limit_cores``) caps it further. A variant running as ``now``
+        keeps its number of pods when its new cores still fit them: a resize in place, no new pods (its
+        capacity may then differ slightly from the solver's layout; see docs/kubernetes.md)."""
+        fresh = variant_layout(cores, self.profile, self.config, self.pod_limit_cores)
+        if now is None or now[0] < 1 or now[1] <= 0 or fresh[0] == now[0]:
+            return fresh
+        k, milli, limit = now[0], round(cores * 1000), self.max_pod_cores()
+        fits = limit is None or milli / k <= limit * 1000 + 1e-6
+        if milli % k == 0 and fits and k >= self.config.tfserving.replicas:
+            return k, milli // k / 1000
+        return fresh
 
     def _specs(self, plan: Plan, template: Mapping[str, float]) -> list[VariantSpec]:
         return variant_specs(plan, self.profile, template, self.config, self.pod_limit_cores)
@@ -974,11 +1002,11 @@ def _same_layout(a: tuple[int, float], b: tuple[int, float]) -> bool:
 
 
 def _shrinks(old: tuple[int, float], new: tuple[int, float]) -> bool:
-    """Whether going from ``old`` to ``new`` only takes cores away (done after routing)."""
+    """Whether going from ``old`` to ``new`` (replicas, cores per pod) takes cores away in all: done after
+    routing, so a variant never has fewer cores than the traffic it is still sent."""
     if old[1] <= 0:
         return False
-    same_size = abs(old[1] - new[1]) < 1e-9
-    return (same_size and new[0] < old[0]) or (old[0] == new[0] and new[1] < old[1])
+    return new[0] * new[1] < old[0] * old[1] - 1e-9
 
 
 def _make_api_client(options: KubeOptions) -> Any:
