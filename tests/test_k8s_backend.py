@@ -6,8 +6,6 @@ records every request in order, so these tests assert on the order of create / r
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from fake_kube_api import FakeKubeApi
 
@@ -59,81 +57,6 @@ def deployments(fake) -> list[str]:
     return sorted(fake.objects["deployments"])
 
 
-def test_first_apply_creates_then_routes(fake, tmp_path, paper):
-    backend = make(fake, tmp_path, paper)
-    fake.held.add("tfs-resnet18")
-    release = threading.Timer(0.5, fake.set_ready, ("tfs-resnet18",))
-    release.start()
-    result = backend.apply(plan(A))
-    release.join()
-    assert result.ok, result.error
-    assert fake.writes() == [
-        "PATCH configmaps/tfs-resnet50-config",
-        "PATCH deployments/tfs-resnet50",
-        "PATCH services/tfs-resnet50",
-        "PATCH configmaps/tfs-resnet18-config",
-        "PATCH deployments/tfs-resnet18",
-        "PATCH services/tfs-resnet18",
-        "PUT route",
-    ]
-    route = {b["name"]: b for b in fake.routes[-1]}
-    assert route["resnet50"]["weight"] == 0.7
-    assert route["resnet50"]["url"] == "http://tfs-resnet50.infadapter.svc:8501"
-    # A watch was used to wait for readiness.
-    assert any(q.get("watch") == "true" for _, _, q in fake.log)
-    assert "create resnet50 (4 cores)" in result.actions
-
-
-def test_replacing_a_variant_is_make_before_break(fake, tmp_path, paper):
-    backend = make(fake, tmp_path, paper)
-    assert backend.apply(plan(A)).ok
-    fake.log.clear()
-    result = backend.apply(plan(B))
-    assert result.ok, result.error
-    w = fake.writes()
-    # New variant first, then weights, then the old one goes.
-    assert w.index("PATCH deployments/tfs-resnet34") < w.index("PUT route") < w.index("DELETE deployments/tfs-resnet18")
-    assert {"DELETE services/tfs-resnet18", "DELETE configmaps/tfs-resnet18-config"} <= set(w)
-    assert deployments(fake) == ["tfs-resnet34", "tfs-resnet50"]
-    assert [b["name"] for b in fake.routes[-1]] == ["resnet50", "resnet34"]
-
-
-def test_new_variant_never_ready_keeps_previous_plan(fake, tmp_path, paper):
-    backend = make(fake, tmp_path, paper, ready_timeout_s=1.0)
-    assert backend.apply(plan(A)).ok
-    routes = len(fake.routes)
-    fake.held.add("tfs-resnet34")
-    result = backend.apply(plan(B))
-    assert not result.ok
-    assert "not ready after 1s" in result.error and "resnet34" in result.error
-    assert result.serving.shares_by_name() == {"resnet50": 0.7, "resnet18": 0.3}
-    assert result.retry_after_s is not None
-    assert len(fake.routes) == routes  # the dispatcher never heard of resnet34
-    # Rolled back: what this apply created is gone, the old variants are untouched.
-    assert deployments(fake) == ["tfs-resnet18", "tfs-resnet50"]
-    assert "rolled back: deleted resnet34" in result.actions
-
-
-def test_resize_in_place_on_1_33(fake, tmp_path, paper):
-    backend = make(fake, tmp_path, paper)
-    assert backend.apply(plan(A)).ok
-    pods_before = sorted(fake.objects["pods"])
-    fake.log.clear()
-    result = backend.apply(plan(GROW))
-    assert result.ok, result.error
-    w = fake.writes()
-    assert w[0] == f"PATCH pods/{pods_before[1] if 'resnet50' in pods_before[1] else pods_before[0]}/resize"
-    assert w.index("PUT route") > 0
-    assert sorted(fake.objects["pods"]) == pods_before  # no pod was replaced
-    assert any("in place (pods/resize" in a for a in result.actions)
-    # The template keeps 4 cores (a change would roll the pods); the pods and the state say 6.
-    dep = fake.objects["deployments"]["tfs-resnet50"]
-    assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "4"
-    state = {v.name: v for v in backend.state().variants}
-    assert state["resnet50"].cores == 6 and state["resnet50"].ready
-    assert "planned 6" in state["resnet50"].detail and "template 4" in state["resnet50"].detail
-
-
 def test_resize_rolls_on_1_32(tmp_path, paper):
     with FakeKubeApi(version=(1, 32)) as fake:
         backend = make(fake, tmp_path, paper)
@@ -176,44 +99,6 @@ def test_shrink_happens_after_routing(fake, tmp_path, paper):
     grow = next(i for i, x in enumerate(w) if x.startswith("PATCH pods/tfs-resnet18"))
     shrink = next(i for i, x in enumerate(w) if x.startswith("PATCH pods/tfs-resnet50"))
     assert grow < w.index("PUT route") < shrink
-
-
-def test_restarted_backend_recovers_from_labels(fake, tmp_path, paper):
-    first = make(fake, tmp_path, paper)
-    assert first.apply(plan(A)).ok
-    second = make(fake, tmp_path, paper)
-    recovered = second.state().plan
-    assert recovered is not None
-    assert recovered.cores_by_name() == {"resnet50": 4, "resnet18": 2}
-    assert recovered.shares_by_name() == {"resnet50": 0.7, "resnet18": 0.3}
-    fake.log.clear()
-    result = second.apply(plan(A))
-    assert result.ok and result.actions[-1] == "no change"
-    assert fake.writes() == ["PUT route"]  # nothing re-created; the weights are set once after a restart
-    fake.log.clear()
-    assert second.apply(plan(A)).actions == ("no change",)
-    assert fake.writes() == []  # safe to call twice
-    assert second.apply(plan(B)).ok
-    labels = fake.objects["deployments"]["tfs-resnet50"]["metadata"]["labels"]
-    assert labels["infadapter.io/generation"] == "2"
-
-
-def test_leftover_of_a_crashed_apply_is_deleted(fake, tmp_path, paper):
-    first = make(fake, tmp_path, paper)
-    assert first.apply(plan(A)).ok
-    # An apply of generation 2 died after creating resnet101, before routing and stamping.
-    from infadapter.render import variant_specs
-
-    crashed = Plan.from_dict({**A, "variants": [*A["variants"][:1], {"name": "resnet101", "cores": 2, "share": 0.3}]})
-    spec = next(s for s in variant_specs(crashed, paper) if s.name == "resnet101")
-    first._apply_variant(spec, crashed, 2)
-    second = make(fake, tmp_path, paper)
-    recovered = second.state().plan
-    assert recovered.shares_by_name() == {"resnet101": 0.0, "resnet18": 0.3, "resnet50": 0.7}
-    result = second.apply(plan(A))
-    assert result.ok, result.error
-    assert "delete resnet101" in result.actions
-    assert deployments(fake) == ["tfs-resnet18", "tfs-resnet50"]
 
 
 @pytest.mark.parametrize("status", [409, 500, 503])
