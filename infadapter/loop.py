@@ -37,6 +37,7 @@ from infadapter.plan import Plan, diff, plan_from_cores
 from infadapter.policies import Context, Policy
 from infadapter.profile import Profile
 from infadapter.records import DecisionLog, DecisionRecord
+from infadapter.runstate import LoopSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +328,7 @@ class ControlLoop:
                 if due is not None:
                     rec = self.decide(due, obs)
         if self.on_snapshot is not None:
-            self.on_snapshot(self.snapshot())
+            self.on_snapshot(self.snapshot().as_dict())
         return rec
 
     def run(self, duration_s: float | None = None) -> Totals:
@@ -449,24 +450,24 @@ class ControlLoop:
             return None
         return max(0.0, 1.0 - ((v1 - v0) + (e1 - e0)) / sent)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> LoopSnapshot:
         """What status shows: the serving plan, load, forecast, SLO attainment, last decision."""
         last = self.records.last
         obs = self.last_obs
-        return {
-            "time_s": self.clock(),
-            "policy": self.policy_name,
-            "interval_s": self.config.interval_s,
-            "plan": self.serving.as_dict() if self.serving is not None else None,
-            "observed_rps": round(obs.rate_rps, 3) if obs else None,
-            "forecast_rps": round(self.last_forecast_rps, 3),
-            "p99_ms": obs.p99_ms if obs else None,
-            "monitor": {"source": obs.source if obs else "", "warning": obs.warning if obs else ""},
-            "write_error": self.records.write_error,
-            "slo_attainment_5m": self.slo_attainment(),
-            "next_decision_s": self.next_decision_s,
-            "degraded": self.degraded,
-            "totals": self.totals.as_dict(),
-            "last_decision": last.as_dict() if last else None,
-        }
+        return LoopSnapshot(
+            time_s=self.clock(),
+            policy=self.policy_name,
+            interval_s=self.config.interval_s,
+            plan=self.serving.as_dict() if self.serving is not None else None,
+            observed_rps=round(obs.rate_rps, 3) if obs else None,
+            forecast_rps=round(self.last_forecast_rps, 3),
+            p99_ms=obs.p99_ms if obs else None,
+            monitor={"source": obs.source if obs else "", "warning": obs.warning if obs else ""},
+            write_error=self.records.write_error,
+            slo_attainment_5m=self.slo_attainment(),
+            next_decision_s=self.next_decision_s,
+            degraded=self.degraded,
+            totals=self.totals.as_dict(),
+            last_decision=last.as_dict() if last else None,
+        )
 

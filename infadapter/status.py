@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from infadapter.backends.local import model_available
+from infadapter.runstate import RunState
 from infadapter.state import pid_alive, read_state, state_path
 
 SLO_WINDOW = "5m"
@@ -38,50 +39,50 @@ def _slo_query(slo_ms: float) -> str:
 
 def collect_status(run_dir: Path, sample_s: float = 1.0) -> dict[str, Any]:
     """The status document (see ``docs/adapt.md`` for its fields)."""
-    st = read_state(state_path(run_dir))
-    if st is None:
+    raw = read_state(state_path(run_dir))
+    if raw is None:
         return {"running": False, "run_dir": str(run_dir), "message": f"no adapter state in {run_dir}"}
-    adapter = st.get("adapter") or {}
-    running = pid_alive(adapter.get("pid"))
-    loop = st.get("loop") or {}
+    st = RunState.from_dict(raw)
+    adapter, loop = st.adapter, st.loop
+    running = pid_alive(adapter.pid)
     out: dict[str, Any] = {
         "running": running,
         "run_dir": str(run_dir),
-        "adapter": adapter or None,
-        "policy": loop.get("policy") or adapter.get("policy"),
-        "backend": adapter.get("backend") or loop.get("backend") or "local",
-        "observation": adapter.get("observation"),
-        "limit_mode": st.get("limit_mode"),
-        "monitor": loop.get("monitor"),
-        "prometheus": (st.get("prometheus") or {}).get("url"),
-        "plan": loop.get("plan"),
-        "observed_rps": loop.get("observed_rps"),
-        "forecast_rps": loop.get("forecast_rps"),
-        "p99_ms": loop.get("p99_ms"),
-        "slo_ms": adapter.get("slo_ms"),
-        "degraded": loop.get("degraded") or "",
-        "totals": loop.get("totals"),
-        "updated_s": st.get("updated_s"),
-        "last_decision": _short_decision(loop.get("last_decision")),
+        "adapter": adapter.as_dict() if adapter.pid is not None else None,
+        "policy": loop.policy or adapter.policy or None,
+        "backend": adapter.backend,
+        "observation": adapter.observation or None,
+        "limit_mode": st.limit_mode,
+        "monitor": loop.monitor or None,
+        "prometheus": st.prometheus_url,
+        "plan": loop.plan,
+        "observed_rps": loop.observed_rps,
+        "forecast_rps": loop.forecast_rps,
+        "p99_ms": loop.p99_ms,
+        "slo_ms": adapter.slo_ms,
+        "degraded": loop.degraded,
+        "totals": loop.totals,
+        "updated_s": st.updated_s,
+        "last_decision": _short_decision(loop.last_decision),
     }
-    plan = loop.get("plan") or {}
+    plan = loop.plan or {}
     out["accuracy"] = plan.get("accuracy")
     out["cost_cores"] = plan.get("cores")
     # False when the load exceeds what the budget serves: the highest-capacity plan runs, the rest is shed.
     out["feasible"] = plan.get("feasible") if plan else None
-    out["write_error"] = loop.get("write_error") or ""  # a full disk or unwritable run folder
+    out["write_error"] = loop.write_error  # a full disk or unwritable run folder
     if not running:
-        when = st.get("stopped_s")
+        when = st.stopped_s
         out["message"] = (f"no adapter runs on {run_dir}" +
                           (f" (the last one stopped {time.time() - when:.0f} s ago)" if when else ""))
         return out
-    out["uptime_s"] = round(time.time() - float(adapter.get("started_s", time.time())), 1)
+    out["uptime_s"] = round(time.time() - (adapter.started_s or time.time()), 1)
     shares = {v["name"]: v for v in plan.get("variants", [])}
     per_variant, slo = _prometheus_figures(out["prometheus"], out["slo_ms"])
     if not per_variant:
-        per_variant = _dispatcher_rates(run_dir, st, sample_s)
+        per_variant = _dispatcher_rates(run_dir, st.dispatcher, sample_s)
     variants = []
-    for sp in st.get("servers") or []:
+    for sp in st.servers:
         name = sp["name"]
         alive = pid_alive(sp.get("pid"))
         figures = per_variant.get(name, {})
@@ -117,13 +118,13 @@ def collect_kubernetes_status(
     from infadapter.profile import load_profile
     from infadapter.render import ANNOTATION_CORES, ANNOTATION_SHARE
 
-    st = read_state(state_path(run_dir)) if run_dir is not None else None
-    adapter = (st or {}).get("adapter") or {}
-    if adapter.get("backend") != "kubernetes":
-        st, adapter = None, {}
+    raw = read_state(state_path(run_dir)) if run_dir is not None else None
+    st = RunState.from_dict(raw) if raw is not None else None
+    if st is not None and st.adapter.backend != "kubernetes":
+        st = None
     root = Path(__file__).resolve().parents[1]
     # The profile is not read by the status calls; the one the adapter used (or the paper's) is loaded.
-    profile = load_profile(adapter.get("profile") or root / "profiles" / "paper.yaml")
+    profile = load_profile((st.adapter.profile if st else "") or root / "profiles" / "paper.yaml")
     rc = render_config_for(k8s_config, namespace)
     backend = KubernetesBackend(profile, rc, KubeOptions(kubeconfig=kubeconfig, context=context, retries=2,
                                                          backoff_s=0.2, request_timeout_s=10.0))
@@ -176,10 +177,11 @@ def collect_kubernetes_status(
     if not variants:
         out["message"] = f"no infadapter variants in namespace {rc.namespace}"
     if st is not None:
-        loop = st.get("loop") or {}
-        out["adapter"] = {**adapter, "running": pid_alive(adapter.get("pid"))}
-        out["loop"] = {k: loop.get(k) for k in ("observed_rps", "forecast_rps", "monitor", "totals", "degraded")}
-        out["loop"]["last_decision"] = _short_decision(loop.get("last_decision"))
+        loop = st.loop
+        out["adapter"] = {**st.adapter.as_dict(), "running": pid_alive(st.adapter.pid)}
+        out["loop"] = {"observed_rps": loop.observed_rps, "forecast_rps": loop.forecast_rps,
+                       "monitor": loop.monitor or None, "totals": loop.totals, "degraded": loop.degraded,
+                       "last_decision": _short_decision(loop.last_decision)}
     return out
 
 
@@ -206,9 +208,8 @@ def _prometheus_figures(url: str | None, slo_ms: float | None) -> tuple[dict[str
     return {n: {"rps": rates.get(n), "p99_ms": p99s.get(n)} for n in names}, slo
 
 
-def _dispatcher_rates(run_dir: Path, st: dict[str, Any], sample_s: float) -> dict[str, dict[str, float]]:
+def _dispatcher_rates(run_dir: Path, disp: dict[str, Any], sample_s: float) -> dict[str, dict[str, float]]:
     """Per-variant req/s from two samples of the dispatcher's counters (no Prometheus)."""
-    disp = st.get("dispatcher") or {}
     token_file = run_dir / "admin.token"
     if not disp.get("port") or not token_file.exists():
         return {}

@@ -237,7 +237,11 @@ def test_records_hold_inputs_plans_and_timings(tmp_path):
         assert key in r
     assert set(r["timings_s"]) == {"observe", "forecast", "plan", "apply", "total"}
     assert r["plan_before"] is None and r["plan_after"]["variants"][0]["name"] == "resnet50"
-    json.dumps(loop.snapshot())  # the snapshot is JSON-ready (it goes to the state file)
+    snap = loop.snapshot().as_dict()
+    json.dumps(snap)  # the snapshot is JSON-ready (it goes to the state file)
+    from infadapter.runstate import LoopSnapshot
+
+    assert LoopSnapshot.from_dict(json.loads(json.dumps(snap))) == loop.snapshot()
 
 
 def test_vpa_gets_cpu_usage_samples_from_the_backend(tmp_path):
