@@ -20,27 +20,10 @@ from pathlib import Path
 import pytest
 
 from infadapter.state import pid_alive, read_state
+from tests.tiny_profile import TINY_PROFILE
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = """\
-name: tiny-test
-source: hand-set for tests (32 px models, conservative capacities)
-slo_ms: 500
-budget_cores: 1.0
-core_step: 0.25
-min_cores: 0.25
-alpha: 0.05
-beta: 0.001
-variants:
-- name: resnet18
-  accuracy: 0.69758
-  load_time_s: 2
-  capacity: {kind: linear, slope: 40, intercept: 0}
-- name: resnet50
-  accuracy: 0.7613
-  load_time_s: 3
-  capacity: {kind: linear, slope: 16, intercept: 0}
-"""
+PROFILE = TINY_PROFILE
 INTERVAL_S = 3.0
 SPEEDUP = 10
 # Trace seconds (compressed 10x: 30 s low, 30 s high, 40 s low in real time).

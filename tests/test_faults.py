@@ -27,25 +27,10 @@ import pytest
 
 from infadapter.serving.dispatcher import DispatcherClient
 from infadapter.state import pid_alive, read_state
+from tests.tiny_profile import TINY_PROFILE
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = """\
-name: faults
-source: hand-set for tests (capacities of 32 px models, kept low so plans change with small loads)
-slo_ms: 500
-budget_cores: 1.0
-core_step: 0.25
-min_cores: 0.25
-variants:
-- name: resnet18
-  accuracy: 0.69758
-  load_time_s: 2
-  capacity: {kind: linear, slope: 40, intercept: 0}
-- name: resnet50
-  accuracy: 0.7613
-  load_time_s: 3
-  capacity: {kind: linear, slope: 16, intercept: 0}
-"""
+PROFILE = TINY_PROFILE
 INTERVAL_S = 3.0
 
 pytestmark = pytest.mark.slow

@@ -18,27 +18,10 @@ from pathlib import Path
 import pytest
 
 from infadapter.serving.haproxy import haproxy_binary
+from tests.tiny_profile import TINY_PROFILE
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = """\
-name: tiny-router-test
-source: hand-set for tests (32 px models, conservative capacities)
-slo_ms: 500
-budget_cores: 1.0
-core_step: 0.25
-min_cores: 0.25
-alpha: 0.05
-beta: 0.001
-variants:
-- name: resnet18
-  accuracy: 0.69758
-  load_time_s: 2
-  capacity: {kind: linear, slope: 40, intercept: 0}
-- name: resnet50
-  accuracy: 0.7613
-  load_time_s: 3
-  capacity: {kind: linear, slope: 16, intercept: 0}
-"""
+PROFILE = TINY_PROFILE
 # The docs/routing.md example, run here with a hermetic profile, model folder and run folder appended.
 DOC_COMMAND = "python cli.py adapt --router haproxy --rate 10 --duration 20 --policy static:resnet18=0.25,resnet50=0.5 --interval 5 --json"  # noqa: E501
 SHARES = {"resnet18": 10 / 18, "resnet50": 8 / 18}  # capacity-proportional: 40*0.25 and 16*0.5 req/s
