@@ -156,7 +156,8 @@ def collect_kubernetes_status(
             "template_cores": round(ob.template_cores, 4),
             "generation": ob.generation,
             "matches_plan": ready and planned is not None and bool(actual)
-            and abs(sum(actual) - planned) < 1e-6 and len(actual) == int((ob.deployment.get("spec") or {})
+            and abs(sum(actual) - planned) <= 1e-3 * len(actual) + 1e-9  # whole millicores a pod
+            and len(actual) == int((ob.deployment.get("spec") or {})
                                                                          .get("replicas", 1)),
         })
     out: dict[str, Any] = {

@@ -317,6 +317,9 @@ profiles:
       scoringStrategy:
         type: MostAllocated
         resources: [{name: cpu, weight: 1}, {name: memory, weight: 1}]
+  # No default spreading of a ReplicaSet's pods over nodes: it would undo the packing.
+  - name: PodTopologySpread
+    args: {defaultingType: List, defaultConstraints: []}
 EOF
   start kube-scheduler "$BIN/kube-scheduler" --config "$STATE/scheduler.yaml" \
     --authentication-kubeconfig "$STATE/scheduler.kubeconfig" --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \

@@ -628,14 +628,16 @@ class KubernetesBackend:
         """(replicas, cores per pod) for a variant of ``cores``: see :func:`infadapter.render.variant_layout`;
         a pod size the cluster refused (``pod_limit_cores``) caps it further. A variant running as ``now``
         keeps its number of pods when its new cores still fit them: a resize in place, no new pods (its
-        capacity may then differ slightly from the solver's layout; see docs/kubernetes.md)."""
+        capacity may then differ slightly from the solver's layout, and its cores by under 1 millicore a
+        pod; see docs/kubernetes.md)."""
         fresh = variant_layout(cores, self.profile, self.config, self.pod_limit_cores)
         if now is None or now[0] < 1 or now[1] <= 0 or fresh[0] == now[0]:
             return fresh
-        k, milli, limit = now[0], round(cores * 1000), self.max_pod_cores()
-        fits = limit is None or milli / k <= limit * 1000 + 1e-6
-        if milli % k == 0 and fits and k >= self.config.tfserving.replicas:
-            return k, milli // k / 1000
+        # Whole millicores per pod, rounded down: at most 1 millicore a pod below the plan, never above.
+        k, per_pod, limit = now[0], round(cores * 1000) // now[0], self.max_pod_cores()
+        fits = limit is None or per_pod <= limit * 1000 + 1e-6
+        if fits and per_pod > 0 and k >= self.config.tfserving.replicas:
+            return k, per_pod / 1000
         return fresh
 
     def _specs(self, plan: Plan, template: Mapping[str, float]) -> list[VariantSpec]:

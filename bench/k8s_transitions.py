@@ -1,0 +1,116 @@
+"""Decision -> serving time on a real (local) Kubernetes control plane: resize vs new variant vs rolling.
+
+Starts ``scripts/local-cluster.sh up --ready-delay load-time`` in a temporary folder, so kwok makes a
+pod Ready after the profile's TF Serving load time of its variant (paper profile: 6.4-8.5 s); an
+in-place resize completes after kwok's resize stage (0.5 s, a kubelet changing a CPU quota). Then,
+with the kubernetes backend, times ``apply(plan)`` from the call (the decision) until it returns with
+the new plan routed, for three transitions of resnet50, each from the same start (4 cores):
+
+- ``resize``: 4 -> 6 cores in place (``pods/resize``; the pod keeps running);
+- ``new-variant``: resnet34 (2 cores) added next to it, make-before-break;
+- ``rolling``: 4 -> 6 cores by rolling replacement (``in_place=never``: a new pod loads the model).
+
+Prints the median of ``--repeat`` runs of each and the ratios to the in-place resize. It measures the
+control plane's own path (API server, controllers, scheduler, kwok's stages), not a real kubelet:
+
+    .venv/bin/python bench/k8s_transitions.py [--repeat 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from infadapter.backends.kubernetes import KubeOptions, KubernetesBackend  # noqa: E402
+from infadapter.plan import Plan  # noqa: E402
+from infadapter.profile import load_profile  # noqa: E402
+from infadapter.render import RenderConfig  # noqa: E402
+
+START = {"resnet50": (4, 1.0)}
+TARGETS = {
+    "resize": ({"resnet50": (6, 1.0)}, "auto"),
+    "new-variant": ({"resnet50": (4, 0.6), "resnet34": (2, 0.4)}, "auto"),
+    "rolling": ({"resnet50": (6, 1.0)}, "never"),
+}
+
+
+def plan(variants: dict[str, tuple[float, float]]) -> Plan:
+    return Plan.from_dict({"load": 50, "variants": [{"name": n, "cores": c, "share": s}
+                                                    for n, (c, s) in variants.items()]})
+
+
+def one(kubeconfig: str, profile, how: str) -> float:
+    target, in_place = TARGETS[how]
+    backend = KubernetesBackend(profile, RenderConfig(namespace="infadapter"),
+                                KubeOptions(kubeconfig=kubeconfig, ready_timeout_s=120, in_place=in_place))
+    try:
+        backend.teardown()
+        _wait_gone(backend)
+        first = backend.apply(plan(START))
+        assert first.ok, first.error
+        t0 = time.perf_counter()
+        result = backend.apply(plan(target))
+        took = time.perf_counter() - t0
+        assert result.ok, result.error
+        expect = "in place" if how == "resize" else "create" if how == "new-variant" else "rolling replacement"
+        assert any(expect in a for a in result.actions), result.actions
+        return took
+    finally:
+        backend.teardown()
+        backend.stop()
+
+
+def _wait_gone(backend: KubernetesBackend) -> None:
+    for _ in range(300):
+        pods = backend._list("Pod", backend.config.model_server_selector()).get("items", [])
+        if not pods:
+            return
+        time.sleep(0.1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    profile = load_profile(ROOT / "profiles" / "paper.yaml").with_overrides(max_pod_cores=8)
+    with tempfile.TemporaryDirectory(prefix="k8s-bench-") as state:
+        env = {**os.environ, "INFADAPTER_CLUSTER_DIR": state}
+        up = subprocess.run(["bash", str(ROOT / "scripts" / "local-cluster.sh"), "up", "--ready-delay", "load-time"],
+                            env=env, stdout=subprocess.PIPE, text=True, check=True)
+        kubeconfig = up.stdout.strip().splitlines()[-1]
+        try:
+            times = {how: [one(kubeconfig, profile, how) for _ in range(args.repeat)] for how in TARGETS}
+        finally:
+            subprocess.run(["bash", str(ROOT / "scripts" / "local-cluster.sh"), "down"], env=env,
+                           capture_output=True, check=False)
+    med = {how: statistics.median(ts) for how, ts in times.items()}
+    out = {
+        "repeat": args.repeat,
+        "load_time_s": {"resnet50": profile.variant("resnet50").load_time_s,
+                        "resnet34": profile.variant("resnet34").load_time_s},
+        "median_s": {h: round(v, 3) for h, v in med.items()},
+        "runs_s": {h: [round(x, 3) for x in ts] for h, ts in times.items()},
+        "ratio_to_resize": {h: round(v / med["resize"], 2) for h, v in med.items()},
+    }
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(f"decision -> serving, median of {args.repeat} (kwok ready delay = profile load time; resize stage 0.5 s)")
+    print(f"{'transition':<14}{'median s':>10}{'x resize':>10}")
+    for how in TARGETS:
+        print(f"{how:<14}{med[how]:>10.2f}{out['ratio_to_resize'][how]:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
