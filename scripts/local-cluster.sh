@@ -301,7 +301,8 @@ up() {
     --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port "$kcm_port" --leader-elect=false --use-service-account-credentials \
     --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
-    --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" --profiling=false
+    --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" --profiling=false \
+    --pvclaimbinder-sync-period 1s
   # Bin packing (MostAllocated) as autoscaled clusters are usually run: pods fill nodes before new
   # ones are used, so a whole node stays free for a large pod (make-before-break needs that room).
   cat > "$STATE/scheduler.yaml" <<EOF
