@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -860,3 +861,90 @@ def test_status_of_an_unreachable_cluster_is_one_line_exit_4(tmp_path: Path) -> 
     gone = run_cli("status", "--backend", "kubernetes", "--kubeconfig", str(kc), "--namespace", "team-a")
     assert gone.returncode == 4 and gone.stderr.startswith("error: --kubeconfig:"), gone.stderr
     assert len(gone.stderr.strip().splitlines()) == 1
+
+
+# -- the platform path: the Ansible adapter role's wiring drives the real API server -----------------------
+def test_adapter_role_unit_and_environment_run_adapt_against_the_cluster(
+    kube_cluster: Any, admin: Kube, make_ns: Any, tmp_path: Path
+) -> None:
+    """roles/adapter's configure and service tasks (ansible-playbook, local connection, no systemd here)
+    render the profile, environment file and unit; the unit's ExecStart, run with that environment,
+    is `cli.py adapt --backend kubernetes` and applies plans to the namespace."""
+    ns = make_ns("ansible")
+    etc, state, units = tmp_path / "etc", tmp_path / "state", tmp_path / "systemd"
+    play = tmp_path / "play.yml"
+    play.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "name": "Adapter wiring on this host",
+                    "hosts": "localhost",
+                    "connection": "local",
+                    "gather_facts": False,
+                    "vars": {
+                        "ansible_python_interpreter": sys.executable,
+            "adapter_source_dir": str(ROOT),
+                        "adapter_install_dir": str(ROOT),
+                        "adapter_venv_dir": str(Path(sys.executable).parent.parent),
+                        "adapter_config_dir": str(etc),
+                        "adapter_state_dir": str(state),
+                        "adapter_systemd_dir": str(units),
+                        "adapter_service_manage": False,
+                        "adapter_kubeconfig": str(kube_cluster.kubeconfig),
+                        "adapter_namespace": ns,
+                        "adapter_interval_s": 3,
+                        "adapter_metrics_port": 0,
+                        "adapter_budget_cores": 16,
+                        # A replayed window instead of the dispatcher/Prometheus a real deployment observes.
+                        "adapter_extra_options": {
+                            "window": BUSY_WINDOW,
+                            "speedup": 20,
+                            "duration": 9,
+                            "ready-timeout": 60,
+                        },
+                    },
+                    "tasks": [
+                        {
+                            "name": "Render the adapter's configuration and unit",
+                            "ansible.builtin.include_role": {"name": "adapter", "tasks_from": "configure.yml"},
+                        },
+                        {
+                            "name": "Render the adapter's unit",
+                            "ansible.builtin.include_role": {"name": "adapter", "tasks_from": "service.yml"},
+                        },
+                    ],
+                }
+            ]
+        )
+    )
+    env = {
+        **os.environ,
+        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+        "ANSIBLE_LOCALHOST_WARNING": "False",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+    }
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(play)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    unit = (units / "infadapter-adapter.service").read_text()
+    exec_start = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart="))[len("ExecStart=") :]
+    env_file = next(ln for ln in unit.splitlines() if ln.startswith("EnvironmentFile="))[len("EnvironmentFile=") :]
+    service_env = dict(
+        ln.split("=", 1) for ln in Path(env_file).read_text().splitlines() if ln and not ln.startswith("#")
+    )
+    assert service_env["KUBECONFIG"] == str(kube_cluster.kubeconfig)
+    argv = shlex.split(exec_start)
+    assert argv[2:5] == ["adapt", "--backend", "kubernetes"] or "kubernetes" in argv
+    run = subprocess.run(
+        argv, cwd=state, env={**os.environ, **service_env}, capture_output=True, text=True, timeout=240
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert admin.variants(ns), "the unit's adapt applied nothing"
+    assert json.loads((state / "state.json").read_text())["adapter"]["profile"] == str(etc / "profile.yaml")
