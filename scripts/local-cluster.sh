@@ -270,6 +270,8 @@ up() {
   command -v curl >/dev/null || die "curl not found: apt-get install curl" 4
   build
   mkdir -p "$STATE"/{pids,ports,logs,etcd,volumes/models}
+  # A failure from here on stops whatever this `up` started (by PID) before exiting.
+  trap 'status=$?; [ $status -eq 0 ] || { say "up failed: stopping what it started"; down_quiet; }' EXIT
   pki
   local etcd_port etcd_peer kcm_port sched_port kwok_port t0
   t0=$(date +%s)
@@ -335,7 +337,7 @@ EOF
     *s) ms=$(( ${READY_DELAY%s} * 1000 )); expr='.metadata.annotations["pod-ready.stage.kwok.x-k8s.io/delay"]' ;;
     *m) ms=$(( ${READY_DELAY%m} * 60000 )); expr='.metadata.annotations["pod-ready.stage.kwok.x-k8s.io/delay"]' ;;
   esac
-  sed -e "s|@READY_DELAY_MS@|$ms|" -e "s|@READY_DELAY_EXPR@|$expr|" "$ROOT/hack/k8s/kwok-stages.yaml.in" \
+  sed -e "s#@READY_DELAY_MS@#$ms#" -e "s#@READY_DELAY_EXPR@#$expr#" "$ROOT/hack/k8s/kwok-stages.yaml.in" \
     > "$STATE/kwok-stages.yaml"
   # HOME and KWOK_WORKDIR point into the state folder: kwok would otherwise also load ~/.kwok/kwok.yaml.
   start kwok env HOME="$STATE" KWOK_WORKDIR="$STATE/kwok" "$BIN/kwok" --kubeconfig "$KUBECONFIG_OUT" \
@@ -365,6 +367,7 @@ EOF
   wait_for 60 "the model-store claim" claim_bound
   for c in "${COMPONENTS[@]}"; do alive "$c" || die "$c exited; see $LOGS/$c.log" 4; done
   say "up in $(( $(date +%s) - t0 )) s: API https://127.0.0.1:$API_PORT, $NODES nodes of $NODE_CPU CPU / $NODE_MEMORY, namespace $NAMESPACE"
+  trap - EXIT
   echo "$KUBECONFIG_OUT"
 }
 
