@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from infadapter.errors import BadInput
 from infadapter.loading import load_yaml
 from infadapter.plan import Plan
-from infadapter.profile import Profile, pod_layout
+from infadapter.profile import Profile, pod_layout, threads_for_cores
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 
@@ -194,6 +194,12 @@ class RenderConfig(_Strict):
     dispatcher: Dispatcher = Field(default_factory=Dispatcher)
     adapter: Adapter = Field(default_factory=Adapter)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    model_server: str = Field(
+        default="onnx",
+        pattern=r"^(onnx|tfserving)$",
+        description="onnx: our TF-Serving-compatible ONNX server (cli.py serve-model in the `image`), loading the "
+        "model.onnx files the models role stages; tfserving: TensorFlow Serving (`tfserving.image`) with SavedModels",
+    )
     router: str = Field(
         default="dispatcher",
         pattern=r"^(dispatcher|gateway)$",
@@ -410,6 +416,8 @@ def render_variant(
         "c": config,
         "v": spec,
         "served": config.served_model(spec.model),
+        "served_dir": config.model_store.mount_path,
+        "server_threads": threads_for_cores(spec.template_cores),
         "obj_name": name,
         "generation": generation,
         "plan_json": plan_annotation(plan, generation),

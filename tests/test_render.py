@@ -181,7 +181,7 @@ def test_strict_validation_catches_a_misspelt_field(paper):
 @pytest.mark.parametrize("plan_name", sorted(PLANS))
 def test_deployment_resources_threads_and_labels(paper, plan_name):
     plan = Plan.from_dict(PLANS[plan_name])
-    config = RenderConfig()
+    config = RenderConfig(model_server="tfserving")
     deployments = [m for m in render_plan(plan, paper, config, generation=7) if m.kind == "Deployment"]
     assert len(deployments) == len(plan.allocations)
     for m, alloc in zip(deployments, plan.allocations, strict=True):
@@ -207,6 +207,29 @@ def test_deployment_resources_threads_and_labels(paper, plan_name):
         stored = json.loads(m.obj["metadata"]["annotations"][ANNOTATION_PLAN])
         assert stored["generation"] == 7
         assert Plan.from_dict(stored["plan"]).cores_by_name() == plan.cores_by_name()
+
+
+@pytest.mark.parametrize("router", ["dispatcher", "gateway"])
+def test_default_model_server_is_our_onnx_server_on_the_staged_models(paper, router):
+    """model_server onnx (default): the image of the Containerfile runs `cli.py serve-model` on the
+    variant's folder of the model store (<model>/<version>/model.onnx, as the models role stages it),
+    mounted under the name it serves, with one ONNX Runtime thread per whole core."""
+    plan = Plan.from_dict(PLANS["resize"])
+    config = RenderConfig(router=router)
+    for m in render_plan(plan, paper, config):
+        if m.kind != "Deployment":
+            continue
+        name = m.obj["metadata"]["labels"][LABEL_VARIANT]
+        served = "resnet" if router == "gateway" else name
+        (c,) = m.obj["spec"]["template"]["spec"]["containers"]
+        assert c["image"] == "infadapter:0.1.0"
+        assert c["command"] == ["/opt/infadapter/venv/bin/python", "/opt/infadapter/app/cli.py", "serve-model"]
+        cores = float(parse_quantity(c["resources"]["limits"]["cpu"]))
+        assert c["args"] == ["--model-dir=/models", f"--name={served}", "--host=0.0.0.0", "--port=8501",
+                             f"--threads={max(1, int(cores))}", "--warmup=3"]
+        assert c["volumeMounts"][0] == {"name": "models", "mountPath": f"/models/{served}", "subPath": name,
+                                        "readOnly": True}
+        assert c["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{served}/metadata"
 
 
 def test_configmap_holds_the_three_tf_serving_configs(paper):
