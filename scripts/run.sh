@@ -6,6 +6,7 @@
 # Extra arguments go to `cli.py adapt` (e.g. --policy vpa:resnet50, --duration 60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+# The main job runs on the local backend: the Kubernetes control plane (for the tests) is not built here.
+INFADAPTER_SKIP_K8S_BUILD=1 bash scripts/setup.sh
 exec .venv/bin/python cli.py adapt --profile profiles/local.yaml --window paper --scale 0.08 --speedup 10 \
   --interval 3 "$@"
