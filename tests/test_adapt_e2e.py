@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from infadapter.state import pid_alive, read_state
-from tests.tiny_profile import TINY_PROFILE
+from tests.tiny_profile import TINY_PROFILE, tiny_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = TINY_PROFILE
@@ -35,11 +35,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    base = tmp_path_factory.mktemp("adapt")
-    (base / "tiny.yaml").write_text(PROFILE)
-    subprocess.run([sys.executable, str(ROOT / "cli.py"), "build-models", "--out", str(base / "models"),
-                    "--variants", "resnet18,resnet50", "--resolution", "32"], check=True, capture_output=True)
-    return base
+    return tiny_setup(tmp_path_factory.mktemp("adapt"), "tiny.yaml")
 
 
 def _cli(*args: str) -> list[str]:

@@ -24,28 +24,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny_profile import TINY_PROFILE, tiny_setup
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-PROFILE = """\
-name: tiny-docs-test
-source: hand-set for tests (32 px models, conservative capacities)
-slo_ms: 500
-budget_cores: 1.0
-core_step: 0.25
-min_cores: 0.25
-alpha: 0.05
-beta: 0.001
-variants:
-- name: resnet18
-  accuracy: 0.69758
-  load_time_s: 2
-  capacity: {kind: linear, slope: 40, intercept: 0}
-- name: resnet50
-  accuracy: 0.7613
-  load_time_s: 3
-  capacity: {kind: linear, slope: 16, intercept: 0}
-"""
+PROFILE = TINY_PROFILE
 
 # docs/adapt.md: the local control loop.
 ADAPT_RATE = "python cli.py adapt --rate 20 --duration 30 --interval 5"
@@ -108,11 +92,7 @@ def _wait_http(url: str, timeout_s: float = 60) -> bytes:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("docs-live")
-    (base / "tiny.yaml").write_text(PROFILE)
-    _run("python cli.py build-models", "--out", str(base / "models"), "--variants", "resnet18,resnet50",
-         "--resolution", "32")
-    return base
+    return tiny_setup(tmp_path_factory.mktemp("docs-live"))
 
 
 def _hermetic(base: Path) -> list[str]:

@@ -27,7 +27,7 @@ import pytest
 
 from infadapter.serving.dispatcher import DispatcherClient
 from infadapter.state import pid_alive, read_state
-from tests.tiny_profile import TINY_PROFILE
+from tests.tiny_profile import TINY_PROFILE, tiny_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = TINY_PROFILE
@@ -38,11 +38,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("faults")
-    (base / "profile.yaml").write_text(PROFILE)
-    subprocess.run([sys.executable, str(ROOT / "cli.py"), "build-models", "--out", str(base / "models"),
-                    "--variants", "resnet18,resnet50", "--resolution", "32"], check=True, capture_output=True)
-    return base
+    return tiny_setup(tmp_path_factory.mktemp("faults"), "profile.yaml")
 
 
 def _cli(*args: str) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from infadapter.serving.haproxy import haproxy_binary
-from tests.tiny_profile import TINY_PROFILE
+from tests.tiny_profile import TINY_PROFILE, tiny_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = TINY_PROFILE
@@ -29,11 +29,7 @@ SHARES = {"resnet18": 10 / 18, "resnet50": 8 / 18}  # capacity-proportional: 40*
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    base = tmp_path_factory.mktemp("routers")
-    (base / "tiny.yaml").write_text(PROFILE)
-    subprocess.run([sys.executable, str(ROOT / "cli.py"), "build-models", "--out", str(base / "models"),
-                    "--variants", "resnet18,resnet50", "--resolution", "32"], check=True, capture_output=True)
-    return base
+    return tiny_setup(tmp_path_factory.mktemp("routers"), "tiny.yaml")
 
 
 def _run(command: str, base: Path, run_dir: Path) -> dict:
