@@ -74,3 +74,18 @@ def test_model_file_is_not_a_pickle(tmp_path: Path) -> None:
     np.savez(bad, meta=np.array('{"format": "other"}'))
     with pytest.raises(BadInput, match="not a forecaster model"):
         fc.make_forecaster(f"learned:{bad}")
+
+
+def test_forecast_train_regenerates_the_committed_model(tmp_path: Path) -> None:
+    """profiles/forecaster.npz is what `python cli.py forecast train` makes from the shared trace."""
+    from infadapter.trace import load_trace
+    from tests.cli_helpers import run_cli
+
+    out = tmp_path / "forecaster.npz"
+    r = run_cli("forecast", "train", "--out", str(out), "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    fresh, committed = fc.Learned.load(out), fc.Learned.load(fc.SHIPPED_MODEL)
+    assert fresh.factor == pytest.approx(committed.factor, abs=1e-3)
+    assert fresh.meta["level_range"] == pytest.approx(committed.meta["level_range"], abs=1e-3)
+    p, m, _ = fc.minute_table(load_trace(None), 15 * fc.DAY_S, 16 * fc.DAY_S)
+    np.testing.assert_allclose(fresh.predict_batch(p, m), committed.predict_batch(p, m), rtol=1e-6)
