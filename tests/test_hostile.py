@@ -4,7 +4,9 @@ Every case is sent to both (the dispatcher forwards bodies unparsed, so the mode
 back through it unchanged) and must get a TF-Serving-style JSON error with a 4xx code (413 over the
 body limit), after which the next good request is still answered. Half-sent requests hold only
 their own connection: with more of them open than the server has queue slots (and the dispatcher
-in-flight slots), good requests are answered, and each slow client gets a 408 at its deadline.
+in-flight slots), good requests are answered, and each slow client gets a 408 at its deadline; a
+client that never finishes its request head (slowloris) gets a 408 at the head deadline and its
+connection closed, so hundreds of them cannot exhaust either server's file descriptors.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import socket
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +35,8 @@ RES = 64
 SERVER_BODY_LIMIT = 1 << 20  # 1 MiB: small limits keep the "enormous" cases cheap on 2 cores
 DISPATCHER_BODY_LIMIT = 2 << 20
 BODY_TIMEOUT_S = 2.0
+HEADER_TIMEOUT_S = 2.0
+HEADER_PHASE_CLIENTS = 200
 MAX_QUEUE = 4  # server queue slots, and the dispatcher's in-flight bound: fewer than the slow clients
 SLOW_CLIENTS = 6
 PUBLIC = "resnet"
@@ -58,6 +64,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         models, "resnet18",
         "--max-queue", str(MAX_QUEUE), "--max-batch", "8",
         "--max-body-bytes", str(SERVER_BODY_LIMIT), "--body-timeout", str(BODY_TIMEOUT_S),
+        "--header-timeout", str(HEADER_TIMEOUT_S),
         warmup=1,
     )  # fmt: skip
     cluster = Cluster()
@@ -67,6 +74,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             [BackendSpec("resnet18", srv.base, "resnet18", 1.0)],
             max_body_bytes=DISPATCHER_BODY_LIMIT,
             body_timeout_s=BODY_TIMEOUT_S,
+            header_timeout_s=HEADER_TIMEOUT_S,
             max_in_flight=MAX_QUEUE,
             model_name=PUBLIC,
             backend_timeout_s=30.0,
@@ -274,10 +282,58 @@ def test_half_sent_requests_never_block_others(stack: Stack, target: str):
             answer = _read_all(sock)
             assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
             assert b'"error": "request body not received within' in answer
+        # The one that never finished its headers gets a 408 at the head deadline, and is closed.
+        answer = _read_all(headers_only)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b'"error": "request headers not received within' in answer
         assert_still_serving((host, port, path))
     finally:
         for sock in slow:
             sock.close()
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.parametrize("target", ["server", "dispatcher"])
+def test_many_header_phase_clients_cannot_exhaust_the_server(stack: Stack, target: str):
+    """200 connections that send part of a request head (or nothing at all) are answered 408 and
+    closed at the head deadline; meanwhile good requests are served, and afterwards the server holds
+    as many open files as before."""
+    host, port, path = stack.url(target)
+    # The dispatcher runs inside the test process (its client sockets are counted there too, and
+    # closed before the count is compared); the model server is a process of its own.
+    pid = stack.server.proc.pid if target == "server" else os.getpid()
+    assert_still_serving((host, port, path))  # warm: the dispatcher's pool holds its connection
+    before = _open_fds(pid)
+    partial = [b"", b"P", f"POST {path} HTTP/1.1\r\n".encode(), f"POST {path} HTTP/1.1\r\nHost: {host}\r\n".encode()]
+    clients = []
+    try:
+        for i in range(HEADER_PHASE_CLIENTS):
+            sock = socket.create_connection((host, port), timeout=30)
+            if partial[i % len(partial)]:
+                sock.sendall(partial[i % len(partial)])
+            clients.append(sock)
+        for _ in range(3):
+            assert_still_serving((host, port, path))
+        answers = [_read_all(sock) for sock in clients]  # each ends when the server closes it
+    finally:
+        for sock in clients:
+            sock.close()
+    assert len(answers) == HEADER_PHASE_CLIENTS
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b'"error": "request headers not received within' in answer
+    assert_still_serving((host, port, path))
+    # The server closes its side when it answers; allow the event loop a moment for the last ones.
+    after = _open_fds(pid)
+    for _ in range(50):
+        if after <= before:
+            break
+        time.sleep(0.1)
+        after = _open_fds(pid)
+    assert after <= before, f"{target} holds {after - before} more open files than before the clients came"
 
 
 def test_the_server_survived_everything_and_counted_it(stack: Stack):

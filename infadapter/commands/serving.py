@@ -123,6 +123,13 @@ def build_models(out: Path, variants: str, resolution: int, seed: int, as_json: 
 @click.option(
     "--body-timeout", type=float, default=30.0, show_default=True, help="Seconds to receive a request body (408)."
 )
+@click.option(
+    "--header-timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds to receive a request's line and headers (408, connection closed).",
+)
 @click.pass_context
 def serve_model(
     ctx: click.Context,
@@ -140,6 +147,7 @@ def serve_model(
     max_batch: int,
     max_body_bytes: int,
     body_timeout: float,
+    header_timeout: float,
 ) -> None:
     """Serve one ONNX model with TF Serving's REST API and metric names.
 
@@ -168,5 +176,6 @@ def serve_model(
         max_batch=max_batch,
         max_body_bytes=max_body_bytes,
         body_timeout_s=body_timeout,
+        header_timeout_s=header_timeout,
     )
     ctx.exit(run_server(config))

@@ -71,6 +71,13 @@ Examples:
     "--body-timeout-s", type=float, default=30.0, show_default=True, help="Time to receive a predict body (408)."
 )
 @click.option(
+    "--header-timeout-s",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Time to receive a request's line and headers (408, connection closed).",
+)
+@click.option(
     "--model-name", default="", help="Public model name; predict requests for another name get 404 [default: any]."
 )
 def dispatch(
@@ -85,6 +92,7 @@ def dispatch(
     max_body_bytes: int,
     shutdown_timeout_s: float,
     body_timeout_s: float,
+    header_timeout_s: float,
     model_name: str,
 ) -> None:
     """Serve POST /v1/models/NAME:predict and split it over variants by smooth weighted round robin.
@@ -107,6 +115,7 @@ def dispatch(
         max_body_bytes=max_body_bytes,
         shutdown_timeout_s=shutdown_timeout_s,
         body_timeout_s=body_timeout_s,
+        header_timeout_s=header_timeout_s,
         model_name=model_name,
     )
     console = err_console()

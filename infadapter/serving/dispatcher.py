@@ -17,7 +17,9 @@ Hostile input: the body is forwarded unparsed (the model server answers malforme
 images with its own 400, passed through unchanged and never retried); this side refuses what would
 reach the backend's request line or headers (a version that is not a number, a content type that is
 not printable ASCII), bodies over the limit (413) and bodies not complete within ``body_timeout_s``
-(408; a slow client is read before it takes an in-flight slot, so it never blocks others). Every
+(408; a slow client is read before it takes an in-flight slot, so it never blocks others) and request
+heads not complete within ``header_timeout_s`` (408 and the connection closed, see
+:mod:`infadapter.serving.headguard`). Every
 other path or method is a JSON 404/405, never a plain-text page.
 
 Everything lives in one :class:`Dispatcher` object (its state, its Prometheus registry, its client
@@ -50,6 +52,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from infadapter.errors import BackendUnavailable, BadInput
+from infadapter.serving.headguard import HeadDeadlineRunner
 from infadapter.serving.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
 from infadapter.serving.wrr import SmoothWRR, integer_weights
 
@@ -167,6 +170,7 @@ class DispatcherConfig:
     max_in_flight: int = 1024  # requests being served at once; more get 503 overloaded
     max_body_bytes: int = 8 * 1024 * 1024  # larger predict bodies get 413
     body_timeout_s: float = 30.0  # a predict body not complete after this long gets 408
+    header_timeout_s: float = 5.0  # a request head (line and headers) not complete after this long gets 408
     model_name: str = ""  # the public model name; others get 404 (empty: any name is forwarded)
     shutdown_timeout_s: float = 30.0  # on SIGTERM/SIGINT, how long in-flight requests may finish
 
@@ -180,6 +184,7 @@ class DispatcherConfig:
             (self.max_in_flight >= 1, "--max-in-flight: must be >= 1"),
             (self.max_body_bytes >= 1024, "--max-body-bytes: must be >= 1024"),
             (self.body_timeout_s > 0, "--body-timeout-s: must be > 0"),
+            (self.header_timeout_s > 0, "--header-timeout-s: must be > 0"),
             (self.shutdown_timeout_s >= 0, "--shutdown-timeout-s: must be >= 0"),
         ]
         for ok, message in checks:
@@ -372,6 +377,8 @@ class Dispatcher:
             registry=self.registry,
         )
         self._m_in_flight = Gauge("dispatcher_in_flight", "Predict requests being served", registry=self.registry)
+        # Read at scrape time: no locked increment and decrement on every request.
+        self._m_in_flight.set_function(lambda: self._in_flight)
         # The SLO's good events for the recording rules (templates/prometheus/slo-rules.yml.j2): answered
         # without a server-side error (< 500) within the SLO. Total events: dispatcher_requests_total.
         self._m_good = Counter(
@@ -500,12 +507,10 @@ class Dispatcher:
             self._finish(NO_VARIANT, 503, started)
             return _error(503, "overloaded")
         self._in_flight += 1
-        self._m_in_flight.inc()
         try:
             return await self._serve(request, body, version, started)
         finally:
             self._in_flight -= 1
-            self._m_in_flight.dec()
 
     async def _read_body(self, request: web.Request, started: float) -> bytes | web.Response:
         limit = self.config.max_body_bytes
@@ -722,7 +727,12 @@ class Dispatcher:
 
     async def start(self) -> tuple[web.AppRunner, int]:
         """Start listening; returns the runner (``await runner.cleanup()`` to stop) and the bound port."""
-        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=self.config.shutdown_timeout_s)
+        runner = HeadDeadlineRunner(
+            self.app(),
+            head_timeout_s=self.config.header_timeout_s,
+            access_log=None,
+            shutdown_timeout=self.config.shutdown_timeout_s,
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.config.host, self.config.port, backlog=1024)
         try:

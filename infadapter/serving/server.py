@@ -20,7 +20,8 @@ Errors are ``{"error": "..."}`` (JSON, whatever went wrong): 400 bad input (malf
 too deeply nested JSON, non-finite numbers, wrong shapes or types, bad base64, bytes that are not an
 image, more than ``max_batch`` instances, an unknown ``signature_name`` or verb), 404 unknown model,
 version or path, 405 a known path with another method, 408 a body not received within
-``body_timeout_s`` (a slow client holds only its own connection, never a queue slot), 413 a body over
+``body_timeout_s`` (a slow client holds only its own connection, never a queue slot) or a request
+head not complete within ``header_timeout_s`` (then the connection is closed), 413 a body over
 ``max_body_bytes``, 503 while loading or when ``max_queue`` requests are already waiting (overload is
 refused at once, not queued without bound), 500 only for a fault of the server itself.
 
@@ -51,6 +52,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import HistogramMetricFamily
 
 from infadapter.errors import BadInput
+from infadapter.serving.headguard import HeadDeadlineRunner
 from infadapter.serving.images import decode_b64, preprocess
 
 log = logging.getLogger("infadapter.server")
@@ -95,6 +97,7 @@ class ServerConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     max_batch: int = 128  # instances per request; more is a 400 (bounds the memory one request takes)
     body_timeout_s: float = 30.0  # a body not complete after this long is a 408
+    header_timeout_s: float = 5.0  # a request head (line and headers) not complete after this long is a 408
 
     def check(self) -> None:
         """BadInput naming the flag for any value out of range."""
@@ -115,6 +118,8 @@ class ServerConfig:
             raise BadInput(f"--drain-timeout: must be >= 0 seconds, got {self.drain_timeout_s:g}")
         if not self.body_timeout_s > 0:
             raise BadInput(f"--body-timeout: must be > 0 seconds, got {self.body_timeout_s:g}")
+        if not self.header_timeout_s > 0:
+            raise BadInput(f"--header-timeout: must be > 0 seconds, got {self.header_timeout_s:g}")
 
 
 def find_model_file(model_dir: Path, name: str, version: int | None = None) -> tuple[Path, int]:
@@ -538,7 +543,9 @@ async def serve(config: ServerConfig, on_ready: Callable[[ModelServer], None] | 
     config.check()
     path, version = find_model_file(config.model_dir, config.name, config.version)
     server = ModelServer(config, path, version)
-    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=config.drain_timeout_s)
+    runner = HeadDeadlineRunner(
+        server.app(), head_timeout_s=config.header_timeout_s, access_log=None, shutdown_timeout=config.drain_timeout_s
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
     try:
