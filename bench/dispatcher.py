@@ -21,6 +21,11 @@ Usage:
     python bench/dispatcher.py loadgen         # what the load generator itself sustains
     python bench/dispatcher.py backend --port 9001   # just a fake backend (for trying things)
     python bench/dispatcher.py soak --seconds 60     # 2x the admitted capacity for a minute
+    python bench/dispatcher.py --baseline HEAD~3     # also the dispatcher of another commit, side by side
+
+``--baseline REF`` runs a second dispatcher from ``git archive REF`` (the same backends and weights) as
+the path ``dispatcher@REF`` in the same interleaved rounds and layouts, so a change is measured
+against the code before it in one run rather than across runs on a machine whose load moves.
 
 ``soak`` puts the dispatcher in front of one fake backend that answers after ``--delay-ms``, admits
 ``--max-in-flight`` requests at once (capacity = max-in-flight / delay), offers twice that with the
@@ -393,6 +398,7 @@ def main() -> int:
     ap.add_argument("--wrk-seconds", type=int, default=10, help="seconds per wrk run (0: skip the throughput part)")
     ap.add_argument("--resolution", type=int, default=64, help="JPEG size of the request body")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--baseline", default="", help="git ref: also measure that commit's dispatcher side by side")
     args = ap.parse_args()
     if args.mode == "backend":
         run_backend(args.port, args.classes, args.delay_ms)
@@ -432,6 +438,19 @@ def main() -> int:
         procs["dispatcher"] = start(
             stack, [sys.executable, str(ROOT / "cli.py"), "dispatch", "--port", str(d_port), *backends], env=env
         )
+        baseline = f"dispatcher@{args.baseline}" if args.baseline else ""
+        if baseline:
+            old = tmp / "baseline"
+            old.mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline], capture_output=True)
+            if archive.returncode != 0:
+                raise SystemExit(f"bench: --baseline: git archive {args.baseline} failed: {archive.stderr.decode()}")
+            subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+            b_port = free_port()
+            procs[baseline] = start(
+                stack, [sys.executable, str(old / "cli.py"), "dispatch", "--port", str(b_port), *backends],
+                env={**env, "PYTHONPATH": str(old)}, cwd=old,
+            )  # fmt: skip
         servers = "\n".join(f"        server 127.0.0.1:{ports[n]} weight={w};" for n, w in WEIGHTS)
         conf = tmp / "nginx.conf"
         conf.write_text(NGINX_CONF.format(tmp=tmp, servers=servers, port=n_port))
@@ -441,6 +460,9 @@ def main() -> int:
             "dispatcher": f"http://127.0.0.1:{d_port}/v1/models/resnet:predict",
             "nginx": f"http://127.0.0.1:{n_port}/v1/models/resnet:predict",
         }
+        if baseline:
+            targets[baseline] = f"http://127.0.0.1:{b_port}/v1/models/resnet:predict"
+        proxies = [name for name in targets if name != "direct"]
         for url in targets.values():
             wait_http(url, method="POST", data=body)
         # Warm both proxies' connection pools before measuring.
@@ -463,7 +485,7 @@ def main() -> int:
             # gives the dispatcher its own core).
             dedicated = layout == "dedicated"
             for name, proc in procs.items():
-                own = {0} if name in ("dispatcher", "nginx") else {1}
+                own = {0} if name in proxies else {1}
                 os.sched_setaffinity(proc.pid, own if dedicated else all_cpus)
             os.sched_setaffinity(0, {1} if dedicated else all_cpus)
             print(
@@ -481,7 +503,7 @@ def main() -> int:
                 p50 = stat([x["p50_ms"] for x in rounds[name]])
                 p99 = stat([x["p99_ms"] for x in rounds[name]])
                 table[name] = {"p50_ms": round(p50, 3), "p99_ms": round(p99, 3), "rounds": rounds[name]}
-            for name in ("dispatcher", "nginx"):
+            for name in proxies:
                 table[name]["added_p50_ms"] = round(table[name]["p50_ms"] - table["direct"]["p50_ms"], 3)  # type: ignore[operator]
                 table[name]["added_p99_ms"] = round(table[name]["p99_ms"] - table["direct"]["p99_ms"], 3)  # type: ignore[operator]
             latency[layout] = table
@@ -495,7 +517,7 @@ def main() -> int:
         if pin("0"):
             # For throughput each proxy gets CPU 0 to itself, wrk and the backends share CPU 1.
             for name, proc in procs.items():
-                os.sched_setaffinity(proc.pid, {0} if name in ("dispatcher", "nginx") else {1})
+                os.sched_setaffinity(proc.pid, {0} if name in proxies else {1})
         if args.wrk_seconds > 0:
             # Whose CPU time a request costs on each path: the proxy's own process, or (direct) the
             # backend's. Requests per CPU-second is robust to other load on the machine; req/s is not.
@@ -504,6 +526,8 @@ def main() -> int:
                 "dispatcher": [procs["dispatcher"].pid],
                 "nginx": [procs["nginx"].pid],
             }
+            if baseline:
+                owners[baseline] = [procs[baseline].pid]
             for name, url in targets.items():
                 before = cpu_seconds(owners[name])
                 row = wrk_run(url, args.wrk_seconds, args.connections, body, tmp)
@@ -523,6 +547,7 @@ def main() -> int:
     if args.json:
         print(json.dumps(results))
         return 0
+    width = max(11, *(len(name) for name in targets))
     print(f"\nbackend: {results['backend']}; request body {len(body)} bytes; {os.cpu_count()} CPUs")
     for layout, table in latency.items():
         where = (
@@ -534,24 +559,25 @@ def main() -> int:
             f"\nadded latency, open-loop Poisson at {args.rate:g} req/s, {layout} CPUs "
             f"({where}; median of {args.rounds} rounds):"
         )
-        print(f"  {'path':<11} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8}   p99 of each round")
+        print(f"  {'path':<{width}} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8}   p99 of each round")
         for name in targets:
             row = table[name]
             add50 = f"{row['added_p50_ms']:+8.3f}" if "added_p50_ms" in row else f"{'':>8}"
             add99 = f"{row['added_p99_ms']:+8.3f}" if "added_p99_ms" in row else f"{'':>8}"
             each = " ".join(f"{x['p99_ms']:.2f}" for x in row["rounds"])  # type: ignore[attr-defined]
-            print(f"  {name:<11} {row['p50_ms']:8.3f} {row['p99_ms']:8.3f} {add50} {add99}   {each}")
+            print(f"  {name:<{width}} {row['p50_ms']:8.3f} {row['p99_ms']:8.3f} {add50} {add99}   {each}")
     if not throughput:
         return 0
     print(
         f"\nmax throughput, wrk -t1 -c{args.connections} -d{args.wrk_seconds}s (proxy on CPU 0, wrk+backends on CPU 1):"
     )
     print(
-        f"  {'path':<11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>11} {'req/CPU-s':>10}"
+        f"  {'path':<{width}} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
+        f"{'CPU us/req':>11} {'req/CPU-s':>10}"
     )
     for name, row in throughput.items():
         print(
-            f"  {name:<11} {row['rps']:9.0f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} {row['non_2xx']:8d} "
+            f"  {name:<{width}} {row['rps']:9.0f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} {row['non_2xx']:8d} "
             f"{row['cpu_us_per_request']:11.1f} {row['rps_per_cpu_second']:10.0f}"
         )
     ratio = throughput["dispatcher"]["rps"] / throughput["nginx"]["rps"]
