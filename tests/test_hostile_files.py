@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -363,3 +364,62 @@ def test_inventory_with_a_hostile_value_passes_or_fails_with_an_inventory_messag
     if res.returncode != 0:
         # Refused by one of the play's asserts (which say what to fix), or by Ansible's inventory parser.
         assert "inventory:" in out or "Unable to parse" in out or "ERROR!" in out, out[-2000:]
+
+
+# -- inventories through Ansible itself (plugins/inventory/infadapter_yaml.py) -----------------------
+_BOMB_VARS = "".join(f"    {line}\n" for line in BILLION_LAUGHS.splitlines()[:9])  # anchors a..i, 9**9 "lol"
+INVENTORY_BOMB = "all:\n  vars:\n" + _BOMB_VARS + "  hosts:\n    node1:\n      ansible_host: 192.0.2.11\n"
+EVIL_INVENTORIES = [
+    ("alias-bomb", INVENTORY_BOMB, "line 3: YAML anchors and aliases (&a) are not allowed in an inventory"),
+    ("alias", "all:\n  hosts:\n    node1:\n      x: *undefined\n", "YAML aliases (*undefined) are not allowed"),
+    ("python-tag", "all:\n  vars:\n    x: !!python/object/apply:os.system [echo pwned]\n", "YAML tag"),
+    ("deep", "all:\n  vars:\n    x: " + "[" * 80 + "]" * 80 + "\n", "nested deeper than 64 levels"),
+]
+
+
+def _ansible(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    import os
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [str(Path(sys.executable).parent / tool), *args],
+        cwd=root, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "ANSIBLE_CONFIG": str(root / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("tool", ["ansible-inventory", "ansible-playbook"])
+@pytest.mark.parametrize(("kind", "text", "phrase"), EVIL_INVENTORIES, ids=[k for k, _, _ in EVIL_INVENTORIES])
+def test_evil_inventory_is_refused_by_ansible_with_one_line(tmp_path, tool, kind, text, phrase):
+    """Real ansible-inventory / ansible-playbook (the repository's ansible.cfg): the inventory is refused
+    before anything expands it, with the file, the line and the fix, and a non-zero exit."""
+    inv = tmp_path / "hostile.yml"
+    inv.write_text(text)
+    args = ["--list"] if tool == "ansible-inventory" else ["playbooks/site.yml"]
+    started = time.monotonic()
+    res = _ansible(tool, "-i", str(inv), *args)
+    took = time.monotonic() - started
+    out = res.stdout + res.stderr
+    squeezed = "".join(out.split())  # Ansible wraps its warnings at 80 columns, even inside a path
+    assert res.returncode != 0, out[-2000:]
+    assert f"{inv}:line" in squeezed and "".join(phrase.split()) in squeezed, out[-2000:]
+    assert f"Completely failed to parse inventory source {inv}" in out, out[-2000:]
+    assert "Traceback" not in out and "pwned" not in res.stdout, out[-2000:]
+    print(f"{tool} refused {kind} in {took:.2f} s")  # (a figure for the record, not a condition)
+
+
+def test_plain_inventories_still_parse_through_the_checking_plugin(tmp_path):
+    sample = _ansible("ansible-inventory", "-i", "inventory/sample/hosts.yml", "--list")
+    assert sample.returncode == 0, sample.stderr
+    assert json.loads(sample.stdout)["k8s_control"]["hosts"] == ["node1"]
+    # Ansible's own tags pass the check; a host list needs no file at all.
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all:\n  hosts:\n    node1:\n      motd: !unsafe '{{ not templated }}'\n")
+    tagged = _ansible("ansible-inventory", "-i", str(inv), "--host", "node1")
+    assert tagged.returncode == 0, tagged.stderr
+    motd = json.loads(tagged.stdout)["motd"]  # ansible-inventory marks an unsafe value as such
+    assert motd in ("{{ not templated }}", {"__ansible_unsafe": "{{ not templated }}"}), motd
+    listed = _ansible("ansible-inventory", "-i", "node7,node8,", "--list")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(json.loads(listed.stdout)["ungrouped"]["hosts"]) == ["node7", "node8"]
