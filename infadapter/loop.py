@@ -61,6 +61,7 @@ class Totals:
     accuracy_seconds: float = 0.0
     transitions: int = 0
     decisions: int = 0
+    applies: int = 0  # plans the backend applied (a decision that changed nothing applies none)
     failed_applies: int = 0
     crashes: int = 0
 
@@ -79,6 +80,7 @@ class Totals:
             "mean_accuracy": round(self.mean_accuracy, 5),
             "transitions": self.transitions,
             "decisions": self.decisions,
+            "applies": self.applies,
             "failed_applies": self.failed_applies,
             "crashes": self.crashes,
         }
@@ -179,6 +181,9 @@ class ControlLoop:
         self.next_decision_s: float | None = None
         self.retry_at_s: float | None = None
         self.degraded: str = ""
+        self.last_apply_error: str = ""
+        #: The backend's last answer to ``health()`` (None: not asked yet); asked once per decision.
+        self.backend_healthy: bool | None = None
         self._last_tick_s: float | None = None
         self._last_decision_s: float = -math.inf
         self._cpu_prev: dict[str, tuple[float, float]] = {}
@@ -221,7 +226,8 @@ class ControlLoop:
         d = diff(before, decision.plan)
         t3 = time.perf_counter()
         result: ApplyResult
-        if d.empty and before is not None:
+        applied = not (d.empty and before is not None)
+        if not applied:
             result = ApplyResult(serving=decision.plan, actions=())
         else:
             try:
@@ -233,17 +239,22 @@ class ControlLoop:
                 log.exception("apply failed")
                 result = ApplyResult(serving=before or decision.plan, ok=False, error=f"{type(exc).__name__}: {exc}")
         timings["apply"] = time.perf_counter() - t3
+        self._check_health(failed=not result.ok)
 
         self.policy_state = decision.state
         if result.ok:
             self.serving = result.serving
             self.retry_at_s = None
+            if applied:
+                self.totals.applies += 1
+                self.last_apply_error = ""
             if d.create or d.resize or d.delete:
                 self.totals.transitions += 1
                 if self.metrics:
                     self.metrics.transitions.inc()
         else:
             self.totals.failed_applies += 1
+            self.last_apply_error = result.error
             # A failed apply keeps the previous plan serving; the backend says what serves.
             self.serving = result.serving if result.serving is not None else before
             delay = result.retry_after_s if result.retry_after_s is not None else self.config.interval_s
@@ -299,15 +310,13 @@ class ControlLoop:
         now = self.clock()
         self._account(now)
         self._sample_cpu(now)
-        heal = getattr(self.backend, "heal_router", None)  # a router that died comes back before we observe
-        if heal is not None:
-            try:
-                healed = heal()
-            except Exception as exc:  # the next tick tries again; the loop itself must go on
-                log.warning("router down and not restarted yet: %s", exc)
-            else:
-                if healed:
-                    log.warning("%s", healed)
+        try:  # e.g. a router that died comes back before we observe through it
+            healed = self.backend.heal()
+        except Exception as exc:  # the next tick tries again; the loop itself must go on
+            log.warning("backend not repaired yet: %s", exc)
+        else:
+            if healed:
+                log.warning("%s", healed)
         rec: DecisionRecord | None = None
         if self.next_decision_s is None:
             rec = self.decide("start")
@@ -366,6 +375,21 @@ class ControlLoop:
         grown = ", ".join(f"{a.name}x{a.cores:g}" for a in bridge.allocations)
         return (f"grown in place while new variants load: {grown}",)
 
+    def _check_health(self, failed: bool) -> None:
+        """Ask the backend whether it answers (after each apply); say so when that changes."""
+        try:
+            healthy = bool(self.backend.health())
+        except Exception as exc:
+            log.debug("health check failed: %s", exc)
+            healthy = False
+        if healthy != self.backend_healthy and (self.backend_healthy is not None or not healthy):
+            if healthy:
+                log.warning("backend %s answers again", self.backend.name)
+            else:
+                log.warning("backend %s does not answer%s", self.backend.name,
+                            "; the apply failed" if failed else "")
+        self.backend_healthy = healthy
+
     def _crashed(self) -> list[str]:
         if self.serving is None or not self.serving.allocations:
             return []
@@ -391,6 +415,7 @@ class ControlLoop:
             try:
                 res = self.backend.apply(safe)
                 if res.ok:
+                    self.totals.applies += 1
                     self.serving = res.serving
                     self.degraded += f"; traffic moved to {', '.join(survivors)}"
             except Exception as exc:
@@ -467,6 +492,7 @@ class ControlLoop:
             slo_attainment_5m=self.slo_attainment(),
             next_decision_s=self.next_decision_s,
             degraded=self.degraded,
+            backend_healthy=self.backend_healthy,
             totals=self.totals.as_dict(),
             last_decision=last.as_dict() if last else None,
         )

@@ -11,7 +11,7 @@ from rich.console import Console
 from infadapter.commands.views import adapt_summary, adapt_summary_line, adapt_summary_rows
 from tests.cli_helpers import run_cli
 
-# A local run's summary as LiveRun.summary returns it (raw floats, as --json prints them).
+# A local run's summary as AdapterRun.summary returns it (raw floats, as --json prints them).
 LOCAL = {
     "policy": "infadapter", "interrupted": False, "mean_cores": 0.47412345, "mean_accuracy": 0.721634,
     "transitions": 12, "decisions": 40, "failed_applies": 0, "crashes": 0, "seconds": 131.2,

@@ -20,7 +20,7 @@ def _step_load() -> np.ndarray:
 
 def _run(policy: str, rates: np.ndarray) -> RunConfig:
     """A live run's settings: 3-s decisions on ewma, a replay compressed 10 times."""
-    return RunConfig(ROOT / "profiles" / "local.yaml", policy=policy, interval_s=3.0, forecaster="ewma",
+    return RunConfig(profile_path=ROOT / "profiles" / "local.yaml", policy=policy, interval_s=3.0, forecaster="ewma",
                      rates_rps=tuple(rates), history_stretch=10)
 
 

@@ -56,6 +56,9 @@ class FakeBackend:
     fail_next: bool = False
     dead: set[str] = field(default_factory=set)
     cpu: dict[str, float] = field(default_factory=dict)
+    healthy: bool = True
+    health_checks: int = 0
+    heal_message: str | None = None
 
     def state(self) -> BackendState:
         self.calls.append("state")
@@ -73,7 +76,15 @@ class FakeBackend:
         return ApplyResult(serving=plan, actions=("applied",))
 
     def health(self) -> bool:
-        return True
+        self.health_checks += 1
+        return self.healthy
+
+    def heal(self) -> str | None:
+        message, self.heal_message = self.heal_message, None
+        return message
+
+    def watch_targets(self, callback) -> None:
+        callback({})
 
     def in_place_max_cores(self) -> dict[str, float]:
         return {}
@@ -299,3 +310,23 @@ def test_in_place_backend_grows_running_variants_first_while_new_ones_load():
     assert calls[True][0] == "apply resnet50=2"  # the whole budget, in place, before resnet18 loads
     assert len(calls[True]) == 2 and "resnet18" in calls[True][1]
     assert len(calls[False]) == 1 and "resnet18" in calls[False][0]
+
+
+def test_loop_asks_the_backend_for_health_and_repairs_and_counts_applies(tmp_path, caplog):
+    loop, clock, load, backend = make_loop(tmp_path, interval=10.0)
+    backend.heal_message = "router pid 1 died; restarted"
+    with caplog.at_level("WARNING", logger="infadapter.loop"):
+        run_for(loop, clock, 2)
+    assert "router pid 1 died; restarted" in caplog.text  # heal() is called every check and its word logged
+    assert backend.health_checks >= 1 and loop.snapshot().backend_healthy is True
+    assert loop.totals.applies == 1 and loop.last_apply_error == ""
+    backend.healthy = False
+    backend.fail_next = True
+    load.rate = 20.0
+    with caplog.at_level("WARNING", logger="infadapter.loop"):
+        next_decision(loop, clock)
+    assert loop.snapshot().backend_healthy is False and "does not answer; the apply failed" in caplog.text
+    assert loop.totals.as_dict()["failed_applies"] == 1 and loop.last_apply_error == "server did not start"
+    backend.healthy = True
+    rec = next_decision(loop, clock)  # the retry succeeds
+    assert rec.apply_ok and loop.snapshot().backend_healthy is True and loop.totals.applies == 2

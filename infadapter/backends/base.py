@@ -8,6 +8,7 @@ creates carries labels (or names) saying infadapter owns it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -46,6 +47,10 @@ class ApplyResult:
     retry_after_s: float | None = None  # temporary error: when to try again
 
 
+#: Called with the model servers' scrape targets: variant -> ["host:port", ...].
+TargetsCallback = Callable[[Mapping[str, Sequence[str]]], None]
+
+
 class Backend(Protocol):
     """Applies plans; reports state; never decides."""
 
@@ -72,7 +77,17 @@ class Backend(Protocol):
         ...
 
     def health(self) -> bool:
-        """True when the backend can be reached and its servers answer."""
+        """True when the backend can be reached and its servers answer (the loop asks after each apply)."""
+        ...
+
+    def heal(self) -> str | None:
+        """Repair what the backend can repair by itself (e.g. restart a router that died, with its routes);
+        a message saying what it did, or None. The loop calls it before every check."""
+        ...
+
+    def watch_targets(self, callback: TargetsCallback) -> None:
+        """Call ``callback`` with the scrape targets (variant -> ["host:port"]) now and whenever they change,
+        for Prometheus file discovery; backends whose Prometheus discovers pods by itself never call it."""
         ...
 
     def stop(self) -> None:

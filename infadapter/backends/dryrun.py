@@ -12,7 +12,7 @@ import difflib
 import json
 from pathlib import Path
 
-from infadapter.backends.base import ApplyResult, BackendState, VariantState
+from infadapter.backends.base import ApplyResult, BackendState, TargetsCallback, VariantState
 from infadapter.errors import BadInput
 from infadapter.plan import Plan, diff
 from infadapter.profile import Profile
@@ -98,6 +98,12 @@ class DryRunBackend:
 
     def health(self) -> bool:
         return True
+
+    def heal(self) -> str | None:
+        return None  # nothing runs, nothing to repair
+
+    def watch_targets(self, callback: TargetsCallback) -> None:
+        """Nothing runs, so nothing is scraped."""
 
     def stop(self) -> None:
         """Nothing runs; the folder stays."""

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from infadapter.backends.base import ApplyResult, BackendState, VariantState
+from infadapter.backends.base import ApplyResult, BackendState, TargetsCallback, VariantState
 from infadapter.errors import BackendUnavailable, InfAdapterError
 from infadapter.plan import Allocation, Plan, empty_plan
 from infadapter.profile import Profile
@@ -237,6 +237,11 @@ class KubernetesBackend:
         if limit is None:
             return {}
         return {n: k * limit for n, (k, per_pod) in self._layouts.items() if k > 0 and per_pod > 0}
+
+    @classmethod
+    def from_options(cls, profile: Profile, **options: Any) -> KubernetesBackend:
+        """The backend as ``cli.py adapt --backend kubernetes`` builds it from its flags (:func:`make_backend`)."""
+        return make_backend(profile, **options)
 
     def max_pod_cores(self) -> float | None:
         """The largest pod: the render config's, else the profile's, capped by a size the cluster refused."""
@@ -514,6 +519,13 @@ class KubernetesBackend:
             return True
         except KubeError:
             return False
+
+    def heal(self) -> str | None:
+        """The cluster repairs itself (Deployments restart their pods)."""
+        return None
+
+    def watch_targets(self, callback: TargetsCallback) -> None:
+        """Prometheus finds the pods by itself (the PodMonitor of templates/k8s)."""
 
     def stop(self) -> None:
         """Leave the cluster as it is (a restarted adapter picks it up) and close connections."""

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infadapter.backends.base import ApplyResult, BackendState, VariantState
+from infadapter.backends.base import ApplyResult, BackendState, TargetsCallback, VariantState
 from infadapter.errors import BackendUnavailable
 from infadapter.monitor import free_port
 from infadapter.plan import Plan
@@ -187,7 +187,7 @@ class LocalBackend:
         self.client: Any = None
         self.messages: list[str] = []
         self.driver, self.limit_mode = self._detect_limits(config.limit_mode)
-        self.on_targets: Any = None  # callback(variant -> ["host:port"]) for Prometheus discovery
+        self._on_targets: TargetsCallback | None = None  # Prometheus file discovery (watch_targets)
         self._stopped = False
 
     # -- CPU limits --------------------------------------------------------------------------------
@@ -480,7 +480,17 @@ class LocalBackend:
             for fut in [pool.submit(wait_one, sp) for sp in servers]:
                 fut.result()
 
-    def heal_router(self) -> str | None:
+    def watch_targets(self, callback: TargetsCallback) -> None:
+        """Tell ``callback`` the servers' scrape targets now and after every routing change."""
+        self._on_targets = callback
+        self._tell_targets()
+
+    def _tell_targets(self) -> None:
+        if self._on_targets is not None:
+            with contextlib.suppress(Exception):  # discovery is best effort; serving goes on
+                self._on_targets({sp.name: [f"127.0.0.1:{sp.port}"] for sp in self.servers.values()})
+
+    def heal(self) -> str | None:
         """Restart a router process that died (same port, so clients and Prometheus find it again) and
         give it the last routes; a message saying so, or None when it is alive (or not ours to check)."""
         alive = getattr(self.router, "alive", None)
@@ -501,9 +511,7 @@ class LocalBackend:
             routes = [Route(r.name, r.url, r.model, 1.0) for r in routes]
         self.client.set_backends(routes)
         self._last_routes = routes
-        if self.on_targets is not None:
-            with contextlib.suppress(Exception):
-                self.on_targets({sp.name: [f"127.0.0.1:{sp.port}"] for sp in self.servers.values()})
+        self._tell_targets()
 
     def _terminate(self, sp: ServerProc, drain: bool, timeout_s: float | None = None) -> None:
         """SIGTERM (the server drains), wait, SIGKILL; reap; remove the cgroup."""

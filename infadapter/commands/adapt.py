@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from infadapter.backends import BACKENDS
 from infadapter.commands.common import ROOT, err_console, json_option, out_console, print_json
 from infadapter.commands.options import control_options
 from infadapter.commands.views import LiveView as _View
@@ -185,8 +186,8 @@ observes the trace's rates instead of live traffic (labelled "replay" in status 
 
 
 @click.command("adapt", epilog=ADAPT_EPILOG)
-@click.option("--backend", type=click.Choice(["local", "kubernetes", "dry-run"]), default="local", show_default=True,
-              help="Where plans are applied: local processes, a Kubernetes namespace, or a dry-run folder.")
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="local", show_default=True,
+              help="Where plans are applied: " + "; ".join(f"{k}: {e.help}" for k, e in BACKENDS.items()) + ".")
 @click.option("--policy", default="infadapter", show_default=True,
               help="infadapter | msplus | vpa:VARIANT | static:NAME=CORES[,...].")
 @click.option("--duration", type=float, default=None, help="Seconds to run [default: the load's length, or "
@@ -227,65 +228,44 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
     if backend == "local" and router == "gateway":
         raise BadInput("--router gateway: only with --backend kubernetes or dry-run (a Gateway API HTTPRoute)")
     rates = _rates(window, scale, speedup, trace, rate, duration)
-    if backend != "local":
-        _adapt_cluster(
-            backend=backend, policy=policy, duration=duration, run_dir=run_dir, rates=rates,
-            replay_label=_replay_label(window, scale, speedup, rate, duration) if rates is not None else "",
-            stretch=max(int(speedup), 1) if window else 1, profile_path=profile_path, interval_s=interval_s,
-            history_before=_history_before(window, scale, speedup, trace),
-            check_s=check_s, stabilization=stabilization, min_gain=min_gain, alpha=alpha, forecaster=forecaster,
-            prometheus=prometheus, kubeconfig=kubeconfig, context=context, namespace=namespace, k8s_config=k8s_config,
-            dispatcher_url=dispatcher_url, admin_token_file=admin_token_file, ready_timeout_s=ready_timeout_s,
-            in_place=in_place, out_dir=out_dir, metrics_port=metrics_port, as_json=as_json, quiet=verbose < 0,
-            router=router,
-        )
-        return
-    from infadapter.experiment import LiveRun
-
-    run_dir = run_dir or DEFAULT_RUN_DIR
-    cfg = _run_config(profile_path=profile_path or _default_profile(), policy=policy, run_dir=run_dir,
-                      model_dir=model_dir, duration_s=duration, interval_s=interval_s, check_s=check_s,
-                      stabilization_intervals=stabilization, forecaster=forecaster, rates_rps=rates,
-                      prometheus=prometheus, limit_mode=limit_mode, resolution=resolution, seed=seed,
-                      history_stretch=max(int(speedup), 1) if window else 1, min_gain=min_gain, alpha=alpha,
-                      history_before=_history_before(window, scale, speedup, trace),
-                      rates_before=_history_before(window, scale, speedup, trace, 86400),
-                      router=router)
-    with _View(quiet=as_json or verbose < 0) as view:
-        summary = LiveRun(cfg, on_update=view.update).run()
-    plot = _write_plot(summary, rates, cfg.profile_path, quiet=as_json or verbose < 0)
-    if as_json:
-        print_json(summary)
-        return
-    _print_summary(summary, plot, quiet=verbose < 0)
-
-
-def _adapt_cluster(*, backend: str, policy: str, duration: float | None, run_dir: Path | None,
-                   rates: tuple[float, ...] | None, replay_label: str, stretch: int, profile_path: Path | None,
-                   history_before: tuple[float, ...],
-                   interval_s: float, check_s: float, stabilization: int, min_gain: float, alpha: float | None,
-                   forecaster: str, prometheus: str | None,
-                   kubeconfig: str | None, context: str | None, namespace: str | None, k8s_config: Path | None,
-                   dispatcher_url: str | None, admin_token_file: Path | None, ready_timeout_s: float,
-                   in_place: str, out_dir: Path | None, metrics_port: int, as_json: bool, quiet: bool,
-                   router: str = "dispatcher") -> None:
-    from infadapter.cluster_run import ClusterRun, ClusterRunConfig
-
-    if run_dir is None:
-        run_dir = out_dir if backend == "dry-run" and out_dir is not None else ROOT / "runs" / backend
-    cfg = ClusterRunConfig(
-        backend=backend, profile_path=profile_path or ROOT / "profiles" / "paper.yaml", run_dir=run_dir,
+    common = dict(
         policy=policy, duration_s=duration, interval_s=interval_s, check_s=check_s,
-        stabilization_intervals=stabilization, min_gain=min_gain, alpha=alpha, forecaster=forecaster, replay_rps=rates,
-        replay_label=replay_label, history_before=history_before,
-        history_stretch=stretch, prometheus_url=None if prometheus in (None, "", "off") else prometheus,
-        dispatcher_url=dispatcher_url or None, admin_token=_admin_token(admin_token_file) if dispatcher_url else "",
-        k8s_config=k8s_config, namespace=namespace, kubeconfig=kubeconfig, context=context,
-        ready_timeout_s=ready_timeout_s, in_place=in_place, out_dir=out_dir, metrics_port=metrics_port,
-        router="gateway" if router == "gateway" else None,
+        stabilization_intervals=stabilization, min_gain=min_gain, alpha=alpha, forecaster=forecaster,
+        rates_rps=rates, load_label=_replay_label(window, scale, speedup, rate, duration) if rates is not None else "",
+        history_stretch=max(int(speedup), 1) if window else 1,
+        history_before=_history_before(window, scale, speedup, trace),
+        rates_before=_history_before(window, scale, speedup, trace, 86400),
     )
+    cfg: Any
+    if backend == "local":
+        cfg = _run_config(profile_path=profile_path or _default_profile(), run_dir=run_dir or DEFAULT_RUN_DIR,
+                          model_dir=model_dir, prometheus=prometheus, limit_mode=limit_mode, resolution=resolution,
+                          seed=seed, router=router, **common)
+    else:
+        from infadapter.cluster_run import ClusterRunConfig
+
+        if run_dir is None:
+            run_dir = out_dir if backend == "dry-run" and out_dir is not None else ROOT / "runs" / backend
+        cfg = ClusterRunConfig(
+            backend=backend, profile_path=profile_path or ROOT / "profiles" / "paper.yaml", run_dir=run_dir,
+            prometheus_url=None if prometheus in (None, "", "off") else prometheus,
+            dispatcher_url=dispatcher_url or None,
+            admin_token=_admin_token(admin_token_file) if dispatcher_url else "",
+            k8s_config=k8s_config, namespace=namespace, kubeconfig=kubeconfig, context=context,
+            ready_timeout_s=ready_timeout_s, in_place=in_place, out_dir=out_dir, metrics_port=metrics_port,
+            router="gateway" if router == "gateway" else None, **common,
+        )
+    _run_adapter(cfg, rates, as_json=as_json, quiet=verbose < 0)
+
+
+def _run_adapter(cfg: Any, rates: tuple[float, ...] | None, as_json: bool, quiet: bool) -> None:
+    """The one runner on any backend: start, say what it found, adapt, summarize, plot; exit 4 when no plan
+    could ever be applied."""
+    from infadapter.errors import BackendUnavailable
+    from infadapter.runner import AdapterRun
+
     view = _View(quiet=as_json or quiet)
-    run = ClusterRun(cfg, on_update=view.update)
+    run = AdapterRun(cfg, on_update=view.update)
     try:
         run.start()
     except BaseException:
@@ -294,7 +274,7 @@ def _adapt_cluster(*, backend: str, policy: str, duration: float | None, run_dir
     if not (as_json or quiet):
         for m in run.messages:
             err_console().print(f"adapt: {m}", highlight=False)
-        err_console().print(f"adapt: run folder {run_dir} (python cli.py status --run-dir {run_dir})",
+        err_console().print(f"adapt: run folder {cfg.run_dir} (python cli.py status --run-dir {cfg.run_dir})",
                             highlight=False)
     with view:
         summary = run.run()
@@ -303,12 +283,9 @@ def _adapt_cluster(*, backend: str, policy: str, duration: float | None, run_dir
         print_json(summary)
     else:
         _print_summary(summary, plot, quiet=quiet)
-    if summary.get("applies") == 0:  # the kubernetes backend never got a plan to serve: not a success
-        from infadapter.errors import BackendUnavailable
-
-        failed = summary.get("backend_failed_applies")
-        raise BackendUnavailable(f"--backend {backend}: no plan was ever applied ({failed} failed applies; last: "
-                                 f"{summary.get('last_apply_error') or 'none'})")
+    if not summary.get("applies") and summary.get("failed_applies") and not summary.get("interrupted"):
+        raise BackendUnavailable(f"--backend {cfg.backend}: no plan was ever applied ({summary['failed_applies']} "
+                                 f"failed applies; last: {summary.get('last_apply_error') or 'none'})")
 
 
 def _logging(verbose: int, as_json: bool) -> None:

@@ -1,0 +1,319 @@
+"""The one adapter runner: what ``cli.py adapt`` does on every backend.
+
+:class:`AdapterRun` owns the lifecycle that every backend shares: the check that no other adapter
+runs on the run folder, the policy and the forecaster (flags are checked before anything is written),
+the state file, the control loop in a worker thread, Ctrl-C and SIGTERM, the cleanup on every exit
+path, and one summary with the same keys everywhere. What differs per backend is one preparation
+step, found in :data:`infadapter.backends.BACKENDS` (``setup``): it builds the backend and says what
+the loop observes, where it starts from, and what else runs beside it (the local backend's servers,
+dispatcher, Prometheus and load generator; the cluster backends' replayed or remote observation).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from infadapter import control
+from infadapter.backends.base import Backend
+from infadapter.control import ControlConfig
+from infadapter.errors import BadInput
+from infadapter.loop import ControlLoop, LoopConfig, LoopMetrics
+from infadapter.monitor import Observation
+from infadapter.plan import Plan
+from infadapter.policies import DEFAULT_MIN_GAIN, DEFAULT_STABILIZATION
+from infadapter.profile import Profile, load_profile
+from infadapter.records import DecisionLog
+from infadapter.runstate import AdapterInfo
+from infadapter.state import DECISIONS_FILE, StateStore, pid_alive, read_state, state_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterConfig:
+    """The flags every backend shares (the control rules, the policy, the load); see the subclasses."""
+
+    backend: str = "local"
+    profile_path: Path
+    run_dir: Path
+    policy: str = "infadapter"
+    duration_s: float | None = None  # None: until the load ends, or until Ctrl-C/SIGTERM without one
+    interval_s: float = ControlConfig.interval_s
+    check_s: float = ControlConfig.check_s
+    stabilization_intervals: int = DEFAULT_STABILIZATION
+    min_gain: float = DEFAULT_MIN_GAIN  # see policies.Stabilized.min_gain
+    alpha: float | None = None  # overrides the profile's cost weight
+    forecaster: str = "auto"
+    #: Per-second load: the local backend drives it through its router; kubernetes and dry-run observe
+    #: it instead of live traffic (a replay, labelled so).
+    rates_rps: tuple[float, ...] | None = None
+    load_label: str = ""
+    history_stretch: int = 1  # the load's --speedup (see ControlConfig.history_stretch)
+    initial_forecast_rps: float | None = None  # default: control.initial_forecast
+    history_before: tuple[float, ...] = ()  # counts before the replayed window (see ControlConfig)
+    rates_before: tuple[float, ...] = ()  # the day before the window, for warm VPA (policies.Context)
+
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0:
+            raise BadInput(f"--interval: must be > 0 seconds, got {self.interval_s}")
+        if not self.check_s > 0:
+            raise BadInput(f"--check: must be > 0 seconds, got {self.check_s}")
+        if self.duration_s is not None and not self.duration_s > 0:
+            raise BadInput(f"--duration: must be > 0 seconds, got {self.duration_s}")
+        if self.rates_rps is not None and not self.rates_rps:
+            raise BadInput("--window: the load is empty; pick a longer window")
+
+    def loop_config(self) -> LoopConfig:
+        """The control rules of this run (the simulator's ``experiment.simulate_same`` uses the same)."""
+        return LoopConfig(
+            interval_s=self.interval_s, check_s=self.check_s, history_stretch=self.history_stretch,
+            history_before=self.history_before, rates_before=self.rates_before,
+            initial_forecast_rps=control.initial_forecast(self.rates_rps, self.history_before,
+                                                          self.initial_forecast_rps, self.interval_s))
+
+
+@dataclass
+class Prepared:
+    """What a backend's preparation hands the runner."""
+
+    backend: Backend
+    observe: Callable[[float], Observation]
+    observation: str  # where observations come from, in words (status, logs, summary)
+    limit_mode: str  # how CPU limits are enforced, in words
+    initial_plan: Plan | None = None
+    metrics: LoopMetrics | None = None
+    #: Local: drives the load through the router in the main thread and returns its summary; the run
+    #: ends with it. None: the run lasts ``duration_s`` (or the replayed load's length).
+    drive_load: Callable[[], Any] | None = None
+    drain_s: float = 0.0  # after a driven load, keep adapting this long so in-flight requests finish
+    #: Closed after the backend stops, in order (Prometheus, the metrics endpoint, ...).
+    closers: list[Callable[[], None]] = field(default_factory=list)
+    adapter_info: Mapping[str, Any] = field(default_factory=dict)  # extra AdapterInfo fields
+    summary: Callable[[Any], dict[str, Any]] | None = None  # extra summary keys, given the load summary
+    release: bool = True  # on exit, mark the adapter gone (local) or only its pid (cluster: resume later)
+
+
+class BackendSetup(Protocol):
+    """A backend's preparation step (one per entry of :data:`infadapter.backends.BACKENDS`)."""
+
+    #: State-file keys a restarted adapter takes over from the previous one (e.g. its servers).
+    keep_state: tuple[str, ...]
+
+    def prepare(self, run: AdapterRun) -> Prepared:
+        """Build and connect the backend; nothing applied yet. BadInput/BackendUnavailable on bad flags."""
+        ...
+
+
+def running_adapter(run_dir: Path) -> dict[str, Any] | None:
+    """The adapter section of the run's state when its process is alive, else None."""
+    st = read_state(state_path(run_dir))
+    adapter = (st or {}).get("adapter") or {}
+    return adapter if pid_alive(adapter.get("pid")) else None
+
+
+@dataclass
+class AdapterRun:
+    """One adapter run on any backend; call :meth:`run` once (or :meth:`start` first; see the module doc)."""
+
+    config: AdapterConfig
+    on_update: Callable[[dict[str, Any]], None] | None = None
+    clock: Callable[[], float] = time.time
+    profile: Profile = field(init=False)
+    store: StateStore | None = field(default=None, init=False)
+    prepared: Prepared | None = field(default=None, init=False)
+    loop: ControlLoop | None = field(default=None, init=False)
+    messages: list[str] = field(default_factory=list, init=False)
+    started_s: float = field(default=0.0, init=False)
+    _cleaned: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.profile = load_profile(self.config.profile_path).with_overrides(alpha=self.config.alpha)
+
+    @property
+    def backend(self) -> Backend | None:
+        return self.prepared.backend if self.prepared else None
+
+    # -- bring-up ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Checks, backend (its preparation step), state file and loop; nothing is applied yet."""
+        from infadapter.backends import backend_setup
+        from infadapter.forecast import make_forecaster
+        from infadapter.policies import make_policy
+
+        cfg = self.config
+        setup = backend_setup(cfg.backend)
+        other = running_adapter(cfg.run_dir)
+        if other is not None and other.get("pid") != os.getpid():
+            raise BadInput(f"--run-dir: an adapter (pid {other['pid']}) already runs on {cfg.run_dir}; "
+                           "stop it or pick another --run-dir")
+        policy = make_policy(cfg.policy, self.profile, cfg.stabilization_intervals, min_gain=cfg.min_gain)
+        forecaster = make_forecaster(cfg.forecaster)
+        try:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInput(f"--run-dir: cannot create {cfg.run_dir} ({exc.strerror or exc}); "
+                           "pass a writable folder") from None
+        previous = read_state(state_path(cfg.run_dir)) or {}
+        self.store = StateStore(state_path(cfg.run_dir),
+                                {k: previous[k] for k in setup.keep_state if k in previous})
+        self.started_s = self.clock()
+        self.prepared = prep = setup.prepare(self)
+        atexit.register(self.cleanup)  # a Python exit past run()'s finally still stops what runs
+        info = AdapterInfo(pid=os.getpid(), started_s=self.started_s, policy=cfg.policy, backend=cfg.backend,
+                           run_dir=str(cfg.run_dir), interval_s=cfg.interval_s, profile=str(cfg.profile_path),
+                           slo_ms=self.profile.slo_ms, observation=prep.observation,
+                           replay=cfg.backend != "local" and cfg.rates_rps is not None)
+        self.messages.insert(0, f"observing: {prep.observation}")
+        self.store.update(adapter={**info.as_dict(), **prep.adapter_info}, messages=self.messages, stopped_s=None,
+                          limit_mode=prep.limit_mode)
+        self.loop = ControlLoop(
+            self.profile, policy, forecaster, prep.backend, prep.observe, cfg.loop_config(),
+            clock=self.clock,
+            records=DecisionLog(cfg.run_dir / DECISIONS_FILE),
+            metrics=prep.metrics,
+            on_snapshot=self._snapshot,
+            policy_name=cfg.policy,
+            initial_plan=prep.initial_plan,
+        )
+        for m in self.messages:
+            log.info("%s", m)
+
+    def _snapshot(self, snap: dict[str, Any]) -> None:
+        assert self.prepared is not None and self.store is not None
+        snap["backend"] = self.config.backend
+        snap["observation"] = self.prepared.observation
+        snap["limit_mode"] = self.prepared.limit_mode
+        self.store.update(loop=snap, updated_s=time.time())
+        if self.on_update is not None:
+            with contextlib.suppress(Exception):
+                self.on_update(snap)
+
+    # -- running -----------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Start (unless started), adapt until the load, the duration, Ctrl-C or SIGTERM ends; stop; summary."""
+        cfg = self.config
+        load_summary = None
+        interrupted = False
+        try:
+            if self.loop is None:
+                self.start()
+            assert self.loop is not None and self.prepared is not None
+            self.loop.tick()  # the first decision brings the servers up before any load arrives
+            duration = None
+            if self.prepared.drive_load is None:
+                duration = cfg.duration_s
+                if cfg.rates_rps is not None:  # a replayed load ends the run with it
+                    length = float(len(cfg.rates_rps))
+                    duration = length if duration is None else min(duration, length)
+            worker = threading.Thread(target=self._run_loop, args=(duration,), name="control-loop", daemon=True)
+            worker.start()
+            if self.prepared.drive_load is not None:
+                load_summary = self.prepared.drive_load()
+                interrupted = bool(getattr(load_summary, "interrupted", False))
+                if not interrupted:
+                    self.loop.stop_event.wait(self.prepared.drain_s)
+            else:
+                interrupted = self._wait(worker)
+            self.loop.stop()
+            worker.join(timeout=max(cfg.interval_s, 30.0))
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            self.cleanup()
+        return self.summary(load_summary, interrupted)
+
+    def _run_loop(self, duration: float | None) -> None:
+        assert self.loop is not None
+        try:
+            self.loop.run(duration)
+        except Exception:
+            log.exception("control loop failed; stopping")
+        finally:
+            self.loop.stop_event.set()
+
+    def _wait(self, worker: threading.Thread) -> bool:
+        """Wait for the loop's end; SIGTERM (a pod's or systemd's stop) ends it cleanly. True when interrupted."""
+        assert self.loop is not None
+        stop = self.loop.stop_event
+        signalled = threading.Event()
+        old = None
+        if threading.current_thread() is threading.main_thread():
+            def on_term(*_: Any) -> None:
+                signalled.set()
+                stop.set()
+
+            old = signal.signal(signal.SIGTERM, on_term)
+        try:
+            while worker.is_alive() and not stop.is_set():
+                stop.wait(0.5)
+        except KeyboardInterrupt:
+            return True
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
+        return signalled.is_set()
+
+    def cleanup(self) -> None:
+        """Stop everything this run started (what the backend keeps for the next adapter stays); idempotent."""
+        if self._cleaned:
+            return
+        self._cleaned = True
+        # Ctrl-C during cleanup must not leave servers behind: ignore it until done.
+        old = None
+        if threading.current_thread() is threading.main_thread():
+            old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if self.loop is not None:
+                self.loop.stop()
+            prep = self.prepared
+            for close in ([prep.backend.stop, *prep.closers] if prep else []):
+                try:
+                    close()
+                except Exception as exc:  # one failing close must not leave the others running
+                    log.warning("cleanup: %s", exc)
+            if self.store is not None:
+                with contextlib.suppress(Exception):
+                    if prep is None or prep.release:
+                        self.store.update(adapter=None, prometheus=None, stopped_s=time.time())
+                    else:
+                        adapter = dict(self.store.get("adapter") or {})
+                        adapter["pid"] = None
+                        self.store.update(adapter=adapter, stopped_s=time.time())
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
+
+    def summary(self, load: Any, interrupted: bool) -> dict[str, Any]:
+        """The run's figures, the same keys on every backend (plus the preparation's own)."""
+        cfg = self.config
+        loop, prep = self.loop, self.prepared
+        totals = loop.totals.as_dict() if loop else {}
+        out: dict[str, Any] = {
+            "policy": cfg.policy,
+            "backend": cfg.backend,
+            "observation": prep.observation if prep else "",
+            "replay": cfg.backend != "local" and cfg.rates_rps is not None,
+            "interrupted": interrupted,
+            **{k: totals.get(k) for k in ("mean_cores", "mean_accuracy", "transitions", "decisions", "applies",
+                                          "failed_applies", "crashes", "seconds")},
+            "last_apply_error": loop.last_apply_error if loop else "",
+            "plan": loop.serving.as_dict() if loop and loop.serving is not None else None,
+            "limit_mode": prep.limit_mode if prep else "",
+            "run_dir": str(cfg.run_dir),
+        }
+        if prep is not None and prep.summary is not None:
+            out.update(prep.summary(load))
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                self.store.update(summary=out)
+        return out
