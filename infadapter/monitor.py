@@ -342,6 +342,10 @@ class Monitor:
             points = history_from_stats(stats or {}, now)
             if p99 is None and stats is not None:
                 p99 = _float_or_none(stats.get("latency_ms_p99_60s"))
+        elif stats is not None:
+            # Prometheus's newest seconds lag its 1-s scrapes (the live loop saw a burst 1.5-2 s late);
+            # the router counted those seconds exactly, so they decide how fast an overload is seen.
+            points.update(history_from_stats(stats, now, seconds=self.rate_window_s))
         if warning and warning != self.warning:
             log.warning("%s", warning)
         self.warning, self.source = warning, source

@@ -113,3 +113,31 @@ def test_without_prometheus_the_monitor_reads_the_dispatcher(dispatcher):
     assert obs.source == "dispatcher" and "no Prometheus" in obs.warning
     assert sum(obs.history_rps) == 4
     assert obs.requests_total == 4
+
+
+def test_the_newest_seconds_come_from_the_dispatchers_exact_counts(tmp_path, dispatcher):
+    """Prometheus's newest seconds lag its scrapes; the dispatcher counted them, so a burst shows at once."""
+    port, client = dispatcher
+    prom = PrometheusServer(tmp_path, f"127.0.0.1:{port}")
+    url = prom.start()
+    try:
+        mon = Monitor(client.stats, url, start_s=time.time())
+        for _ in range(40):  # until Prometheus has rates
+            _send(port, 2)
+            time.sleep(0.5)
+            if mon.observe().source == "prometheus":
+                break
+        # A burst inside one second, observed as soon as that second is complete.
+        while time.time() % 1 > 0.3:
+            time.sleep(0.02)
+        burst_s = int(time.time())
+        _send(port, 40)
+        while time.time() < burst_s + 1.02:
+            time.sleep(0.01)
+        obs = mon.observe()
+        assert obs.source == "prometheus"
+        prom_only = mon.reader.history(obs.now_s, query=mon.rate_query) if mon.reader else {}
+        assert obs.history_rps[-1] >= 40, (obs.history_rps[-5:], prom_only.get(burst_s))
+        assert obs.rate_rps >= 40 / 3
+    finally:
+        prom.stop()
