@@ -280,8 +280,10 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
 
     if not base.rates_rps:
         raise BadInput("experiment: a load is required (--window ... or --rate R --duration S)")
-    out_dir.mkdir(parents=True, exist_ok=True)
     profile = load_profile(base.profile_path).with_overrides(alpha=base.alpha)
+    for pol in policies:  # a bad name fails now, not after the policies before it ran for minutes
+        make_policy(pol, profile, base.stabilization_intervals, min_gain=base.min_gain)
+    out_dir.mkdir(parents=True, exist_ok=True)
     rates = np.asarray(base.rates_rps, dtype=float)
     results = []
     for pol in policies:
