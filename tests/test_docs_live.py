@@ -45,6 +45,8 @@ EXPERIMENT_PAPER = ("python cli.py experiment --policies infadapter,vpa:resnet50
                     "--window paper --scale 0.25 --speedup 10 --interval 3 --out runs/exp13t")
 EXPERIMENT_SECOND = ("python cli.py experiment --policies infadapter,vpa:resnet50,vpa:resnet101 "
                      "--window 1554600:1260 --scale 0.25 --speedup 10 --interval 3 --out runs/exp13u")
+EXPERIMENT_SLOWER = ("python cli.py experiment --policies infadapter,vpa:resnet101 --window paper --scale 0.25 "
+                     "--speedup 5 --interval 6 --out runs/exp13v")
 # docs/serving.md: models, the model server, the profiler (the profile's own command, cut to one point).
 BUILD_ALL = "python cli.py build-models"
 BUILD_64 = "python cli.py build-models --resolution 64"
@@ -121,7 +123,8 @@ def test_adapt_examples(base: Path, tmp_path: Path, command: str) -> None:
 @pytest.mark.parametrize("command,extra", [(EXPERIMENT, ("--duration", "20")),
                                            (EXPERIMENT_RESULTS, ("--duration", "15")),
                                            (EXPERIMENT_PAPER, ("--duration", "10")),
-                                           (EXPERIMENT_SECOND, ("--duration", "10"))])
+                                           (EXPERIMENT_SECOND, ("--duration", "10")),
+                                           (EXPERIMENT_SLOWER, ("--duration", "10"))])
 def test_experiment_examples(base: Path, tmp_path: Path, command: str, extra: tuple[str, ...]) -> None:
     out_dir = tmp_path / "exp"
     hermetic = _hermetic(base)
