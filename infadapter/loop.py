@@ -182,7 +182,7 @@ class ControlLoop:
         self.retry_at_s: float | None = None
         self.degraded: str = ""
         self.last_apply_error: str = ""
-        #: The backend's last answer to ``health()`` (None: not asked yet); asked once per decision.
+        #: The backend's last answer to ``health()`` (None: not asked yet); asked after each apply.
         self.backend_healthy: bool | None = None
         self._last_tick_s: float | None = None
         self._last_decision_s: float = -math.inf
@@ -239,7 +239,8 @@ class ControlLoop:
                 log.exception("apply failed")
                 result = ApplyResult(serving=before or decision.plan, ok=False, error=f"{type(exc).__name__}: {exc}")
         timings["apply"] = time.perf_counter() - t3
-        self._check_health(failed=not result.ok)
+        if applied:  # a decision that changed nothing asked nothing of the backend
+            self._check_health(failed=not result.ok)
 
         self.policy_state = decision.state
         if result.ok:
