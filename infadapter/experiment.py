@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from infadapter import paths
 from infadapter.errors import BadInput
 from infadapter.loop import LoopConfig, LoopMetrics
 from infadapter.monitor import Monitor, PrometheusServer, free_port, prometheus_binary, write_server_targets
@@ -40,18 +41,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_RUN_DIR = ROOT / "runs" / "adapt"
-DEFAULT_MODELS = ROOT / "models"
-
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig(AdapterConfig):
     """A run on the local backend: the shared flags plus this machine's (models, CPU limits, the load)."""
 
     backend: str = "local"
-    run_dir: Path = DEFAULT_RUN_DIR
-    model_dir: Path = DEFAULT_MODELS
+    run_dir: Path = paths.DEFAULT_RUN_DIR
+    model_dir: Path = paths.MODELS
     prometheus: str | None = None  # URL of an existing server; "off" disables; None: start one if present
     limit_mode: str = "auto"
     resolution: int | None = None  # model input and load JPEG size; None: the profile's, else 224

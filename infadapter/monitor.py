@@ -35,12 +35,12 @@ from typing import Any
 
 import jinja2
 
+from infadapter import paths
 from infadapter.state import pid_alive
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE_DIR = ROOT / "templates" / "prometheus"
+TEMPLATE_DIR = paths.TEMPLATES / "prometheus"
 HISTORY_S = 600  # the paper's forecaster input: the last 10 minutes
 
 #: PromQL of the live signals (dispatcher metric names; the same names serve on a cluster).

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from infadapter import paths
 from infadapter.errors import BadInput
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_TRACE = ROOT / ".." / "shared" / "data" / "twitter-trace" / "workload.tbz2"
+SHARED_TRACE = paths.SHARED_TRACE
 TRACE_URL = (
     "https://github.com/reconfigurable-ml-pipeline/web-service-datasets/raw/master/"
     "dataset/twitter_trace/workload.tbz2"

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infadapter import paths
 from infadapter.backends.base import ApplyResult, BackendState, TargetsCallback, VariantState
 from infadapter.errors import BackendUnavailable
 from infadapter.monitor import free_port
@@ -50,9 +51,6 @@ from infadapter.serving.router import Route, Router, RouterConfig, make_router
 from infadapter.state import StateStore, pid_alive
 
 log = logging.getLogger(__name__)
-
-ROOT = Path(__file__).resolve().parents[2]
-CLI = ROOT / "cli.py"
 
 
 @dataclass
@@ -427,7 +425,7 @@ class LocalBackend:
         logs = self.config.run_dir / "servers"
         logs.mkdir(parents=True, exist_ok=True)
         logf = (logs / f"{name}-{port}.log").open("ab")
-        cmd = [self.config.python, str(CLI), "serve-model", "--model-dir", str(self.config.model_dir),
+        cmd = [self.config.python, str(paths.CLI), "serve-model", "--model-dir", str(self.config.model_dir),
                "--name", model, "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads),
                "--warmup", str(self.config.warmup), *self.config.server_args]
         if "--max-queue" not in self.config.server_args:

@@ -10,18 +10,12 @@ from typing import Any
 
 import click
 
+from infadapter import paths
 from infadapter.backends import BACKENDS
-from infadapter.commands.common import ROOT, err_console, json_option, out_console, print_json
+from infadapter.commands.common import err_console, json_option, out_console, print_json
 from infadapter.commands.options import control_options
 from infadapter.commands.views import LiveView as _View
 from infadapter.errors import BadInput
-
-DEFAULT_RUN_DIR = ROOT / "runs" / "adapt"
-LOCAL_PROFILE = ROOT / "profiles" / "local.yaml"
-
-
-def _default_profile() -> Path:
-    return LOCAL_PROFILE if LOCAL_PROFILE.exists() else ROOT / "profiles" / "paper.yaml"
 
 
 def _load_options(f: Any) -> Any:
@@ -43,7 +37,7 @@ def _common_options(f: Any) -> Any:
         click.option("--profile", "profile_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="Profile YAML [default: profiles/local.yaml, else profiles/paper.yaml]."),
         click.option("--models", "model_dir", type=click.Path(file_okay=False, path_type=Path),
-                     default=ROOT / "models", show_default=True, help="Model folder (built when missing)."),
+                     default=paths.MODELS, show_default=True, help="Model folder (built when missing)."),
         click.option("--resolution", type=int, default=None,
                      help="Input size of models built here and of the load's JPEGs."),
         click.option("--prometheus", "--prometheus-url", "prometheus", default=None,
@@ -238,16 +232,16 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
     )
     cfg: Any
     if backend == "local":
-        cfg = _run_config(profile_path=profile_path or _default_profile(), run_dir=run_dir or DEFAULT_RUN_DIR,
+        cfg = _run_config(profile_path=profile_path or paths.local_profile(), run_dir=run_dir or paths.DEFAULT_RUN_DIR,
                           model_dir=model_dir, prometheus=prometheus, limit_mode=limit_mode, resolution=resolution,
                           seed=seed, router=router, **common)
     else:
         from infadapter.cluster_run import ClusterRunConfig
 
         if run_dir is None:
-            run_dir = out_dir if backend == "dry-run" and out_dir is not None else ROOT / "runs" / backend
+            run_dir = out_dir if backend == "dry-run" and out_dir is not None else paths.RUNS / backend
         cfg = ClusterRunConfig(
-            backend=backend, profile_path=profile_path or ROOT / "profiles" / "paper.yaml", run_dir=run_dir,
+            backend=backend, profile_path=profile_path or paths.PAPER_PROFILE, run_dir=run_dir,
             prometheus_url=None if prometheus in (None, "", "off") else prometheus,
             dispatcher_url=dispatcher_url or None,
             admin_token=_admin_token(admin_token_file) if dispatcher_url else "",
@@ -353,7 +347,7 @@ def status(ctx: click.Context, backend: str, run_dir: Path | None, kubeconfig: s
     if backend == "kubernetes":
         from infadapter.status import collect_kubernetes_status
 
-        doc = collect_kubernetes_status(run_dir or ROOT / "runs" / "kubernetes", kubeconfig=kubeconfig,
+        doc = collect_kubernetes_status(run_dir or paths.RUNS / "kubernetes", kubeconfig=kubeconfig,
                                         context=context, namespace=namespace, k8s_config=k8s_config)
         if as_json:
             print_json(doc)
@@ -368,7 +362,7 @@ def status(ctx: click.Context, backend: str, run_dir: Path | None, kubeconfig: s
             raise BadInput(f"{flag}: only with --backend kubernetes")
     from infadapter.status import collect_status
 
-    doc = collect_status(run_dir or DEFAULT_RUN_DIR)
+    doc = collect_status(run_dir or paths.DEFAULT_RUN_DIR)
     if as_json:
         print_json(doc)
         return
@@ -451,7 +445,7 @@ EXPERIMENT_EPILOG = """Examples:
               help="Comma-separated policies, run one after another on the same load.")
 @click.option("--duration", type=float, default=None, help="Seconds of load (with --rate, or to cut a window).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=ROOT / "runs" / "experiment", show_default=True,
+              default=paths.RUNS / "experiment", show_default=True,
               help="Folder for experiment.json, .md, .png and one run folder per policy.")
 @_load_options
 @_common_options
@@ -473,7 +467,7 @@ def experiment(ctx: click.Context, policies: str, duration: float | None, out_di
     names = [p.strip() for p in policies.split(",") if p.strip()]
     if not names:
         raise BadInput("--policies: give at least one policy")
-    base = _run_config(profile_path=profile_path or _default_profile(), policy=names[0], model_dir=model_dir,
+    base = _run_config(profile_path=profile_path or paths.local_profile(), policy=names[0], model_dir=model_dir,
                        duration_s=duration if rate is None else None, interval_s=interval_s, check_s=check_s,
                        stabilization_intervals=stabilization, forecaster=forecaster, rates_rps=rates,
                        prometheus=prometheus, limit_mode=limit_mode, resolution=resolution, seed=seed,

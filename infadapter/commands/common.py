@@ -11,13 +11,12 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
+from infadapter import paths
 from infadapter.errors import BadInput
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: The repository root (profiles/, templates/ and ../shared are found relative to it).
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_PROFILE = ROOT / "profiles" / "paper.yaml"
 
 
 def _consoles() -> dict[str, Console]:
@@ -52,7 +51,7 @@ def warn(message: str) -> None:
     err_console().print(f"[yellow]warning:[/] {message}", highlight=False)
 
 
-def profile_option(default: Path | None = DEFAULT_PROFILE) -> Callable[[F], F]:
+def profile_option(default: Path | None = paths.PAPER_PROFILE) -> Callable[[F], F]:
     """``--profile PATH`` (env ``INFADAPTER_PROFILE``)."""
     return click.option(
         "--profile",

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from infadapter.commands.common import ROOT, json_option, out_console, print_json, warn
+from infadapter import paths
+from infadapter.commands.common import json_option, out_console, print_json, warn
 from infadapter.paper import build_paper_profile, default_csv
 from infadapter.profile import dump_profile, load_profile
 
@@ -42,13 +43,13 @@ Examples:
 )
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The paper's capacity CSV (default: ../shared/data/..., env INFADAPTER_PAPER_CSV).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=ROOT / "profiles" / "paper.yaml",
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=paths.PAPER_PROFILE,
               show_default=True, help="Where to write the profile YAML.")
 @click.option("--sla", type=click.Choice(["500", "750", "1000", "1500"]), default="750", show_default=True,
               help="Which SLA's capacities to fit (the paper used 750 ms).")
 def import_paper(csv_path: Path | None, out: Path, sla: str) -> None:
     """Regenerate the paper's profile from the authors' capacity CSV."""
-    src = csv_path or default_csv(ROOT)
+    src = csv_path or default_csv(paths.ROOT)
     prof = build_paper_profile(src, sla_ms=int(sla))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(dump_profile(prof, header=PAPER_HEADER.replace("SLA 750", f"SLA {sla}")))

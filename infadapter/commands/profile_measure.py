@@ -13,7 +13,8 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from infadapter.commands.common import ROOT, err_console, json_option, out_console, print_json
+from infadapter import paths
+from infadapter.commands.common import err_console, json_option, out_console, print_json
 from infadapter.errors import BadInput
 
 
@@ -44,7 +45,7 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 @click.option(
     "--model-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=ROOT / "models",
+    default=paths.MODELS,
     show_default=True,
     help="Folder holding NAME/1/model.onnx (python cli.py build-models).",
 )
@@ -71,7 +72,7 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=ROOT / "profiles" / "local.yaml",
+    default=paths.LOCAL_PROFILE,
     show_default=True,
     help="Profile YAML to write.",
 )

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import click
 
-from infadapter.commands.common import ROOT, err_console, json_option, out_console, print_json
+from infadapter import paths
+from infadapter.commands.common import err_console, json_option, out_console, print_json
 from infadapter.errors import BadInput
-
-DEFAULT_MODELS = ROOT / "models"
 
 
 def parse_variants(text: str) -> list[str]:
@@ -41,7 +40,7 @@ def parse_variants(text: str) -> list[str]:
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_MODELS,
+    default=paths.MODELS,
     show_default=True,
     help="Folder to write NAME/1/model.onnx into (git-ignored models/).",
 )
@@ -96,7 +95,7 @@ def build_models(out: Path, variants: str, resolution: int, seed: int, as_json: 
 @click.option(
     "--model-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_MODELS,
+    default=paths.MODELS,
     show_default=True,
     help="Folder holding NAME/VERSION/model.onnx (TF Serving layout).",
 )

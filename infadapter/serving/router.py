@@ -24,12 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from infadapter import paths
 from infadapter.errors import BackendUnavailable, BadInput
 from infadapter.monitor import P99_QUERY, RATE_QUERY, free_port
 from infadapter.state import StateStore, pid_alive
 
-ROOT = Path(__file__).resolve().parents[2]
-CLI = ROOT / "cli.py"
 ROUTERS = ("dispatcher", "haproxy")
 
 
@@ -192,7 +191,7 @@ class DispatcherRouter:
         # A restart keeps the port: clients and Prometheus know the dispatcher by it.
         port = self.port or free_port()
         logf = (self.config.run_dir / "dispatcher.log").open("ab")
-        cmd = [self.config.python, str(CLI), "dispatch", "--host", "127.0.0.1", "--port", str(port),
+        cmd = [self.config.python, str(paths.CLI), "dispatch", "--host", "127.0.0.1", "--port", str(port),
                "--admin-token-file", str(token_file), "--slo-ms", f"{self.config.slo_ms:g}",
                *self.config.dispatcher_args]
         self._proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
