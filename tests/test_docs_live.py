@@ -48,6 +48,8 @@ EXPERIMENT_SECOND = ("python cli.py experiment --policies infadapter,vpa:resnet5
 # README "Results" and docs/adaptation.md "Default flags, in real time" (10 s of its 21 minutes here).
 EXPERIMENT_DEFAULT = ("python cli.py experiment --policies infadapter,vpa:resnet101 --window paper --scale 0.25 "
                       "--out runs/exp13w")
+EXPERIMENT_DEFAULT_SECOND = ("python cli.py experiment --policies infadapter --window 1554600:1260 --scale 0.25 "
+                             "--out runs/exp13x")
 EXPERIMENT_SLOWER = ("python cli.py experiment --policies infadapter,vpa:resnet101 --window paper --scale 0.25 "
                      "--speedup 5 --interval 6 --out runs/exp13v")
 # docs/serving.md: models, the model server, the profiler (the profile's own command, cut to one point).
@@ -128,7 +130,8 @@ def test_adapt_examples(base: Path, tmp_path: Path, command: str) -> None:
                                            (EXPERIMENT_PAPER, ("--duration", "10")),
                                            (EXPERIMENT_SECOND, ("--duration", "10")),
                                            (EXPERIMENT_SLOWER, ("--duration", "10")),
-                                           (EXPERIMENT_DEFAULT, ("--duration", "10"))])
+                                           (EXPERIMENT_DEFAULT, ("--duration", "10")),
+                                           (EXPERIMENT_DEFAULT_SECOND, ("--duration", "10"))])
 def test_experiment_examples(base: Path, tmp_path: Path, command: str, extra: tuple[str, ...]) -> None:
     out_dir = tmp_path / "exp"
     hermetic = _hermetic(base)
