@@ -16,6 +16,7 @@ from infadapter.errors import BadInput
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
 def _consoles() -> dict[str, Console]:
     """The run's two consoles, made once per command on the click context (``-q`` silences diagnostics)."""
     ctx = click.get_current_context(silent=True)
