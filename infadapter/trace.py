@@ -25,7 +25,6 @@ import numpy as np
 from infadapter import paths
 from infadapter.errors import BadInput
 
-SHARED_TRACE = paths.SHARED_TRACE
 TRACE_URL = (
     "https://github.com/reconfigurable-ml-pipeline/web-service-datasets/raw/master/"
     "dataset/twitter_trace/workload.tbz2"
@@ -45,8 +44,8 @@ def default_trace_path() -> Path:
     env = os.environ.get("INFADAPTER_TRACE")
     if env:
         return Path(env)
-    if SHARED_TRACE.exists():
-        return SHARED_TRACE.resolve()
+    if paths.SHARED_TRACE.exists():
+        return paths.SHARED_TRACE.resolve()
     return cache_dir() / "workload.tbz2"
 
 
