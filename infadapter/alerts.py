@@ -4,14 +4,14 @@ from ``templates/prometheus/slo-rules.yml.j2`` so the local stack, the Ansible r
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from infadapter import paths
 from infadapter.errors import BadInput
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "prometheus"
+TEMPLATES = paths.PROMETHEUS_TEMPLATES
 RULES_TEMPLATE = "slo-rules.yml.j2"
 
 

@@ -29,6 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
+from infadapter import paths
 from infadapter.errors import BadInput
 from infadapter.trace import DAY_S
 
@@ -258,7 +259,7 @@ class Learned:
 
 
 #: The learned model trained on the Twitter trace, committed; ``forecast train`` regenerates it.
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "profiles" / "forecaster.npz"
+SHIPPED_MODEL = paths.ROOT / "profiles" / "forecaster.npz"
 
 
 def default_model_path() -> Path:

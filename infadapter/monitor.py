@@ -40,7 +40,7 @@ from infadapter.state import pid_alive
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_DIR = paths.TEMPLATES / "prometheus"
+TEMPLATE_DIR = paths.PROMETHEUS_TEMPLATES
 HISTORY_S = 600  # the paper's forecaster input: the last 10 minutes
 
 #: PromQL of the live signals (dispatcher metric names; the same names serve on a cluster).

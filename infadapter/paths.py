@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The CLI entry point, run as a subprocess for model servers and the dispatcher.
 CLI = ROOT / "cli.py"
 TEMPLATES = ROOT / "templates"
+#: Prometheus's config and SLO rules, for the local stack, the Ansible role and the tests.
+PROMETHEUS_TEMPLATES = TEMPLATES / "prometheus"
 PAPER_PROFILE = ROOT / "profiles" / "paper.yaml"
 #: Measured on this machine by ``profile measure``; the local backend's default when present.
 LOCAL_PROFILE = ROOT / "profiles" / "local.yaml"

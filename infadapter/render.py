@@ -23,12 +23,13 @@ import jinja2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from infadapter import paths
 from infadapter.errors import BadInput
 from infadapter.loading import load_yaml
 from infadapter.plan import Plan
 from infadapter.profile import Profile, pod_layout, threads_for_cores
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+TEMPLATES = paths.TEMPLATES
 
 #: Label keys (app.kubernetes.io recommended labels plus ours).
 LABEL_NAME = "app.kubernetes.io/name"

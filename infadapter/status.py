@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from infadapter import paths
 from infadapter.backends.local import model_available
 from infadapter.runstate import RunState
 from infadapter.state import pid_alive, read_state, state_path
@@ -122,9 +123,8 @@ def collect_kubernetes_status(
     st = RunState.from_dict(raw) if raw is not None else None
     if st is not None and st.adapter.backend != "kubernetes":
         st = None
-    root = Path(__file__).resolve().parents[1]
     # The profile is not read by the status calls; the one the adapter used (or the paper's) is loaded.
-    profile = load_profile((st.adapter.profile if st else "") or root / "profiles" / "paper.yaml")
+    profile = load_profile((st.adapter.profile if st else "") or paths.PAPER_PROFILE)
     rc = render_config_for(k8s_config, namespace)
     backend = KubernetesBackend(profile, rc, KubeOptions(kubeconfig=kubeconfig, context=context, retries=2,
                                                          backoff_s=0.2, request_timeout_s=10.0))

@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 
 import jinja2
 
+from infadapter import paths
 from infadapter.errors import BackendUnavailable, BadInput
 from infadapter.monitor import free_port
 from infadapter.serving.dispatcher import RequestStats
@@ -57,7 +58,7 @@ from infadapter.state import StateStore, pid_alive
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates" / "haproxy"
+TEMPLATES = paths.TEMPLATES / "haproxy"
 #: HAProxy's weights are integers 0..256; shares map onto this scale.
 WEIGHT_SCALE = 256
 #: Requests entering HAProxy, from its Prometheus exporter (the frontend clients call).

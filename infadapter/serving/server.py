@@ -51,6 +51,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 
+from infadapter import paths
 from infadapter.errors import BadInput
 from infadapter.serving.headguard import HeadDeadlineRunner
 from infadapter.serving.images import decode_b64, preprocess
@@ -581,7 +582,6 @@ async def serve(config: ServerConfig, on_ready: Callable[[ModelServer], None] | 
     return rc
 
 
-CLI_PATH = Path(__file__).resolve().parents[2] / "cli.py"
 
 
 def server_command(
@@ -598,7 +598,7 @@ def server_command(
     import sys
 
     return [
-        python or sys.executable, str(CLI_PATH), "-q", "serve-model",
+        python or sys.executable, str(paths.CLI), "-q", "serve-model",
         "--model-dir", str(model_dir), "--name", name, "--host", host, "--port", str(port),
         "--threads", str(threads), "--warmup", str(warmup), *extra,
     ]  # fmt: skip
