@@ -229,9 +229,10 @@ def simulate_same(profile: Profile, cfg: RunConfig, arrival_times_s: np.ndarray 
     loop's checks and decisions run on the same clock as live. The control settings are the live
     run's (one :class:`~infadapter.control.ControlConfig`); what differs is only what models the
     local backend: servers follow ``service_model`` ("cfs": one request at a time under a CPU quota,
-    CPU time per request of CV ``service_cv``), the monitor lags ``observe_lag_s`` behind, and VPA
-    gets one CPU sample per check. ``arrival_times_s`` (seconds from the load's start, e.g. a live
-    run's schedule) replays exactly those requests instead of a fresh Poisson draw.
+    CPU time per request of CV ``service_cv``), and the monitor lags ``observe_lag_s`` behind (VPA's
+    CPU samples follow the loop's rule, :mod:`infadapter.cpusamples`). ``arrival_times_s`` (seconds from
+    the load's start, e.g. a live run's schedule) replays exactly those requests instead of a fresh
+    Poisson draw.
     """
     from infadapter import sim
 
@@ -244,7 +245,7 @@ def simulate_same(profile: Profile, cfg: RunConfig, arrival_times_s: np.ndarray 
         **settings, history_before=ctl.history_before, rates_before=ctl.rates_before,
         stabilization_intervals=cfg.stabilization_intervals,
         min_gain=cfg.min_gain, forecaster=cfg.forecaster, warmup_s=0, first_plan_ready=True,
-        vpa_sample_s=cfg.check_s, vpa_sample_window_s=cfg.check_s, seed=cfg.seed, cpu_model="work",
+        seed=cfg.seed, cpu_model="work",
         service_cv=service_cv, observe_lag_s=observe_lag_s, service_model=service_model,
     )
     profile = profile.with_overrides(alpha=cfg.alpha)

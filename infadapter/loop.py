@@ -32,9 +32,11 @@ from typing import Any
 from infadapter import control
 from infadapter.backends.base import ApplyResult, Backend
 from infadapter.control import ControlConfig, Forecaster
+from infadapter.cpusamples import CpuReadings, CpuSampler
 from infadapter.monitor import Observation
 from infadapter.plan import Plan, diff, plan_from_cores
 from infadapter.policies import Context, Policy
+from infadapter.policies import entry as policy_entry
 from infadapter.profile import Profile
 from infadapter.records import DecisionLog, DecisionRecord
 from infadapter.runstate import LoopSnapshot
@@ -186,7 +188,11 @@ class ControlLoop:
         self.backend_healthy: bool | None = None
         self._last_tick_s: float | None = None
         self._last_decision_s: float = -math.inf
-        self._cpu_prev: dict[str, tuple[float, float]] = {}
+        kind = policy_entry(policy)
+        # VPA and HPA read CPU samples at their upstream cadence (cpusamples: the simulator's rule too).
+        self._cpu_sampler: CpuSampler | None = None
+        self._cpu_period = (kind.cpu_sample_s, kind.cpu_window_s) if kind.needs_cpu else None
+        self._cpu_readings = CpuReadings(keep_s=kind.cpu_sample_s + kind.cpu_window_s + 10.0)
         self._cpu_samples: dict[str, list[tuple[float, float]]] = {}
         self._slo_samples: deque[tuple[float, int, int, int]] = deque()
         self._seq = 0
@@ -443,18 +449,19 @@ class ControlLoop:
         self._last_tick_s = now
 
     def _sample_cpu(self, now: float) -> None:
-        """CPU used per variant since the last check, as (time, cores) samples for VPA."""
+        """Read the variants' CPU counters; add the samples due (VPA: a 15-s mean once a minute)."""
+        if self._cpu_period is None:
+            return
         try:
             used: Mapping[str, float] = self.backend.cpu_seconds()
         except Exception as exc:
             log.debug("cpu usage unavailable: %s", exc)
             return
-        for name, secs in used.items():
-            prev = self._cpu_prev.get(name)
-            self._cpu_prev[name] = (now, secs)
-            if prev is None or now <= prev[0] or secs < prev[1]:
-                continue
-            self._cpu_samples.setdefault(name, []).append((now, (secs - prev[1]) / (now - prev[0])))
+        self._cpu_readings.add(now, used)
+        if self._cpu_sampler is None:
+            self._cpu_sampler = CpuSampler.upstream(*self._cpu_period, self.config.history_stretch, start_s=now)
+        for name, samples in self._cpu_sampler.take(now, self._cpu_readings.names(), self._cpu_readings.at).items():
+            self._cpu_samples.setdefault(name, []).extend(samples)
 
     def _note_slo(self, obs: Observation) -> None:
         if obs.requests_total is None or obs.violations_total is None:

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infadapter.errors import note_write
+
 log = logging.getLogger("infadapter.records")
 
 
@@ -70,12 +72,10 @@ class DecisionLog:
                 with self.path.open("a", encoding="utf-8") as fh:
                     fh.write(json.dumps(record.as_dict(), default=str) + "\n")
             except OSError as exc:
-                message = f"cannot write {self.path} ({exc.strerror or exc}); decisions kept in memory only"
-                if message != self.write_error:
-                    log.error("%s", message)
-                self.write_error = message
+                error = f"cannot write {self.path} ({exc.strerror or exc}); decisions kept in memory only"
             else:
-                self.write_error = ""
+                error = ""
+            self.write_error = note_write(log, self.write_error, error, self.path)
 
     @property
     def last(self) -> DecisionRecord | None:

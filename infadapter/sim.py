@@ -19,9 +19,9 @@ Model (docs/simulator.md derives and discusses it):
   default: a request keeps every core of its server busy, so usage <= cores), or (``"work"``, for
   servers whose requests use a fixed amount of CPU, as the local backend's ONNX servers with
   ``floor(cores)`` threads) busy fraction x ``min(cores, mu x w_v)`` with ``w_v`` the fewest
-  core-seconds per request the profile implies (``cpu_per_request``); VPA gets samples of it every
-  ``vpa_sample_s`` seconds, each the mean over the preceding ``vpa_sample_window_s`` (the
-  recommender's 1-minute loop reading metrics-server's 15-second window).
+  core-seconds per request the profile implies (``cpu_per_request``); VPA and HPA get samples of it by
+  the live loop's rule (:mod:`infadapter.cpusamples`: VPA's recommender reads metrics-server's
+  15-second mean once a minute, HPA every 15 s).
 - **Control**: a decision every ``interval_s`` from ``warmup_s`` on; the forecaster sees the last
   ``history_s`` seconds of *observed* per-second counts; the oracle gets the true peak count of the
   period the new plan will serve. Scale-down stabilization is :class:`infadapter.policies.Stabilized`.
@@ -48,6 +48,7 @@ import numpy as np
 
 from infadapter import control
 from infadapter import solver as solver_mod
+from infadapter.cpusamples import CpuSampler
 from infadapter.errors import BadInput
 from infadapter.forecast import Forecaster, make_forecaster
 from infadapter.plan import Plan, diff, plan_from_cores
@@ -94,8 +95,10 @@ class SimConfig:
     seed: int = 0
     timeout_s: float | None = None  # longest wait before a request is dropped; None: 2 x SLO
     history_s: int = control.HISTORY_S  # observed history handed to the forecaster
-    vpa_sample_s: float = 60.0
-    vpa_sample_window_s: float = 15.0
+    # VPA's CPU samples: one every vpa_sample_s, the mean over vpa_sample_window_s; None: the policy
+    # entry's (upstream's recommender: a minute, metrics-server's 15-s window), as the live loop samples.
+    vpa_sample_s: float | None = None
+    vpa_sample_window_s: float | None = None
     initial: Mapping[str, float] | None = None  # initial cores by variant; None: per-policy default
     memoize: bool = True  # reuse a stateless policy's decision for a repeated (load, current plan)
     # Reactive re-planning (control.trigger_due): every check_s, if the rate of the last rate_window_s
@@ -150,7 +153,7 @@ class SimConfig:
             raise BadInput(f"--timeout: must be > 0 seconds, got {self.timeout_s:g}")
         if self.vpa_update not in ("rolling", "recreate"):
             raise BadInput(f"--vpa-update: must be rolling or recreate, got {self.vpa_update!r}")
-        if not self.vpa_sample_s > 0 or not self.vpa_sample_window_s > 0:
+        if any(v is not None and not v > 0 for v in (self.vpa_sample_s, self.vpa_sample_window_s)):
             raise BadInput("--vpa-sample: sample period and window must be > 0 seconds")
         if self.react and not (self.check_s > 0 and self.rate_window_s >= 1 and self.overload_tolerance >= 0):
             raise BadInput("--react: check_s and rate_window_s must be > 0 and the tolerance >= 0")
@@ -422,8 +425,9 @@ class Simulation:
         self.mbb = cfg.make_before_break and not (vpa and cfg.vpa_update == "recreate")
         self.in_place = cfg.in_place_resize and kind.in_place
         self.top = profile.core_options()[-1]
-        self.sample_s = cfg.vpa_sample_s if vpa else kind.cpu_sample_s
-        self.sample_window_s = cfg.vpa_sample_window_s if vpa else kind.cpu_window_s
+        self.sampler = CpuSampler.upstream(cfg.vpa_sample_s if vpa and cfg.vpa_sample_s else kind.cpu_sample_s,
+                                           cfg.vpa_sample_window_s if vpa and cfg.vpa_sample_window_s
+                                           else kind.cpu_window_s, cfg.history_stretch)
         self.cfs = cfg.service_model == "cfs"
         self.work_cpu = ([cpu_per_request(profile, n, cfg.service_cv if self.cfs else None) for n in self.names]
                          if cfg.cpu_model == "work" or self.cfs else None)
@@ -447,7 +451,6 @@ class Simulation:
         self.forecast_now = 0.0
         self.next_request = 0
         self.next_decision = cfg.warmup_s
-        self.last_sample = 0.0
         self.last_decision = -math.inf
         self.first = True
 
@@ -539,17 +542,10 @@ class Simulation:
             self.served_by[sel[ok]] = v
 
     def cpu_samples(self, now: float) -> dict[str, list[tuple[float, float]]]:
-        """Usage samples since the last call: one every ``sample_s``, the mean over ``sample_window_s``."""
-        out: dict[str, list[tuple[float, float]]] = {}
-        ts = self.last_sample + self.sample_s
-        while ts <= now + 1e-9:
-            lo, hi = max(0, round(ts - self.sample_window_s)), round(ts)
-            if hi > lo:
-                for n in self.names:
-                    out.setdefault(n, []).append((ts, float(self.usage[self.vidx[n], lo:hi].mean())))
-            self.last_sample = ts
-            ts += self.sample_s
-        return out
+        """Usage samples since the last call, by the live loop's rule (:class:`~infadapter.cpusamples.CpuSampler`)."""
+        def cumulative(name: str, t: float) -> float:
+            return float(self.usage[self.vidx[name], :max(0, round(t))].sum())
+        return self.sampler.take(now, self.names, cumulative)
 
     # -- a decision -------------------------------------------------------------------------------
     def observed_rate(self, now: float) -> float:

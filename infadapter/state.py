@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from infadapter.errors import note_write
+
 log = logging.getLogger("infadapter.state")
 
 STATE_FILE = "state.json"
@@ -105,14 +107,10 @@ class StateStore:
             try:
                 write_state(self.path, self._data)
             except OSError as exc:
-                message = f"cannot write {self.path} ({exc.strerror or exc}); state kept in memory, serving goes on"
-                if message != self.write_error:
-                    log.error("%s", message)
-                self.write_error = message
+                error = f"cannot write {self.path} ({exc.strerror or exc}); state kept in memory, serving goes on"
             else:
-                if self.write_error:
-                    log.warning("%s is writable again", self.path)
-                self.write_error = ""
+                error = ""
+            self.write_error = note_write(log, self.write_error, error, self.path)
 
     def get(self, key: str, default: Any = None) -> Any:
         with self._lock:

@@ -42,16 +42,18 @@ EXPERIMENT_RESULTS = ("python cli.py experiment --policies infadapter,vpa:resnet
                       "--scale 0.1 --speedup 10 --interval 3 --alpha 0.5 --out runs/exp6")
 # README "Results" and docs/adaptation.md "Live": today's defaults on two windows (10 s of each here).
 EXPERIMENT_PAPER = ("python cli.py experiment --policies infadapter,vpa:resnet50,vpa:resnet101,vpa:resnet152 "
-                    "--window paper --scale 0.25 --speedup 10 --interval 3 --out runs/exp13t")
+                    "--window paper --scale 0.25 --speedup 10 --interval 3 --out runs/exp14t")
 EXPERIMENT_SECOND = ("python cli.py experiment --policies infadapter,vpa:resnet50,vpa:resnet101 "
-                     "--window 1554600:1260 --scale 0.25 --speedup 10 --interval 3 --out runs/exp13u")
+                     "--window 1554600:1260 --scale 0.25 --speedup 10 --interval 3 --out runs/exp14u")
 # README "Results" and docs/adaptation.md "Default flags, in real time" (10 s of its 21 minutes here).
 EXPERIMENT_DEFAULT = ("python cli.py experiment --policies infadapter,vpa:resnet101 --window paper --scale 0.25 "
-                      "--out runs/exp13w")
+                      "--out runs/exp14w")
 EXPERIMENT_DEFAULT_SECOND = ("python cli.py experiment --policies infadapter --window 1554600:1260 --scale 0.25 "
                              "--out runs/exp13x")
+EXPERIMENT_DEFAULT_SECOND_VPA = ("python cli.py experiment --policies vpa:resnet101 --window 1554600:1260 "
+                                 "--scale 0.25 --out runs/exp14x")
 EXPERIMENT_SLOWER = ("python cli.py experiment --policies infadapter,vpa:resnet101 --window paper --scale 0.25 "
-                     "--speedup 5 --interval 6 --out runs/exp13v")
+                     "--speedup 5 --interval 6 --out runs/exp14v")
 # docs/serving.md: models, the model server, the profiler (the profile's own command, cut to one point).
 BUILD_ALL = "python cli.py build-models"
 BUILD_64 = "python cli.py build-models --resolution 64"
@@ -131,7 +133,8 @@ def test_adapt_examples(base: Path, tmp_path: Path, command: str) -> None:
                                            (EXPERIMENT_SECOND, ("--duration", "10")),
                                            (EXPERIMENT_SLOWER, ("--duration", "10")),
                                            (EXPERIMENT_DEFAULT, ("--duration", "10")),
-                                           (EXPERIMENT_DEFAULT_SECOND, ("--duration", "10"))])
+                                           (EXPERIMENT_DEFAULT_SECOND, ("--duration", "10")),
+                                           (EXPERIMENT_DEFAULT_SECOND_VPA, ("--duration", "10"))])
 def test_experiment_examples(base: Path, tmp_path: Path, command: str, extra: tuple[str, ...]) -> None:
     out_dir = tmp_path / "exp"
     hermetic = _hermetic(base)

@@ -263,11 +263,14 @@ def test_vpa_gets_cpu_usage_samples_from_the_backend(tmp_path):
                        LoopConfig(interval_s=10.0), clock=clock, sleep=clock.sleep)
     loop.tick()
     assert backend.plan.cores == 2.0  # VPA starts on the whole budget (no samples yet)
-    for _ in range(10):
+    for second in range(1, 71):
         clock.sleep(1.0)
-        backend.cpu["resnet50"] = backend.cpu.get("resnet50", 0.0) + 0.3  # 0.3 cores used
+        # 0.3 cores used, but 1.9 in the burst of seconds 20-30, which no 15-s window before 60 s covers
+        backend.cpu["resnet50"] = backend.cpu.get("resnet50", 0.0) + (1.9 if 20 < second <= 30 else 0.3)
         loop.tick()
-    # target = p90 (0.3 cores, histogram bucket) * 1.15 -> rounded up to the 0.25 grid: 0.5 cores
+        if second == 50:  # the recommender reads once a minute: nothing to go on yet
+            assert backend.plan.cores == 2.0
+    # one sample at 60 s, the mean of seconds 45-60: target = p90 (0.3, a histogram bucket) * 1.15 -> 0.5
     assert backend.plan.cores == pytest.approx(0.5)
 
 
