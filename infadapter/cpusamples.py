@@ -68,9 +68,9 @@ class CpuReadings:
         """Record one reading per variant; a counter that went down (a new server) starts afresh."""
         for name, secs in used.items():
             q = self._readings.setdefault(name, deque())
-            if q and (secs < q[-1][1] or now_s <= q[-1][0]):
-                if now_s <= q[-1][0]:
-                    continue
+            if q and now_s <= q[-1][0]:
+                continue
+            if q and secs < q[-1][1]:
                 q.clear()
             q.append((now_s, secs))
             while len(q) > 2 and now_s - q[1][0] >= self.keep_s:
