@@ -248,7 +248,7 @@ def simulate_same(profile: Profile, cfg: RunConfig, arrival_times_s: np.ndarray 
         seed=cfg.seed, cpu_model="work",
         service_cv=service_cv, observe_lag_s=observe_lag_s, service_model=service_model,
     )
-    profile = profile.with_overrides(alpha=cfg.alpha)
+    profile = cfg.tuned(profile)
     arrivals = None
     if arrival_times_s is not None:
         arrivals = sim.arrivals_from_times(arrival_times_s, int(rates.size), cfg.seed)
@@ -278,7 +278,7 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
 
     if not base.rates_rps:
         raise BadInput("experiment: a load is required (--window ... or --rate R --duration S)")
-    profile = load_profile(base.profile_path).with_overrides(alpha=base.alpha)
+    profile = base.tuned(load_profile(base.profile_path))
     for pol in policies:  # a bad name fails now, not after the policies before it ran for minutes
         make_policy(pol, profile, base.stabilization_intervals, min_gain=base.min_gain)
     out_dir.mkdir(parents=True, exist_ok=True)

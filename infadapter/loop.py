@@ -25,7 +25,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -131,11 +131,11 @@ class LoopMetrics:
             self._server.server_close()
             self._server = None
 
-    def show_plan(self, plan: Plan, known: Sequence[str]) -> None:
-        self.accuracy.set(plan.accuracy)
+    def show_plan(self, plan: Plan, profile: Profile) -> None:
+        self.accuracy.set(profile.served_accuracy(plan.shares_by_name()))
         self.cost.set(plan.cores)
         self.capacity.set(plan.served_capacity_rps())
-        for name in known:
+        for name in profile.names:
             a = plan.get(name)
             self.variant_cores.labels(name).set(a.cores if a else 0.0)
             self.variant_share.labels(name).set(a.share if a else 0.0)
@@ -306,7 +306,7 @@ class ControlLoop:
             self.metrics.feasible.set(1 if decision.plan.feasible else 0)
             self.metrics.fallback.set(0 if obs.source == "prometheus" else 1)
             if self.serving is not None:
-                self.metrics.show_plan(self.serving, self.profile.names)
+                self.metrics.show_plan(self.serving, self.profile)
         log.info("decision %d (%s): %s -> %s [%s]", rec.seq, trigger, rec.diff, rec.reason,
                  "ok" if rec.apply_ok else f"failed: {rec.apply_error}")
         return rec
@@ -443,7 +443,9 @@ class ControlLoop:
             dt = max(now - self._last_tick_s, 0.0)
             self.totals.seconds += dt
             self.totals.core_seconds += dt * self.serving.cores
-            self.totals.accuracy_seconds += dt * self.serving.accuracy
+            # From the profile, not the plan's own figure: a plan read back from a cluster on resume
+            # carries the shares but no accuracy.
+            self.totals.accuracy_seconds += dt * self.profile.served_accuracy(self.serving.shares_by_name())
         elif self._last_tick_s is not None:
             self.totals.seconds += max(now - self._last_tick_s, 0.0)
         self._last_tick_s = now

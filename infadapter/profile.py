@@ -263,6 +263,11 @@ class Profile(BaseModel):
                 return v
         raise BadInput(f"variant: unknown variant {name!r}, expected one of {', '.join(self.names)}")
 
+    def served_accuracy(self, shares: Mapping[str, float]) -> float:
+        """Traffic-weighted nominal accuracy of a split of traffic (variants unknown here count as 0)."""
+        known = {v.name: v.accuracy for v in self.variants}
+        return sum(share * known.get(name, 0.0) for name, share in shares.items())
+
     def in_place_ceiling(self, threads: int) -> float:
         """The most cores a server started with ``threads`` threads can be given in place: the largest
         allocation with the same thread count (:func:`threads_for_cores`); beyond it, a restart."""
@@ -321,6 +326,13 @@ class Profile(BaseModel):
         data = self.model_dump()
         data.update({k: v for k, v in changes.items() if v is not None})
         return _validate(data, origin="overrides")
+
+    def tuned(self, alpha: float | None = None, budget: float | None = None) -> Profile:
+        """This profile with a command's ``--alpha`` and ``--budget`` applied (None: the profile's)."""
+        if budget is not None and budget < self.min_cores:
+            raise BadInput(f"--budget: {budget:g} cores is below one variant's minimum ({self.min_cores:g}); "
+                           f"give at least {self.min_cores:g}")
+        return self.with_overrides(alpha=alpha, budget_cores=budget)
 
 
 def _on_grid(value: float, step: float) -> bool:

@@ -53,6 +53,7 @@ class AdapterConfig:
     stabilization_intervals: int = DEFAULT_STABILIZATION
     min_gain: float = DEFAULT_MIN_GAIN  # see policies.Stabilized.min_gain
     alpha: float | None = None  # overrides the profile's cost weight
+    budget: float | None = None  # overrides the profile's core budget
     forecaster: str = "auto"
     #: Per-second load: the local backend drives it through its router; kubernetes and dry-run observe
     #: it instead of live traffic (a replay, labelled so).
@@ -72,6 +73,10 @@ class AdapterConfig:
             raise BadInput(f"--duration: must be > 0 seconds, got {self.duration_s}")
         if self.rates_rps is not None and not self.rates_rps:
             raise BadInput("--window: the load is empty; pick a longer window")
+
+    def tuned(self, profile: Profile) -> Profile:
+        """``profile`` with this run's --alpha and --budget applied (the live run and its simulation alike)."""
+        return profile.tuned(alpha=self.alpha, budget=self.budget)
 
     def loop_config(self) -> LoopConfig:
         """The control rules of this run (the simulator's ``experiment.simulate_same`` uses the same)."""
@@ -137,7 +142,7 @@ class AdapterRun:
     _cleaned: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
-        self.profile = load_profile(self.config.profile_path).with_overrides(alpha=self.config.alpha)
+        self.profile = self.config.tuned(load_profile(self.config.profile_path))
 
     @property
     def backend(self) -> Backend | None:

@@ -52,6 +52,9 @@ EXPERIMENT_DEFAULT_SECOND = ("python cli.py experiment --policies infadapter --w
                              "--out runs/exp13x")
 EXPERIMENT_DEFAULT_SECOND_VPA = ("python cli.py experiment --policies vpa:resnet101 --window 1554600:1260 "
                                  "--scale 0.25 --out runs/exp14x")
+# README "Results" and docs/adaptation.md "Against VPA at no more cores": infadapter on VPA's cores.
+EXPERIMENT_EQUAL_COST = ("python cli.py experiment --policies infadapter,vpa:resnet101 --budget 0.75 --window paper "
+                         "--scale 0.25 --out runs/exp15b")
 EXPERIMENT_SLOWER = ("python cli.py experiment --policies infadapter,vpa:resnet101 --window paper --scale 0.25 "
                      "--speedup 5 --interval 6 --out runs/exp14v")
 # docs/serving.md: models, the model server, the profiler (the profile's own command, cut to one point).
@@ -134,7 +137,8 @@ def test_adapt_examples(base: Path, tmp_path: Path, command: str) -> None:
                                            (EXPERIMENT_SLOWER, ("--duration", "10")),
                                            (EXPERIMENT_DEFAULT, ("--duration", "10")),
                                            (EXPERIMENT_DEFAULT_SECOND, ("--duration", "10")),
-                                           (EXPERIMENT_DEFAULT_SECOND_VPA, ("--duration", "10"))])
+                                           (EXPERIMENT_DEFAULT_SECOND_VPA, ("--duration", "10")),
+                                           (EXPERIMENT_EQUAL_COST, ("--duration", "10"))])
 def test_experiment_examples(base: Path, tmp_path: Path, command: str, extra: tuple[str, ...]) -> None:
     out_dir = tmp_path / "exp"
     hermetic = _hermetic(base)
@@ -145,6 +149,11 @@ def test_experiment_examples(base: Path, tmp_path: Path, command: str, extra: tu
     policies = shlex.split(command)[shlex.split(command).index("--policies") + 1].split(",")
     assert [r["policy"] for r in doc["results"]] == policies
     assert (out_dir / "experiment.png").exists()
+    if "--budget" in command:  # no plan holds more than the budget, live or simulated
+        budget = float(shlex.split(command)[shlex.split(command).index("--budget") + 1])
+        for r in doc["results"]:
+            assert r["live"]["plan"]["cores"] <= budget + 1e-9
+            assert r["simulated"]["mean_planned_cores"] <= budget + 1e-9
 
 
 @pytest.mark.parametrize("command", [BUILD_ALL, BUILD_64, BUILD_JSON])

@@ -333,3 +333,24 @@ def test_loop_asks_the_backend_for_health_and_repairs_and_counts_applies(tmp_pat
     backend.healthy = True
     rec = next_decision(loop, clock)  # the retry succeeds
     assert rec.apply_ok and loop.snapshot().backend_healthy is True and loop.totals.applies == 2
+
+
+def test_a_plan_read_back_without_accuracy_is_accounted_from_the_profile(tmp_path):
+    """The Kubernetes backend rebuilds the serving plan from Deployments (shares, no accuracy); the summary
+    and the accuracy gauge must still show what served (this read 0 % after a resume once)."""
+    loop, _clock, _load, backend = make_loop(tmp_path, interval=5.0)
+    real_apply = backend.apply
+
+    def apply_without_accuracy(plan: Plan) -> ApplyResult:
+        res = real_apply(plan)
+        return replace(res, serving=replace(res.serving, accuracy=0.0))
+
+    backend.apply = apply_without_accuracy
+    totals = loop.run(duration_s=4.0)  # within the first interval: only the plan read back serves
+    assert loop.serving is not None and loop.serving.accuracy == 0.0
+    expected = PROFILE.served_accuracy(loop.serving.shares_by_name())
+    assert expected > 0.69
+    assert totals.mean_accuracy == pytest.approx(expected, abs=1e-6)
+    from prometheus_client import generate_latest
+
+    assert f"infadapter_accuracy {expected}" in generate_latest(loop.metrics.registry).decode()

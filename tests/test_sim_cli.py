@@ -58,6 +58,8 @@ def test_simulate_all_json_and_plot(tmp_path: Path) -> None:
     (["--forecaster", "lstm"], "--forecaster"),
     (["--service-cv", "3"], "--service-cv"),
     (["--observe-lag", "-1"], "--observe-lag"),
+    (["--budget", "0.1"], "--budget"),
+    (["--budget", "0"], "--budget"),
 ])
 def test_bad_input_is_one_line_exit_2(args: list[str], field: str) -> None:
     out = cli("simulate", *args)
@@ -102,3 +104,21 @@ def test_forecast_train_and_evaluate_json(tmp_path: Path) -> None:
     scores = {s["forecaster"]: s for s in json.loads(out.stdout)["scores"]}
     assert set(scores) == {"last", "ewma+10%", "learned"}
     assert 0 <= scores["learned"]["under_prediction_rate"] < 0.4  # calibrated for 25 % (the default)
+
+
+def test_budget_caps_every_policy_and_prices_cores_against_it(tmp_path: Path) -> None:
+    # 40 req/s: ResNet-101 needs about 1.25 cores of profiles/local.yaml; on a 0.75-core budget the
+    # adapter serves it with cheaper variants and stays under the cap, and VPA is capped at it.
+    trace = tmp_path / "rates.txt"
+    trace.write_text("\n".join(["40"] * 120))
+    common = ["simulate", "--profile", str(ROOT / "profiles" / "local.yaml"), "--trace", str(trace), "--window",
+              "all", "--policy", "infadapter,vpa:resnet101", "--forecaster", "ewma", "--json"]
+    full = {r["policy"]: r for r in json.loads(cli(*common).stdout)["results"]}
+    capped = {r["policy"]: r for r in json.loads(cli(*common, "--budget", "0.75").stdout)["results"]}
+    assert full["infadapter"]["mean_cores"] > 0.8
+    # Plans stay within the budget; a variant started make-before-break overlaps the old one for a second.
+    assert capped["infadapter"]["mean_planned_cores"] <= 0.75 + 1e-9
+    assert capped["infadapter"]["mean_cores"] <= 0.80
+    assert capped["infadapter"]["mean_accuracy"] < full["infadapter"]["mean_accuracy"]
+    assert capped["infadapter"]["slo_violation_rate"] <= 0.02
+    assert capped["vpa:resnet101"]["mean_cores"] <= 0.75 + 1e-9

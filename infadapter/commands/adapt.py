@@ -197,8 +197,8 @@ observes the trace's rates instead of live traffic (labelled "replay" in status 
 def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None, run_dir: Path | None,
           window: str | None, scale: float, speedup: float, trace: Path | None, rate: float | None,
           profile_path: Path | None, interval_s: float, check_s: float, stabilization: int, alpha: float | None,
-          min_gain: float, forecaster: str, model_dir: Path, resolution: int, prometheus: str | None,
-          limit_mode: str, seed: int, router: str,
+          budget: float | None, min_gain: float, forecaster: str, model_dir: Path, resolution: int,
+          prometheus: str | None, limit_mode: str, seed: int, router: str,
           kubeconfig: str | None, context: str | None, namespace: str | None, k8s_config: Path | None,
           dispatcher_url: str | None, admin_token_file: Path | None, ready_timeout_s: float, in_place: str,
           out_dir: Path | None, metrics_port: int, as_json: bool) -> None:
@@ -224,7 +224,7 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
     rates = _rates(window, scale, speedup, trace, rate, duration)
     common = dict(
         policy=policy, duration_s=duration, interval_s=interval_s, check_s=check_s,
-        stabilization_intervals=stabilization, min_gain=min_gain, alpha=alpha, forecaster=forecaster,
+        stabilization_intervals=stabilization, min_gain=min_gain, alpha=alpha, budget=budget, forecaster=forecaster,
         rates_rps=rates, load_label=_replay_label(window, scale, speedup, rate, duration) if rates is not None else "",
         history_stretch=max(int(speedup), 1) if window else 1,
         history_before=_history_before(window, scale, speedup, trace),
@@ -453,7 +453,8 @@ EXPERIMENT_EPILOG = """Examples:
 @click.pass_context
 def experiment(ctx: click.Context, policies: str, duration: float | None, out_dir: Path, window: str | None,
                scale: float, speedup: float, trace: Path | None, rate: float | None, profile_path: Path | None,
-               interval_s: float, check_s: float, stabilization: int, alpha: float | None, min_gain: float,
+               interval_s: float, check_s: float, stabilization: int, alpha: float | None, budget: float | None,
+               min_gain: float,
                forecaster: str, model_dir: Path, resolution: int, prometheus: str | None, limit_mode: str, seed: int,
                router: str, as_json: bool) -> None:
     """Run policies live against the same load, one after another, and compare with the simulator."""
@@ -472,6 +473,7 @@ def experiment(ctx: click.Context, policies: str, duration: float | None, out_di
                        stabilization_intervals=stabilization, forecaster=forecaster, rates_rps=rates,
                        prometheus=prometheus, limit_mode=limit_mode, resolution=resolution, seed=seed,
                        history_stretch=max(int(speedup), 1) if window else 1, min_gain=min_gain, alpha=alpha,
+                       budget=budget,
                        history_before=_history_before(window, scale, speedup, trace),
                        rates_before=_history_before(window, scale, speedup, trace, 86400),
                        router=router)

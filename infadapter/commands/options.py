@@ -30,11 +30,14 @@ CONTROL_OPTIONS = (
                  help=f"{FORECAST_HELP} (auto: the committed learned model, else ewma)."),
     click.option("--alpha", type=click.FloatRange(0), default=None,
                  help="Override the profile's cost weight (higher: fewer cores, lower accuracy)."),
+    click.option("--budget", type=float, default=None,
+                 help="Override the profile's core budget: the most cores the model servers hold together "
+                      "(e.g. what another policy spends, to compare at equal cost)."),
 )
 
 
 def control_options(f: F) -> F:
-    """``--interval --check --stabilization --min-gain --forecaster --alpha``."""
+    """``--interval --check --stabilization --min-gain --forecaster --alpha --budget``."""
     for o in reversed(CONTROL_OPTIONS):
         f = o(f)
     return f

@@ -74,7 +74,8 @@ Examples:
 @json_option
 def simulate(
     profile_path: Path, window: str, trace_path: Path | None, scale: float, speedup: float, policy_spec: str,
-    paper: bool, forecaster: str, interval_s: float, check_s: float, alpha: float | None, warmup: float,
+    paper: bool, forecaster: str, interval_s: float, check_s: float, alpha: float | None, budget: float | None,
+    warmup: float,
     warm_start: bool, stabilization: int, timeout: float | None, seed: int,
     in_place_resize: bool, min_gain: float, react: bool, make_before_break: bool, vpa_update: str,
     service_model: str, service_cv: float, queue_bound: bool, observe_lag: int,
@@ -93,7 +94,7 @@ def simulate(
     from infadapter.profile import load_profile
     from infadapter.trace import DAY_S, load_history_before, load_window, parse_window
 
-    profile = load_profile(profile_path).with_overrides(alpha=alpha)
+    profile = load_profile(profile_path).tuned(alpha=alpha, budget=budget)
     parse_window(window)  # a bad window fails before the trace loads
     rates = load_window(window, trace_path, scale, speedup)
     specs = compare_specs(profile) if policy_spec.strip() == "all" else [
