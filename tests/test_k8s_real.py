@@ -312,6 +312,9 @@ def test_a_restarted_backend_recovers_the_plan_without_duplicates_or_orphans(
     fresh = make_backend(kube_cluster, admin, ns, paper)
     st = fresh.state()
     assert st.plan is not None and st.plan.shares_by_name()["resnet34"] == 0  # recovered: the orphan has no share
+    # ... and the accuracy of what serves (a resumed run's summary and `status` read it).
+    assert st.plan.accuracy == pytest.approx(0.7 * paper.variant("resnet50").accuracy
+                                             + 0.3 * paper.variant("resnet18").accuracy)
     result = fresh.apply(a)
     assert result.ok, result.error
     assert any(x.startswith("recovered generation") for x in result.actions)

@@ -412,7 +412,8 @@ class KubernetesBackend:
         elif abs(total - 1.0) > 1e-6:
             allocs = [Allocation(a.name, a.cores, a.share / total, a.capacity_rps) for a in allocs]
         load = newest.load_rps if newest else 0.0
-        return Plan(tuple(allocs), load, objective=newest.objective if newest else 0.0), gen
+        accuracy = self.profile.served_accuracy({a.name: a.share for a in allocs})
+        return Plan(tuple(allocs), load, objective=newest.objective if newest else 0.0, accuracy=accuracy), gen
 
     # -- Backend protocol ---------------------------------------------------------------------------
     def state(self) -> BackendState:
