@@ -329,9 +329,9 @@ class Profile(BaseModel):
 
     def tuned(self, alpha: float | None = None, budget: float | None = None) -> Profile:
         """This profile with a command's ``--alpha`` and ``--budget`` applied (None: the profile's)."""
-        if budget is not None and budget < self.min_cores:
-            raise BadInput(f"--budget: {budget:g} cores is below one variant's minimum ({self.min_cores:g}); "
-                           f"give at least {self.min_cores:g}")
+        if budget is not None and not (math.isfinite(budget) and budget >= self.min_cores):
+            raise BadInput(f"--budget: got {budget:g} cores; give a number of cores of at least one variant's "
+                           f"minimum ({self.min_cores:g})")
         return self.with_overrides(alpha=alpha, budget_cores=budget)
 
 

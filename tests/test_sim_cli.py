@@ -60,6 +60,7 @@ def test_simulate_all_json_and_plot(tmp_path: Path) -> None:
     (["--observe-lag", "-1"], "--observe-lag"),
     (["--budget", "0.1"], "--budget"),
     (["--budget", "0"], "--budget"),
+    (["--budget", "nan"], "--budget"),
 ])
 def test_bad_input_is_one_line_exit_2(args: list[str], field: str) -> None:
     out = cli("simulate", *args)
