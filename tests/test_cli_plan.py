@@ -49,6 +49,7 @@ def test_overrides_change_the_answer():
         (("plan", "--load", "5", "--policy", "vpa:resnet18"), "error: --policy: plan supports"),
         (("plan", "--load", "5", "--profile", "/nonexistent.yaml"), "profile file not found"),
         (("plan", "--load", "5", "--alpha", "-3"), "error: overrides: alpha: must be >= 0, got -3"),
+        (("plan", "--load", "5", "--budget", "0.1"), "error: --budget: got 0.1 cores; give"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):

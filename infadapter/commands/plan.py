@@ -67,7 +67,7 @@ def plan(
     as_json: bool,
 ) -> None:
     """Plan which variants run, on how many cores, with which share of LOAD."""
-    prof = load_profile(profile_path).with_overrides(alpha=alpha, beta=beta, budget_cores=budget)
+    prof = load_profile(profile_path).tuned(alpha=alpha, budget=budget).with_overrides(beta=beta)
     if load_rps < 0 or load_rps != load_rps:
         raise BadInput(f"--load: must be a number >= 0 req/s, got {load_rps}")
     cur_cores = parse_cores_map(current)
