@@ -125,15 +125,24 @@ def test_adapt_follows_a_load_step_up_and_down(setup, tmp_path):
     up3 = [r for r in recs if t_up <= r["time_s"] <= t_up + 3 * INTERVAL_S + 1.0 and r["apply_ok"]]
     assert any(capacity(r) >= HIGH for r in up3), trail
     # (b) After the step down, fewer cores, but only once the stabilization window (2 decisions) passed.
-    high_cores = max((r["serving"] or {}).get("cores", 0) for r in recs if t_up <= r["time_s"] <= t_down)
-    # A plan with fewer cores for a still-high forecast is a re-mix, applied at once; the scale-down
-    # proper is the first one planned for the low load.
+    # The reference is what served when the load fell, not the most the high phase ever held: a noisy
+    # "last" reading above HIGH may size a bigger plan that a legitimate scale-down already trimmed
+    # before the step down (CI, stop 20: 1.0 cores for a 24 req/s reading, 0.75 at the step down).
+    # Idle warm variants (share 0) come and go by their own count, so only serving cores are compared.
+    def active_cores(r: dict) -> float:
+        return sum(x["cores"] for x in (r["serving"] or {}).get("variants", []) if x["share"] > 1e-6)
+
+    at_down = [r for r in recs if r["time_s"] <= t_down and r["apply_ok"]][-1]
+    trail_down = [(round(r["time_s"] - t_down, 1), r["forecast_rps"], active_cores(r), r["reason"])
+                  for r in recs if r["time_s"] > t_down - INTERVAL_S]
     down = [r for r in recs if r["time_s"] > t_down and r["forecast_rps"] < HIGH
-            and (r["serving"] or {}).get("cores", 0) < high_cores - 1e-9]
-    assert down, "no scale-down after the step down"
-    assert "scale-down after 2 intervals" in down[0]["reason"]
-    held = [r for r in recs if t_down < r["time_s"] < down[0]["time_s"] and "scale-down held" in r["reason"]]
-    assert held, "the scale-down was not held for the stabilization window"
+            and active_cores(r) < active_cores(at_down) - 1e-9]
+    assert down, ("no scale-down after the step down", trail_down)
+    assert "scale-down after 2 intervals" in down[0]["reason"], trail_down
+    # The decision before it wanted the same and was held (it may fall just before the step down, when
+    # the rate the monitor reads already dropped).
+    held = recs[recs.index(down[0]) - 1]
+    assert "scale-down held (1/2)" in held["reason"], ("the scale-down was not held", trail_down)
     # (c) Nothing lost: every request sent has exactly one outcome, errors only where the plan was short.
     assert summary["requests"] == summary["ok"] + summary["errors"] + summary["timeouts"] > 0
     with (run_dir / "requests.csv").open() as fh:
