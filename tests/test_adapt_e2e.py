@@ -127,7 +127,8 @@ def test_adapt_follows_a_load_step_up_and_down(setup, tmp_path):
     # (b) After the step down, fewer cores, but only once the stabilization window (2 decisions) passed.
     # The reference is what served when the load fell, not the most the high phase ever held: a noisy
     # "last" reading above HIGH may size a bigger plan that a legitimate scale-down already trimmed
-    # before the step down (CI, stop 20: 1.0 cores for a 24 req/s reading, 0.75 at the step down).
+    # before the step down (CI, stop 20: the first decision after the step down was held, as it should
+    # be, yet served fewer cores than the high phase's peak, so the old comparison took it for the cut).
     # Idle warm variants (share 0) come and go by their own count, so only serving cores are compared.
     def active_cores(r: dict) -> float:
         return sum(x["cores"] for x in (r["serving"] or {}).get("variants", []) if x["share"] > 1e-6)
