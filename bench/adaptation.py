@@ -20,11 +20,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infadapter import sim
-from infadapter.control import HISTORY_S
-from infadapter.forecast import Learned, default_model_path, make_forecaster
-from infadapter.profile import load_profile
-from infadapter.trace import DAY_S, load_history_before, load_window
+from infadapter.core.control import DAY_S, HISTORY_S
+from infadapter.core.forecast import Learned, default_model_path, make_forecaster
+from infadapter.core.profile import load_profile
+from infadapter.observe.trace import load_history_before, load_window
+from infadapter.sim import simulation as sim
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -205,7 +205,7 @@ http {{
 def latency_round(url: str, rate: float, seconds: int, body: bytes, seed: int) -> dict[str, float]:
     import numpy as np
 
-    from infadapter.loadgen import run_load
+    from infadapter.observe.loadgen import run_load
 
     s = run_load(url, np.full(seconds, rate), slo_ms=1000, seed=seed, timeout_s=5, payloads=[body])
     if s.ok != s.sent:
@@ -248,7 +248,7 @@ def bench_loadgen(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from infadapter.loadgen import make_jpegs, predict_body, run_load
+    from infadapter.observe.loadgen import make_jpegs, predict_body, run_load
 
     body = predict_body(make_jpegs(1, args.resolution, seed=0)[0])
     rows = []
@@ -308,7 +308,7 @@ def bench_soak(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from infadapter.loadgen import make_jpegs, predict_body, run_load
+    from infadapter.observe.loadgen import make_jpegs, predict_body, run_load
 
     capacity = args.max_in_flight / (args.delay_ms / 1000.0)
     rate = 2.0 * capacity
@@ -410,7 +410,7 @@ def main() -> int:
     if args.mode == "loadgen":
         return bench_loadgen(args)
 
-    from infadapter.loadgen import make_jpegs, predict_body
+    from infadapter.observe.loadgen import make_jpegs, predict_body
 
     for tool in ("nginx", "wrk"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():

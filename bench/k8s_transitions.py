@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from infadapter.backends.kubernetes import KubeOptions, KubernetesBackend  # noqa: E402
-from infadapter.plan import Plan  # noqa: E402
-from infadapter.profile import load_profile  # noqa: E402
+from infadapter.backends.kubernetes.backend import KubeOptions, KubernetesBackend  # noqa: E402
+from infadapter.core.plan import Plan  # noqa: E402
+from infadapter.core.profile import load_profile  # noqa: E402
 from infadapter.render import RenderConfig  # noqa: E402
 
 START = {"resnet50": (4, 1.0)}

@@ -91,10 +91,10 @@ def main() -> int:
     ap.add_argument("--save", type=Path, default=None, help="also write the JSON object to this file")
     args = ap.parse_args()
 
-    from infadapter.loadgen import make_jpegs, predict_body
+    from infadapter.adapter.state import StateStore
+    from infadapter.observe.loadgen import make_jpegs, predict_body
     from infadapter.serving.haproxy import HAProxyRouter, HAProxySettings, haproxy_binary
     from infadapter.serving.router import Route, RouterConfig
-    from infadapter.state import StateStore
 
     for tool, pkg in (("nginx", "nginx-light"), ("wrk", "wrk"), ("haproxy", "haproxy")):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infadapter import sim
-from infadapter.profile import load_profile
-from infadapter.trace import load_window
+from infadapter.core.profile import load_profile
+from infadapter.observe.trace import load_window
+from infadapter.sim import simulation as sim
 
 
 def main() -> None:

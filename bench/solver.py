@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from infadapter.profile import load_profile, profile_from_dict  # noqa: E402
-from infadapter.solver import Options, solve  # noqa: E402
+from infadapter.core.profile import load_profile, profile_from_dict  # noqa: E402
+from infadapter.core.solver import Options, solve  # noqa: E402
 
 
 def pct(xs: list[float], q: float) -> float:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from infadapter.core.profile import Profile, profile_from_dict
 from infadapter.errors import BadInput
-from infadapter.profile import Profile, profile_from_dict
 
 #: Default location, relative to the repository root; override with INFADAPTER_PAPER_CSV.
 DEFAULT_CSV = Path("../shared/data/paper-profile/capacity_result_Feb_21.csv")

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from infadapter.records import read_records
-from infadapter.state import DECISIONS_FILE, read_state, state_path
+from infadapter.adapter.records import read_records
+from infadapter.adapter.state import DECISIONS_FILE, read_state, state_path
 
 #: Width of the bins of the violation-rate panel, in seconds.
 VIOLATION_BIN_S = 10.0

@@ -11,7 +11,7 @@ to empty first.
 
 Every finished (variant, cores) measurement is appended to a JSON-lines results file, so an
 interrupted run resumes where it stopped. :func:`build_profile` turns the measurements into the
-decision core's format: one :class:`~infadapter.profile.PointsCapacity` per variant (made
+decision core's format: one :class:`~infadapter.core.profile.PointsCapacity` per variant (made
 non-decreasing in cores), published top-1 accuracy, median load time, and a memory limit from the
 server's peak resident memory.
 """
@@ -37,9 +37,9 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from infadapter.core.profile import Profile, profile_from_dict, threads_for_cores
 from infadapter.errors import BackendUnavailable, BadInput
 from infadapter.paper import VARIANTS as PAPER_VARIANTS
-from infadapter.profile import Profile, profile_from_dict, threads_for_cores
 from infadapter.serving import cgroups
 from infadapter.serving.images import make_jpeg_b64
 from infadapter.serving.server import METRICS_PATH, server_command

@@ -2,7 +2,7 @@
 
 One typed :class:`RenderConfig` says everything the templates need that is not in the plan or the
 profile: namespace, names, images and tags, ports, labels, where the models live (NFS or a PVC),
-TF Serving's batching parameters. :func:`render_plan` turns a :class:`~infadapter.plan.Plan` into the
+TF Serving's batching parameters. :func:`render_plan` turns a :class:`~infadapter.core.plan.Plan` into the
 manifests of its variants (ConfigMap, Deployment, Service each); :func:`render_platform` renders the
 dispatcher, the adapter with its least-privilege RBAC, and the Prometheus-operator monitors. Both
 the ``render`` command and the Kubernetes/dry-run backends go through here, so what a reviewer sees
@@ -24,10 +24,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from infadapter import paths
+from infadapter.core.plan import Plan
+from infadapter.core.profile import Profile, pod_layout, threads_for_cores
 from infadapter.errors import BadInput
 from infadapter.loading import load_yaml
-from infadapter.plan import Plan
-from infadapter.profile import Profile, pod_layout, threads_for_cores
 
 TEMPLATES = paths.TEMPLATES
 

@@ -31,7 +31,7 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
-from infadapter.profile import Profile, load_profile, profile_from_dict  # noqa: E402
+from infadapter.core.profile import Profile, load_profile, profile_from_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

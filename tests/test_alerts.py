@@ -22,9 +22,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from infadapter.alerts import render_rules
+from infadapter.adapter.loop import LoopMetrics
 from infadapter.errors import BadInput
-from infadapter.loop import LoopMetrics
+from infadapter.observe.alerts import render_rules
 from tests.test_dispatcher_support import Cluster, http, predict
 
 PROMTOOL = shutil.which("promtool")
@@ -289,7 +289,7 @@ def test_local_prometheus_evaluates_the_rules_on_the_dispatchers_series(cluster:
 
     import requests
 
-    from infadapter.monitor import PrometheusServer
+    from infadapter.observe.monitor import PrometheusServer
 
     backend = cluster.backend("resnet18")
     _, base = cluster.dispatcher([backend.spec()])

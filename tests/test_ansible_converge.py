@@ -180,7 +180,7 @@ def test_adapter_service_definition_runs_the_kubernetes_loop(runs: dict, lab: Ne
 
 
 def test_adapter_profile_is_rendered_with_the_deployment_slo_and_budget(runs: dict, lab: NetnsLab) -> None:
-    from infadapter.profile import load_profile
+    from infadapter.core.profile import load_profile
 
     profile = load_profile(_root(lab, "ad1") / "etc/infadapter/profile.yaml")
     assert profile.slo_ms == 750.0 and profile.budget_cores == 20.0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from infadapter.cluster_run import GuardedObserver, ReplayedLoad
+from infadapter.backends.kubernetes.setup import GuardedObserver, ReplayedLoad
 from infadapter.render import RenderConfig, render_platform
 from tests.cli_helpers import run_cli
 

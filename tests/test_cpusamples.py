@@ -1,9 +1,9 @@
-"""The CPU sampling rule that VPA and HPA see, live and simulated (infadapter.cpusamples)."""
+"""The CPU sampling rule that VPA and HPA see, live and simulated (infadapter.core.cpusamples)."""
 
 import numpy as np
 import pytest
 
-from infadapter.cpusamples import CpuReadings, CpuSampler
+from infadapter.core.cpusamples import CpuReadings, CpuSampler
 
 
 def test_one_sample_per_period_each_the_mean_of_its_window():

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from infadapter.loadgen import make_jpegs, run_load
+from infadapter.observe.loadgen import make_jpegs, run_load
 from infadapter.serving.dispatcher import BackendSpec, DispatcherClient
 from infadapter.serving.resnet import write_model
 from infadapter.serving.server import server_command

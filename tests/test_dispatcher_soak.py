@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infadapter.loadgen import make_jpegs, predict_body, run_load
+from infadapter.observe.loadgen import make_jpegs, predict_body, run_load
 from tests.test_admin_token import _free_port, _wait_healthy
 from tests.test_dispatcher_support import TOKEN, Cluster, http
 

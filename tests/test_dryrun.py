@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from infadapter.backends.dryrun import DryRunBackend
+from infadapter.core.plan import Plan
 from infadapter.errors import BadInput
-from infadapter.plan import Plan
 
 A = {
     "load": 80,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from infadapter.experiment import RunConfig, live_arrival_times, simulate_same
-from infadapter.profile import load_profile
-from infadapter.sim import make_arrivals
+from infadapter.core.profile import load_profile
+from infadapter.sim.experiment import RunConfig, live_arrival_times, simulate_same
+from infadapter.sim.simulation import make_arrivals
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = load_profile(ROOT / "profiles" / "local.yaml")

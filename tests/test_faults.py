@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from infadapter.adapter.state import read_state
+from infadapter.processes import pid_alive
 from infadapter.serving.dispatcher import DispatcherClient
-from infadapter.state import pid_alive, read_state
 from tests.tiny_profile import TINY_PROFILE, tiny_setup
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infadapter import forecast as fc
+from infadapter.core import forecast as fc
 from infadapter.errors import BadInput
 
 
@@ -78,7 +78,7 @@ def test_model_file_is_not_a_pickle(tmp_path: Path) -> None:
 
 def test_forecast_train_regenerates_the_committed_model(tmp_path: Path) -> None:
     """profiles/forecaster.npz is what `python cli.py forecast train` makes from the shared trace."""
-    from infadapter.trace import load_trace
+    from infadapter.observe.trace import load_trace
     from tests.cli_helpers import run_cli
 
     out = tmp_path / "forecaster.npz"

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infadapter.loadgen import make_jpegs, predict_body, run_load
-from infadapter.monitor import Monitor, free_port
+from infadapter.adapter.state import StateStore
+from infadapter.observe.loadgen import make_jpegs, predict_body, run_load
+from infadapter.observe.monitor import Monitor, free_port
 from infadapter.serving.dispatcher import RequestStats
 from infadapter.serving.haproxy import (
     HAProxyRouter,
@@ -35,7 +36,6 @@ from infadapter.serving.haproxy import (
     weights,
 )
 from infadapter.serving.router import Route, RouterConfig
-from infadapter.state import StateStore
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = [("resnet18", "resnet18"), ("resnet50", "resnet50"), ("spare", "spare")]
@@ -303,7 +303,7 @@ def test_restarted_adapter_adopts_the_running_haproxy(tmp_path, model_servers):
     first.start()
     try:
         first.set_backends(_routes(model_servers, {"resnet50": 1.0}))
-        from infadapter.state import read_state
+        from infadapter.adapter.state import read_state
 
         saved = StateStore(store_path, read_state(store_path))
         second = HAProxyRouter(RouterConfig(tmp_path / "run", slo_ms=500), saved, VARIANTS)

@@ -6,8 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from infadapter.forecast import default_model_path
-from infadapter.trace import cache_dir
+from infadapter.core.forecast import default_model_path
+from infadapter.observe.trace import cache_dir
 from tests.cli_helpers import run_cli
 from tests.conftest import SESSION_DIR
 

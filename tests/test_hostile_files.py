@@ -21,10 +21,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from infadapter.core.plan import Plan
+from infadapter.core.profile import MAX_CORE_OPTIONS, load_profile
 from infadapter.errors import BadInput
 from infadapter.loading import MAX_DEPTH, load_json, load_yaml
-from infadapter.plan import Plan
-from infadapter.profile import MAX_CORE_OPTIONS, load_profile
 from infadapter.render import RenderConfig, load_render_config
 from tests.cli_helpers import run_cli
 from tests.conftest import make_profile_dict

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 from fake_kube_api import FakeKubeApi
 
-from infadapter.backends.kubernetes import KubeOptions, KubernetesBackend
+from infadapter.backends.kubernetes.backend import KubeOptions, KubernetesBackend
+from infadapter.core.plan import Plan
 from infadapter.errors import BackendUnavailable
-from infadapter.plan import Plan
 from infadapter.serving.dispatcher import DispatcherClient
 
 A = {
@@ -152,7 +152,7 @@ def test_missing_kubeconfig_is_backend_unavailable(tmp_path, paper, monkeypatch)
 
 
 def test_make_backend_with_namespace_and_dispatcher(fake, tmp_path, paper):
-    from infadapter.backends.kubernetes import make_backend
+    from infadapter.backends.kubernetes.backend import make_backend
 
     backend = make_backend(
         paper,

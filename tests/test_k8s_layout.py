@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from infadapter import solver
-from infadapter.profile import pod_layout
+from infadapter.core import solver
+from infadapter.core.profile import pod_layout
 
 
 @pytest.mark.parametrize(

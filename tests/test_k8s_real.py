@@ -28,8 +28,8 @@ import yaml
 from cli_helpers import run_cli
 from k8s_cluster import ROOT, Kube, KubeHTTPError, start_cluster
 
-from infadapter.backends.kubernetes import KubeOptions, KubernetesBackend
-from infadapter.plan import Plan
+from infadapter.backends.kubernetes.backend import KubeOptions, KubernetesBackend
+from infadapter.core.plan import Plan
 from infadapter.render import RenderConfig, render_platform
 
 # The kubernetes client still calls urllib3's deprecated HTTPResponse.getheaders() on API errors.

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from infadapter.errors import BadInput
-from infadapter.loadgen import (
+from infadapter.observe.loadgen import (
     CSV_COLUMNS,
     arrival_offsets,
     make_jpegs,

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
+from infadapter.adapter.loop import ControlLoop, LoopConfig, LoopMetrics
+from infadapter.adapter.records import DecisionLog, read_records
 from infadapter.backends.base import ApplyResult, BackendState, VariantState
-from infadapter.loop import ControlLoop, LoopConfig, LoopMetrics
-from infadapter.monitor import Observation
-from infadapter.plan import Plan
-from infadapter.policies import make_policy
-from infadapter.profile import profile_from_dict
-from infadapter.records import DecisionLog, read_records
+from infadapter.core.plan import Plan
+from infadapter.core.policies import make_policy
+from infadapter.core.profile import profile_from_dict
+from infadapter.observe.monitor import Observation
 
 PROFILE = profile_from_dict({
     "name": "tiny", "slo_ms": 500, "budget_cores": 2.0, "core_step": 0.25, "min_cores": 0.25,
@@ -250,7 +250,7 @@ def test_records_hold_inputs_plans_and_timings(tmp_path):
     assert r["plan_before"] is None and r["plan_after"]["variants"][0]["name"] == "resnet50"
     snap = loop.snapshot().as_dict()
     json.dumps(snap)  # the snapshot is JSON-ready (it goes to the state file)
-    from infadapter.runstate import LoopSnapshot
+    from infadapter.adapter.runstate import LoopSnapshot
 
     assert LoopSnapshot.from_dict(json.loads(json.dumps(snap))) == loop.snapshot()
 
@@ -318,7 +318,7 @@ def test_in_place_backend_grows_running_variants_first_while_new_ones_load():
 def test_loop_asks_the_backend_for_health_and_repairs_and_counts_applies(tmp_path, caplog):
     loop, clock, load, backend = make_loop(tmp_path, interval=10.0)
     backend.heal_message = "router pid 1 died; restarted"
-    with caplog.at_level("WARNING", logger="infadapter.loop"):
+    with caplog.at_level("WARNING", logger="infadapter.adapter.loop"):
         run_for(loop, clock, 2)
     assert "router pid 1 died; restarted" in caplog.text  # heal() is called every check and its word logged
     assert backend.health_checks >= 1 and loop.snapshot().backend_healthy is True
@@ -326,7 +326,7 @@ def test_loop_asks_the_backend_for_health_and_repairs_and_counts_applies(tmp_pat
     backend.healthy = False
     backend.fail_next = True
     load.rate = 20.0
-    with caplog.at_level("WARNING", logger="infadapter.loop"):
+    with caplog.at_level("WARNING", logger="infadapter.adapter.loop"):
         next_decision(loop, clock)
     assert loop.snapshot().backend_healthy is False and "does not answer; the apply failed" in caplog.text
     assert loop.totals.as_dict()["failed_applies"] == 1 and loop.last_apply_error == "server did not start"

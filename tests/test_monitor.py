@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infadapter.monitor import Monitor, PrometheusServer, free_port, history_from_stats, render_config, series
+from infadapter.observe.monitor import Monitor, PrometheusServer, free_port, history_from_stats, render_config, series
 from infadapter.serving.dispatcher import DispatcherClient
 
 ROOT = Path(__file__).resolve().parents[1]

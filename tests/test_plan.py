@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from infadapter.core.plan import Allocation, Plan, diff
 from infadapter.errors import BadInput
-from infadapter.plan import Allocation, Plan, diff
 
 PLAN = Plan((Allocation("a", 2.0, 0.25, 10.0), Allocation("b", 4.0, 0.75, 40.0)), 40.0, objective=0.5, accuracy=0.7)
 

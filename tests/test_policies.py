@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from infadapter import vpa
+from infadapter.core import vpa
+from infadapter.core.plan import Allocation, Plan
+from infadapter.core.policies import Context, Decision, MsPlus, Stabilized, clamp_cores, make_policy
 from infadapter.errors import BadInput
-from infadapter.plan import Allocation, Plan
-from infadapter.policies import Context, Decision, MsPlus, Stabilized, clamp_cores, make_policy
 
 
 def make_ctx(profile, **overrides) -> Context:

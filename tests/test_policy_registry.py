@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from infadapter import policies
-from infadapter.policies import Context, Decision, PolicyEntry, single_variant_plan
+from infadapter.core import policies
+from infadapter.core.policies import Context, Decision, PolicyEntry, single_variant_plan
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from infadapter.core.profile import dump_profile, load_profile, profile_from_dict
 from infadapter.errors import BadInput
 from infadapter.paper import build_paper_profile, default_csv
-from infadapter.profile import dump_profile, load_profile, profile_from_dict
 from tests.conftest import ROOT, make_profile_dict
 
 
@@ -132,7 +132,7 @@ def test_profiles_are_immutable(make_profile):
 
 
 def test_serving_rules_shared_by_the_local_backend_and_the_simulator():
-    from infadapter.profile import threads_for_cores
+    from infadapter.core.profile import threads_for_cores
 
     assert [threads_for_cores(c) for c in (0.25, 0.999999999999, 1.0, 1.75, 2.0)] == [1, 1, 1, 1, 2]
     local = load_profile(ROOT / "profiles" / "local.yaml")

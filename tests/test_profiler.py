@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from infadapter.commands.profile_measure import measure
+from infadapter.core.profile import load_profile
 from infadapter.errors import BadInput
-from infadapter.profile import load_profile
 from infadapter.profiler import Measurement, accuracy_of, build_profile, memory_quantity, monotone
 from infadapter.serving.cgroups import probe
 from infadapter.serving.resnet import write_model

@@ -22,8 +22,8 @@ import pytest
 import yaml
 from kubernetes.utils import parse_quantity
 
+from infadapter.core.plan import Plan
 from infadapter.errors import BadInput
-from infadapter.plan import Plan
 from infadapter.render import (
     ANNOTATION_PLAN,
     LABEL_GENERATION,

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from infadapter.adapter.runner import AdapterConfig, AdapterRun, Prepared
+from infadapter.adapter.state import read_state, state_path
 from infadapter.backends import BACKENDS, BackendEntry, backend_class, backend_setup
 from infadapter.backends.base import ApplyResult, BackendState, VariantState
-from infadapter.cluster_run import ReplayedLoad
+from infadapter.backends.kubernetes.setup import ReplayedLoad
+from infadapter.core.plan import Plan
 from infadapter.errors import BadInput
-from infadapter.plan import Plan
-from infadapter.runner import AdapterConfig, AdapterRun, Prepared
-from infadapter.state import read_state, state_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def toy_registered(monkeypatch):
 def test_a_backend_added_in_the_test_runs_through_the_one_runner(toy_registered, tmp_path):
     cfg = AdapterConfig(backend="toy", profile_path=ROOT / "profiles" / "paper.yaml", run_dir=tmp_path / "run",
                         interval_s=1.0, check_s=0.25, rates_rps=(40.0,) * 2 + (160.0,) * 2, forecaster="ewma")
-    summary = AdapterRun(cfg).run()
+    summary = AdapterRun(cfg, backend_setup("toy")).run()
     backend = ToySetup.last
     assert backend is not None and backend.stopped
     assert summary["backend"] == "toy" and summary["observation"] == "a toy replay"

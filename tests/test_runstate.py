@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from infadapter.runstate import AdapterInfo, LoopSnapshot, RunState
+from infadapter.adapter.runstate import AdapterInfo, LoopSnapshot, RunState
 
 
 def test_round_trip_through_json() -> None:

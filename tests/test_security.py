@@ -11,7 +11,7 @@ import click
 import pytest
 import yaml
 
-from infadapter.loop import LoopMetrics
+from infadapter.adapter.loop import LoopMetrics
 from infadapter.serving.dispatcher import DispatcherConfig
 from infadapter.serving.server import ServerConfig, server_command
 
@@ -40,7 +40,7 @@ def test_every_server_defaults_to_loopback() -> None:
     assert inspect.signature(LoopMetrics.serve).parameters["host"].default == LOOPBACK
     assert inspect.signature(server_command).parameters["host"].default == LOOPBACK
     # The local Prometheus and the local dispatcher the adapter starts: loopback addresses in their argv.
-    monitor = (ROOT / "infadapter" / "monitor.py").read_text()
+    monitor = (ROOT / "infadapter" / "observe" / "monitor.py").read_text()
     assert "--web.listen-address=127.0.0.1:" in monitor
     router = (ROOT / "infadapter" / "serving" / "router.py").read_text()
     assert '"--host", "127.0.0.1"' in router

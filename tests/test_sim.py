@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from infadapter.plan import Allocation, Plan
-from infadapter.policies import Context, Decision
-from infadapter.profile import profile_from_dict
-from infadapter.sim import PAPER_SETTING, fifo, make_arrivals, service_rate, simulate, swrr_sequence
-from infadapter.sim import SimConfig as _SimConfig
+from infadapter.core.plan import Allocation, Plan
+from infadapter.core.policies import Context, Decision
+from infadapter.core.profile import profile_from_dict
+from infadapter.sim.simulation import PAPER_SETTING, fifo, make_arrivals, service_rate, simulate, swrr_sequence
+from infadapter.sim.simulation import SimConfig as _SimConfig
 
 
 def SimConfig(**kw: object) -> _SimConfig:
@@ -167,7 +167,7 @@ def test_reactive_replanning_catches_a_step_between_decisions() -> None:
 # -- the live-fidelity options (docs/adapt.md, "Simulator fidelity") -------------------------------
 def test_gamma_service_curve_reproduces_the_mm1_closed_form() -> None:
     # The numeric M/G/1 curve at CV 1 is M/M/1: rho = x / (x + ln 100) with x = capacity x SLO.
-    from infadapter.service import _p99_sojourn_curve
+    from infadapter.core.service import _p99_sojourn_curve
 
     rhos, g = _p99_sojourn_curve(1.0)
     for x in (0.5, 2.0, 8.0, 30.0):
@@ -185,7 +185,7 @@ def test_gamma_service_puts_p99_at_the_slo_and_needs_a_slower_server(cv: float) 
 
 
 def test_work_cpu_model_charges_a_fixed_cpu_time_per_request() -> None:
-    from infadapter.sim import cpu_per_request
+    from infadapter.sim.simulation import cpu_per_request
 
     # One thread's worth of work: 20 req/s on 1 core, only 30 on 4 (the extra cores mostly idle).
     prof = profile_from_dict({
@@ -258,7 +258,7 @@ def test_observe_lag_delays_the_overload_replan() -> None:
 
 
 def test_arrivals_from_times_replays_a_schedule() -> None:
-    from infadapter.sim import arrivals_from_times
+    from infadapter.sim.simulation import arrivals_from_times
 
     times = np.array([0.1, 0.5, 1.2, 3.9, 3.95, 7.0])
     arr = arrivals_from_times(times, 5, seed=1)
@@ -269,7 +269,7 @@ def test_arrivals_from_times_replays_a_schedule() -> None:
 
 
 def test_cfs_server_runs_at_full_speed_until_its_quota_is_spent() -> None:
-    from infadapter.sim import fifo_cfs
+    from infadapter.sim.simulation import fifo_cfs
 
     # 28 ms of CPU per request, 0.25 core = 25 ms per 100 ms period, one thread.
     a = np.array([0.0, 0.001, 0.5])
@@ -287,7 +287,7 @@ def test_cfs_server_runs_at_full_speed_until_its_quota_is_spent() -> None:
 
 
 def test_cfs_model_is_calibrated_to_the_profile_at_whole_cores() -> None:
-    from infadapter.sim import cpu_per_request, load_at_slo
+    from infadapter.sim.simulation import cpu_per_request, load_at_slo
 
     # fast: 20 req/s per core; at 1 core the calibrated CPU time puts p99 at the SLO at 20 req/s.
     w = cpu_per_request(PROFILE, "fast", 0.3)

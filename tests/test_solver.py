@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from infadapter.plan import Plan
-from infadapter.profile import Profile, profile_from_dict
-from infadapter.solver import Options, objective_value, solve, transition_penalty
+from infadapter.core.plan import Plan
+from infadapter.core.profile import Profile, profile_from_dict
+from infadapter.core.solver import Options, objective_value, solve, transition_penalty
 from tests.conftest import make_profile_dict
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from infadapter.core.control import DAY_S
 from infadapter.errors import BadInput
-from infadapter.trace import DAY_S, PAPER_WINDOW, cut, load_trace, load_window, parse_window, transform
+from infadapter.observe.trace import PAPER_WINDOW, cut, load_trace, load_window, parse_window, transform
 
 
 @pytest.mark.parametrize(("spec", "start", "dur"), [

@@ -1,9 +1,9 @@
 """Backends apply plans: local processes, Kubernetes, or a dry-run folder. They never decide.
 
 A new backend is one module with a class implementing :class:`infadapter.backends.base.Backend`, a
-preparation step (:class:`infadapter.runner.BackendSetup`: build it from the run's flags, say what
+preparation step (:class:`infadapter.adapter.runner.BackendSetup`: build it from the run's flags, say what
 the loop observes) and one entry in :data:`BACKENDS`. ``cli.py adapt --backend NAME`` and the one
-runner (:class:`infadapter.runner.AdapterRun`) find both here.
+runner (:class:`infadapter.adapter.runner.AdapterRun`) find both here.
 """
 
 from __future__ import annotations
@@ -26,11 +26,14 @@ class BackendEntry:
 
 
 BACKENDS: dict[str, BackendEntry] = {
-    "local": BackendEntry("infadapter.backends.local:LocalBackend", "infadapter.experiment:LocalSetup",
+    "local": BackendEntry("infadapter.backends.local.backend:LocalBackend",
+                          "infadapter.backends.local.setup:LocalSetup",
                           "model servers, a router and Prometheus on this machine"),
-    "kubernetes": BackendEntry("infadapter.backends.kubernetes:KubernetesBackend",
-                               "infadapter.cluster_run:ClusterSetup", "Deployments in a Kubernetes namespace"),
-    "dry-run": BackendEntry("infadapter.backends.dryrun:DryRunBackend", "infadapter.cluster_run:ClusterSetup",
+    "kubernetes": BackendEntry("infadapter.backends.kubernetes.backend:KubernetesBackend",
+                               "infadapter.backends.kubernetes.setup:ClusterSetup",
+                               "Deployments in a Kubernetes namespace"),
+    "dry-run": BackendEntry("infadapter.backends.dryrun:DryRunBackend",
+                            "infadapter.backends.kubernetes.setup:ClusterSetup",
                             "the manifests each plan would apply, written to a folder"),
 }
 
@@ -54,5 +57,5 @@ def backend_class(name: str) -> Any:
 
 
 def backend_setup(name: str) -> Any:
-    """A new preparation step of backend ``name`` (see :class:`infadapter.runner.BackendSetup`)."""
+    """A new preparation step of backend ``name`` (see :class:`infadapter.adapter.runner.BackendSetup`)."""
     return _load(entry(name).setup)()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from infadapter.plan import Plan
+from infadapter.core.plan import Plan
 
 
 @dataclass(frozen=True)

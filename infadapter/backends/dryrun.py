@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 from infadapter.backends.base import ApplyResult, BackendState, TargetsCallback, VariantState
+from infadapter.core.plan import Plan, diff
+from infadapter.core.profile import Profile
 from infadapter.errors import BadInput
-from infadapter.plan import Plan, diff
-from infadapter.profile import Profile
 from infadapter.render import RenderConfig, render_plan, write_manifests
 
 PLAN_FILE = "plan.json"

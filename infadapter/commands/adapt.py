@@ -15,6 +15,7 @@ from infadapter.backends import BACKENDS
 from infadapter.commands.common import err_console, json_option, out_console, print_json
 from infadapter.commands.options import control_options
 from infadapter.commands.views import LiveView as _View
+from infadapter.core.control import HISTORY_S
 from infadapter.errors import BadInput
 
 
@@ -139,24 +140,24 @@ def _rates(window: str | None, scale: float, speedup: float, trace: Path | None,
             raise BadInput("--duration: needed with --rate (seconds of load)")
         return tuple([float(rate)] * max(int(duration), 1))
     if window:
-        from infadapter.trace import load_window
+        from infadapter.observe.trace import load_window
 
         return tuple(float(x) for x in load_window(window, trace, scale, speedup))
     return None
 
 
 def _history_before(window: str | None, scale: float, speedup: float, trace: Path | None,
-                    seconds: int = 600) -> tuple[float, ...]:
+                    seconds: int = HISTORY_S) -> tuple[float, ...]:
     """The ``seconds`` before a replayed window, as an adapter (or a VPA) that was already running saw them."""
     if not window:
         return ()
-    from infadapter.trace import load_history_before
+    from infadapter.observe.trace import load_history_before
 
     return tuple(float(x) for x in load_history_before(window, trace, scale, speedup, seconds))
 
 
 def _run_config(**kw: Any) -> Any:
-    from infadapter.experiment import RunConfig
+    from infadapter.sim.experiment import RunConfig
 
     return RunConfig(**kw)
 
@@ -236,7 +237,7 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
                           model_dir=model_dir, prometheus=prometheus, limit_mode=limit_mode, resolution=resolution,
                           seed=seed, router=router, **common)
     else:
-        from infadapter.cluster_run import ClusterRunConfig
+        from infadapter.backends.kubernetes.setup import ClusterRunConfig
 
         if run_dir is None:
             run_dir = out_dir if backend == "dry-run" and out_dir is not None else paths.RUNS / backend
@@ -255,11 +256,12 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
 def _run_adapter(cfg: Any, rates: tuple[float, ...] | None, as_json: bool, quiet: bool) -> None:
     """The one runner on any backend: start, say what it found, adapt, summarize, plot; exit 4 when no plan
     could ever be applied."""
+    from infadapter.adapter.runner import AdapterRun
+    from infadapter.backends import backend_setup
     from infadapter.errors import BackendUnavailable
-    from infadapter.runner import AdapterRun
 
     view = _View(quiet=as_json or quiet)
-    run = AdapterRun(cfg, on_update=view.update)
+    run = AdapterRun(cfg, backend_setup(cfg.backend), on_update=view.update)
     try:
         run.start()
     except BaseException:
@@ -290,8 +292,8 @@ def _logging(verbose: int, as_json: bool) -> None:
 def _write_plot(summary: dict[str, Any], rates: tuple[float, ...] | None, profile_path: Path,
                 quiet: bool) -> str | None:
     """adapt.png in the run folder (load vs capacity, cores, accuracy, violations); None if it failed."""
+    from infadapter.core.profile import load_profile
     from infadapter.plots import plot_adapt_run
-    from infadapter.profile import load_profile
 
     try:
         slo_ms = load_profile(profile_path).slo_ms
@@ -345,7 +347,7 @@ def status(ctx: click.Context, backend: str, run_dir: Path | None, kubeconfig: s
            namespace: str | None, k8s_config: Path | None, as_json: bool) -> None:
     """Show what a running adapter does: variants, load vs forecast, SLO, cost, last decision."""
     if backend == "kubernetes":
-        from infadapter.status import collect_kubernetes_status
+        from infadapter.adapter.status import collect_kubernetes_status
 
         doc = collect_kubernetes_status(run_dir or paths.RUNS / "kubernetes", kubeconfig=kubeconfig,
                                         context=context, namespace=namespace, k8s_config=k8s_config)
@@ -360,7 +362,7 @@ def status(ctx: click.Context, backend: str, run_dir: Path | None, kubeconfig: s
                         ("k8s_config", "--k8s-config")):
         if ctx.get_parameter_source(param) == ParameterSource.COMMANDLINE:
             raise BadInput(f"{flag}: only with --backend kubernetes")
-    from infadapter.status import collect_status
+    from infadapter.adapter.status import collect_status
 
     doc = collect_status(run_dir or paths.DEFAULT_RUN_DIR)
     if as_json:
@@ -458,7 +460,7 @@ def experiment(ctx: click.Context, policies: str, duration: float | None, out_di
                forecaster: str, model_dir: Path, resolution: int, prometheus: str | None, limit_mode: str, seed: int,
                router: str, as_json: bool) -> None:
     """Run policies live against the same load, one after another, and compare with the simulator."""
-    from infadapter.experiment import run_experiment
+    from infadapter.sim.experiment import run_experiment
 
     verbose = (ctx.find_root().obj or {}).get("verbose", 0)
     _logging(verbose, as_json)
@@ -482,7 +484,7 @@ def experiment(ctx: click.Context, policies: str, duration: float | None, out_di
     if as_json:
         print_json(doc)
         return
-    from infadapter.experiment import comparison_table
+    from infadapter.sim.experiment import comparison_table
 
     out_console().print(comparison_table(doc), highlight=False)
     out_console().print(f"written: {out_dir / 'experiment.json'}, {out_dir / 'experiment.md'}, "

@@ -52,8 +52,8 @@ def forecast() -> None:
 def train(trace_path: Path | None, out_path: Path | None, train_days: str, calibration_days: str,
           target_under: float, seed: int, as_json: bool) -> None:
     """Fit the learned forecaster on days of the trace and save it (a numpy .npz, no pickle)."""
-    from infadapter import forecast as fc
-    from infadapter.trace import load_trace
+    from infadapter.core import forecast as fc
+    from infadapter.observe.trace import load_trace
 
     cfg = fc.TrainConfig(parse_days(train_days, "--train-days"), parse_days(calibration_days, "--calibration-days"),
                          target_under, seed=seed)
@@ -83,8 +83,8 @@ def evaluate(trace_path: Path | None, model_path: Path | None, days: str, foreca
     """Score forecasters minute by minute: under-prediction rate and over-provisioning."""
     from rich.table import Table
 
-    from infadapter import forecast as fc
-    from infadapter.trace import load_trace
+    from infadapter.core import forecast as fc
+    from infadapter.observe.trace import load_trace
 
     span = parse_days(days, "--days")
     models = [fc.make_forecaster(s.strip(), model_path) for s in forecasters.split(",") if s.strip()]

@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 
 import click
 
-from infadapter.control import ControlConfig
-from infadapter.forecast import FORECAST_HELP
-from infadapter.policies import DEFAULT_MIN_GAIN, DEFAULT_STABILIZATION
+from infadapter.core.control import ControlConfig
+from infadapter.core.forecast import FORECAST_HELP
+from infadapter.core.policies import DEFAULT_MIN_GAIN, DEFAULT_STABILIZATION
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from infadapter import policies, solver
 from infadapter.commands.common import (
     err_console,
     json_option,
@@ -17,9 +16,10 @@ from infadapter.commands.common import (
     profile_option,
     warn,
 )
+from infadapter.core import policies, solver
+from infadapter.core.plan import Plan, plan_from_cores
+from infadapter.core.profile import Profile, load_profile
 from infadapter.errors import BadInput, Infeasible
-from infadapter.plan import Plan, plan_from_cores
-from infadapter.profile import Profile, load_profile
 
 # Policies that make sense without history (VPA needs CPU usage samples, the oracle a future).
 

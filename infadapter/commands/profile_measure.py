@@ -103,7 +103,7 @@ def measure(
     profile (capacity as measured points) and prints a table.
     """
     from infadapter.commands.serving import parse_variants
-    from infadapter.profile import dump_profile
+    from infadapter.core.profile import dump_profile
     from infadapter.profiler import ProfilerConfig, build_profile, load_average, run_profiler
 
     config = ProfilerConfig(
@@ -167,7 +167,7 @@ def measure(
         "cores, times safety.\nAccuracy: published torchvision top-1 (the weights here are random)."
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    from infadapter.profile import load_profile
+    from infadapter.core.profile import load_profile
 
     out.write_text(dump_profile(profile, header))
     load_profile(out)  # the file written must load back

@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 from infadapter.commands.common import json_option, out_console, print_json, profile_option, warn
+from infadapter.core.plan import Plan
+from infadapter.core.profile import load_profile
 from infadapter.errors import BadInput
-from infadapter.plan import Plan
-from infadapter.profile import load_profile
 from infadapter.render import load_render_config, render_plan, render_platform, render_prometheus, write_manifests
 
 EPILOG = """Examples:

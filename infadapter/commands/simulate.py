@@ -11,8 +11,8 @@ import click
 
 from infadapter.commands.common import err_console, json_option, out_console, print_json, profile_option
 from infadapter.commands.options import control_options
+from infadapter.core.policies import POLICY_HELP, compare_specs
 from infadapter.errors import BadInput
-from infadapter.policies import POLICY_HELP, compare_specs
 
 EPILOG = """\b
 Examples:
@@ -89,10 +89,10 @@ def simulate(
     most accurate variant and the oracle on the same arrivals. With --json: one object for one
     policy, or {"policy": "all", "results": [...], "comparison": [...]} for several.
     """
-    from infadapter import sim
-    from infadapter.control import HISTORY_S
-    from infadapter.profile import load_profile
-    from infadapter.trace import DAY_S, load_history_before, load_window, parse_window
+    from infadapter.core.control import DAY_S, HISTORY_S
+    from infadapter.core.profile import load_profile
+    from infadapter.observe.trace import load_history_before, load_window, parse_window
+    from infadapter.sim import simulation as sim
 
     profile = load_profile(profile_path).tuned(alpha=alpha, budget=budget)
     parse_window(window)  # a bad window fails before the trace loads
@@ -122,8 +122,8 @@ def simulate(
     else:
         settings.update(first_plan_ready=False, history_before=None, rates_before=None)
     config = sim.SimConfig(**settings)
-    from infadapter.forecast import make_forecaster
-    from infadapter.policies import make_policy
+    from infadapter.core.forecast import make_forecaster
+    from infadapter.core.policies import make_policy
 
     policies = [make_policy(s, profile, stabilization, min_gain=min_gain) for s in specs]  # BadInput first
     fc = make_forecaster(config.forecaster)
@@ -224,7 +224,7 @@ def write_timeline(path: Path, results: list[Any]) -> None:
     """One CSV row per (policy, second) with every timeline field."""
     import csv
 
-    from infadapter.sim import TIMELINE_FIELDS
+    from infadapter.sim.simulation import TIMELINE_FIELDS
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -184,12 +184,12 @@ def load(
     """
     import numpy as np
 
-    from infadapter.loadgen import predict_url, run_load
+    from infadapter.observe.loadgen import predict_url, run_load
 
     if window is not None and rate is not None:
         raise BadInput("--window/--rate: give one of them, not both")
     if window is not None:
-        from infadapter.trace import load_window
+        from infadapter.observe.trace import load_window
 
         rates = load_window(window, trace, scale, speedup)
     elif rate is not None:
@@ -252,7 +252,7 @@ def _ms(value: float | None) -> str:
 def _print_summary(s: object) -> None:
     from rich.table import Table
 
-    from infadapter.loadgen import LoadSummary
+    from infadapter.observe.loadgen import LoadSummary
 
     assert isinstance(s, LoadSummary)
     table = Table(show_header=False, box=None)

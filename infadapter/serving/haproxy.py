@@ -50,11 +50,12 @@ from urllib.parse import urlsplit
 import jinja2
 
 from infadapter import paths
+from infadapter.adapter.state import StateStore
 from infadapter.errors import BackendUnavailable, BadInput
-from infadapter.monitor import free_port
+from infadapter.observe.monitor import free_port
+from infadapter.processes import pid_alive, stop_process
 from infadapter.serving.dispatcher import RequestStats
-from infadapter.serving.router import Route, RouterConfig, as_routes, stop_process
-from infadapter.state import StateStore, pid_alive
+from infadapter.serving.router import Route, RouterConfig, as_routes
 
 log = logging.getLogger(__name__)
 

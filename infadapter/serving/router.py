@@ -12,24 +12,21 @@ the router's business; docs/routing.md compares them and says where they differ.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from infadapter import paths
-from infadapter.errors import BackendUnavailable, BadInput
-from infadapter.monitor import P99_QUERY, RATE_QUERY, free_port
-from infadapter.state import StateStore, pid_alive
-
-ROUTERS = ("dispatcher", "haproxy")
+from infadapter.adapter.state import StateStore
+from infadapter.errors import BackendUnavailable
+from infadapter.observe.monitor import P99_QUERY, RATE_QUERY, free_port
+from infadapter.processes import pid_alive, stop_process
 
 
 @dataclass(frozen=True)
@@ -107,45 +104,6 @@ class RouterConfig:
     slo_ms: float = 750.0
     python: str = sys.executable
     dispatcher_args: tuple[str, ...] = ()
-
-
-def make_router(kind: str, config: RouterConfig, store: StateStore,
-                variants: Sequence[tuple[str, str]] = ()) -> Router:
-    """A router of ``kind`` (dispatcher | haproxy); ``variants``: every (name, model) it may route to."""
-    if kind == "dispatcher":
-        return DispatcherRouter(config, store)
-    if kind == "haproxy":
-        from infadapter.serving.haproxy import HAProxyRouter
-
-        return HAProxyRouter(config, store, variants)
-    raise BadInput(f"--router: expected one of {', '.join(ROUTERS)}, got {kind!r}")
-
-
-def kill_tree(pid: int, sig: int) -> None:
-    """Signal a process group (routers run in sessions of their own), else the single process."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def stop_process(pid: int | None, proc: subprocess.Popen[bytes] | None, first: int = signal.SIGTERM,
-                 timeout_s: float = 10.0) -> None:
-    """``first`` signal, wait up to ``timeout_s``, then SIGKILL; reap when it is our child."""
-    def running() -> bool:
-        return proc.poll() is None if proc is not None else pid_alive(pid)
-
-    if pid and running():
-        kill_tree(pid, first)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and running():
-            time.sleep(0.05)
-        if running():
-            kill_tree(pid, signal.SIGKILL)
-    if proc is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
 
 
 class DispatcherRouter:

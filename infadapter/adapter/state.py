@@ -17,7 +17,7 @@ from typing import Any
 
 from infadapter.errors import note_write
 
-log = logging.getLogger("infadapter.state")
+log = logging.getLogger("infadapter.adapter.state")
 
 STATE_FILE = "state.json"
 DECISIONS_FILE = "decisions.jsonl"
@@ -56,24 +56,6 @@ def read_state(path: str | Path) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return data if isinstance(data, dict) else None
-
-
-def pid_alive(pid: int | None) -> bool:
-    """True when a process with this pid exists and is not a zombie."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    # The state letter follows the command name in parentheses; Z means a zombie.
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _default(obj: Any) -> Any:

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 import pulp
 
+from infadapter.core.plan import Allocation, Plan
+from infadapter.core.profile import LinearCapacity, Profile
 from infadapter.errors import BadInput
-from infadapter.plan import Allocation, Plan
-from infadapter.profile import LinearCapacity, Profile
 
 SOLVERS = ("highs", "cbc", "exhaustive")
 #: Our models have a few dozen columns: HiGHS's primal heuristics, sub-MIPs and restarts cost more

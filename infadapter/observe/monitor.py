@@ -36,12 +36,12 @@ from typing import Any
 import jinja2
 
 from infadapter import paths
-from infadapter.state import pid_alive
+from infadapter.core.control import HISTORY_S
+from infadapter.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
 TEMPLATE_DIR = paths.PROMETHEUS_TEMPLATES
-HISTORY_S = 600  # the paper's forecaster input: the last 10 minutes
 
 #: PromQL of the live signals (dispatcher metric names; the same names serve on a cluster).
 RATE_QUERY = "sum(irate(dispatcher_requests_total[5s]))"
@@ -151,8 +151,8 @@ class PrometheusServer:
         if not self.servers_file.exists():
             write_server_targets(self.servers_file, {})
         cfg = pdir / "prometheus.yml"
-        rules = pdir / "rules.yml"  # the SLO recording rules and alerts (infadapter.alerts)
-        from infadapter.alerts import render_rules
+        rules = pdir / "rules.yml"  # the SLO recording rules and alerts (infadapter.observe.alerts)
+        from infadapter.observe.alerts import render_rules
 
         rules.write_text(render_rules())
         cfg.write_text(render_config(self.dispatcher_target, self.servers_file, self.adapter_target,

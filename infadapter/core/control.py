@@ -1,6 +1,6 @@
 """When to decide and on which load: the one copy of the control rules.
 
-The live loop (:mod:`infadapter.loop`) and the simulator (:mod:`infadapter.sim`) both call these
+The live loop (:mod:`infadapter.adapter.loop`) and the simulator (:mod:`infadapter.sim.simulation`) both call these
 functions, so a rule changed here changes in both places, and the simulator imitates the loop by
 construction. Everything here is pure: time, the observed history and the observed rate come in
 as arguments.
@@ -33,12 +33,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from infadapter.core.plan import Plan, plan_from_cores
+from infadapter.core.profile import Profile
 from infadapter.errors import BadInput
-from infadapter.plan import Plan, plan_from_cores
-from infadapter.profile import Profile
 
 #: Ten minutes of per-second history: the paper's forecaster input.
 HISTORY_S = 600
+#: Seconds in a day: the trace's and the forecaster's training days are counted in them.
+DAY_S = 86400
 
 TRIGGERS = ("start", "interval", "overload", "crash", "retry")
 

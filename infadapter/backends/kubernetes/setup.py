@@ -1,6 +1,6 @@
-"""The kubernetes and dry-run backends' preparation step for the one runner (:mod:`infadapter.runner`).
+"""The kubernetes and dry-run backends' preparation step for the one runner (:mod:`infadapter.adapter.runner`).
 
-:class:`ClusterSetup` builds the backend (:func:`infadapter.backends.kubernetes.make_backend` or
+:class:`ClusterSetup` builds the backend (:func:`infadapter.backends.kubernetes.backend.make_backend` or
 :class:`~infadapter.backends.dryrun.DryRunBackend`), checks the cluster (health, preflight, pod sizes),
 picks what the loop observes and where it resumes from. Nothing here starts a process: the cluster (or
 the folder) holds the serving state, so a restarted adapter resumes from what the backend reads back.
@@ -11,7 +11,7 @@ What the loop observes, in this order:
   the loop sees the trace's per-second rates as if they were live traffic. It is labelled as a replay
   in the observation's source and warning, the state file, ``status`` and the log, because the plans it
   produces follow the trace, not what the cluster serves;
-- else :class:`~infadapter.monitor.Monitor`: Prometheus when ``--prometheus`` is given, falling back to
+- else :class:`~infadapter.observe.monitor.Monitor`: Prometheus when ``--prometheus`` is given, falling back to
   the dispatcher's ``/admin/stats`` (``--dispatcher-url``).
 
 A failing observation never stops the adapter: :class:`GuardedObserver` plans on the last good one
@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infadapter.adapter.runner import AdapterConfig, AdapterRun, Prepared
+from infadapter.core.control import HISTORY_S
+from infadapter.core.profile import Profile
 from infadapter.errors import BackendUnavailable, BadInput
-from infadapter.monitor import HISTORY_S, Observation
-from infadapter.profile import Profile
-from infadapter.runner import AdapterConfig, AdapterRun, Prepared
+from infadapter.observe.monitor import Observation
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class ReplayedLoad:
     """Observes a per-second load as if it were live traffic, from ``start_s`` on (a replay, labelled).
 
     At ``now`` the history holds the complete seconds of the load since ``start_s`` (at most the last
-    10 minutes), like :class:`~infadapter.monitor.Monitor`'s; the rate is the mean of the last
+    10 minutes), like :class:`~infadapter.observe.monitor.Monitor`'s; the rate is the mean of the last
     ``rate_window_s`` of them. After the load ends the history keeps its last seconds and new seconds
     count as 0 req/s.
     """
@@ -215,7 +216,7 @@ class ClusterSetup:
                 run.profile = _fit_cluster(backend, run.profile, messages)
             metrics = None
             if cfg.metrics_port:
-                from infadapter.loop import LoopMetrics
+                from infadapter.adapter.loop import LoopMetrics
 
                 metrics = LoopMetrics()
                 try:
@@ -237,7 +238,7 @@ class ClusterSetup:
         if cfg.rates_rps is not None:
             observe = ReplayedLoad(cfg.rates_rps, cfg.load_label or "a load", run.started_s).observe
         else:
-            from infadapter.monitor import Monitor
+            from infadapter.observe.monitor import Monitor
 
             stats: Callable[[], Mapping[str, Any]] = _no_dispatcher
             if cfg.dispatcher_url:

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from infadapter import paths
+from infadapter.core.control import DAY_S
 from infadapter.errors import BadInput
 
 TRACE_URL = (
     "https://github.com/reconfigurable-ml-pipeline/web-service-datasets/raw/master/"
     "dataset/twitter_trace/workload.tbz2"
 )
-DAY_S = 86400
 #: The paper's evaluation window: day 15, minutes 82-103.
 PAPER_WINDOW = (15 * DAY_S + 82 * 60, 1260)
 

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from infadapter.backends.base import ApplyResult, BackendState, TargetsCallback, VariantState
+from infadapter.core.plan import Allocation, Plan, empty_plan
+from infadapter.core.profile import Profile
 from infadapter.errors import BackendUnavailable, InfAdapterError
-from infadapter.plan import Allocation, Plan, empty_plan
-from infadapter.profile import Profile
 from infadapter.render import (
     ANNOTATION_CORES,
     ANNOTATION_PLAN,

@@ -30,8 +30,8 @@ from typing import Protocol
 import numpy as np
 
 from infadapter import paths
+from infadapter.core.control import DAY_S
 from infadapter.errors import BadInput
-from infadapter.trace import DAY_S
 
 MINUTES = 10
 EWMA_SPAN = 10

@@ -360,7 +360,7 @@ def run_load(
         try:
             write_records(rows, Path(out_path))
         except OSError as exc:  # a full disk loses the per-request log, not the run or its summary
-            logging.getLogger("infadapter.loadgen").error(
+            logging.getLogger("infadapter.observe.loadgen").error(
                 "cannot write %s (%s); the summary still counts every request", out_path, exc.strerror or exc
             )
         else:

@@ -20,11 +20,11 @@ Model (docs/simulator.md derives and discusses it):
   servers whose requests use a fixed amount of CPU, as the local backend's ONNX servers with
   ``floor(cores)`` threads) busy fraction x ``min(cores, mu x w_v)`` with ``w_v`` the fewest
   core-seconds per request the profile implies (``cpu_per_request``); VPA and HPA get samples of it by
-  the live loop's rule (:mod:`infadapter.cpusamples`: VPA's recommender reads metrics-server's
+  the live loop's rule (:mod:`infadapter.core.cpusamples`: VPA's recommender reads metrics-server's
   15-second mean once a minute, HPA every 15 s).
 - **Control**: a decision every ``interval_s`` from ``warmup_s`` on; the forecaster sees the last
   ``history_s`` seconds of *observed* per-second counts; the oracle gets the true peak count of the
-  period the new plan will serve. Scale-down stabilization is :class:`infadapter.policies.Stabilized`.
+  period the new plan will serve. Scale-down stabilization is :class:`infadapter.core.policies.Stabilized`.
 - **Transitions**: a new or resized variant is a new instance that serves after its load time.
   Make-before-break (default; also how the paper's VPA rolling update of a 1-replica Deployment
   behaves: maxSurge 1, maxUnavailable 0): the old plan serves until every new instance is ready,
@@ -46,13 +46,13 @@ from typing import Any
 
 import numpy as np
 
-from infadapter import control
-from infadapter import solver as solver_mod
-from infadapter.cpusamples import CpuSampler
-from infadapter.errors import BadInput
-from infadapter.forecast import Forecaster, make_forecaster
-from infadapter.plan import Plan, diff, plan_from_cores
-from infadapter.policies import (
+from infadapter.adapter.records import DecisionRecord
+from infadapter.core import control
+from infadapter.core import solver as solver_mod
+from infadapter.core.cpusamples import CpuSampler
+from infadapter.core.forecast import Forecaster, make_forecaster
+from infadapter.core.plan import Plan, diff, plan_from_cores
+from infadapter.core.policies import (
     DEFAULT_MIN_GAIN,
     DEFAULT_STABILIZATION,
     Context,
@@ -62,11 +62,11 @@ from infadapter.policies import (
     make_policy,
     unwrap,
 )
-from infadapter.policies import entry as policy_entry
-from infadapter.profile import Profile, threads_for_cores
-from infadapter.queues import add_interval, busy_per_second, fifo, fifo_cfs, swrr_sequence
-from infadapter.records import DecisionRecord
-from infadapter.service import cpu_per_request, load_at_slo, service_rate
+from infadapter.core.policies import entry as policy_entry
+from infadapter.core.profile import Profile, threads_for_cores
+from infadapter.core.queues import add_interval, busy_per_second, fifo, fifo_cfs, swrr_sequence
+from infadapter.core.service import cpu_per_request, load_at_slo, service_rate
+from infadapter.errors import BadInput
 
 SWRR_QUOTA = 1000
 
@@ -81,13 +81,13 @@ __all__ = [
 @dataclass(frozen=True)
 class SimConfig:
     """Simulation settings. The defaults are the adapter's (the live loop's) defaults; :func:`paper_config`
-    gives the paper's setting. The control fields mean what :class:`infadapter.control.ControlConfig`'s do."""
+    gives the paper's setting. The control fields mean what :class:`infadapter.core.control.ControlConfig`'s do."""
 
     interval_s: float = control.ControlConfig.interval_s  # seconds between decisions
     warmup_s: float = 0.0  # the first decision's time (the paper: 120 s)
     stabilization_intervals: int = DEFAULT_STABILIZATION  # scale-down after this many decisions want less
     min_gain: float = DEFAULT_MIN_GAIN  # keep the current mix unless a new one beats it by this much
-    forecaster: str = "auto"  # see infadapter.forecast.make_forecaster
+    forecaster: str = "auto"  # see infadapter.core.forecast.make_forecaster
     forecaster_model: str | None = None  # model file of the learned forecaster
     make_before_break: bool = True
     in_place_resize: bool = True  # resize a running server's cores without a restart (the paper: off)
@@ -393,7 +393,7 @@ class Simulation:
 
     :meth:`run` advances time from event to event (a decision, a check, an instance becoming ready,
     the end); between events :meth:`serve` sends the arrivals to the serving instances. A decision
-    (:meth:`decide`) follows :mod:`infadapter.control`, the live loop's rules, and starts its plan with
+    (:meth:`decide`) follows :mod:`infadapter.core.control`, the live loop's rules, and starts its plan with
     :meth:`apply`. Each step reads and changes the attributes below, in this order only.
     """
 
@@ -542,7 +542,8 @@ class Simulation:
             self.served_by[sel[ok]] = v
 
     def cpu_samples(self, now: float) -> dict[str, list[tuple[float, float]]]:
-        """Usage samples since the last call, by the live loop's rule (:class:`~infadapter.cpusamples.CpuSampler`)."""
+        """Usage samples since the last call, by the live loop's rule
+        (:class:`~infadapter.core.cpusamples.CpuSampler`)."""
         def cumulative(name: str, t: float) -> float:
             return float(self.usage[self.vidx[name], :max(0, round(t))].sum())
         return self.sampler.take(now, self.names, cumulative)

@@ -36,19 +36,22 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from infadapter import paths
+from infadapter.adapter.state import StateStore
 from infadapter.backends.base import ApplyResult, BackendState, TargetsCallback, VariantState
-from infadapter.errors import BackendUnavailable
-from infadapter.monitor import free_port
-from infadapter.plan import Plan
-from infadapter.profile import Profile, threads_for_cores
-from infadapter.serving.router import Route, Router, RouterConfig, make_router
-from infadapter.state import StateStore, pid_alive
+from infadapter.core.plan import Plan
+from infadapter.core.profile import Profile, threads_for_cores
+from infadapter.errors import BackendUnavailable, BadInput
+from infadapter.observe.monitor import free_port
+from infadapter.processes import kill_tree, pid_alive
+from infadapter.serving.haproxy import HAProxyRouter
+from infadapter.serving.router import DispatcherRouter, Route, Router, RouterConfig
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +159,17 @@ def _proc_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / tick
 
 
-def _kill_tree(pid: int, sig: int) -> None:
-    """Signal a process group (servers run in sessions of their own), else the single process."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+ROUTERS = ("dispatcher", "haproxy")
+
+
+def make_router(kind: str, config: RouterConfig, store: StateStore,
+                variants: Sequence[tuple[str, str]] = ()) -> Router:
+    """A router of ``kind`` (dispatcher | haproxy); ``variants``: every (name, model) it may route to."""
+    if kind == "dispatcher":
+        return DispatcherRouter(config, store)
+    if kind == "haproxy":
+        return HAProxyRouter(config, store, variants)
+    raise BadInput(f"--router: expected one of {', '.join(ROUTERS)}, got {kind!r}")
 
 
 class LocalBackend:
@@ -262,7 +269,7 @@ class LocalBackend:
                 continue
             if sp.name in self.servers or not sp.alive() or not model_available(sp.url, sp.model):
                 if sp.alive():
-                    _kill_tree(sp.pid, signal.SIGKILL)
+                    kill_tree(sp.pid, signal.SIGKILL)
                 self._remove_group_by_name(sp.cgroup)
                 continue
             sp.ready = True
@@ -443,7 +450,7 @@ class LocalBackend:
                 group = self._open_group(cgname, max(cores, float(threads)) if self.config.startup_boost else cores)
                 group.add_pid(proc.pid)
             except Exception as exc:
-                _kill_tree(proc.pid, signal.SIGKILL)
+                kill_tree(proc.pid, signal.SIGKILL)
                 proc.wait(5)
                 raise BackendUnavailable(f"cgroup for {name}: {exc}") from None
         sp = ServerProc(name=name, model=model, pid=proc.pid, port=port, cores=cores, threads=threads,
@@ -521,12 +528,12 @@ class LocalBackend:
         """SIGTERM (the server drains), wait, SIGKILL; reap; remove the cgroup."""
         limit = timeout_s if timeout_s is not None else (self.config.drain_timeout_s if drain else 5.0)
         if sp.alive():
-            _kill_tree(sp.pid, signal.SIGTERM)
+            kill_tree(sp.pid, signal.SIGTERM)
             deadline = time.monotonic() + limit
             while time.monotonic() < deadline and sp.alive():
                 time.sleep(0.05)
             if sp.alive():
-                _kill_tree(sp.pid, signal.SIGKILL)
+                kill_tree(sp.pid, signal.SIGKILL)
         if sp.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 sp.proc.wait(5)

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from infadapter import paths
-from infadapter.backends.local import model_available
-from infadapter.runstate import RunState
-from infadapter.state import pid_alive, read_state, state_path
+from infadapter.adapter.runstate import RunState
+from infadapter.adapter.state import read_state, state_path
+from infadapter.backends.local.backend import model_available
+from infadapter.processes import pid_alive
 
 SLO_WINDOW = "5m"
 
@@ -113,10 +114,10 @@ def collect_kubernetes_status(
     k8s_config: Path | None = None,
 ) -> dict[str, Any]:
     """Planned vs actual per variant in a namespace (see ``docs/kubernetes.md``); exit 4 when unreachable."""
-    from infadapter.backends.kubernetes import KubeError, KubeOptions, KubernetesBackend, deployment_ready
-    from infadapter.cluster_run import render_config_for
+    from infadapter.backends.kubernetes.backend import KubeError, KubeOptions, KubernetesBackend, deployment_ready
+    from infadapter.backends.kubernetes.setup import render_config_for
+    from infadapter.core.profile import load_profile
     from infadapter.errors import BackendUnavailable
-    from infadapter.profile import load_profile
     from infadapter.render import ANNOTATION_CORES, ANNOTATION_SHARE
 
     raw = read_state(state_path(run_dir)) if run_dir is not None else None
@@ -196,7 +197,7 @@ def _short_decision(d: dict[str, Any] | None) -> dict[str, Any] | None:
 def _prometheus_figures(url: str | None, slo_ms: float | None) -> tuple[dict[str, dict[str, float]], float | None]:
     if not url:
         return {}, None
-    from infadapter.monitor import VARIANT_P99_QUERY, VARIANT_RATE_QUERY, PrometheusReader
+    from infadapter.observe.monitor import VARIANT_P99_QUERY, VARIANT_RATE_QUERY, PrometheusReader
 
     try:
         reader = PrometheusReader(url, timeout_s=2.0)

@@ -5,9 +5,9 @@ state goes out in ``Decision.state`` and comes back in the next ``ctx.state``), 
 simulator and the live loop. Scale-down stabilization is one wrapper (:class:`Stabilized`) around any
 policy, so every policy is compared on the same terms.
 
-- ``infadapter``: the integer program of :mod:`infadapter.solver`.
+- ``infadapter``: the integer program of :mod:`infadapter.core.solver`.
 - ``msplus``: model switching (the paper's MS+): one variant, the cores with the best objective.
-- ``vpa:NAME``: the Kubernetes VPA recommender for CPU on one fixed variant (see :mod:`infadapter.vpa`).
+- ``vpa:NAME``: the Kubernetes VPA recommender for CPU on one fixed variant (see :mod:`infadapter.core.vpa`).
 - ``static:NAME=CORES[,...]``: a fixed plan.
 - ``oracle``: the integer program on the true future peak (simulator only).
 """
@@ -19,11 +19,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from infadapter import solver as solver_mod
+from infadapter.core import solver as solver_mod
+from infadapter.core.plan import Allocation, Plan
+from infadapter.core.profile import Profile
+from infadapter.core.vpa import VpaConfig, VpaState, recommend
 from infadapter.errors import BadInput
-from infadapter.plan import Allocation, Plan
-from infadapter.profile import Profile
-from infadapter.vpa import VpaConfig, VpaState, recommend
 
 
 @dataclass(frozen=True)

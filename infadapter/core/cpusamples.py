@@ -2,7 +2,7 @@
 
 Upstream, metrics-server reports a container's CPU as the mean over a short window (15 s) and VPA's
 recommender reads it once a minute; HPA's controller reads it every 15 s. A policy's registry entry
-(:class:`infadapter.policies.PolicyEntry`) says its period and window. :class:`CpuSampler` takes a
+(:class:`infadapter.core.policies.PolicyEntry`) says its period and window. :class:`CpuSampler` takes a
 sample every ``period_s`` from the start, each the mean CPU (cores) over the ``window_s`` before it,
 computed from cumulative CPU seconds. The live loop reads those counters from its backend every check
 (:class:`CpuReadings` keeps them); the simulator adds up its per-second usage. A sampler that took

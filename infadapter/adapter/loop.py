@@ -14,8 +14,8 @@ Per interval (``LoopConfig.interval_s``) the loop decides once. Between decision
   then plan again;
 - **retry**: an apply failed with a temporary error: keep the old plan and try again when told.
 
-Scale-down stabilization is the policy wrapper's job (:class:`infadapter.policies.Stabilized`);
-scale-up is applied at once. Every decision leaves a :class:`~infadapter.records.DecisionRecord`.
+Scale-down stabilization is the policy wrapper's job (:class:`infadapter.core.policies.Stabilized`);
+scale-up is applied at once. Every decision leaves a :class:`~infadapter.adapter.records.DecisionRecord`.
 """
 
 from __future__ import annotations
@@ -29,24 +29,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from infadapter import control
+from infadapter.adapter.records import DecisionLog, DecisionRecord
+from infadapter.adapter.runstate import LoopSnapshot
 from infadapter.backends.base import ApplyResult, Backend
-from infadapter.control import ControlConfig, Forecaster
-from infadapter.cpusamples import CpuReadings, CpuSampler
-from infadapter.monitor import Observation
-from infadapter.plan import Plan, diff, plan_from_cores
-from infadapter.policies import Context, Policy
-from infadapter.policies import entry as policy_entry
-from infadapter.profile import Profile
-from infadapter.records import DecisionLog, DecisionRecord
-from infadapter.runstate import LoopSnapshot
+from infadapter.core import control
+from infadapter.core.control import ControlConfig, Forecaster
+from infadapter.core.cpusamples import CpuReadings, CpuSampler
+from infadapter.core.plan import Plan, diff, plan_from_cores
+from infadapter.core.policies import Context, Policy
+from infadapter.core.policies import entry as policy_entry
+from infadapter.core.profile import Profile
+from infadapter.observe.monitor import Observation
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class LoopConfig(ControlConfig):
-    """The control rules (:class:`infadapter.control.ControlConfig`) plus what only a live loop reports."""
+    """The control rules (:class:`infadapter.core.control.ControlConfig`) plus what only a live loop reports."""
 
     #: SLO attainment is reported over this window.
     slo_window_s: float = 300.0

@@ -15,7 +15,7 @@ from typing import Any
 
 from infadapter.errors import note_write
 
-log = logging.getLogger("infadapter.records")
+log = logging.getLogger("infadapter.adapter.records")
 
 
 @dataclass(frozen=True)

@@ -23,18 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from infadapter import control
+from infadapter.adapter.loop import ControlLoop, LoopConfig, LoopMetrics
+from infadapter.adapter.records import DecisionLog
+from infadapter.adapter.runstate import AdapterInfo
+from infadapter.adapter.state import DECISIONS_FILE, StateStore, read_state, state_path
 from infadapter.backends.base import Backend
-from infadapter.control import ControlConfig
+from infadapter.core import control
+from infadapter.core.control import ControlConfig
+from infadapter.core.plan import Plan
+from infadapter.core.policies import DEFAULT_MIN_GAIN, DEFAULT_STABILIZATION
+from infadapter.core.profile import Profile, load_profile
 from infadapter.errors import BadInput
-from infadapter.loop import ControlLoop, LoopConfig, LoopMetrics
-from infadapter.monitor import Observation
-from infadapter.plan import Plan
-from infadapter.policies import DEFAULT_MIN_GAIN, DEFAULT_STABILIZATION
-from infadapter.profile import Profile, load_profile
-from infadapter.records import DecisionLog
-from infadapter.runstate import AdapterInfo
-from infadapter.state import DECISIONS_FILE, StateStore, pid_alive, read_state, state_path
+from infadapter.observe.monitor import Observation
+from infadapter.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,9 @@ class AdapterRun:
     """One adapter run on any backend; call :meth:`run` once (or :meth:`start` first; see the module doc)."""
 
     config: AdapterConfig
+    #: The backend's preparation step (:func:`infadapter.backends.backend_setup`): the caller picks it from
+    #: the registry, so the runner never imports the registry that names the runner's users.
+    setup: BackendSetup
     on_update: Callable[[dict[str, Any]], None] | None = None
     clock: Callable[[], float] = time.time
     profile: Profile = field(init=False)
@@ -151,12 +155,11 @@ class AdapterRun:
     # -- bring-up ----------------------------------------------------------------------------------
     def start(self) -> None:
         """Checks, backend (its preparation step), state file and loop; nothing is applied yet."""
-        from infadapter.backends import backend_setup
-        from infadapter.forecast import make_forecaster
-        from infadapter.policies import make_policy
+        from infadapter.core.forecast import make_forecaster
+        from infadapter.core.policies import make_policy
 
         cfg = self.config
-        setup = backend_setup(cfg.backend)
+        setup = self.setup
         other = running_adapter(cfg.run_dir)
         if other is not None and other.get("pid") != os.getpid():
             raise BadInput(f"--run-dir: an adapter (pid {other['pid']}) already runs on {cfg.run_dir}; "

@@ -9,8 +9,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from infadapter.profile import Profile
-from infadapter.queues import fifo
+from infadapter.core.profile import Profile
+from infadapter.core.queues import fifo
 
 LN100 = math.log(100.0)
 
