@@ -23,6 +23,13 @@ _SHIPPED = _PACKAGE / "_data"
 INSTALLED = _SHIPPED.is_dir()
 #: The folder that holds ``cli.py``, ``templates/`` and ``profiles/``: the checkout, or the shipped copy.
 ROOT = _SHIPPED if INSTALLED else _PACKAGE.parent
+#: Where built models, run folders and this machine's measured profile go: the checkout itself, or, when
+#: installed, ``$XDG_DATA_HOME/infadapter`` (``~/.local/share/infadapter``). Not site-packages: it is
+#: read-only for a system install and wiped by an upgrade; and one folder whatever the working folder, so
+#: ``status`` finds what ``adapt`` ran.
+STATE = (Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "infadapter"
+         if INSTALLED else ROOT)
+
 #: The CLI entry point, run as a subprocess for model servers and the dispatcher. A script path (not
 #: ``-m infadapter``) so a checkout that is not installed can start them from any working folder.
 CLI = ROOT / "cli.py"
@@ -30,35 +37,23 @@ TEMPLATES = ROOT / "templates"
 #: Prometheus's config and SLO rules, for the local stack, the Ansible role and the tests.
 PROMETHEUS_TEMPLATES = TEMPLATES / "prometheus"
 PAPER_PROFILE = ROOT / "profiles" / "paper.yaml"
-#: Measured on this machine by ``profile measure``; the local backend's default when present.
-LOCAL_PROFILE = ROOT / "profiles" / "local.yaml"
+#: The local backend's profile as committed (measured on an idle machine by the developers).
+SHIPPED_LOCAL_PROFILE = ROOT / "profiles" / "local.yaml"
+#: Measured on this machine by ``profile measure`` (its default ``--out``); the local backend's default
+#: when present. The committed file in a checkout.
+LOCAL_PROFILE = STATE / "profiles" / "local.yaml"
 #: The learned forecaster trained on the Twitter trace, committed; ``forecast train`` regenerates it.
 FORECASTER = ROOT / "profiles" / "forecaster.npz"
-
-
-def _state_root() -> Path:
-    """Where built models and run folders go: the checkout's own folders, or a user data folder.
-
-    An installed package must not write into site-packages (read-only for a system install, and wiped by
-    an upgrade), so it uses ``$XDG_DATA_HOME/infadapter`` (``~/.local/share/infadapter``): the same
-    folder from any working folder, so ``status`` finds what ``adapt`` ran.
-    """
-    if not INSTALLED:
-        return ROOT
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "infadapter"
-
-
-MODELS = _state_root() / "models"
-RUNS = _state_root() / "runs"
+MODELS = STATE / "models"
+RUNS = STATE / "runs"
 #: ``adapt``'s and ``status``'s run folder on the local backend.
 DEFAULT_RUN_DIR = RUNS / "adapt"
 #: The trace as ``../shared/data`` ships it next to a checkout. An installed package has no such
-#: neighbour (this path does not exist there): it reads ``--trace``, ``INFADAPTER_TRACE`` or the user
-#: cache (infadapter/trace.py).
+#: neighbour (this path, beside site-packages, does not exist): it reads ``--trace``,
+#: ``INFADAPTER_TRACE`` or the user cache (infadapter/trace.py).
 SHARED_TRACE = _PACKAGE.parent / ".." / "shared" / "data" / "twitter-trace" / "workload.tbz2"
 
 
 def local_profile() -> Path:
-    """The local backend's profile: ``profiles/local.yaml`` when measured, else the paper's."""
-    return LOCAL_PROFILE if LOCAL_PROFILE.exists() else PAPER_PROFILE
+    """The local backend's profile: this machine's when measured, else the shipped one, else the paper's."""
+    return next((p for p in (LOCAL_PROFILE, SHIPPED_LOCAL_PROFILE) if p.exists()), PAPER_PROFILE)
