@@ -6,24 +6,26 @@ from __future__ import annotations
 def version() -> str:
     """This copy's version: the installed distribution's metadata, or in a checkout pyproject.toml's.
 
-    The checkout reads pyproject.toml (the one place the version is written, and what a build stamps
-    into the metadata) rather than ``importlib.metadata``: a venv may hold another installed copy whose
-    metadata would describe that copy, not the code running.
+    A checkout reads pyproject.toml (the one place the version is written, and what a build stamps into
+    the metadata) rather than ``importlib.metadata``: the venv may hold another installed copy, whose
+    metadata describes that copy, not the code running. A checkout-shaped copy without pyproject.toml
+    falls back to the metadata, and a copy with neither says "unknown".
     """
     from infadapter import paths
 
-    if paths.INSTALLED:
-        from importlib.metadata import PackageNotFoundError
-        from importlib.metadata import version as dist_version
+    pyproject = paths.ROOT / "pyproject.toml"
+    if not paths.INSTALLED and pyproject.is_file():
+        import tomllib
 
-        try:
-            return dist_version("infadapter")
-        except PackageNotFoundError:  # the package folder copied somewhere without its metadata
-            return "unknown"
-    import tomllib
+        with pyproject.open("rb") as f:
+            return str(tomllib.load(f)["project"]["version"])
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
 
-    with (paths.ROOT / "pyproject.toml").open("rb") as f:
-        return str(tomllib.load(f)["project"]["version"])
+    try:
+        return dist_version("infadapter")
+    except PackageNotFoundError:  # the package folder copied somewhere without its metadata
+        return "unknown"
 
 
 def __getattr__(name: str) -> str:
