@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import site
 import subprocess
 import sys
@@ -83,7 +84,8 @@ def test_checkout_reads_its_own_folders() -> None:
     assert paths.ROOT == ROOT
     assert paths.TEMPLATES == ROOT / "templates" and paths.FORECASTER.is_file()
     assert version() == VERSION
-    assert run_cli("--version").stdout.strip() == f"infadapter, version {VERSION}"
+    r = run_cli(*shlex.split("python cli.py --version")[2:])  # docs/cli.md's command
+    assert r.stdout.strip() == f"infadapter, version {VERSION}", r.stderr
 
 
 # -- the wheel, installed (slow) -------------------------------------------------------------------
