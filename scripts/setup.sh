@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Idempotent set-up shared by run.sh and test.sh: a venv with requirements.txt, and (as root) the
-# Debian packages the product and its tests use. Safe to run again; it only installs what is missing.
+# Idempotent set-up shared by run.sh and test.sh: a venv with requirements.lock (requirements.txt
+# compiled by scripts/lock.sh: every package pinned and hash-checked, so two machines a month apart
+# install the same files), and (as root) the Debian packages the product and its tests use. Safe to run
+# again; it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+# Keyed on the lock: a refreshed lock re-installs, an edit to requirements.txt alone does not (run
+# scripts/lock.sh). pip itself is in the lock, so it is pinned too (no unpinned `--upgrade pip`).
+stamp=.venv/.requirements-lock.sha256
+want=$(sha256sum requirements.lock | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.txt
+  .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
   echo "$want" > "$stamp"
 fi
 # Debian packages: Prometheus (monitoring), sshd (Ansible converge tests), nginx (dispatcher benchmark),

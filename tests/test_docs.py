@@ -17,6 +17,12 @@ backticks. Each example is one of:
 
 Anything else fails, naming the page and line: make the example smaller (``--duration 20``,
 ``--window 1300920:300``) or run it, verbatim, in the test of the feature.
+
+Other shell commands are held to the same rule where they are the subject of the page: every command
+in CONTRIBUTING.md's code blocks, and every ``infadapter ...``, ``python -m infadapter``, ``pip install``
+and ``pipx install`` line in any page's code blocks. Each is run here (``SHELL_RUN_HERE``: cheap, in the
+repository, ``.venv/bin/`` meaning this interpreter's folder), appears verbatim as a string in another
+test file that runs it, or is listed in ``SHELL_NOT_RUN`` with the reason.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ import pytest
 from tests.cli_helpers import ROOT, run_cli
 
 README = ROOT / "README.md"
-PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+CONTRIBUTING = ROOT / "CONTRIBUTING.md"
+PAGES = [README, CONTRIBUTING, *sorted((ROOT / "docs").glob("*.md"))]
 #: Seconds one example may run here; longer ones must shrink (or be run verbatim by the feature's test).
 EXAMPLE_TIMEOUT_S = 120
 #: Commands (first words after ``python cli.py``) that this test runs itself.
@@ -338,6 +345,78 @@ def test_example(ex: Example, sandbox: Path) -> None:
         if ex.shown.startswith("{"):  # the page shows the object: the same keys (values may move)
             shown = json.loads(ex.shown)
             assert set(shown) <= set(printed), f"{ex.id}: shown keys {sorted(set(shown) - set(printed))} not printed"
+
+
+# -- other shell commands --------------------------------------------------------------------------
+#: Run by test_shell_example in the repository root.
+SHELL_RUN_HERE = {
+    ".venv/bin/python -m pytest -q tests/test_plan.py",
+    '.venv/bin/python -m pytest -q "tests/test_solver.py::test_paper_burst_mixes_variants"',
+    ".venv/bin/python -m pytest -q tests/test_policies.py -k vpa",
+    ".venv/bin/ruff check .",
+}
+#: Not run by any test, and why.
+SHELL_NOT_RUN = {
+    "bash scripts/setup.sh": "scripts/test.sh runs it first, so every CI run does",
+    "bash scripts/test.sh": "the whole suite: CI runs exactly this (.ci/run; "
+                            "test_ci_runs_exactly_the_readme_test_command)",
+    '.venv/bin/python -m pytest -m "not slow"': "the suite less its slow tests: a test cannot run the suite it is in",
+    "bash scripts/lock.sh --upgrade-package rich": "moves a pin to a newer release: a change to commit, not a check "
+                                                   "(the plain refresh runs in tests/test_package.py)",
+    "bash scripts/lock.sh --upgrade": "moves every pin: as above",
+    "pip install .": "downloads the dependencies from PyPI; tests/test_package.py builds the same wheel "
+                     "(pip wheel .) and installs it beside the locked dependencies",
+    "pipx install .": "as pip install . (pipx builds the same wheel into its own venv)",
+}
+_PACKAGE_COMMAND = re.compile(r"^(infadapter |python -m infadapter|pipx? install )")
+
+
+def shell_examples() -> list[tuple[str, int, str]]:
+    """(page, line, command) of the shell commands held to the rule (see the module doc)."""
+    out = []
+    for page in PAGES:
+        if not page.exists():
+            continue
+        rel = str(page.relative_to(ROOT))
+        in_block = False
+        for no, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            if line.lstrip().startswith("```"):
+                in_block = not in_block
+                continue
+            cmd = _norm(_strip_comment(line.strip().removeprefix("$ ")))
+            if not in_block or not cmd or "python cli.py" in cmd:
+                continue
+            if page == CONTRIBUTING or _PACKAGE_COMMAND.match(cmd):
+                out.append((rel, no, cmd))
+    return out
+
+
+SHELL_EXAMPLES = shell_examples()
+
+
+def test_shell_examples_were_found() -> None:
+    cmds = {c for _, _, c in SHELL_EXAMPLES}
+    assert {"bash scripts/test.sh", "bash scripts/lock.sh", "infadapter --version"} <= cmds, sorted(cmds)
+
+
+@pytest.mark.parametrize("page,line,command", SHELL_EXAMPLES, ids=[f"{p}:{n}" for p, n, _ in SHELL_EXAMPLES])
+def test_shell_example(page: str, line: int, command: str) -> None:
+    if command in SHELL_NOT_RUN:
+        return
+    if re.search(r"[\"']" + re.escape(command) + r"[\"']", _tests_text()):
+        return  # run verbatim by the test of its feature
+    assert command in SHELL_RUN_HERE, (
+        f"{page}:{line}: `{command}` is not run by any test: run it verbatim in the test of its feature, add it "
+        "to SHELL_RUN_HERE (cheap) or to SHELL_NOT_RUN with the reason")
+    run = command.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    r = subprocess.run(["bash", "-c", run], cwd=ROOT, capture_output=True, text=True, timeout=EXAMPLE_TIMEOUT_S)
+    assert r.returncode == 0, f"{page}:{line}: `{command}` exits {r.returncode}\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
+
+
+def test_shell_lists_name_only_shown_commands() -> None:
+    """An entry of SHELL_RUN_HERE or SHELL_NOT_RUN that no page shows any more is left over."""
+    shown = {c for _, _, c in SHELL_EXAMPLES}
+    assert not (SHELL_RUN_HERE | set(SHELL_NOT_RUN)) - shown
 
 
 # -- the README's own promises ---------------------------------------------------------------------

@@ -259,7 +259,7 @@ class Learned:
 
 
 #: The learned model trained on the Twitter trace, committed; ``forecast train`` regenerates it.
-SHIPPED_MODEL = paths.ROOT / "profiles" / "forecaster.npz"
+SHIPPED_MODEL = paths.FORECASTER
 
 
 def default_model_path() -> Path:
