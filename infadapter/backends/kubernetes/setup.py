@@ -221,7 +221,7 @@ def build_backend(cfg: ClusterRunConfig, profile: Profile) -> Any:
         admin_token=cfg.admin_token, ready_timeout_s=cfg.ready_timeout_s, in_place=cfg.in_place, config=rc,
     )
     if not backend.health():
-        host = getattr(getattr(backend._api, "configuration", None), "host", "") or "the API server"
+        host = backend.api.host or "the API server"
         backend.stop()
         raise BackendUnavailable(f"--kubeconfig: {host} does not answer /version; check --kubeconfig/--context "
                                  "and that the cluster runs")
@@ -243,7 +243,8 @@ class ClusterSetup:
         backend = build_backend(cfg, run.profile)
         try:
             if cfg.backend == "kubernetes":
-                run.profile = _fit_cluster(backend, run.profile, messages)
+                run.profile, found = backend.size_pods()
+                messages.extend(found)
             metrics = None
             if cfg.metrics_port:
                 from infadapter.adapter.loop import LoopMetrics
@@ -288,28 +289,6 @@ class ClusterSetup:
                           "out_dir": str(cfg.out_dir) if cfg.out_dir else None},
             summary=lambda _load: _summary(cfg, backend), release=False,
         )
-
-
-def _fit_cluster(backend: Any, profile: Profile, messages: list[str]) -> Profile:
-    """Preflight the namespace, and size pods to the nodes: the largest pod is the profile's
-    ``max_pod_cores``, else the render config's ``tfserving.max_pod_cores``, else the largest node's
-    allocatable CPU; the solver then plans variants as replicas x cores per pod."""
-    errors, warnings = backend.preflight()
-    if errors:
-        more = f" (and {len(errors) - 1} more)" if errors[1:] else ""
-        raise BackendUnavailable(f"preflight: {errors[0]}{more}")
-    messages.extend(f"preflight: {w}" for w in warnings)
-    limit = profile.max_pod_cores or backend.config.tfserving.max_pod_cores
-    if limit:
-        where = "profile" if profile.max_pod_cores else "--k8s-config tfserving.max_pod_cores"
-        messages.append(f"pods: at most {limit:g} cores each ({where})")
-    else:
-        limit, note = backend.cluster_max_pod_cores()
-        messages.append(f"pods: at most {limit:g} cores each (nodes: {note})" if limit else f"pods: {note}")
-    if limit and limit != profile.max_pod_cores:
-        profile = profile.with_overrides(max_pod_cores=limit)
-        backend.profile = profile
-    return profile
 
 
 def _summary(cfg: ClusterRunConfig, backend: Any) -> dict[str, Any]:

@@ -29,10 +29,11 @@ def collect_kubernetes_status(
     k8s_config: Path | None = None,
 ) -> dict[str, Any]:
     """Planned vs actual per variant in a namespace (see ``docs/kubernetes.md``); exit 4 when unreachable."""
-    from infadapter.backends.kubernetes.backend import KubeError, KubeOptions, KubernetesBackend, deployment_ready
+    from infadapter.backends.kubernetes.api import KubeError, KubeOptions
+    from infadapter.backends.kubernetes.backend import KubernetesBackend
+    from infadapter.backends.kubernetes.layout import recovered_plan
     from infadapter.backends.kubernetes.setup import render_config_for
     from infadapter.core.profile import load_profile
-    from infadapter.render import ANNOTATION_CORES, ANNOTATION_SHARE
 
     run_dir = run_dir or paths.RUNS / "kubernetes"
     raw = read_state(state_path(run_dir))
@@ -46,36 +47,13 @@ def collect_kubernetes_status(
                                                          backoff_s=0.2, request_timeout_s=10.0))
     try:
         observed = backend.observe()
-        plan, generation = backend.recovered_plan(observed)
+        plan, generation = recovered_plan(observed, profile)
     except KubeError as exc:
         raise BackendUnavailable(f"--kubeconfig: cannot read namespace {rc.namespace} ({exc})") from None
     finally:
         backend.stop()
     shares = plan.shares_by_name() if plan else {}
-    variants = []
-    for name, ob in sorted(observed.items()):
-        meta = ob.deployment.get("metadata") or {}
-        notes = meta.get("annotations") or {}
-        dst = ob.deployment.get("status") or {}
-        actual = [round(c, 4) for c in ob.actual_cores]
-        planned = round_or_none(notes.get(ANNOTATION_CORES), 4)
-        ready = deployment_ready(ob.deployment)
-        variants.append({
-            "name": name,
-            "planned_cores": planned,
-            "planned_share": round_or_none(shares.get(name, notes.get(ANNOTATION_SHARE)), 4),
-            "replicas": int((ob.deployment.get("spec") or {}).get("replicas", 1)),
-            "ready_replicas": int(dst.get("readyReplicas", 0)),
-            "ready": ready,
-            "cores_per_pod": actual,
-            "cores": round(sum(actual), 4),  # all its pods together (a variant may run as replicas)
-            "template_cores": round(ob.template_cores, 4),
-            "generation": ob.generation,
-            "matches_plan": ready and planned is not None and bool(actual)
-            and abs(sum(actual) - planned) <= 1e-3 * len(actual) + 1e-9  # whole millicores a pod
-            and len(actual) == int((ob.deployment.get("spec") or {})
-                                                                         .get("replicas", 1)),
-        })
+    variants = [_variant_row(ob, shares) for _, ob in sorted(observed.items())]
     out: dict[str, Any] = {
         "backend": "kubernetes",
         "namespace": rc.namespace,
@@ -100,6 +78,34 @@ def collect_kubernetes_status(
                        "monitor": loop.monitor or None, "totals": loop.totals, "degraded": loop.degraded,
                        "last_decision": short_decision(loop.last_decision)}
     return out
+
+
+def _variant_row(ob: Any, shares: Mapping[str, float]) -> dict[str, Any]:
+    """One variant's planned (its annotations, the plan's share) vs actual (pods, cores, readiness)."""
+    from infadapter.backends.kubernetes.readiness import deployment_ready
+    from infadapter.render import ANNOTATION_CORES, ANNOTATION_SHARE
+
+    notes = (ob.deployment.get("metadata") or {}).get("annotations") or {}
+    dst = ob.deployment.get("status") or {}
+    actual = [round(c, 4) for c in ob.actual_cores]
+    planned = round_or_none(notes.get(ANNOTATION_CORES), 4)
+    replicas = int((ob.deployment.get("spec") or {}).get("replicas", 1))
+    ready = deployment_ready(ob.deployment)
+    return {
+        "name": ob.name,
+        "planned_cores": planned,
+        "planned_share": round_or_none(shares.get(ob.name, notes.get(ANNOTATION_SHARE)), 4),
+        "replicas": replicas,
+        "ready_replicas": int(dst.get("readyReplicas", 0)),
+        "ready": ready,
+        "cores_per_pod": actual,
+        "cores": round(sum(actual), 4),  # all its pods together (a variant may run as replicas)
+        "template_cores": round(ob.template_cores, 4),
+        "generation": ob.generation,
+        "matches_plan": ready and planned is not None and bool(actual)
+        and abs(sum(actual) - planned) <= 1e-3 * len(actual) + 1e-9  # whole millicores a pod
+        and len(actual) == replicas,
+    }
 
 
 class KubernetesStatus:
