@@ -31,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from infadapter.backends.kubernetes.backend import KubeOptions, KubernetesBackend  # noqa: E402
+from infadapter.backends.kubernetes.api import KubeOptions  # noqa: E402
+from infadapter.backends.kubernetes.backend import KubernetesBackend  # noqa: E402
 from infadapter.core.plan import Plan  # noqa: E402
 from infadapter.core.profile import load_profile  # noqa: E402
 from infadapter.render import RenderConfig  # noqa: E402

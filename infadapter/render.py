@@ -370,6 +370,15 @@ def plan_annotation(plan: Plan, generation: int) -> str:
     return json.dumps({"generation": generation, "plan": plan.as_dict()}, sort_keys=True, separators=(",", ":"))
 
 
+def largest_pod(profile: Profile, config: RenderConfig, max_pod_cores: float | None = None) -> float | None:
+    """The most cores of one pod: the render config's ``tfserving.max_pod_cores``, else the profile's, capped
+    by ``max_pod_cores`` (a size the cluster refused); None (or 0) when nothing limits a pod."""
+    limit = config.tfserving.max_pod_cores or profile.max_pod_cores
+    if max_pod_cores is not None:
+        limit = min(limit, max_pod_cores) if limit else max_pod_cores
+    return limit
+
+
 def variant_layout(
     cores: float, profile: Profile, config: RenderConfig | None = None, max_pod_cores: float | None = None
 ) -> tuple[int, float]:
@@ -379,10 +388,7 @@ def variant_layout(
     render config's ``tfserving.max_pod_cores``, else the profile's; at least ``tfserving.replicas`` pods.
     """
     config = config or RenderConfig()
-    limit = config.tfserving.max_pod_cores or profile.max_pod_cores
-    if max_pod_cores is not None:
-        limit = min(limit, max_pod_cores) if limit else max_pod_cores
-    replicas, per_pod = pod_layout(cores, limit)
+    replicas, per_pod = pod_layout(cores, largest_pod(profile, config, max_pod_cores))
     if 0 < replicas < config.tfserving.replicas:
         replicas, per_pod = pod_layout(cores, cores / config.tfserving.replicas)
     return replicas, per_pod

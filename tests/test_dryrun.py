@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from infadapter.backends.dryrun import DryRunBackend
+from infadapter.backends.dryrun.backend import DryRunBackend
 from infadapter.core.plan import Plan
 from infadapter.errors import BadInput
 

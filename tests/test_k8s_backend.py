@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 from fake_kube_api import FakeKubeApi
 
-from infadapter.backends.kubernetes.backend import KubeOptions, KubernetesBackend
+from infadapter.backends.kubernetes.api import KubeOptions
+from infadapter.backends.kubernetes.backend import KubernetesBackend
 from infadapter.core.plan import Plan
 from infadapter.errors import BackendUnavailable
 from infadapter.serving.dispatcher import DispatcherClient
@@ -105,7 +106,7 @@ def test_shrink_happens_after_routing(fake, tmp_path, paper):
 def test_temporary_errors_are_retried_with_backoff(fake, tmp_path, paper, status):
     backend = make(fake, tmp_path, paper)
     sleeps = Sleeps()
-    backend._sleep = sleeps
+    backend.api.sleep = sleeps
     fake.fail("PATCH", r"deployments/tfs-resnet50$", status, times=2)
     result = backend.apply(plan(A))
     assert result.ok, result.error

@@ -28,7 +28,8 @@ import yaml
 from cli_helpers import run_cli
 from k8s_cluster import ROOT, Kube, KubeHTTPError, start_cluster
 
-from infadapter.backends.kubernetes.backend import KubeOptions, KubernetesBackend
+from infadapter.backends.kubernetes.api import KubeOptions
+from infadapter.backends.kubernetes.backend import KubernetesBackend
 from infadapter.core.plan import Plan
 from infadapter.render import RenderConfig, render_platform
 

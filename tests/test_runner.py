@@ -1,78 +1,29 @@
-"""The one adapter runner: a backend added in the test alone (one class, one preparation step, one
-registry entry) runs through the same lifecycle, state file and summary as the shipped ones."""
+"""The one adapter runner: a backend added in the test alone (one package, ``tests/toy_backend``, and one
+registry entry) runs through the same lifecycle, state file and summary as the shipped ones, and through
+``cli.py adapt`` and ``status`` with its own flags."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import toy_backend
+from click.testing import CliRunner
+from toy_backend.backend import ToySetup
 
-from infadapter.adapter.runner import AdapterConfig, AdapterRun, Prepared
+import cli
+from infadapter.adapter.runner import AdapterConfig, AdapterRun
 from infadapter.adapter.state import read_state, state_path
-from infadapter.backends import BACKENDS, BackendEntry, backend_class, backend_setup
-from infadapter.backends.base import ApplyResult, BackendState, VariantState
-from infadapter.backends.kubernetes.setup import ReplayedLoad
-from infadapter.core.plan import Plan
+from infadapter.backends import BACKENDS, backend_class, backend_setup
 from infadapter.errors import BadInput
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@dataclass
-class ToyBackend:
-    """A backend that keeps the plan in memory (a real one would start something)."""
-
-    name: str = "toy"
-    in_place_resize: bool = False
-    plan: Plan | None = None
-    applied: list[Plan] = field(default_factory=list)
-    stopped: bool = False
-
-    def state(self) -> BackendState:
-        allocs = self.plan.allocations if self.plan else ()
-        return BackendState(tuple(VariantState(a.name, a.cores, True) for a in allocs), self.plan)
-
-    def apply(self, plan: Plan) -> ApplyResult:
-        self.plan = plan
-        self.applied.append(plan)
-        return ApplyResult(serving=plan, actions=("kept in memory",))
-
-    def cpu_seconds(self) -> dict[str, float]:
-        return {}
-
-    def in_place_max_cores(self) -> dict[str, float]:
-        return {}
-
-    def health(self) -> bool:
-        return True
-
-    def heal(self) -> str | None:
-        return None
-
-    def watch_targets(self, callback) -> None:
-        """Nothing to scrape."""
-
-    def stop(self) -> None:
-        self.stopped = True
-
-
-class ToySetup:
-    keep_state: tuple[str, ...] = ()
-    last: ToyBackend | None = None
-
-    def prepare(self, run: AdapterRun) -> Prepared:
-        backend = backend_class("toy")()
-        ToySetup.last = backend
-        load = ReplayedLoad(run.config.rates_rps or (), "a toy load", run.started_s)
-        return Prepared(backend=backend, observe=load.observe, observation="a toy replay", limit_mode="none (toy)",
-                        summary=lambda _load: {"toy_applied": len(backend.applied)})
-
-
 @pytest.fixture
 def toy_registered(monkeypatch):
-    monkeypatch.setitem(BACKENDS, "toy", BackendEntry(f"{__name__}:ToyBackend", f"{__name__}:ToySetup", "toy"))
+    monkeypatch.setitem(BACKENDS, "toy", toy_backend.ENTRY)  # the one registry line
 
 
 def test_a_backend_added_in_the_test_runs_through_the_one_runner(toy_registered, tmp_path):
@@ -98,3 +49,45 @@ def test_the_shipped_backends_resolve_and_an_unknown_one_is_one_line():
         assert isinstance(backend_setup(name).keep_state, tuple)
     with pytest.raises(BadInput, match=r"--backend: unknown backend 'nope'; expected one of local, kubernetes"):
         backend_setup("nope")
+
+
+def _invoke(*args: str):
+    """``cli.py ARGS`` in this process (the toy's registry line is this process's); known errors raise."""
+    return CliRunner().invoke(cli.main, list(args), standalone_mode=False, terminal_width=120)
+
+
+def test_a_toy_backend_runs_through_adapt_and_status(toy_registered, tmp_path):
+    run_dir = tmp_path / "run"
+    help_text = _invoke("adapt", "--help").output
+    assert "--backend toy options:" in help_text and "--toy-note" in help_text
+    res = _invoke("adapt", "--backend", "toy", "--toy-note", "hello", "--rate", "40", "--duration", "3",
+                  "--interval", "1", "--check", "0.25", "--forecaster", "ewma", "--run-dir", str(run_dir), "--json")
+    assert res.exception is None, res.output
+    summary = json.loads(res.stdout)
+    # The toy's own flag reached its config (from_flags) and its preparation (the summary says so).
+    assert summary["backend"] == "toy" and summary["toy_note"] == "hello"
+    assert summary["applies"] == summary["toy_applied"] >= 1 and summary["failed_applies"] == 0
+    assert ToySetup.last is not None and ToySetup.last.stopped
+    res = _invoke("status", "--backend", "toy", "--run-dir", str(run_dir), "--json")
+    assert res.exception is None, res.output
+    doc = json.loads(res.stdout)
+    assert doc["toy"] is True and doc["running"] is False  # the toy collector answered, from the run folder
+    assert doc["plan"]["variants"] == summary["plan"]["variants"]
+    res = _invoke("status", "--backend", "toy", "--toy-shout", "--run-dir", str(run_dir))
+    assert res.exception is None and res.stdout.startswith("TOY BACKEND: NO ADAPTER RUNS"), res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["adapt", "--backend", "toy", "--kubeconfig", "kc"], "--kubeconfig: only with --backend kubernetes, not "
+                                                              "with --backend toy"),
+        (["adapt", "--backend", "local", "--toy-note", "x"], "--toy-note: only with --backend toy, not with "
+                                                            "--backend local"),
+        (["status", "--toy-shout"], "--toy-shout: only with --backend toy, not with --backend local"),
+    ],
+    ids=["kubernetes-flag-on-toy", "toy-flag-on-local", "toy-status-flag-on-local"],
+)
+def test_another_backends_flag_is_refused(toy_registered, args, message):
+    res = _invoke(*args)
+    assert isinstance(res.exception, BadInput) and str(res.exception) == message

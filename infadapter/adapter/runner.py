@@ -149,6 +149,12 @@ class AdapterRun:
         self.profile = self.config.tuned(load_profile(self.config.profile_path))
 
     @property
+    def replayed(self) -> bool:
+        """True when the loop observes the given load instead of traffic it drives (no backend name asked: a
+        backend that drives the load says so with ``Prepared.drive_load``)."""
+        return self.config.rates_rps is not None and self.prepared is not None and self.prepared.drive_load is None
+
+    @property
     def backend(self) -> Backend | None:
         return self.prepared.backend if self.prepared else None
 
@@ -180,7 +186,7 @@ class AdapterRun:
         info = AdapterInfo(pid=os.getpid(), started_s=self.started_s, policy=cfg.policy, backend=cfg.backend,
                            run_dir=str(cfg.run_dir), interval_s=cfg.interval_s, profile=str(cfg.profile_path),
                            slo_ms=self.profile.slo_ms, observation=prep.observation,
-                           replay=cfg.backend != "local" and cfg.rates_rps is not None)
+                           replay=self.replayed)
         self.messages.insert(0, f"observing: {prep.observation}")
         self.store.update(adapter={**info.as_dict(), **prep.adapter_info}, messages=self.messages, stopped_s=None,
                           limit_mode=prep.limit_mode)
@@ -310,7 +316,7 @@ class AdapterRun:
             "policy": cfg.policy,
             "backend": cfg.backend,
             "observation": prep.observation if prep else "",
-            "replay": cfg.backend != "local" and cfg.rates_rps is not None,
+            "replay": self.replayed,
             "interrupted": interrupted,
             **{k: totals.get(k) for k in ("mean_cores", "mean_accuracy", "transitions", "decisions", "applies",
                                           "failed_applies", "crashes", "seconds")},

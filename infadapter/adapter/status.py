@@ -1,20 +1,18 @@
 """What a running adapter is doing, gathered from outside it (``cli.py status``).
 
-:func:`collect_kubernetes_status` reads a namespace instead (``status --backend kubernetes``): each
-variant's planned cores and share (the plan annotations the backend stamps) against what runs (ready
-replicas, cores per pod, the pod template's cores), plus the loop's last decision when an adapter's
-run folder is at hand.
-
 Reads the run's state file (written atomically by the adapter every check) and asks the live parts:
 each model server's model status (ready), the dispatcher's ``/admin/stats`` and, when the run has
 one, Prometheus (per-variant req/s and p99, SLO attainment over the last 5 minutes). Works from any
-shell while ``adapt`` runs; when nothing runs it says so (``running: false``).
+shell while ``adapt`` runs; when nothing runs it says so (``running: false``). :class:`RunFolderStatus` is
+the status collector of the backends whose state is the run folder (local, dry-run); the kubernetes backend
+reads its namespace instead (:mod:`infadapter.backends.kubernetes.status`).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +63,7 @@ def collect_status(run_dir: Path, sample_s: float = 1.0) -> dict[str, Any]:
         "degraded": loop.degraded,
         "totals": loop.totals,
         "updated_s": st.updated_s,
-        "last_decision": _short_decision(loop.last_decision),
+        "last_decision": short_decision(loop.last_decision),
     }
     plan = loop.plan or {}
     out["accuracy"] = plan.get("accuracy")
@@ -97,97 +95,15 @@ def collect_status(run_dir: Path, sample_s: float = 1.0) -> dict[str, Any]:
             "port": sp.get("port"),
             "threads": sp.get("threads"),
             "cgroup": sp.get("cgroup"),
-            "rps": _round(figures.get("rps")),
-            "p99_ms": _round(figures.get("p99_ms")),
+            "rps": round_or_none(figures.get("rps")),
+            "p99_ms": round_or_none(figures.get("p99_ms")),
         })
     out["variants"] = variants
-    out["slo_attainment_5m"] = _round(slo, 5) if slo is not None else None
+    out["slo_attainment_5m"] = round_or_none(slo, 5) if slo is not None else None
     return out
 
 
-def collect_kubernetes_status(
-    run_dir: Path | None,
-    *,
-    kubeconfig: str | None = None,
-    context: str | None = None,
-    namespace: str | None = None,
-    k8s_config: Path | None = None,
-) -> dict[str, Any]:
-    """Planned vs actual per variant in a namespace (see ``docs/kubernetes.md``); exit 4 when unreachable."""
-    from infadapter.backends.kubernetes.backend import KubeError, KubeOptions, KubernetesBackend, deployment_ready
-    from infadapter.backends.kubernetes.setup import render_config_for
-    from infadapter.core.profile import load_profile
-    from infadapter.errors import BackendUnavailable
-    from infadapter.render import ANNOTATION_CORES, ANNOTATION_SHARE
-
-    raw = read_state(state_path(run_dir)) if run_dir is not None else None
-    st = RunState.from_dict(raw) if raw is not None else None
-    if st is not None and st.adapter.backend != "kubernetes":
-        st = None
-    # The profile is not read by the status calls; the one the adapter used (or the paper's) is loaded.
-    profile = load_profile((st.adapter.profile if st else "") or paths.PAPER_PROFILE)
-    rc = render_config_for(k8s_config, namespace)
-    backend = KubernetesBackend(profile, rc, KubeOptions(kubeconfig=kubeconfig, context=context, retries=2,
-                                                         backoff_s=0.2, request_timeout_s=10.0))
-    try:
-        observed = backend.observe()
-        plan, generation = backend.recovered_plan(observed)
-    except KubeError as exc:
-        raise BackendUnavailable(f"--kubeconfig: cannot read namespace {rc.namespace} ({exc})") from None
-    finally:
-        backend.stop()
-    shares = plan.shares_by_name() if plan else {}
-    variants = []
-    for name, ob in sorted(observed.items()):
-        meta = ob.deployment.get("metadata") or {}
-        notes = meta.get("annotations") or {}
-        dst = ob.deployment.get("status") or {}
-        actual = [round(c, 4) for c in ob.actual_cores]
-        planned = _round(notes.get(ANNOTATION_CORES), 4)
-        ready = deployment_ready(ob.deployment)
-        variants.append({
-            "name": name,
-            "planned_cores": planned,
-            "planned_share": _round(shares.get(name, notes.get(ANNOTATION_SHARE)), 4),
-            "replicas": int((ob.deployment.get("spec") or {}).get("replicas", 1)),
-            "ready_replicas": int(dst.get("readyReplicas", 0)),
-            "ready": ready,
-            "cores_per_pod": actual,
-            "cores": round(sum(actual), 4),  # all its pods together (a variant may run as replicas)
-            "template_cores": round(ob.template_cores, 4),
-            "generation": ob.generation,
-            "matches_plan": ready and planned is not None and bool(actual)
-            and abs(sum(actual) - planned) <= 1e-3 * len(actual) + 1e-9  # whole millicores a pod
-            and len(actual) == int((ob.deployment.get("spec") or {})
-                                                                         .get("replicas", 1)),
-        })
-    out: dict[str, Any] = {
-        "backend": "kubernetes",
-        "namespace": rc.namespace,
-        "running": bool(variants),
-        "generation": generation,
-        "plan": plan.as_dict() if plan is not None else None,
-        "variants": variants,
-        "messages": [f"{v['name']}: not ready ({v['ready_replicas']}/{v['replicas']})" for v in variants
-                     if not v["ready"]] + [f"{v['name']}: pods run {v['cores_per_pod']} cores, planned "
-                                           f"{v['planned_cores']}" for v in variants
-                                           if v["ready"] and not v["matches_plan"]],
-        "run_dir": str(run_dir) if run_dir is not None else None,
-        "adapter": None,
-        "loop": None,
-    }
-    if not variants:
-        out["message"] = f"no infadapter variants in namespace {rc.namespace}"
-    if st is not None:
-        loop = st.loop
-        out["adapter"] = {**st.adapter.as_dict(), "running": pid_alive(st.adapter.pid)}
-        out["loop"] = {"observed_rps": loop.observed_rps, "forecast_rps": loop.forecast_rps,
-                       "monitor": loop.monitor or None, "totals": loop.totals, "degraded": loop.degraded,
-                       "last_decision": _short_decision(loop.last_decision)}
-    return out
-
-
-def _short_decision(d: dict[str, Any] | None) -> dict[str, Any] | None:
+def short_decision(d: dict[str, Any] | None) -> dict[str, Any] | None:
     if not d:
         return None
     return {k: d.get(k) for k in ("seq", "time_s", "trigger", "reason", "diff", "observed_rps", "forecast_rps",
@@ -231,7 +147,7 @@ def _dispatcher_rates(run_dir: Path, disp: dict[str, Any], sample_s: float) -> d
     return out
 
 
-def _round(v: Any, digits: int = 3) -> float | None:
+def round_or_none(v: Any, digits: int = 3) -> float | None:
     if v is None:
         return None
     try:
@@ -239,3 +155,50 @@ def _round(v: Any, digits: int = 3) -> float | None:
     except (TypeError, ValueError):
         return None
     return round(f, digits) if math.isfinite(f) else None
+
+
+def fmt(v: Any) -> str:
+    """A figure for a table cell: ``-`` when unknown, 3 significant digits for floats."""
+    return "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+class RunFolderStatus:
+    """The status collector of the backends whose state is the run folder (local, dry-run); see
+    :class:`infadapter.backends.base.StatusCollector`."""
+
+    def collect(self, run_dir: Path | None, **options: Any) -> dict[str, Any]:
+        """:func:`collect_status` of ``run_dir`` (default runs/adapt); these backends have no status flags."""
+        return collect_status(run_dir or paths.DEFAULT_RUN_DIR)
+
+    def render(self, doc: Mapping[str, Any]) -> list[Any]:
+        """The variants as a table, then the load, SLO, cost and last decision, one line each."""
+        from rich.table import Table
+
+        if not doc.get("running"):
+            return [doc.get("message", "nothing runs")]
+        out: list[Any] = []
+        t = Table(title=f"{doc['policy']} on {doc['run_dir']} (up {doc.get('uptime_s', 0):.0f} s, "
+                        f"cpu limit: {doc.get('limit_mode')})")
+        for col in ("variant", "cores", "share", "ready", "req/s", "p99 ms", "pid", "port"):
+            t.add_column(col)
+        for v in doc.get("variants", []):
+            t.add_row(v["name"], f"{v['cores']:g}", f"{v['share']:.0%}", "yes" if v["ready"] else "no",
+                      fmt(v.get("rps")), fmt(v.get("p99_ms")), str(v["pid"]), str(v["port"]))
+        if not doc.get("variants"):  # no local servers: the plan applied to a cluster or a folder
+            for v in (doc.get("plan") or {}).get("variants", []):
+                t.add_row(v["name"], f"{v['cores']:g}", f"{v['share']:.0%}", "-", "-", "-", "-", "-")
+            out.append(f"observing: {doc.get('observation')}")
+        out.append(t)
+        mon = doc.get("monitor") or {}
+        att = doc.get("slo_attainment_5m")
+        out.append(f"load: observed {fmt(doc.get('observed_rps'))} req/s, forecast {fmt(doc.get('forecast_rps'))} "
+                   f"req/s; p99 {fmt(doc.get('p99_ms'))} ms (SLO {fmt(doc.get('slo_ms'))} ms); SLO attainment 5 min: "
+                   f"{'-' if att is None else f'{100 * att:.2f}%'}")
+        out.append(f"accuracy {fmt(doc.get('accuracy'))}, cost {fmt(doc.get('cost_cores'))} cores; monitor: "
+                   f"{mon.get('source', '')} {mon.get('warning', '')}")
+        if doc.get("degraded"):
+            out.append(f"[red]degraded:[/] {doc['degraded']}")
+        d = doc.get("last_decision") or {}
+        if d:
+            out.append(f"last decision #{d['seq']} ({d['trigger']}): {d['diff']}: {d['reason']}")
+        return out

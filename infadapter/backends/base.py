@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from infadapter.core.plan import Plan
 
@@ -92,4 +93,17 @@ class Backend(Protocol):
 
     def stop(self) -> None:
         """Stop everything this backend started (servers, router); idempotent."""
+        ...
+
+
+class StatusCollector(Protocol):
+    """What ``cli.py status --backend NAME`` asks a backend (one per entry of :data:`infadapter.backends.BACKENDS`)."""
+
+    def collect(self, run_dir: Path | None, **options: Any) -> dict[str, Any]:
+        """The status document (``--json`` prints it); ``run_dir`` None: the backend's default run folder;
+        ``options``: the backend's own ``status`` flags. BackendUnavailable when what it reads is away."""
+        ...
+
+    def render(self, doc: Mapping[str, Any]) -> list[Any]:
+        """The document as rich renderables (tables, lines), printed in order."""
         ...

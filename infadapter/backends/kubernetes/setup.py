@@ -1,7 +1,7 @@
 """The kubernetes and dry-run backends' preparation step for the one runner (:mod:`infadapter.adapter.runner`).
 
 :class:`ClusterSetup` builds the backend (:func:`infadapter.backends.kubernetes.backend.make_backend` or
-:class:`~infadapter.backends.dryrun.DryRunBackend`), checks the cluster (health, preflight, pod sizes),
+:class:`~infadapter.backends.dryrun.backend.DryRunBackend`), checks the cluster (health, preflight, pod sizes),
 picks what the loop observes and where it resumes from. Nothing here starts a process: the cluster (or
 the folder) holds the serving state, so a restarted adapter resumes from what the backend reads back.
 
@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infadapter import paths
 from infadapter.adapter.runner import AdapterConfig, AdapterRun, Prepared
 from infadapter.core.control import HISTORY_S
 from infadapter.core.profile import Profile
@@ -83,6 +85,24 @@ class ClusterRunConfig(AdapterConfig):
             raise BadInput("--dispatcher-url: the kubernetes backend needs something to observe: "
                            "--dispatcher-url URL, --prometheus URL, or a replayed load (--window/--rate)")
 
+    @classmethod
+    def from_flags(cls, shared: Mapping[str, Any], *, admin_token_file: Path | None = None,
+                   **own: Any) -> ClusterRunConfig:
+        """The flags every backend shares (``AdapterConfig``'s fields plus ``run_dir``, ``profile_path``,
+        ``prometheus``, ``router``; None: this backend's default) and this backend's own
+        (:mod:`infadapter.backends.kubernetes.options`, :mod:`infadapter.backends.dryrun.options`)."""
+        fields = dict(shared)
+        backend, router, prometheus = fields["backend"], fields.pop("router", None), fields.pop("prometheus", None)
+        if router == "haproxy":
+            raise BadInput(f"--router haproxy: only with --backend local, not with --backend {backend}")
+        out_dir = own.get("out_dir")
+        fields["run_dir"] = fields.get("run_dir") or (out_dir if out_dir is not None else paths.RUNS / backend)
+        fields["profile_path"] = fields.get("profile_path") or paths.PAPER_PROFILE
+        dispatcher_url = own.pop("dispatcher_url", None) or None
+        return cls(**fields, **own, prometheus_url=None if prometheus in (None, "", "off") else prometheus,
+                   dispatcher_url=dispatcher_url, admin_token=admin_token(admin_token_file) if dispatcher_url else "",
+                   router="gateway" if router == "gateway" else None)
+
     @property
     def observation(self) -> str:
         """Where the loop's observations come from, in words (status and logs show it)."""
@@ -92,6 +112,16 @@ class ClusterRunConfig(AdapterConfig):
             return f"prometheus {self.prometheus_url}" + (
                 f", else dispatcher {self.dispatcher_url}" if self.dispatcher_url else "")
         return f"dispatcher {self.dispatcher_url}"
+
+
+def admin_token(token_file: Path | None) -> str:
+    """The dispatcher's admin token: ``--admin-token-file``'s content, else env INFADAPTER_ADMIN_TOKEN."""
+    if token_file is None:
+        return os.environ.get("INFADAPTER_ADMIN_TOKEN", "").strip()
+    try:
+        return token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise BadInput(f"--admin-token-file: cannot read {token_file} ({exc.strerror})") from None
 
 
 # -- observation sources ---------------------------------------------------------------------------
@@ -191,7 +221,7 @@ def build_backend(cfg: ClusterRunConfig, profile: Profile) -> Any:
         admin_token=cfg.admin_token, ready_timeout_s=cfg.ready_timeout_s, in_place=cfg.in_place, config=rc,
     )
     if not backend.health():
-        host = getattr(getattr(backend._api, "configuration", None), "host", "") or "the API server"
+        host = backend.api.host or "the API server"
         backend.stop()
         raise BackendUnavailable(f"--kubeconfig: {host} does not answer /version; check --kubeconfig/--context "
                                  "and that the cluster runs")
@@ -213,7 +243,8 @@ class ClusterSetup:
         backend = build_backend(cfg, run.profile)
         try:
             if cfg.backend == "kubernetes":
-                run.profile = _fit_cluster(backend, run.profile, messages)
+                run.profile, found = backend.size_pods()
+                messages.extend(found)
             metrics = None
             if cfg.metrics_port:
                 from infadapter.adapter.loop import LoopMetrics
@@ -258,28 +289,6 @@ class ClusterSetup:
                           "out_dir": str(cfg.out_dir) if cfg.out_dir else None},
             summary=lambda _load: _summary(cfg, backend), release=False,
         )
-
-
-def _fit_cluster(backend: Any, profile: Profile, messages: list[str]) -> Profile:
-    """Preflight the namespace, and size pods to the nodes: the largest pod is the profile's
-    ``max_pod_cores``, else the render config's ``tfserving.max_pod_cores``, else the largest node's
-    allocatable CPU; the solver then plans variants as replicas x cores per pod."""
-    errors, warnings = backend.preflight()
-    if errors:
-        more = f" (and {len(errors) - 1} more)" if errors[1:] else ""
-        raise BackendUnavailable(f"preflight: {errors[0]}{more}")
-    messages.extend(f"preflight: {w}" for w in warnings)
-    limit = profile.max_pod_cores or backend.config.tfserving.max_pod_cores
-    if limit:
-        where = "profile" if profile.max_pod_cores else "--k8s-config tfserving.max_pod_cores"
-        messages.append(f"pods: at most {limit:g} cores each ({where})")
-    else:
-        limit, note = backend.cluster_max_pod_cores()
-        messages.append(f"pods: at most {limit:g} cores each (nodes: {note})" if limit else f"pods: {note}")
-    if limit and limit != profile.max_pod_cores:
-        profile = profile.with_overrides(max_pod_cores=limit)
-        backend.profile = profile
-    return profile
 
 
 def _summary(cfg: ClusterRunConfig, backend: Any) -> dict[str, Any]:

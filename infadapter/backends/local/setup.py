@@ -15,7 +15,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,10 @@ from infadapter.observe.monitor import Monitor, PrometheusServer, free_port, pro
 from infadapter.processes import pid_alive
 
 log = logging.getLogger(__name__)
+
+
+#: What splits the traffic on this machine (infadapter/serving/router.py, docs/routing.md).
+ROUTERS = ("dispatcher", "haproxy")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +63,19 @@ class RunConfig(AdapterConfig):
             raise BadInput(f"--backend: this configuration is for the local backend, got {self.backend!r}")
         if self.limit_mode not in ("auto", "cgroup", "threads"):
             raise BadInput(f"--cpu-limit: expected auto, cgroup or threads, got {self.limit_mode!r}")
+        if self.router not in ROUTERS:
+            raise BadInput(f"--router {self.router}: the local backend routes with {' or '.join(ROUTERS)}; "
+                           "gateway is for --backend kubernetes or dry-run (a Gateway API HTTPRoute)")
+
+    @classmethod
+    def from_flags(cls, shared: Mapping[str, Any], **own: Any) -> RunConfig:
+        """The flags every backend shares (``AdapterConfig``'s fields plus ``run_dir``, ``profile_path``,
+        ``prometheus``, ``router``; None: this backend's default) and this backend's own
+        (:mod:`infadapter.backends.local.options`)."""
+        fields = dict(shared)
+        fields["run_dir"] = fields.get("run_dir") or paths.DEFAULT_RUN_DIR
+        fields["profile_path"] = fields.get("profile_path") or paths.local_profile()
+        return cls(**fields, **own)
 
 
 def ensure_models(profile: Profile, model_dir: Path, resolution: int) -> list[str]:

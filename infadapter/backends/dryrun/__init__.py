@@ -1,0 +1,1 @@
+"""The dry-run backend: the manifests each plan would apply, written to a folder."""

@@ -1,0 +1,144 @@
+"""Readiness of the Kubernetes backend's variants: when a Deployment counts as ready, waiting for it (a list,
+then a watch, until a timeout), and why it is not (its pods' scheduling and the latest warning events)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from infadapter.backends.kubernetes.api import KubeApi, KubeError
+from infadapter.render import LABEL_VARIANT, RenderConfig
+
+log = logging.getLogger(__name__)
+
+
+def deployment_ready(d: Mapping[str, Any]) -> bool:
+    """The rollout finished and every replica is ready (what ``kubectl rollout status`` waits for)."""
+    want = int(d.get("spec", {}).get("replicas", 1))
+    st = d.get("status") or {}
+    return (
+        int(st.get("observedGeneration", 0)) >= int(d.get("metadata", {}).get("generation", 1))
+        and int(st.get("updatedReplicas", 0)) >= want
+        and int(st.get("replicas", 0)) == want
+        and int(st.get("readyReplicas", 0)) >= want
+        and int(st.get("availableReplicas", 0)) >= want
+    )
+
+
+def _progress_failed(d: Mapping[str, Any]) -> str:
+    for cond in (d.get("status") or {}).get("conditions", []) or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return str(cond.get("message", "progress deadline exceeded"))
+    return ""
+
+
+def _replica_failure(d: Mapping[str, Any]) -> str:
+    for cond in (d.get("status") or {}).get("conditions", []) or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return str(cond.get("message", cond.get("reason", "ReplicaFailure")))
+    return ""
+
+
+def wait_ready(api: KubeApi, config: RenderConfig, names: Iterable[str], timeout_s: float,
+               clock: Callable[[], float]) -> None:
+    """Block until the Deployments of ``names`` are ready: one list, then a watch, until timeout; KubeError
+    (temporary) saying why each pending one is not ready when it passes."""
+    pending = {config.object_name(n): n for n in names}
+    deadline = clock() + timeout_s
+    last: dict[str, dict[str, Any]] = {}
+    while True:
+        listing = api.list("Deployment", config.model_server_selector())
+        rv = listing.get("metadata", {}).get("resourceVersion", "")
+        for d in listing.get("items", []):
+            last[d["metadata"]["name"]] = d
+        _check_ready(pending, last)
+        if not pending:
+            return
+        remaining = deadline - clock()
+        if remaining <= 0:
+            break
+        try:
+            with contextlib.closing(api.watch("Deployment", config.model_server_selector(), rv,
+                                              remaining)) as events:
+                for event in events:
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        break  # e.g. 410 Gone: list again
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        last[obj["metadata"]["name"]] = obj
+                        _check_ready(pending, last)
+                        if not pending:
+                            return
+                    if clock() >= deadline:
+                        break
+        except Exception as exc:  # a broken watch is not fatal: list again until the deadline
+            log.info("watch ended: %s", exc)
+            api.sleep(min(1.0, max(0.0, deadline - clock())))
+        if clock() >= deadline:
+            break
+    detail = "; ".join(f"{n}: {_status_line(last.get(obj))}{_explain(api, config, n)}" for obj, n in pending.items())
+    raise KubeError(f"not ready after {timeout_s:g}s: {detail}", 0, temporary=True)
+
+
+def _explain(api: KubeApi, config: RenderConfig, variant: str) -> str:
+    """Why a variant's pods are not ready, as the API server says: each unready pod's PodScheduled
+    condition and the latest warning events of its pods and ReplicaSets (", ..." or "")."""
+    notes: list[str] = []
+    obj = config.object_name(variant)
+    try:
+        sel = {**config.model_server_selector(), LABEL_VARIANT: variant}
+        for p in api.list("Pod", sel).get("items", []):
+            conds = {c.get("type"): c for c in (p.get("status") or {}).get("conditions", []) or []}
+            if (conds.get("Ready") or {}).get("status") == "True":
+                continue
+            sched = conds.get("PodScheduled") or {}
+            name = p["metadata"]["name"]
+            if sched.get("status") == "False":
+                notes.append(f"pod {name} {sched.get('reason', 'unscheduled')}: {sched.get('message', '')}")
+            else:
+                notes.append(f"pod {name} {(p.get('status') or {}).get('phase', '?')}, not ready")
+        events = api.request("GET", api.path("Event"), "list events") or {}
+        warnings = [
+            e for e in events.get("items", [])
+            if e.get("type") == "Warning" and str((e.get("involvedObject") or {}).get("name", "")).startswith(obj)
+        ]
+        warnings.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+        seen = set()
+        for e in reversed(warnings):
+            line = f"{e.get('reason')}: {e.get('message', '').strip()}"
+            if line not in seen:
+                seen.add(line)
+                notes.append(f"event {(e.get('involvedObject') or {}).get('kind', '')} {line}")
+            if len(seen) >= 3:
+                break
+    except KubeError as exc:
+        notes.append(f"(could not read pods/events: {exc})")
+    return " [" + "; ".join(notes) + "]" if notes else ""
+
+
+def _check_ready(pending: dict[str, str], last: Mapping[str, dict[str, Any]]) -> None:
+    for obj in list(pending):
+        d = last.get(obj)
+        if d is None:
+            continue
+        if deployment_ready(d):
+            del pending[obj]
+        elif _progress_failed(d):
+            raise KubeError(f"{pending[obj]}: {_progress_failed(d)}", 0, temporary=True)
+        elif _replica_failure(d):
+            # The ReplicaSet cannot create pods (e.g. a ResourceQuota or LimitRange refuses them):
+            # waiting longer does not help, so the apply fails now and rolls back.
+            raise KubeError(f"{pending[obj]}: pods cannot be created: {_replica_failure(d)}", 403)
+
+
+def _status_line(d: Mapping[str, Any] | None) -> str:
+    if d is None:
+        return "not found"
+    st = d.get("status") or {}
+    return (
+        f"ready {st.get('readyReplicas', 0)}/{d.get('spec', {}).get('replicas', 1)}, "
+        f"updated {st.get('updatedReplicas', 0)}, observed generation {st.get('observedGeneration', 0)}"
+        f"/{d.get('metadata', {}).get('generation', '?')}"
+    )
