@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 # Keyed on the lock: a refreshed lock re-installs, an edit to requirements.txt alone does not (run
-# scripts/lock.sh). pip itself is in the lock, so it is pinned too (no unpinned `--upgrade pip`).
+# scripts/lock.sh). The venv's own pip installs it (no unpinned `--upgrade pip`).
 stamp=.venv/.requirements-lock.sha256
 want=$(sha256sum requirements.lock | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
