@@ -5,7 +5,7 @@
 # --real-node also one real node (kubelet + kube-proxy v1.36.3, containerd + runc + CNI from Debian).
 #
 #   bash scripts/local-cluster.sh up [--nodes N] [--node-cpu C] [--node-memory M] [--ready-delay D]
-#   bash scripts/local-cluster.sh up --real-node [--node-subnet CIDR] [--nodes N]   # as root
+#   bash scripts/local-cluster.sh up --real-node [--node-subnet CIDR] [--nodes N] [--project-image]  # root
 #   bash scripts/local-cluster.sh status
 #   bash scripts/local-cluster.sh down
 #   bash scripts/local-cluster.sh build [--real-node]  # only build (or find) the binaries
@@ -20,8 +20,8 @@
 # port, same kubeconfig). `--real-node` adds the node `real-node` (this machine's CPUs; no kwok nodes
 # unless --nodes is given, and those are tainted infadapter.io/fake-node:NoSchedule) on the bridge
 # infadapter0 (--node-subnet, default 10.245.0.0/24); scripts/lib/real-node.sh lists what it changes
-# on the host. `down` stops what `up` started, by PID, undoes the node's host changes and removes the
-# state folder.
+# on the host; `--project-image` also loads the project image (scripts/build-image.sh) onto the node.
+# `down` stops what `up` started, by PID, undoes the node's host changes and removes the state folder.
 #
 # Environment (each also a flag of `up`):
 #   INFADAPTER_CLUSTER_DIR  state folder [~/.cache/infadapter/cluster]
@@ -46,12 +46,13 @@ API_PORT=${INFADAPTER_CLUSTER_PORT:-}
 NAMESPACE=infadapter
 REAL_NODE=
 NODE_SUBNET=10.245.0.0/24
+PROJECT_IMAGE_WANTED=
 
 say() { echo "local-cluster: $*" >&2; }
 die() { echo "local-cluster: $1" >&2; exit "${2:-4}"; }
 
 usage() {
-  sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -68,6 +69,7 @@ while [ $# -gt 0 ]; do
     --cache-dir) CACHE=$2; shift 2 ;;
     --port) API_PORT=$2; shift 2 ;;
     --real-node) REAL_NODE=1; shift ;;
+    --project-image) PROJECT_IMAGE_WANTED=1; shift ;;
     --node-subnet) NODE_SUBNET=$2; shift 2 ;;
     -h|--help) usage ;;
     *) die "unknown option $1 (see: bash scripts/local-cluster.sh --help)" 2 ;;
@@ -77,6 +79,8 @@ done
 if [ -z "$NODES" ]; then
   if [ -n "$REAL_NODE" ]; then NODES=0; else NODES=4; fi
 fi
+[ -z "$PROJECT_IMAGE_WANTED" ] || [ -n "$REAL_NODE" ] \
+  || die "--project-image: only with --real-node (kwok nodes run no containers)" 2
 if [ -n "$REAL_NODE" ]; then
   [[ "$NODES" =~ ^[0-9]+$ ]] || die "--nodes: expected a whole number >= 0 with --real-node, got '$NODES'" 2
 else
@@ -341,6 +345,7 @@ up() {
     node_packages
   fi
   if running && { [ -z "$REAL_NODE" ] || has_real_node; }; then
+    project_image_present || node_import_project_image
     say "already running (state $STATE)"
     echo "$KUBECONFIG_OUT"
     return 0
@@ -355,6 +360,7 @@ up() {
       node_up
       trap - EXIT
     fi
+    project_image_present || node_import_project_image
     say "running (state $STATE)"
     echo "$KUBECONFIG_OUT"
     return 0
@@ -549,7 +555,11 @@ EOF
 
 # -- down / status -----------------------------------------------------------------------------
 down_quiet() {
-  local c pid i
+  local c pid i left pids=()
+  for c in "${CONTROL_PLANE[@]}" "${NODE_COMPONENTS[@]}"; do
+    pid=$(pid_of "$c")
+    [ -z "$pid" ] || pids+=("$pid")
+  done
   # The node first (while the control plane's binaries and state are there), then the control plane.
   [ -d "$STATE/node" ] && node_down
   for c in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
@@ -562,6 +572,15 @@ down_quiet() {
     fi
     rm -f "$STATE/pids/$c"
   done
+  # Their parent is gone, so PID 1 reaps them (within ~2 s on these VMs): wait, so that no entry of
+  # theirs is left in the process table when down returns.
+  for ((i = 0; i < 50; i++)); do
+    left=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+    [ "$left" = 0 ] && break
+    sleep 0.1
+  done
+  return 0
 }
 
 down() {

@@ -163,6 +163,8 @@ def test_a_guaranteed_pod_serves_under_its_cpu_quota_and_resizes_in_place(real: 
     st = p["status"]["containerStatuses"][0]
     cid = st["containerID"].removeprefix("containerd://")
     assert cpu_quota_us(cid) == 50000  # 500m = 50 ms per 100 ms period
+    # The API server reaches the kubelet on the node's InternalIP with its client certificate (logs, exec).
+    k.call("GET", k.path("Pod", NS, "web", "log"))
 
     # In place, through pods/resize: same container, the kernel's quota changes, no restart.
     t1 = time.monotonic()
