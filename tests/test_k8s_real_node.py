@@ -11,6 +11,7 @@ Time on this 2-core VM with cached binaries: about 40 s for the module (``up`` ~
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -59,7 +60,11 @@ def processes_naming(text: str) -> list[int]:
 
 def mounts_under(path: Path) -> list[str]:
     prefix = str(path) + "/"
-    return [ln.split()[4] for ln in Path("/proc/self/mountinfo").read_text().splitlines() if ln.split()[4].startswith(prefix)]
+    return [
+        ln.split()[4]
+        for ln in Path("/proc/self/mountinfo").read_text().splitlines()
+        if ln.split()[4].startswith(prefix)
+    ]
 
 
 def cpu_quota_us(container_id: str) -> int:
@@ -171,7 +176,9 @@ def test_a_guaranteed_pod_serves_under_its_cpu_quota_and_resizes_in_place(real: 
     k.call(
         "PATCH",
         k.path("Pod", NS, "web", "resize"),
-        body={"spec": {"containers": [{"name": "web", "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}}}]}},
+        body={
+            "spec": {"containers": [{"name": "web", "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}}}]}
+        },
         content_type="application/strategic-merge-patch+json",
     )
     k.wait("quota 100000", lambda: cpu_quota_us(cid) == 100000, timeout_s=20)
@@ -179,7 +186,10 @@ def test_a_guaranteed_pod_serves_under_its_cpu_quota_and_resizes_in_place(real: 
     after = k.wait(
         "status resources 1 CPU",
         lambda: (
-            (q := k.get("Pod", "web", NS))["status"]["containerStatuses"][0].get("resources", {}).get("limits", {}).get("cpu")
+            (q := k.get("Pod", "web", NS))["status"]["containerStatuses"][0]
+            .get("resources", {})
+            .get("limits", {})
+            .get("cpu")
             == "1"
             and q
         ),
@@ -248,14 +258,108 @@ def ready_node(k: Kube) -> bool:
 
 def test_bad_node_subnet_is_one_line_and_exit_2(tmp_path: Path) -> None:
     r = subprocess.run(
-        ["bash", str(Path(__file__).parents[1] / "scripts" / "local-cluster.sh"), "up", "--real-node",
-         "--node-subnet", "10.245.0.0/33"],
-        capture_output=True, text=True, env={**os.environ, "INFADAPTER_CLUSTER_DIR": str(tmp_path / "c")},
+        [
+            "bash",
+            str(Path(__file__).parents[1] / "scripts" / "local-cluster.sh"),
+            "up",
+            "--real-node",
+            "--node-subnet",
+            "10.245.0.0/33",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "INFADAPTER_CLUSTER_DIR": str(tmp_path / "c")},
     )
     assert r.returncode == 2
     assert r.stderr.strip() == (
         "local-cluster: --node-subnet: expected an IPv4 network like 10.245.0.0/24 (prefix 16-28), got '10.245.0.0/33'"
     )
+
+
+@pytest.mark.skipif(
+    os.environ.get("TEST_PROJECT_IMAGE") != "1",
+    reason="set TEST_PROJECT_IMAGE=1 (not INFADAPTER_*: conftest clears those): builds the project image "
+    "when its sources changed (~2-5 min), then ~30 s to import it",
+)
+def test_the_project_image_serves_a_model_from_the_model_store(real: Any) -> None:
+    """`up --real-node --project-image` on the running cluster loads our image; a pod of it runs `serve-model`
+    on an ONNX model from the model-store claim (the volume local-cluster.sh binds), under a 500m quota."""
+    up = real.script("up", "--real-node", "--project-image", timeout=900)
+    assert up.returncode == 0, up.stderr[-2000:]
+    assert "project image localhost/infadapter:0.1.0 on the node" in up.stderr
+    models = real.state_dir / "volumes" / "models"  # the hostPath of the PV bound to infadapter-models
+    built = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parents[1] / "cli.py"),
+            "build-models",
+            "--out",
+            str(models),
+            "--variants",
+            "resnet18",
+            "--resolution",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    k = real.kube
+    res = {"cpu": "500m", "memory": "512Mi"}
+    k.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "serve", "namespace": NS},
+            "spec": {
+                "terminationGracePeriodSeconds": 0,
+                "volumes": [
+                    {"name": "models", "persistentVolumeClaim": {"claimName": "infadapter-models", "readOnly": True}}
+                ],
+                "containers": [
+                    {
+                        "name": "model",
+                        "image": "localhost/infadapter:0.1.0",
+                        "imagePullPolicy": "Never",
+                        "args": [
+                            "serve-model",
+                            "--model-dir",
+                            "/models",
+                            "--name",
+                            "resnet18",
+                            "--host",
+                            "0.0.0.0",
+                            "--port",
+                            "8501",
+                        ],
+                        "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
+                        "resources": {"requests": res, "limits": res},
+                        "readinessProbe": {
+                            "httpGet": {"path": "/v1/models/resnet18", "port": 8501},
+                            "periodSeconds": 1,
+                        },
+                    }
+                ],
+            },
+        }
+    )
+    p = k.wait("pod serve Ready", lambda: ready(k, "serve"), timeout_s=120)
+    assert p["spec"]["nodeName"] == NODE
+    cid = p["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+    assert cpu_quota_us(cid) == 50000
+    from infadapter.serving.images import make_jpeg_b64
+
+    body = json.dumps({"instances": [{"b64": make_jpeg_b64(64, 64)}]}).encode()
+    req = urllib.request.Request(
+        f"http://{p['status']['podIP']}:8501/v1/models/resnet18:predict",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        out = json.loads(r.read())
+    assert len(out["predictions"]) == 1
+    k.delete("Pod", "serve", NS)
 
 
 def test_down_undoes_every_host_change(real: Any) -> None:

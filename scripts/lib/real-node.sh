@@ -118,6 +118,8 @@ except ValueError:
     sys.exit(1)
 sys.exit(0 if n.version == 4 and 16 <= n.prefixlen <= 28 else 1)
 EOF
+  # This cluster's node already exists (up again, or a restart): the bridge and its route are its own.
+  has_real_node && return 0
   if [ -f "$NODE_LOCK" ]; then
     local other
     other=$(cat "$NODE_LOCK")
