@@ -314,7 +314,7 @@ component_ready() {  # a restarted component serves again
   case "$1" in
     etcd) curl -sf --max-time 2 "http://127.0.0.1:$(cat "$STATE/ports/etcd")/health" >/dev/null ;;
     kube-apiserver) readyz ;;
-    containerd) ctr --address "$(node_sock)" version >/dev/null 2>&1 ;;
+    containerd) containerd_up ;;
     kubelet) node_ready >/dev/null 2>&1 ;;
     *) sleep 0.5; alive "$1" ;;
   esac
@@ -356,9 +356,11 @@ up() {
       # A real node added to a running cluster: its kwok nodes get the taint, the node joins.
       build_node
       trap 'rc=$?; [ $rc -eq 0 ] || { say "up failed: stopping the node it started"; node_down; }' EXIT
+      trap 'exit 130' INT TERM
       taint_kwok_nodes
       node_up
-      trap - EXIT
+      COMPONENTS+=("${NODE_COMPONENTS[@]}")
+      trap - EXIT INT TERM
     fi
     project_image_present || node_import_project_image
     say "running (state $STATE)"
@@ -374,8 +376,10 @@ up() {
   build
   [ -z "$REAL_NODE" ] || build_node
   mkdir -p "$STATE"/{pids,ports,logs,etcd,volumes/models}
-  # A failure from here on stops whatever this `up` started (by PID) before exiting.
+  # A failure from here on stops whatever this `up` started (by PID) before exiting; so does Ctrl-C or a
+  # kill (exit turns the signal into the EXIT trap).
   trap 'status=$?; [ $status -eq 0 ] || { say "up failed: stopping what it started"; down_quiet; }' EXIT
+  trap 'exit 130' INT TERM
   pki
   local etcd_port etcd_peer kcm_port sched_port kwok_port t0
   t0=$(date +%s)
@@ -479,7 +483,7 @@ EOF
   fi
   for c in "${COMPONENTS[@]}"; do alive "$c" || die "$c exited; see $LOGS/$c.log" 4; done
   say "up in $(( $(date +%s) - t0 )) s: API https://127.0.0.1:$API_PORT, $NODES kwok nodes of $NODE_CPU CPU / $NODE_MEMORY${REAL_NODE:+ (tainted), the real node $NODE_NAME}, namespace $NAMESPACE"
-  trap - EXIT
+  trap - EXIT INT TERM
   echo "$KUBECONFIG_OUT"
 }
 

@@ -33,6 +33,8 @@ NODE = "real-node"
 BRIDGE = "infadapter0"
 TEST_IMAGE = "localhost/infadapter/busybox:local"  # built and imported by the script (busybox httpd on 8080)
 NS = "infadapter"
+#: Host paths the kubelet, containerd and libcni write outside their configured folders (some hard-coded).
+HOST_PATHS = ("/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/var/lib/cni", "/run/containerd")
 #: The sysctls the node changes (ip_forward) or the kubelet sets (the kernel tunables); down restores them.
 SYSCTLS = ("net.ipv4.ip_forward", "vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops")
 
@@ -90,10 +92,12 @@ def real(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
             print(line, file=sys.stderr, flush=True)
 
     before = sysctls()
+    absent = [p for p in HOST_PATHS if not Path(p).exists()]
     t0 = time.monotonic()
     with start_cluster(tmp_path_factory.mktemp("realnode"), terminal, "--real-node", "--nodes", "1") as c:
         c.up_s = time.monotonic() - t0  # type: ignore[attr-defined]
         c.sysctls_before = before  # type: ignore[attr-defined]
+        c.absent_before = absent  # type: ignore[attr-defined]
         k = Kube(c.kubeconfig)
         c.kube = k  # type: ignore[attr-defined]
         yield c
@@ -385,3 +389,4 @@ def test_down_undoes_every_host_change(real: Any) -> None:
     assert not glob.glob("/sys/fs/cgroup/*/kubepods") and not Path("/sys/fs/cgroup/kubepods").exists()
     assert not state.exists()
     assert not Path("/run/infadapter-real-node").exists()
+    assert [p for p in real.absent_before if Path(p).exists()] == []

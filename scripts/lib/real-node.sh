@@ -38,7 +38,9 @@ NODE_IMAGES_RECIPE=1
 
 node_dir() { echo "$STATE/node"; }
 node_sock() { echo "$STATE/node/containerd/containerd.sock"; }
-ctr_() { ctr --address "$(node_sock)" -n k8s.io "$@"; }
+# ctr waits forever for a socket nobody serves: every call gets a connect timeout.
+ctr_() { ctr --address "$(node_sock)" --connect-timeout 5s -n k8s.io "$@"; }
+containerd_up() { ctr --address "$(node_sock)" --connect-timeout 2s --timeout 5s version >/dev/null 2>&1; }
 node_ip() { cat "$STATE/node/ip"; }
 has_real_node() { [ -f "$STATE/node/ip" ]; }
 
@@ -353,7 +355,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     max_conf_num = 1
 EOF
   start containerd containerd --config "$d/config.toml"
-  wait_for 30 containerd ctr --address "$d/containerd.sock" version
+  local i
+  for ((i = 0; i < 150; i++)); do
+    alive containerd || die "containerd exited; see $LOGS/containerd.log" 4
+    containerd_up && return 0
+    sleep 0.2
+  done
+  die "containerd not ready after 30 s; see $LOGS/containerd.log" 4
 }
 
 # -- kubelet and kube-proxy ------------------------------------------------------------------------
@@ -449,7 +457,14 @@ node_up() {
   node_import_images
   node_kubelet
   node_kube_proxy
-  wait_for 60 "the node $NODE_NAME (kubelet)" node_ready
+  local i
+  for ((i = 0; i < 300; i++)); do
+    alive kubelet || die "the kubelet exited; see $LOGS/kubelet.log" 4
+    alive kube-proxy || die "kube-proxy exited; see $LOGS/kube-proxy.log" 4
+    node_ready >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  node_ready >/dev/null 2>&1 || die "the node $NODE_NAME is not Ready after 60 s; see $LOGS/kubelet.log" 4
   say "real node $NODE_NAME Ready in $(( $(date +%s) - t0 )) s: $(node_ip) on $NODE_BRIDGE, pods in $NODE_SUBNET"
 }
 
@@ -482,7 +497,8 @@ our_shims() {  # the runc shims serving this node's containerd (their command li
   local sock p
   sock=$(node_sock)
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q -- "containerd-shim.* -address $sock " && echo "${p#/proc/}"
+    # (a process may exit between the glob and the read: its error is not ours to report)
+    { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -q -- "containerd-shim.* -address $sock " && echo "${p#/proc/}"
   done
   return 0
 }
@@ -586,7 +602,7 @@ node_status() {
   if ! has_real_node; then return 0; fi
   pid=$(pid_of containerd)
   if alive containerd; then
-    ver=$(ctr --address "$(node_sock)" version 2>/dev/null | awk '/Server:/ {s = 1} s && /Version:/ {print $2; exit}')
+    ver=$(ctr --address "$(node_sock)" --connect-timeout 2s --timeout 5s version 2>/dev/null | awk '/Server:/ {s = 1} s && /Version:/ {print $2; exit}')
     echo "containerd: running (pid $pid), version ${ver:-?}, socket $(node_sock)"
   else
     echo "containerd: stopped"; rc=3
