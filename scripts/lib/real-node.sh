@@ -519,7 +519,22 @@ our_netns() {  # /run/netns entries held by this node's pods (same inode as a po
 }
 
 node_down() {
-  local pid p netns=() m i
+  local pid p netns=() m i other mounts=()
+  # The machine-wide parts (pods' cgroups, chains, sysctls) belong to whichever node holds the lock:
+  # if another state folder's node runs now, only this folder's own processes and mounts are ours.
+  other=$(cat "$NODE_LOCK" 2>/dev/null || true)
+  if [ -n "$other" ] && [ "$other" != "$STATE" ] && [ -f "$other/pids/kubelet" ] \
+      && pid_running "$(cat "$other/pids/kubelet")"; then
+    say "the real node of $other runs now: leaving the machine-wide state (iptables, cgroups, sysctls) to it"
+    for p in kubelet kube-proxy containerd; do
+      pid=$(pid_of "$p"); [ -n "$pid" ] && stop_pid "$pid" 5
+      rm -f "$STATE/pids/$p"
+    done
+    for pid in $(our_shims); do stop_pid "$pid" 2; done
+    mapfile -t mounts < <(awk -v s="$STATE/" 'index($5, s) == 1 {print $5}' /proc/self/mountinfo | sort -r)
+    for m in "${mounts[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+    return 0
+  fi
   # 1. No one restarts anything: kubelet and kube-proxy first.
   for p in kubelet kube-proxy; do
     pid=$(pid_of "$p"); [ -n "$pid" ] && stop_pid "$pid" 5
