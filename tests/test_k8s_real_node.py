@@ -348,22 +348,24 @@ def test_the_project_image_serves_a_model_from_the_model_store(real: Any) -> Non
             },
         }
     )
-    p = k.wait("pod serve Ready", lambda: ready(k, "serve"), timeout_s=120)
-    assert p["spec"]["nodeName"] == NODE
-    cid = p["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
-    assert cpu_quota_us(cid) == 50000
-    from infadapter.serving.images import make_jpeg_b64
+    try:
+        p = k.wait("pod serve Ready", lambda: ready(k, "serve"), timeout_s=120)
+        assert p["spec"]["nodeName"] == NODE
+        cid = p["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+        assert cpu_quota_us(cid) == 50000
+        from infadapter.serving.images import make_jpeg_b64
 
-    body = json.dumps({"instances": [{"b64": make_jpeg_b64(64, 64)}]}).encode()
-    req = urllib.request.Request(
-        f"http://{p['status']['podIP']}:8501/v1/models/resnet18:predict",
-        data=body,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=30) as r:
-        out = json.loads(r.read())
-    assert len(out["predictions"]) == 1
-    k.delete("Pod", "serve", NS)
+        body = json.dumps({"instances": [{"b64": make_jpeg_b64(64, 64)}]}).encode()
+        req = urllib.request.Request(
+            f"http://{p['status']['podIP']}:8501/v1/models/resnet18:predict",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=60) as r:  # one 64-px ResNet-18 inference under 500m
+            out = json.loads(r.read())
+        assert len(out["predictions"]) == 1
+    finally:  # the down test that follows checks a node whose pods went, not this one's failure
+        k.call("DELETE", k.path("Pod", NS, "serve"), query={"gracePeriodSeconds": 0})
 
 
 def test_down_undoes_every_host_change(real: Any) -> None:
