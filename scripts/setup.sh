@@ -56,7 +56,7 @@ fi
 # first time, with progress; seconds afterwards). Needs Go >= 1.26. A failure here is reported, and the
 # Kubernetes tests then try the build again and fail with its error.
 # With --real-node it also builds kubelet and kube-proxy for tests/test_k8s_real_node.py (58 s more from
-# cold, sharing most packages with the control plane; the node's Debian packages come with `up --real-node`).
+# cold, sharing most packages with the control plane; `up --real-node` also installs its packages when missing).
 if [ -z "${INFADAPTER_SKIP_K8S_BUILD:-}" ]; then
   PATH="$PATH:/usr/local/go/bin" bash scripts/local-cluster.sh build --real-node >/dev/null \
     || echo "setup: the local Kubernetes control plane did not build (see above)" >&2
