@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # A local Kubernetes control plane for the kubernetes backend: etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler (Kubernetes v1.36.3, built from the Go module proxy with
-# hack/k8s/go.mod) and kwok v0.8.0 faking the nodes and the kubelets, all on 127.0.0.1.
+# hack/k8s/go.mod) and kwok v0.8.0 faking the nodes and the kubelets, all on 127.0.0.1; with
+# --real-node also one real node (kubelet + kube-proxy v1.36.3, containerd + runc + CNI from Debian).
 #
 #   bash scripts/local-cluster.sh up [--nodes N] [--node-cpu C] [--node-memory M] [--ready-delay D]
+#   bash scripts/local-cluster.sh up --real-node [--node-subnet CIDR] [--nodes N] [--project-image]  # root
 #   bash scripts/local-cluster.sh status
 #   bash scripts/local-cluster.sh down
-#   bash scripts/local-cluster.sh build        # only build (or find) the binaries
+#   bash scripts/local-cluster.sh build [--real-node]  # only build (or find) the binaries
 #   bash scripts/local-cluster.sh gateway-api  # install the Gateway API CRDs (standard channel) into it
 #
 # `up` builds the binaries once into a per-version cache (reused when present), starts the processes
@@ -14,13 +16,19 @@
 # namespace `infadapter` (the model-store claim bound to a local volume, the default ServiceAccount),
 # installs the kwok stages that emulate readiness and in-place resize, waits until workloads can be
 # created, and prints the admin kubeconfig path as the LAST line of stdout. A running cluster is
-# reused. `down` stops what `up` started, by PID, and removes the state folder.
+# reused; one whose component died gets that component restarted with its recorded command line (same
+# port, same kubeconfig). `--real-node` adds the node `real-node` (this machine's CPUs; no kwok nodes
+# unless --nodes is given, and those are tainted infadapter.io/fake-node:NoSchedule) on the bridge
+# infadapter0 (--node-subnet, default 10.245.0.0/24); scripts/lib/real-node.sh lists what it changes
+# on the host; `--project-image` also loads the project image (scripts/build-image.sh) onto the node.
+# `down` stops what `up` started, by PID, undoes the node's host changes and removes the state folder.
 #
 # Environment (each also a flag of `up`):
 #   INFADAPTER_CLUSTER_DIR  state folder [~/.cache/infadapter/cluster]
 #   INFADAPTER_K8S_CACHE    binary cache [~/.cache/infadapter/k8s-v1.36.3]
 #   INFADAPTER_CLUSTER_PORT apiserver port [a free one]
-# Exit codes: 0 ok, 2 bad usage, 4 a component failed to start (its log is named).
+# Exit codes: 0 ok, 2 bad usage, 3 (status) something is not running, 4 a component failed to start
+# (its log is named).
 set -euo pipefail
 
 K8S_VERSION=v1.36.3
@@ -30,18 +38,21 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 STATE=${INFADAPTER_CLUSTER_DIR:-$HOME/.cache/infadapter/cluster}
 CACHE=${INFADAPTER_K8S_CACHE:-$HOME/.cache/infadapter/k8s-$K8S_VERSION}
-NODES=4
+NODES=
 NODE_CPU=8
 NODE_MEMORY=32Gi
 READY_DELAY=1s
 API_PORT=${INFADAPTER_CLUSTER_PORT:-}
 NAMESPACE=infadapter
+REAL_NODE=
+NODE_SUBNET=10.245.0.0/24
+PROJECT_IMAGE_WANTED=
 
 say() { echo "local-cluster: $*" >&2; }
 die() { echo "local-cluster: $1" >&2; exit "${2:-4}"; }
 
 usage() {
-  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -57,11 +68,24 @@ while [ $# -gt 0 ]; do
     --state-dir) STATE=$2; shift 2 ;;
     --cache-dir) CACHE=$2; shift 2 ;;
     --port) API_PORT=$2; shift 2 ;;
+    --real-node) REAL_NODE=1; shift ;;
+    --project-image) PROJECT_IMAGE_WANTED=1; shift ;;
+    --node-subnet) NODE_SUBNET=$2; shift 2 ;;
     -h|--help) usage ;;
     *) die "unknown option $1 (see: bash scripts/local-cluster.sh --help)" 2 ;;
   esac
 done
-[[ "$NODES" =~ ^[1-9][0-9]*$ ]] || die "--nodes: expected a whole number >= 1, got '$NODES'" 2
+# kwok nodes: 4 by default; with --real-node none unless asked (then tainted: the real node serves).
+if [ -z "$NODES" ]; then
+  if [ -n "$REAL_NODE" ]; then NODES=0; else NODES=4; fi
+fi
+[ -z "$PROJECT_IMAGE_WANTED" ] || [ -n "$REAL_NODE" ] \
+  || die "--project-image: only with --real-node (kwok nodes run no containers)" 2
+if [ -n "$REAL_NODE" ]; then
+  [[ "$NODES" =~ ^[0-9]+$ ]] || die "--nodes: expected a whole number >= 0 with --real-node, got '$NODES'" 2
+else
+  [[ "$NODES" =~ ^[1-9][0-9]*$ ]] || die "--nodes: expected a whole number >= 1, got '$NODES'" 2
+fi
 [[ "$NODE_CPU" =~ ^[1-9][0-9]*$ ]] || die "--node-cpu: expected whole cores >= 1, got '$NODE_CPU'" 2
 [[ "$NODE_MEMORY" =~ ^[0-9]+(Ki|Mi|Gi|Ti)$ ]] || die "--node-memory: expected a quantity like 32Gi, got '$NODE_MEMORY'" 2
 [[ "$READY_DELAY" =~ ^([0-9]+(ms|s|m)|load-time)$ ]] || die "--ready-delay: expected a duration like 500ms or 2s, or load-time, got '$READY_DELAY'" 2
@@ -71,9 +95,22 @@ BIN=$CACHE/bin
 PKI=$STATE/pki
 LOGS=$STATE/logs
 KUBECONFIG_OUT=$STATE/admin.kubeconfig
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+CONTROL_PLANE=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+COMPONENTS=("${CONTROL_PLANE[@]}")
+# shellcheck source=scripts/lib/real-node.sh
+. "$ROOT/scripts/lib/real-node.sh"
+# With a real node its components are part of the cluster (status, restart, down).
+[ -f "$STATE/node/ip" ] && COMPONENTS+=("${NODE_COMPONENTS[@]}")
 
 # -- build --------------------------------------------------------------------------------------
+k8s_ldflags() {  # without the version stamps the binaries report v0.0.0
+  local ld="-s -w" pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=36 -X $pkg.gitTreeState=clean"
+  done
+  echo "$ld"
+}
+
 binaries_ok() {
   local b
   for b in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do
@@ -93,10 +130,7 @@ build() {
   local tmp t0 ld
   tmp=$(mktemp -d "$CACHE/build.XXXXXX")
   t0=$(date +%s)
-  ld="-s -w"
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld="$ld -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=36 -X $pkg.gitTreeState=clean"
-  done
+  ld=$(k8s_ldflags)
   say "building Kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler) and etcd from the"
   say "Go module proxy into $BIN: about 5 minutes on 2 cores the first time, seconds with warm Go caches"
   # -x lists each command it runs: counted, so the first build shows progress on stderr.
@@ -145,10 +179,19 @@ free_port() {
 
 pid_of() { [ -f "$STATE/pids/$1" ] && cat "$STATE/pids/$1" || true; }
 
+# Running, not a zombie: a stopped component's parent (this script) is gone, and PID 1 on these VMs
+# reaps orphans late, so `kill -0` alone would call a dead process alive for seconds.
+pid_running() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+
 alive() {
   local pid
   pid=$(pid_of "$1")
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+  [ -n "$pid" ] && pid_running "$pid"
 }
 
 api() {  # api METHOD PATH [BODY-FILE|-] [CONTENT-TYPE]: admin call, prints the body, fails on >= 400
@@ -184,40 +227,51 @@ wait_for() {  # wait_for SECONDS WHAT COMMAND...
   die "$what not ready after ${secs}s; see $LOGS/" 4
 }
 
-start() {  # start NAME LOG-NAME COMMAND...: in the background, own session, PID recorded
+start() {  # start NAME COMMAND...: in the background, own session; PID and command line recorded
   local name=$1
   shift
-  setsid "$@" > "$LOGS/$name.log" 2>&1 < /dev/null &
+  mkdir -p "$STATE/cmd"
+  printf '%s\0' "$@" > "$STATE/cmd/$name"
+  setsid "$@" >> "$LOGS/$name.log" 2>&1 < /dev/null &
   echo $! > "$STATE/pids/$name"
 }
 
 # -- PKI -----------------------------------------------------------------------------------------
-pki() {
-  mkdir -p "$PKI"
-  [ -f "$PKI/admin.crt" ] && return 0
+pki_cert() {  # pki_cert NAME SUBJECT EXT-FILE: a key and a certificate signed by the cluster CA, made once
+  [ -f "$PKI/$1.crt" ] && return 0
   (
     cd "$PKI"
-    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
+    openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+    openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 3650 \
+      -extfile "$3" 2>/dev/null
+    rm -f "$1.csr"
+    chmod 600 "$1.key"
+  )
+}
+
+pki() {
+  mkdir -p "$PKI"
+  (
+    cd "$PKI"
+    [ -f ca.crt ] || openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
       -subj "/CN=infadapter-local-ca" 2>/dev/null
     cat > serving.ext <<EOF
 subjectAltName = IP:127.0.0.1, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, IP:10.96.0.1
 extendedKeyUsage = serverAuth
 EOF
     echo "extendedKeyUsage = clientAuth" > client.ext
-    cert() {  # cert NAME SUBJECT EXT
-      openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
-      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 3650 \
-        -extfile "$3" 2>/dev/null
-      rm -f "$1.csr"
-    }
-    cert apiserver "/CN=kube-apiserver" serving.ext
-    cert admin "/O=system:masters/CN=infadapter-admin" client.ext
-    cert controller-manager "/CN=system:kube-controller-manager" client.ext
-    cert scheduler "/CN=system:kube-scheduler" client.ext
-    openssl genrsa -out sa.key 2048 2>/dev/null
-    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    if [ ! -f sa.key ]; then
+      openssl genrsa -out sa.key 2048 2>/dev/null
+      openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    fi
     chmod 600 ./*.key
   )
+  pki_cert apiserver "/CN=kube-apiserver" serving.ext
+  pki_cert admin "/O=system:masters/CN=infadapter-admin" client.ext
+  pki_cert controller-manager "/CN=system:kube-controller-manager" client.ext
+  pki_cert scheduler "/CN=system:kube-scheduler" client.ext
+  # The API server's identity towards kubelets (logs, exec, port-forward on a real node).
+  pki_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" client.ext
 }
 
 kubeconfig() {  # kubeconfig USER FILE
@@ -256,9 +310,60 @@ readyz() {
   curl -sf --max-time 2 --cacert "$PKI/ca.crt" "https://127.0.0.1:$(cat "$STATE/ports/apiserver")/readyz" >/dev/null
 }
 
+component_ready() {  # a restarted component serves again
+  case "$1" in
+    etcd) curl -sf --max-time 2 "http://127.0.0.1:$(cat "$STATE/ports/etcd")/health" >/dev/null ;;
+    kube-apiserver) readyz ;;
+    containerd) containerd_up ;;
+    kubelet) node_ready >/dev/null 2>&1 ;;
+    *) sleep 0.5; alive "$1" ;;
+  esac
+}
+
+# Restarts every dead component with the command line it was started with: same ports, same PKI, so
+# kubeconfigs that point at this cluster stay valid (etcd keeps its data folder).
+revive() {
+  local c i argv
+  for c in "${COMPONENTS[@]}"; do
+    alive "$c" && continue
+    [ -f "$STATE/cmd/$c" ] || die "$c is not running and its command line was not recorded ($STATE/cmd/$c): run 'bash scripts/local-cluster.sh down', then up" 4
+    say "$c is not running: restarting it (same command line, same port)"
+    mapfile -d '' -t argv < "$STATE/cmd/$c"
+    start "$c" "${argv[@]}"
+    for ((i = 0; i < 300; i++)); do
+      alive "$c" || die "$c exited again after a restart; see $LOGS/$c.log (is its port taken?)" 4
+      component_ready "$c" && break
+      sleep 0.2
+    done
+    component_ready "$c" || die "$c restarted but not ready after 60 s; see $LOGS/$c.log" 4
+  done
+}
+
 up() {
-  if running; then
+  if [ -n "$REAL_NODE" ]; then
+    node_preflight
+    node_packages
+  fi
+  if running && { [ -z "$REAL_NODE" ] || has_real_node; }; then
+    project_image_present || node_import_project_image
     say "already running (state $STATE)"
+    echo "$KUBECONFIG_OUT"
+    return 0
+  fi
+  if [ -f "$STATE/ports/apiserver" ] && [ -d "$STATE/cmd" ]; then
+    revive
+    if [ -n "$REAL_NODE" ] && ! has_real_node; then
+      # A real node added to a running cluster: its kwok nodes get the taint, the node joins.
+      build_node
+      trap 'rc=$?; [ $rc -eq 0 ] || { say "up failed: stopping the node it started"; node_down; }' EXIT
+      trap 'exit 130' INT TERM
+      taint_kwok_nodes
+      node_up
+      COMPONENTS+=("${NODE_COMPONENTS[@]}")
+      trap - EXIT INT TERM
+    fi
+    project_image_present || node_import_project_image
+    say "running (state $STATE)"
     echo "$KUBECONFIG_OUT"
     return 0
   fi
@@ -269,9 +374,12 @@ up() {
   command -v openssl >/dev/null || die "openssl not found: apt-get install openssl" 4
   command -v curl >/dev/null || die "curl not found: apt-get install curl" 4
   build
+  [ -z "$REAL_NODE" ] || build_node
   mkdir -p "$STATE"/{pids,ports,logs,etcd,volumes/models}
-  # A failure from here on stops whatever this `up` started (by PID) before exiting.
+  # A failure from here on stops whatever this `up` started (by PID) before exiting; so does Ctrl-C or a
+  # kill (exit turns the signal into the EXIT trap).
   trap 'status=$?; [ $status -eq 0 ] || { say "up failed: stopping what it started"; down_quiet; }' EXIT
+  trap 'exit 130' INT TERM
   pki
   local etcd_port etcd_peer kcm_port sched_port kwok_port t0
   t0=$(date +%s)
@@ -295,7 +403,9 @@ up() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --authorization-mode Node,RBAC --endpoint-reconciler-type none --service-cluster-ip-range 10.96.0.0/16 \
-    --enable-priority-and-fairness=false --profiling=false
+    --enable-priority-and-fairness=false --profiling=false \
+    --kubelet-preferred-address-types InternalIP --kubelet-certificate-authority "$PKI/ca.crt" \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key"
   wait_for 60 kube-apiserver readyz
 
   start kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig "$STATE/controller-manager.kubeconfig" \
@@ -355,6 +465,8 @@ metadata:
   name: kwok-node-$i
   annotations: {kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}
   labels: {type: kwok, kubernetes.io/hostname: kwok-node-$i, kubernetes.io/os: linux, kubernetes.io/arch: amd64}
+spec:
+  taints: $(kwok_taints)
 status:
   allocatable: {cpu: "$NODE_CPU", memory: "$NODE_MEMORY", pods: "110"}
   capacity: {cpu: "$NODE_CPU", memory: "$NODE_MEMORY", pods: "110"}
@@ -365,10 +477,39 @@ EOF
     api GET "/api/v1/namespaces/$NAMESPACE/serviceaccounts/default"
   wait_for 60 "the nodes (kwok)" nodes_ready
   wait_for 60 "the model-store claim" claim_bound
+  if [ -n "$REAL_NODE" ]; then
+    node_up
+    COMPONENTS+=("${NODE_COMPONENTS[@]}")
+  fi
   for c in "${COMPONENTS[@]}"; do alive "$c" || die "$c exited; see $LOGS/$c.log" 4; done
-  say "up in $(( $(date +%s) - t0 )) s: API https://127.0.0.1:$API_PORT, $NODES nodes of $NODE_CPU CPU / $NODE_MEMORY, namespace $NAMESPACE"
-  trap - EXIT
+  say "up in $(( $(date +%s) - t0 )) s: API https://127.0.0.1:$API_PORT, $NODES kwok nodes of $NODE_CPU CPU / $NODE_MEMORY${REAL_NODE:+ (tainted), the real node $NODE_NAME}, namespace $NAMESPACE"
+  trap - EXIT INT TERM
   echo "$KUBECONFIG_OUT"
+}
+
+# With a real node, the kwok nodes only take pods that tolerate infadapter.io/fake-node: the variant
+# pods of the local profile land on the real node.
+kwok_taints() {
+  if [ -n "$REAL_NODE" ]; then
+    echo '[{key: infadapter.io/fake-node, value: "true", effect: NoSchedule}]'
+  else
+    echo '[]'
+  fi
+}
+
+taint_kwok_nodes() {
+  local n
+  for n in $(api GET "/api/v1/nodes?labelSelector=type%3Dkwok" | python3 -c '
+import json, sys
+print(" ".join(n["metadata"]["name"] for n in json.load(sys.stdin)["items"]))'); do
+    apply_yaml "/api/v1/nodes/$n" <<EOF || die "cannot taint the kwok node $n"
+apiVersion: v1
+kind: Node
+metadata: {name: $n}
+spec:
+  taints: $(kwok_taints)
+EOF
+  done
 }
 
 nodes_ready() {
@@ -418,17 +559,32 @@ EOF
 
 # -- down / status -----------------------------------------------------------------------------
 down_quiet() {
-  local c pid i
+  local c pid i left pids=()
+  for c in "${CONTROL_PLANE[@]}" "${NODE_COMPONENTS[@]}"; do
+    pid=$(pid_of "$c")
+    [ -z "$pid" ] || pids+=("$pid")
+  done
+  # The node first (while the control plane's binaries and state are there), then the control plane.
+  [ -d "$STATE/node" ] && node_down
   for c in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
     pid=$(pid_of "$c")
     [ -n "$pid" ] || continue
-    if kill -0 "$pid" 2>/dev/null; then
+    if pid_running "$pid"; then
       kill -TERM "$pid" 2>/dev/null || true
-      for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do pid_running "$pid" || break; sleep 0.1; done
+      if pid_running "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
     fi
     rm -f "$STATE/pids/$c"
   done
+  # Their parent is gone, so PID 1 reaps them (within ~2 s on these VMs): wait, so that no entry of
+  # theirs is left in the process table when down returns.
+  for ((i = 0; i < 50; i++)); do
+    left=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+    [ "$left" = 0 ] && break
+    sleep 0.1
+  done
+  return 0
 }
 
 down() {
@@ -436,7 +592,14 @@ down() {
     say "nothing to stop ($STATE does not exist)"
     return 0
   fi
+  if [ -d "$STATE/node" ] && [ "$(id -u)" != 0 ]; then
+    die "down: this cluster has a real node; stop it as root (its kubelet, containerd, mounts and iptables need root)" 2
+  fi
   down_quiet
+  # Never delete through a mount: whatever could not be unmounted stays, named.
+  if awk -v s="$STATE/" 'index($5, s) == 1 {found = 1} END {exit !found}' /proc/self/mountinfo; then
+    die "down: still mounted under $STATE (see: grep $STATE /proc/self/mountinfo); unmount, then run down again" 4
+  fi
   rm -rf "$STATE"
   say "stopped; removed $STATE"
 }
@@ -447,7 +610,7 @@ status() {
     return 3
   fi
   local c pid rc=0
-  for c in "${COMPONENTS[@]}"; do
+  for c in "${CONTROL_PLANE[@]}"; do
     pid=$(pid_of "$c")
     if alive "$c"; then echo "$c: running (pid $pid)"; else echo "$c: stopped"; rc=3; fi
   done
@@ -456,6 +619,7 @@ status() {
   else
     echo "api: not ready"; rc=3
   fi
+  node_status || rc=3
   echo "kubeconfig: $KUBECONFIG_OUT"
   return $rc
 }
@@ -503,15 +667,15 @@ case "$cmd" in
   gateway-api) gateway_api ;;
   down) down ;;
   status) status ;;
-  build) build; fetch_gateway_crds >/dev/null; echo "$BIN" ;;
+  build) build; [ -z "$REAL_NODE" ] || build_node; fetch_gateway_crds >/dev/null; echo "$BIN" ;;
   restart-apiserver)  # for tests: stop and start kube-apiserver only (same flags, same port)
     pid=$(pid_of kube-apiserver); [ -n "$pid" ] || die "not running" 4
     args=$(tr '\0' '\n' < "/proc/$pid/cmdline" | tail -n +2)
     # SIGTERM, then SIGKILL after 3 s: a graceful shutdown waits up to a minute for open watches.
     kill -TERM "$pid"
-    for ((i = 0; i < 30; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for ((i = 0; i < 30; i++)); do pid_running "$pid" || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    while pid_running "$pid"; do sleep 0.1; done
     sleep "${INFADAPTER_RESTART_PAUSE:-0}"
     mapfile -t argv <<< "$args"
     start kube-apiserver "$BIN/kube-apiserver" "${argv[@]}"

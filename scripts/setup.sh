@@ -34,12 +34,19 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # The local Kubernetes control plane (scripts/local-cluster.sh): PKI and API calls.
   command -v openssl >/dev/null || need+=(openssl)
   command -v curl >/dev/null || need+=(curl)
+  # Its real node (local-cluster.sh up --real-node, tests/test_k8s_real_node.py): container runtime, CNI
+  # plugins, iptables, and the static busybox its pause and test images are made of.
+  command -v containerd >/dev/null || need+=(containerd)
+  command -v runc >/dev/null || need+=(runc)
+  [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+  command -v iptables >/dev/null || need+=(iptables)
+  [ -x /bin/busybox ] || need+=(busybox-static)
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need[*]}" >&2
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     # Debian starts services on install; the project starts its own and stops them afterwards.
-    for svc in prometheus nginx haproxy ssh prometheus-node-exporter rpcbind nfs-kernel-server; do
+    for svc in prometheus nginx haproxy ssh prometheus-node-exporter rpcbind nfs-kernel-server containerd; do
       (service "$svc" stop >/dev/null 2>&1 || true)
     done
   fi
@@ -48,7 +55,9 @@ fi
 # from the Go module proxy into ~/.cache/infadapter/k8s-v1.36.3/bin (about 5-10 minutes on 2 cores the
 # first time, with progress; seconds afterwards). Needs Go >= 1.26. A failure here is reported, and the
 # Kubernetes tests then try the build again and fail with its error.
+# With --real-node it also builds kubelet and kube-proxy for tests/test_k8s_real_node.py (58 s more from
+# cold, sharing most packages with the control plane; `up --real-node` also installs its packages when missing).
 if [ -z "${INFADAPTER_SKIP_K8S_BUILD:-}" ]; then
-  PATH="$PATH:/usr/local/go/bin" bash scripts/local-cluster.sh build >/dev/null \
+  PATH="$PATH:/usr/local/go/bin" bash scripts/local-cluster.sh build --real-node >/dev/null \
     || echo "setup: the local Kubernetes control plane did not build (see above)" >&2
 fi

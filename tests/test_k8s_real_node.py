@@ -1,0 +1,394 @@
+"""``local-cluster.sh up --real-node``: a real kubelet + containerd + runc node, its pods served, enforced and
+resized for real, and ``down`` undoing every host change.
+
+One cluster for the module (``up --real-node --nodes 1``: the kwok node is there, tainted, to show the pods
+still land on the real node). The tests run in file order: the last one runs ``down`` and checks what is left.
+Needs root (the kubelet and containerd manage cgroups, mounts and iptables) and the Debian packages the
+script installs when missing (containerd, runc, containernetworking-plugins, iptables, busybox-static).
+Time on this 2-core VM with cached binaries: about 40 s for the module (``up`` ~20 s, ``down`` ~3 s).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from k8s_cluster import Kube, start_cluster
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:HTTPResponse.getheaders:DeprecationWarning"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="a real node needs root (cgroups, mounts, iptables)"),
+]
+
+NODE = "real-node"
+BRIDGE = "infadapter0"
+TEST_IMAGE = "localhost/infadapter/busybox:local"  # built and imported by the script (busybox httpd on 8080)
+NS = "infadapter"
+#: Host paths the kubelet, containerd and libcni write outside their configured folders (some hard-coded).
+HOST_PATHS = ("/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/var/lib/cni", "/run/containerd")
+#: The sysctls the node changes (ip_forward) or the kubelet sets (the kernel tunables); down restores them.
+SYSCTLS = ("net.ipv4.ip_forward", "vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops")
+
+
+def sysctls() -> dict[str, str]:
+    return {s: Path("/proc/sys", *s.split(".")).read_text().strip() for s in SYSCTLS}
+
+
+def chains(table: str, family: str = "iptables") -> list[str]:
+    out = subprocess.run([family, "-w", "-t", table, "-S"], capture_output=True, text=True, check=True).stdout
+    return [ln for ln in out.splitlines() if any(k in ln for k in ("KUBE-", "CNI-", "INFADAPTER-NODE"))]
+
+
+def processes_naming(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (the shims name their containerd's socket)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and text in (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                out.append(int(p.name))
+        except OSError:
+            continue
+    return out
+
+
+def mounts_under(path: Path) -> list[str]:
+    prefix = str(path) + "/"
+    return [
+        ln.split()[4]
+        for ln in Path("/proc/self/mountinfo").read_text().splitlines()
+        if ln.split()[4].startswith(prefix)
+    ]
+
+
+def cpu_quota_us(container_id: str) -> int:
+    """The container's CFS quota per 100 ms period, read from its cgroup (v1 cpu controller, or v2 cpu.max)."""
+    v1 = glob.glob(f"/sys/fs/cgroup/cpu/kubepods/**/{container_id}/cpu.cfs_quota_us", recursive=True)
+    if v1:
+        return int(Path(v1[0]).read_text())
+    v2 = glob.glob(f"/sys/fs/cgroup/kubepods*/**/*{container_id}*/cpu.max", recursive=True)
+    assert v2, f"no cgroup for container {container_id}"
+    quota, period = Path(v2[0]).read_text().split()
+    return int(int(quota) * 100000 / int(period))
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+
+    def terminal(line: str) -> None:
+        if capman is None:
+            print(line, file=sys.stderr)
+            return
+        with capman.global_and_fixture_disabled():
+            print(line, file=sys.stderr, flush=True)
+
+    before = sysctls()
+    absent = [p for p in HOST_PATHS if not Path(p).exists()]
+    t0 = time.monotonic()
+    with start_cluster(tmp_path_factory.mktemp("realnode"), terminal, "--real-node", "--nodes", "1") as c:
+        c.up_s = time.monotonic() - t0  # type: ignore[attr-defined]
+        c.sysctls_before = before  # type: ignore[attr-defined]
+        c.absent_before = absent  # type: ignore[attr-defined]
+        k = Kube(c.kubeconfig)
+        c.kube = k  # type: ignore[attr-defined]
+        yield c
+        k.close()
+
+
+def pod(name: str, cpu: str) -> dict[str, Any]:
+    """A Guaranteed pod (requests = limits) serving HTTP on 8080, resizable in place without a restart."""
+    res = {"cpu": cpu, "memory": "32Mi"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": name}},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {
+                    "name": "web",
+                    "image": TEST_IMAGE,
+                    "imagePullPolicy": "Never",  # no registry: the image was imported by local-cluster.sh
+                    "ports": [{"containerPort": 8080}],
+                    "resources": {"requests": res, "limits": res},
+                    "resizePolicy": [{"resourceName": "cpu", "restartPolicy": "NotRequired"}],
+                    "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+                }
+            ],
+        },
+    }
+
+
+def ready(k: Kube, name: str) -> dict[str, Any] | None:
+    p = k.get("Pod", name, NS)
+    conds = {c["type"]: c["status"] for c in p.get("status", {}).get("conditions", [])}
+    return p if conds.get("Ready") == "True" else None
+
+
+def test_the_real_node_is_ready_on_containerd_and_the_kwok_node_is_tainted(real: Any) -> None:
+    k = real.kube
+    node = k.get("Node", NODE)
+    assert {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"] == "True"
+    assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+    assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.36.3"
+    # The node address is on the cluster's own bridge, never loopback or a pre-existing interface.
+    ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+    assert not ip.startswith("127.")
+    link = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", BRIDGE], capture_output=True, text=True)
+    assert f" {ip}/" in link.stdout
+    assert int(node["status"]["allocatable"]["cpu"]) == os.cpu_count()
+    kwok = k.get("Node", "kwok-node-0")
+    assert {"key": "infadapter.io/fake-node", "value": "true", "effect": "NoSchedule"} in kwok["spec"]["taints"]
+
+
+def test_status_reports_the_kubelet_and_containerd(real: Any) -> None:
+    st = real.script("status")
+    assert st.returncode == 0, st.stdout
+    assert f"node {NODE} Ready" in st.stdout
+    assert "containerd: running" in st.stdout and "version 1.6" in st.stdout
+    assert "kube-proxy: running" in st.stdout
+
+
+def test_a_guaranteed_pod_serves_under_its_cpu_quota_and_resizes_in_place(real: Any) -> None:
+    k = real.kube
+    t0 = time.monotonic()
+    k.apply(pod("web", "500m"))
+    p = k.wait("pod web Ready", lambda: ready(k, "web"), timeout_s=60)
+    ready_s = time.monotonic() - t0
+    assert p["spec"]["nodeName"] == NODE  # not the (tainted) kwok node
+    assert p["status"]["qosClass"] == "Guaranteed"
+    ip = p["status"]["podIP"]
+    with urllib.request.urlopen(f"http://{ip}:8080/", timeout=5) as r:  # from the host, over the bridge
+        assert r.read() == b"infadapter real node\n"
+    st = p["status"]["containerStatuses"][0]
+    cid = st["containerID"].removeprefix("containerd://")
+    assert cpu_quota_us(cid) == 50000  # 500m = 50 ms per 100 ms period
+    # The API server reaches the kubelet on the node's InternalIP with its client certificate (logs, exec).
+    k.call("GET", k.path("Pod", NS, "web", "log"))
+
+    # In place, through pods/resize: same container, the kernel's quota changes, no restart.
+    t1 = time.monotonic()
+    k.call(
+        "PATCH",
+        k.path("Pod", NS, "web", "resize"),
+        body={
+            "spec": {"containers": [{"name": "web", "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}}}]}
+        },
+        content_type="application/strategic-merge-patch+json",
+    )
+    k.wait("quota 100000", lambda: cpu_quota_us(cid) == 100000, timeout_s=20)
+    quota_s = time.monotonic() - t1
+    after = k.wait(
+        "status resources 1 CPU",
+        lambda: (
+            (q := k.get("Pod", "web", NS))["status"]["containerStatuses"][0]
+            .get("resources", {})
+            .get("limits", {})
+            .get("cpu")
+            == "1"
+            and q
+        ),
+        timeout_s=20,
+    )
+    st2 = after["status"]["containerStatuses"][0]
+    assert st2["containerID"] == st["containerID"]
+    assert st2["restartCount"] == st["restartCount"] == 0
+    with urllib.request.urlopen(f"http://{ip}:8080/", timeout=5) as r:
+        assert r.status == 200
+    print(f"pod Ready {ready_s:.2f} s after apply; resize 500m -> 1: quota in {quota_s:.2f} s")
+
+
+def test_a_cluster_ip_service_answers_through_kube_proxy(real: Any) -> None:
+    k = real.kube
+    svc = k.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": NS},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        }
+    )
+    ip = svc["spec"]["clusterIP"]
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{ip}/", timeout=2) as r:
+                return r.read() == b"infadapter real node\n"
+        except OSError:
+            return False
+
+    k.wait(f"Service {ip} answering", answers, timeout_s=30)
+
+
+def test_up_restarts_a_dead_component_on_the_same_port(real: Any) -> None:
+    """kube-apiserver and the kubelet killed: `up` restarts both with their command lines; the kubeconfig
+    still works, the node comes back Ready and the pod was never restarted."""
+    pids = {c: int((real.state_dir / "pids" / c).read_text()) for c in ("kube-apiserver", "kubelet")}
+    port = (real.state_dir / "ports" / "apiserver").read_text()
+    for pid in pids.values():
+        os.kill(pid, 9)
+    for pid in pids.values():
+        while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+            time.sleep(0.05)
+    up = real.script("up", timeout=180)
+    assert up.returncode == 0, up.stderr
+    assert up.stdout.strip().splitlines()[-1] == str(real.kubeconfig)
+    assert "kube-apiserver is not running: restarting it" in up.stderr
+    assert "kubelet is not running: restarting it" in up.stderr
+    assert (real.state_dir / "ports" / "apiserver").read_text() == port
+    for c, old in pids.items():
+        assert int((real.state_dir / "pids" / c).read_text()) != old
+    k = Kube(real.kubeconfig)  # the same kubeconfig file, unchanged, works
+    try:
+        k.wait("node Ready again", lambda: ready_node(k), timeout_s=60)
+        p = k.wait("pod web Ready", lambda: ready(k, "web"), timeout_s=60)
+        assert p["status"]["containerStatuses"][0]["restartCount"] == 0
+    finally:
+        k.close()
+
+
+def ready_node(k: Kube) -> bool:
+    return {c["type"]: c["status"] for c in k.get("Node", NODE)["status"]["conditions"]}["Ready"] == "True"
+
+
+def test_bad_node_subnet_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [
+            "bash",
+            str(Path(__file__).parents[1] / "scripts" / "local-cluster.sh"),
+            "up",
+            "--real-node",
+            "--node-subnet",
+            "10.245.0.0/33",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "INFADAPTER_CLUSTER_DIR": str(tmp_path / "c")},
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "local-cluster: --node-subnet: expected an IPv4 network like 10.245.0.0/24 (prefix 16-28), got '10.245.0.0/33'"
+    )
+
+
+@pytest.mark.skipif(
+    os.environ.get("TEST_PROJECT_IMAGE") != "1",
+    reason="set TEST_PROJECT_IMAGE=1 (not INFADAPTER_*: conftest clears those): builds the project image "
+    "when its sources changed (~2-5 min), then ~30 s to import it",
+)
+def test_the_project_image_serves_a_model_from_the_model_store(real: Any) -> None:
+    """`up --real-node --project-image` on the running cluster loads our image; a pod of it runs `serve-model`
+    on an ONNX model from the model-store claim (the volume local-cluster.sh binds), under a 500m quota."""
+    up = real.script("up", "--real-node", "--project-image", timeout=900)
+    assert up.returncode == 0, up.stderr[-2000:]
+    assert "project image localhost/infadapter:0.1.0 on the node" in up.stderr
+    models = real.state_dir / "volumes" / "models"  # the hostPath of the PV bound to infadapter-models
+    built = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parents[1] / "cli.py"),
+            "build-models",
+            "--out",
+            str(models),
+            "--variants",
+            "resnet18",
+            "--resolution",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    k = real.kube
+    res = {"cpu": "500m", "memory": "512Mi"}
+    k.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "serve", "namespace": NS},
+            "spec": {
+                "terminationGracePeriodSeconds": 0,
+                "volumes": [
+                    {"name": "models", "persistentVolumeClaim": {"claimName": "infadapter-models", "readOnly": True}}
+                ],
+                "containers": [
+                    {
+                        "name": "model",
+                        "image": "localhost/infadapter:0.1.0",
+                        "imagePullPolicy": "Never",
+                        "args": [
+                            "serve-model",
+                            "--model-dir",
+                            "/models",
+                            "--name",
+                            "resnet18",
+                            "--host",
+                            "0.0.0.0",
+                            "--port",
+                            "8501",
+                        ],
+                        "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
+                        "resources": {"requests": res, "limits": res},
+                        "readinessProbe": {
+                            "httpGet": {"path": "/v1/models/resnet18", "port": 8501},
+                            "periodSeconds": 1,
+                        },
+                    }
+                ],
+            },
+        }
+    )
+    try:
+        p = k.wait("pod serve Ready", lambda: ready(k, "serve"), timeout_s=120)
+        assert p["spec"]["nodeName"] == NODE
+        cid = p["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+        assert cpu_quota_us(cid) == 50000
+        from infadapter.serving.images import make_jpeg_b64
+
+        body = json.dumps({"instances": [{"b64": make_jpeg_b64(64, 64)}]}).encode()
+        req = urllib.request.Request(
+            f"http://{p['status']['podIP']}:8501/v1/models/resnet18:predict",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=60) as r:  # one 64-px ResNet-18 inference under 500m
+            out = json.loads(r.read())
+        assert len(out["predictions"]) == 1
+    finally:  # the down test that follows checks a node whose pods went, not this one's failure
+        k.call("DELETE", k.path("Pod", NS, "serve"), query={"gracePeriodSeconds": 0})
+
+
+def test_down_undoes_every_host_change(real: Any) -> None:
+    """Last: no process, chain, bridge, mount or cgroup left; the sysctls as they were before `up`."""
+    state = real.state_dir
+    pids = [int(p.read_text()) for p in (state / "pids").iterdir()]
+    sock = str(state / "node" / "containerd" / "containerd.sock")
+    shims = processes_naming(sock)
+    assert len(pids) == 8 and shims  # etcd, apiserver, kcm, scheduler, kwok, containerd, kubelet, kube-proxy
+    assert chains("filter") and chains("nat")  # there was something to undo
+    t0 = time.monotonic()
+    down = real.script("down", timeout=120)
+    assert down.returncode == 0, down.stderr
+    print(f"down in {time.monotonic() - t0:.1f} s")
+    for pid in pids + shims:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], pid
+    for table in ("filter", "nat", "mangle"):
+        assert chains(table) == [], table
+        assert chains(table, "ip6tables") == [], table
+    assert subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0
+    assert sysctls() == real.sysctls_before
+    assert mounts_under(state) == []
+    assert not glob.glob("/sys/fs/cgroup/*/kubepods") and not Path("/sys/fs/cgroup/kubepods").exists()
+    assert not state.exists()
+    assert not Path("/run/infadapter-real-node").exists()
+    assert [p for p in real.absent_before if Path(p).exists()] == []
