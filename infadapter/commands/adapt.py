@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from infadapter.backends import BACKENDS
 from infadapter.commands.common import err_console, json_option, out_console, print_json
 from infadapter.commands.options import control_options
 from infadapter.commands.views import LiveView as _View
-from infadapter.core.control import HISTORY_S
+from infadapter.core.control import HISTORY_S, ControlConfig
 from infadapter.errors import BadInput
 
 
@@ -156,6 +157,15 @@ def _history_before(window: str | None, scale: float, speedup: float, trace: Pat
     return tuple(float(x) for x in load_history_before(window, trace, scale, speedup, seconds))
 
 
+def _replay_control(control: ControlConfig, window: str | None, scale: float, speedup: float,
+                    trace: Path | None) -> ControlConfig:
+    """``control`` with what a replayed window adds: its --speedup as the history stretch, the seconds before it."""
+    if not window:
+        return control
+    return replace(control, history_stretch=max(int(speedup), 1),
+                   history_before=_history_before(window, scale, speedup, trace))
+
+
 def _run_config(**kw: Any) -> Any:
     from infadapter.sim.experiment import RunConfig
 
@@ -197,7 +207,7 @@ observes the trace's rates instead of live traffic (labelled "replay" in status 
 @click.pass_context
 def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None, run_dir: Path | None,
           window: str | None, scale: float, speedup: float, trace: Path | None, rate: float | None,
-          profile_path: Path | None, interval_s: float, check_s: float, stabilization: int, alpha: float | None,
+          profile_path: Path | None, control: ControlConfig, stabilization: int, alpha: float | None,
           budget: float | None, min_gain: float, forecaster: str, model_dir: Path, resolution: int,
           prometheus: str | None, limit_mode: str, seed: int, router: str,
           kubeconfig: str | None, context: str | None, namespace: str | None, k8s_config: Path | None,
@@ -224,11 +234,9 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
         raise BadInput("--router gateway: only with --backend kubernetes or dry-run (a Gateway API HTTPRoute)")
     rates = _rates(window, scale, speedup, trace, rate, duration)
     common = dict(
-        policy=policy, duration_s=duration, interval_s=interval_s, check_s=check_s,
+        policy=policy, duration_s=duration, control=_replay_control(control, window, scale, speedup, trace),
         stabilization_intervals=stabilization, min_gain=min_gain, alpha=alpha, budget=budget, forecaster=forecaster,
         rates_rps=rates, load_label=_replay_label(window, scale, speedup, rate, duration) if rates is not None else "",
-        history_stretch=max(int(speedup), 1) if window else 1,
-        history_before=_history_before(window, scale, speedup, trace),
         rates_before=_history_before(window, scale, speedup, trace, 86400),
     )
     cfg: Any
@@ -455,7 +463,7 @@ EXPERIMENT_EPILOG = """Examples:
 @click.pass_context
 def experiment(ctx: click.Context, policies: str, duration: float | None, out_dir: Path, window: str | None,
                scale: float, speedup: float, trace: Path | None, rate: float | None, profile_path: Path | None,
-               interval_s: float, check_s: float, stabilization: int, alpha: float | None, budget: float | None,
+               control: ControlConfig, stabilization: int, alpha: float | None, budget: float | None,
                min_gain: float,
                forecaster: str, model_dir: Path, resolution: int, prometheus: str | None, limit_mode: str, seed: int,
                router: str, as_json: bool) -> None:
@@ -471,12 +479,11 @@ def experiment(ctx: click.Context, policies: str, duration: float | None, out_di
     if not names:
         raise BadInput("--policies: give at least one policy")
     base = _run_config(profile_path=profile_path or paths.local_profile(), policy=names[0], model_dir=model_dir,
-                       duration_s=duration if rate is None else None, interval_s=interval_s, check_s=check_s,
+                       duration_s=duration if rate is None else None,
+                       control=_replay_control(control, window, scale, speedup, trace),
                        stabilization_intervals=stabilization, forecaster=forecaster, rates_rps=rates,
                        prometheus=prometheus, limit_mode=limit_mode, resolution=resolution, seed=seed,
-                       history_stretch=max(int(speedup), 1) if window else 1, min_gain=min_gain, alpha=alpha,
-                       budget=budget,
-                       history_before=_history_before(window, scale, speedup, trace),
+                       min_gain=min_gain, alpha=alpha, budget=budget,
                        rates_before=_history_before(window, scale, speedup, trace, 86400),
                        router=router)
     with _View(quiet=as_json or verbose < 0) as view:

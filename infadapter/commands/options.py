@@ -1,11 +1,16 @@
 """CLI options shared by ``simulate``, ``adapt`` and ``experiment``: declared once, one default each.
 
-The defaults come from the core (``control.ControlConfig``, ``policies``), so a default changed there
-changes in every command, and the simulator and the live loop start from the same settings.
+The control flags are bound to :class:`~infadapter.core.control.ControlConfig`, one flag to one field
+(:data:`CONTROL_FLAGS`), the way the VPA recommender binds each of its flags to one field of its config
+struct: a command decorated with :func:`control_options` receives them as one ``control: ControlConfig``
+argument, built (and checked, with the flag's name in the error) before the command runs. The defaults
+come from the core (``ControlConfig``, ``policies``), so a default changed there changes in every command,
+and the simulator and the live loop start from the same settings.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -17,11 +22,27 @@ from infadapter.core.policies import DEFAULT_MIN_GAIN, DEFAULT_STABILIZATION
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-CONTROL_OPTIONS = (
-    click.option("--interval", "interval_s", type=float, default=ControlConfig.interval_s, show_default=True,
-                 help="Seconds between decisions."),
-    click.option("--check", "check_s", type=float, default=ControlConfig.check_s, show_default=True,
-                 help="Seconds between mid-interval checks (overload, crashes)."),
+_C = ControlConfig
+#: ControlConfig field -> its one flag. The parameter name is the field's name.
+CONTROL_FLAGS: dict[str, Callable[[F], F]] = {
+    "interval_s": click.option("--interval", "interval_s", type=float, default=_C.interval_s, show_default=True,
+                               help="Seconds between decisions."),
+    "check_s": click.option("--check", "check_s", type=float, default=_C.check_s, show_default=True,
+                            help="Seconds between mid-interval checks (overload, crashes)."),
+    "react": click.option("--react/--no-react", "react", default=_C.react, show_default=True,
+                          help="Re-plan at once when the observed rate runs above the plan's capacity by "
+                               "--overload-tolerance (off: decide only every interval, as the paper)."),
+    "rate_window_s": click.option("--rate-window", "rate_window_s", type=int, default=_C.rate_window_s,
+                                  show_default=True,
+                                  help="Seconds of observed counts averaged into the observed rate (what the "
+                                       "overload check compares with the plan's capacity)."),
+    "overload_tolerance": click.option("--overload-tolerance", "overload_tolerance", type=float,
+                                       default=_C.overload_tolerance, show_default=True,
+                                       help="The overload check fires above capacity x (1 + this); the re-plan "
+                                            "serves the observed rate x (1 + this)."),
+}
+
+POLICY_OPTIONS = (
     click.option("--stabilization", type=int, default=DEFAULT_STABILIZATION, show_default=True,
                  help="Decisions that must want less before a scale-down (1: off)."),
     click.option("--min-gain", type=click.FloatRange(0, 1), default=DEFAULT_MIN_GAIN, show_default=True,
@@ -36,8 +57,23 @@ CONTROL_OPTIONS = (
 )
 
 
+def bind_control(f: F) -> F:
+    """Add the :data:`CONTROL_FLAGS` to a command and hand it ``control=ControlConfig(...)`` built from them."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs["control"] = ControlConfig(**{name: kwargs.pop(name) for name in CONTROL_FLAGS})
+        return f(*args, **kwargs)
+
+    out: Any = wrapper
+    for o in reversed(CONTROL_FLAGS.values()):
+        out = o(out)
+    return out  # type: ignore[no-any-return]
+
+
 def control_options(f: F) -> F:
-    """``--interval --check --stabilization --min-gain --forecaster --alpha --budget``."""
-    for o in reversed(CONTROL_OPTIONS):
+    """The control flags (one ``control: ControlConfig`` argument) and the policy's options
+    (``--stabilization --min-gain --forecaster --alpha --budget``)."""
+    for o in reversed(POLICY_OPTIONS):
         f = o(f)
-    return f
+    return bind_control(f)

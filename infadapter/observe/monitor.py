@@ -36,7 +36,7 @@ from typing import Any
 import jinja2
 
 from infadapter import paths
-from infadapter.core.control import HISTORY_S
+from infadapter.core.control import HISTORY_S, ControlConfig
 from infadapter.processes import pid_alive
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass(frozen=True)
 class Observation:
-    """What the loop sees at one moment."""
+    """What the loop sees at one moment: counts only.
+
+    The observed rate, the history a decision keeps and the load it plans for are the control core's to
+    compute (:func:`infadapter.core.control.seen`), the same way for every observer and for the simulator.
+    """
 
     now_s: float
-    #: Per-second request rates, oldest first, ending at the last complete second.
+    #: Requests counted in each complete second (= req/s), oldest first, ending at the last complete second.
     history_rps: tuple[float, ...]
-    #: Recent rate (mean of the last few complete seconds).
-    rate_rps: float
     p99_ms: float | None
     source: str
     warning: str = ""
@@ -291,7 +293,7 @@ class Monitor:
         stats: Callable[[], Mapping[str, Any]],
         prometheus_url: str | None = None,
         start_s: float | None = None,
-        rate_window_s: int = 3,
+        rate_window_s: int = ControlConfig.rate_window_s,
         clock: Callable[[], float] = time.time,
         rate_query: str = RATE_QUERY,
         p99_query: str | None = P99_QUERY,
@@ -304,6 +306,7 @@ class Monitor:
         self.reader = PrometheusReader(prometheus_url) if prometheus_url else None
         self.prometheus_url = prometheus_url
         self.start_s = start_s if start_s is not None else clock()
+        #: The newest seconds taken from the router's exact counts (the loop's rate window: ControlConfig's).
         self.rate_window_s = rate_window_s
         self.clock = clock
         self.warning = "" if prometheus_url else "no Prometheus: reading the dispatcher's counters"
@@ -349,13 +352,9 @@ class Monitor:
         if warning and warning != self.warning:
             log.warning("%s", warning)
         self.warning, self.source = warning, source
-        hist = series(points, now, self.start_s)
-        recent = hist[-self.rate_window_s:] if hist else ()
-        rate = sum(recent) / len(recent) if recent else 0.0
         return Observation(
             now_s=now,
-            history_rps=hist,
-            rate_rps=rate,
+            history_rps=series(points, now, self.start_s),
             p99_ms=p99,
             source=source,
             warning=warning,
