@@ -125,6 +125,9 @@ def simulate(
     else:
         control = replace(control, history_before=())
         settings.update(first_plan_ready=False, rates_before=None)
+    # A compressed replay: each simulated second stands for K trace seconds, so the forecaster reads the
+    # history stretched back to trace time, as adapt's and experiment's do (docs/simulator.md).
+    control = replace(control, history_stretch=max(int(speedup), 1))
     config = sim.SimConfig(control=control, **settings)
     from infadapter.core.forecast import make_forecaster
     from infadapter.core.policies import make_policy
