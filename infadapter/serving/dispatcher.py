@@ -184,7 +184,7 @@ class DispatcherConfig:
             (self.max_in_flight >= 1, "--max-in-flight: must be >= 1"),
             (self.max_body_bytes >= 1024, "--max-body-bytes: must be >= 1024"),
             (self.body_timeout_s > 0, "--body-timeout-s: must be > 0"),
-            (self.header_timeout_s > 0, "--header-timeout-s: must be > 0"),
+            (self.header_timeout_s > 0, "--header-timeout: must be > 0"),
             (self.shutdown_timeout_s >= 0, "--shutdown-timeout-s: must be >= 0"),
         ]
         for ok, message in checks:
