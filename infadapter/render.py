@@ -98,8 +98,8 @@ class TfServing(_Strict):
     max_pod_cores: float | None = Field(
         default=None,
         gt=0,
-        description="most cores of one pod; more run as replicas. Default: the profile's max_pod_cores, else "
-        "(adapt --backend kubernetes) the largest allocatable CPU of the cluster's nodes",
+        description="most cores of one pod; more run as replicas. Wins over the profile's max_pod_cores; "
+        "default: the profile's, else (adapt --backend kubernetes) the largest allocatable CPU of the nodes",
     )
     pod_annotations: dict[str, str] = Field(
         default_factory=dict, description="extra annotations on the variant pods (e.g. for a scraper or kwok)"
@@ -370,6 +370,13 @@ def plan_annotation(plan: Plan, generation: int) -> str:
     return json.dumps({"generation": generation, "plan": plan.as_dict()}, sort_keys=True, separators=(",", ":"))
 
 
+def largest_pod_cores(profile: Profile, config: RenderConfig | None = None) -> float | None:
+    """The largest pod's cores, the one rule: the render config's ``tfserving.max_pod_cores`` (the cluster's
+    deployment setting), else the profile's ``max_pod_cores``, else None (the kubernetes backend then asks the
+    nodes). The solver (through the profile the backend's setup sizes with it) and the renderer both read it."""
+    return (config or RenderConfig()).tfserving.max_pod_cores or profile.max_pod_cores
+
+
 def variant_layout(
     cores: float, profile: Profile, config: RenderConfig | None = None, max_pod_cores: float | None = None
 ) -> tuple[int, float]:
@@ -379,7 +386,7 @@ def variant_layout(
     render config's ``tfserving.max_pod_cores``, else the profile's; at least ``tfserving.replicas`` pods.
     """
     config = config or RenderConfig()
-    limit = config.tfserving.max_pod_cores or profile.max_pod_cores
+    limit = largest_pod_cores(profile, config)
     if max_pod_cores is not None:
         limit = min(limit, max_pod_cores) if limit else max_pod_cores
     replicas, per_pod = pod_layout(cores, limit)

@@ -43,6 +43,7 @@ from infadapter.render import (
     RenderConfig,
     VariantSpec,
     cpu_quantity,
+    largest_pod_cores,
     parse_cpu,
     render_route,
     render_variant,
@@ -245,7 +246,7 @@ class KubernetesBackend:
 
     def max_pod_cores(self) -> float | None:
         """The largest pod: the render config's, else the profile's, capped by a size the cluster refused."""
-        limit = self.config.tfserving.max_pod_cores or self.profile.max_pod_cores
+        limit = largest_pod_cores(self.profile, self.config)
         if self.pod_limit_cores is not None:
             limit = min(limit, self.pod_limit_cores) if limit else self.pod_limit_cores
         return limit

@@ -32,6 +32,7 @@ from infadapter.core.control import HISTORY_S
 from infadapter.core.profile import Profile
 from infadapter.errors import BackendUnavailable, BadInput
 from infadapter.observe.monitor import Observation
+from infadapter.render import largest_pod_cores
 
 log = logging.getLogger(__name__)
 
@@ -259,17 +260,17 @@ class ClusterSetup:
 
 
 def _fit_cluster(backend: Any, profile: Profile, messages: list[str]) -> Profile:
-    """Preflight the namespace, and size pods to the nodes: the largest pod is the profile's
-    ``max_pod_cores``, else the render config's ``tfserving.max_pod_cores``, else the largest node's
-    allocatable CPU; the solver then plans variants as replicas x cores per pod."""
+    """Preflight the namespace, and size pods to the nodes: the largest pod is
+    :func:`infadapter.render.largest_pod_cores` (the render config's, else the profile's), else the largest
+    node's allocatable CPU; the solver then plans variants as replicas x cores per pod."""
     errors, warnings = backend.preflight()
     if errors:
         more = f" (and {len(errors) - 1} more)" if errors[1:] else ""
         raise BackendUnavailable(f"preflight: {errors[0]}{more}")
     messages.extend(f"preflight: {w}" for w in warnings)
-    limit = profile.max_pod_cores or backend.config.tfserving.max_pod_cores
+    limit = largest_pod_cores(profile, backend.config)
     if limit:
-        where = "profile" if profile.max_pod_cores else "--k8s-config tfserving.max_pod_cores"
+        where = "--k8s-config tfserving.max_pod_cores" if backend.config.tfserving.max_pod_cores else "profile"
         messages.append(f"pods: at most {limit:g} cores each ({where})")
     else:
         limit, note = backend.cluster_max_pod_cores()
