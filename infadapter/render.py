@@ -339,8 +339,11 @@ class VariantSpec:
 
 
 @functools.cache
-def _environment() -> jinja2.Environment:
-    """The template environment (cached: compiling templates costs more than rendering them)."""
+def environment() -> jinja2.Environment:
+    """The one Jinja environment of every template under ``templates/`` (manifests, the Prometheus configs and
+    rules, HAProxy's config): names are relative to that folder (``"prometheus/local.yml.j2"``); undefined
+    variables are errors; block tags leave no blank lines (as Ansible's ``template`` renders the same files).
+    Cached: compiling templates costs more than rendering them."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         undefined=jinja2.StrictUndefined,
@@ -418,7 +421,7 @@ def render_variant(
     spec: VariantSpec, plan: Plan, generation: int, config: RenderConfig, env: jinja2.Environment | None = None
 ) -> list[Manifest]:
     """ConfigMap, Deployment and Service of one variant, in the order they must be applied."""
-    env = env or _environment()
+    env = env or environment()
     name = config.object_name(spec.name)
     ctx = {
         "c": config,
@@ -449,7 +452,7 @@ def render_plan(
 ) -> list[Manifest]:
     """The manifests of every variant in ``plan`` (ConfigMap, Deployment, Service each), and with
     ``router: gateway`` the HTTPRoute whose weights are the plan's shares."""
-    env = _environment()
+    env = environment()
     out: list[Manifest] = []
     for spec in variant_specs(plan, profile, template_cores, config):
         out.extend(render_variant(spec, plan, generation, config, env))
@@ -462,12 +465,12 @@ def render_route(shares: Mapping[str, float], config: RenderConfig) -> Manifest:
     """The Gateway API HTTPRoute splitting traffic over the variants' Services by ``shares`` (a variant
     on its way out is given with share 0: it stays listed, weight 0, until its Deployment goes)."""
     ctx = {"c": config, "weights": config.route_weights(shares), "labels": config.common_labels(), "L": _label_keys()}
-    return _render(_environment(), "k8s/httproute.yaml.j2", f"{config.gateway.route_name}.httproute.yaml", **ctx)
+    return _render(environment(), "k8s/httproute.yaml.j2", f"{config.gateway.route_name}.httproute.yaml", **ctx)
 
 
 def render_platform(config: RenderConfig) -> list[Manifest]:
     """Namespace, dispatcher, adapter (with RBAC) and, if enabled, the Prometheus-operator monitors."""
-    env = _environment()
+    env = environment()
     ctx = {"c": config, "labels": config.common_labels(), "L": _label_keys()}
     files = [
         ("k8s/namespace.yaml.j2", "namespace.yaml"),
@@ -489,7 +492,7 @@ def render_platform(config: RenderConfig) -> list[Manifest]:
 def render_prometheus(config: RenderConfig) -> str:
     """A plain scrape config for a standalone Prometheus running in the cluster (pod discovery)."""
     ctx = {"c": config, "L": _label_keys()}
-    return _environment().get_template("prometheus/cluster.yml.j2").render(**ctx)
+    return environment().get_template("prometheus/cluster.yml.j2").render(**ctx)
 
 
 def write_manifests(manifests: Iterable[Manifest], out_dir: str | Path) -> list[Path]:

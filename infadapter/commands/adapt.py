@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,23 +13,15 @@ import click
 from infadapter import paths
 from infadapter.backends import BACKENDS
 from infadapter.commands.common import err_console, json_option, out_console, print_json
-from infadapter.commands.options import control_options
+from infadapter.commands.options import Replay, control_options, load_options, load_replay
 from infadapter.commands.views import LiveView as _View
-from infadapter.core.control import HISTORY_S, ControlConfig
+from infadapter.core.control import ControlConfig
 from infadapter.errors import BadInput
 
 
 def _load_options(f: Any) -> Any:
-    opts = [
-        click.option("--window", default=None, help="Trace window to replay: paper, dayN or START:DURATION."),
-        click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply the trace's rates."),
-        click.option("--speedup", type=float, default=1.0, show_default=True, help="Compress the trace's time."),
-        click.option("--trace", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Trace file."),
-        click.option("--rate", type=float, default=None, help="Constant load in req/s instead of a window."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    f = click.option("--rate", type=float, default=None, help="Constant load in req/s instead of a window.")(f)
+    return load_options()(f)
 
 
 def _common_options(f: Any) -> Any:
@@ -130,8 +121,9 @@ def _replay_label(window: str | None, scale: float, speedup: float, rate: float 
     return f"trace window {window} (scale {scale:g}, speedup {speedup:g})"
 
 
-def _rates(window: str | None, scale: float, speedup: float, trace: Path | None, rate: float | None,
-           duration: float | None) -> tuple[float, ...] | None:
+def _load(window: str | None, scale: float, speedup: float, trace: Path | None, rate: float | None,
+          duration: float | None) -> Replay | None:
+    """The load of a run: a constant --rate, a trace --window (options.load_replay), or None."""
     if window and rate is not None:
         raise BadInput("--rate: give either --window or --rate, not both")
     if rate is not None:
@@ -139,31 +131,9 @@ def _rates(window: str | None, scale: float, speedup: float, trace: Path | None,
             raise BadInput(f"--rate: must be >= 0 req/s, got {rate}")
         if duration is None:
             raise BadInput("--duration: needed with --rate (seconds of load)")
-        return tuple([float(rate)] * max(int(duration), 1))
-    if window:
-        from infadapter.observe.trace import load_window
-
-        return tuple(float(x) for x in load_window(window, trace, scale, speedup))
-    return None
-
-
-def _history_before(window: str | None, scale: float, speedup: float, trace: Path | None,
-                    seconds: int = HISTORY_S) -> tuple[float, ...]:
-    """The ``seconds`` before a replayed window, as an adapter (or a VPA) that was already running saw them."""
-    if not window:
-        return ()
-    from infadapter.observe.trace import load_history_before
-
-    return tuple(float(x) for x in load_history_before(window, trace, scale, speedup, seconds))
-
-
-def _replay_control(control: ControlConfig, window: str | None, scale: float, speedup: float,
-                    trace: Path | None) -> ControlConfig:
-    """``control`` with what a replayed window adds: its --speedup as the history stretch, the seconds before it."""
-    if not window:
-        return control
-    return replace(control, history_stretch=max(int(speedup), 1),
-                   history_before=_history_before(window, scale, speedup, trace))
+        return Replay(rates=tuple([float(rate)] * max(int(duration), 1)), rates_before=(), history_before=(),
+                      stretch=1)
+    return load_replay(window, trace, scale, speedup) if window else None
 
 
 def _run_config(**kw: Any) -> Any:
@@ -232,12 +202,13 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
         raise BadInput(f"--router haproxy: only with --backend local, not with --backend {backend}")
     if backend == "local" and router == "gateway":
         raise BadInput("--router gateway: only with --backend kubernetes or dry-run (a Gateway API HTTPRoute)")
-    rates = _rates(window, scale, speedup, trace, rate, duration)
+    load = _load(window, scale, speedup, trace, rate, duration)
+    rates = load.rates if load is not None else None
     common = dict(
-        policy=policy, duration_s=duration, control=_replay_control(control, window, scale, speedup, trace),
+        policy=policy, duration_s=duration, control=load.control(control) if load is not None else control,
         stabilization_intervals=stabilization, min_gain=min_gain, alpha=alpha, budget=budget, forecaster=forecaster,
         rates_rps=rates, load_label=_replay_label(window, scale, speedup, rate, duration) if rates is not None else "",
-        rates_before=_history_before(window, scale, speedup, trace, 86400),
+        rates_before=load.rates_before if load is not None else (),
     )
     cfg: Any
     if backend == "local":
@@ -472,19 +443,20 @@ def experiment(ctx: click.Context, policies: str, duration: float | None, out_di
 
     verbose = (ctx.find_root().obj or {}).get("verbose", 0)
     _logging(verbose, as_json)
-    rates = _rates(window, scale, speedup, trace, rate, duration)
-    if rates is None:
+    load = _load(window, scale, speedup, trace, rate, duration)
+    rates = load.rates if load is not None else None
+    if load is None:
         raise BadInput("--window: experiment needs a load (--window W [--scale S --speedup K] or --rate R)")
     names = [p.strip() for p in policies.split(",") if p.strip()]
     if not names:
         raise BadInput("--policies: give at least one policy")
     base = _run_config(profile_path=profile_path or paths.local_profile(), policy=names[0], model_dir=model_dir,
                        duration_s=duration if rate is None else None,
-                       control=_replay_control(control, window, scale, speedup, trace),
+                       control=load.control(control),
                        stabilization_intervals=stabilization, forecaster=forecaster, rates_rps=rates,
                        prometheus=prometheus, limit_mode=limit_mode, resolution=resolution, seed=seed,
                        min_gain=min_gain, alpha=alpha, budget=budget,
-                       rates_before=_history_before(window, scale, speedup, trace, 86400),
+                       rates_before=load.rates_before,
                        router=router)
     with _View(quiet=as_json or verbose < 0) as view:
         doc = run_experiment(base, names, out_dir, on_update=view.update)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from infadapter.core.control import ControlConfig
+from infadapter.core.control import DAY_S, HISTORY_S, ControlConfig
 from infadapter.core.forecast import FORECAST_HELP
 from infadapter.core.policies import DEFAULT_MIN_GAIN, DEFAULT_STABILIZATION
 
@@ -77,3 +79,54 @@ def control_options(f: F) -> F:
     for o in reversed(POLICY_OPTIONS):
         f = o(f)
     return bind_control(f)
+
+
+# -- the load: a trace window (simulate, adapt, experiment) -------------------------------------------
+def load_options(window_default: str | None = None) -> Callable[[F], F]:
+    """``--window --trace --scale --speedup``, declared once (``window_default`` None: no window unless given)."""
+    opts = (
+        click.option("--window", default=window_default, show_default=window_default is not None,
+                     help="Trace window to replay: paper | dayN | all | START:DURATION (seconds)."),
+        click.option("--trace", "trace", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     envvar="INFADAPTER_TRACE", help="Trace file (.tbz2 or text/CSV of req/s per second)."),
+        click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply the trace's rates."),
+        click.option("--speedup", type=float, default=1.0, show_default=True,
+                     help="Compress the trace's time by a whole factor (mean rate of each K seconds)."),
+    )
+
+    def decorate(f: F) -> F:
+        for o in reversed(opts):
+            f = o(f)
+        return f
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A trace window as the control loop and the simulator replay it (the one window -> rates/history code)."""
+
+    #: Per-second rates of the window, scaled and compressed.
+    rates: tuple[float, ...]
+    #: The day before the window at the same scale and compression (warm VPA: ``policies.Context.rates_before``).
+    rates_before: tuple[float, ...]
+    #: Its last ``HISTORY_S`` trace seconds: what an adapter already running had observed.
+    history_before: tuple[float, ...]
+    #: Each replayed second stands for this many trace seconds (``ControlConfig.history_stretch``).
+    stretch: int
+
+    def control(self, control: ControlConfig, warm: bool = True) -> ControlConfig:
+        """``control`` with this replay's history stretch and (``warm``) the history seen before it."""
+        return replace(control, history_stretch=self.stretch, history_before=self.history_before if warm else ())
+
+
+def load_replay(window: str, trace: Path | None, scale: float, speedup: float) -> Replay:
+    """Load ``window`` of the trace and the day before it (one read of each)."""
+    from infadapter.observe.trace import load_history_before, load_window
+
+    stretch = max(int(speedup), 1)
+    rates = tuple(float(x) for x in load_window(window, trace, scale, speedup))
+    day = tuple(float(x) for x in load_history_before(window, trace, scale, speedup, DAY_S))
+    kept = HISTORY_S // stretch
+    return Replay(rates=rates, rates_before=day, history_before=day[len(day) - kept:] if kept else (),
+                  stretch=stretch)

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from infadapter.commands.common import err_console, json_option, out_console, print_json, profile_option
-from infadapter.commands.options import control_options
+from infadapter.commands.options import control_options, load_options, load_replay
 from infadapter.core.control import ControlConfig
 from infadapter.core.policies import POLICY_HELP, compare_specs
 from infadapter.errors import BadInput
@@ -33,12 +33,7 @@ Examples:
 
 @click.command(epilog=EPILOG)
 @profile_option()
-@click.option("--window", default="paper", show_default=True,
-              help="paper | dayN | all | START:DURATION (seconds) of the trace.")
-@click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              envvar="INFADAPTER_TRACE", help="Trace file (.tbz2 or text/CSV of req/s per second).")
-@click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply every rate.")
-@click.option("--speedup", type=float, default=1.0, show_default=True, help="Compress time by a whole factor.")
+@load_options("paper")
 @click.option("--policy", "policy_spec", default="infadapter", show_default=True,
               help=f"{POLICY_HELP} | all | a comma list of them.")
 @click.option("--paper", is_flag=True,
@@ -73,7 +68,7 @@ Examples:
               help="Write the per-second timeline of every policy as CSV.")
 @json_option
 def simulate(
-    profile_path: Path, window: str, trace_path: Path | None, scale: float, speedup: float, policy_spec: str,
+    profile_path: Path, window: str, trace: Path | None, scale: float, speedup: float, policy_spec: str,
     paper: bool, forecaster: str, control: ControlConfig, alpha: float | None, budget: float | None,
     warmup: float,
     warm_start: bool, stabilization: int, timeout: float | None, seed: int,
@@ -89,14 +84,16 @@ def simulate(
     most accurate variant and the oracle on the same arrivals. With --json: one object for one
     policy, or {"policy": "all", "results": [...], "comparison": [...]} for several.
     """
-    from infadapter.core.control import DAY_S, HISTORY_S
     from infadapter.core.profile import load_profile
-    from infadapter.observe.trace import load_history_before, load_window, parse_window
+    from infadapter.observe.trace import parse_window
     from infadapter.sim import simulation as sim
 
     profile = load_profile(profile_path).tuned(alpha=alpha, budget=budget)
     parse_window(window)  # a bad window fails before the trace loads
-    rates = load_window(window, trace_path, scale, speedup)
+    import numpy as np
+
+    load = load_replay(window, trace, scale, speedup)
+    rates = np.asarray(load.rates, dtype=float)
     specs = compare_specs(profile) if policy_spec.strip() == "all" else [
         s.strip() for s in policy_spec.split(",") if s.strip()]
     if not specs:
@@ -118,16 +115,10 @@ def simulate(
         settings.update({k: v for k, v in paper_setting.items() if k not in ctl_names})
         control = replace(control, **{k: v for k, v in paper_setting.items() if k in ctl_names and v is not None})
         warm_start = warm_start and "warm_start" in given
-    if warm_start:
-        day = load_history_before(window, trace_path, scale, speedup, DAY_S)
-        control = replace(control, history_before=tuple(day[-(HISTORY_S // max(int(speedup), 1)):]))
-        settings.update(first_plan_ready=True, rates_before=tuple(day))
-    else:
-        control = replace(control, history_before=())
-        settings.update(first_plan_ready=False, rates_before=None)
     # A compressed replay: each simulated second stands for K trace seconds, so the forecaster reads the
     # history stretched back to trace time, as adapt's and experiment's do (docs/simulator.md).
-    control = replace(control, history_stretch=max(int(speedup), 1))
+    control = load.control(control, warm=warm_start)
+    settings.update(first_plan_ready=warm_start, rates_before=load.rates_before if warm_start else None)
     config = sim.SimConfig(control=control, **settings)
     from infadapter.core.forecast import make_forecaster
     from infadapter.core.policies import make_policy

@@ -33,11 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from infadapter import paths
 from infadapter.core.control import HISTORY_S, ControlConfig
 from infadapter.processes import pid_alive
+from infadapter.render import environment
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +91,8 @@ def render_config(
     rules_file: Path | None = None,
 ) -> str:
     """The scrape config for the local stack, rendered from ``templates/prometheus/local.yml.j2``."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), undefined=jinja2.StrictUndefined, autoescape=False
-    )
     interval = f"{max(round(scrape_interval_s * 1000), 100)}ms"
-    return env.get_template("local.yml.j2").render(
+    return environment().get_template("prometheus/local.yml.j2").render(
         scrape_interval=interval,
         scrape_timeout=interval,
         dispatcher_target=dispatcher_target,
