@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from infadapter import paths
+from infadapter.core import slo
 from infadapter.errors import BadInput
 from infadapter.render import environment
 
@@ -15,7 +16,7 @@ RULES_TEMPLATE = "prometheus/slo-rules.yml.j2"
 
 
 def render_rules(
-    slo_objective: float = 0.99,
+    slo_objective: float = slo.OBJECTIVE,
     adapter_stale_after_s: int = 180,
     alert_for: str = "2m",
     rules_selector: str = "",

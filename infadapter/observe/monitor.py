@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from infadapter import paths
+from infadapter.core import slo
 from infadapter.core.control import HISTORY_S, ControlConfig
 from infadapter.processes import pid_alive
 from infadapter.render import environment
@@ -44,12 +45,12 @@ TEMPLATE_DIR = paths.PROMETHEUS_TEMPLATES
 
 #: PromQL of the live signals (dispatcher metric names; the same names serve on a cluster).
 RATE_QUERY = "sum(irate(dispatcher_requests_total[5s]))"
-P99_QUERY = (
-    "1000 * histogram_quantile(0.99, sum by (le) (rate(dispatcher_request_latency_seconds_bucket[30s])))"
+P99_QUERY = (  # the SLO's percentile (infadapter.core.slo)
+    f"1000 * histogram_quantile({slo.QUANTILE:g}, sum by (le) (rate(dispatcher_request_latency_seconds_bucket[30s])))"
 )
 VARIANT_RATE_QUERY = "sum by (model_name) (rate(:tensorflow:serving:request_count[15s]))"
 VARIANT_P99_QUERY = (
-    "histogram_quantile(0.99, sum by (le, model_name) "
+    f"histogram_quantile({slo.QUANTILE:g}, sum by (le, model_name) "
     "(rate(:tensorflow:serving:request_latency_bucket[60s]))) / 1000"
 )
 

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from infadapter.adapter.records import DecisionRecord, StepTimer, decision_record
-from infadapter.core import control
+from infadapter.core import control, slo
 from infadapter.core import solver as solver_mod
 from infadapter.core.cpusamples import CpuSampler
 from infadapter.core.forecast import Forecaster, make_forecaster
@@ -673,7 +673,8 @@ class Simulation:
         arr, d, finish, accuracy = self.arr, self.duration, self.finish, self.accuracy
         ok = ~np.isnan(finish)
         latency = finish - arr.times
-        late = ok & (latency > self.slo_s)
+        late = ok & slo.late(latency, self.slo_s)
+        bad = slo.violated(ok, latency, self.slo_s)  # late, failed or dropped
         dropped = ~ok
         sec = np.minimum(arr.times.astype(np.int64), d - 1)
         served_acc = np.where(ok, accuracy[np.maximum(self.served_by, 0)], 0.0)
@@ -685,7 +686,7 @@ class Simulation:
         usage_ts = self.usage.sum(axis=0)
         timeline = {
             "requests": arr.counts.copy(),
-            "violations": np.bincount(sec[late | dropped], minlength=d).astype(float),
+            "violations": np.bincount(sec[bad], minlength=d).astype(float),
             "dropped": np.bincount(sec[dropped], minlength=d).astype(float),
             "cores": self.cores_ts, "capacity_rps": self.cap_ts, "accuracy": acc_ts, "forecast_rps": self.fc_ts,
             "cpu_usage_cores": usage_ts,
@@ -693,11 +694,11 @@ class Simulation:
         return SimResult(
             policy=self.policy.name,
             requests=int(arr.times.size),
-            violations=int((late | dropped).sum()),
+            violations=int(bad.sum()),
             dropped=int(dropped.sum()),
             late=int(late.sum()),
             p50_ms=float(np.percentile(lat_ms, 50)) if lat_ms.size else 0.0,
-            p99_ms=float(np.percentile(lat_ms, 99)) if lat_ms.size else 0.0,
+            p99_ms=slo.judged_ms(lat_ms) or 0.0,
             mean_cores=float(self.cores_ts.mean()),
             mean_planned_cores=float(self.planned_ts.mean()),
             mean_accuracy=float(accuracy[self.served_by[ok]].mean()) if ok.any() else 0.0,
