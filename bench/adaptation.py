@@ -55,7 +55,7 @@ def config(settings: dict[str, Any], window: str) -> sim.SimConfig:
     if warm:
         day = load_history_before(window, None, 1.0, 1.0, DAY_S)
         s.update(first_plan_ready=True, warmup_s=0.0, history_before=tuple(day[-HISTORY_S:]), rates_before=tuple(day))
-    return sim.SimConfig(**{**base, **s})
+    return sim.SimConfig.of(**{**base, **s})
 
 
 def main() -> None:

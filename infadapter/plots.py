@@ -21,6 +21,7 @@ import numpy as np
 
 from infadapter.adapter.records import read_records
 from infadapter.adapter.state import DECISIONS_FILE, read_state, state_path
+from infadapter.core import slo
 
 #: Width of the bins of the violation-rate panel, in seconds.
 VIOLATION_BIN_S = 10.0
@@ -62,7 +63,7 @@ def violation_rates(requests_csv: Path, slo_ms: float, start_s: float,
     if not rows:
         return None
     t = np.array([r[0] for r in rows]) - start_s
-    bad = np.array([r[1] != "ok" or r[2] > slo_ms for r in rows], dtype=float)
+    bad = np.array([slo.violated(r[1] == "ok", r[2], slo_ms) for r in rows], dtype=float)
     idx = np.floor(np.maximum(t, 0.0) / bin_s).astype(int)
     sent = np.bincount(idx)
     missed = np.bincount(idx, weights=bad)

@@ -37,6 +37,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from infadapter.core import slo
 from infadapter.core.profile import Profile, profile_from_dict, threads_for_cores
 from infadapter.errors import BackendUnavailable, BadInput
 from infadapter.paper import VARIANTS as PAPER_VARIANTS
@@ -100,7 +101,7 @@ class Step:
     throughput_rps: float
 
     def passed(self, slo_ms: float) -> bool:
-        return self.sent > 0 and self.p99_ms <= slo_ms
+        return self.sent > 0 and slo.met(self.p99_ms, slo_ms)
 
 
 @dataclass
@@ -187,7 +188,7 @@ async def open_loop(
         ok=ok,
         errors=sent - ok,
         p50_ms=round(_percentile_ms(latencies, 0.5), 2),
-        p99_ms=round(_percentile_ms(latencies, 0.99), 2),
+        p99_ms=round(_percentile_ms(latencies, slo.QUANTILE), 2),
         throughput_rps=round(ok / max(t_sent, 1e-9), 3),
     )
 

@@ -98,8 +98,8 @@ class TfServing(_Strict):
     max_pod_cores: float | None = Field(
         default=None,
         gt=0,
-        description="most cores of one pod; more run as replicas. Default: the profile's max_pod_cores, else "
-        "(adapt --backend kubernetes) the largest allocatable CPU of the cluster's nodes",
+        description="most cores of one pod; more run as replicas. Wins over the profile's max_pod_cores; "
+        "default: the profile's, else (adapt --backend kubernetes) the largest allocatable CPU of the nodes",
     )
     pod_annotations: dict[str, str] = Field(
         default_factory=dict, description="extra annotations on the variant pods (e.g. for a scraper or kwok)"
@@ -339,8 +339,11 @@ class VariantSpec:
 
 
 @functools.cache
-def _environment() -> jinja2.Environment:
-    """The template environment (cached: compiling templates costs more than rendering them)."""
+def environment() -> jinja2.Environment:
+    """The one Jinja environment of every template under ``templates/`` (manifests, the Prometheus configs and
+    rules, HAProxy's config): names are relative to that folder (``"prometheus/local.yml.j2"``); undefined
+    variables are errors; block tags leave no blank lines (as Ansible's ``template`` renders the same files).
+    Cached: compiling templates costs more than rendering them."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         undefined=jinja2.StrictUndefined,
@@ -370,10 +373,13 @@ def plan_annotation(plan: Plan, generation: int) -> str:
     return json.dumps({"generation": generation, "plan": plan.as_dict()}, sort_keys=True, separators=(",", ":"))
 
 
-def largest_pod(profile: Profile, config: RenderConfig, max_pod_cores: float | None = None) -> float | None:
-    """The most cores of one pod: the render config's ``tfserving.max_pod_cores``, else the profile's, capped
-    by ``max_pod_cores`` (a size the cluster refused); None (or 0) when nothing limits a pod."""
-    limit = config.tfserving.max_pod_cores or profile.max_pod_cores
+def largest_pod_cores(profile: Profile, config: RenderConfig | None = None,
+                      max_pod_cores: float | None = None) -> float | None:
+    """The largest pod's cores, the one rule: the render config's ``tfserving.max_pod_cores`` (the cluster's
+    deployment setting), else the profile's ``max_pod_cores``, capped by ``max_pod_cores`` (a size the cluster
+    refused); None (or 0) when nothing limits a pod (the kubernetes backend then asks the nodes). The solver
+    (through the profile the backend's setup sizes with it) and the renderer both read it."""
+    limit = (config or RenderConfig()).tfserving.max_pod_cores or profile.max_pod_cores
     if max_pod_cores is not None:
         limit = min(limit, max_pod_cores) if limit else max_pod_cores
     return limit
@@ -388,7 +394,7 @@ def variant_layout(
     render config's ``tfserving.max_pod_cores``, else the profile's; at least ``tfserving.replicas`` pods.
     """
     config = config or RenderConfig()
-    replicas, per_pod = pod_layout(cores, largest_pod(profile, config, max_pod_cores))
+    replicas, per_pod = pod_layout(cores, largest_pod_cores(profile, config, max_pod_cores))
     if 0 < replicas < config.tfserving.replicas:
         replicas, per_pod = pod_layout(cores, cores / config.tfserving.replicas)
     return replicas, per_pod
@@ -417,7 +423,7 @@ def render_variant(
     spec: VariantSpec, plan: Plan, generation: int, config: RenderConfig, env: jinja2.Environment | None = None
 ) -> list[Manifest]:
     """ConfigMap, Deployment and Service of one variant, in the order they must be applied."""
-    env = env or _environment()
+    env = env or environment()
     name = config.object_name(spec.name)
     ctx = {
         "c": config,
@@ -448,7 +454,7 @@ def render_plan(
 ) -> list[Manifest]:
     """The manifests of every variant in ``plan`` (ConfigMap, Deployment, Service each), and with
     ``router: gateway`` the HTTPRoute whose weights are the plan's shares."""
-    env = _environment()
+    env = environment()
     out: list[Manifest] = []
     for spec in variant_specs(plan, profile, template_cores, config):
         out.extend(render_variant(spec, plan, generation, config, env))
@@ -461,12 +467,12 @@ def render_route(shares: Mapping[str, float], config: RenderConfig) -> Manifest:
     """The Gateway API HTTPRoute splitting traffic over the variants' Services by ``shares`` (a variant
     on its way out is given with share 0: it stays listed, weight 0, until its Deployment goes)."""
     ctx = {"c": config, "weights": config.route_weights(shares), "labels": config.common_labels(), "L": _label_keys()}
-    return _render(_environment(), "k8s/httproute.yaml.j2", f"{config.gateway.route_name}.httproute.yaml", **ctx)
+    return _render(environment(), "k8s/httproute.yaml.j2", f"{config.gateway.route_name}.httproute.yaml", **ctx)
 
 
 def render_platform(config: RenderConfig) -> list[Manifest]:
     """Namespace, dispatcher, adapter (with RBAC) and, if enabled, the Prometheus-operator monitors."""
-    env = _environment()
+    env = environment()
     ctx = {"c": config, "labels": config.common_labels(), "L": _label_keys()}
     files = [
         ("k8s/namespace.yaml.j2", "namespace.yaml"),
@@ -488,7 +494,7 @@ def render_platform(config: RenderConfig) -> list[Manifest]:
 def render_prometheus(config: RenderConfig) -> str:
     """A plain scrape config for a standalone Prometheus running in the cluster (pod discovery)."""
     ctx = {"c": config, "L": _label_keys()}
-    return _environment().get_template("prometheus/cluster.yml.j2").render(**ctx)
+    return environment().get_template("prometheus/cluster.yml.j2").render(**ctx)
 
 
 def write_manifests(manifests: Iterable[Manifest], out_dir: str | Path) -> list[Path]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from infadapter.backends.kubernetes.setup import GuardedObserver, ReplayedLoad
+from infadapter.core.control import ControlConfig, observed_rate
 from infadapter.render import RenderConfig, render_platform
 from tests.cli_helpers import run_cli
 
@@ -48,7 +49,8 @@ def test_replayed_load_is_the_trace_as_history():
     assert replay.observe(100.4).history_rps == ()
     obs = replay.observe(104.5)  # seconds 0..3 are complete
     assert obs.history_rps == (1, 2, 3, 4)
-    assert obs.rate_rps == pytest.approx(3.0)  # mean of the last 3 complete seconds: (2 + 3 + 4) / 3
+    # the observed rate: the mean of the last 3 complete seconds, (2 + 3 + 4) / 3
+    assert observed_rate(obs.history_rps, ControlConfig()) == pytest.approx(3.0)
     assert obs.source == "replay" and "not live traffic" in obs.warning
     assert replay.observe(108.0).history_rps == (1, 2, 3, 4, 5, 6, 0, 0)  # after its end the load is 0
 
@@ -66,7 +68,7 @@ def test_guarded_observer_keeps_the_last_good_observation():
     guarded = GuardedObserver(flaky)
     good = guarded(3.0)
     stale = guarded(13.0)
-    assert stale.history_rps == good.history_rps and stale.rate_rps == 10
+    assert stale.history_rps == good.history_rps and observed_rate(stale.history_rps, ControlConfig()) == 10
     assert stale.source == "stale replay" and "10 s ago" in stale.warning and "connection refused" in stale.warning
     first = GuardedObserver(lambda now: (_ for _ in ()).throw(OSError("down")))(1.0)
     assert first.history_rps == () and first.source == "none"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infadapter.core.control import ControlConfig
 from infadapter.core.profile import load_profile
 from infadapter.sim.experiment import RunConfig, live_arrival_times, simulate_same
 from infadapter.sim.simulation import make_arrivals
@@ -20,8 +21,9 @@ def _step_load() -> np.ndarray:
 
 def _run(policy: str, rates: np.ndarray) -> RunConfig:
     """A live run's settings: 3-s decisions on ewma, a replay compressed 10 times."""
-    return RunConfig(profile_path=ROOT / "profiles" / "local.yaml", policy=policy, interval_s=3.0, forecaster="ewma",
-                     rates_rps=tuple(rates), history_stretch=10)
+    return RunConfig(profile_path=ROOT / "profiles" / "local.yaml", policy=policy, forecaster="ewma",
+                     rates_rps=tuple(rates),
+                     control=ControlConfig(interval_s=3.0, history_stretch=10))
 
 
 def test_replays_the_live_schedule_and_reports_both_cost_figures(tmp_path: Path) -> None:

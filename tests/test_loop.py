@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import pytest
 
 from infadapter.adapter.loop import ControlLoop, LoopConfig, LoopMetrics
 from infadapter.adapter.records import DecisionLog, read_records
 from infadapter.backends.base import ApplyResult, BackendState, VariantState
+from infadapter.core.control import ControlConfig
 from infadapter.core.plan import Plan
 from infadapter.core.policies import make_policy
 from infadapter.core.profile import profile_from_dict
@@ -109,7 +111,7 @@ class Load:
         self.calls.append(now)
         while len(self.history) < int(now - 1_000_000.0):
             self.history.append(self.rate)
-        return Observation(now, tuple(self.history[-600:]), self.rate, 50.0, "fake")
+        return Observation(now, tuple(self.history[-600:]), 50.0, "fake")
 
 
 class PeakForecaster:
@@ -125,7 +127,8 @@ def make_loop(tmp_path=None, stabilization=3, interval=10.0, **cfg):
     backend = FakeBackend()
     loop = ControlLoop(
         PROFILE, make_policy("infadapter", PROFILE, stabilization), PeakForecaster(), backend, load.observe,
-        LoopConfig(interval_s=interval, check_s=1.0, initial_forecast_rps=5.0, **cfg), clock=clock, sleep=clock.sleep,
+        LoopConfig(ControlConfig(interval_s=interval, check_s=1.0, initial_forecast_rps=5.0, **cfg)),
+        clock=clock, sleep=clock.sleep,
         records=DecisionLog(tmp_path / "decisions.jsonl" if tmp_path else None), metrics=LoopMetrics(),
     )
     return loop, clock, load, backend
@@ -138,13 +141,13 @@ def run_for(loop, clock, seconds):
         r = loop.tick()
         if r is not None:
             recs.append(r)
-        clock.sleep(loop.config.check_s)
+        clock.sleep(loop.config.control.check_s)
     return recs
 
 
 def next_decision(loop, clock, limit_s=60):
     for _ in range(int(limit_s)):
-        clock.sleep(loop.config.check_s)
+        clock.sleep(loop.config.control.check_s)
         r = loop.tick()
         if r is not None:
             return r
@@ -246,7 +249,7 @@ def test_records_hold_inputs_plans_and_timings(tmp_path):
     for key in ("observed_rps", "forecast_rps", "plan_before", "plan_after", "objective", "solve_s", "reason",
                 "timings_s", "monitor_source", "actions"):
         assert key in r
-    assert set(r["timings_s"]) == {"observe", "forecast", "plan", "apply", "total"}
+    assert set(r["timings_s"]) == {"observe", "forecast", "plan", "stabilize", "apply", "record", "total"}
     assert r["plan_before"] is None and r["plan_after"]["variants"][0]["name"] == "resnet50"
     snap = loop.snapshot().as_dict()
     json.dumps(snap)  # the snapshot is JSON-ready (it goes to the state file)
@@ -260,7 +263,7 @@ def test_vpa_gets_cpu_usage_samples_from_the_backend(tmp_path):
     load = Load(clock, rate=5.0)
     backend = FakeBackend()
     loop = ControlLoop(PROFILE, make_policy("vpa:resnet50", PROFILE, 1), PeakForecaster(), backend, load.observe,
-                       LoopConfig(interval_s=10.0), clock=clock, sleep=clock.sleep)
+                       LoopConfig(ControlConfig(interval_s=10.0)), clock=clock, sleep=clock.sleep)
     loop.tick()
     assert backend.plan.cores == 2.0  # VPA starts on the whole budget (no samples yet)
     for second in range(1, 71):
@@ -291,7 +294,7 @@ def test_run_stops_on_duration_and_accounts_time():
     totals = loop.run(duration_s=20.0)
     assert totals.seconds == pytest.approx(20.0, abs=1.0)
     assert totals.mean_cores == pytest.approx(0.5)
-    assert replace(loop.config).interval_s == 5.0
+    assert replace(loop.config).control.interval_s == 5.0
 
 
 def test_in_place_backend_grows_running_variants_first_while_new_ones_load():
@@ -354,3 +357,39 @@ def test_a_plan_read_back_without_accuracy_is_accounted_from_the_profile(tmp_pat
     from prometheus_client import generate_latest
 
     assert f"infadapter_accuracy {expected}" in generate_latest(loop.metrics.registry).decode()
+
+
+# -- one observed-rate rule, live and simulated ------------------------------------------------------
+def _live_triggers(tmp_path, rate_window_s: int) -> list[str]:
+    """The live loop on 5 req/s with one 1-s burst to 20 req/s at second 12 (interval 100 s: only the
+    start decision is scheduled)."""
+    loop, clock, load, _backend = make_loop(tmp_path, interval=100.0, rate_window_s=rate_window_s)
+    recs = run_for(loop, clock, 12)
+    load.rate = 20.0
+    recs += run_for(loop, clock, 1)
+    load.rate = 5.0
+    recs += run_for(loop, clock, 6)
+    return [r.trigger for r in recs]
+
+
+def _sim_triggers(rate_window_s: int) -> list[str]:
+    """The simulator on the same load, exactly 5 requests a second with 20 in second 60."""
+    from infadapter.sim.simulation import SimConfig, arrivals_from_times, simulate
+
+    counts = [5] * 60 + [20] + [5] * 29
+    times = np.concatenate([s + (np.arange(n) + 0.5) / n for s, n in enumerate(counts)])
+    cfg = SimConfig.of(interval_s=100.0, warmup_s=0.0, forecaster="last", initial_forecast_rps=5.0,
+                       rate_window_s=rate_window_s, first_plan_ready=True, stabilization_intervals=1)
+    res = simulate(PROFILE, np.asarray(counts, dtype=float), "infadapter", cfg,
+                   arrivals=arrivals_from_times(times, len(counts)))
+    return [r.trigger for r in res.decisions]
+
+
+def test_rate_window_moves_the_live_and_the_simulated_overload_trigger_alike(tmp_path):
+    # The start plan serves 5 req/s on resnet50 x 0.5 cores = 8 req/s; the check fires above 8 x 1.1 = 8.8.
+    # A 1-s window sees the burst as 20 req/s: an overload, live and simulated. A 10-s window averages it,
+    # (9 x 5 + 20) / 10 = 6.5 req/s: no overload in either.
+    assert _live_triggers(tmp_path, 1) == ["start", "overload"]
+    assert _sim_triggers(1) == ["start", "overload"]
+    assert _live_triggers(tmp_path, 10) == ["start"]
+    assert _sim_triggers(10) == ["start"]

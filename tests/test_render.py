@@ -400,3 +400,21 @@ def test_render_cli_bad_input_is_one_line_exit_2(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "resnet9" in r.stderr and "Traceback" not in r.stderr
     r = _cli("render", "--out", str(tmp_path), stdin="{not json")
     assert r.returncode == 2 and "not valid JSON" in r.stderr
+
+
+def test_largest_pod_has_one_precedence_for_the_solver_and_the_pods(paper):
+    """Profile and render config both set, and different: the render config's 2 cores win (docs/kubernetes.md),
+    and the solver's capacity (the profile the backend's setup sizes with it) matches the rendered pods."""
+    from infadapter.render import largest_pod_cores, variant_layout
+
+    profile = paper.with_overrides(max_pod_cores=4.0)
+    config = config_from_dict({"tfserving": {"max_pod_cores": 2.0}})
+    assert largest_pod_cores(profile, config) == 2.0
+    sized = profile.with_overrides(max_pod_cores=largest_pod_cores(profile, config))  # what _fit_cluster does
+    name = paper.names[0]
+    # 6 cores in pods of at most 2: 3 pods of 2 in the rendered layout and in the solver's capacity model.
+    assert variant_layout(6.0, profile, config) == sized.pod_layout(6.0) == (3, 2.0)
+    assert sized.capacity_rps(name, 6.0) == pytest.approx(3 * paper.capacity_rps(name, 2.0))
+    plan = Plan.from_dict({"load": 1, "variants": [{"name": name, "cores": 6.0, "share": 1.0}]})
+    pods = [m.obj for m in render_plan(plan, profile, config) if m.obj.get("kind") == "Deployment"]
+    assert pods and pods[0]["spec"]["replicas"] == 3

@@ -16,6 +16,7 @@ import cli
 from infadapter.adapter.runner import AdapterConfig, AdapterRun
 from infadapter.adapter.state import read_state, state_path
 from infadapter.backends import BACKENDS, backend_class, backend_setup
+from infadapter.core.control import ControlConfig
 from infadapter.errors import BadInput
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,8 @@ def toy_registered(monkeypatch):
 
 def test_a_backend_added_in_the_test_runs_through_the_one_runner(toy_registered, tmp_path):
     cfg = AdapterConfig(backend="toy", profile_path=ROOT / "profiles" / "paper.yaml", run_dir=tmp_path / "run",
-                        interval_s=1.0, check_s=0.25, rates_rps=(40.0,) * 2 + (160.0,) * 2, forecaster="ewma")
+                        control=ControlConfig(interval_s=1.0, check_s=0.25),
+                        rates_rps=(40.0,) * 2 + (160.0,) * 2, forecaster="ewma")
     summary = AdapterRun(cfg, backend_setup("toy")).run()
     backend = ToySetup.last
     assert backend is not None and backend.stopped

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ from infadapter.sim.simulation import SimConfig as _SimConfig
 
 def SimConfig(**kw: object) -> _SimConfig:
     """The queueing model's tests run in the paper's setting unless they name a field."""
-    return _SimConfig(**{**PAPER_SETTING, **kw})  # type: ignore[arg-type]
+    return _SimConfig.of(**{**PAPER_SETTING, **kw})
 
 # Two variants; capacity(fast, c) = 20 c req/s, capacity(slow, c) = 10 c req/s; SLO 500 ms.
 PROFILE = profile_from_dict({
@@ -158,7 +158,7 @@ def test_reactive_replanning_catches_a_step_between_decisions() -> None:
     rates = np.concatenate([np.full(130, 10.0), np.full(70, 60.0)])
     base = SimConfig(forecaster="last", stabilization_intervals=1, seed=1)
     slow = simulate(PROFILE, rates, "infadapter", base)
-    fast = simulate(PROFILE, rates, "infadapter", _SimConfig(**{**base.__dict__, "react": True}))
+    fast = simulate(PROFILE, rates, "infadapter", replace(base, control=replace(base.control, react=True)))
     assert fast.violations < 0.7 * slow.violations
     assert any(r.reason.startswith("overload re-plan") for r in fast.decisions)
     assert not any(r.reason.startswith("overload re-plan") for r in slow.decisions)

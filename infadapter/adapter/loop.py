@@ -26,17 +26,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from infadapter.adapter.records import DecisionLog, DecisionRecord
+from infadapter.adapter.records import DecisionLog, DecisionRecord, StepTimer, decision_record
 from infadapter.adapter.runstate import LoopSnapshot
 from infadapter.backends.base import ApplyResult, Backend
 from infadapter.core import control
 from infadapter.core.control import ControlConfig, Forecaster
 from infadapter.core.cpusamples import CpuReadings, CpuSampler
 from infadapter.core.plan import Plan, diff, plan_from_cores
-from infadapter.core.policies import Context, Policy
+from infadapter.core.policies import Policy
 from infadapter.core.policies import entry as policy_entry
 from infadapter.core.profile import Profile
 from infadapter.observe.monitor import Observation
@@ -45,9 +45,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class LoopConfig(ControlConfig):
-    """The control rules (:class:`infadapter.core.control.ControlConfig`) plus what only a live loop reports."""
+class LoopConfig:
+    """The control rules (:class:`infadapter.core.control.ControlConfig`, composed) plus what only a live loop
+    reports and what its policies warm up on."""
 
+    #: When to decide and on which load: the same rules (and the same object) as the simulator's.
+    control: ControlConfig = field(default_factory=ControlConfig)
     #: SLO attainment is reported over this window.
     slo_window_s: float = 300.0
     #: Per-second rates of the day before the run, for policies that warm up on it (policies.Context).
@@ -168,6 +171,7 @@ class ControlLoop:
         self.backend = backend
         self._observe = observe
         self.config = config or LoopConfig()
+        self.ctl = self.config.control
         self.clock = clock
         self.stop_event = threading.Event()
         self.sleep = sleep or self.stop_event.wait
@@ -180,6 +184,7 @@ class ControlLoop:
         self.totals = Totals()
         self.last_obs: Observation | None = None
         self.last_forecast_rps = 0.0
+        self.last_observed_rps: float | None = None
         self.next_decision_s: float | None = None
         self.retry_at_s: float | None = None
         self.degraded: str = ""
@@ -199,104 +204,46 @@ class ControlLoop:
 
     # -- one decision ------------------------------------------------------------------------------
     def decide(self, trigger: str, obs: Observation | None = None) -> DecisionRecord:
-        """Observe (unless given), forecast, plan, diff, apply; record and return what happened."""
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
+        """One decision as named, timed steps (observe, forecast, plan, stabilize, apply, record), the
+        record holding each step's time; the rules of each step are :mod:`infadapter.core.control`'s."""
+        steps = StepTimer()
         now = self.clock()
-        if obs is None:
-            obs = self._observe(now)
-            self.last_obs = obs
-        timings["observe"] = time.perf_counter() - t0
-
-        t1 = time.perf_counter()
-        forecast = control.decision_load(trigger, self.forecaster, obs.history_rps, obs.rate_rps, self.config)
-        self.last_forecast_rps = forecast
-        timings["forecast"] = time.perf_counter() - t1
-
-        t2 = time.perf_counter()
-        ctx = Context(
-            profile=self.profile,
-            now_s=now,
-            forecast_rps=forecast,
-            current=self.serving,
-            history_rps=obs.history_rps,
-            cpu_usage={k: tuple(v) for k, v in self._cpu_samples.items()},
-            state=self.policy_state,
-            rates_before=self.config.rates_before,
-        )
-        decision = self.policy.decide(ctx)
-        self._cpu_samples = {}
-        timings["plan"] = time.perf_counter() - t2
-
+        with steps.step("observe"):
+            if obs is None:
+                obs = self._observe(now)
+                self.last_obs = obs
+            observed = control.seen(obs.history_rps, self.ctl)
+            self.last_observed_rps = observed.rate_rps
+        with steps.step("forecast"):
+            forecast = control.decision_load(trigger, self.forecaster, observed.history, observed.rate_rps, self.ctl)
+            self.last_forecast_rps = forecast
+        ctx = control.context(self.profile, now, forecast, self.serving, observed, self.ctl,
+                              cpu_usage={k: tuple(v) for k, v in self._cpu_samples.items()},
+                              state=self.policy_state, rates_before=self.config.rates_before)
+        with steps.step("plan"):
+            proposed = control.propose(self.policy, ctx)
+            self._cpu_samples = {}
+        with steps.step("stabilize"):
+            decision = control.stabilize(self.policy, ctx, proposed)
         before = self.serving
         d = diff(before, decision.plan)
-        t3 = time.perf_counter()
-        result: ApplyResult
-        applied = not (d.empty and before is not None)
-        if not applied:
-            result = ApplyResult(serving=decision.plan, actions=())
-        else:
-            try:
-                bridged = self._bridge(decision.plan, forecast)
-                result = self.backend.apply(decision.plan)
-                if bridged:
-                    result = replace(result, actions=(*bridged, *result.actions))
-            except Exception as exc:  # a backend bug must not stop the loop: keep serving the old plan
-                log.exception("apply failed")
-                result = ApplyResult(serving=before or decision.plan, ok=False, error=f"{type(exc).__name__}: {exc}")
-        timings["apply"] = time.perf_counter() - t3
-        if applied:  # a decision that changed nothing asked nothing of the backend
-            self._check_health(failed=not result.ok)
-
+        with steps.step("apply"):
+            applied, result = self._apply(decision.plan, before, d.empty, forecast)
+        self._settle(applied, result, before, d.create or d.resize or d.delete)
         self.policy_state = decision.state
-        if result.ok:
-            self.serving = result.serving
-            self.retry_at_s = None
-            if applied:
-                self.totals.applies += 1
-                self.last_apply_error = ""
-            if d.create or d.resize or d.delete:
-                self.totals.transitions += 1
-                if self.metrics:
-                    self.metrics.transitions.inc()
-        else:
-            self.totals.failed_applies += 1
-            self.last_apply_error = result.error
-            # A failed apply keeps the previous plan serving; the backend says what serves.
-            self.serving = result.serving if result.serving is not None else before
-            delay = result.retry_after_s if result.retry_after_s is not None else self.config.interval_s
-            self.retry_at_s = self.clock() + delay
-            log.warning("apply failed (%s); still serving the previous plan, retry in %.1f s", result.error, delay)
-        timings["total"] = time.perf_counter() - t0
         self._seq += 1
         self.totals.decisions += 1
-        rec = DecisionRecord(
-            seq=self._seq,
-            time_s=now,
-            trigger=trigger,
-            policy=self.policy_name,
-            observed_rps=round(obs.rate_rps, 3),
-            forecast_rps=round(forecast, 3),
-            history_len=len(obs.history_rps),
-            p99_ms=obs.p99_ms,
-            monitor_source=obs.source,
-            plan_before=before.as_dict() if before is not None else None,
-            plan_after=decision.plan.as_dict(),
-            serving=self.serving.as_dict() if self.serving is not None else None,
-            objective=decision.plan.objective,
-            solver=decision.solver,
-            solve_s=round(decision.solve_s, 6),
-            reason=(f"{self.degraded}; " if self.degraded and trigger == "crash" else "") + decision.reason,
-            diff=d.summary(),
-            actions=tuple(result.actions),
-            apply_ok=result.ok,
-            apply_error=result.error,
-            timings_s={k: round(v, 6) for k, v in timings.items()},
-        )
+        with steps.step("record"):
+            rec = decision_record(
+                seq=self._seq, time_s=now, trigger=trigger, policy=self.policy_name, observed=observed,
+                forecast_rps=forecast, decision=decision, before=before, change=d, serving=self.serving,
+                monitor_source=obs.source, p99_ms=obs.p99_ms, degraded=self.degraded, actions=tuple(result.actions),
+                apply_ok=result.ok, apply_error=result.error, timings_s=steps.timings_s)
+        timings = steps.finish()
         self.records.append(rec)
         self._last_decision_s = now
         # The next decision comes one interval after this one ended (the paper: 30 s plus decision time).
-        self.next_decision_s = self.clock() + self.config.interval_s
+        self.next_decision_s = self.clock() + self.ctl.interval_s
         if self.metrics:
             for step, secs in timings.items():
                 self.metrics.duration.labels(step).observe(secs)
@@ -310,6 +257,42 @@ class ControlLoop:
         log.info("decision %d (%s): %s -> %s [%s]", rec.seq, trigger, rec.diff, rec.reason,
                  "ok" if rec.apply_ok else f"failed: {rec.apply_error}")
         return rec
+
+    def _apply(self, plan: Plan, before: Plan | None, unchanged: bool, load_rps: float) -> tuple[bool, ApplyResult]:
+        """The apply step: grow in place first when new variants must load, then the plan; (applied, result)."""
+        if unchanged and before is not None:
+            return False, ApplyResult(serving=plan, actions=())
+        try:
+            bridged = self._bridge(plan, load_rps)
+            result = self.backend.apply(plan)
+            if bridged:
+                result = replace(result, actions=(*bridged, *result.actions))
+        except Exception as exc:  # a backend bug must not stop the loop: keep serving the old plan
+            log.exception("apply failed")
+            result = ApplyResult(serving=before or plan, ok=False, error=f"{type(exc).__name__}: {exc}")
+        self._check_health(failed=not result.ok)  # a decision that changed nothing asked nothing of it
+        return True, result
+
+    def _settle(self, applied: bool, result: ApplyResult, before: Plan | None, changed: bool) -> None:
+        """Take what the backend says serves; on a failed apply keep the previous plan and schedule a retry."""
+        if result.ok:
+            self.serving = result.serving
+            self.retry_at_s = None
+            if applied:
+                self.totals.applies += 1
+                self.last_apply_error = ""
+            if changed:
+                self.totals.transitions += 1
+                if self.metrics:
+                    self.metrics.transitions.inc()
+            return
+        self.totals.failed_applies += 1
+        self.last_apply_error = result.error
+        # A failed apply keeps the previous plan serving; the backend says what serves.
+        self.serving = result.serving if result.serving is not None else before
+        delay = result.retry_after_s if result.retry_after_s is not None else self.ctl.interval_s
+        self.retry_at_s = self.clock() + delay
+        log.warning("apply failed (%s); still serving the previous plan, retry in %.1f s", result.error, delay)
 
     # -- between decisions -------------------------------------------------------------------------
     def tick(self) -> DecisionRecord | None:
@@ -335,12 +318,14 @@ class ControlLoop:
                 obs = self._observe(now)
                 self.last_obs = obs
                 self._note_slo(obs)
+                rate = control.observed_rate(obs.history_rps, self.ctl)
+                self.last_observed_rps = rate
                 if self.metrics:
-                    self.metrics.observed.set(obs.rate_rps)
+                    self.metrics.observed.set(rate)
                     self.metrics.fallback.set(0 if obs.source == "prometheus" else 1)
                 cap = self.serving.served_capacity_rps() if self.serving and self.serving.allocations else None
-                due = control.trigger_due(now, self.next_decision_s, self._last_decision_s, obs.rate_rps, cap,
-                                          self.config, self.retry_at_s)
+                due = control.trigger_due(now, self.next_decision_s, self._last_decision_s, rate, cap,
+                                          self.ctl, self.retry_at_s)
                 if due is not None:
                     rec = self.decide(due, obs)
         if self.on_snapshot is not None:
@@ -355,7 +340,7 @@ class ControlLoop:
             if duration_s is not None and self.clock() - start >= duration_s:
                 break
             # Sleep to the next check, or to the next decision when that comes first.
-            wait = self.config.check_s
+            wait = self.ctl.check_s
             if self.next_decision_s is not None:
                 wait = min(wait, max(self.next_decision_s - self.clock(), 0.0))
             if self.sleep(max(wait, 0.01)):
@@ -461,7 +446,7 @@ class ControlLoop:
             return
         self._cpu_readings.add(now, used)
         if self._cpu_sampler is None:
-            self._cpu_sampler = CpuSampler.upstream(*self._cpu_period, self.config.history_stretch, start_s=now)
+            self._cpu_sampler = CpuSampler.upstream(*self._cpu_period, self.ctl.history_stretch, start_s=now)
         for name, samples in self._cpu_sampler.take(now, self._cpu_readings.names(), self._cpu_readings.at).items():
             self._cpu_samples.setdefault(name, []).extend(samples)
 
@@ -492,9 +477,9 @@ class ControlLoop:
         return LoopSnapshot(
             time_s=self.clock(),
             policy=self.policy_name,
-            interval_s=self.config.interval_s,
+            interval_s=self.ctl.interval_s,
             plan=self.serving.as_dict() if self.serving is not None else None,
-            observed_rps=round(obs.rate_rps, 3) if obs else None,
+            observed_rps=round(self.last_observed_rps, 3) if self.last_observed_rps is not None else None,
             forecast_rps=round(self.last_forecast_rps, 3),
             p99_ms=obs.p99_ms if obs else None,
             monitor={"source": obs.source if obs else "", "warning": obs.warning if obs else ""},

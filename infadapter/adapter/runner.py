@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,8 +49,9 @@ class AdapterConfig:
     run_dir: Path
     policy: str = "infadapter"
     duration_s: float | None = None  # None: until the load ends, or until Ctrl-C/SIGTERM without one
-    interval_s: float = ControlConfig.interval_s
-    check_s: float = ControlConfig.check_s
+    #: The control rules (their flags: infadapter.commands.options.CONTROL_FLAGS); composed, not re-declared.
+    #: ``initial_forecast_rps`` 0: :func:`infadapter.core.control.initial_forecast` from the load.
+    control: ControlConfig = field(default_factory=ControlConfig)
     stabilization_intervals: int = DEFAULT_STABILIZATION
     min_gain: float = DEFAULT_MIN_GAIN  # see policies.Stabilized.min_gain
     alpha: float | None = None  # overrides the profile's cost weight
@@ -60,16 +61,9 @@ class AdapterConfig:
     #: it instead of live traffic (a replay, labelled so).
     rates_rps: tuple[float, ...] | None = None
     load_label: str = ""
-    history_stretch: int = 1  # the load's --speedup (see ControlConfig.history_stretch)
-    initial_forecast_rps: float | None = None  # default: control.initial_forecast
-    history_before: tuple[float, ...] = ()  # counts before the replayed window (see ControlConfig)
     rates_before: tuple[float, ...] = ()  # the day before the window, for warm VPA (policies.Context)
 
     def __post_init__(self) -> None:
-        if not self.interval_s > 0:
-            raise BadInput(f"--interval: must be > 0 seconds, got {self.interval_s}")
-        if not self.check_s > 0:
-            raise BadInput(f"--check: must be > 0 seconds, got {self.check_s}")
         if self.duration_s is not None and not self.duration_s > 0:
             raise BadInput(f"--duration: must be > 0 seconds, got {self.duration_s}")
         if self.rates_rps is not None and not self.rates_rps:
@@ -81,11 +75,11 @@ class AdapterConfig:
 
     def loop_config(self) -> LoopConfig:
         """The control rules of this run (the simulator's ``experiment.simulate_same`` uses the same)."""
-        return LoopConfig(
-            interval_s=self.interval_s, check_s=self.check_s, history_stretch=self.history_stretch,
-            history_before=self.history_before, rates_before=self.rates_before,
-            initial_forecast_rps=control.initial_forecast(self.rates_rps, self.history_before,
-                                                          self.initial_forecast_rps, self.interval_s))
+        ctl = self.control
+        if not ctl.initial_forecast_rps:
+            ctl = replace(ctl, initial_forecast_rps=control.initial_forecast(self.rates_rps, ctl.history_before,
+                                                                            None, ctl.interval_s))
+        return LoopConfig(control=ctl, rates_before=self.rates_before)
 
 
 @dataclass
@@ -184,7 +178,7 @@ class AdapterRun:
         self.prepared = prep = setup.prepare(self)
         atexit.register(self.cleanup)  # a Python exit past run()'s finally still stops what runs
         info = AdapterInfo(pid=os.getpid(), started_s=self.started_s, policy=cfg.policy, backend=cfg.backend,
-                           run_dir=str(cfg.run_dir), interval_s=cfg.interval_s, profile=str(cfg.profile_path),
+                           run_dir=str(cfg.run_dir), interval_s=cfg.control.interval_s, profile=str(cfg.profile_path),
                            slo_ms=self.profile.slo_ms, observation=prep.observation,
                            replay=self.replayed)
         self.messages.insert(0, f"observing: {prep.observation}")
@@ -239,7 +233,7 @@ class AdapterRun:
             else:
                 interrupted = self._wait(worker)
             self.loop.stop()
-            worker.join(timeout=max(cfg.interval_s, 30.0))
+            worker.join(timeout=max(cfg.control.interval_s, 30.0))
         except KeyboardInterrupt:
             interrupted = True
         finally:

@@ -13,23 +13,15 @@ from infadapter import paths
 from infadapter.backends import backend_config, backend_status
 from infadapter.commands.backend_flags import BackendCommand, backend_flags, backend_option, backends_help
 from infadapter.commands.common import err_console, json_option, out_console, print_json
-from infadapter.commands.options import control_options
+from infadapter.commands.options import Replay, control_options, load_options, load_replay
 from infadapter.commands.views import LiveView as _View
-from infadapter.core.control import HISTORY_S
+from infadapter.core.control import ControlConfig
 from infadapter.errors import BadInput
 
 
 def _load_options(f: Any) -> Any:
-    opts = [
-        click.option("--window", default=None, help="Trace window to replay: paper, dayN or START:DURATION."),
-        click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply the trace's rates."),
-        click.option("--speedup", type=float, default=1.0, show_default=True, help="Compress the trace's time."),
-        click.option("--trace", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Trace file."),
-        click.option("--rate", type=float, default=None, help="Constant load in req/s instead of a window."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    f = click.option("--rate", type=float, default=None, help="Constant load in req/s instead of a window.")(f)
+    return load_options()(f)
 
 
 def _common_options(f: Any) -> Any:
@@ -60,8 +52,9 @@ def _replay_label(window: str | None, scale: float, speedup: float, rate: float 
     return f"trace window {window} (scale {scale:g}, speedup {speedup:g})"
 
 
-def _rates(window: str | None, scale: float, speedup: float, trace: Path | None, rate: float | None,
-           duration: float | None) -> tuple[float, ...] | None:
+def _load(window: str | None, scale: float, speedup: float, trace: Path | None, rate: float | None,
+          duration: float | None) -> Replay | None:
+    """The load of a run: a constant --rate, a trace --window (options.load_replay), or None."""
     if window and rate is not None:
         raise BadInput("--rate: give either --window or --rate, not both")
     if rate is not None:
@@ -69,38 +62,24 @@ def _rates(window: str | None, scale: float, speedup: float, trace: Path | None,
             raise BadInput(f"--rate: must be >= 0 req/s, got {rate}")
         if duration is None:
             raise BadInput("--duration: needed with --rate (seconds of load)")
-        return tuple([float(rate)] * max(int(duration), 1))
-    if window:
-        from infadapter.observe.trace import load_window
-
-        return tuple(float(x) for x in load_window(window, trace, scale, speedup))
-    return None
-
-
-def _history_before(window: str | None, scale: float, speedup: float, trace: Path | None,
-                    seconds: int = HISTORY_S) -> tuple[float, ...]:
-    """The ``seconds`` before a replayed window, as an adapter (or a VPA) that was already running saw them."""
-    if not window:
-        return ()
-    from infadapter.observe.trace import load_history_before
-
-    return tuple(float(x) for x in load_history_before(window, trace, scale, speedup, seconds))
+        return Replay(rates=tuple([float(rate)] * max(int(duration), 1)), rates_before=(), history_before=(),
+                      stretch=1)
+    return load_replay(window, trace, scale, speedup) if window else None
 
 
 def _run_fields(policy: str, duration: float | None, window: str | None, scale: float, speedup: float,
-                trace: Path | None, rate: float | None, interval_s: float, check_s: float, stabilization: int,
+                trace: Path | None, rate: float | None, control: ControlConfig, stabilization: int,
                 alpha: float | None, budget: float | None, min_gain: float, forecaster: str
                 ) -> tuple[tuple[float, ...] | None, dict[str, Any]]:
     """The load's and the control rules' flags as the fields every backend's run config shares
     (:class:`~infadapter.adapter.runner.AdapterConfig`), with the load's per-second rates."""
-    rates = _rates(window, scale, speedup, trace, rate, duration)
+    load = _load(window, scale, speedup, trace, rate, duration)
+    rates = load.rates if load is not None else None
     return rates, dict(
-        policy=policy, duration_s=duration, interval_s=interval_s, check_s=check_s,
+        policy=policy, duration_s=duration, control=load.control(control) if load is not None else control,
         stabilization_intervals=stabilization, min_gain=min_gain, alpha=alpha, budget=budget, forecaster=forecaster,
         rates_rps=rates, load_label=_replay_label(window, scale, speedup, rate, duration) if rates is not None else "",
-        history_stretch=max(int(speedup), 1) if window else 1,
-        history_before=_history_before(window, scale, speedup, trace),
-        rates_before=_history_before(window, scale, speedup, trace, 86400),
+        rates_before=load.rates_before if load is not None else (),
     )
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 from contextlib import nullcontext
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import click
 
 from infadapter.commands.common import err_console, json_option, out_console, print_json, profile_option
-from infadapter.commands.options import control_options
+from infadapter.commands.options import control_options, load_options, load_replay
+from infadapter.core.control import ControlConfig
 from infadapter.core.policies import POLICY_HELP, compare_specs
 from infadapter.errors import BadInput
 
@@ -31,12 +33,7 @@ Examples:
 
 @click.command(epilog=EPILOG)
 @profile_option()
-@click.option("--window", default="paper", show_default=True,
-              help="paper | dayN | all | START:DURATION (seconds) of the trace.")
-@click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              envvar="INFADAPTER_TRACE", help="Trace file (.tbz2 or text/CSV of req/s per second).")
-@click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply every rate.")
-@click.option("--speedup", type=float, default=1.0, show_default=True, help="Compress time by a whole factor.")
+@load_options("paper")
 @click.option("--policy", "policy_spec", default="infadapter", show_default=True,
               help=f"{POLICY_HELP} | all | a comma list of them.")
 @click.option("--paper", is_flag=True,
@@ -52,8 +49,6 @@ Examples:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the arrivals and service times.")
 @click.option("--in-place-resize/--no-in-place-resize", default=True, show_default=True,
               help="Resize cores in place (no load time), as Kubernetes >= 1.33 and the local backend do.")
-@click.option("--react/--no-react", default=True, show_default=True,
-              help="Re-plan at once when the last 3 s run 10%% above the plan's capacity (as the live loop).")
 @click.option("--make-before-break/--break-before-make", default=True, show_default=True,
               help="Keep the old plan serving until new instances are ready.")
 @click.option("--vpa-update", type=click.Choice(["rolling", "recreate"]), default="rolling", show_default=True,
@@ -73,11 +68,11 @@ Examples:
               help="Write the per-second timeline of every policy as CSV.")
 @json_option
 def simulate(
-    profile_path: Path, window: str, trace_path: Path | None, scale: float, speedup: float, policy_spec: str,
-    paper: bool, forecaster: str, interval_s: float, check_s: float, alpha: float | None, budget: float | None,
+    profile_path: Path, window: str, trace: Path | None, scale: float, speedup: float, policy_spec: str,
+    paper: bool, forecaster: str, control: ControlConfig, alpha: float | None, budget: float | None,
     warmup: float,
     warm_start: bool, stabilization: int, timeout: float | None, seed: int,
-    in_place_resize: bool, min_gain: float, react: bool, make_before_break: bool, vpa_update: str,
+    in_place_resize: bool, min_gain: float, make_before_break: bool, vpa_update: str,
     service_model: str, service_cv: float, queue_bound: bool, observe_lag: int,
     plot_path: Path | None, timeline_path: Path | None, as_json: bool,
 ) -> None:
@@ -89,39 +84,42 @@ def simulate(
     most accurate variant and the oracle on the same arrivals. With --json: one object for one
     policy, or {"policy": "all", "results": [...], "comparison": [...]} for several.
     """
-    from infadapter.core.control import DAY_S, HISTORY_S
     from infadapter.core.profile import load_profile
-    from infadapter.observe.trace import load_history_before, load_window, parse_window
+    from infadapter.observe.trace import parse_window
     from infadapter.sim import simulation as sim
 
     profile = load_profile(profile_path).tuned(alpha=alpha, budget=budget)
     parse_window(window)  # a bad window fails before the trace loads
-    rates = load_window(window, trace_path, scale, speedup)
+    import numpy as np
+
+    load = load_replay(window, trace, scale, speedup)
+    rates = np.asarray(load.rates, dtype=float)
     specs = compare_specs(profile) if policy_spec.strip() == "all" else [
         s.strip() for s in policy_spec.split(",") if s.strip()]
     if not specs:
         raise BadInput(f"--policy: expected {POLICY_HELP} or all")
     given = explicit_params(click.get_current_context())
     settings: dict[str, Any] = dict(
-        interval_s=interval_s, check_s=check_s, warmup_s=warmup, stabilization_intervals=stabilization,
+        warmup_s=warmup, stabilization_intervals=stabilization,
         forecaster=forecaster,
         make_before_break=make_before_break, in_place_resize=in_place_resize, vpa_update=vpa_update, seed=seed,
-        timeout_s=timeout, react=react, min_gain=min_gain, service_model=service_model, service_cv=service_cv,
+        timeout_s=timeout, min_gain=min_gain, service_model=service_model, service_cv=service_cv,
         queue_bound=queue_bound, observe_lag_s=observe_lag, cpu_model="work" if service_model == "cfs" else "busy",
     )
     if paper:
         flags = {"interval_s": "interval_s", "warmup_s": "warmup", "min_gain": "min_gain", "forecaster": "forecaster",
                  "make_before_break": "make_before_break", "in_place_resize": "in_place_resize", "react": "react",
                  "queue_bound": "queue_bound"}
-        settings.update({k: v for k, v in sim.PAPER_SETTING.items() if flags.get(k) not in given})
+        paper_setting = {k: v for k, v in sim.PAPER_SETTING.items() if flags.get(k) not in given}
+        ctl_names = {f.name for f in fields(ControlConfig)}
+        settings.update({k: v for k, v in paper_setting.items() if k not in ctl_names})
+        control = replace(control, **{k: v for k, v in paper_setting.items() if k in ctl_names and v is not None})
         warm_start = warm_start and "warm_start" in given
-    if warm_start:
-        day = load_history_before(window, trace_path, scale, speedup, DAY_S)
-        settings.update(first_plan_ready=True, history_before=tuple(day[-(HISTORY_S // max(int(speedup), 1)):]),
-                        rates_before=tuple(day))
-    else:
-        settings.update(first_plan_ready=False, history_before=None, rates_before=None)
-    config = sim.SimConfig(**settings)
+    # A compressed replay: each simulated second stands for K trace seconds, so the forecaster reads the
+    # history stretched back to trace time, as adapt's and experiment's do (docs/simulator.md).
+    control = load.control(control, warm=warm_start)
+    settings.update(first_plan_ready=warm_start, rates_before=load.rates_before if warm_start else None)
+    config = sim.SimConfig(control=control, **settings)
     from infadapter.core.forecast import make_forecaster
     from infadapter.core.policies import make_policy
 

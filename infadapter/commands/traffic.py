@@ -71,7 +71,8 @@ Examples:
     "--body-timeout-s", type=float, default=30.0, show_default=True, help="Time to receive a predict body (408)."
 )
 @click.option(
-    "--header-timeout-s",
+    "--header-timeout",
+    "header_timeout_s",
     type=float,
     default=5.0,
     show_default=True,

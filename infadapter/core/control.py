@@ -12,9 +12,15 @@ The rules (docs/adapt.md explains the measurements behind each default):
   ``rate_window_s`` seconds exceeds the serving plan's capacity by ``overload_tolerance``; at most
   once per ``replan_gap_s``), ``crash`` and ``retry`` (the live loop only: a dead server, a failed
   apply).
+- **What a decision sees** (:func:`seen`): observers (the live monitor, a replayed load, the
+  simulator's arrivals) return per-second *counts* only; this module alone turns them into the observed
+  rate (:func:`observed_rate`: the mean of the last ``rate_window_s`` complete seconds, what the
+  overload trigger compares, live and simulated alike) and the history a decision keeps
+  (:func:`history_cut`: the last ``ceil(history_s / history_stretch)`` seconds).
 - **Forecast input**: the last ``history_s`` seconds of observed per-second counts; a replay
   compressed ``history_stretch`` times repeats each observed second that often, so the forecaster's
-  minutes are trace minutes.
+  minutes are trace minutes. The policy's :class:`~infadapter.core.policies.Context` gets the same
+  series (:func:`context`), so a policy and the forecaster read one history in trace time.
 - **The load a decision plans for**: the forecast, and never less than the rate observed now; on
   ``start`` at least ``initial_forecast_rps``;
   on ``overload`` at least the highest rate of the last ``rate_window_s`` seconds times
@@ -34,6 +40,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from infadapter.core.plan import Plan, plan_from_cores
+from infadapter.core.policies import Context, Decision, Policy, Stabilized
 from infadapter.core.profile import Profile
 from infadapter.errors import BadInput
 
@@ -51,7 +58,10 @@ class Forecaster(Protocol):
 
 @dataclass(frozen=True)
 class ControlConfig:
-    """Timing and thresholds of the control rules; the same names in the loop, the simulator and the CLI."""
+    """Timing and thresholds of the control rules: the one config of them, composed into the live loop's
+    (:class:`~infadapter.adapter.loop.LoopConfig`), the runner's (:class:`~infadapter.adapter.runner.AdapterConfig`)
+    and the simulator's (:class:`~infadapter.sim.simulation.SimConfig`) as their ``control`` field; the CLI
+    binds each of its flags to one field here (:data:`infadapter.commands.options.CONTROL_FLAGS`)."""
 
     #: Seconds between periodic decisions.
     interval_s: float = 10.0
@@ -81,7 +91,7 @@ class ControlConfig:
         if not self.check_s > 0:
             raise BadInput(f"--check: must be > 0 seconds, got {self.check_s:g}")
         if self.rate_window_s < 1:
-            raise BadInput(f"rate_window_s: must be >= 1 second, got {self.rate_window_s}")
+            raise BadInput(f"--rate-window: must be >= 1 second, got {self.rate_window_s}")
         if not self.overload_tolerance >= 0:
             raise BadInput(f"--overload-tolerance: must be >= 0, got {self.overload_tolerance:g}")
         if self.replan_gap_s is not None and self.replan_gap_s < 0:
@@ -101,12 +111,48 @@ class ControlConfig:
         return max(self.interval_s / 10.0, self.check_s)
 
 
+@dataclass(frozen=True)
+class Seen:
+    """What one decision observed, computed from per-second counts by :func:`seen` (live and simulated)."""
+
+    #: The per-second counts a decision keeps (:func:`history_cut`), oldest first.
+    history: tuple[float, ...]
+    #: The observed rate (:func:`observed_rate`): what the overload trigger compares with capacity.
+    rate_rps: float
+
+
+def kept_s(config: ControlConfig) -> int:
+    """Observed seconds a decision keeps: enough for ``history_s`` trace seconds once stretched."""
+    return math.ceil(config.history_s / config.history_stretch)
+
+
+def history_cut(counts: Sequence[float], config: ControlConfig) -> tuple[float, ...]:
+    """The last :func:`kept_s` per-second counts of ``counts`` (oldest first): a decision's history."""
+    k = kept_s(config)
+    return tuple(float(x) for x in counts[max(len(counts) - k, 0):])
+
+
+def observed_rate(counts: Sequence[float], config: ControlConfig) -> float:
+    """The observed rate: the mean per-second count of the last ``rate_window_s`` complete seconds.
+
+    The one copy of this rule: the live loop (any observer) and the simulator both call it, so
+    ``rate_window_s`` moves the live overload trigger and the simulated one alike.
+    """
+    window = counts[max(len(counts) - config.rate_window_s, 0):]
+    return float(sum(window)) / len(window) if len(window) else 0.0
+
+
+def seen(counts: Sequence[float], config: ControlConfig) -> Seen:
+    """What a decision sees in the per-second ``counts`` an observer returned (complete seconds, oldest first)."""
+    return Seen(history=history_cut(counts, config), rate_rps=observed_rate(counts, config))
+
+
 def forecast_input(history_rps: Sequence[float], config: ControlConfig) -> list[float]:
     """What the forecaster sees: the last ``history_s`` trace-time seconds of the observed counts."""
     hist = list(history_rps)
     k = config.history_stretch
     if k > 1:
-        hist = [x for x in hist[-(config.history_s // k + 1):] for _ in range(k)]
+        hist = [x for x in hist[-kept_s(config):] for _ in range(k)]
     return hist[-config.history_s:]
 
 
@@ -153,11 +199,40 @@ def trigger_due(now_s: float, next_decision_s: float | None, last_decision_s: fl
     return None
 
 
-def windowed_rate(counts: Sequence[float], end: int, config: ControlConfig) -> float:
-    """Mean per-second count over the ``rate_window_s`` seconds before index ``end``."""
-    lo = max(0, end - config.rate_window_s)
-    window = counts[lo:end]
-    return float(sum(window)) / len(window) if len(window) else 0.0
+def context(profile: Profile, now_s: float, forecast_rps: float, current: Plan | None, observed: Seen,
+            config: ControlConfig, **extra: object) -> Context:
+    """The policy's :class:`~infadapter.core.policies.Context` for one decision, live or simulated.
+
+    ``history_rps`` is the forecaster's input (:func:`forecast_input`: trace-time seconds, stretched on a
+    compressed replay), not the raw counts: a policy that reads the history must see the same minutes the
+    forecaster saw, whatever ``--speedup`` the load ran at. ``extra``: the Context's other fields
+    (cpu_usage, state, solver, rates_before, true_peak_rps).
+    """
+    return Context(profile=profile, now_s=now_s, forecast_rps=forecast_rps, current=current,
+                   history_rps=tuple(forecast_input(observed.history, config)), **extra)  # type: ignore[arg-type]
+
+
+def propose(policy: Policy, ctx: Context) -> Decision:
+    """The plan step: the policy's own plan, before scale-down stabilization."""
+    return policy.propose(ctx) if isinstance(policy, Stabilized) else policy.decide(ctx)
+
+
+def stabilize(policy: Policy, ctx: Context, proposed: Decision) -> Decision:
+    """The stabilize step: the shared wrapper's hold/keep-warm rules applied to ``proposed``."""
+    return policy.settle(ctx, proposed) if isinstance(policy, Stabilized) else proposed
+
+
+def reason(trigger: str, policy_reason: str, degraded: str = "") -> str:
+    """A decision record's reason: what forced an unscheduled decision, then the policy's reason.
+
+    The same words live and simulated: an overload re-plan says so (the trigger alone does not say that
+    the load ran above capacity), a crash says which server died and where its traffic went.
+    """
+    if trigger == "overload":
+        return f"overload re-plan; {policy_reason}"
+    if trigger == "crash" and degraded:
+        return f"{degraded}; {policy_reason}"
+    return policy_reason
 
 
 def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: float,

@@ -335,9 +335,19 @@ class Stabilized:
         return self.inner.name
 
     def decide(self, ctx: Context) -> Decision:
-        st = ctx.state if isinstance(ctx.state, StabilizedState) else StabilizedState()
-        d = self._decide(ctx, st)
-        return self._keep_warm(ctx, d)
+        return self.settle(ctx, self.propose(ctx))
+
+    @staticmethod
+    def _state(ctx: Context) -> StabilizedState:
+        return ctx.state if isinstance(ctx.state, StabilizedState) else StabilizedState()
+
+    def propose(self, ctx: Context) -> Decision:
+        """The inner policy's plan (its own state passed back), before the stabilization rules."""
+        return self.inner.decide(replace(ctx, state=self._state(ctx).inner))
+
+    def settle(self, ctx: Context, proposed: Decision) -> Decision:
+        """``proposed`` after the stabilization rules (hold a scale-down, keep dropped variants warm)."""
+        return self._keep_warm(ctx, self._decide(ctx, self._state(ctx), proposed))
 
     def _keep_warm(self, ctx: Context, d: Decision) -> Decision:
         """A variant the plan drops stays, idle on the fewest cores, until ``intervals`` decisions in a row
@@ -368,8 +378,7 @@ class Stabilized:
         names = ", ".join(f"{n} ({k}/{self.intervals})" for n, k in warm)
         return replace(d, plan=plan, state=replace(st, warm=tuple(warm)), reason=f"{d.reason}; kept warm: {names}")
 
-    def _decide(self, ctx: Context, st: StabilizedState) -> Decision:
-        d = self.inner.decide(replace(ctx, state=st.inner))
+    def _decide(self, ctx: Context, st: StabilizedState, d: Decision) -> Decision:
         cur = ctx.current
         kept = _keep_if_close(ctx, d, self.min_gain) if self.min_gain > 0 else None
         if kept is not None:

@@ -181,7 +181,7 @@ class Profile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     name: str = Field(default="profile", description="a label for reports")
     source: str = Field(default="", description="where the numbers come from")
-    slo_ms: float = Field(description="p99 latency SLO in milliseconds")
+    slo_ms: float = Field(description="latency SLO in milliseconds, judged at the p99 (infadapter.core.slo)")
     budget_cores: float = Field(description="total CPU cores available to model servers")
     core_step: float = Field(default=1.0, description="allocation granularity in cores")
     min_cores: float = Field(default=1.0, description="minimum cores of a running variant")

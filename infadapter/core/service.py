@@ -9,10 +9,12 @@ from functools import lru_cache
 
 import numpy as np
 
+from infadapter.core import slo
 from infadapter.core.profile import Profile
 from infadapter.core.queues import fifo
 
-LN100 = math.log(100.0)
+#: The SLO percentile's factor for an exponential sojourn time (ln 100 for p99): infadapter.core.slo's.
+LN100 = slo.EXP_QUANTILE_FACTOR
 
 
 def cpu_per_request(profile: Profile, name: str, service_cv: float | None = None) -> float:
@@ -71,7 +73,7 @@ def _p99_sojourn_curve(service_cv: float, n: int = 100_000, seed: int = 12345) -
     for i, rho in enumerate(rhos):
         arrivals = np.cumsum(gaps / rho)
         finish, _ = fifo(arrivals, service, 0.0, math.inf)
-        g[i] = rho * float(np.percentile(finish - arrivals, 99))
+        g[i] = rho * float(np.percentile(finish - arrivals, slo.PERCENTILE))
     return rhos, np.maximum.accumulate(g)
 
 

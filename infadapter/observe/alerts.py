@@ -6,17 +6,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import jinja2
-
 from infadapter import paths
+from infadapter.core import slo
 from infadapter.errors import BadInput
+from infadapter.render import environment
 
 TEMPLATES = paths.PROMETHEUS_TEMPLATES
-RULES_TEMPLATE = "slo-rules.yml.j2"
+RULES_TEMPLATE = "prometheus/slo-rules.yml.j2"
 
 
 def render_rules(
-    slo_objective: float = 0.99,
+    slo_objective: float = slo.OBJECTIVE,
     adapter_stale_after_s: int = 180,
     alert_for: str = "2m",
     rules_selector: str = "",
@@ -27,14 +27,7 @@ def render_rules(
         raise BadInput(f"slo_objective: must be between 0 and 1 (e.g. 0.99), got {slo_objective:g}")
     if adapter_stale_after_s <= 0:
         raise BadInput(f"adapter_stale_after_s: must be > 0 seconds, got {adapter_stale_after_s}")
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,  # as Ansible's template lookup does, so both render the same text
-        lstrip_blocks=True,
-    )
-    return env.get_template(RULES_TEMPLATE).render(
+    return environment().get_template(RULES_TEMPLATE).render(
         slo_objective=slo_objective,
         adapter_stale_after_s=adapter_stale_after_s,
         alert_for=alert_for,

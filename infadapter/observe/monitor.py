@@ -33,11 +33,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from infadapter import paths
-from infadapter.core.control import HISTORY_S
+from infadapter.core import slo
+from infadapter.core.control import HISTORY_S, ControlConfig
 from infadapter.processes import pid_alive
+from infadapter.render import environment
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,12 @@ TEMPLATE_DIR = paths.PROMETHEUS_TEMPLATES
 
 #: PromQL of the live signals (dispatcher metric names; the same names serve on a cluster).
 RATE_QUERY = "sum(irate(dispatcher_requests_total[5s]))"
-P99_QUERY = (
-    "1000 * histogram_quantile(0.99, sum by (le) (rate(dispatcher_request_latency_seconds_bucket[30s])))"
+P99_QUERY = (  # the SLO's percentile (infadapter.core.slo)
+    f"1000 * histogram_quantile({slo.QUANTILE:g}, sum by (le) (rate(dispatcher_request_latency_seconds_bucket[30s])))"
 )
 VARIANT_RATE_QUERY = "sum by (model_name) (rate(:tensorflow:serving:request_count[15s]))"
 VARIANT_P99_QUERY = (
-    "histogram_quantile(0.99, sum by (le, model_name) "
+    f"histogram_quantile({slo.QUANTILE:g}, sum by (le, model_name) "
     "(rate(:tensorflow:serving:request_latency_bucket[60s]))) / 1000"
 )
 
@@ -64,13 +64,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass(frozen=True)
 class Observation:
-    """What the loop sees at one moment."""
+    """What the loop sees at one moment: counts only.
+
+    The observed rate, the history a decision keeps and the load it plans for are the control core's to
+    compute (:func:`infadapter.core.control.seen`), the same way for every observer and for the simulator.
+    """
 
     now_s: float
-    #: Per-second request rates, oldest first, ending at the last complete second.
+    #: Requests counted in each complete second (= req/s), oldest first, ending at the last complete second.
     history_rps: tuple[float, ...]
-    #: Recent rate (mean of the last few complete seconds).
-    rate_rps: float
     p99_ms: float | None
     source: str
     warning: str = ""
@@ -90,11 +92,8 @@ def render_config(
     rules_file: Path | None = None,
 ) -> str:
     """The scrape config for the local stack, rendered from ``templates/prometheus/local.yml.j2``."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), undefined=jinja2.StrictUndefined, autoescape=False
-    )
     interval = f"{max(round(scrape_interval_s * 1000), 100)}ms"
-    return env.get_template("local.yml.j2").render(
+    return environment().get_template("prometheus/local.yml.j2").render(
         scrape_interval=interval,
         scrape_timeout=interval,
         dispatcher_target=dispatcher_target,
@@ -291,7 +290,7 @@ class Monitor:
         stats: Callable[[], Mapping[str, Any]],
         prometheus_url: str | None = None,
         start_s: float | None = None,
-        rate_window_s: int = 3,
+        rate_window_s: int = ControlConfig.rate_window_s,
         clock: Callable[[], float] = time.time,
         rate_query: str = RATE_QUERY,
         p99_query: str | None = P99_QUERY,
@@ -304,6 +303,7 @@ class Monitor:
         self.reader = PrometheusReader(prometheus_url) if prometheus_url else None
         self.prometheus_url = prometheus_url
         self.start_s = start_s if start_s is not None else clock()
+        #: The newest seconds taken from the router's exact counts (the loop's rate window: ControlConfig's).
         self.rate_window_s = rate_window_s
         self.clock = clock
         self.warning = "" if prometheus_url else "no Prometheus: reading the dispatcher's counters"
@@ -349,13 +349,9 @@ class Monitor:
         if warning and warning != self.warning:
             log.warning("%s", warning)
         self.warning, self.source = warning, source
-        hist = series(points, now, self.start_s)
-        recent = hist[-self.rate_window_s:] if hist else ()
-        rate = sum(recent) / len(recent) if recent else 0.0
         return Observation(
             now_s=now,
-            history_rps=hist,
-            rate_rps=rate,
+            history_rps=series(points, now, self.start_s),
             p99_ms=p99,
             source=source,
             warning=warning,

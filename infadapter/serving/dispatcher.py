@@ -51,6 +51,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from infadapter.core import slo
 from infadapter.errors import BackendUnavailable, BadInput
 from infadapter.serving.headguard import HeadDeadlineRunner
 from infadapter.serving.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
@@ -184,7 +185,7 @@ class DispatcherConfig:
             (self.max_in_flight >= 1, "--max-in-flight: must be >= 1"),
             (self.max_body_bytes >= 1024, "--max-body-bytes: must be >= 1024"),
             (self.body_timeout_s > 0, "--body-timeout-s: must be > 0"),
-            (self.header_timeout_s > 0, "--header-timeout-s: must be > 0"),
+            (self.header_timeout_s > 0, "--header-timeout: must be > 0"),
             (self.shutdown_timeout_s >= 0, "--shutdown-timeout-s: must be >= 0"),
         ]
         for ok, message in checks:
@@ -258,7 +259,7 @@ class RequestStats:
         if code == 200:
             self.by_variant[variant] = self.by_variant.get(variant, 0) + 1
         # A violation: too slow, or failed on the serving side (4xx are the client's own fault).
-        violated = latency_ms > self.slo_ms or code >= 500
+        violated = slo.late(latency_ms, self.slo_ms) or slo.server_failed(code)
         if violated:
             self.violations_total += 1
         sec = int(now_s)
@@ -326,7 +327,7 @@ class RequestStats:
             "per_second": per_second,
             "requests_60s": n,
             "latency_ms_p50_60s": round(self._quantile(bins, n, 0.50), 3),
-            "latency_ms_p99_60s": round(self._quantile(bins, n, 0.99), 3),
+            "latency_ms_p99_60s": round(self._quantile(bins, n, slo.QUANTILE), 3),
             "violations_60s": violations,
             "slo_ms": self.slo_ms,
         }

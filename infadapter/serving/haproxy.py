@@ -47,13 +47,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import jinja2
-
 from infadapter import paths
 from infadapter.adapter.state import StateStore
 from infadapter.errors import BackendUnavailable, BadInput
 from infadapter.observe.monitor import free_port
 from infadapter.processes import pid_alive, stop_process
+from infadapter.render import environment
 from infadapter.serving.dispatcher import RequestStats
 from infadapter.serving.router import Route, RouterConfig, as_routes
 
@@ -100,10 +99,8 @@ def render_config(
     for name, model in variants:
         if not _NAME.match(name) or not _NAME.match(model):
             raise BadInput(f"variants: {name!r}/{model!r}: HAProxy needs names of letters, digits, '.', '_', '-'")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                             autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     s = settings
-    return env.get_template("haproxy.cfg.j2").render(
+    return environment().get_template("haproxy/haproxy.cfg.j2").render(
         max_conn_total=max(4 * s.max_in_flight, 4096), threads=s.threads, admin_socket=admin_socket,
         log_socket=log_socket if s.log_requests else None, bufsize=s.bufsize,
         connect_timeout_ms=round(s.connect_timeout_s * 1000), server_timeout_ms=round(s.server_timeout_s * 1000),

@@ -53,12 +53,9 @@ def simulate_same(profile: Profile, cfg: RunConfig, arrival_times_s: np.ndarray 
     from infadapter.sim import simulation as sim
 
     rates = np.asarray(cfg.rates_rps or (), dtype=float)
-    ctl = loop_config(cfg)
-    settings = {k: getattr(ctl, k) for k in ("interval_s", "check_s", "react", "rate_window_s",
-                                             "overload_tolerance", "replan_gap_s", "history_s", "history_stretch",
-                                             "initial_forecast_rps")}
+    live = loop_config(cfg)
     sim_cfg = sim.SimConfig(
-        **settings, history_before=ctl.history_before, rates_before=ctl.rates_before,
+        control=live.control, rates_before=live.rates_before,
         stabilization_intervals=cfg.stabilization_intervals,
         min_gain=cfg.min_gain, forecaster=cfg.forecaster, warmup_s=0, first_plan_ready=True,
         seed=cfg.seed, cpu_model="work",
@@ -115,7 +112,7 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
         if live.get("interrupted"):
             break
     doc = {"profile": str(base.profile_path), "seconds": int(rates.size), "mean_rps": float(rates.mean()),
-           "interval_s": base.interval_s, "results": results}
+           "interval_s": base.control.interval_s, "results": results}
     (out_dir / "experiment.json").write_text(json.dumps(doc, indent=1, default=str))
     (out_dir / "experiment.md").write_text(comparison_table(doc))
     with contextlib.suppress(Exception):

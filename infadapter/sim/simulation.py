@@ -41,13 +41,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 
-from infadapter.adapter.records import DecisionRecord
-from infadapter.core import control
+from infadapter.adapter.records import DecisionRecord, StepTimer, decision_record
+from infadapter.core import control, slo
 from infadapter.core import solver as solver_mod
 from infadapter.core.cpusamples import CpuSampler
 from infadapter.core.forecast import Forecaster, make_forecaster
@@ -80,10 +80,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Simulation settings. The defaults are the adapter's (the live loop's) defaults; :func:`paper_config`
-    gives the paper's setting. The control fields mean what :class:`infadapter.core.control.ControlConfig`'s do."""
+    """Simulation settings. The defaults are the adapter's (the live loop's) defaults; :data:`PAPER_SETTING`
+    gives the paper's setting. The control rules are one :class:`infadapter.core.control.ControlConfig`, the
+    live loop's (``control``); :meth:`of` builds both from one flat set of settings."""
 
-    interval_s: float = control.ControlConfig.interval_s  # seconds between decisions
+    #: When to decide and on which load: the live loop's rules, composed (interval, checks, reaction, history).
+    control: control.ControlConfig = field(default_factory=control.ControlConfig)
     warmup_s: float = 0.0  # the first decision's time (the paper: 120 s)
     stabilization_intervals: int = DEFAULT_STABILIZATION  # scale-down after this many decisions want less
     min_gain: float = DEFAULT_MIN_GAIN  # keep the current mix unless a new one beats it by this much
@@ -94,33 +96,16 @@ class SimConfig:
     vpa_update: str = "rolling"  # rolling (surge, make-before-break) | recreate (evict, then start)
     seed: int = 0
     timeout_s: float | None = None  # longest wait before a request is dropped; None: 2 x SLO
-    history_s: int = control.HISTORY_S  # observed history handed to the forecaster
     # VPA's CPU samples: one every vpa_sample_s, the mean over vpa_sample_window_s; None: the policy
     # entry's (upstream's recommender: a minute, metrics-server's 15-s window), as the live loop samples.
     vpa_sample_s: float | None = None
     vpa_sample_window_s: float | None = None
     initial: Mapping[str, float] | None = None  # initial cores by variant; None: per-policy default
     memoize: bool = True  # reuse a stateless policy's decision for a repeated (load, current plan)
-    # Reactive re-planning (control.trigger_due): every check_s, if the rate of the last rate_window_s
-    # seconds runs above the plan's capacity by overload_tolerance, decide at once on
-    # max(forecast, rate * (1 + tolerance)). The paper decided only every interval.
-    react: bool = True
-    check_s: float = 1.0
-    rate_window_s: int = 3
-    overload_tolerance: float = 0.10
-    replan_gap_s: float | None = None
     solver: solver_mod.Options = field(default_factory=solver_mod.Options)
-    # A replay compressed K times (the live loop's --speedup K): each observed second stands for K
-    # trace seconds, so the forecaster sees every second repeated K times (LoopConfig.history_stretch).
-    history_stretch: int = 1
-    # The first decision's forecast is at least this (the live loop's initial forecast); None: off.
-    initial_forecast_rps: float | None = None
     # The first decision's plan serves from its start, decided with no current plan: the adapter brings its
     # first servers up before the load reaches them. Off: the paper's initial state serves first.
     first_plan_ready: bool = True
-    # Per-second counts observed before the window (the replay's time scale): an adapter that was already
-    # running has seen them, so its first forecast uses them. None: it starts with no history.
-    history_before: Sequence[float] | None = None
     # Per-second rates of the day before the window (the replay's time scale): what a VPA that had been
     # running would have seen (policies.Context.rates_before). None: policies start cold.
     rates_before: Sequence[float] | None = None
@@ -145,8 +130,6 @@ class SimConfig:
     cfs_period_s: float = 0.1
 
     def __post_init__(self) -> None:
-        if not self.interval_s > 0:
-            raise BadInput(f"--interval: must be > 0 seconds, got {self.interval_s:g}")
         if self.warmup_s < 0:
             raise BadInput(f"--warmup: must be >= 0 seconds, got {self.warmup_s:g}")
         if self.timeout_s is not None and not self.timeout_s > 0:
@@ -155,10 +138,6 @@ class SimConfig:
             raise BadInput(f"--vpa-update: must be rolling or recreate, got {self.vpa_update!r}")
         if any(v is not None and not v > 0 for v in (self.vpa_sample_s, self.vpa_sample_window_s)):
             raise BadInput("--vpa-sample: sample period and window must be > 0 seconds")
-        if self.react and not (self.check_s > 0 and self.rate_window_s >= 1 and self.overload_tolerance >= 0):
-            raise BadInput("--react: check_s and rate_window_s must be > 0 and the tolerance >= 0")
-        if self.history_s < 1:
-            raise BadInput(f"history_s: must be >= 1 second, got {self.history_s}")
         if not 0.05 <= self.service_cv <= 1.0:
             raise BadInput(f"--service-cv: must be between 0.05 and 1, got {self.service_cv:g}")
         if self.cpu_model not in ("busy", "work"):
@@ -169,18 +148,17 @@ class SimConfig:
             raise BadInput(f"cfs_period_s: must be > 0, got {self.cfs_period_s:g}")
         if self.observe_lag_s < 0:
             raise BadInput(f"--observe-lag: must be >= 0 seconds, got {self.observe_lag_s}")
-        if self.history_stretch < 1:
-            raise BadInput(f"history_stretch: must be >= 1, got {self.history_stretch}")
-        self.control  # noqa: B018 - validates the control fields once, with their flag names
 
-    @property
-    def control(self) -> control.ControlConfig:
-        """The control rules of this run, shared with the live loop."""
-        return control.ControlConfig(
-            interval_s=self.interval_s, check_s=self.check_s, react=self.react, rate_window_s=self.rate_window_s,
-            overload_tolerance=self.overload_tolerance, replan_gap_s=self.replan_gap_s, history_s=self.history_s,
-            history_stretch=self.history_stretch, initial_forecast_rps=self.initial_forecast_rps or 0.0,
-            history_before=tuple(float(x) for x in self.history_before or ()))
+    @classmethod
+    def of(cls, **settings: Any) -> SimConfig:
+        """A config from one flat set of settings: ControlConfig's field names go to ``control`` (None: its
+        default), the rest are this class's (e.g. ``SimConfig.of(**PAPER_SETTING, seed=3)``)."""
+        names = {f.name for f in fields(control.ControlConfig)}
+        ctl = {k: settings.pop(k) for k in list(settings) if k in names}
+        ctl = {k: v for k, v in ctl.items() if v is not None or k == "replan_gap_s"}
+        if "history_before" in ctl:
+            ctl["history_before"] = tuple(float(x) for x in ctl["history_before"])
+        return cls(control=control.ControlConfig(**ctl), **settings)
 
 
 #: The paper's setting (``simulate --paper``): 30-s decisions on ewma+10% from a 2-minute warm-up, the
@@ -427,7 +405,7 @@ class Simulation:
         self.top = profile.core_options()[-1]
         self.sampler = CpuSampler.upstream(cfg.vpa_sample_s if vpa and cfg.vpa_sample_s else kind.cpu_sample_s,
                                            cfg.vpa_sample_window_s if vpa and cfg.vpa_sample_window_s
-                                           else kind.cpu_window_s, cfg.history_stretch)
+                                           else kind.cpu_window_s, self.ctl.history_stretch)
         self.cfs = cfg.service_model == "cfs"
         self.work_cpu = ([cpu_per_request(profile, n, cfg.service_cv if self.cfs else None) for n in self.names]
                          if cfg.cpu_model == "work" or self.cfs else None)
@@ -549,54 +527,64 @@ class Simulation:
         return self.sampler.take(now, self.names, cumulative)
 
     # -- a decision -------------------------------------------------------------------------------
+    def observed(self, now: float) -> np.ndarray:
+        """The per-second counts the monitor has seen at ``now`` (complete seconds, ``observe_lag_s`` late)."""
+        return self.arr.counts[:max(int(now) - self.config.observe_lag_s, 0)]
+
     def observed_rate(self, now: float) -> float:
-        return control.windowed_rate(self.arr.counts, max(int(now) - self.config.observe_lag_s, 0), self.ctl)
+        """The observed rate at ``now``: :func:`infadapter.core.control.observed_rate`, as the live loop's."""
+        return control.observed_rate(self.observed(now), self.ctl)
 
     def decide(self, now: float, trigger: str) -> None:
-        """Forecast (control.decision_load), let the policy plan, apply: growth in place first when the
-        plan must wait for new variants (control.bridge_plan), then the plan; record the decision."""
+        """One decision as the live loop's steps (observe, forecast, plan, stabilize, apply, record), by the
+        control core's rules: the decision load, the policy's context, growth in place first when the plan must
+        wait for new variants (control.bridge_plan), the record (records.decision_record)."""
         cfg, profile = self.config, self.profile
+        steps = StepTimer()
         self.last_decision = now
-        seen = max(int(now) - cfg.observe_lag_s, 0)
-        lo = max(0, seen - cfg.history_s // cfg.history_stretch - 1)
-        history = self.arr.counts[lo:seen] if seen > 0 else self.arr.counts[:0]
-        observed = self.observed_rate(now)
-        self.forecast_now = control.decision_load(trigger, self.forecaster, history, observed, self.ctl)
-        horizon = int(now + cfg.interval_s + profile.max_load_time_s)
+        with steps.step("observe"):
+            observed = control.seen(self.observed(now), self.ctl)
+        with steps.step("forecast"):
+            self.forecast_now = control.decision_load(trigger, self.forecaster, observed.history,
+                                                      observed.rate_rps, self.ctl)
+        horizon = int(now + self.ctl.interval_s + profile.max_load_time_s)
         future = self.arr.counts[int(now) : max(int(now) + 1, horizon)]
         true_peak = float(future.max()) if future.size else 0.0
         start = self.first and cfg.first_plan_ready
-        ctx = Context(profile, now, self.forecast_now, current=None if start else self.target,
-                      history_rps=control.forecast_input(history, self.ctl),
-                      cpu_usage=self.cpu_samples(now) if self.kind.needs_cpu else {}, true_peak_rps=true_peak,
-                      state=self.state, solver=cfg.solver, rates_before=cfg.rates_before or ())
-        t0 = time.perf_counter()
-        d = self.policy.decide(ctx)
-        spent = time.perf_counter() - t0
-        self.decide_total += spent
+        ctx = control.context(profile, now, self.forecast_now, None if start else self.target, observed, self.ctl,
+                              cpu_usage=self.cpu_samples(now) if self.kind.needs_cpu else {},
+                              true_peak_rps=true_peak, state=self.state, solver=cfg.solver,
+                              rates_before=cfg.rates_before or ())
+        with steps.step("plan"):
+            proposed = control.propose(self.policy, ctx)
+        with steps.step("stabilize"):
+            d = control.stabilize(self.policy, ctx, proposed)
+        self.decide_total += steps.seconds("plan", "stabilize")
         self.state = d.state
         before = self.target
         change = diff(None if start else self.target, d.plan)
         if change.create or change.resize or change.delete:
             self.transitions += 1
-        if not change.empty:
-            loading = self.pending.config.instances if self.pending else ()
-            if self.in_place and self.mbb and not start:
-                ready = [i for i in self.serving.instances if i.ready_at <= now]
-                bridge = control.bridge_plan(profile, _plan_of(profile, {i.name: i.cores for i in ready}), d.plan,
-                                             self.forecast_now, {i.name: self._in_place_max(i) for i in ready})
-                if bridge is not None:
-                    self.apply(bridge, now)
-            self.apply(d.plan, now, immediate=start, loading=loading)
+        with steps.step("apply"):
+            if not change.empty:
+                loading = self.pending.config.instances if self.pending else ()
+                if self.in_place and self.mbb and not start:
+                    ready = [i for i in self.serving.instances if i.ready_at <= now]
+                    bridge = control.bridge_plan(profile, _plan_of(profile, {i.name: i.cores for i in ready}),
+                                                 d.plan, self.forecast_now,
+                                                 {i.name: self._in_place_max(i) for i in ready})
+                    if bridge is not None:
+                        self.apply(bridge, now)
+                self.apply(d.plan, now, immediate=start, loading=loading)
         self.target = d.plan
         self.first = False
-        reason = f"overload re-plan; {d.reason}" if trigger == "overload" else d.reason
-        self.records.append(DecisionRecord(
-            seq=len(self.records) + 1, time_s=now, trigger=trigger, policy=self.policy.name,
-            observed_rps=round(observed, 3), forecast_rps=round(self.forecast_now, 3), history_len=int(history.size),
-            p99_ms=None, monitor_source="sim", plan_before=before.as_dict() if before is not None else None,
-            plan_after=d.plan.as_dict(), serving=None, objective=d.plan.objective, solver=d.solver,
-            solve_s=round(spent, 6), reason=reason, diff=change.summary(), true_peak_rps=round(true_peak, 3)))
+        with steps.step("record"):
+            rec = decision_record(
+                seq=len(self.records) + 1, time_s=now, trigger=trigger, policy=self.policy.name, observed=observed,
+                forecast_rps=self.forecast_now, decision=d, before=before, change=change, serving=None,
+                monitor_source="sim", timings_s=steps.timings_s, true_peak_rps=true_peak)
+        steps.finish()
+        self.records.append(rec)
 
     def apply(self, plan: Plan, now: float, immediate: bool = False, loading: Sequence[_Instance] = ()) -> None:
         """Start the plan: in-place growth at once, new instances after their load time, and (when
@@ -646,8 +634,9 @@ class Simulation:
         cfg = self.config
         # Checks fall on whole multiples of check_s from the first decision, as the loop's ticks.
         after = t - cfg.warmup_s
-        next_check = (cfg.warmup_s + (math.floor(after / cfg.check_s + 1e-9) + 1) * cfg.check_s
-                      if cfg.react and not self.first else math.inf)
+        ctl = self.ctl
+        next_check = (cfg.warmup_s + (math.floor(after / ctl.check_s + 1e-9) + 1) * ctl.check_s
+                      if ctl.react and not self.first else math.inf)
         candidates = [float(self.duration), cfg.warmup_s if self.first else self.next_decision, next_check]
         if self.pending is not None:
             candidates.append(self.pending.ready_at)
@@ -663,10 +652,10 @@ class Simulation:
             if self.duration > t >= cfg.warmup_s - 1e-12:
                 cap = self.target.served_capacity_rps() if self.target.allocations else None
                 due = control.trigger_due(t, None if self.first else self.next_decision, self.last_decision,
-                                          self.observed_rate(t) if cfg.react else 0.0, cap, self.ctl)
+                                          self.observed_rate(t) if self.ctl.react else 0.0, cap, self.ctl)
                 if due is not None:
                     self.decide(t, due)
-                    self.next_decision = t + cfg.interval_s
+                    self.next_decision = t + self.ctl.interval_s
                     if progress is not None:
                         progress(min(1.0, t / self.duration))
                     continue  # a zero load time may make the new plan ready at once
@@ -684,7 +673,8 @@ class Simulation:
         arr, d, finish, accuracy = self.arr, self.duration, self.finish, self.accuracy
         ok = ~np.isnan(finish)
         latency = finish - arr.times
-        late = ok & (latency > self.slo_s)
+        late = ok & slo.late(latency, self.slo_s)
+        bad = slo.violated(ok, latency, self.slo_s)  # late, failed or dropped
         dropped = ~ok
         sec = np.minimum(arr.times.astype(np.int64), d - 1)
         served_acc = np.where(ok, accuracy[np.maximum(self.served_by, 0)], 0.0)
@@ -696,7 +686,7 @@ class Simulation:
         usage_ts = self.usage.sum(axis=0)
         timeline = {
             "requests": arr.counts.copy(),
-            "violations": np.bincount(sec[late | dropped], minlength=d).astype(float),
+            "violations": np.bincount(sec[bad], minlength=d).astype(float),
             "dropped": np.bincount(sec[dropped], minlength=d).astype(float),
             "cores": self.cores_ts, "capacity_rps": self.cap_ts, "accuracy": acc_ts, "forecast_rps": self.fc_ts,
             "cpu_usage_cores": usage_ts,
@@ -704,11 +694,11 @@ class Simulation:
         return SimResult(
             policy=self.policy.name,
             requests=int(arr.times.size),
-            violations=int((late | dropped).sum()),
+            violations=int(bad.sum()),
             dropped=int(dropped.sum()),
             late=int(late.sum()),
             p50_ms=float(np.percentile(lat_ms, 50)) if lat_ms.size else 0.0,
-            p99_ms=float(np.percentile(lat_ms, 99)) if lat_ms.size else 0.0,
+            p99_ms=slo.judged_ms(lat_ms) or 0.0,
             mean_cores=float(self.cores_ts.mean()),
             mean_planned_cores=float(self.planned_ts.mean()),
             mean_accuracy=float(accuracy[self.served_by[ok]].mean()) if ok.any() else 0.0,

@@ -54,7 +54,7 @@ from infadapter.render import (
     RenderConfig,
     VariantSpec,
     cpu_quantity,
-    largest_pod,
+    largest_pod_cores,
     render_route,
     render_variant,
     variant_specs,
@@ -96,8 +96,8 @@ class KubernetesBackend:
         return make_backend(profile, **options)
 
     def max_pod_cores(self) -> float | None:
-        """The largest pod (:func:`infadapter.render.largest_pod`), capped by a size the cluster refused."""
-        return largest_pod(self.profile, self.config, self.pod_limit_cores)
+        """The largest pod (:func:`infadapter.render.largest_pod_cores`), capped by a size the cluster refused."""
+        return largest_pod_cores(self.profile, self.config, self.pod_limit_cores)
 
     @property
     def options(self) -> KubeOptions:

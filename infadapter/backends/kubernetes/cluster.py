@@ -9,7 +9,7 @@ import contextlib
 from infadapter.backends.kubernetes.api import KubeApi, KubeError
 from infadapter.core.profile import Profile
 from infadapter.errors import BackendUnavailable
-from infadapter.render import RenderConfig, parse_cpu
+from infadapter.render import RenderConfig, largest_pod_cores, parse_cpu
 
 
 def node_cpus(api: KubeApi) -> list[float]:
@@ -83,17 +83,18 @@ def preflight(api: KubeApi, config: RenderConfig, profile: Profile) -> tuple[lis
 def pod_size_to_plan(api: KubeApi, config: RenderConfig, profile: Profile) -> tuple[float | None, list[str]]:
     """Preflight (BackendUnavailable on an error), then the largest pod to plan with, and what was found.
 
-    The largest pod is the profile's ``max_pod_cores``, else the render config's ``tfserving.max_pod_cores``,
-    else the largest node's allocatable CPU (None when the nodes cannot be read).
+    The largest pod is :func:`infadapter.render.largest_pod_cores` (the render config's
+    ``tfserving.max_pod_cores``, else the profile's), else the largest node's allocatable CPU (None when the
+    nodes cannot be read).
     """
     errors, warnings = preflight(api, config, profile)
     if errors:
         more = f" (and {len(errors) - 1} more)" if errors[1:] else ""
         raise BackendUnavailable(f"preflight: {errors[0]}{more}")
     messages = [f"preflight: {w}" for w in warnings]
-    limit = profile.max_pod_cores or config.tfserving.max_pod_cores
+    limit = largest_pod_cores(profile, config)
     if limit:
-        where = "profile" if profile.max_pod_cores else "--k8s-config tfserving.max_pod_cores"
+        where = "--k8s-config tfserving.max_pod_cores" if config.tfserving.max_pod_cores else "profile"
         messages.append(f"pods: at most {limit:g} cores each ({where})")
     else:
         limit, note = cluster_max_pod_cores(api)

@@ -24,7 +24,7 @@ from infadapter.render import (
     LABEL_GENERATION,
     RenderConfig,
     VariantSpec,
-    largest_pod,
+    largest_pod_cores,
     parse_cpu,
     variant_layout,
 )
@@ -114,7 +114,7 @@ def layout(cores: float, profile: Profile, config: RenderConfig, pod_limit_cores
            now: tuple[int, float] | None = None) -> tuple[int, float]:
     """(replicas, cores per pod) for a variant of ``cores``: see :func:`infadapter.render.variant_layout`;
     a pod size the cluster refused (``pod_limit_cores``) caps it further (the largest pod is
-    :func:`infadapter.render.largest_pod`'s, the one rule render uses). A variant running as ``now``
+    :func:`infadapter.render.largest_pod_cores`'s, the one rule render uses). A variant running as ``now``
     keeps its number of pods when its new cores still fit them: a resize in place, no new pods (its
     capacity may then differ slightly from the solver's layout, and its cores by under 1 millicore a
     pod; see docs/kubernetes.md)."""
@@ -122,7 +122,7 @@ def layout(cores: float, profile: Profile, config: RenderConfig, pod_limit_cores
     if now is None or now[0] < 1 or now[1] <= 0 or fresh[0] == now[0]:
         return fresh
     # Whole millicores per pod, rounded down: at most 1 millicore a pod below the plan, never above.
-    k, per_pod, limit = now[0], round(cores * 1000) // now[0], largest_pod(profile, config, pod_limit_cores)
+    k, per_pod, limit = now[0], round(cores * 1000) // now[0], largest_pod_cores(profile, config, pod_limit_cores)
     fits = limit is None or per_pod <= limit * 1000 + 1e-6
     if fits and per_pod > 0 and k >= config.tfserving.replicas:
         return k, per_pod / 1000

@@ -129,25 +129,22 @@ class ReplayedLoad:
     """Observes a per-second load as if it were live traffic, from ``start_s`` on (a replay, labelled).
 
     At ``now`` the history holds the complete seconds of the load since ``start_s`` (at most the last
-    10 minutes), like :class:`~infadapter.observe.monitor.Monitor`'s; the rate is the mean of the last
-    ``rate_window_s`` of them. After the load ends the history keeps its last seconds and new seconds
-    count as 0 req/s.
+    10 minutes), like :class:`~infadapter.observe.monitor.Monitor`'s: counts only; the loop computes the
+    rate from them (:func:`infadapter.core.control.seen`). After the load ends the history keeps its last
+    seconds and new seconds count as 0 req/s.
     """
 
-    def __init__(self, rates_rps: Sequence[float], label: str, start_s: float, rate_window_s: int = 3) -> None:
+    def __init__(self, rates_rps: Sequence[float], label: str, start_s: float) -> None:
         self.rates = tuple(float(x) for x in rates_rps)
         self.label = label
         self.start_s = start_s
-        self.rate_window_s = rate_window_s
         self.warning = f"replayed observation of {label} (not live traffic)"
 
     def observe(self, now_s: float) -> Observation:
         done = max(math.floor(now_s - self.start_s), 0)
         first = max(done - HISTORY_S, 0)
         hist = tuple(self.rates[i] if i < len(self.rates) else 0.0 for i in range(first, done))
-        recent = hist[-self.rate_window_s:]
-        rate = sum(recent) / len(recent) if recent else 0.0
-        return Observation(now_s=now_s, history_rps=hist, rate_rps=rate, p99_ms=None, source=REPLAY_SOURCE,
+        return Observation(now_s=now_s, history_rps=hist, p99_ms=None, source=REPLAY_SOURCE,
                            warning=self.warning)
 
 
@@ -169,9 +166,9 @@ class GuardedObserver:
             self._failing = True
             last = self._last
             if last is None:
-                return Observation(now_s, (), 0.0, None, "none", f"{what}; nothing observed yet")
+                return Observation(now_s, (), None, "none", f"{what}; nothing observed yet")
             age = now_s - last.now_s
-            return Observation(now_s, last.history_rps, last.rate_rps, last.p99_ms, f"stale {last.source}",
+            return Observation(now_s, last.history_rps, last.p99_ms, f"stale {last.source}",
                                f"{what}; using the observation from {age:.0f} s ago")
         if self._failing:
             log.warning("observation works again (%s)", obs.source)
@@ -277,7 +274,8 @@ class ClusterSetup:
 
                 stats = DispatcherClient(cfg.dispatcher_url, cfg.admin_token, timeout_s=5.0).stats
             # The dispatcher and Prometheus outlive the adapter: their last 10 minutes are real history.
-            monitor = Monitor(stats, cfg.prometheus_url, start_s=run.started_s - HISTORY_S, clock=run.clock)
+            monitor = Monitor(stats, cfg.prometheus_url, start_s=run.started_s - HISTORY_S, clock=run.clock,
+                              rate_window_s=cfg.control.rate_window_s)
             observe = monitor.observe
         where = f"namespace {backend.namespace}" if cfg.backend == "kubernetes" else f"folder {cfg.out_dir}"
         messages.insert(0, f"backend {cfg.backend}: {where}")

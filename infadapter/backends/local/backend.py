@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infadapter import paths
 from infadapter.adapter.state import StateStore
 from infadapter.backends.base import ApplyResult, BackendState, TargetsCallback, VariantState
 from infadapter.core.plan import Plan
@@ -52,6 +51,7 @@ from infadapter.observe.monitor import free_port
 from infadapter.processes import kill_tree, pid_alive
 from infadapter.serving.haproxy import HAProxyRouter
 from infadapter.serving.router import DispatcherRouter, Route, Router, RouterConfig
+from infadapter.serving.server import server_command
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +335,6 @@ class LocalBackend:
                 self._set_cores(sp, cores)
                 actions.append(f"resize {sp.name} {sp.cores:g} -> {cores:g} cores in place")
                 sp.cores = cores
-            grow.clear()
             if starting:
                 self._wait_ready(list(starting.values()))
                 for sp in starting.values():  # the startup boost ends before the server gets traffic
@@ -349,11 +348,7 @@ class LocalBackend:
             log.warning("apply failed, previous plan keeps serving: %s", msg)
             return ApplyResult(serving=old_plan or plan, actions=tuple(actions), ok=False, error=msg,
                                retry_after_s=5.0)
-        # Raise limits before traffic moves; lower them after.
-        for sp, cores in grow:
-            self._set_cores(sp, cores)
-            actions.append(f"resize {sp.name} {sp.cores:g} -> {cores:g} cores in place")
-            sp.cores = cores
+        # Limits were raised above, before anything waited; they are lowered after traffic moves.
         removed = [sp for n, sp in self.servers.items() if plan.get(n) is None]
         for name, sp in starting.items():
             self.servers[name] = sp
@@ -432,9 +427,8 @@ class LocalBackend:
         logs = self.config.run_dir / "servers"
         logs.mkdir(parents=True, exist_ok=True)
         logf = (logs / f"{name}-{port}.log").open("ab")
-        cmd = [self.config.python, str(paths.CLI), "serve-model", "--model-dir", str(self.config.model_dir),
-               "--name", model, "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads),
-               "--warmup", str(self.config.warmup), *self.config.server_args]
+        cmd = server_command(self.config.model_dir, model, port, threads, self.config.warmup, "127.0.0.1",
+                             self.config.python, self.config.server_args)
         if "--max-queue" not in self.config.server_args:
             # The queue bound of the most cores this server can be given in place (its thread count
             # is fixed): a resize changes the cgroup quota, not the server's max_queue.

@@ -145,7 +145,8 @@ class LocalSetup:
         store.update(metrics={"port": metrics_port, "url": f"http://127.0.0.1:{metrics_port}/metrics"})
         # Servers a killed adapter left have served for a while: their counters are real history.
         monitor = Monitor(backend.client.stats, prom_url, start_s=run.started_s - (HISTORY_S if adopted else 0),
-                          rate_query=backend.router.rate_query, p99_query=backend.router.p99_query)
+                          rate_query=backend.router.rate_query, p99_query=backend.router.p99_query,
+                          rate_window_s=cfg.control.rate_window_s)
         return Prepared(
             backend=backend, observe=monitor.observe, limit_mode=backend.limit_mode, initial_plan=backend.plan,
             observation=(f"prometheus {prom_url}, else the {cfg.router}'s counters" if prom_url
