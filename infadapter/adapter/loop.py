@@ -33,6 +33,7 @@ from infadapter.adapter.records import DecisionLog, DecisionRecord
 from infadapter.adapter.runstate import LoopSnapshot
 from infadapter.backends.base import ApplyResult, Backend
 from infadapter.core import control
+from infadapter.core import explain as explain_mod
 from infadapter.core.control import ControlConfig, Forecaster
 from infadapter.core.cpusamples import CpuReadings, CpuSampler
 from infadapter.core.plan import Plan, diff, plan_from_cores
@@ -195,7 +196,8 @@ class ControlLoop:
         self._cpu_readings = CpuReadings(keep_s=kind.cpu_sample_s + kind.cpu_window_s + 10.0)
         self._cpu_samples: dict[str, list[tuple[float, float]]] = {}
         self._slo_samples: deque[tuple[float, int, int, int]] = deque()
-        self._seq = 0
+        # A restarted run numbers on from the log's last record (one log, one seq order).
+        self._seq = self.records.last_seq
 
     # -- one decision ------------------------------------------------------------------------------
     def decide(self, trigger: str, obs: Observation | None = None) -> DecisionRecord:
@@ -227,6 +229,10 @@ class ControlLoop:
         decision = self.policy.decide(ctx)
         self._cpu_samples = {}
         timings["plan"] = time.perf_counter() - t2
+        t_ex = time.perf_counter()
+        why = explain_mod.decision_fields(self.profile, self.policy_name, trigger, obs.rate_rps, obs.history_rps,
+                                          forecast, self.forecaster, self.serving, decision, self.policy_state)
+        timings["explain"] = time.perf_counter() - t_ex
 
         before = self.serving
         d = diff(before, decision.plan)
@@ -292,6 +298,7 @@ class ControlLoop:
             apply_ok=result.ok,
             apply_error=result.error,
             timings_s={k: round(v, 6) for k, v in timings.items()},
+            **why,
         )
         self.records.append(rec)
         self._last_decision_s = now

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from infadapter import paths
+from infadapter.adapter.records import read_log
 from infadapter.adapter.runstate import RunState
-from infadapter.adapter.state import read_state, state_path
+from infadapter.adapter.state import DECISIONS_FILE, read_state, read_state_checked, state_path
 from infadapter.backends.local.backend import model_available
 from infadapter.processes import pid_alive
 
@@ -41,9 +42,11 @@ def _slo_query(slo_ms: float) -> str:
 
 def collect_status(run_dir: Path, sample_s: float = 1.0) -> dict[str, Any]:
     """The status document (see ``docs/adapt.md`` for its fields)."""
-    raw = read_state(state_path(run_dir))
+    raw, corrupt = read_state_checked(state_path(run_dir))
+    decisions = decision_log_health(run_dir)
     if raw is None:
-        return {"running": False, "run_dir": str(run_dir), "message": f"no adapter state in {run_dir}"}
+        return {"running": False, "run_dir": str(run_dir), "corrupt": corrupt or None,
+                "message": corrupt or f"no adapter state in {run_dir}", **decisions}
     st = RunState.from_dict(raw)
     adapter, loop = st.adapter, st.loop
     running = pid_alive(adapter.pid)
@@ -66,6 +69,7 @@ def collect_status(run_dir: Path, sample_s: float = 1.0) -> dict[str, Any]:
         "totals": loop.totals,
         "updated_s": st.updated_s,
         "last_decision": _short_decision(loop.last_decision),
+        **decisions,
     }
     plan = loop.plan or {}
     out["accuracy"] = plan.get("accuracy")
@@ -190,8 +194,19 @@ def collect_kubernetes_status(
 def _short_decision(d: dict[str, Any] | None) -> dict[str, Any] | None:
     if not d:
         return None
-    return {k: d.get(k) for k in ("seq", "time_s", "trigger", "reason", "diff", "observed_rps", "forecast_rps",
-                                  "objective", "solve_s", "apply_ok", "apply_error", "actions")}
+    from infadapter.adapter.explain import one_line_why
+
+    out = {k: d.get(k) for k in ("seq", "time_s", "trigger", "reason", "diff", "observed_rps", "forecast_rps",
+                                 "objective", "solve_s", "apply_ok", "apply_error", "actions", "run_id")}
+    out["why"] = one_line_why(d)
+    return out
+
+
+def decision_log_health(run_dir: Path) -> dict[str, Any]:
+    """The decisions file's damaged lines (a write cut short by a kill): where and how many."""
+    path = Path(run_dir) / DECISIONS_FILE
+    found = read_log(path)
+    return {"decisions_damaged": [n for n, _ in found.damaged], "decisions_warning": found.damage_note(path)}
 
 
 def _prometheus_figures(url: str | None, slo_ms: float | None) -> tuple[dict[str, dict[str, float]], float | None]:

@@ -369,8 +369,11 @@ def status(ctx: click.Context, backend: str, run_dir: Path | None, kubeconfig: s
         print_json(doc)
         return
     con = out_console()
+    if doc.get("decisions_warning"):
+        err_console().print(f"[yellow]warning:[/] {doc['decisions_warning']}", highlight=False)
     if not doc.get("running"):
         con.print(doc.get("message", "nothing runs"), highlight=False)
+        _print_last_decision(con, doc)
         return
     from rich.table import Table
 
@@ -395,9 +398,15 @@ def status(ctx: click.Context, backend: str, run_dir: Path | None, kubeconfig: s
               f"{mon.get('source', '')} {mon.get('warning', '')}", highlight=False)
     if doc.get("degraded"):
         con.print(f"[red]degraded:[/] {doc['degraded']}")
+    _print_last_decision(con, doc)
+
+
+def _print_last_decision(con: Any, doc: dict[str, Any]) -> None:
     d = doc.get("last_decision") or {}
     if d:
         con.print(f"last decision #{d['seq']} ({d['trigger']}): {d['diff']}: {d['reason']}", highlight=False)
+        if d.get("why"):
+            con.print(f"why: {d['why']}", highlight=False)
 
 
 def _print_kubernetes_status(doc: dict[str, Any]) -> None:
