@@ -233,3 +233,24 @@ def test_replay_reproduces_every_local_decision(tmp_path_factory):
     assert rep.returncode == 0, rep.stdout
     doc = json.loads(rep.stdout)
     assert doc["ok"] and doc["reproduced"] == doc["decisions"] == n
+
+
+# -- capacity planning: the smallest budget that meets a violation target ----------------------------
+def test_min_budget_is_the_smallest_that_meets_the_target():
+    r = run_cli("simulate", "--window", "paper", "--min-budget", "--max-violations", "0.01", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    budget, step = doc["budget"], 1.0  # profiles/paper.yaml: core_step 1
+    assert budget is not None and doc["slo_violation_rate"] <= 0.01
+    assert doc["below"]["budget"] == budget - step and doc["below"]["slo_violation_rate"] > 0.01
+    assert 2 <= doc["simulations"] <= 8  # bisection over 2..20 cores: about log2(19) + 2
+    # The same figures from plain simulate runs at B and B - core_step.
+    at = {b: json.loads(run_cli("simulate", "--window", "paper", "--budget", f"{b:g}", "--json").stdout)
+          for b in (budget, budget - step)}
+    assert at[budget]["slo_violation_rate"] <= 0.01 < at[budget - step]["slo_violation_rate"]
+    assert at[budget]["slo_violation_rate"] == pytest.approx(doc["slo_violation_rate"], abs=1e-6)
+
+
+def test_min_budget_needs_one_policy():
+    r = run_cli("simulate", "--window", "0:60", "--policy", "infadapter,msplus", "--min-budget")
+    assert r.returncode == 2 and "--min-budget: give one --policy" in r.stderr
