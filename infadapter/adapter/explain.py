@@ -52,7 +52,9 @@ def one_line_why(rec: dict[str, Any]) -> str:
         words += f" (+{len(binding) - 1} more)"
     ru = rec.get("runner_up")
     if ru:
-        words += f"; runner-up {_plan_words(ru.get('plan'))} is {ru['gap']:.4f} lower"
+        from infadapter.core.explain import gap_words
+
+        words += f"; runner-up {_plan_words(ru.get('plan'))} is {gap_words(ru['gap'])} lower"
     return words
 
 

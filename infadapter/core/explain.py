@@ -106,10 +106,17 @@ def explain(
     if held_by and _cores(optimum) != _cores(chosen):
         gain = optimum.objective - objective_terms(profile, chosen, cur)["objective"]
         extra["optimum"] = {"plan": optimum.as_dict(), "terms": objective_terms(profile, optimum, cur)}
-        text = (f"the solver's plan {describe(optimum)} was held back: "
-                + ("scale-down waits until enough decisions in a row want less" if held_by == "stabilization"
-                   else f"it beats the current variants by only {gain:.4f} in objective (min gain)"))
-        binding.insert(0, {"kind": held_by, "text": text, "gain": round(gain, 9)})
+        if held_by == "stabilization-window":
+            text = (f"stabilization applied the most generous plan of its window, {describe(chosen)}, not the "
+                    f"solver's {describe(optimum)}")
+        elif held_by == "stabilization":
+            text = (f"the solver's plan {describe(optimum)} was held back: scale-down waits until enough "
+                    "decisions in a row want less")
+        else:
+            text = (f"the solver's plan {describe(optimum)} was held back: it beats the current variants by only "
+                    f"{gain:.4f} in objective (min gain)")
+        kind = "stabilization" if held_by.startswith("stabilization") else held_by
+        binding.insert(0, {"kind": kind, "text": text, "gain": round(gain, 9)})
     runner = _runner_up(profile, name, optimum, load_rps, cur, options) if optimum.feasible else None
     return Explanation(terms, tuple(binding), runner, extra=extra)
 
@@ -178,7 +185,12 @@ def _candidate(profile: Profile, kind: str, optimum: Plan, alt: Plan, cur: Mappi
             "gap": round(gap, 9),
             "cores_delta": round(d_cores, 9), "accuracy_delta": round(d_acc, 9),
             "transition_delta": round(d_trans, 9),
-            "text": f"{describe(alt)}: {', '.join(words)}, objective {gap:.4f} lower"}
+            "text": f"{describe(alt)}: {', '.join(words)}, objective {gap_words(gap)} lower"}
+
+
+def gap_words(gap: float) -> str:
+    """An objective gap in words: 4 decimals, or 2 significant digits when smaller than that shows."""
+    return f"{gap:.4f}" if gap >= 5e-5 or gap == 0 else f"{gap:.1e}"
 
 
 def _runner_up(profile: Profile, name: str, optimum: Plan, load: float, cur: Mapping[str, float],

@@ -61,7 +61,8 @@ class Decision:
     solver: str = ""
     #: The wrapped policy's own plan when a wrapper (stabilization, min-gain) changed it; for ``explain``.
     proposed: Plan | None = None
-    #: Which wrapper held the proposed plan back: "stabilization", "min_gain" or "" (none).
+    #: Which wrapper changed the proposed plan: "stabilization" (scale-down held), "stabilization-window" (the
+    #: most generous plan of the window applied), "min_gain" (current variants kept) or "" (none).
     held_by: str = ""
 
 
@@ -395,7 +396,7 @@ class Stabilized:
             chosen = max(pending[-self.intervals :], key=lambda p: p.cores)
             return replace(d, plan=chosen.with_load(ctx.forecast_rps), state=StabilizedState(d.state, (), st.warm),
                            reason=f"{d.reason}; scale-down after {self.intervals} intervals",
-                           held_by="stabilization")
+                           held_by="stabilization-window")
         keep = cur.with_load(ctx.forecast_rps)  # type: ignore[union-attr]
         return replace(d, plan=keep, state=StabilizedState(d.state, pending, st.warm),
                        reason=f"{d.reason}; scale-down held ({len(pending)}/{self.intervals})",
