@@ -254,3 +254,40 @@ def test_min_budget_is_the_smallest_that_meets_the_target():
 def test_min_budget_needs_one_policy():
     r = run_cli("simulate", "--window", "0:60", "--policy", "infadapter,msplus", "--min-budget")
     assert r.returncode == 2 and "--min-budget: give one --policy" in r.stderr
+
+
+# -- what-if ---------------------------------------------------------------------------------------
+def test_plan_what_if_beside_today():
+    r = run_cli("plan", "--load", "120", "--what-if", "budget=16", "--what-if", "traffic=1.5,alpha=0.1", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    plain = json.loads(run_cli("plan", "--load", "120", "--json").stdout)
+    assert doc["today"] == plain
+    budget, traffic = doc["what_if"]
+    assert budget["scenario"] == "budget=16" and budget["plan"]["cores"] <= 16 and budget["load"] == 120
+    # The same cores cost more on a smaller budget: alpha * cores / budget (paper: alpha 0.05).
+    if budget["plan"]["variants"] == plain["variants"]:
+        assert plain["objective"] - budget["plan"]["objective"] == pytest.approx(
+            0.05 * plain["cores"] * (1 / 16 - 1 / 20), abs=1e-6)
+    assert traffic["scenario"] == "traffic=1.5,alpha=0.1" and traffic["load"] == pytest.approx(180)
+    assert sum(v["capacity"] * (v["share"] > 0) for v in traffic["plan"]["variants"]) >= 180
+    table = run_cli("plan", "--load", "120", "--what-if", "budget=16")
+    assert "today" in table.stdout and "budget=16" in table.stdout
+    for bad, words in (("slo=500", "slo cannot be changed"), ("budget=x", "budget must be a number"),
+                       ("cores=3", "unknown key 'cores'"), ("traffic=0", "traffic must be a finite number > 0")):
+        e = run_cli("plan", "--load", "120", "--what-if", bad)
+        assert e.returncode == 2 and e.stderr.count("\n") == 1 and f"--what-if: {words}" in e.stderr, e.stderr
+
+
+def test_simulate_what_if_runs_today_and_the_scenarios_on_the_same_trace():
+    window = ["--window", "paper"]
+    r = run_cli("simulate", *window, "--what-if", "traffic=1.5", "--what-if", "budget=8", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = {s["scenario"]: s for s in json.loads(r.stdout)["scenarios"]}
+    assert list(rows) == ["today", "traffic=1.5", "budget=8"]
+    plain = json.loads(run_cli("simulate", *window, "--json").stdout)
+    assert rows["today"]["requests"] == plain["requests"]
+    assert rows["today"]["slo_violation_rate"] == plain["slo_violation_rate"]
+    assert rows["traffic=1.5"]["requests"] > 1.4 * plain["requests"]
+    # Plans hold at most the budget (allocated cores may overlap it while a new variant loads, make-before-break).
+    assert rows["budget=8"]["mean_planned_cores"] <= 8 + 1e-9 and rows["budget=8"]["requests"] == plain["requests"]
