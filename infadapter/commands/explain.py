@@ -59,7 +59,7 @@ def explain(run_dir: Path, seq: int | None, replay: bool, as_json: bool) -> None
             con.print(f"{report.reproduced} of {report.total} decisions reproduced"
                       + (" (every decision)" if report.ok else ""), highlight=False)
         if not report.ok:
-            raise SystemExit(1)
+            raise click.exceptions.Exit(1)
         return
     if as_json:
         print_json([ex.structured(r) for r in records])

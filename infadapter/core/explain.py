@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infadapter.core import solver as solver_mod
-from infadapter.core.plan import Plan
+from infadapter.core.plan import Allocation, Plan
 from infadapter.core.policies import StabilizedState, entry, single_variant_plan
 from infadapter.core.profile import Profile
 from infadapter.errors import BadInput
@@ -261,8 +261,6 @@ def _other_cores(profile: Profile, name: str, optimum: Plan, load: float, cur: M
 
 def _plan(profile: Profile, load: float, cur: Mapping[str, float], cores: Mapping[str, float],
           shares: Mapping[str, float]) -> Plan:
-    from infadapter.core.plan import Allocation
-
     allocs = tuple(Allocation(n, cores[n], shares[n], profile.capacity_rps(n, cores[n]))
                    for n in sorted(cores, key=profile.names.index))
     acc = sum(shares[n] * profile.variant(n).accuracy for n in cores)
