@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "load": ("infadapter.commands.traffic", "load"),
     "adapt": ("infadapter.commands.adapt", "adapt"),
     "status": ("infadapter.commands.adapt", "status"),
+    "explain": ("infadapter.commands.explain", "explain"),
     "experiment": ("infadapter.commands.adapt", "experiment"),
     "render": ("infadapter.commands.render", "render"),
 }

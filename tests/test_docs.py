@@ -7,7 +7,7 @@ backticks. Each example is one of:
 - **a synopsis** (placeholders such as ``P``, ``DIR``, ``[--json]``, ``last|ewma``): the command exists
   and every flag it names is in that command's ``--help``;
 - **run here**: commands that need no servers or cluster (plan, profile show, render, simulate,
-  forecast evaluate, status of a run folder, adapt --backend dry-run, --help), run in a sandbox folder
+  forecast evaluate, status and explain of a run folder, adapt --backend dry-run, --help), run in a sandbox folder
   (``cwd`` with links to the repository's inputs, so relative outputs such as ``runs/dry`` stay in it)
   with a timeout, in the order of their page; the exit code must be 0, or 2 when the shown output is an
   ``error:`` line (and that line must match);
@@ -47,7 +47,7 @@ PAGES = [README, CONTRIBUTING, *sorted((ROOT / "docs").glob("*.md"))]
 #: Seconds one example may run here; longer ones must shrink (or be run verbatim by the feature's test).
 EXAMPLE_TIMEOUT_S = 120
 #: Commands (first words after ``python cli.py``) that this test runs itself.
-RUN_HERE = {("plan",), ("profile", "show"), ("render",), ("simulate",), ("forecast", "evaluate")}
+RUN_HERE = {("plan",), ("profile", "show"), ("render",), ("simulate",), ("forecast", "evaluate"), ("explain",)}
 PLACEHOLDER = re.compile(r"^(?:[A-Z][A-Z0-9_]*(?:[.,][A-Za-z0-9_.,]*)?|P\d.*)$")
 
 

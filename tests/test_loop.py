@@ -249,7 +249,7 @@ def test_records_hold_inputs_plans_and_timings(tmp_path):
     for key in ("observed_rps", "forecast_rps", "plan_before", "plan_after", "objective", "solve_s", "reason",
                 "timings_s", "monitor_source", "actions"):
         assert key in r
-    assert set(r["timings_s"]) == {"observe", "forecast", "plan", "stabilize", "apply", "record", "total"}
+    assert set(r["timings_s"]) == {"observe", "forecast", "plan", "stabilize", "explain", "apply", "record", "total"}
     assert r["plan_before"] is None and r["plan_after"]["variants"][0]["name"] == "resnet50"
     snap = loop.snapshot().as_dict()
     json.dumps(snap)  # the snapshot is JSON-ready (it goes to the state file)

@@ -33,6 +33,7 @@ from infadapter.adapter.records import DecisionLog, DecisionRecord, StepTimer, d
 from infadapter.adapter.runstate import LoopSnapshot
 from infadapter.backends.base import ApplyResult, Backend
 from infadapter.core import control
+from infadapter.core import explain as explain_mod
 from infadapter.core.control import ControlConfig, Forecaster
 from infadapter.core.cpusamples import CpuReadings, CpuSampler
 from infadapter.core.plan import Plan, diff, plan_from_cores
@@ -200,7 +201,8 @@ class ControlLoop:
         self._cpu_readings = CpuReadings(keep_s=kind.cpu_sample_s + kind.cpu_window_s + 10.0)
         self._cpu_samples: dict[str, list[tuple[float, float]]] = {}
         self._slo_samples: deque[tuple[float, int, int, int]] = deque()
-        self._seq = 0
+        # A restarted run numbers on from the log's last record (one log, one seq order).
+        self._seq = self.records.last_seq
 
     # -- one decision ------------------------------------------------------------------------------
     def decide(self, trigger: str, obs: Observation | None = None) -> DecisionRecord:
@@ -225,6 +227,10 @@ class ControlLoop:
             self._cpu_samples = {}
         with steps.step("stabilize"):
             decision = control.stabilize(self.policy, ctx, proposed)
+        with steps.step("explain"):
+            why = explain_mod.decision_fields(self.profile, self.policy_name, trigger, observed.rate_rps,
+                                              observed.history, forecast, self.forecaster, self.serving, decision,
+                                              self.policy_state)
         before = self.serving
         d = diff(before, decision.plan)
         with steps.step("apply"):
@@ -238,7 +244,7 @@ class ControlLoop:
                 seq=self._seq, time_s=now, trigger=trigger, policy=self.policy_name, observed=observed,
                 forecast_rps=forecast, decision=decision, before=before, change=d, serving=self.serving,
                 monitor_source=obs.source, p99_ms=obs.p99_ms, degraded=self.degraded, actions=tuple(result.actions),
-                apply_ok=result.ok, apply_error=result.error, timings_s=steps.timings_s)
+                apply_ok=result.ok, apply_error=result.error, timings_s=steps.timings_s, explanation=why)
         timings = steps.finish()
         self.records.append(rec)
         self._last_decision_s = now

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,33 +53,125 @@ class DecisionRecord:
     timings_s: dict[str, float] = field(default_factory=dict)
     #: The true peak of the period the plan serves: only a simulation knows it (the oracle's input).
     true_peak_rps: float | None = None
+    # -- added for ``explain`` (issue 26); new fields go last, none is renamed (other readers) ----------
+    #: The run that wrote this record (one log may hold several runs of one folder, restarts included).
+    run_id: str = ""
+    #: What the decision started from: observed rate, history digest, forecast and its headroom, trigger.
+    inputs: dict[str, Any] | None = None
+    #: The chosen plan's objective terms: accuracy, cost, transition (see core/explain.py).
+    terms: dict[str, Any] | None = None
+    #: The constraints that held the plan where it is (budget, capacity at the SLO, stabilization, ...).
+    binding: tuple[dict[str, Any], ...] = ()
+    #: The best plan with a different variant set / different cores, with its objective gap (>= 0).
+    runner_up: dict[str, Any] | None = None
+    #: Why a policy has no binding constraints or runner-up ("" for policies that solve).
+    explain_note: str = ""
+    #: What ``explain --replay`` needs to re-solve this decision offline (profile, tuning, load, state).
+    replay: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["actions"] = list(self.actions)
+        d["binding"] = list(self.binding)
         return d
 
 
-class DecisionLog:
-    """Appends records to ``path`` (JSON lines) and keeps the last ``cap`` in memory."""
+def new_run_id(now_s: float | None = None) -> str:
+    """A run's name in its records: UTC start time and pid, unique per folder in practice."""
+    t = time.gmtime(time.time() if now_s is None else now_s)
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', t)}-{os.getpid()}"
 
-    def __init__(self, path: str | Path | None, cap: int = 200) -> None:
+
+@dataclass(frozen=True)
+class LogRead:
+    """A decisions file as read back: the good records and the lines that could not be parsed."""
+
+    records: list[dict[str, Any]]
+    #: (1-based line number, first characters) of each damaged line, e.g. a write cut short by a kill.
+    damaged: list[tuple[int, str]] = field(default_factory=list)
+    #: The file ends without a newline: its last line was cut short (the next append starts a new line).
+    torn_tail: bool = False
+
+    @property
+    def last_seq(self) -> int:
+        """The highest ``seq`` in the file (0 when none): a restarted run goes on from there."""
+        return max((int(r["seq"]) for r in self.records if isinstance(r.get("seq"), int)), default=0)
+
+    def damage_note(self, path: str | Path) -> str:
+        """One line naming the damaged lines ("" when there are none)."""
+        if not self.damaged:
+            return ""
+        where = ", ".join(str(n) for n, _ in self.damaged[:5]) + (" ..." if len(self.damaged) > 5 else "")
+        return (f"{path}: {len(self.damaged)} damaged line{'s' if len(self.damaged) != 1 else ''} skipped "
+                f"(line {where}; a write cut short, e.g. by a kill)")
+
+
+def read_log(path: str | Path) -> LogRead:
+    """Parse a decisions file, keeping every good record and noting each line that is not one."""
+    try:
+        raw = Path(path).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return LogRead([])
+    out: list[dict[str, Any]] = []
+    damaged: list[tuple[int, str]] = []
+    for i, line in enumerate(raw.decode("utf-8", errors="replace").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            damaged.append((i, line[:60]))
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+        else:
+            damaged.append((i, line[:60]))
+    return LogRead(out, damaged, torn_tail=bool(raw) and not raw.endswith(b"\n"))
+
+
+class DecisionLog:
+    """Appends records to ``path`` (JSON lines) and keeps the last ``cap`` in memory.
+
+    A restart in the same folder goes on where the file ends: :attr:`last_seq` is the highest ``seq``
+    already written (the loop numbers on from it), a last line cut short by a kill is closed with a
+    newline before the first new record (so no good record is glued onto it), and every record names
+    its run (``run_id``). ``context`` (what ``explain --replay`` needs and the run does not change:
+    profile, tuning) is merged into each record's ``replay`` field.
+    """
+
+    def __init__(self, path: str | Path | None, cap: int = 200, run_id: str | None = None,
+                 context: dict[str, Any] | None = None) -> None:
         self.path = Path(path) if path is not None else None
         self.history: deque[DecisionRecord] = deque(maxlen=cap)
+        self.run_id = run_id if run_id is not None else new_run_id()
+        self.context = dict(context or {})
+        self.last_seq = 0
+        self._torn = False
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            found = read_log(self.path)
+            self.last_seq = found.last_seq
+            self._torn = found.torn_tail
+            if found.damaged:
+                log.warning("%s", found.damage_note(self.path))
 
     #: Why the last append failed ("" after a good one). A full disk or an unwritable run folder
     #: loses records on disk, never the loop: the capped history in memory still has them.
     write_error: str = ""
 
     def append(self, record: DecisionRecord) -> None:
+        if not record.run_id or self.context:
+            record = replace(record, run_id=record.run_id or self.run_id,
+                             replay={**self.context, **(record.replay or {})} if self.context else record.replay)
         self.history.append(record)
         if self.path is not None:
             try:
                 with self.path.open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(record.as_dict(), default=str) + "\n")
+                    # One write per record, a newline first when the file ends in a torn line.
+                    fh.write(("\n" if self._torn else "") + json.dumps(record.as_dict(), default=str) + "\n")
+                self._torn = False
             except OSError as exc:
+                self._torn = True  # part of the line may be on disk: the next record starts a new one
                 error = f"cannot write {self.path} ({exc.strerror or exc}); decisions kept in memory only"
             else:
                 error = ""
@@ -93,17 +186,8 @@ class DecisionLog:
 
 
 def read_records(path: str | Path, last: int | None = None) -> list[dict[str, Any]]:
-    """Parse a decisions file (skipping a torn last line); the ``last`` N records when given."""
-    out: list[dict[str, Any]] = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return out
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    """Parse a decisions file (skipping damaged lines: :func:`read_log` names them); the ``last`` N records."""
+    out = read_log(path).records
     return out[-last:] if last else out
 
 
@@ -145,10 +229,12 @@ def decision_record(*, seq: int, time_s: float, trigger: str, policy: str, obser
                     monitor_source: str, p99_ms: float | None = None, degraded: str = "",
                     actions: tuple[str, ...] = (), apply_ok: bool = True, apply_error: str = "",
                     timings_s: dict[str, float] | None = None,
-                    true_peak_rps: float | None = None) -> DecisionRecord:
+                    true_peak_rps: float | None = None,
+                    explanation: dict[str, Any] | None = None) -> DecisionRecord:
     """The one way a decision becomes a :class:`DecisionRecord`, live (:mod:`infadapter.adapter.loop`) and
     simulated (:mod:`infadapter.sim.simulation`): the same fields, rounding and reason words
-    (:func:`infadapter.core.control.reason`) in both."""
+    (:func:`infadapter.core.control.reason`) in both. ``explanation``: the live loop's
+    :func:`infadapter.core.explain.decision_fields` (the simulator computes none)."""
     return DecisionRecord(
         seq=seq, time_s=time_s, trigger=trigger, policy=policy,
         observed_rps=round(observed.rate_rps, 3), forecast_rps=round(forecast_rps, 3),
@@ -158,4 +244,4 @@ def decision_record(*, seq: int, time_s: float, trigger: str, policy: str, obser
         solver=decision.solver, solve_s=round(decision.solve_s, 6),
         reason=control.reason(trigger, decision.reason, degraded), diff=change.summary(), actions=tuple(actions),
         apply_ok=apply_ok, apply_error=apply_error, timings_s=timings_s if timings_s is not None else {},
-        true_peak_rps=round(true_peak_rps, 3) if true_peak_rps is not None else None)
+        true_peak_rps=round(true_peak_rps, 3) if true_peak_rps is not None else None, **(explanation or {}))

@@ -187,7 +187,7 @@ class AdapterRun:
         self.loop = ControlLoop(
             self.profile, policy, forecaster, prep.backend, prep.observe, cfg.loop_config(),
             clock=self.clock,
-            records=DecisionLog(cfg.run_dir / DECISIONS_FILE),
+            records=DecisionLog(cfg.run_dir / DECISIONS_FILE, context=self.replay_context()),
             metrics=prep.metrics,
             on_snapshot=self._snapshot,
             policy_name=cfg.policy,
@@ -195,6 +195,20 @@ class AdapterRun:
         )
         for m in self.messages:
             log.info("%s", m)
+
+    def replay_context(self) -> dict[str, Any]:
+        """What ``explain --replay`` needs besides each decision's own inputs: the profile (path and
+        hash), its tuning, the policy and its wrappers' settings (stored in every record's ``replay``)."""
+        import hashlib
+
+        cfg = self.config
+        try:
+            digest = hashlib.sha256(Path(cfg.profile_path).read_bytes()).hexdigest()
+        except OSError:
+            digest = ""
+        return {"profile": str(Path(cfg.profile_path).resolve()), "profile_sha256": digest,
+                "alpha": self.profile.alpha, "budget": self.profile.budget_cores, "policy": cfg.policy,
+                "stabilization_intervals": cfg.stabilization_intervals, "min_gain": cfg.min_gain}
 
     def _snapshot(self, snap: dict[str, Any]) -> None:
         assert self.prepared is not None and self.store is not None

@@ -47,15 +47,31 @@ def write_state(path: str | Path, data: dict[str, Any]) -> None:
 
 def read_state(path: str | Path) -> dict[str, Any] | None:
     """The state written last, or None when there is none (or it cannot be parsed)."""
+    return read_state_checked(path)[0]
+
+
+def read_state_checked(path: str | Path) -> tuple[dict[str, Any] | None, str]:
+    """(the state, "") when there is one; (None, "") when there is none; (None, why) when it is corrupt.
+
+    Writes are atomic, so a corrupt file is not a kill mid-write but a disk fault or a hand edit:
+    ``status`` must say so instead of "no adapter state".
+    """
+    p = Path(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError):
-        return None
+        return None, ""
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"{p} is unreadable ({getattr(exc, 'strerror', None) or exc})"
     try:
         data = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
+    except json.JSONDecodeError as exc:
+        return None, (f"{p} is corrupt (line {exc.lineno} column {exc.colno}: {exc.msg}); "
+                      "move it away, then start adapt again")
+    if not isinstance(data, dict):
+        return None, (f"{p} is corrupt (a JSON {type(data).__name__}, not an object); "
+                      "move it away, then start adapt again")
+    return data, ""
 
 
 def _default(obj: Any) -> Any:

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from infadapter import paths
+from infadapter.adapter.records import read_log
 from infadapter.adapter.runstate import RunState
-from infadapter.adapter.state import read_state, state_path
+from infadapter.adapter.state import DECISIONS_FILE, read_state_checked, state_path
 from infadapter.backends.local.backend import model_available
 from infadapter.processes import pid_alive
 
@@ -39,9 +40,11 @@ def _slo_query(slo_ms: float) -> str:
 
 def collect_status(run_dir: Path, sample_s: float = 1.0) -> dict[str, Any]:
     """The status document (see ``docs/adapt.md`` for its fields)."""
-    raw = read_state(state_path(run_dir))
+    raw, corrupt = read_state_checked(state_path(run_dir))
+    decisions = decision_log_health(run_dir)
     if raw is None:
-        return {"running": False, "run_dir": str(run_dir), "message": f"no adapter state in {run_dir}"}
+        return {"running": False, "run_dir": str(run_dir), "corrupt": corrupt or None,
+                "message": corrupt or f"no adapter state in {run_dir}", **decisions}
     st = RunState.from_dict(raw)
     adapter, loop = st.adapter, st.loop
     running = pid_alive(adapter.pid)
@@ -64,6 +67,7 @@ def collect_status(run_dir: Path, sample_s: float = 1.0) -> dict[str, Any]:
         "totals": loop.totals,
         "updated_s": st.updated_s,
         "last_decision": short_decision(loop.last_decision),
+        **decisions,
     }
     plan = loop.plan or {}
     out["accuracy"] = plan.get("accuracy")
@@ -106,8 +110,19 @@ def collect_status(run_dir: Path, sample_s: float = 1.0) -> dict[str, Any]:
 def short_decision(d: dict[str, Any] | None) -> dict[str, Any] | None:
     if not d:
         return None
-    return {k: d.get(k) for k in ("seq", "time_s", "trigger", "reason", "diff", "observed_rps", "forecast_rps",
-                                  "objective", "solve_s", "apply_ok", "apply_error", "actions")}
+    from infadapter.adapter.explain import one_line_why
+
+    out = {k: d.get(k) for k in ("seq", "time_s", "trigger", "reason", "diff", "observed_rps", "forecast_rps",
+                                 "objective", "solve_s", "apply_ok", "apply_error", "actions", "run_id")}
+    out["why"] = one_line_why(d)
+    return out
+
+
+def decision_log_health(run_dir: Path) -> dict[str, Any]:
+    """The decisions file's damaged lines (a write cut short by a kill): where and how many."""
+    path = Path(run_dir) / DECISIONS_FILE
+    found = read_log(path)
+    return {"decisions_damaged": [n for n, _ in found.damaged], "decisions_warning": found.damage_note(path)}
 
 
 def _prometheus_figures(url: str | None, slo_ms: float | None) -> tuple[dict[str, dict[str, float]], float | None]:
@@ -174,9 +189,11 @@ class RunFolderStatus:
         """The variants as a table, then the load, SLO, cost and last decision, one line each."""
         from rich.table import Table
 
-        if not doc.get("running"):
-            return [doc.get("message", "nothing runs")]
         out: list[Any] = []
+        if doc.get("decisions_warning"):
+            out.append(f"[yellow]warning:[/] {doc['decisions_warning']}")
+        if not doc.get("running"):
+            return [*out, doc.get("message", "nothing runs"), *_last_decision(doc)]
         t = Table(title=f"{doc['policy']} on {doc['run_dir']} (up {doc.get('uptime_s', 0):.0f} s, "
                         f"cpu limit: {doc.get('limit_mode')})")
         for col in ("variant", "cores", "share", "ready", "req/s", "p99 ms", "pid", "port"):
@@ -198,7 +215,15 @@ class RunFolderStatus:
                    f"{mon.get('source', '')} {mon.get('warning', '')}")
         if doc.get("degraded"):
             out.append(f"[red]degraded:[/] {doc['degraded']}")
-        d = doc.get("last_decision") or {}
-        if d:
-            out.append(f"last decision #{d['seq']} ({d['trigger']}): {d['diff']}: {d['reason']}")
-        return out
+        return [*out, *_last_decision(doc)]
+
+
+def _last_decision(doc: Mapping[str, Any]) -> list[str]:
+    """The last decision and its one-line why (``explain`` has the rest)."""
+    d = doc.get("last_decision") or {}
+    if not d:
+        return []
+    lines = [f"last decision #{d['seq']} ({d['trigger']}): {d['diff']}: {d['reason']}"]
+    if d.get("why"):
+        lines.append(f"why: {d['why']}")
+    return lines

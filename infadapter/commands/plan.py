@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -16,6 +17,7 @@ from infadapter.commands.common import (
     profile_option,
     warn,
 )
+from infadapter.commands.whatif import WHAT_IF_HELP, parse_what_if
 from infadapter.core import policies, solver
 from infadapter.core.plan import Plan, plan_from_cores
 from infadapter.core.profile import Profile, load_profile
@@ -31,10 +33,12 @@ Examples:
   python cli.py plan --load 50 --alpha 0.2 --budget 10 --policy msplus
   python cli.py plan --load 80 --policy static:resnet50=8
   python cli.py plan --load 30 --profile profiles/local.yaml --solver cbc
+  python cli.py plan --load 120 --what-if budget=16 --what-if traffic=1.5
 
 
 Exit codes: 0 feasible plan, 2 bad input, 3 load above what the budget serves
 (the highest-capacity plan is still printed, with "feasible": false).
+With --what-if, --json prints {"today": PLAN, "what_if": [{"scenario", "load", "plan"}, ...]}.
 """
 
 
@@ -53,6 +57,7 @@ Exit codes: 0 feasible plan, 2 bad input, 3 load above what the budget serves
 )
 @click.option("--solver", "solver_name", type=click.Choice(solver.SOLVERS), default="highs", show_default=True)
 @click.option("--time-limit", type=float, default=5.0, show_default=True, help="Solver time limit in seconds.")
+@click.option("--what-if", "what_if", multiple=True, help=WHAT_IF_HELP)
 @json_option
 def plan(
     load_rps: float,
@@ -64,6 +69,7 @@ def plan(
     policy: str,
     solver_name: str,
     time_limit: float,
+    what_if: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Plan which variants run, on how many cores, with which share of LOAD."""
@@ -92,13 +98,40 @@ def plan(
     result = decision.plan
     for note in result.notes:
         warn(note)
-    if as_json:
+    if what_if:
+        rows = [("today", load_rps, result)]
+        for sc in parse_what_if(what_if):
+            prof_s = sc.profile(prof)
+            load_s = load_rps * sc.traffic
+            pol_s = policies.make_policy(policy, prof_s, stabilization_intervals=1)
+            rows.append((sc.label, load_s, pol_s.decide(replace(ctx, profile=prof_s, forecast_rps=load_s)).plan))
+        if as_json:
+            print_json({"today": result.as_dict(),
+                        "what_if": [{"scenario": lab, "load": ld, "plan": p.as_dict()} for lab, ld, p in rows[1:]]})
+        else:
+            _print_what_if(rows)
+    elif as_json:
         print_json(result.as_dict())
     else:
         _print_table(result, prof.budget_cores, decision)
     if not result.feasible:
         err_console().print("[red]infeasible:[/] the budget cannot serve this load; planned the most it can")
         raise click.exceptions.Exit(Infeasible.exit_code)
+
+
+def _print_what_if(rows: list[tuple[str, float, Plan]]) -> None:
+    from infadapter.core.explain import describe
+
+    table = Table(title="Today's plan beside each --what-if", title_justify="left")
+    for col in ("scenario", "load req/s", "plan", "cores", "accuracy", "objective", "feasible"):
+        table.add_column(col, justify="left" if col in ("scenario", "plan") else "right")
+    for label, load, p in rows:
+        table.add_row(label, f"{load:g}", describe(p), f"{p.cores:g}", f"{p.accuracy:.4f}", f"{p.objective:.5f}",
+                      "yes" if p.feasible else "NO")
+    con = out_console()
+    if not con.is_terminal:
+        con.width = 120  # piped output: keep the plans whole
+    con.print(table)
 
 
 def _plan_from_current(cores: dict[str, float], prof: Profile) -> Plan:

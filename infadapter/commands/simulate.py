@@ -12,6 +12,7 @@ import click
 
 from infadapter.commands.common import err_console, json_option, out_console, print_json, profile_option
 from infadapter.commands.options import control_options, load_options, load_replay
+from infadapter.commands.whatif import WHAT_IF_HELP, parse_what_if
 from infadapter.core.control import ControlConfig
 from infadapter.core.policies import POLICY_HELP, compare_specs
 from infadapter.errors import BadInput
@@ -25,6 +26,8 @@ Examples:
   python cli.py simulate --window paper --policy infadapter,msplus --react
   python cli.py simulate --window 1380000:1800 --policy all --plot sim.png
   python cli.py simulate --trace rates.csv --window all --policy static:resnet50=8
+  python cli.py simulate --window paper --min-budget --max-violations 0.01 --json
+  python cli.py simulate --window paper --what-if traffic=1.5 --what-if budget=16
   python cli.py simulate --profile profiles/local.yaml --window paper --scale 0.1 \
       --policy infadapter,vpa:resnet50 --react --in-place-resize \
       --service-model cfs --service-cv 0.2 --queue-bound --observe-lag 2
@@ -64,6 +67,12 @@ Examples:
               help="Seconds the monitor lags behind the arrivals (local backend with Prometheus: 2).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a PNG: load vs capacity, cores, accuracy and violations over time.")
+@click.option("--min-budget", is_flag=True,
+              help="Find the smallest budget (in the profile's core steps) whose simulation keeps the SLO "
+                   "violations at or under --max-violations (bisection; one policy).")
+@click.option("--max-violations", type=float, default=0.01, show_default=True,
+              help="With --min-budget: the target SLO violation rate (a fraction: 0.01 is 1%%).")
+@click.option("--what-if", "what_if", multiple=True, help=WHAT_IF_HELP + " One policy; a table of scenarios.")
 @click.option("--timeline", "timeline_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the per-second timeline of every policy as CSV.")
 @json_option
@@ -74,6 +83,7 @@ def simulate(
     warm_start: bool, stabilization: int, timeout: float | None, seed: int,
     in_place_resize: bool, min_gain: float, make_before_break: bool, vpa_update: str,
     service_model: str, service_cv: float, queue_bound: bool, observe_lag: int,
+    min_budget: bool, max_violations: float, what_if: tuple[str, ...],
     plot_path: Path | None, timeline_path: Path | None, as_json: bool,
 ) -> None:
     """Replay a workload trace against policies and report SLO violations, cost and accuracy.
@@ -126,6 +136,39 @@ def simulate(
     policies = [make_policy(s, profile, stabilization, min_gain=min_gain) for s in specs]  # BadInput first
     fc = make_forecaster(config.forecaster)
     arrivals = sim.make_arrivals(rates, seed)
+    if what_if:
+        if len(specs) != 1 or min_budget:
+            raise BadInput("--what-if: give one --policy (and no --min-budget); the scenarios run beside it")
+        _what_if(profile, rates, specs[0], parse_what_if(what_if), config, seed, stabilization, min_gain, fc,
+                 {"window": window, "profile": profile.name, "seed": seed}, as_json)
+        return
+    if min_budget:
+        if len(specs) != 1:
+            raise BadInput("--min-budget: give one --policy (the budget is searched for that policy)")
+        if not 0 <= max_violations < 1:
+            raise BadInput(f"--max-violations: must be a fraction in [0, 1), got {max_violations:g}")
+        base = load_profile(profile_path).tuned(alpha=alpha)
+
+        def violations(budget_cores: float) -> float:
+            prof = base.tuned(budget=budget_cores)
+            pol = make_policy(specs[0], prof, stabilization, min_gain=min_gain)
+            return sim.simulate(prof, rates, pol, config, arrivals=arrivals, forecaster=fc).slo_violation_rate
+
+        found = search_min_budget(violations, base.min_cores, profile.budget_cores, base.core_step, max_violations)
+        found = {"policy": specs[0], "window": window, "profile": profile.name, "seed": seed, **found}
+        if as_json:
+            print_json(found)
+        elif found["budget"] is None:
+            out_console().print(f"no budget up to {found['searched_up_to']:g} cores keeps the violations at or "
+                                f"under {max_violations:.2%} ({found['simulations']} simulations)", highlight=False)
+        else:
+            below = found["below"]
+            out_console().print(
+                f"{specs[0]}: {found['budget']:g} cores keep the SLO violations at {found['slo_violation_rate']:.2%}"
+                f" (target {max_violations:.2%})"
+                + (f"; {below['budget']:g} cores give {below['slo_violation_rate']:.2%}" if below else "")
+                + f"; {found['simulations']} simulations (bisection)", highlight=False)
+        return
     results = []
     show = sys.stderr.isatty() and not as_json
     with _progress(show) as bar:
@@ -148,6 +191,86 @@ def simulate(
                         "results": [r.as_dict() for r in results], "comparison": comparison})
         return
     _print_table(results, comparison, f"{profile.name}: {label}, {rates.size} s, forecaster {fc.name}")
+
+
+def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: Any, seed: int,
+             stabilization: int, min_gain: float, fc: Any, extra: dict[str, Any], as_json: bool) -> None:
+    """Today's settings and each scenario on the same trace and seed, side by side."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from infadapter.commands.whatif import Scenario
+    from infadapter.core.policies import make_policy
+    from infadapter.sim import simulation as sim
+
+    rows = []
+    for sc in [Scenario("today"), *scenarios]:
+        prof = sc.profile(profile)
+        scaled = np.asarray(rates, dtype=float) * sc.traffic
+        cfg = config
+        if sc.traffic != 1.0:  # the warm start's history grows with the traffic too
+            ctl = config.control
+            cfg = replace(config,
+                          control=replace(ctl, history_before=tuple(float(x) * sc.traffic for x in ctl.history_before)),
+                          rates_before=tuple(float(x) * sc.traffic for x in config.rates_before)
+                          if config.rates_before else config.rates_before)
+        pol = make_policy(spec, prof, stabilization, min_gain=min_gain)
+        res = sim.simulate(prof, scaled, pol, cfg, arrivals=sim.make_arrivals(scaled, seed), forecaster=fc)
+        rows.append((sc.label, res))
+    if as_json:
+        print_json({"policy": spec, **extra, "scenarios": [{"scenario": lab, **r.as_dict()} for lab, r in rows]})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{spec} on {extra['window']}: today beside each --what-if (seed {seed})")
+    for col in ("scenario", "requests", "SLO viol.", "mean cores", "accuracy", "p99 ms", "transitions"):
+        table.add_column(col, justify="left" if col == "scenario" else "right")
+    for lab, r in rows:
+        table.add_row(lab, str(r.requests), f"{r.slo_violation_rate:.2%}", f"{r.mean_cores:.2f}",
+                      f"{r.mean_accuracy:.2%}", f"{r.p99_ms:.0f}", str(r.transitions))
+    con = out_console()
+    if not con.is_terminal:
+        con.width = 120
+    con.print(table)
+
+
+def search_min_budget(violations: Any, low: float, high: float, step: float, target: float) -> dict[str, Any]:
+    """The smallest budget on the grid ``low, low + step, ... <= high`` with ``violations(b) <= target``.
+
+    Bisection, so violations are taken to fall as the budget grows (more cores never plan less capacity);
+    the answer's one-step-lower neighbour is always simulated too, so the result shows it fails.
+    ``budget`` None when even ``high`` does not meet the target.
+    """
+    seen: dict[int, float] = {}
+
+    def at(i: int) -> float:
+        if i not in seen:
+            seen[i] = round(float(violations(round(low + i * step, 9))), 6)  # as simulate --json rounds
+        return seen[i]
+
+    hi = round((high - low) / step)
+    if at(hi) > target:
+        return {"budget": None, "searched_up_to": high, "max_violations": target, "simulations": len(seen),
+                "tried": _tried(seen, low, step)}
+    lo = -1  # below the grid: "fails" by definition
+    if at(0) <= target:
+        hi = 0
+    else:
+        lo = 0
+        while hi - lo > 1:  # at(lo) > target >= at(hi)
+            mid = (lo + hi) // 2
+            if at(mid) <= target:
+                hi = mid
+            else:
+                lo = mid
+    below = {"budget": round(low + lo * step, 9), "slo_violation_rate": seen[lo]} if lo >= 0 else None
+    return {"budget": round(low + hi * step, 9), "slo_violation_rate": seen[hi], "max_violations": target,
+            "below": below, "simulations": len(seen), "tried": _tried(seen, low, step)}
+
+
+def _tried(seen: dict[int, float], low: float, step: float) -> list[dict[str, float]]:
+    return [{"budget": round(low + i * step, 9), "slo_violation_rate": v} for i, v in sorted(seen.items())]
 
 
 def explicit_params(ctx: click.Context) -> set[str]:

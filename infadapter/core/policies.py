@@ -59,6 +59,11 @@ class Decision:
     reason: str = ""
     solve_s: float = 0.0
     solver: str = ""
+    #: The wrapped policy's own plan when a wrapper (stabilization, min-gain) changed it; for ``explain``.
+    proposed: Plan | None = None
+    #: Which wrapper changed the proposed plan: "stabilization" (scale-down held), "stabilization-window" (the
+    #: most generous plan of the window applied), "min_gain" (current variants kept) or "" (none).
+    held_by: str = ""
 
 
 class Policy(Protocol):
@@ -379,10 +384,11 @@ class Stabilized:
         return replace(d, plan=plan, state=replace(st, warm=tuple(warm)), reason=f"{d.reason}; kept warm: {names}")
 
     def _decide(self, ctx: Context, st: StabilizedState, d: Decision) -> Decision:
+        d = replace(d, proposed=d.plan)
         cur = ctx.current
         kept = _keep_if_close(ctx, d, self.min_gain) if self.min_gain > 0 else None
         if kept is not None:
-            return replace(kept, state=StabilizedState(d.state, st.pending_down, st.warm))
+            return replace(kept, state=StabilizedState(d.state, st.pending_down, st.warm), held_by="min_gain")
         # Less is fewer cores or less capacity: swapping to slower, more accurate variants on the same
         # cores is a scale-down too, and waits like one.
         wants_less = (
@@ -398,10 +404,12 @@ class Stabilized:
         if len(pending) >= self.intervals:
             chosen = max(pending[-self.intervals :], key=lambda p: p.cores)
             return replace(d, plan=chosen.with_load(ctx.forecast_rps), state=StabilizedState(d.state, (), st.warm),
-                           reason=f"{d.reason}; scale-down after {self.intervals} intervals")
+                           reason=f"{d.reason}; scale-down after {self.intervals} intervals",
+                           held_by="stabilization-window")
         keep = cur.with_load(ctx.forecast_rps)  # type: ignore[union-attr]
         return replace(d, plan=keep, state=StabilizedState(d.state, pending, st.warm),
-                       reason=f"{d.reason}; scale-down held ({len(pending)}/{self.intervals})")
+                       reason=f"{d.reason}; scale-down held ({len(pending)}/{self.intervals})",
+                       held_by="stabilization")
 
 
 def _keep_if_close(ctx: Context, d: Decision, min_gain: float) -> Decision | None:

@@ -114,8 +114,13 @@ def solve(
     load_rps: float,
     current: Mapping[str, float] | None = None,
     options: Options | None = None,
+    exclude_set: frozenset[str] | None = None,
 ) -> Result:
-    """Solve the plan for ``load_rps``; never raises for an infeasible load (see module doc)."""
+    """Solve the plan for ``load_rps``; never raises for an infeasible load (see module doc).
+
+    ``exclude_set``: the best plan whose set of running variants is NOT this one (``explain``'s runner-up;
+    one more constraint). When no other set serves the load the result is marked ``infeasible-load``.
+    """
     options = options or Options()
     current = dict(current or {})
     if math.isnan(load_rps) or load_rps < 0:
@@ -125,9 +130,9 @@ def solve(
         raise BadInput(f"--current: unknown variant {unknown[0]!r}, expected one of {', '.join(profile.names)}")
     started = time.perf_counter()
     if options.solver == "exhaustive":
-        result = _solve_exhaustive(profile, load_rps, current)
+        result = _solve_exhaustive(profile, load_rps, current, exclude_set)
     else:
-        result = _solve_milp(profile, load_rps, current, options)
+        result = _solve_milp(profile, load_rps, current, options, exclude_set)
     return Result(result.plan, result.solver, result.status, time.perf_counter() - started, result.warnings)
 
 
@@ -173,10 +178,16 @@ def _pulp_solver(options: Options, time_limit_s: float) -> tuple[pulp.LpSolver, 
     raise BadInput("--solver: neither HiGHS (pip install highspy) nor CBC is available")
 
 
-def _solve_milp(profile: Profile, load: float, current: Mapping[str, float], options: Options) -> Result:
+def _solve_milp(profile: Profile, load: float, current: Mapping[str, float], options: Options,
+                exclude_set: frozenset[str] | None = None) -> Result:
     # Replicas (profile.max_pod_cores) make capacity piecewise in cores: the option model handles it.
     compact = all(isinstance(v.capacity, LinearCapacity) for v in profile.variants) and not profile.splits_pods
-    prob, extract = (_compact_model if compact else _option_model)(profile, load, current)
+    prob, extract, runs = (_compact_model if compact else _option_model)(profile, load, current)
+    if exclude_set is not None:
+        # A no-good cut: at least one variant of the set stops or one outside it starts.
+        inside = [runs[n] for n in profile.names if n in exclude_set]
+        outside = [runs[n] for n in profile.names if n not in exclude_set]
+        prob += pulp.lpSum(inside) - pulp.lpSum(outside) <= len(inside) - 1, "other_variant_set"
     solver, name = _pulp_solver(options, options.time_limit_s)
     prob.solve(solver)
     if prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
@@ -187,10 +198,15 @@ def _solve_milp(profile: Profile, load: float, current: Mapping[str, float], opt
         if notes:
             plan = Plan(plan.allocations, plan.load_rps, True, plan.objective, plan.accuracy, False, notes)
         return Result(plan, name, status, 0.0, notes)
+    if exclude_set is not None:
+        return Result(Plan((), load, feasible=False), name, "infeasible-load", 0.0,
+                      ("no other variant set serves the load",))
     return _max_capacity(profile, load, current, options)
 
 
 Extract = Callable[[], tuple[dict[str, float], dict[str, float]]]
+#: Per variant, the expression that is 1 when it runs (the no-good cut of ``exclude_set`` uses it).
+Runs = Mapping[str, pulp.LpAffineExpression | pulp.LpVariable]
 
 
 def _expr(terms: Mapping[pulp.LpVariable, float]) -> pulp.LpAffineExpression:
@@ -198,7 +214,9 @@ def _expr(terms: Mapping[pulp.LpVariable, float]) -> pulp.LpAffineExpression:
     return pulp.LpAffineExpression(terms)
 
 
-def _compact_model(profile: Profile, load: float, current: Mapping[str, float]) -> tuple[pulp.LpProblem, Extract]:
+def _compact_model(
+    profile: Profile, load: float, current: Mapping[str, float]
+) -> tuple[pulp.LpProblem, Extract, Runs]:
     """Linear capacity models: per variant a run binary, an integer number of core steps above the
     minimum, a share and a changed binary. About 5 integers a variant instead of one binary per core
     count, which keeps HiGHS's search short (see bench/solver.py)."""
@@ -248,7 +266,7 @@ def _compact_model(profile: Profile, load: float, current: Mapping[str, float]) 
         }
         return chosen, {n: max(0.0, s[n].value() or 0.0) for n in chosen}
 
-    return prob, extract
+    return prob, extract, run
 
 
 def _useful_steps(profile: Profile, name: str, load: float, current_cores: float, n_max: int) -> int:
@@ -271,7 +289,9 @@ def _option_binaries(
     }
 
 
-def _option_model(profile: Profile, load: float, current: Mapping[str, float]) -> tuple[pulp.LpProblem, Extract]:
+def _option_model(
+    profile: Profile, load: float, current: Mapping[str, float]
+) -> tuple[pulp.LpProblem, Extract, Runs]:
     """Any capacity model: one binary per (variant, core count)."""
     opts = _options(profile)
     prob = pulp.LpProblem("infadapter", pulp.LpMaximize)
@@ -301,7 +321,8 @@ def _option_model(profile: Profile, load: float, current: Mapping[str, float]) -
         chosen = {n: opts[n][i][0] for (n, i), var in y.items() if (var.value() or 0.0) > 0.5}
         return chosen, {n: max(0.0, s[n].value() or 0.0) for n in chosen}
 
-    return prob, extract
+    runs = {n: _expr({y[n, i]: 1.0 for i in range(len(ch))}) for n, ch in opts.items()}
+    return prob, extract, runs
 
 
 def _share_cap(capacity_rps: float, load: float) -> float:
@@ -390,11 +411,12 @@ def greedy_shares(profile: Profile, load: float, cores: Mapping[str, float]) -> 
     return None if left > 1e-9 else shares
 
 
-def _solve_exhaustive(profile: Profile, load: float, current: Mapping[str, float]) -> Result:
+def _solve_exhaustive(profile: Profile, load: float, current: Mapping[str, float],
+                      exclude_set: frozenset[str] | None = None) -> Result:
     opts = _options(profile)
     best: tuple[float, dict[str, float], dict[str, float]] | None = None
     for cores in _assignments(opts, profile.budget_cores):
-        if not cores:
+        if not cores or (exclude_set is not None and set(cores) == exclude_set):
             continue
         shares = greedy_shares(profile, load, cores)
         if shares is None:
@@ -403,6 +425,9 @@ def _solve_exhaustive(profile: Profile, load: float, current: Mapping[str, float
         if best is None or obj > best[0] + 1e-12:
             best = (obj, cores, shares)
     if best is None:
+        if exclude_set is not None:
+            return Result(Plan((), load, feasible=False), "exhaustive", "infeasible-load", 0.0,
+                          ("no other variant set serves the load",))
         return _max_capacity(profile, load, current, Options())
     plan = _make_plan(profile, load, current, best[1], best[2], feasible=True)
     return Result(plan, "exhaustive", "optimal", 0.0)

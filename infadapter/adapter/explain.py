@@ -1,0 +1,223 @@
+"""``explain``: read a run folder's decisions back and say why each was taken; replay them offline.
+
+The words come from the fields each record carries (``inputs``, ``terms``, ``binding``, ``runner_up``;
+see :mod:`infadapter.core.explain`), so ``explain`` works without the profile. ``replay`` is the one
+part that needs it: it re-solves every decision from its record (the profile at the recorded path,
+checked against the recorded hash; the tuned alpha and budget; the plan before; the exact load; the
+policy state) and compares the plan with the recorded one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infadapter.adapter.records import LogRead, read_log
+from infadapter.adapter.state import DECISIONS_FILE
+from infadapter.errors import BadInput
+
+#: Decisions whose plan differs from the one before by at most this many cores/share are "the same".
+_TOL = 1e-6
+
+
+def load_run(run_dir: Path) -> tuple[LogRead, Path]:
+    """The run folder's decisions; BadInput when there is no decisions file."""
+    path = Path(run_dir) / DECISIONS_FILE
+    if not path.is_file():
+        raise BadInput(f"--run-dir: no {DECISIONS_FILE} in {run_dir}; pass the run folder adapt printed")
+    return read_log(path), path
+
+
+def changed(rec: dict[str, Any]) -> bool:
+    """The decision changed the plan (a create, resize or delete; a reweight alone does not count)."""
+    d = str(rec.get("diff") or "")
+    return any(d.startswith(w) or f"; {w}" in d for w in ("create", "resize", "delete"))
+
+
+def _plan_words(plan: dict[str, Any] | None) -> str:
+    from infadapter.core.explain import describe
+
+    return describe(plan) if plan else "nothing"
+
+
+def one_line_why(rec: dict[str, Any]) -> str:
+    """Why, in one line: the first binding constraint and the runner-up's gap (or the policy's reason)."""
+    binding = rec.get("binding") or []
+    if not binding:
+        return str(rec.get("explain_note") or rec.get("reason") or "")
+    words = binding[0]["text"]
+    if len(binding) > 1:
+        words += f" (+{len(binding) - 1} more)"
+    ru = rec.get("runner_up")
+    if ru:
+        from infadapter.core.explain import gap_words
+
+        words += f"; runner-up {_plan_words(ru.get('plan'))} is {gap_words(ru['gap'])} lower"
+    return words
+
+
+def structured(rec: dict[str, Any]) -> dict[str, Any]:
+    """The ``explain --json`` object of one decision."""
+    return {
+        "seq": rec.get("seq"),
+        "run_id": rec.get("run_id", ""),
+        "time_s": rec.get("time_s"),
+        "trigger": rec.get("trigger"),
+        "policy": rec.get("policy"),
+        "changed": changed(rec),
+        "diff": rec.get("diff"),
+        "plan_before": rec.get("plan_before"),
+        "plan_after": rec.get("plan_after"),
+        "reason": rec.get("reason"),
+        "why": one_line_why(rec),
+        "inputs": rec.get("inputs"),
+        "terms": rec.get("terms"),
+        "binding": list(rec.get("binding") or []),
+        "runner_up": rec.get("runner_up"),
+        "explain_note": rec.get("explain_note", ""),
+    }
+
+
+def story(records: list[dict[str, Any]]) -> list[str]:
+    """One line per transition (and per run start), each with its why."""
+    lines: list[str] = []
+    run = None
+    for r in records:
+        if r.get("run_id", "") != run:
+            run = r.get("run_id", "")
+            lines.append(f"run {run or '(unnamed)'}: policy {r.get('policy')}, first decision #{r.get('seq')}")
+        if not changed(r) and r.get("trigger") != "start":
+            continue
+        lines.append(f"#{r.get('seq')} {r.get('trigger')}: {r.get('diff')} -> {_plan_words(r.get('plan_after'))} "
+                     f"for {float(r.get('forecast_rps') or 0):.1f} req/s: {one_line_why(r)}")
+    return lines
+
+
+def paragraph(rec: dict[str, Any]) -> str:
+    """A short paragraph on one decision (``explain --decision N``)."""
+    inp = rec.get("inputs") or {}
+    hist = inp.get("history") or {}
+    head = (f"Decision #{rec.get('seq')} ({rec.get('trigger')}, policy {rec.get('policy')}) saw "
+            f"{float(rec.get('observed_rps') or 0):.1f} req/s")
+    if hist.get("len"):
+        head += f" (history {hist['len']} s, peak {hist.get('peak', 0):.1f})"
+    headroom = inp.get("headroom")
+    head += (f" and planned for {float(rec.get('forecast_rps') or 0):.1f} req/s"
+             + (f" ({inp.get('forecaster')}, {100 * headroom:.0f}% headroom)." if headroom is not None else "."))
+    after = f" It {'changed the plan (' + str(rec.get('diff')) + ')' if changed(rec) else 'kept the plan'}: " \
+            f"{_plan_words(rec.get('plan_before'))} -> {_plan_words(rec.get('plan_after'))}."
+    binding = rec.get("binding") or []
+    why = " Bound by: " + "; ".join(b["text"] for b in binding) + "." if binding else \
+        f" {rec.get('explain_note') or rec.get('reason')}."
+    ru = rec.get("runner_up")
+    runner = f" Runner-up ({ru['kind'].replace('_', ' ')}): {ru['text']}." if ru else ""
+    return head + after + why + runner
+
+
+def terms_rows(rec: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(plan, accuracy, cost, transition, objective) rows: the chosen plan, the optimum, the runner-ups."""
+    rows = []
+    t = rec.get("terms") or {}
+    if t:
+        rows.append((f"chosen: {_plan_words(rec.get('plan_after'))}", *_fmt_terms(t)))
+    opt = t.get("optimum")
+    if opt:
+        rows.append((f"solver's optimum (held back): {_plan_words(opt['plan'])}", *_fmt_terms(opt["terms"])))
+    for kind, c in ((rec.get("runner_up") or {}).get("alternatives") or {}).items():
+        label = f"runner-up, {kind.replace('_', ' ')}: {_plan_words(c['plan'])}"
+        if c.get("terms"):
+            *cells, _ = _fmt_terms(c["terms"])
+            rows.append((label, *cells, f"{c['objective']:.5f} (-{c['gap']:.5f})"))
+    return rows
+
+
+def _fmt_terms(t: dict[str, Any]) -> tuple[str, str, str, str]:
+    return (f"{t['accuracy']:.4f}", f"{t['cost']:.4f}", f"{t['transition']:.5f}", f"{t['objective']:.5f}")
+
+
+# -- replay ---------------------------------------------------------------------------------------
+@dataclass
+class ReplayReport:
+    """What :func:`replay` found: decisions re-solved, matched, differing (with the difference), skipped."""
+
+    total: int = 0
+    reproduced: int = 0
+    differ: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differ and not self.skipped and self.total > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"decisions": self.total, "reproduced": self.reproduced, "ok": self.ok, "differ": self.differ,
+                "skipped": self.skipped}
+
+
+def _cores_shares(plan: dict[str, Any] | None) -> dict[str, tuple[float, float]]:
+    return {v["name"]: (float(v["cores"]), float(v.get("share", 0.0))) for v in (plan or {}).get("variants", [])}
+
+
+def plan_difference(recorded: dict[str, Any] | None, replayed: dict[str, Any]) -> str:
+    """'' when both plans run the same variants on the same cores with the same shares, else what differs."""
+    a, b = _cores_shares(recorded), _cores_shares(replayed)
+    out = []
+    for name in sorted(set(a) | set(b)):
+        if name not in b:
+            out.append(f"{name}: recorded {a[name][0]:g} cores, replay does not run it")
+        elif name not in a:
+            out.append(f"{name}: replay runs it on {b[name][0]:g} cores, the record does not")
+        elif abs(a[name][0] - b[name][0]) > _TOL or abs(a[name][1] - b[name][1]) > 1e-4:
+            out.append(f"{name}: recorded {a[name][0]:g} cores @ {a[name][1]:.2%}, "
+                       f"replay {b[name][0]:g} cores @ {b[name][1]:.2%}")
+    return "; ".join(out)
+
+
+def replay(records: list[dict[str, Any]]) -> ReplayReport:
+    """Re-solve every decision from its record; see the module doc."""
+    from infadapter.core.explain import state_from_dict
+    from infadapter.core.plan import Plan
+    from infadapter.core.policies import Context, make_policy
+    from infadapter.core.profile import load_profile
+
+    report = ReplayReport()
+    profiles: dict[tuple[str, float, float], Any] = {}
+    for rec in records:
+        report.total += 1
+        seq = rec.get("seq")
+        ctx_rec = rec.get("replay") or {}
+        if "profile" not in ctx_rec or "load_rps" not in ctx_rec:
+            report.skipped.append({"seq": seq, "why": "the record has no replay inputs (written before explain)"})
+            continue
+        path = Path(ctx_rec["profile"])
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            report.skipped.append({"seq": seq, "why": f"profile {path} unreadable ({exc.strerror or exc})"})
+            continue
+        if ctx_rec.get("profile_sha256") and digest != ctx_rec["profile_sha256"]:
+            report.skipped.append({"seq": seq, "why": f"profile {path} changed since the run (sha256 differs)"})
+            continue
+        key = (str(path), float(ctx_rec["alpha"]), float(ctx_rec["budget"]))
+        if key not in profiles:
+            profiles[key] = load_profile(path).tuned(alpha=key[1], budget=key[2])
+        profile = profiles[key]
+        try:
+            state = state_from_dict(ctx_rec.get("policy_state"))
+        except ValueError as exc:
+            report.skipped.append({"seq": seq, "why": str(exc)})
+            continue
+        policy = make_policy(str(ctx_rec["policy"]), profile, int(ctx_rec.get("stabilization_intervals", 1)),
+                             min_gain=float(ctx_rec.get("min_gain", 0.0)))
+        before = rec.get("plan_before")
+        current = Plan.from_dict(before, "replay.plan_before") if before else None
+        decision = policy.decide(Context(profile=profile, now_s=float(rec.get("time_s") or 0.0),
+                                         forecast_rps=float(ctx_rec["load_rps"]), current=current, state=state))
+        why = plan_difference(rec.get("plan_after"), decision.plan.as_dict())
+        if why:
+            report.differ.append({"seq": seq, "difference": why})
+        else:
+            report.reproduced += 1
+    return report

@@ -1,0 +1,338 @@
+"""Why a decision chose its plan: objective terms, binding constraints and the runner-up (pure).
+
+For a policy that maximizes the objective (``infadapter``, ``msplus``) the answer is read off the plan
+the policy's solver chose (its *optimum*, before stabilization or min-gain may have held it back):
+
+- **terms**: accuracy, cost (``alpha * cores / budget``) and transition (``beta * T``) of the plan that
+  serves, and of the optimum when they differ;
+- **binding**: the constraints at their limit: the budget (no room for one more core step), a
+  variant's capacity at the SLO (one step fewer would not carry its share), the minimum cores, the
+  pod fit on the nodes (a variant split into replicas), and stabilization or min-gain holding the
+  optimum back;
+- **runner-up**: the best plan with a different set of variants (one more solve with a no-good cut on
+  the set; for msplus every other single variant) and the best plan one core step away on one variant
+  (same variants), each with its objective gap to the optimum (>= 0: the optimum is optimal) and
+  what it would have cost or given up.
+
+Other policies (VPA, HPA, static) do not solve the objective: they get the terms and a note saying so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from infadapter.core import solver as solver_mod
+from infadapter.core.plan import Allocation, Plan
+from infadapter.core.policies import StabilizedState, entry, single_variant_plan
+from infadapter.core.profile import Profile
+from infadapter.errors import BadInput
+
+_EPS = 1e-9
+#: Policies whose decisions explain themselves (they maximize the objective from the load alone).
+SOLVING = ("infadapter", "msplus", "oracle")
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What :func:`explain` finds; every field is JSON-ready."""
+
+    terms: dict[str, Any]
+    binding: tuple[dict[str, Any], ...] = ()
+    runner_up: dict[str, Any] | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def describe(plan: Plan | Mapping[str, Any]) -> str:
+    """``resnet34x4@40% + resnet50x8@60%`` (idle warm variants left out)."""
+    allocs = plan.as_dict()["variants"] if isinstance(plan, Plan) else plan.get("variants", [])
+    parts = [f"{a['name']}x{a['cores']:g}@{a['share']:.0%}" for a in allocs if a.get("share", 0) > 1e-9]
+    return " + ".join(parts) or "nothing"
+
+
+def objective_terms(profile: Profile, plan: Plan, current: Mapping[str, float]) -> dict[str, float]:
+    """The plan's objective split in its terms (accuracy - cost - transition = objective)."""
+    cores = plan.cores_by_name()
+    shares = plan.shares_by_name()
+    acc = sum(s * profile.variant(n).accuracy for n, s in shares.items())
+    cost = profile.alpha * sum(cores.values()) / profile.budget_cores
+    trans = profile.beta * solver_mod.transition_penalty(profile, cores, current)
+    return {"accuracy": round(acc, 9), "cost": round(cost, 9), "transition": round(trans, 9),
+            "objective": round(acc - cost - trans, 9), "cores": round(sum(cores.values()), 9)}
+
+
+def history_digest(history_rps: Sequence[float]) -> dict[str, Any]:
+    """A short, checkable summary of the observed history: length, last, mean, peak and a hash."""
+    vals = [float(x) for x in history_rps]
+    h = hashlib.sha256(struct.pack(f"<{len(vals)}d", *vals)).hexdigest()[:16]
+    if not vals:
+        return {"len": 0, "sha256_16": h}
+    return {"len": len(vals), "last": round(vals[-1], 3), "mean": round(sum(vals) / len(vals), 3),
+            "peak": round(max(vals), 3), "sha256_16": h}
+
+
+def explain(
+    profile: Profile,
+    policy: str,
+    load_rps: float,
+    current: Plan | None,
+    chosen: Plan,
+    proposed: Plan | None = None,
+    held_by: str = "",
+    options: solver_mod.Options | None = None,
+) -> Explanation:
+    """Explain ``chosen`` (the plan the decision serves) for ``load_rps`` given the ``current`` plan.
+
+    ``proposed``: the policy's own plan before a wrapper held it back (None: ``chosen`` is it);
+    ``held_by``: ``"stabilization"`` or ``"min_gain"`` when a wrapper did.
+    """
+    cur = current.cores_by_name() if current is not None else {}
+    optimum = proposed if proposed is not None else chosen
+    terms = objective_terms(profile, chosen, cur)
+    try:
+        name = entry(policy).name if policy else ""
+    except BadInput:  # a caller's own policy object, named by nothing in the registry
+        name = policy
+    if name not in SOLVING:
+        return Explanation(terms, note=f"{policy} does not solve the objective: no binding constraints or "
+                                       "runner-up (its reason says what it followed)")
+    binding = list(_binding(profile, optimum, load_rps))
+    extra: dict[str, Any] = {}
+    if held_by and _cores(optimum) != _cores(chosen):
+        gain = optimum.objective - objective_terms(profile, chosen, cur)["objective"]
+        extra["optimum"] = {"plan": optimum.as_dict(), "terms": objective_terms(profile, optimum, cur)}
+        if held_by == "stabilization-window":
+            text = (f"stabilization applied the most generous plan of its window, {describe(chosen)}, not the "
+                    f"solver's {describe(optimum)}")
+        elif held_by == "stabilization":
+            text = (f"the solver's plan {describe(optimum)} was held back: scale-down waits until enough "
+                    "decisions in a row want less")
+        else:
+            text = (f"the solver's plan {describe(optimum)} was held back: it beats the current variants by only "
+                    f"{gain:.4f} in objective (min gain)")
+        kind = "stabilization" if held_by.startswith("stabilization") else held_by
+        binding.insert(0, {"kind": kind, "text": text, "gain": round(gain, 9)})
+    runner = _runner_up(profile, name, optimum, load_rps, cur, options) if optimum.feasible else None
+    return Explanation(terms, tuple(binding), runner, extra=extra)
+
+
+def _cores(plan: Plan) -> dict[str, float]:
+    return {a.name: a.cores for a in plan.allocations if a.share > 1e-9}
+
+
+def _binding(profile: Profile, plan: Plan, load: float) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    step, mn, budget = profile.core_step, profile.min_cores, profile.budget_cores
+    if not plan.feasible:
+        out.append({"kind": "budget", "text": f"the whole budget of {budget:g} cores cannot serve {load:.1f} "
+                                              "req/s: the highest-capacity mix runs", "cores": plan.cores})
+        return out
+    if plan.cores + step > budget + _EPS:
+        out.append({"kind": "budget", "text": f"uses {plan.cores:g} of the {budget:g}-core budget: no room for "
+                                              f"one more {step:g}-core step", "cores": plan.cores})
+    for a in plan.allocations:
+        if a.share <= 1e-9:
+            continue
+        need = a.share * load
+        cap = profile.capacity_rps(a.name, a.cores)
+        fewer = a.cores - step
+        if cap <= need * (1 + 1e-6) + _EPS and a.share < 1 - 1e-9:
+            out.append({"kind": "capacity", "variant": a.name, "cores": a.cores, "capacity_rps": round(cap, 3),
+                        "assigned_rps": round(need, 3),
+                        "text": f"{a.name} on {a.cores:g} cores is full at the {profile.slo_ms:g} ms SLO "
+                                f"({cap:.1f} req/s): the rest goes to other variants"})
+        elif fewer < mn - _EPS:
+            out.append({"kind": "min_cores", "variant": a.name, "cores": a.cores,
+                        "text": f"{a.name} runs on the minimum {mn:g} cores ({cap:.1f} req/s at the SLO "
+                                f"for {need:.1f} assigned)"})
+        else:
+            less = profile.capacity_rps(a.name, fewer)
+            if less < need - _EPS:
+                out.append({"kind": "capacity", "variant": a.name, "cores": a.cores,
+                            "capacity_rps": round(cap, 3), "capacity_one_step_less_rps": round(less, 3),
+                            "assigned_rps": round(need, 3),
+                            "text": f"{a.name} needs {a.cores:g} cores for {need:.1f} req/s at the "
+                                    f"{profile.slo_ms:g} ms SLO: {fewer:g} cores serve only {max(less, 0):.1f}"})
+        if profile.splits_pods and a.cores > (profile.max_pod_cores or math.inf) + _EPS:
+            replicas, per_pod = profile.pod_layout(a.cores)
+            out.append({"kind": "pod_fit", "variant": a.name, "replicas": replicas, "cores_per_pod": per_pod,
+                        "text": f"{a.name} runs as {replicas} pods of {per_pod:g} cores (a node holds "
+                                f"{profile.max_pod_cores:g})"})
+    if not out:
+        out.append({"kind": "objective", "text": "every constraint has slack: the objective's accuracy/cost "
+                                                 "trade-off alone chose this plan"})
+    return out
+
+
+def _candidate(profile: Profile, kind: str, optimum: Plan, alt: Plan, cur: Mapping[str, float]) -> dict[str, Any]:
+    t_opt = objective_terms(profile, optimum, cur)
+    t_alt = objective_terms(profile, alt, cur)
+    gap = optimum.objective - alt.objective
+    gap = 0.0 if -1e-9 < gap < 0 else gap
+    d_cores = t_alt["cores"] - t_opt["cores"]
+    d_acc = t_alt["accuracy"] - t_opt["accuracy"]
+    d_trans = t_alt["transition"] - t_opt["transition"]
+    words = [f"{d_cores:+g} cores"] if abs(d_cores) > _EPS else ["same cores"]
+    words.append(f"{100 * d_acc:+.2f} pt accuracy" if abs(d_acc) > 1e-7 else "same accuracy")
+    if abs(d_trans) > 1e-12:
+        words.append("a slower transition" if d_trans > 0 else "a faster transition")
+    return {"kind": kind, "plan": alt.as_dict(), "terms": t_alt, "objective": round(alt.objective, 9),
+            "gap": round(gap, 9),
+            "cores_delta": round(d_cores, 9), "accuracy_delta": round(d_acc, 9),
+            "transition_delta": round(d_trans, 9),
+            "text": f"{describe(alt)}: {', '.join(words)}, objective {gap_words(gap)} lower"}
+
+
+def gap_words(gap: float) -> str:
+    """An objective gap in words: 4 decimals, or 2 significant digits when smaller than that shows."""
+    return f"{gap:.4f}" if gap >= 5e-5 or gap == 0 else f"{gap:.1e}"
+
+
+def _runner_up(profile: Profile, name: str, optimum: Plan, load: float, cur: Mapping[str, float],
+               options: solver_mod.Options | None) -> dict[str, Any] | None:
+    found: dict[str, dict[str, Any]] = {}
+    other = _other_variants(profile, name, optimum, load, cur, options)
+    if other is not None:
+        found["different_variants"] = _candidate(profile, "different_variants", optimum, other, cur)
+    near = _other_cores(profile, name, optimum, load, cur)
+    if near is not None:
+        found["different_cores"] = _candidate(profile, "different_cores", optimum, near, cur)
+    if not found:
+        return None
+    best = min(found.values(), key=lambda c: c["gap"])
+    return {**best, "alternatives": found}
+
+
+def _other_variants(profile: Profile, name: str, optimum: Plan, load: float, cur: Mapping[str, float],
+                    options: solver_mod.Options | None) -> Plan | None:
+    """The best plan whose running variants differ from the optimum's."""
+    names = frozenset(optimum.cores_by_name())
+    if name == "msplus":
+        best: Plan | None = None
+        for v in profile.variants:
+            if v.name in names:
+                continue
+            for k in profile.core_options():
+                cap = v.capacity.rps(k)
+                if cap < 0 or cap + 1e-9 < load:
+                    continue
+                p = single_variant_plan(profile, v.name, k, load, cur)
+                if best is None or p.objective > best.objective + 1e-12:
+                    best = p
+        return best
+    # The exact best other set: one more solve with a no-good cut on the set. A cheaper local search (sets
+    # one variant away, hill-climbed) cost +26% of a solve and missed the best set by up to 0.015 in
+    # objective at some loads (measured in bench/solver.py's explain row), so exactness won.
+    res = solver_mod.solve(profile, load, cur, options, exclude_set=names)
+    return res.plan if res.plan.feasible and res.plan.allocations else None
+
+
+def _other_cores(profile: Profile, name: str, optimum: Plan, load: float, cur: Mapping[str, float]) -> Plan | None:
+    """The best plan one core step away on one variant (same variants, shares refilled)."""
+    cores = optimum.cores_by_name()
+    total = sum(cores.values())
+    best: Plan | None = None
+    for n, c in cores.items():
+        for k in (c - profile.core_step, c + profile.core_step):
+            k = round(k, 9)
+            if k < profile.min_cores - _EPS or total - c + k > profile.budget_cores + _EPS:
+                continue
+            if profile.capacity_rps(n, k) < 0:
+                continue
+            trial = {**cores, n: k}
+            if name == "msplus":
+                if profile.capacity_rps(n, k) + 1e-9 < load:
+                    continue
+                p = single_variant_plan(profile, n, k, load, cur)
+            else:
+                shares = solver_mod.greedy_shares(profile, load, trial)
+                if shares is None:
+                    continue
+                p = _plan(profile, load, cur, trial, shares)
+            if best is None or p.objective > best.objective + 1e-12:
+                best = p
+    return best
+
+
+def _plan(profile: Profile, load: float, cur: Mapping[str, float], cores: Mapping[str, float],
+          shares: Mapping[str, float]) -> Plan:
+    allocs = tuple(Allocation(n, cores[n], shares[n], profile.capacity_rps(n, cores[n]))
+                   for n in sorted(cores, key=profile.names.index))
+    acc = sum(shares[n] * profile.variant(n).accuracy for n in cores)
+    return Plan(allocs, load, feasible=True, objective=solver_mod.objective_value(profile, shares, cores, cur),
+                accuracy=acc)
+
+
+# -- policy state in a record (what ``explain --replay`` feeds back) -------------------------------
+def state_to_dict(state: Any) -> dict[str, Any] | None:
+    """The policy state before a decision, JSON-ready; None when there is none.
+
+    Only the shared stabilization wrapper's state (around a stateless solver) is replayable; other
+    states are named (``{"unsupported": TYPE}``) so replay can say why it skips them.
+    """
+    if state is None:
+        return None
+    if isinstance(state, StabilizedState) and state.inner is None:
+        return {"stabilized": {"pending_down": [p.as_dict() | {"_load_exact": p.load_rps} for p in state.pending_down],
+                               "warm": [[n, k] for n, k in state.warm]}}
+    return {"unsupported": type(state).__name__}
+
+
+def state_from_dict(data: Mapping[str, Any] | None) -> Any:
+    """The inverse of :func:`state_to_dict` (ValueError for a state it cannot rebuild)."""
+    if not data:
+        return None
+    if "stabilized" in data:
+        s = data["stabilized"]
+        pending = tuple(Plan.from_dict(p, "replay.state.pending_down").with_load(p.get("_load_exact", p["load"]))
+                        for p in s.get("pending_down", []))
+        return StabilizedState(None, pending, tuple((str(n), int(k)) for n, k in s.get("warm", [])))
+    raise ValueError(f"policy state {data.get('unsupported', '?')} is not recorded in a replayable form")
+
+
+def decision_fields(
+    profile: Profile,
+    policy: str,
+    trigger: str,
+    observed_rps: float,
+    history_rps: Sequence[float],
+    forecast_rps: float,
+    forecaster: Any,
+    before: Plan | None,
+    decision: Any,
+    state_before: Any,
+    options: solver_mod.Options | None = None,
+) -> dict[str, Any]:
+    """The explanation fields of a :class:`~infadapter.adapter.records.DecisionRecord` for one decision.
+
+    ``decision`` is the policy's :class:`~infadapter.core.policies.Decision`; ``state_before`` the state
+    the policy was handed (recorded so that ``explain --replay`` can hand it again).
+    """
+    headroom = getattr(forecaster, "headroom", None)
+    inputs = {
+        "trigger": trigger,
+        "observed_rps": round(observed_rps, 3),
+        "history": history_digest(history_rps),
+        "forecaster": str(getattr(forecaster, "name", type(forecaster).__name__)),
+        "headroom": headroom if isinstance(headroom, (int, float)) else None,
+        "forecast_rps": round(forecast_rps, 3),
+        "forecast_over_observed": round(forecast_rps / observed_rps, 4) if observed_rps > 0 else None,
+    }
+    ex = explain(profile, policy, forecast_rps, before, decision.plan, decision.proposed, decision.held_by, options)
+    terms = dict(ex.terms)
+    if ex.extra.get("optimum"):
+        terms["optimum"] = ex.extra["optimum"]
+    return {
+        "inputs": inputs,
+        "terms": terms,
+        "binding": ex.binding,
+        "runner_up": ex.runner_up,
+        "explain_note": ex.note,
+        # Exact values (the record's rounded figures would not re-solve to the same plan at a boundary).
+        "replay": {"load_rps": forecast_rps, "policy_state": state_to_dict(state_before)},
+    }
