@@ -228,3 +228,35 @@ def test_status_says_clearly_when_nothing_runs(tmp_path):
     assert "no adapter state" in out.stdout
     doc = _status(tmp_path / "none")
     assert doc["running"] is False
+
+
+def test_local_backend_runs_hpa_as_replicas_without_in_place_growth_or_cpu_limit(setup, tmp_path):
+    """HPA's registry entry (``in_place=False``, ``cpu_limited=False``) honoured live as the simulator models
+    it: a change of cores starts a new server make-before-break (never a resize in place), and a server is
+    held to the budget, not to its cores (quota and threads of the budget). Real servers, real cgroups."""
+    from infadapter.adapter.state import StateStore, state_path
+    from infadapter.backends.local.backend import LocalBackend, LocalConfig
+    from infadapter.core.policies import REGISTRY, single_variant_plan
+    from infadapter.core.profile import load_profile
+
+    profile = load_profile(setup / "tiny.yaml")
+    hpa = REGISTRY["hpa"]
+    backend = LocalBackend(profile, LocalConfig(model_dir=setup / "models", run_dir=tmp_path, server_args=(
+        "--resolution", "32"), slo_ms=profile.slo_ms, in_place=hpa.in_place, cpu_limited=hpa.cpu_limited),
+        StateStore(state_path(tmp_path)))
+    try:
+        first = backend.apply(single_variant_plan(profile, "resnet18", 0.25, 1.0, {}))
+        assert first.ok, first.error
+        sp = backend.servers["resnet18"]
+        assert sp.cores == 0.25 and sp.threads == 1  # the plan's cores; 1 thread = the 1-core budget's
+        if sp.group is not None:
+            assert sp.group.cores == pytest.approx(profile.budget_cores)  # held to the budget, not 0.25
+        assert not backend.in_place_resize
+        second = backend.apply(single_variant_plan(profile, "resnet18", 0.5, 1.0, {}))
+        assert second.ok, second.error
+        assert any(a.startswith("replace resnet18 0.25 -> 0.5") for a in second.actions), second.actions
+        assert not any("in place" in a for a in second.actions)
+        assert backend.servers["resnet18"].pid != sp.pid
+    finally:
+        backend.stop()
+    assert not _servers(setup / "models")

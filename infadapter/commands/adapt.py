@@ -16,6 +16,7 @@ from infadapter.commands.common import err_console, json_option, out_console, pr
 from infadapter.commands.options import control_options
 from infadapter.commands.views import LiveView as _View
 from infadapter.core.control import HISTORY_S
+from infadapter.core.policies import live_entry
 from infadapter.errors import BadInput
 
 
@@ -470,6 +471,8 @@ def experiment(ctx: click.Context, policies: str, duration: float | None, out_di
     names = [p.strip() for p in policies.split(",") if p.strip()]
     if not names:
         raise BadInput("--policies: give at least one policy")
+    for name in names:  # before the shared config, so the message names --policies
+        live_entry(name, "--policies")
     base = _run_config(profile_path=profile_path or paths.local_profile(), policy=names[0], model_dir=model_dir,
                        duration_s=duration if rate is None else None, interval_s=interval_s, check_s=check_s,
                        stabilization_intervals=stabilization, forecaster=forecaster, rates_rps=rates,
