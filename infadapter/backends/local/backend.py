@@ -113,7 +113,7 @@ class LocalConfig:
     startup_boost: bool = True
     #: The policy's registry flags (``PolicyEntry.in_place`` / ``cpu_limited``), as the simulator reads
     #: them. ``in_place`` False (HPA: more pods, not bigger ones): a change of cores starts a new server,
-    #: make-before-break, never a resize. ``cpu_limited`` False (HPA, vpa-requests: requests only): a
+    #: make-before-break, never a resize. ``cpu_limited`` False (vpa-requests: requests only): a
     #: server is held to the budget, not to its cores (cgroup quota and threads of the budget), as the
     #: simulator lets such a server use the free budget; its cores stay what the plan pays for.
     in_place: bool = True
