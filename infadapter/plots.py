@@ -166,7 +166,7 @@ def plot_experiment(doc: dict[str, Any], rates: np.ndarray, path: Path, slo_ms: 
             runs.append(RunSeries(r["policy"], tuple(r.get("timeline") or s.timeline), s.violations, s.start_s))
         else:
             runs.append(RunSeries(r["policy"], tuple(r.get("timeline") or ())))
-    return plot_runs(runs, rates, path, title=f"experiment: {doc.get('profile', '')}")
+    return plot_runs(runs, rates, path, title=f"experiment: {Path(str(doc.get('profile', ''))).name}")
 
 
 def plot_adapt_run(run_dir: Path, policy: str, rates: Sequence[float] | None, slo_ms: float | None,

@@ -228,3 +228,54 @@ def test_status_says_clearly_when_nothing_runs(tmp_path):
     assert "no adapter state" in out.stdout
     doc = _status(tmp_path / "none")
     assert doc["running"] is False
+
+
+def test_local_backend_honours_the_registrys_in_place_and_cpu_limited_flags(setup, tmp_path):
+    """The registry's flags held live as the simulator models them. HPA (``in_place=False``): a change of
+    cores starts a new server make-before-break, never a resize in place; its server is held to its cores.
+    vpa-requests (``cpu_limited=False``, requests only): its server is held to the budget, not to the cores
+    it pays for (quota and threads of the budget). Real servers, real cgroups when writable."""
+    from infadapter.adapter.state import StateStore, state_path
+    from infadapter.backends.local.backend import LocalBackend, LocalConfig
+    from infadapter.core.policies import REGISTRY, single_variant_plan
+    from infadapter.core.profile import load_profile
+
+    profile = load_profile(setup / "tiny.yaml")
+
+    def backend_for(policy: str) -> LocalBackend:
+        e = REGISTRY[policy]
+        run_dir = tmp_path / policy
+        run_dir.mkdir()
+        return LocalBackend(profile, LocalConfig(model_dir=setup / "models", run_dir=run_dir, slo_ms=profile.slo_ms,
+                                                 in_place=e.in_place, cpu_limited=e.cpu_limited),
+                            StateStore(state_path(run_dir)))
+
+    hpa = backend_for("hpa")
+    try:
+        first = hpa.apply(single_variant_plan(profile, "resnet18", 0.25, 1.0, {}))
+        assert first.ok, first.error
+        sp = hpa.servers["resnet18"]
+        if sp.group is not None:
+            assert hpa.in_place_resize is False  # cgroups here, yet no resize in place for HPA
+            assert sp.group.cores == pytest.approx(0.25)  # held to its cores
+        second = hpa.apply(single_variant_plan(profile, "resnet18", 0.5, 1.0, {}))
+        assert second.ok, second.error
+        assert any(a.startswith("replace resnet18 0.25 -> 0.5") for a in second.actions), second.actions
+        assert not any("in place" in a for a in second.actions)
+        assert hpa.servers["resnet18"].pid != sp.pid
+    finally:
+        hpa.stop()
+
+    requests_only = backend_for("vpa-requests")
+    try:
+        assert requests_only.apply(single_variant_plan(profile, "resnet18", 0.25, 1.0, {})).ok
+        sp = requests_only.servers["resnet18"]
+        assert sp.cores == 0.25 and sp.threads == 1  # pays for 0.25; threads of the 1-core budget
+        if sp.group is not None:
+            assert sp.group.cores == pytest.approx(profile.budget_cores)  # held to the budget, not 0.25
+            grown = requests_only.apply(single_variant_plan(profile, "resnet18", 0.5, 1.0, {}))
+            assert any("in place" in a for a in grown.actions), grown.actions  # in_place: a resize
+            assert sp.group.cores == pytest.approx(profile.budget_cores)
+    finally:
+        requests_only.stop()
+    assert not _servers(setup / "models")

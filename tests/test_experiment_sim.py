@@ -56,3 +56,25 @@ def test_the_monitor_lag_costs_violations() -> None:
     lagged = simulate_same(PROFILE, _run("infadapter", rates), observe_lag_s=4)
     instant = simulate_same(PROFILE, _run("infadapter", rates), observe_lag_s=0)
     assert lagged["slo_violation_rate"] > instant["slo_violation_rate"]
+
+
+def test_simulate_replays_a_live_runs_requests_through_the_cli(tmp_path: Path) -> None:
+    """``simulate --arrivals requests.csv`` (what scripts/run.sh uses for its simulated baseline rows): exactly
+    the requests of the file that fall in the window, not a fresh Poisson draw; a file without any is one line
+    of BadInput, exit 2."""
+    import json
+    import subprocess
+    import sys
+
+    times = np.sort(np.random.default_rng(1).uniform(0, 180, size=700))
+    times = np.append(times, 500.0)  # beyond the 180-s window: not replayed
+    csv = tmp_path / "requests.csv"
+    csv.write_text("index,scheduled_s,latency_ms\n" + "".join(f"{i},{t:.6f},1\n" for i, t in enumerate(times)))
+    cmd = [sys.executable, str(ROOT / "cli.py"), "simulate", "--window", "1300920:180", "--profile",
+           str(ROOT / "profiles" / "local.yaml"), "--policy", "vpa:resnet101", "--json"]
+    r = subprocess.run([*cmd, "--arrivals", str(csv)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["requests"] == 700
+    (tmp_path / "empty.csv").write_text("index,scheduled_s\n")
+    r = subprocess.run([*cmd, "--arrivals", str(tmp_path / "empty.csv")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--arrivals" in r.stderr

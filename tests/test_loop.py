@@ -393,3 +393,45 @@ def test_rate_window_moves_the_live_and_the_simulated_overload_trigger_alike(tmp
     assert _sim_triggers(1) == ["start", "overload"]
     assert _live_triggers(tmp_path, 10) == ["start"]
     assert _sim_triggers(10) == ["start"]
+
+
+@dataclass(frozen=True)
+class _Resnet18For:
+    """Toy policy: resnet18 on the cores the forecast needs (named by ``name``, its registry entry)."""
+
+    name: str
+
+    def decide(self, ctx):
+        from infadapter.core.policies import Decision, single_variant_plan
+
+        cores = ctx.profile.cores_for("resnet18", ctx.forecast_rps)
+        return Decision(single_variant_plan(ctx.profile, "resnet18", cores, ctx.forecast_rps, ctx.current_cores),
+                        ctx.state, f"resnet18 x{cores:g}")
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_registry_in_place_flag_decides_whether_the_loop_grows_in_place(in_place):
+    """HPA's entry says ``in_place=False`` (it adds pods, never grows one): the loop must not grow running
+    variants in place for such a policy, even on a backend that can; the same toy with the flag on does."""
+    from infadapter.core import policies
+    from infadapter.core.policies import PolicyEntry, single_variant_plan
+
+    name = f"toy-in-place-{str(in_place).lower()}"
+    policies.register(PolicyEntry(name, name, lambda a, p, c: _Resnet18For(name), in_place=in_place))
+    try:
+        clock = FakeClock()
+        load = Load(clock, rate=4.0)
+        backend = FakeBackend(in_place_resize=True)
+        loop = ControlLoop(PROFILE, _Resnet18For(name), PeakForecaster(), backend, load.observe,
+                           LoopConfig(ControlConfig(interval_s=10.0, check_s=1.0, initial_forecast_rps=4.0)),
+                           clock=clock, sleep=clock.sleep, records=DecisionLog(None), metrics=LoopMetrics(),
+                           initial_plan=single_variant_plan(PROFILE, "resnet50", 0.5, 4.0, {}))
+        load.rate = 60.0  # beyond resnet50 on 0.5 core (8 req/s): the plan starts resnet18
+        next_decision(loop, clock)
+    finally:
+        del policies.REGISTRY[name]
+    applies = [c for c in backend.calls if c.startswith("apply")]
+    if in_place:
+        assert applies[0].startswith("apply resnet50=") and "resnet18" in applies[1]
+    else:
+        assert len(applies) == 1 and applies[0].startswith("apply resnet18=")

@@ -65,3 +65,25 @@ def test_toy_policy_runs_in_plan_simulate_and_adapt(toy: str, tmp_path: Path) ->
 def test_unregistered_policy_is_one_line_of_bad_input() -> None:
     with pytest.raises(policies.BadInput, match=r"unknown policy 'smallest'.*infadapter"):
         policies.make_policy("smallest", policies.Profile.__new__(policies.Profile))
+
+
+@pytest.mark.parametrize("args", [
+    ["adapt", "--policy", "oracle", "--backend", "dry-run", "--out", "{tmp}/x"],
+    ["adapt", "--policy", "oracle", "--rate", "5", "--duration", "5", "--run-dir", "{tmp}/run"],
+    ["experiment", "--policies", "infadapter,oracle", "--window", "paper", "--scale", "0.25", "--out", "{tmp}/e"],
+])
+def test_simulator_only_policy_is_refused_live(args: list[str], tmp_path: Path) -> None:
+    """``oracle`` (``simulator_only``: it plans on the true future load) must never run live: one line naming
+    the policy and the flag, exit 2, and nothing started or written."""
+    import subprocess
+    import sys
+
+    from infadapter import paths
+
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    r = subprocess.run([sys.executable, str(paths.CLI), *argv], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "oracle" in lines[0] and "simulator" in lines[0]
+    assert lines[0].startswith("error: --policies:" if argv[0] == "experiment" else "error: --policy:")
+    assert not any(tmp_path.iterdir())

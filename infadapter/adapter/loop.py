@@ -195,6 +195,8 @@ class ControlLoop:
         self._last_tick_s: float | None = None
         self._last_decision_s: float = -math.inf
         kind = policy_entry(policy)
+        #: The policy's changes of cores may happen in place (HPA's may not: it adds pods).
+        self._in_place = kind.in_place
         # VPA and HPA read CPU samples at their upstream cadence (cpusamples: the simulator's rule too).
         self._cpu_sampler: CpuSampler | None = None
         self._cpu_period = (kind.cpu_sample_s, kind.cpu_window_s) if kind.needs_cpu else None
@@ -360,7 +362,7 @@ class ControlLoop:
     # -- helpers -----------------------------------------------------------------------------------
     def _bridge(self, target: Plan, load_rps: float) -> tuple[str, ...]:
         """Grow the running variants in place first when ``target`` must wait for new ones to load."""
-        if not self.backend.in_place_resize:
+        if not (self.backend.in_place_resize and self._in_place):
             return ()
         bridge = control.bridge_plan(self.profile, self.serving, target, load_rps, self.backend.in_place_max_cores())
         if bridge is None:

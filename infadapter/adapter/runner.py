@@ -31,7 +31,7 @@ from infadapter.backends.base import Backend
 from infadapter.core import control
 from infadapter.core.control import ControlConfig
 from infadapter.core.plan import Plan
-from infadapter.core.policies import DEFAULT_MIN_GAIN, DEFAULT_STABILIZATION
+from infadapter.core.policies import DEFAULT_MIN_GAIN, DEFAULT_STABILIZATION, live_entry
 from infadapter.core.profile import Profile, load_profile
 from infadapter.errors import BadInput
 from infadapter.observe.monitor import Observation
@@ -64,6 +64,7 @@ class AdapterConfig:
     rates_before: tuple[float, ...] = ()  # the day before the window, for warm VPA (policies.Context)
 
     def __post_init__(self) -> None:
+        live_entry(self.policy)  # a simulator-only policy (oracle) is refused before anything starts
         if self.duration_s is not None and not self.duration_s > 0:
             raise BadInput(f"--duration: must be > 0 seconds, got {self.duration_s}")
         if self.rates_rps is not None and not self.rates_rps:

@@ -16,6 +16,7 @@ from infadapter.commands.common import err_console, json_option, out_console, pr
 from infadapter.commands.options import Replay, control_options, load_options, load_replay
 from infadapter.commands.views import LiveView as _View
 from infadapter.core.control import ControlConfig
+from infadapter.core.policies import live_entry
 from infadapter.errors import BadInput
 
 
@@ -272,6 +273,8 @@ def experiment(ctx: click.Context, policies: str, duration: float | None, out_di
         raise BadInput("--window: experiment needs a load (--window W [--scale S --speedup K] or --rate R)")
     if not names:
         raise BadInput("--policies: give at least one policy")
+    for name in names:  # before the shared config, so the message names --policies
+        live_entry(name, "--policies")
     if flags["rate"] is not None:  # the constant load is already --duration long
         fields["duration_s"] = None
     base = backend_config(EXPERIMENT_BACKEND).from_flags(

@@ -50,6 +50,9 @@ Examples:
                    "the initial plan first.")
 @click.option("--timeout", type=float, default=None, help="Longest queue wait before a drop, s [default: 2 x SLO].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the arrivals and service times.")
+@click.option("--arrivals", "arrivals_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A live run's requests.csv: replay exactly the requests it sent (when each was due) instead "
+                   "of a Poisson draw of the window's rates, to compare policies on the same arrivals.")
 @click.option("--in-place-resize/--no-in-place-resize", default=True, show_default=True,
               help="Resize cores in place (no load time), as Kubernetes >= 1.33 and the local backend do.")
 @click.option("--make-before-break/--break-before-make", default=True, show_default=True,
@@ -80,7 +83,7 @@ def simulate(
     profile_path: Path, window: str, trace: Path | None, scale: float, speedup: float, policy_spec: str,
     paper: bool, forecaster: str, control: ControlConfig, alpha: float | None, budget: float | None,
     warmup: float,
-    warm_start: bool, stabilization: int, timeout: float | None, seed: int,
+    warm_start: bool, stabilization: int, timeout: float | None, seed: int, arrivals_path: Path | None,
     in_place_resize: bool, min_gain: float, make_before_break: bool, vpa_update: str,
     service_model: str, service_cv: float, queue_bound: bool, observe_lag: int,
     min_budget: bool, max_violations: float, what_if: tuple[str, ...],
@@ -135,7 +138,7 @@ def simulate(
 
     policies = [make_policy(s, profile, stabilization, min_gain=min_gain) for s in specs]  # BadInput first
     fc = make_forecaster(config.forecaster)
-    arrivals = sim.make_arrivals(rates, seed)
+    arrivals = sim.make_arrivals(rates, seed) if arrivals_path is None else _live_arrivals(arrivals_path, rates, seed)
     if what_if:
         if len(specs) != 1 or min_budget:
             raise BadInput("--what-if: give one --policy (and no --min-budget); the scenarios run beside it")
@@ -395,3 +398,18 @@ def plot(path: Path, rates: Any, results: list[Any], title: str) -> None:
         raise BadInput(f"--plot: cannot write {path}: {exc.strerror}") from None
     finally:
         plt.close(fig)
+
+
+def _live_arrivals(path: Path, rates: Any, seed: int) -> Any:
+    """The requests a live run sent (``--arrivals``), over the window's seconds; one line of BadInput if none."""
+    from infadapter.sim import simulation as sim
+    from infadapter.sim.experiment import live_arrival_times
+
+    try:
+        times = live_arrival_times(path)
+    except (OSError, KeyError, ValueError) as exc:
+        raise BadInput(f"--arrivals: cannot read {path} ({exc}); pass a live run's requests.csv") from None
+    if times is None:
+        raise BadInput(f"--arrivals: no requests in {path}; pass a live run's requests.csv")
+    return sim.arrivals_from_times(times, len(rates), seed)
+

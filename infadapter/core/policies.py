@@ -570,6 +570,15 @@ def unwrap(policy: Policy) -> Policy:
     return policy
 
 
+def live_entry(spec: str, flag: str = "--policy") -> PolicyEntry:
+    """The registry entry of a policy that may run live; BadInput naming it when it is simulator-only."""
+    e = entry(spec)
+    if e.simulator_only:
+        raise BadInput(f"{flag}: {spec} needs the true future load and runs only in the simulator "
+                       f"(python cli.py simulate --policy {spec}); pick another policy to run live")
+    return e
+
+
 def make_policy(
     spec: str,
     profile: Profile,

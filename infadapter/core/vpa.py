@@ -2,7 +2,9 @@
 
 Follows ``vertical-pod-autoscaler/pkg/recommender``: a decaying exponential histogram of CPU usage
 samples (first bucket 0.01 cores, buckets growing by 5%, up to 1000 cores; sample weight =
-max(request, 0.1) * 2^((t - t_ref) / half_life), half-life 24 h); target = 90th percentile,
+0.1 * 2^((t - t_ref) / half_life), half-life 24 h, the same for every sample whatever the request:
+upstream's ``addCPUSample`` since VPA 1.4, kubernetes/autoscaler#7819/#7824, checked against v1.8.1);
+target = 90th percentile,
 lower/upper bounds = 50th/95th percentiles, each times (1 + 15% safety margin); the bounds widened by
 the confidence factor (upper * (1 + 1/conf), lower * (1 + 0.001/conf)^-2, conf = min(history days,
 samples / 1440)); a 25 millicore floor. Percentiles return the end of the bucket, as upstream.
@@ -76,7 +78,10 @@ class VpaState:
         return sum(self.weights)
 
     def add_sample(self, t_s: float, usage_cores: float, request_cores: float) -> VpaState:
-        """A new state with one CPU usage sample added (negative usage is ignored, as upstream)."""
+        """A new state with one CPU usage sample added (negative usage is ignored, as upstream).
+
+        ``request_cores`` is the container's request when sampled: upstream's sample carries it, and
+        it does not weigh the sample (see the module doc); kept so callers pass what upstream sees."""
         if usage_cores < 0:
             return self
         weights = list(self.weights)
@@ -88,7 +93,9 @@ class VpaState:
             weights = [w * factor for w in weights]
             ref = t_s
             exponent = 0.0
-        weight = max(request_cores, MIN_SAMPLE_WEIGHT) * 2.0**exponent
+        # Upstream once weighted a sample by its request (so a resize decayed the history at once);
+        # since VPA 1.4 every CPU sample weighs the same 0.1, whatever the request.
+        weight = MIN_SAMPLE_WEIGHT * 2.0**exponent
         weights[find_bucket(usage_cores)] += weight
         return VpaState(
             weights=tuple(weights),
@@ -125,25 +132,42 @@ class VpaState:
 
 @dataclass(frozen=True)
 class Recommendation:
+    """The recommender's CPU amounts, in cores (whole millicores, as upstream's ``ResourceAmount``)."""
+
     target_cores: float
     lower_cores: float
     upper_cores: float
     confidence: float = field(default=0.0)
 
 
+def _millicores(cores: float) -> int:
+    """Upstream's ``CPUAmountFromCores``: whole millicores, rounded down (negative: 0)."""
+    return max(int(cores * 1000.0), 0)
+
+
+def _scale(millicores: float, factor: float) -> float:
+    """Upstream's ``ScaleResource``: the amount times ``factor``, rounded down to a whole millicore
+    (an infinite factor, a zero-confidence upper bound, stays infinite: upstream caps it at MaxInt64)."""
+    scaled = millicores * factor
+    return scaled if math.isinf(scaled) else float(max(int(scaled), 0))
+
+
 def recommend(state: VpaState, config: VpaConfig | None = None) -> Recommendation | None:
-    """The recommender's target and bounds, or None without samples."""
+    """The recommender's target and bounds, or None without samples.
+
+    Upstream's estimator chain, step by step in whole millicores (each step rounds down): percentile,
+    times the margin, the bounds times the confidence multiplier, then the 25 m floor."""
     cfg = config or VpaConfig()
     if state.samples == 0 or state.total_weight < EPSILON:
         return None
     margin = 1.0 + cfg.safety_margin
-    target = max(state.percentile(cfg.target_percentile) * margin, MIN_CPU_CORES)
-    lower = state.percentile(cfg.lower_percentile) * margin
-    upper = state.percentile(cfg.upper_percentile) * margin
+    target = _scale(_millicores(state.percentile(cfg.target_percentile)), margin)
+    lower = _scale(_millicores(state.percentile(cfg.lower_percentile)), margin)
+    upper = _scale(_millicores(state.percentile(cfg.upper_percentile)), margin)
     conf = state.confidence()
-    if conf > 0:
-        upper *= 1.0 + 1.0 / conf
-        lower *= (1.0 + 0.001 / conf) ** -2.0
-    else:
-        upper = math.inf
-    return Recommendation(target, max(lower, MIN_CPU_CORES), max(upper, MIN_CPU_CORES), conf)
+    # Upstream's (1 + multiplier / confidence) ** exponent: at zero confidence infinite, so the upper
+    # bound is unbounded and the lower bound 0 (then the floor).
+    upper = _scale(upper, 1.0 + 1.0 / conf) if conf > 0 else math.inf
+    lower = _scale(lower, (1.0 + 0.001 / conf) ** -2.0) if conf > 0 else 0.0
+    floor = MIN_CPU_CORES * 1000.0
+    return Recommendation(max(target, floor) / 1000.0, max(lower, floor) / 1000.0, max(upper, floor) / 1000.0, conf)

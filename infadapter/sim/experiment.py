@@ -19,7 +19,7 @@ from infadapter.adapter.loop import LoopConfig
 from infadapter.adapter.runner import AdapterConfig, AdapterRun
 from infadapter.backends import backend_setup
 from infadapter.backends.local.setup import RunConfig
-from infadapter.core.policies import make_policy
+from infadapter.core.policies import live_entry, make_policy
 from infadapter.core.profile import Profile, load_profile
 from infadapter.errors import BadInput
 from infadapter.plots import decision_timeline, plot_experiment
@@ -93,6 +93,7 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
         raise BadInput("experiment: a load is required (--window ... or --rate R --duration S)")
     profile = base.tuned(load_profile(base.profile_path))
     for pol in policies:  # a bad name fails now, not after the policies before it ran for minutes
+        live_entry(pol, "--policies")
         make_policy(pol, profile, base.stabilization_intervals, min_gain=base.min_gain)
     out_dir.mkdir(parents=True, exist_ok=True)
     rates = np.asarray(base.rates_rps, dtype=float)

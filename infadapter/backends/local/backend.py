@@ -111,6 +111,13 @@ class LocalConfig:
     #: gets its planned quota once it answers (before it gets traffic). On 0.25 core a model took
     #: 2.6-4.0 s to load, on 1 core 0.6-1.4 s; a burst waits for that load.
     startup_boost: bool = True
+    #: The policy's registry flags (``PolicyEntry.in_place`` / ``cpu_limited``), as the simulator reads
+    #: them. ``in_place`` False (HPA: more pods, not bigger ones): a change of cores starts a new server,
+    #: make-before-break, never a resize. ``cpu_limited`` False (vpa-requests: requests only): a
+    #: server is held to the budget, not to its cores (cgroup quota and threads of the budget), as the
+    #: simulator lets such a server use the free budget; its cores stay what the plan pays for.
+    in_place: bool = True
+    cpu_limited: bool = True
 
 
 def _http_json(url: str, timeout_s: float = 2.0) -> Any:
@@ -227,8 +234,13 @@ class LocalBackend:
 
     @property
     def in_place_resize(self) -> bool:
-        """A cgroup quota changes under a running server; thread-limited servers restart instead."""
-        return self.uses_cgroups
+        """A cgroup quota changes under a running server; thread-limited servers restart instead, and
+        so does every server of a policy whose changes are not in place (``LocalConfig.in_place``)."""
+        return self.uses_cgroups and self.config.in_place
+
+    def _limit(self, cores: float) -> float:
+        """The CPU a server of ``cores`` is held to: its cores, or the budget for a policy without limits."""
+        return cores if self.config.cpu_limited else self.profile.core_options()[-1]
 
     def in_place_max_cores(self) -> dict[str, float]:
         """A server's thread count is fixed when it starts: beyond that many cores, a restart."""
@@ -274,7 +286,7 @@ class LocalBackend:
                 continue
             sp.ready = True
             if sp.cgroup and self.driver is not None:
-                sp.group = self._open_group(sp.cgroup, sp.cores)
+                sp.group = self._open_group(sp.cgroup, self._limit(sp.cores))
             self.servers[sp.name] = sp
             adopted.append(sp.name)
         saved_plan = self.store.get("backend_plan")
@@ -323,13 +335,14 @@ class LocalBackend:
                     starting[a.name] = self._start_server(a.name, a.cores)
                     actions.append(f"start {a.name} on {a.cores:g} cores (port {starting[a.name].port})")
                 elif abs(cur.cores - a.cores) > 1e-9:
-                    if self.uses_cgroups and cur.group is not None and threads_for_cores(a.cores) <= cur.threads:
+                    if (self.in_place_resize and cur.group is not None
+                            and threads_for_cores(self._limit(a.cores)) <= cur.threads):
                         (grow if a.cores > cur.cores else shrink).append((cur, a.cores))
                     else:
                         starting[a.name] = self._start_server(a.name, a.cores)
                         replaced.append(cur)
                         actions.append(f"replace {a.name} {cur.cores:g} -> {a.cores:g} cores "
-                                       f"({threads_for_cores(a.cores)} threads)")
+                                       f"({threads_for_cores(self._limit(a.cores))} threads)")
             # Raise limits before anything waits: in place, instant, and the burst is happening now.
             for sp, cores in grow:
                 self._set_cores(sp, cores)
@@ -422,7 +435,8 @@ class LocalBackend:
     def _start_server(self, name: str, cores: float) -> ServerProc:
         v = self.profile.variant(name)
         model = v.model or v.name
-        threads = threads_for_cores(cores)
+        limit = self._limit(cores)
+        threads = threads_for_cores(limit)
         port = free_port()
         logs = self.config.run_dir / "servers"
         logs.mkdir(parents=True, exist_ok=True)
@@ -432,8 +446,8 @@ class LocalBackend:
         if "--max-queue" not in self.config.server_args:
             # The queue bound of the most cores this server can be given in place (its thread count
             # is fixed): a resize changes the cgroup quota, not the server's max_queue.
-            ceiling = self.profile.in_place_ceiling(threads_for_cores(cores))
-            cmd += ["--max-queue", str(self.profile.queue_bound(name, max(cores, ceiling)))]
+            ceiling = self.profile.in_place_ceiling(threads)
+            cmd += ["--max-queue", str(self.profile.queue_bound(name, max(limit, ceiling)))]
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
         logf.close()
@@ -441,7 +455,7 @@ class LocalBackend:
         if self.driver is not None:
             cgname = f"infadapter-{self.config.run_dir.name}-{name}-{port}"
             try:
-                group = self._open_group(cgname, max(cores, float(threads)) if self.config.startup_boost else cores)
+                group = self._open_group(cgname, max(limit, float(threads)) if self.config.startup_boost else limit)
                 group.add_pid(proc.pid)
             except Exception as exc:
                 kill_tree(proc.pid, signal.SIGKILL)
@@ -465,7 +479,7 @@ class LocalBackend:
 
     def _set_cores(self, sp: ServerProc, cores: float) -> None:
         if sp.group is not None:
-            sp.group.set_cores(cores)
+            sp.group.set_cores(self._limit(cores))
 
     def _wait_ready(self, servers: list[ServerProc]) -> None:
         deadline = time.monotonic() + self.config.ready_timeout_s

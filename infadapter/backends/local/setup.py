@@ -27,6 +27,7 @@ from infadapter.adapter.loop import LoopMetrics
 from infadapter.adapter.runner import AdapterConfig, AdapterRun, Prepared
 from infadapter.backends.local.backend import LocalBackend, LocalConfig
 from infadapter.core.control import HISTORY_S
+from infadapter.core.policies import entry as policy_entry
 from infadapter.core.profile import Profile
 from infadapter.errors import BadInput
 from infadapter.observe.monitor import Monitor, PrometheusServer, free_port, prometheus_binary, write_server_targets
@@ -118,9 +119,11 @@ class LocalSetup:
         if built:
             messages.append(f"built models: {', '.join(built)} ({resolution} px)")
         closers: list[Callable[[], None]] = []
+        kind = policy_entry(cfg.policy)  # HPA: replicas, no in-place growth, no CPU limit (as simulated)
         backend = LocalBackend(profile, LocalConfig(
             model_dir=cfg.model_dir, run_dir=cfg.run_dir, limit_mode=cfg.limit_mode, warmup=cfg.warmup,
-            slo_ms=profile.slo_ms, server_args=cfg.server_args, router=cfg.router), store)
+            slo_ms=profile.slo_ms, server_args=cfg.server_args, router=cfg.router,
+            in_place=kind.in_place, cpu_limited=kind.cpu_limited), store)
         try:
             backend.start_router()
             adopted = backend.adopt()
