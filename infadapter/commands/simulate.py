@@ -111,28 +111,11 @@ def simulate(
         s.strip() for s in policy_spec.split(",") if s.strip()]
     if not specs:
         raise BadInput(f"--policy: expected {POLICY_HELP} or all")
-    given = explicit_params(click.get_current_context())
-    settings: dict[str, Any] = dict(
-        warmup_s=warmup, stabilization_intervals=stabilization,
-        forecaster=forecaster,
-        make_before_break=make_before_break, in_place_resize=in_place_resize, vpa_update=vpa_update, seed=seed,
-        timeout_s=timeout, min_gain=min_gain, service_model=service_model, service_cv=service_cv,
-        queue_bound=queue_bound, observe_lag_s=observe_lag, cpu_model="work" if service_model == "cfs" else "busy",
-    )
-    if paper:
-        flags = {"interval_s": "interval_s", "warmup_s": "warmup", "min_gain": "min_gain", "forecaster": "forecaster",
-                 "make_before_break": "make_before_break", "in_place_resize": "in_place_resize", "react": "react",
-                 "queue_bound": "queue_bound"}
-        paper_setting = {k: v for k, v in sim.PAPER_SETTING.items() if flags.get(k) not in given}
-        ctl_names = {f.name for f in fields(ControlConfig)}
-        settings.update({k: v for k, v in paper_setting.items() if k not in ctl_names})
-        control = replace(control, **{k: v for k, v in paper_setting.items() if k in ctl_names and v is not None})
-        warm_start = warm_start and "warm_start" in given
-    # A compressed replay: each simulated second stands for K trace seconds, so the forecaster reads the
-    # history stretched back to trace time, as adapt's and experiment's do (docs/simulator.md).
-    control = load.control(control, warm=warm_start)
-    settings.update(first_plan_ready=warm_start, rates_before=load.rates_before if warm_start else None)
-    config = sim.SimConfig(control=control, **settings)
+    config = _sim_config(load, control, paper, warm_start, warmup=warmup, stabilization=stabilization,
+                         forecaster=forecaster, make_before_break=make_before_break, in_place_resize=in_place_resize,
+                         vpa_update=vpa_update, seed=seed, timeout=timeout, min_gain=min_gain,
+                         service_model=service_model, service_cv=service_cv, queue_bound=queue_bound,
+                         observe_lag=observe_lag)
     from infadapter.core.forecast import make_forecaster
     from infadapter.core.policies import make_policy
 
@@ -146,31 +129,8 @@ def simulate(
                  {"window": window, "profile": profile.name, "seed": seed}, as_json)
         return
     if min_budget:
-        if len(specs) != 1:
-            raise BadInput("--min-budget: give one --policy (the budget is searched for that policy)")
-        if not 0 <= max_violations < 1:
-            raise BadInput(f"--max-violations: must be a fraction in [0, 1), got {max_violations:g}")
-        base = load_profile(profile_path).tuned(alpha=alpha)
-
-        def violations(budget_cores: float) -> float:
-            prof = base.tuned(budget=budget_cores)
-            pol = make_policy(specs[0], prof, stabilization, min_gain=min_gain)
-            return sim.simulate(prof, rates, pol, config, arrivals=arrivals, forecaster=fc).slo_violation_rate
-
-        found = search_min_budget(violations, base.min_cores, profile.budget_cores, base.core_step, max_violations)
-        found = {"policy": specs[0], "window": window, "profile": profile.name, "seed": seed, **found}
-        if as_json:
-            print_json(found)
-        elif found["budget"] is None:
-            out_console().print(f"no budget up to {found['searched_up_to']:g} cores keeps the violations at or "
-                                f"under {max_violations:.2%} ({found['simulations']} simulations)", highlight=False)
-        else:
-            below = found["below"]
-            out_console().print(
-                f"{specs[0]}: {found['budget']:g} cores keep the SLO violations at {found['slo_violation_rate']:.2%}"
-                f" (target {max_violations:.2%})"
-                + (f"; {below['budget']:g} cores give {below['slo_violation_rate']:.2%}" if below else "")
-                + f"; {found['simulations']} simulations (bisection)", highlight=False)
+        _min_budget(profile_path, profile, rates, specs, config, arrivals, fc, alpha, stabilization, min_gain,
+                    max_violations, {"window": window, "profile": profile.name, "seed": seed}, as_json)
         return
     results = []
     show = sys.stderr.isatty() and not as_json
@@ -194,6 +154,74 @@ def simulate(
                         "results": [r.as_dict() for r in results], "comparison": comparison})
         return
     _print_table(results, comparison, f"{profile.name}: {label}, {rates.size} s, forecaster {fc.name}")
+
+
+def _sim_config(load: Any, control: ControlConfig, paper: bool, warm_start: bool, *, warmup: float,
+                stabilization: int, forecaster: str, make_before_break: bool, in_place_resize: bool, vpa_update: str,
+                seed: int, timeout: float | None, min_gain: float, service_model: str, service_cv: float,
+                queue_bound: bool, observe_lag: int) -> Any:
+    """The simulator's settings from the flags: ``--paper`` fills in the paper's setting for every flag not
+    given on the command line; the replay sets the history stretch and (``--warm-start``) the history before."""
+    from infadapter.sim import simulation as sim
+
+    given = explicit_params(click.get_current_context())
+    settings: dict[str, Any] = dict(
+        warmup_s=warmup, stabilization_intervals=stabilization,
+        forecaster=forecaster,
+        make_before_break=make_before_break, in_place_resize=in_place_resize, vpa_update=vpa_update, seed=seed,
+        timeout_s=timeout, min_gain=min_gain, service_model=service_model, service_cv=service_cv,
+        queue_bound=queue_bound, observe_lag_s=observe_lag, cpu_model="work" if service_model == "cfs" else "busy",
+    )
+    if paper:
+        flags = {"interval_s": "interval_s", "warmup_s": "warmup", "min_gain": "min_gain", "forecaster": "forecaster",
+                 "make_before_break": "make_before_break", "in_place_resize": "in_place_resize", "react": "react",
+                 "queue_bound": "queue_bound"}
+        paper_setting = {k: v for k, v in sim.PAPER_SETTING.items() if flags.get(k) not in given}
+        ctl_names = {f.name for f in fields(ControlConfig)}
+        settings.update({k: v for k, v in paper_setting.items() if k not in ctl_names})
+        control = replace(control, **{k: v for k, v in paper_setting.items() if k in ctl_names and v is not None})
+        warm_start = warm_start and "warm_start" in given
+    # A compressed replay: each simulated second stands for K trace seconds, so the forecaster reads the
+    # history stretched back to trace time, as adapt's and experiment's do (docs/simulator.md).
+    control = load.control(control, warm=warm_start)
+    settings.update(first_plan_ready=warm_start, rates_before=load.rates_before if warm_start else None)
+    return sim.SimConfig(control=control, **settings)
+
+
+def _min_budget(profile_path: Path, profile: Any, rates: Any, specs: list[str], config: Any, arrivals: Any, fc: Any,
+                alpha: float | None, stabilization: int, min_gain: float, max_violations: float,
+                extra: dict[str, Any], as_json: bool) -> None:
+    """``--min-budget``: the smallest budget (bisection in the profile's core step) whose simulated violations
+    stay at or under ``max_violations``, on the very arrivals of the run."""
+    from infadapter.core.policies import make_policy
+    from infadapter.core.profile import load_profile
+    from infadapter.sim import simulation as sim
+
+    if len(specs) != 1:
+        raise BadInput("--min-budget: give one --policy (the budget is searched for that policy)")
+    if not 0 <= max_violations < 1:
+        raise BadInput(f"--max-violations: must be a fraction in [0, 1), got {max_violations:g}")
+    base = load_profile(profile_path).tuned(alpha=alpha)
+
+    def violations(budget_cores: float) -> float:
+        prof = base.tuned(budget=budget_cores)
+        pol = make_policy(specs[0], prof, stabilization, min_gain=min_gain)
+        return sim.simulate(prof, rates, pol, config, arrivals=arrivals, forecaster=fc).slo_violation_rate
+
+    found = search_min_budget(violations, base.min_cores, profile.budget_cores, base.core_step, max_violations)
+    found = {"policy": specs[0], **extra, **found}
+    if as_json:
+        print_json(found)
+    elif found["budget"] is None:
+        out_console().print(f"no budget up to {found['searched_up_to']:g} cores keeps the violations at or "
+                            f"under {max_violations:.2%} ({found['simulations']} simulations)", highlight=False)
+    else:
+        below = found["below"]
+        out_console().print(
+            f"{specs[0]}: {found['budget']:g} cores keep the SLO violations at {found['slo_violation_rate']:.2%}"
+            f" (target {max_violations:.2%})"
+            + (f"; {below['budget']:g} cores give {below['slo_violation_rate']:.2%}" if below else "")
+            + f"; {found['simulations']} simulations (bisection)", highlight=False)
 
 
 def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: Any, seed: int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -183,27 +184,10 @@ def load(
     Arrivals never wait for responses. Prints sent, answered, errors, timeouts, SLO violation rate
     and p50/p99; sent = ok + errors + timeouts always, also after Ctrl-C.
     """
-    import numpy as np
 
     from infadapter.observe.loadgen import predict_url, run_load
 
-    if window is not None and rate is not None:
-        raise BadInput("--window/--rate: give one of them, not both")
-    if window is not None:
-        from infadapter.observe.trace import load_window
-
-        rates = load_window(window, trace, scale, speedup)
-    elif rate is not None:
-        if duration is None or not duration > 0:
-            raise BadInput("--duration: seconds > 0 are required with --rate")
-        if not rate >= 0:
-            raise BadInput("--rate: must be >= 0")
-        whole = int(duration)
-        rates = np.full(whole, rate, dtype=float)
-        if duration > whole:
-            rates = np.append(rates, rate * (duration - whole))  # the last partial second, pro rata
-    else:
-        raise BadInput("--window or --rate: say which load to send (e.g. --rate 50 --duration 30)")
+    rates = _load_rates(window, scale, speedup, trace, rate, duration)
     target = predict_url(url, model)
     console = err_console()
     progress_cb = None
@@ -274,3 +258,28 @@ def _print_summary(s: object) -> None:
     for key, value in rows:
         table.add_row(key, value)
     out_console().print(table)
+
+
+def _load_rates(window: str | None, scale: float, speedup: float, trace: Path | None, rate: float | None,
+                duration: float | None) -> Any:
+    """The per-second rates to send: a trace --window, or a constant --rate for --duration seconds."""
+    import numpy as np
+
+    if window is not None and rate is not None:
+        raise BadInput("--window/--rate: give one of them, not both")
+    if window is not None:
+        from infadapter.observe.trace import load_window
+
+        rates = load_window(window, trace, scale, speedup)
+    elif rate is not None:
+        if duration is None or not duration > 0:
+            raise BadInput("--duration: seconds > 0 are required with --rate")
+        if not rate >= 0:
+            raise BadInput("--rate: must be >= 0")
+        whole = int(duration)
+        rates = np.full(whole, rate, dtype=float)
+        if duration > whole:
+            rates = np.append(rates, rate * (duration - whole))  # the last partial second, pro rata
+    else:
+        raise BadInput("--window or --rate: say which load to send (e.g. --rate 50 --duration 30)")
+    return rates
