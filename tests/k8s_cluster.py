@@ -241,6 +241,21 @@ class Cluster:
         )
 
 
+def terminal_printer(request: Any) -> Any:
+    """A print to the terminal that pytest's output capture lets through (the cluster's progress: a cold build
+    takes minutes)."""
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+
+    def terminal(line: str) -> None:
+        if capman is None:
+            print(line, file=sys.stderr)
+            return
+        with capman.global_and_fixture_disabled():
+            print(line, file=sys.stderr, flush=True)
+
+    return terminal
+
+
 def cluster_env(state_dir: Path) -> dict[str, str]:
     env = {**os.environ, "INFADAPTER_CLUSTER_DIR": str(state_dir)}
     gobin = "/usr/local/go/bin"

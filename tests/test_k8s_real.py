@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 from cli_helpers import run_cli
-from k8s_cluster import ROOT, Kube, KubeHTTPError, start_cluster
+from k8s_cluster import ROOT, Kube, KubeHTTPError, start_cluster, terminal_printer
 
 from infadapter.backends.kubernetes.api import KubeOptions
 from infadapter.backends.kubernetes.backend import KubernetesBackend
@@ -34,7 +34,7 @@ from infadapter.core.plan import Plan
 from infadapter.render import RenderConfig, render_platform
 
 # The kubernetes client still calls urllib3's deprecated HTTPResponse.getheaders() on API errors.
-pytestmark = pytest.mark.filterwarnings("ignore:HTTPResponse.getheaders:DeprecationWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:HTTPResponse.getheaders:DeprecationWarning")]
 
 #: A busy stretch of the paper's trace: its peak needs more than one 8-core node (see the adapt test).
 BUSY_WINDOW = "1768200:1260"
@@ -42,15 +42,7 @@ BUSY_WINDOW = "1768200:1260"
 
 @pytest.fixture(scope="session")
 def kube_cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-
-    def terminal(line: str) -> None:
-        if capman is None:
-            print(line, file=sys.stderr)
-            return
-        with capman.global_and_fixture_disabled():
-            print(line, file=sys.stderr, flush=True)
-
+    terminal = terminal_printer(request)
     with start_cluster(tmp_path_factory.mktemp("k8s"), terminal) as c:
         yield c
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from k8s_cluster import Kube, start_cluster
+from k8s_cluster import Kube, start_cluster, terminal_printer
 
 pytestmark = [
     pytest.mark.slow,
@@ -82,15 +82,7 @@ def cpu_quota_us(container_id: str) -> int:
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-
-    def terminal(line: str) -> None:
-        if capman is None:
-            print(line, file=sys.stderr)
-            return
-        with capman.global_and_fixture_disabled():
-            print(line, file=sys.stderr, flush=True)
-
+    terminal = terminal_printer(request)
     before = sysctls()
     absent = [p for p in HOST_PATHS if not Path(p).exists()]
     t0 = time.monotonic()
