@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from infadapter.commands.views import adapt_summary, adapt_summary_line, adapt_summary_rows
@@ -43,6 +44,7 @@ def test_local_summary_is_rounded() -> None:
                     "mean accuracy 72.16 %, transitions 12")
 
 
+@pytest.mark.slow
 def test_dry_run_adapt_writes_the_plot_and_a_rounded_summary(tmp_path: Path) -> None:
     out = tmp_path / "dry"
     r = run_cli("adapt", "--backend", "dry-run", "--out", str(out), "--rate", "20", "--duration", "4",

@@ -10,6 +10,9 @@ import pytest
 
 from tests.cli_helpers import run_cli
 
+# Starts real servers, clusters or subprocesses: not in the edit-test loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("window", ["paper", "1768200:1260", "1554600:1260"])
 def test_defaults_meet_the_targets_against_the_oracle(window: str) -> None:

@@ -71,6 +71,7 @@ def test_the_client_reports_a_refused_token_as_one_line(cluster: Cluster) -> Non
     assert "wrong" not in repr(DispatcherClient(base, "wrong").__dict__.get("token", ""))
 
 
+@pytest.mark.slow
 def test_the_token_is_never_logged_or_echoed(tmp_path: Path) -> None:
     backends = Cluster()
     token_file = tmp_path / "admin.token"

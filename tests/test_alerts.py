@@ -169,6 +169,7 @@ def promtool_tests(rules: dict) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 @needs_promtool
 def test_rules_pass_promtool_check_and_unit_tests(tmp_path: Path) -> None:
     text = render_rules()
@@ -249,6 +250,7 @@ def test_loop_registry_exports_the_adapter_series() -> None:
 
 
 # -- installed by the prometheus role ------------------------------------------------------------
+@pytest.mark.slow
 @needs_promtool
 def test_the_prometheus_role_installs_the_same_rules(tmp_path: Path) -> None:
     import os
@@ -283,6 +285,7 @@ def test_the_prometheus_role_installs_the_same_rules(tmp_path: Path) -> None:
 
 
 # -- a real Prometheus on the local stack loads them and computes them from the real dispatcher ----
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed (scripts/setup.sh)")
 def test_local_prometheus_evaluates_the_rules_on_the_dispatchers_series(cluster: Cluster, tmp_path: Path) -> None:
     import time

@@ -30,6 +30,7 @@ def _ansible_playbook(*args: str, timeout: float = 120) -> subprocess.CompletedP
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_every_playbook_passes_syntax_check() -> None:
     r = _ansible_playbook("-i", str(SAMPLE), "--syntax-check", *[f"playbooks/{p}" for p in PLAYBOOKS])
     assert r.returncode == 0, r.stdout + r.stderr
@@ -43,6 +44,7 @@ def test_site_imports_one_playbook_per_stage_after_validation() -> None:
     assert imported == PLAYBOOKS[1:]
 
 
+@pytest.mark.slow
 def test_ansible_lint_production_profile_passes() -> None:
     r = subprocess.run([str(BIN / "ansible-lint"), "--offline", "--profile", "production", "--nocolor",
                         "playbooks", "roles", "inventory"],
@@ -99,11 +101,13 @@ def test_roles_and_playbooks_hard_code_no_addresses_or_users() -> None:
     assert not offenders, offenders
 
 
+@pytest.mark.slow
 def test_sample_inventory_passes_validation() -> None:
     r = _ansible_playbook("-i", str(SAMPLE), "playbooks/validate.yml")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_inventory_with_two_control_nodes_is_rejected(tmp_path: Path) -> None:
     inv = yaml.safe_load(SAMPLE.read_text())
     inv["all"]["children"]["k8s_control"]["hosts"]["node2"] = {}

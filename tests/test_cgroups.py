@@ -51,6 +51,7 @@ def busy_process():
     proc.wait()
 
 
+@pytest.mark.slow
 def test_v1_quota_limits_a_busy_process(v1_driver, busy_process):
     group = v1_driver.create("busy", 0.25)
     try:

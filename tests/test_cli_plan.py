@@ -8,6 +8,9 @@ import pytest
 
 from tests.cli_helpers import ROOT, run_cli
 
+# Starts real servers, clusters or subprocesses: not in the edit-test loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 
 def test_plan_json_is_exactly_the_contract_object():
     r = run_cli("plan", "--load", "274", "--current", "resnet152=20", "--json")

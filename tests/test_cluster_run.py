@@ -19,6 +19,9 @@ from infadapter.core.control import ControlConfig, observed_rate
 from infadapter.render import RenderConfig, render_platform
 from tests.cli_helpers import run_cli
 
+# Starts real servers, clusters or subprocesses: not in the edit-test loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 # Trace seconds: 120 at 20 req/s, 160 at 150 req/s, 320 at 20 req/s; at --speedup 40: 3 s, 4 s, 8 s.
 STEP = [20.0] * 120 + [150.0] * 160 + [20.0] * 320
 LOOP = ["--window", "0:600", "--speedup", "40", "--interval", "1", "--stabilization", "2", "--forecaster", "last"]

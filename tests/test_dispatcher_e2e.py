@@ -20,6 +20,9 @@ from infadapter.serving.resnet import write_model
 from infadapter.serving.server import server_command
 from tests.test_dispatcher_support import TOKEN, Cluster, http
 
+# Starts real servers, clusters or subprocesses: not in the edit-test loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 RESOLUTION = 32  # tiny inputs: the point is the path, not the model's speed
 
 

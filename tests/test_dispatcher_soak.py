@@ -17,10 +17,14 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from infadapter.observe.loadgen import make_jpegs, predict_body, run_load
 from tests.test_admin_token import _free_port, _wait_healthy
 from tests.test_dispatcher_support import TOKEN, Cluster, http
+
+# Starts real servers, clusters or subprocesses: not in the edit-test loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 DELAY_S, MAX_IN_FLIGHT, SECONDS = 0.05, 4, 12

@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from infadapter.core.control import ControlConfig
 from infadapter.core.profile import load_profile
 from infadapter.sim.experiment import RunConfig, live_arrival_times, simulate_same
 from infadapter.sim.simulation import make_arrivals
+
+# Starts real servers, clusters or subprocesses: not in the edit-test loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = load_profile(ROOT / "profiles" / "local.yaml")

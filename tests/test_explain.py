@@ -48,6 +48,7 @@ def _lines(path: Path) -> list[str]:
 
 
 # -- the explanation in each record ---------------------------------------------------------------
+@pytest.mark.slow
 def test_json_has_binding_and_runner_up_on_every_decision(dry_run):
     r = run_cli("explain", "--run-dir", str(dry_run), "--json")
     assert r.returncode == 0, r.stderr
@@ -68,6 +69,7 @@ def test_json_has_binding_and_runner_up_on_every_decision(dry_run):
     assert all(d["terms"]["optimum"]["plan"]["cores"] < d["plan_after"]["cores"] for d in held)
 
 
+@pytest.mark.slow
 def test_replay_reproduces_every_dry_run_decision(dry_run):
     r = run_cli("explain", "--run-dir", str(dry_run), "--replay")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -75,6 +77,7 @@ def test_replay_reproduces_every_dry_run_decision(dry_run):
     assert f"{n} of {n} decisions reproduced (every decision)" in r.stdout
 
 
+@pytest.mark.slow
 def test_replay_reports_a_decision_that_does_not_reproduce(dry_run, tmp_path):
     recs = read_log(dry_run / "decisions.jsonl").records
     victim = next(r for r in recs if r["diff"].startswith("resize"))
@@ -87,6 +90,7 @@ def test_replay_reports_a_decision_that_does_not_reproduce(dry_run, tmp_path):
     assert f"{len(recs) - 1} of {len(recs)} decisions reproduced" in r.stdout
 
 
+@pytest.mark.slow
 def test_story_and_one_decision(dry_run):
     story = run_cli("explain", "--run-dir", str(dry_run))
     assert story.returncode == 0, story.stderr
@@ -102,6 +106,7 @@ def test_story_and_one_decision(dry_run):
     assert none.returncode == 2 and "--run-dir: no decisions.jsonl" in none.stderr
 
 
+@pytest.mark.slow
 def test_status_shows_the_last_decisions_why(dry_run):
     doc = json.loads(run_cli("status", "--run-dir", str(dry_run), "--json").stdout)
     last = read_log(dry_run / "decisions.jsonl").records[-1]
@@ -149,6 +154,7 @@ def test_policies_that_do_not_solve_say_so(paper):
 
 
 # -- a log that survives a crash ------------------------------------------------------------------
+@pytest.mark.slow
 def test_torn_line_then_restart(tmp_path, step_trace, dry_run):
     out = tmp_path / "run"
     out.mkdir()
@@ -178,6 +184,7 @@ def test_torn_line_then_restart(tmp_path, step_trace, dry_run):
     assert st["decisions_damaged"] == [torn_at] and "1 damaged line" in st["decisions_warning"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_restart(tmp_path, step_trace):
     out = tmp_path / "killed"
     args = [sys.executable, str(ROOT / "cli.py"), "adapt", "--backend", "dry-run", "--out", str(out), "--trace",
@@ -236,6 +243,7 @@ def test_replay_reproduces_every_local_decision(tmp_path_factory):
 
 
 # -- capacity planning: the smallest budget that meets a violation target ----------------------------
+@pytest.mark.slow
 def test_min_budget_is_the_smallest_that_meets_the_target():
     r = run_cli("simulate", "--window", "paper", "--min-budget", "--max-violations", "0.01", "--json", timeout=300)
     assert r.returncode == 0, r.stderr
@@ -257,6 +265,7 @@ def test_min_budget_needs_one_policy():
 
 
 # -- what-if ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_plan_what_if_beside_today():
     r = run_cli("plan", "--load", "120", "--what-if", "budget=16", "--what-if", "traffic=1.5,alpha=0.1", "--json")
     assert r.returncode == 0, r.stderr
@@ -279,6 +288,7 @@ def test_plan_what_if_beside_today():
         assert e.returncode == 2 and e.stderr.count("\n") == 1 and f"--what-if: {words}" in e.stderr, e.stderr
 
 
+@pytest.mark.slow
 def test_simulate_what_if_runs_today_and_the_scenarios_on_the_same_trace():
     window = ["--window", "paper"]
     r = run_cli("simulate", *window, "--what-if", "traffic=1.5", "--what-if", "budget=8", "--json", timeout=300)

@@ -44,6 +44,7 @@ def synthetic_trace(days: int = 4, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).poisson(rate).astype(float)
 
 
+@pytest.mark.slow
 def test_learned_trains_saves_loads_and_beats_ewma(tmp_path: Path) -> None:
     trace = synthetic_trace()
     model = fc.train(trace, fc.TrainConfig(train_days=(0, 2), calibration_days=(2, 3), max_iter=40,
@@ -76,6 +77,7 @@ def test_model_file_is_not_a_pickle(tmp_path: Path) -> None:
         fc.make_forecaster(f"learned:{bad}")
 
 
+@pytest.mark.slow
 def test_forecast_train_regenerates_the_committed_model(tmp_path: Path) -> None:
     """profiles/forecaster.npz is what `python cli.py forecast train` makes from the shared trace."""
     from infadapter.observe.trace import load_trace

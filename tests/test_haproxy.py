@@ -38,6 +38,9 @@ from infadapter.serving.haproxy import (
 )
 from infadapter.serving.router import Route, RouterConfig
 
+# Starts real servers, clusters or subprocesses: not in the edit-test loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = [("resnet18", "resnet18"), ("resnet50", "resnet50"), ("spare", "spare")]
 

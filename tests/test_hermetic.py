@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from infadapter.core.forecast import default_model_path
 from infadapter.observe.trace import cache_dir
 from tests.cli_helpers import run_cli
@@ -21,6 +23,7 @@ def test_the_session_cache_is_its_own_folder() -> None:
     assert not cache_dir().is_relative_to(REAL_CACHE)
 
 
+@pytest.mark.slow
 def test_cli_subprocesses_inherit_the_session_cache(tmp_path: Path) -> None:
     """A CLI run with HOME pointing at an empty folder still works and writes only to the session cache."""
     home = tmp_path / "home"

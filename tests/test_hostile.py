@@ -31,6 +31,9 @@ from infadapter.serving.resnet import write_model
 from tests.test_dispatcher_support import Cluster
 from tests.test_server import Server
 
+# Starts real servers, clusters or subprocesses: not in the edit-test loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 RES = 64
 SERVER_BODY_LIMIT = 1 << 20  # 1 MiB: small limits keep the "enormous" cases cheap on 2 cores
 DISPATCHER_BODY_LIMIT = 2 << 20

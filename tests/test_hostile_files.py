@@ -102,6 +102,7 @@ PROFILE["variants"].append(
 PROFILE_PATHS = _paths(PROFILE)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(path=st.sampled_from(PROFILE_PATHS), value=HOSTILE)
 def test_profile_with_a_hostile_value_loads_or_names_the_field(tmp_path_factory, path, value):
@@ -191,6 +192,7 @@ RENDER = RenderConfig().model_dump(mode="json")
 RENDER_PATHS = _paths(RENDER)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(path=st.sampled_from(RENDER_PATHS), value=HOSTILE)
 def test_render_config_with_a_hostile_value_loads_or_names_the_field(tmp_path_factory, path, value):
@@ -253,6 +255,7 @@ def test_plan_with_a_hostile_value_loads_or_names_the_field(path, value):
     assert_finite_numbers(plan.as_dict())
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=JSON_VALUES)
 def test_any_json_value_as_a_plan_is_one_line_or_a_plan(data):
@@ -303,6 +306,7 @@ def test_loaders_refuse_what_json_and_yaml_allow_by_default():
 
 
 # -- through the CLI, as a user sees it ----------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "content", "phrase"),
     [
@@ -344,6 +348,7 @@ SAMPLE_INVENTORY = yaml.safe_load((Path(__file__).resolve().parents[1] / "invent
 INVENTORY_PATHS = [p for p in _paths(SAMPLE_INVENTORY) if p[-1] not in ("all", "children")]
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(INVENTORY_PATHS), value=HOSTILE | st.just({}) | st.just({"hosts": None}))
 def test_inventory_with_a_hostile_value_passes_or_fails_with_an_inventory_message(tmp_path_factory, path, value):
@@ -389,6 +394,7 @@ def _ansible(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", ["ansible-inventory", "ansible-playbook"])
 @pytest.mark.parametrize(("kind", "text", "phrase"), EVIL_INVENTORIES, ids=[k for k, _, _ in EVIL_INVENTORIES])
 def test_evil_inventory_is_refused_by_ansible_with_one_line(tmp_path, tool, kind, text, phrase):
@@ -409,6 +415,7 @@ def test_evil_inventory_is_refused_by_ansible_with_one_line(tmp_path, tool, kind
     print(f"{tool} refused {kind} in {took:.2f} s")  # (a figure for the record, not a condition)
 
 
+@pytest.mark.slow
 def test_plain_inventories_still_parse_through_the_checking_plugin(tmp_path):
     sample = _ansible("ansible-inventory", "-i", "inventory/sample/hosts.yml", "--list")
     assert sample.returncode == 0, sample.stderr

@@ -75,6 +75,7 @@ def test_resize_rolls_on_1_32(tmp_path, paper):
         assert set(fake.objects["pods"]) != pods_before  # the resnet50 pod was replaced
 
 
+@pytest.mark.slow
 def test_404_on_resize_falls_back_to_rolling_for_good(fake, tmp_path, paper):
     """A 1.33 server with the feature gate off has no pods/resize: roll, and stop trying."""
     backend = make(fake, tmp_path, paper)
@@ -152,6 +153,7 @@ def test_missing_kubeconfig_is_backend_unavailable(tmp_path, paper, monkeypatch)
         KubernetesBackend(paper, options=KubeOptions(kubeconfig=str(tmp_path / "nope")))
 
 
+@pytest.mark.slow
 def test_make_backend_with_namespace_and_dispatcher(fake, tmp_path, paper):
     from infadapter.backends.kubernetes.backend import make_backend
 

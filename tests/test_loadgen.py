@@ -120,6 +120,7 @@ def test_summary_definitions() -> None:
 
 
 # -- against real servers ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_records_every_request_to_csv(cluster: Cluster, tmp_path: Path) -> None:
     a, b = cluster.backend("a"), cluster.backend("b")
     _, base = cluster.dispatcher([a.spec(1), b.spec(1)])
@@ -141,6 +142,7 @@ def test_records_every_request_to_csv(cluster: Cluster, tmp_path: Path) -> None:
     assert s.out_path == str(out)
 
 
+@pytest.mark.slow
 def test_closed_port_every_request_is_an_error(tmp_path: Path) -> None:
     out = tmp_path / "down.csv"
     s = run_load(CLOSED_URL, np.full(2, 25.0), out_path=out, seed=1, resolution=16)
@@ -153,6 +155,7 @@ def test_closed_port_every_request_is_an_error(tmp_path: Path) -> None:
     assert all(r["status"] == "0" and r["error"] for r in rows)
 
 
+@pytest.mark.slow
 def test_slow_backend_requests_become_timeouts(cluster: Cluster) -> None:
     held = cluster.backend("held", gated=True)
     s = run_load(held.url + "/v1/models/held:predict", np.full(1, 10.0), timeout_s=0.3, seed=2, resolution=16)
@@ -160,6 +163,7 @@ def test_slow_backend_requests_become_timeouts(cluster: Cluster) -> None:
     assert s.sent > 0 and s.timeouts == s.sent
 
 
+@pytest.mark.slow
 def test_connection_bound_counts_unsent_requests_as_errors(cluster: Cluster, tmp_path: Path) -> None:
     held = cluster.backend("held", gated=True)
     out = tmp_path / "bounded.csv"
@@ -201,6 +205,7 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_cli_load_with_a_trace_window_prints_one_json_value(cluster: Cluster, tmp_path: Path) -> None:
     a = cluster.backend("a")
     _, base = cluster.dispatcher([a.spec()])
@@ -219,6 +224,7 @@ def test_cli_load_with_a_trace_window_prints_one_json_value(cluster: Cluster, tm
     assert len(read_csv(out)) == summary["sent"]
 
 
+@pytest.mark.slow
 def test_cli_load_table_summary(cluster: Cluster) -> None:
     a = cluster.backend("a")
     res = cli("load", "--url", a.url, "--model", "a", "--rate", "20", "--duration", "1", "--resolution", "16")
@@ -227,6 +233,7 @@ def test_cli_load_table_summary(cluster: Cluster) -> None:
         assert word in res.stdout
 
 
+@pytest.mark.slow
 def test_cli_load_against_a_closed_port_exits_4_after_the_summary(tmp_path: Path) -> None:
     out = tmp_path / "down.csv"
     res = cli("load", "--url", "http://127.0.0.1:9", "--rate", "10", "--duration", "1", "--out", str(out), "--json")
@@ -237,6 +244,7 @@ def test_cli_load_against_a_closed_port_exits_4_after_the_summary(tmp_path: Path
     assert len(read_csv(out)) == summary["sent"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -254,6 +262,7 @@ def test_cli_load_bad_input_is_one_line_exit_2(args: list[str], message: str) ->
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_cli_load_interrupted_writes_what_was_recorded(cluster: Cluster, tmp_path: Path) -> None:
     held = cluster.backend("held", gated=True)  # never answers: requests are in flight at Ctrl-C
     out = tmp_path / "interrupted.csv"

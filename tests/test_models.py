@@ -47,6 +47,7 @@ def test_architecture_matches_torchvision(depth, torchvision_params, bn_channels
     assert ops["MaxPool"] == 1 and ops["GlobalAveragePool"] == 1 and ops["Gemm"] == 1
 
 
+@pytest.mark.slow
 def test_deep_model_counts_blocks_and_keeps_activations_in_range():
     # ResNet-101 has [3,4,23,3] = 33 bottlenecks: 33 Adds and 3*33 + 1 stem + 4 downsample convs.
     model = build_resnet(101, resolution=32)
@@ -80,6 +81,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_build_models_cli_json(tmp_path):
     res = _cli("build-models", "--out", str(tmp_path), "--variants", "resnet18,resnet34", "--resolution", "32",
                "--json")
@@ -91,6 +93,7 @@ def test_build_models_cli_json(tmp_path):
         assert (tmp_path / m["name"] / "1" / "model.onnx").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -18,6 +18,9 @@ from infadapter.core.control import ControlConfig, observed_rate
 from infadapter.observe.monitor import Monitor, PrometheusServer, free_port, history_from_stats, render_config, series
 from infadapter.serving.dispatcher import DispatcherClient
 
+# Starts real servers, clusters or subprocesses: not in the edit-test loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

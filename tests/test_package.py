@@ -28,6 +28,9 @@ from packaging.utils import canonicalize_name
 
 from tests.cli_helpers import ROOT, run_cli
 
+# Starts real servers, clusters or subprocesses: not in the edit-test loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
 #: The shared trace next to the checkout, unless the environment names another (conftest keeps it).

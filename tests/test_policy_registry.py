@@ -45,6 +45,7 @@ def invoke(*args: str) -> tuple[int, str]:
     return r.exit_code, r.stdout
 
 
+@pytest.mark.slow
 def test_toy_policy_runs_in_plan_simulate_and_adapt(toy: str, tmp_path: Path) -> None:
     code, out = invoke("plan", "--load", "100", "--policy", toy, "--json")
     assert code == 0

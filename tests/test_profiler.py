@@ -60,6 +60,7 @@ def test_measure_refuses_bad_flags(tmp_path):
     assert isinstance(res.exception, BadInput) and "--model-dir" in str(res.exception)
 
 
+@pytest.mark.slow
 def test_short_real_run_writes_a_profile_and_resumes(tmp_path):
     models = tmp_path / "models"
     write_model(models, "resnet18", resolution=64)

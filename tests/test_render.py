@@ -394,6 +394,7 @@ def test_render_cli_from_stdin_matches_golden(tmp_path):
         assert (out / p.name).read_text() == p.read_text()
 
 
+@pytest.mark.slow
 def test_render_cli_bad_input_is_one_line_exit_2(tmp_path):
     r = _cli("render", "--out", str(tmp_path), stdin='{"load": 1, "variants": [{"name": "resnet9", "cores": 2}]}')
     assert r.returncode == 2

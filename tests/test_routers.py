@@ -20,6 +20,9 @@ import pytest
 from infadapter.serving.haproxy import haproxy_binary
 from tests.tiny_profile import TINY_PROFILE, tiny_setup
 
+# Starts real servers, clusters or subprocesses: not in the edit-test loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = TINY_PROFILE
 # The docs/routing.md example, run here with a hermetic profile, model folder and run folder appended.

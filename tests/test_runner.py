@@ -27,6 +27,7 @@ def toy_registered(monkeypatch):
     monkeypatch.setitem(BACKENDS, "toy", toy_backend.ENTRY)  # the one registry line
 
 
+@pytest.mark.slow
 def test_a_backend_added_in_the_test_runs_through_the_one_runner(toy_registered, tmp_path):
     cfg = AdapterConfig(backend="toy", profile_path=ROOT / "profiles" / "paper.yaml", run_dir=tmp_path / "run",
                         control=ControlConfig(interval_s=1.0, check_s=0.25),

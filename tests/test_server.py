@@ -23,6 +23,9 @@ from infadapter.serving.images import make_jpeg, make_jpeg_b64, preprocess
 from infadapter.serving.resnet import write_model
 from infadapter.serving.server import server_command
 
+# Starts real servers, clusters or subprocesses: not in the edit-test loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 RES = 64
 
 

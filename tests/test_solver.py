@@ -91,6 +91,7 @@ def test_no_variant_can_run_anywhere_still_returns_a_plan():
     assert not res.plan.feasible and res.plan.allocations
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", ["highs", "cbc"])
 def test_milp_solvers_agree_with_enumeration_on_the_paper_profile(paper, solver):
     for load in (1, 45, 120, 199, 274, 350, 386):
@@ -162,6 +163,7 @@ def _objective_of(prof: Profile, plan: Plan, current: Mapping[str, float]) -> fl
     return objective_value(prof, plan.shares_by_name(), plan.cores_by_name(), current)
 
 
+@pytest.mark.slow
 @settings(max_examples=220, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(profiles_and_loads())
 def test_highs_matches_exhaustive_enumeration(case):

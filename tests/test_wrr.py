@@ -87,6 +87,7 @@ def test_integer_weights_rejects_bad_input(bad: list[float]) -> None:
         integer_weights(bad)
 
 
+@pytest.mark.slow
 def test_from_shares_splits_a_plan_exactly() -> None:
     wrr = SmoothWRR.from_shares([0.5, 0.25, 0.25])
     assert wrr.weights == (2, 1, 1)
