@@ -301,3 +301,16 @@ def test_simulate_what_if_runs_today_and_the_scenarios_on_the_same_trace():
     assert rows["traffic=1.5"]["requests"] > 1.4 * plain["requests"]
     # Plans hold at most the budget (allocated cores may overlap it while a new variant loads, make-before-break).
     assert rows["budget=8"]["mean_planned_cores"] <= 8 + 1e-9 and rows["budget=8"]["requests"] == plain["requests"]
+
+
+def test_a_decision_log_that_cannot_be_read_is_reported_not_raised(tmp_path):
+    # A folder where the decisions file should be (as tests/test_faults.py's unwritable run folder makes):
+    # status must say the log cannot be read, not crash with IsADirectoryError.
+    from infadapter.adapter.records import read_log
+    from infadapter.adapter.status import decision_log_health
+
+    (tmp_path / "decisions.jsonl").mkdir()
+    found = read_log(tmp_path / "decisions.jsonl")
+    assert found.records == [] and found.unreadable
+    health = decision_log_health(tmp_path)
+    assert "cannot read the decision log" in health["decisions_warning"]

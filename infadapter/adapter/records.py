@@ -91,6 +91,8 @@ class LogRead:
     damaged: list[tuple[int, str]] = field(default_factory=list)
     #: The file ends without a newline: its last line was cut short (the next append starts a new line).
     torn_tail: bool = False
+    #: Why the file could not be read at all (a folder in its place, no permission); "" when it was read.
+    unreadable: str = ""
 
     @property
     def last_seq(self) -> int:
@@ -98,7 +100,9 @@ class LogRead:
         return max((int(r["seq"]) for r in self.records if isinstance(r.get("seq"), int)), default=0)
 
     def damage_note(self, path: str | Path) -> str:
-        """One line naming the damaged lines ("" when there are none)."""
+        """One line naming the damaged lines, or why the file could not be read ("" when neither)."""
+        if self.unreadable:
+            return f"{path}: cannot read the decision log ({self.unreadable})"
         if not self.damaged:
             return ""
         where = ", ".join(str(n) for n, _ in self.damaged[:5]) + (" ..." if len(self.damaged) > 5 else "")
@@ -112,6 +116,8 @@ def read_log(path: str | Path) -> LogRead:
         raw = Path(path).read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         return LogRead([])
+    except OSError as exc:  # a folder in its place, no permission: say so, never a traceback
+        return LogRead([], unreadable=exc.strerror or type(exc).__name__)
     out: list[dict[str, Any]] = []
     damaged: list[tuple[int, str]] = []
     for i, line in enumerate(raw.decode("utf-8", errors="replace").split("\n"), 1):
