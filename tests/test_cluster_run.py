@@ -17,21 +17,16 @@ import pytest
 from infadapter.backends.kubernetes.setup import GuardedObserver, ReplayedLoad
 from infadapter.core.control import ControlConfig, observed_rate
 from infadapter.render import RenderConfig, render_platform
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import STEP_LOOP, run_cli, write_step_trace
 
 # Starts real servers, clusters or subprocesses: not in the edit-test loop (pytest -m "not slow").
 pytestmark = pytest.mark.slow
 
-# Trace seconds: 120 at 20 req/s, 160 at 150 req/s, 320 at 20 req/s; at --speedup 40: 3 s, 4 s, 8 s.
-STEP = [20.0] * 120 + [150.0] * 160 + [20.0] * 320
-LOOP = ["--window", "0:600", "--speedup", "40", "--interval", "1", "--stabilization", "2", "--forecaster", "last"]
 
 
 @pytest.fixture(scope="module")
 def step_trace(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("trace") / "step.txt"
-    p.write_text("\n".join(f"{x:g}" for x in STEP) + "\n")
-    return p
+    return write_step_trace(tmp_path_factory.mktemp("trace"))
 
 
 def _plans(out: Path) -> list[dict]:
@@ -80,7 +75,7 @@ def test_guarded_observer_keeps_the_last_good_observation():
 # -- dry-run ---------------------------------------------------------------------------------------
 def test_dry_run_plans_follow_the_replayed_load(tmp_path, step_trace):
     out = tmp_path / "dry"
-    r = run_cli("adapt", "--backend", "dry-run", "--out", str(out), "--trace", str(step_trace), *LOOP, "--json")
+    r = run_cli("adapt", "--backend", "dry-run", "--out", str(out), "--trace", str(step_trace), *STEP_LOOP, "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["backend"] == "dry-run" and summary["replay"] is True

@@ -21,24 +21,19 @@ from infadapter.adapter.explain import one_line_why
 from infadapter.adapter.records import DecisionLog, read_log
 from infadapter.core import explain, solver
 from infadapter.core.plan import Plan
-from tests.cli_helpers import ROOT, run_cli
+from tests.cli_helpers import ROOT, STEP_LOOP, run_cli, write_step_trace
 from tests.tiny_profile import tiny_setup
-
-STEP = [20.0] * 120 + [150.0] * 160 + [20.0] * 320
-LOOP = ["--window", "0:600", "--speedup", "40", "--interval", "1", "--stabilization", "2", "--forecaster", "last"]
 
 
 @pytest.fixture(scope="module")
 def step_trace(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("trace") / "step.txt"
-    p.write_text("\n".join(f"{x:g}" for x in STEP) + "\n")
-    return p
+    return write_step_trace(tmp_path_factory.mktemp("trace"))
 
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory, step_trace) -> Path:
     out = tmp_path_factory.mktemp("explain") / "dry"
-    r = run_cli("adapt", "--backend", "dry-run", "--out", str(out), "--trace", str(step_trace), *LOOP, "--json")
+    r = run_cli("adapt", "--backend", "dry-run", "--out", str(out), "--trace", str(step_trace), *STEP_LOOP, "--json")
     assert r.returncode == 0, r.stderr
     return out
 
@@ -164,7 +159,7 @@ def test_torn_line_then_restart(tmp_path, step_trace, dry_run):
     (out / "decisions.jsonl").write_text(good + first[:37])
     log = DecisionLog(out / "decisions.jsonl")
     assert log.last_seq == max(json.loads(x)["seq"] for x in good.splitlines())
-    r = run_cli("adapt", "--backend", "dry-run", "--out", str(out), "--trace", str(step_trace), *LOOP, "--json")
+    r = run_cli("adapt", "--backend", "dry-run", "--out", str(out), "--trace", str(step_trace), *STEP_LOOP, "--json")
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in _lines(out / "decisions.jsonl") if ln]
     torn_at = len(good.splitlines()) + 1
@@ -188,7 +183,7 @@ def test_torn_line_then_restart(tmp_path, step_trace, dry_run):
 def test_sigkill_mid_run_then_restart(tmp_path, step_trace):
     out = tmp_path / "killed"
     args = [sys.executable, str(ROOT / "cli.py"), "adapt", "--backend", "dry-run", "--out", str(out), "--trace",
-            str(step_trace), *LOOP]
+            str(step_trace), *STEP_LOOP]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "COLUMNS": "200"})
     try:
@@ -205,7 +200,7 @@ def test_sigkill_mid_run_then_restart(tmp_path, step_trace):
             proc.wait()
     before = read_log(path).records
     assert len(before) >= 3
-    r = run_cli("adapt", "--backend", "dry-run", "--out", str(out), "--trace", str(step_trace), *LOOP, "--json")
+    r = run_cli("adapt", "--backend", "dry-run", "--out", str(out), "--trace", str(step_trace), *STEP_LOOP, "--json")
     assert r.returncode == 0, r.stderr  # the dead adapter's state does not block the restart
     found = read_log(path)
     assert found.damaged == [] or [n for n, _ in found.damaged] == [len(before) + 1]
