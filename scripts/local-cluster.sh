@@ -120,7 +120,28 @@ binaries_ok() {
   "$BIN/kwok" --version 2>/dev/null | grep -q "${KWOK_VERSION#v}" || return 1
 }
 
+# One build at a time per cache: scripts/test.sh builds in the background while the first tests run, and a
+# cluster test that needs the binaries meanwhile waits here for that build instead of starting a second one.
+build_lock() {
+  [ -z "${BUILD_LOCKED:-}" ] || return 0
+  mkdir -p "$(dirname "$CACHE")"
+  exec 8>"$CACHE.lock"
+  if ! flock -n 8; then
+    say "waiting for the build running beside this one (lock: $CACHE.lock)"
+    flock 8
+  fi
+  BUILD_LOCKED=1
+}
+
+# Before starting daemons: they would inherit the lock's descriptor and hold it for as long as they run.
+build_unlock() {
+  [ -n "${BUILD_LOCKED:-}" ] || return 0
+  exec 8>&-
+  BUILD_LOCKED=
+}
+
 build() {
+  build_lock
   if binaries_ok; then
     say "binaries: $BIN (cached)"
     return 0
@@ -355,6 +376,7 @@ up() {
     if [ -n "$REAL_NODE" ] && ! has_real_node; then
       # A real node added to a running cluster: its kwok nodes get the taint, the node joins.
       build_node
+      build_unlock
       trap 'rc=$?; [ $rc -eq 0 ] || { say "up failed: stopping the node it started"; node_down; }' EXIT
       trap 'exit 130' INT TERM
       taint_kwok_nodes
@@ -375,6 +397,7 @@ up() {
   command -v curl >/dev/null || die "curl not found: apt-get install curl" 4
   build
   [ -z "$REAL_NODE" ] || build_node
+  build_unlock
   mkdir -p "$STATE"/{pids,ports,logs,etcd,volumes/models}
   # A failure from here on stops whatever this `up` started (by PID) before exiting; so does Ctrl-C or a
   # kill (exit turns the signal into the EXIT trap).
