@@ -42,6 +42,10 @@ CONTROL_FLAGS: dict[str, Callable[[F], F]] = {
                                        default=_C.overload_tolerance, show_default=True,
                                        help="The overload check fires above capacity x (1 + this); the re-plan "
                                             "serves the observed rate x (1 + this)."),
+    "overload_trend": click.option("--overload-trend", "overload_trend", type=float, default=_C.overload_trend,
+                                   show_default=True,
+                                   help="An overload re-plan also adds this many windows of the rate's rise "
+                                        "(a burst keeps rising while new servers load; 0: off)."),
 }
 
 POLICY_OPTIONS = (

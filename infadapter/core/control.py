@@ -25,7 +25,10 @@ The rules (docs/adapt.md explains the measurements behind each default):
   ``start`` at least ``initial_forecast_rps``;
   on ``overload`` at least the highest rate of the last ``rate_window_s`` seconds times
   ``1 + overload_tolerance`` (the forecaster looks at minutes; an overload seen now must be served
-  now, and a burst is still rising when it is seen).
+  now), plus, while the rate rises, ``overload_trend`` times its rise over the last window (a burst is
+  still rising when it is seen, and the servers that will serve it take seconds to load: planning
+  for where it was when seen makes a second transition a few seconds later, each one costing CPU
+  that serving needs).
 - **Grow in place first, re-mix after** (:func:`bridge_plan`): when a plan needs variants that are
   not running yet, the variants that run now are first grown in place (no load time) to serve the
   load as far as the budget allows, while the new ones load; the planned mix takes over when they
@@ -73,6 +76,8 @@ class ControlConfig:
     rate_window_s: int = 3
     #: The overload check fires above capacity x (1 + this); the re-plan serves rate x (1 + this).
     overload_tolerance: float = 0.10
+    #: An overload re-plan adds this many windows of the rate's rise (0: plan for the rate seen now).
+    overload_trend: float = 1.0
     #: No two overload re-plans closer than this (seconds); None: a tenth of the interval, at least check_s.
     replan_gap_s: float | None = None
     #: The forecaster sees at most this many (trace-time) seconds of history.
@@ -94,6 +99,8 @@ class ControlConfig:
             raise BadInput(f"--rate-window: must be >= 1 second, got {self.rate_window_s}")
         if not self.overload_tolerance >= 0:
             raise BadInput(f"--overload-tolerance: must be >= 0, got {self.overload_tolerance:g}")
+        if not (self.overload_trend >= 0 and math.isfinite(self.overload_trend)):
+            raise BadInput(f"--overload-trend: must be a finite number >= 0, got {self.overload_trend:g}")
         if self.replan_gap_s is not None and self.replan_gap_s < 0:
             raise BadInput(f"replan_gap_s: must be >= 0 seconds, got {self.replan_gap_s:g}")
         if self.history_s < 1:
@@ -156,6 +163,17 @@ def forecast_input(history_rps: Sequence[float], config: ControlConfig) -> list[
     return hist[-config.history_s:]
 
 
+def rate_rise(history_rps: Sequence[float], config: ControlConfig) -> float:
+    """How much the mean rate of the last ``rate_window_s`` seconds exceeds the window's before (0 when
+    it fell, or when less than two windows were seen)."""
+    w = config.rate_window_s
+    if len(history_rps) < 2 * w:
+        return 0.0
+    now = sum(history_rps[-w:]) / w
+    before = sum(history_rps[-2 * w:-w]) / w
+    return max(float(now - before), 0.0)
+
+
 def decision_load(trigger: str, forecaster: Forecaster, history_rps: Sequence[float], observed_rps: float,
                   config: ControlConfig) -> float:
     """The load (req/s) a decision plans for (see the module doc)."""
@@ -168,7 +186,8 @@ def decision_load(trigger: str, forecaster: Forecaster, history_rps: Sequence[fl
         forecast = max(forecast, config.initial_forecast_rps)
     if trigger == "overload":
         recent = max(history_rps[-config.rate_window_s:], default=0.0) if len(history_rps) else 0.0
-        forecast = max(forecast, max(observed_rps, float(recent)) * (1 + config.overload_tolerance))
+        rise = rate_rise(history_rps, config) * config.overload_trend
+        forecast = max(forecast, (max(observed_rps, float(recent)) + rise) * (1 + config.overload_tolerance))
     elif trigger != "start":
         forecast = max(forecast, observed_rps)  # a forecaster that lags a rise must not plan below it
     if not math.isfinite(forecast):
