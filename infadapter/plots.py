@@ -229,13 +229,16 @@ def plot_frontier(doc: dict[str, Any], path: Path, title: str = "") -> Path:
 
     for p in swept:
         label(f"{doc['sweep']}={p['value']:g}", p["mean_cores"], 100 * p["mean_accuracy"], -12, color="0.25")
+    ringed = False
     for b in base:
         kind = b["policy"].split(":", 1)[0]
         x, y = b["mean_cores"], 100 * b["mean_accuracy"]
         ax.scatter([x], [y], c=[colour(b["slo_violation_rate"])], cmap="viridis", norm=norm, s=60,
                    marker=_BASELINE_MARKERS.get(kind, "o"), edgecolors="black", linewidths=0.4, zorder=3)
         if b["above_frontier"]:
-            ax.scatter([x], [y], s=260, facecolors="none", edgecolors="red", linewidths=1.4, zorder=4)
+            ax.scatter([x], [y], s=260, facecolors="none", edgecolors="red", linewidths=1.4, zorder=4,
+                       label=None if ringed else "above-left of the frontier")
+            ringed = True
         label(f"{b['label']} {100 * b['slo_violation_rate']:.2g}%", x, y, 4)
     cbar = fig.colorbar(sc, ax=ax)
     cbar.set_label(f"SLO violations (fraction; under {FRONTIER_MIN_VIOLATIONS:g} drawn at it)")

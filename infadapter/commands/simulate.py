@@ -145,7 +145,7 @@ def simulate(
         _sweep(profile, rates, sweep, [(s, p) for s, p in zip(specs, policies, strict=True) if s != "infadapter"],
                config, arrivals, fc, stabilization, min_gain, plot_path,
                {"window": window, "profile": profile.name, "seed": seed},
-               f"{profile.name}: {parse_window(window).label} (simulated)", as_json)
+               f"simulated: profile {profile.name}, {parse_window(window).label}", as_json)
         return
     if min_budget:
         _min_budget(profile_path, profile, rates, specs, config, arrivals, fc, alpha, stabilization, min_gain,
