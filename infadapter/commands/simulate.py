@@ -101,7 +101,7 @@ def simulate(
     most accurate variant and the oracle on the same arrivals. With --json: one object for one
     policy, or {"policy": "all", "results": [...], "comparison": [...]} for several. --sweep alpha=...
     or budget=...: infadapter once per value and every other policy once, as points of accuracy against
-    mean cores, each baseline judged against infadapter's frontier (docs/simulator.md#a-frontier-not-a-point).
+    mean cores, each baseline judged against infadapter's frontier (docs/simulator.md#a-frontier-not-a-point---sweep).
     """
     from infadapter.core.profile import load_profile
     from infadapter.observe.trace import parse_window
