@@ -116,6 +116,7 @@ def test_a_point_never_dominates_itself():
 
 
 # -- end to end, small ---------------------------------------------------------------------------------
+@pytest.mark.slow  # about a second: two simulations and a plot
 def test_simulate_sweep_writes_points_and_plot(tmp_path: Path):
     from cli import main
 
@@ -134,3 +135,51 @@ def test_simulate_sweep_writes_points_and_plot(tmp_path: Path):
     # a core priced 20x higher buys no more cores than before, and no more accuracy
     assert cheap["mean_cores"] <= dear["mean_cores"] and cheap["mean_accuracy"] <= dear["mean_accuracy"]
     assert plot.exists() and plot.stat().st_size > 10_000
+
+
+# -- experiment --sweep: the same plumbing, live runs replaced by a stand-in ----------------------------
+class _FakeRun:
+    """Stands in for a live run: its figures follow the budget (more cores, more accuracy, fewer violations)."""
+
+    def __init__(self, cfg, setup, on_update=None):
+        self.cfg = cfg
+
+    def run(self) -> dict:
+        cores = self.cfg.budget if self.cfg.budget is not None else 0.6
+        if self.cfg.policy.startswith("hpa"):
+            return {"requests": 100, "mean_cores": 0.9, "mean_accuracy": 0.74, "slo_violation_rate": 0.02}
+        return {"requests": 100, "mean_cores": cores, "mean_accuracy": 0.70 + 0.05 * cores,
+                "slo_violation_rate": 0.01 / cores}
+
+
+@pytest.mark.slow  # about a second: three simulations and two plots
+def test_experiment_sweep_runs_infadapter_per_value_and_writes_both_frontiers(tmp_path: Path, monkeypatch):
+    from infadapter.core.control import ControlConfig
+    from infadapter.sim import experiment
+
+    monkeypatch.setattr(experiment, "AdapterRun", _FakeRun)
+    monkeypatch.setattr(experiment, "backend_setup", lambda name: None)
+    base = experiment.RunConfig(profile_path=ROOT / "profiles" / "local.yaml", forecaster="last",
+                                rates_rps=tuple([5.0] * 20 + [20.0] * 20), control=ControlConfig(interval_s=2.0))
+    doc = experiment.run_experiment(base, ["infadapter", "hpa:resnet50"], tmp_path / "exp",
+                                    sweep=parse_sweep("budget=0.5,1"))
+    assert [r["policy"] for r in doc["results"]] == ["infadapter budget=0.5", "infadapter budget=1", "hpa:resnet50"]
+    assert [r.get("sweep") for r in doc["results"]] == [{"budget": 0.5}, {"budget": 1.0}, None]
+    live = doc["frontier"]["live"]
+    # hpa at 0.9 cores, 74 %, 2 %: the frontier at 0.9 cores is 0.8 of the way from (0.5, 72.5 %, 2 %) to
+    # (1, 75 %, 1 %): 74.5 %, 1.2 %; hpa is under it and violates more: not above-left
+    assert live["baselines"][0]["frontier_accuracy"] == pytest.approx(0.745)
+    assert live["above_frontier"] == []
+    sim = doc["frontier"]["simulated"]  # the simulator ran each run's settings on the same load
+    assert [p["label"] for p in sim["frontier"]] == ["infadapter budget=0.5", "infadapter budget=1"]
+    assert sim["frontier"][0]["mean_cores"] <= sim["frontier"][1]["mean_cores"]  # a smaller budget, no more cores
+    assert (tmp_path / "exp" / "frontier.png").exists()
+    assert "infadapter budget=1" in (tmp_path / "exp" / "experiment.md").read_text()
+
+
+def test_experiment_sweep_needs_infadapter(tmp_path: Path):
+    from infadapter.sim import experiment
+
+    base = experiment.RunConfig(profile_path=ROOT / "profiles" / "local.yaml", rates_rps=(5.0,) * 10)
+    with pytest.raises(BadInput, match=r"^--sweep: it sweeps infadapter; add infadapter to --policies"):
+        experiment.run_experiment(base, ["msplus"], tmp_path, sweep=parse_sweep("alpha=0.1,0.2"))

@@ -12,11 +12,12 @@ import click
 
 from infadapter.commands.common import err_console, json_option, out_console, print_json, profile_option
 from infadapter.commands.options import control_options, load_options, load_replay
-from infadapter.commands.sweep import SWEEP_HELP, Sweep, parse_sweep
+from infadapter.commands.sweep import SWEEP_HELP, parse_sweep
 from infadapter.commands.whatif import WHAT_IF_HELP, parse_what_if
 from infadapter.core.control import ControlConfig
 from infadapter.core.policies import POLICY_HELP, compare_specs
 from infadapter.errors import BadInput
+from infadapter.sim.frontier import Sweep
 
 EPILOG = """\b
 Examples:

@@ -1,36 +1,17 @@
-"""``--sweep KEY=V1,V2,...`` of ``simulate``: infadapter run once per value, a frontier beside the baselines."""
+"""``--sweep KEY=V1,V2,...`` of ``simulate`` and ``experiment``: infadapter run once per value, a frontier beside the
+baselines (the sweep itself and the frontier: :mod:`infadapter.sim.frontier`)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from infadapter.core.profile import Profile
 from infadapter.errors import BadInput
-from infadapter.sim.frontier import SWEEP_KEYS
+from infadapter.sim.frontier import SWEEP_KEYS, Sweep
 
 EXAMPLE = "--sweep alpha=0.01,0.02,0.05,0.1"
 SWEEP_HELP = ("Sweep infadapter's " + " or ".join(SWEEP_KEYS) + ": KEY=V1,V2,... (e.g. alpha=0.01,0.02,0.05,0.1 or "
               "budget=8,12,16,20); infadapter runs once per value, every other --policy once, and --plot draws "
               "accuracy against mean cores (violations as colour), --json gives the points.")
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """One ``--sweep``: the setting it varies and its values, ascending."""
-
-    key: str
-    values: tuple[float, ...]
-
-    def label(self, value: float) -> str:
-        return f"infadapter {self.key}={value:g}"
-
-    def profiles(self, base: Profile) -> list[Profile]:
-        """``base`` with each value applied; BadInput naming --sweep for a budget under the minimum cores."""
-        if self.key == "budget" and self.values[0] < base.min_cores:
-            raise BadInput(f"--sweep: budget={self.values[0]:g} is under the profile's minimum of "
-                           f"{base.min_cores:g} cores; give budgets of at least {base.min_cores:g}")
-        return [base.tuned(**{self.key: v}) for v in self.values]
 
 
 def parse_sweep(text: str) -> Sweep:

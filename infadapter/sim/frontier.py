@@ -24,9 +24,30 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+from infadapter.core.profile import Profile
+from infadapter.errors import BadInput
+
 #: What a sweep may vary, and what each means.
 SWEEP_KEYS = {"alpha": "infadapter's cost weight (the price of a core in the objective)",
               "budget": "infadapter's core budget (the most cores its servers hold together)"}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One ``--sweep``: the setting it varies and its values, ascending."""
+
+    key: str
+    values: tuple[float, ...]
+
+    def label(self, value: float) -> str:
+        return f"infadapter {self.key}={value:g}"
+
+    def profiles(self, base: Profile) -> list[Profile]:
+        """``base`` with each value applied; BadInput naming --sweep for a budget under the minimum cores."""
+        if self.key == "budget" and self.values[0] < base.min_cores:
+            raise BadInput(f"--sweep: budget={self.values[0]:g} is under the profile's minimum of "
+                           f"{base.min_cores:g} cores; give budgets of at least {base.min_cores:g}")
+        return [base.tuned(**{self.key: v}) for v in self.values]
 
 
 @dataclass(frozen=True)
