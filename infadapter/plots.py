@@ -1,4 +1,5 @@
-"""Run plots: offered load vs planned capacity, cores, accuracy and SLO violations over time (one PNG).
+"""Run plots: offered load vs planned capacity, cores, accuracy and SLO violations over time (one PNG);
+and the frontier of ``simulate --sweep`` (:func:`plot_frontier`: accuracy against cores, violations as colour).
 
 One drawing for ``cli.py adapt`` (one run, ``adapt.png`` in its run folder) and ``cli.py experiment``
 (one line per policy, ``experiment.png``). The data come from the run folder: the decision log
@@ -175,3 +176,81 @@ def plot_adapt_run(run_dir: Path, policy: str, rates: Sequence[float] | None, sl
     series = run_series(Path(run_dir), policy, slo_ms)
     arr = np.asarray(rates, dtype=float) if rates else None
     return plot_runs([series], arr, path or Path(run_dir) / "adapt.png", title=title)
+
+
+#: Violation rates under this floor are drawn at it on the frontier's log colour scale.
+FRONTIER_MIN_VIOLATIONS = 1e-4
+_BASELINE_MARKERS = {"vpa": "s", "vpa-requests": "P", "vpa-cold": "X", "hpa": "^", "msplus": "D", "static": "v",
+                     "oracle": "*"}
+
+
+def plot_frontier(doc: dict[str, Any], path: Path, title: str = "") -> Path:
+    """``simulate --sweep``'s plot: served accuracy against mean cores; infadapter's swept runs joined as a
+    line, each baseline a labelled marker; colour: SLO violations (log scale); a red ring: a baseline above
+    and to the left of the frontier (:mod:`infadapter.sim.frontier`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    swept = sorted(doc["frontier"], key=lambda p: p["mean_cores"])
+    base = doc["baselines"]
+    viol = [p["slo_violation_rate"] for p in [*swept, *base]]
+    norm = LogNorm(vmin=FRONTIER_MIN_VIOLATIONS, vmax=max(max(viol, default=0.0), FRONTIER_MIN_VIOLATIONS * 10))
+
+    def colour(v: float) -> float:
+        return max(v, FRONTIER_MIN_VIOLATIONS)
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    xs, ys = [p["mean_cores"] for p in swept], [100 * p["mean_accuracy"] for p in swept]
+    ax.plot(xs, ys, color="0.45", lw=1.2, zorder=1, label=f"infadapter, {doc['sweep']} swept")
+    sc = ax.scatter(xs, ys, c=[colour(p["slo_violation_rate"]) for p in swept], cmap="viridis", norm=norm,
+                    s=70, marker="o", edgecolors="black", linewidths=0.6, zorder=3)
+    xmax = max([p["mean_cores"] for p in [*swept, *base]] + [1e-9])
+    ys_all = [100 * p["mean_accuracy"] for p in [*swept, *base]]
+    ax.set_xlim(0, 1.25 * xmax)  # room for the labels right of the points
+    ax.set_ylim(min(ys_all) - 0.9, max(ys_all) + 0.6)
+    placed: list[tuple[float, float, float, float]] = []  # markers and label boxes drawn so far, in points
+    for p in [*swept, *base]:
+        mx, my = ax.transData.transform((p["mean_cores"], 100 * p["mean_accuracy"])) * 72 / fig.dpi
+        placed.append((mx - 4, my - 4, mx + 4, my + 4))
+
+    def label(text: str, x: float, y: float, dy: float, **kw: Any) -> None:
+        """A label right of (x, y), moved up or down by a line until it overlaps no earlier one."""
+        px, py = ax.transData.transform((x, y)) * 72 / fig.dpi
+        w, h = 4.6 * len(text), 8.5
+        for k in (0, -1, 1, -2, 2, -3, 3, -4, 4):
+            box = (px + 6, py + dy + 9 * k, px + 6 + w, py + dy + 9 * k + h)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, box[1] - py), fontsize=7, **kw)
+
+    for p in swept:
+        label(f"{doc['sweep']}={p['value']:g}", p["mean_cores"], 100 * p["mean_accuracy"], -12, color="0.25")
+    ringed = False
+    for b in base:
+        kind = b["policy"].split(":", 1)[0]
+        x, y = b["mean_cores"], 100 * b["mean_accuracy"]
+        ax.scatter([x], [y], c=[colour(b["slo_violation_rate"])], cmap="viridis", norm=norm, s=60,
+                   marker=_BASELINE_MARKERS.get(kind, "o"), edgecolors="black", linewidths=0.4, zorder=3)
+        if b["above_frontier"]:
+            ax.scatter([x], [y], s=260, facecolors="none", edgecolors="red", linewidths=1.4, zorder=4,
+                       label=None if ringed else "above-left of the frontier")
+            ringed = True
+        label(f"{b['label']} {100 * b['slo_violation_rate']:.2g}%", x, y, 4)
+    cbar = fig.colorbar(sc, ax=ax)
+    cbar.set_label(f"SLO violations (fraction; under {FRONTIER_MIN_VIOLATIONS:g} drawn at it)")
+    ax.set_xlabel("mean cores allocated")
+    ax.set_ylabel("served accuracy %")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -245,6 +245,7 @@ EXPERIMENT_EPILOG = """Examples:
 \b
   python cli.py experiment --policies infadapter,vpa:resnet50,msplus --window paper --scale 0.1 --speedup 6
   python cli.py experiment --policies infadapter,msplus --rate 15 --duration 120 --interval 10 --out runs/exp
+  python cli.py experiment --policies infadapter,hpa:resnet50 --sweep budget=0.5,1 --rate 15 --duration 60
 """
 
 
@@ -255,14 +256,20 @@ EXPERIMENT_EPILOG = """Examples:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=paths.RUNS / "experiment", show_default=True,
               help="Folder for experiment.json, .md, .png and one run folder per policy.")
+@click.option("--sweep", "sweep_spec", default=None, metavar="KEY=V1,V2,...",
+              help="Sweep infadapter's alpha or budget: one live run per value (e.g. budget=0.5,0.75,1), every other "
+                   "policy once; experiment.json gains the live and simulated frontier, frontier.png the live one.")
 @_load_options
 @_common_options
 @json_option
 @click.pass_context
-def experiment(ctx: click.Context, policies: str, duration: float | None, out_dir: Path, profile_path: Path | None,
-               prometheus: str | None, router: str, as_json: bool, **flags: Any) -> None:
+def experiment(ctx: click.Context, policies: str, duration: float | None, out_dir: Path, sweep_spec: str | None,
+               profile_path: Path | None, prometheus: str | None, router: str, as_json: bool, **flags: Any) -> None:
     """Run policies live against the same load, one after another, and compare with the simulator."""
+    from infadapter.commands.sweep import parse_sweep
     from infadapter.sim.experiment import run_experiment
+
+    sweep = parse_sweep(sweep_spec) if sweep_spec is not None else None
 
     verbose = (ctx.find_root().obj or {}).get("verbose", 0)
     _logging(verbose, as_json)
@@ -281,7 +288,7 @@ def experiment(ctx: click.Context, policies: str, duration: float | None, out_di
         dict(backend=EXPERIMENT_BACKEND, run_dir=None, profile_path=profile_path, prometheus=prometheus,
              router=router, **fields), **own)
     with _View(quiet=as_json or verbose < 0) as view:
-        doc = run_experiment(base, names, out_dir, on_update=view.update)
+        doc = run_experiment(base, names, out_dir, on_update=view.update, sweep=sweep)
     if as_json:
         print_json(doc)
         return

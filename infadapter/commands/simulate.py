@@ -12,10 +12,12 @@ import click
 
 from infadapter.commands.common import err_console, json_option, out_console, print_json, profile_option
 from infadapter.commands.options import control_options, load_options, load_replay
+from infadapter.commands.sweep import SWEEP_HELP, parse_sweep
 from infadapter.commands.whatif import WHAT_IF_HELP, parse_what_if
 from infadapter.core.control import ControlConfig
 from infadapter.core.policies import POLICY_HELP, compare_specs
 from infadapter.errors import BadInput
+from infadapter.sim.frontier import Sweep
 
 EPILOG = """\b
 Examples:
@@ -28,6 +30,7 @@ Examples:
   python cli.py simulate --trace rates.csv --window all --policy static:resnet50=8
   python cli.py simulate --window paper --min-budget --max-violations 0.01 --json
   python cli.py simulate --window paper --what-if traffic=1.5 --what-if budget=16
+  python cli.py simulate --window paper --policy all --sweep alpha=0.01,0.05,0.2 --plot frontier.png
   python cli.py simulate --profile profiles/local.yaml --window paper --scale 0.1 \
       --policy infadapter,vpa:resnet50 --react --in-place-resize \
       --service-model cfs --service-cv 0.2 --queue-bound --observe-lag 2
@@ -69,12 +72,14 @@ Examples:
 @click.option("--observe-lag", type=int, default=0, show_default=True,
               help="Seconds the monitor lags behind the arrivals (local backend with Prometheus: 2).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write a PNG: load vs capacity, cores, accuracy and violations over time.")
+              help="Write a PNG: load vs capacity, cores, accuracy and violations over time (with --sweep: "
+                   "the frontier, accuracy against mean cores).")
 @click.option("--min-budget", is_flag=True,
               help="Find the smallest budget (in the profile's core steps) whose simulation keeps the SLO "
                    "violations at or under --max-violations (bisection; one policy).")
 @click.option("--max-violations", type=float, default=0.01, show_default=True,
               help="With --min-budget: the target SLO violation rate (a fraction: 0.01 is 1%%).")
+@click.option("--sweep", "sweep_spec", default=None, metavar="KEY=V1,V2,...", help=SWEEP_HELP)
 @click.option("--what-if", "what_if", multiple=True, help=WHAT_IF_HELP + " One policy; a table of scenarios.")
 @click.option("--timeline", "timeline_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the per-second timeline of every policy as CSV.")
@@ -86,7 +91,7 @@ def simulate(
     warm_start: bool, stabilization: int, timeout: float | None, seed: int, arrivals_path: Path | None,
     in_place_resize: bool, min_gain: float, make_before_break: bool, vpa_update: str,
     service_model: str, service_cv: float, queue_bound: bool, observe_lag: int,
-    min_budget: bool, max_violations: float, what_if: tuple[str, ...],
+    min_budget: bool, max_violations: float, sweep_spec: str | None, what_if: tuple[str, ...],
     plot_path: Path | None, timeline_path: Path | None, as_json: bool,
 ) -> None:
     """Replay a workload trace against policies and report SLO violations, cost and accuracy.
@@ -95,13 +100,18 @@ def simulate(
     weighted round robin, and queue at each variant, whose service model reproduces the profile's
     capacity at the SLO. --policy all runs infadapter, msplus, vpa on every variant, static on the
     most accurate variant and the oracle on the same arrivals. With --json: one object for one
-    policy, or {"policy": "all", "results": [...], "comparison": [...]} for several.
+    policy, or {"policy": "all", "results": [...], "comparison": [...]} for several. --sweep alpha=...
+    or budget=...: infadapter once per value and every other policy once, as points of accuracy against
+    mean cores, each baseline judged against infadapter's frontier (docs/simulator.md#a-frontier-not-a-point---sweep).
     """
     from infadapter.core.profile import load_profile
     from infadapter.observe.trace import parse_window
     from infadapter.sim import simulation as sim
 
     profile = load_profile(profile_path).tuned(alpha=alpha, budget=budget)
+    sweep = parse_sweep(sweep_spec) if sweep_spec is not None else None
+    if sweep is not None:
+        sweep.profiles(profile)  # a budget under the minimum fails before the trace loads
     parse_window(window)  # a bad window fails before the trace loads
     import numpy as np
 
@@ -111,6 +121,10 @@ def simulate(
         s.strip() for s in policy_spec.split(",") if s.strip()]
     if not specs:
         raise BadInput(f"--policy: expected {POLICY_HELP} or all")
+    if sweep is not None and (what_if or min_budget):
+        raise BadInput("--sweep: give it without --what-if and --min-budget (each is its own question)")
+    if sweep is not None and "infadapter" not in specs:
+        raise BadInput("--sweep: it sweeps infadapter; add infadapter to --policy (e.g. --policy all)")
     config = _sim_config(load, control, paper, warm_start, warmup=warmup, stabilization=stabilization,
                          forecaster=forecaster, make_before_break=make_before_break, in_place_resize=in_place_resize,
                          vpa_update=vpa_update, seed=seed, timeout=timeout, min_gain=min_gain,
@@ -127,6 +141,12 @@ def simulate(
             raise BadInput("--what-if: give one --policy (and no --min-budget); the scenarios run beside it")
         _what_if(profile, rates, specs[0], parse_what_if(what_if), config, seed, stabilization, min_gain, fc,
                  {"window": window, "profile": profile.name, "seed": seed}, as_json)
+        return
+    if sweep is not None:
+        _sweep(profile, rates, sweep, [(s, p) for s, p in zip(specs, policies, strict=True) if s != "infadapter"],
+               config, arrivals, fc, stabilization, min_gain, plot_path,
+               {"window": window, "profile": profile.name, "seed": seed},
+               f"simulated: profile {profile.name}, {parse_window(window).label}", as_json)
         return
     if min_budget:
         _min_budget(profile_path, profile, rates, specs, config, arrivals, fc, alpha, stabilization, min_gain,
@@ -222,6 +242,53 @@ def _min_budget(profile_path: Path, profile: Any, rates: Any, specs: list[str], 
             f" (target {max_violations:.2%})"
             + (f"; {below['budget']:g} cores give {below['slo_violation_rate']:.2%}" if below else "")
             + f"; {found['simulations']} simulations (bisection)", highlight=False)
+
+
+def _sweep(profile: Any, rates: Any, sweep: Sweep, baselines: list[tuple[str, Any]], config: Any, arrivals: Any,
+           fc: Any, stabilization: int, min_gain: float, plot_path: Path | None, extra: dict[str, Any], title: str,
+           as_json: bool) -> None:
+    """``--sweep``: infadapter once per value, each baseline once, on the same arrivals; the frontier's points."""
+    from infadapter.core.policies import make_policy
+    from infadapter.plots import plot_frontier
+    from infadapter.sim import simulation as sim
+    from infadapter.sim.frontier import Point, frontier
+
+    swept = []
+    for value, prof in zip(sweep.values, sweep.profiles(profile), strict=True):
+        pol = make_policy("infadapter", prof, stabilization, min_gain=min_gain)
+        res = sim.simulate(prof, rates, pol, config, arrivals=arrivals, forecaster=fc)
+        swept.append(Point.of(res, sweep.label(value), value))
+    points = [Point.of(sim.simulate(profile, rates, pol, config, arrivals=arrivals, forecaster=fc))
+              for _, pol in baselines]
+    doc = {**extra, **frontier(swept, points, sweep.key)}
+    if plot_path is not None:
+        try:
+            plot_frontier(doc, plot_path, title=title)
+        except OSError as exc:
+            raise BadInput(f"--plot: cannot write {plot_path}: {exc.strerror}") from None
+    if as_json:
+        print_json(doc)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{title}: infadapter's {sweep.key} swept, each baseline against its frontier")
+    for col in ("run", "SLO viol.", "mean cores", "accuracy", "frontier acc. at its cores", "above-left"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for p in doc["frontier"]:
+        table.add_row(p["label"], f"{p['slo_violation_rate']:.2%}", f"{p['mean_cores']:.2f}",
+                      f"{p['mean_accuracy']:.2%}", "", "")
+    for b in doc["baselines"]:
+        fa = b["frontier_accuracy"]
+        table.add_row(b["label"], f"{b['slo_violation_rate']:.2%}", f"{b['mean_cores']:.2f}",
+                      f"{b['mean_accuracy']:.2%}", "outside" if fa is None else f"{fa:.2%}",
+                      "yes" if b["above_frontier"] else "no")
+    con = out_console()
+    if not con.is_terminal:
+        con.width = 120
+    con.print(table)
+    above = doc["above_frontier"]
+    con.print("above and to the left of infadapter's frontier (more accuracy at fewer cores, no more violations): "
+              + (", ".join(above) if above else "none"), highlight=False)
 
 
 def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: Any, seed: int,

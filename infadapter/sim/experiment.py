@@ -22,7 +22,8 @@ from infadapter.backends.local.setup import RunConfig
 from infadapter.core.policies import live_entry, make_policy
 from infadapter.core.profile import Profile, load_profile
 from infadapter.errors import BadInput
-from infadapter.plots import decision_timeline, plot_experiment
+from infadapter.plots import decision_timeline, plot_experiment, plot_frontier
+from infadapter.sim.frontier import Point, Sweep, frontier
 
 log = logging.getLogger(__name__)
 
@@ -84,41 +85,84 @@ def live_arrival_times(requests_csv: Path) -> np.ndarray | None:
     return np.asarray(times, dtype=float) if times else None
 
 
+def experiment_runs(base: RunConfig, policies: list[str], sweep: Sweep | None = None
+                    ) -> list[tuple[str, float | None, RunConfig]]:
+    """(label, swept value or None, settings) of each run: one per policy, infadapter once per ``sweep`` value."""
+    runs: list[tuple[str, float | None, RunConfig]] = []
+    for pol in policies:
+        if sweep is not None and pol == "infadapter":
+            runs += [(sweep.label(v), v, replace(base, policy=pol, **{sweep.key: v})) for v in sweep.values]
+        else:
+            runs.append((pol, None, replace(base, policy=pol)))
+    return runs
+
+
 def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
-                   on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """One live run per policy on the same load, plus the simulator on it; writes JSON, table and plot."""
+                   on_update: Callable[[dict[str, Any]], None] | None = None,
+                   sweep: Sweep | None = None) -> dict[str, Any]:
+    """One live run per policy on the same load, plus the simulator on it; writes JSON, table and plot.
+
+    ``sweep``: infadapter runs once per value (each labelled ``infadapter KEY=VALUE``), and the document
+    gains ``frontier``: the live and the simulated frontier (:func:`infadapter.sim.frontier.frontier`),
+    the live one drawn as ``frontier.png``.
+    """
     import json
 
     if not base.rates_rps:
         raise BadInput("experiment: a load is required (--window ... or --rate R --duration S)")
     profile = base.tuned(load_profile(base.profile_path))
+    if sweep is not None:
+        if "infadapter" not in policies:
+            raise BadInput("--sweep: it sweeps infadapter; add infadapter to --policies")
+        sweep.profiles(profile)
     for pol in policies:  # a bad name fails now, not after the policies before it ran for minutes
         live_entry(pol, "--policies")
         make_policy(pol, profile, base.stabilization_intervals, min_gain=base.min_gain)
     out_dir.mkdir(parents=True, exist_ok=True)
     rates = np.asarray(base.rates_rps, dtype=float)
     results = []
-    for pol in policies:
-        run_dir = out_dir / _safe(pol)
-        cfg = replace(base, policy=pol, run_dir=run_dir)
+    for label, value, run in experiment_runs(base, policies, sweep):
+        run_dir = out_dir / _safe(label)
+        cfg = replace(run, run_dir=run_dir)
         live = AdapterRun(cfg, backend_setup(cfg.backend), on_update=on_update).run()
         sim_res = None
         try:
             sim_res = simulate_same(load_profile(base.profile_path), cfg,
                                     arrival_times_s=live_arrival_times(run_dir / "requests.csv"))
         except Exception as exc:  # the comparison must not lose the live figures
-            log.warning("simulator failed for %s: %s", pol, exc)
-        results.append({"policy": pol, "live": live, "simulated": sim_res,
-                        "timeline": decision_timeline(run_dir)})
+            log.warning("simulator failed for %s: %s", label, exc)
+        results.append({"policy": label, "live": live, "simulated": sim_res,
+                        "timeline": decision_timeline(run_dir),
+                        **({"sweep": {sweep.key: value}} if sweep is not None and value is not None else {})})
         if live.get("interrupted"):
             break
     doc = {"profile": str(base.profile_path), "seconds": int(rates.size), "mean_rps": float(rates.mean()),
            "interval_s": base.control.interval_s, "results": results}
+    if sweep is not None:
+        doc["frontier"] = {side: experiment_frontier(results, sweep, side) for side in ("live", "simulated")}
     (out_dir / "experiment.json").write_text(json.dumps(doc, indent=1, default=str))
     (out_dir / "experiment.md").write_text(comparison_table(doc))
     with contextlib.suppress(Exception):
         plot_experiment(doc, rates, out_dir / "experiment.png", slo_ms=profile.slo_ms)
+    if sweep is not None:
+        with contextlib.suppress(Exception):
+            plot_frontier(doc["frontier"]["live"], out_dir / "frontier.png",
+                          title=f"live: {Path(str(doc['profile'])).name}, {base.load_label or 'the load'}")
     return doc
+
+
+def experiment_frontier(results: list[dict[str, Any]], sweep: Sweep, side: str) -> dict[str, Any]:
+    """The frontier of one side ("live" or "simulated") of an experiment's results."""
+    swept, baselines = [], []
+    for r in results:
+        got = r.get(side) or {}
+        value = (r.get("sweep") or {}).get(sweep.key)
+        p = Point(label=r["policy"], policy=r["policy"].split(" ")[0],
+                  mean_cores=float(got.get("mean_cores") or 0.0), mean_accuracy=float(got.get("mean_accuracy") or 0.0),
+                  slo_violation_rate=float(got.get("slo_violation_rate") or 0.0),
+                  requests=int(got.get("requests") or 0), value=value)
+        (swept if value is not None else baselines).append(p)
+    return frontier(swept, baselines, sweep.key)
 
 
 def _safe(policy: str) -> str:
