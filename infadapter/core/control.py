@@ -77,7 +77,7 @@ class ControlConfig:
     #: The overload check fires above capacity x (1 + this); the re-plan serves rate x (1 + this).
     overload_tolerance: float = 0.10
     #: An overload re-plan adds this many windows of the rate's rise (0: plan for the rate seen now).
-    overload_trend: float = 1.0
+    overload_trend: float = 0.0
     #: No two overload re-plans closer than this (seconds); None: a tenth of the interval, at least check_s.
     replan_gap_s: float | None = None
     #: The forecaster sees at most this many (trace-time) seconds of history.
