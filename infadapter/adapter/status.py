@@ -26,16 +26,14 @@ from infadapter.processes import pid_alive
 SLO_WINDOW = "5m"
 
 
-def _slo_query(slo_ms: float) -> str:
-    from prometheus_client.utils import floatToGoString
-
-    le = floatToGoString(round(slo_ms / 1000.0, 6))
-    # Fast answers over all answers; failed requests are subtracted (they count as violations).
-    return (
-        f'(sum(increase(dispatcher_request_latency_seconds_bucket{{le="{le}"}}[{SLO_WINDOW}])) '
-        f'- sum(increase(dispatcher_requests_total{{code!="200"}}[{SLO_WINDOW}]) or vector(0))) '
-        f"/ sum(increase(dispatcher_requests_total[{SLO_WINDOW}]))"
-    )
+#: SLO attainment over the last five minutes: the dispatcher's own verdict per request (its
+#: ``dispatcher_slo_good_requests_total`` counts what :mod:`infadapter.core.slo` calls met: answered
+#: without a server error within the SLO), over every request it took. The Prometheus rules
+#: (templates/prometheus/slo-rules.yml.j2) use the same two counters, so status and alerts agree.
+SLO_QUERY = (
+    f"sum(increase(dispatcher_slo_good_requests_total[{SLO_WINDOW}])) "
+    f"/ sum(increase(dispatcher_requests_total[{SLO_WINDOW}]))"
+)
 
 
 def collect_status(run_dir: Path, sample_s: float = 1.0) -> dict[str, Any]:
@@ -134,7 +132,7 @@ def _prometheus_figures(url: str | None, slo_ms: float | None) -> tuple[dict[str
         reader = PrometheusReader(url, timeout_s=2.0)
         rates = reader.by_label(VARIANT_RATE_QUERY, "model_name")
         p99s = reader.by_label(VARIANT_P99_QUERY, "model_name")
-        slo = reader.scalar(_slo_query(slo_ms)) if slo_ms else None
+        slo = reader.scalar(SLO_QUERY) if slo_ms else None
     except Exception:
         return {}, None
     names = set(rates) | set(p99s)
