@@ -23,6 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from infadapter.adapter.loop import LoopMetrics
+from infadapter.adapter.status import SLO_QUERY
 from infadapter.errors import BadInput
 from infadapter.observe.alerts import render_rules
 from tests.test_dispatcher_support import Cluster, http, predict
@@ -199,6 +200,29 @@ def test_a_stricter_objective_pages_sooner(tmp_path: Path) -> None:
     suite = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [
         {"interval": "1m", "input_series": series,
          "alert_rule_test": [{"eval_time": "10m", "alertname": BURN, "exp_alerts": [_expected(rules, BURN, "1h")]}]},
+    ]}  # fmt: skip
+    (tmp_path / "t.yml").write_text(yaml.safe_dump(suite, sort_keys=False))
+    res = subprocess.run([PROMTOOL, "test", "rules", "t.yml"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@needs_promtool
+def test_status_attainment_counts_server_errors_not_client_errors(tmp_path: Path) -> None:
+    # Per minute: 1000 requests, of which 900 met the SLO (the dispatcher's good counter), 40 were 4xx
+    # (answered fast: the client's fault, still good) and 60 were late or 5xx. Attainment = 900/1000 over
+    # 5 m whatever the codes; the old query subtracted every non-200 and gave (940 - 100)/1000 = 0.84.
+    (tmp_path / "rules.yml").write_text("groups: []\n")
+    series = [
+        {"series": 'dispatcher_requests_total{model="a",code="200"}', "values": "0+900x10"},
+        {"series": 'dispatcher_requests_total{model="a",code="400"}', "values": "0+40x10"},
+        {"series": 'dispatcher_requests_total{model="a",code="503"}', "values": "0+60x10"},
+        {"series": "dispatcher_slo_good_requests_total", "values": "0+900x10"},
+    ]
+    suite = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m", "input_series": series,
+         "promql_expr_test": [{"expr": SLO_QUERY, "eval_time": "10m",
+                               "exp_samples": [{"labels": "{}", "value": 0.9}]}]},
     ]}  # fmt: skip
     (tmp_path / "t.yml").write_text(yaml.safe_dump(suite, sort_keys=False))
     res = subprocess.run([PROMTOOL, "test", "rules", "t.yml"], cwd=tmp_path, capture_output=True, text=True,
