@@ -327,7 +327,8 @@ async def _search(
     return mu, steps
 
 
-def _sequential_latency_s(url: str, body: bytes, n: int = 5) -> float:
+def _sequential_latency_s(url: str, body: bytes, n: int = 5, fastest: bool = False) -> float:
+    """Median (or least) seconds of ``n`` requests sent one after another (the server otherwise idle)."""
     out = []
     for _ in range(n):
         req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
@@ -335,7 +336,7 @@ def _sequential_latency_s(url: str, body: bytes, n: int = 5) -> float:
         with urllib.request.urlopen(req, timeout=60) as resp:
             resp.read()
         out.append(time.perf_counter() - t0)
-    return float(np.median(out))
+    return float(min(out) if fastest else np.median(out))
 
 
 def measure_one(
@@ -517,6 +518,9 @@ def build_profile(
                     "points": monotone((m.cores, m.capacity_rps) for m in ms),
                     "safety": safety,
                 },
+                # One request alone on one core: what a start-up calibration measures again (calibrate()).
+                **({"reference_ms": one_core[0].service_ms}
+                   if (one_core := [m for m in ms if m.cores == 1.0 and m.threads == 1]) else {}),
             }
         )
     return profile_from_dict(
@@ -534,6 +538,86 @@ def build_profile(
         },
         origin="profiler",
     )
+
+
+# -- start-up calibration -----------------------------------------------------------------------------
+#: A machine this much slower than the profile's (one request alone, one core) gets its capacities scaled.
+CALIBRATION_TOLERANCE = 0.15
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """This machine against the one a profile was measured on: one variant, one request alone on one core."""
+
+    variant: str
+    reference_ms: float
+    measured_ms: float
+    #: Capacities are multiplied by this (1.0: kept).
+    factor: float
+
+    @property
+    def ratio(self) -> float:
+        """How many times slower this machine serves than the profile's (below 1: faster)."""
+        return self.measured_ms / self.reference_ms
+
+    @property
+    def applied(self) -> bool:
+        return self.factor != 1.0
+
+    def message(self, profile_name: str) -> str:
+        head = (f"calibration: {self.variant} took {self.measured_ms:.1f} ms alone on one core, "
+                f"{self.reference_ms:.1f} ms in {profile_name}")
+        if self.applied:
+            return (f"{head}: this machine serves {self.ratio:.2f}x slower, so every capacity is scaled by "
+                    f"{self.factor:.2f} (measure a profile here to plan on exact figures; --no-calibrate keeps them)")
+        if self.ratio < 1:
+            return f"{head}: this machine is {1 / self.ratio:.2f}x faster; capacities kept (conservative)"
+        return f"{head}: capacities kept (within {CALIBRATION_TOLERANCE:.0%})"
+
+
+def one_request_ms(model_dir: Path, variant: str, warmup: int = 3, requests: int = 7,
+                   start_timeout_s: float = 120.0, host: str = "127.0.0.1") -> float:
+    """The fastest of ``requests`` sequential requests to ``variant`` served alone on one core (one thread, a
+    one-core cgroup quota where quotas work), in milliseconds: a slower CPU slows every request, a busy
+    neighbour only some, so the fastest one measures the machine rather than the moment."""
+    found = cgroups.probe()
+    port = free_port(host)
+    group = found.driver.create(f"calibrate-{variant}-{port}", 1.0) if found.driver is not None else None
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        proc = subprocess.Popen(server_command(model_dir, variant, port, 1, warmup, host), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if group is not None:
+            group.add_pid(proc.pid)
+        base_url = f"http://{host}:{port}"
+        wait_available(base_url, variant, proc, start_timeout_s)
+        return 1000.0 * _sequential_latency_s(f"{base_url}/v1/models/{variant}:predict", predict_body(), requests,
+                                              fastest=True)
+    finally:
+        if proc is not None:
+            stop_process(proc)
+            if proc.stderr is not None:
+                proc.stderr.close()
+        if group is not None:
+            group.remove()
+            found.driver.remove_parent()
+
+
+def calibrate(profile: Profile, model_dir: Path, warmup: int = 3,
+              measure: Callable[[Path, str, int], float] | None = None) -> Calibration | None:
+    """Time one request alone on one core of the profile's slowest variant that has a ``reference_ms``
+    (the least dominated by fixed overheads) and compare; None when no variant has one. A machine slower
+    by more than :data:`CALIBRATION_TOLERANCE` gets factor ``reference / measured``; a faster one keeps the
+    profile (its capacities then have headroom, the safe side)."""
+    with_ref = [v for v in profile.variants if v.reference_ms is not None]
+    if not with_ref:
+        return None
+    v = max(with_ref, key=lambda x: x.reference_ms or 0.0)
+    assert v.reference_ms is not None
+    measured = (measure or one_request_ms)(model_dir, v.model or v.name, warmup)
+    ratio = measured / v.reference_ms
+    factor = round(1.0 / ratio, 3) if ratio > 1 + CALIBRATION_TOLERANCE else 1.0
+    return Calibration(variant=v.name, reference_ms=v.reference_ms, measured_ms=round(measured, 2), factor=factor)
 
 
 def load_average() -> float:

@@ -99,3 +99,79 @@ def test_short_real_run_writes_a_profile_and_resumes(tmp_path):
     assert driver is not None
     leftovers = [p.name for p in driver.parent.glob("profile-resnet18-*")] if driver.parent.exists() else []
     assert leftovers == []
+
+
+def test_build_profile_keeps_the_one_core_request_time_as_reference():
+    ms = [_m("resnet18", 0.5, 22), _m("resnet18", 1, 40)]  # service_ms 10 in _m
+    p = build_profile(ms, slo_ms=300, budget_cores=1.75, core_step=0.25, min_cores=0.25, safety=0.8, source="t")
+    assert p.variant("resnet18").reference_ms == 10
+    # no one-core measurement: no reference, so no calibration for that profile
+    p = build_profile(ms[:1], slo_ms=300, budget_cores=1.75, core_step=0.25, min_cores=0.25, safety=0.8, source="t")
+    assert p.variant("resnet18").reference_ms is None
+
+
+def _refs(make_profile, **refs: float):
+    p = make_profile()
+    variants = tuple(v.model_copy(update={"reference_ms": refs.get(v.name)}) for v in p.variants)
+    return p.model_copy(update={"variants": variants})
+
+
+@pytest.mark.parametrize(("measured", "factor", "words"), [
+    (20.0, 0.5, "2.00x slower, so every capacity is scaled by 0.50"),  # big: 10 ms in the profile
+    (11.0, 1.0, "capacities kept (within 15%)"),  # 1.1x: noise, not a slower machine
+    (5.0, 1.0, "2.00x faster; capacities kept"),  # faster: keep the headroom
+])
+def test_calibration_scales_capacities_on_a_slower_machine_only(make_profile, measured, factor, words):
+    from infadapter.profiler import calibrate
+
+    profile = _refs(make_profile, small=4.0, big=10.0)
+    seen = []
+    cal = calibrate(profile, Path("models"), measure=lambda d, v, w: seen.append(v) or measured)
+    assert seen == ["big"]  # the slowest variant with a reference: the least overhead-dominated
+    assert cal is not None and cal.factor == factor and words in cal.message("p.yaml")
+    scaled = profile.scaled_capacity(cal.factor)
+    # linear capacities: slope and intercept both scaled, so every core count serves factor x as much
+    assert scaled.capacity_rps("small", 3) == pytest.approx(factor * profile.capacity_rps("small", 3))
+    assert calibrate(make_profile(), Path("models"), measure=lambda d, v, w: 1.0) is None  # no reference_ms
+
+
+def test_reference_ms_must_be_positive(make_profile):
+    from infadapter.core.profile import profile_from_dict
+    from tests.conftest import make_profile_dict
+
+    data = make_profile_dict()
+    data["variants"][0]["reference_ms"] = 0
+    with pytest.raises(BadInput, match=r"variants\[0\]\.reference_ms|reference_ms: must be > 0"):
+        profile_from_dict(data)
+
+
+@pytest.mark.slow
+def test_adapt_calibrates_on_a_machine_slower_than_its_profile(tmp_path):
+    # The tiny profile with a reference three times faster than this machine's own measurement: adapt
+    # must scale every capacity by about a third, say so, and record it so explain --replay reproduces.
+    from infadapter.profiler import one_request_ms
+    from tests.cli_helpers import run_cli
+    from tests.tiny_profile import tiny_setup
+
+    base = tiny_setup(tmp_path)
+    here = one_request_ms(base / "models", "resnet50")
+    assert 0 < here < 1000
+    text = (base / "tiny.yaml").read_text().replace(
+        "  capacity: {kind: linear, slope: 16, intercept: 0}",
+        f"  capacity: {{kind: linear, slope: 16, intercept: 0}}\n  reference_ms: {here / 3:.3f}")
+    (base / "tiny.yaml").write_text(text)
+    run = base / "run"
+    res = run_cli("adapt", "--profile", str(base / "tiny.yaml"), "--models", str(base / "models"), "--rate", "4",
+                  "--duration", "6", "--interval", "2", "--run-dir", str(run), "--prometheus", "off", "--json",
+                  timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    cal = json.loads(res.stdout)["calibration"]
+    # at least 3x slower than the reference (more when the machine got busier between the two measurements)
+    assert cal["variant"] == "resnet50" and 0 < cal["capacity_scale"] < 0.6, cal
+    assert cal["capacity_scale"] == pytest.approx(cal["reference_ms"] / cal["measured_ms"], rel=0.01)
+    messages = json.loads((run / "state.json").read_text())["messages"]  # what status shows
+    assert any("every capacity is scaled by" in m for m in messages), messages
+    first = json.loads((run / "decisions.jsonl").read_text().splitlines()[0])
+    assert first["replay"]["capacity_scale"] == cal["capacity_scale"]
+    replay = run_cli("explain", "--run-dir", str(run), "--replay", timeout=120)
+    assert replay.returncode == 0, replay.stdout + replay.stderr

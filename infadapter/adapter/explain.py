@@ -183,7 +183,7 @@ def replay(records: list[dict[str, Any]]) -> ReplayReport:
     from infadapter.core.profile import load_profile
 
     report = ReplayReport()
-    profiles: dict[tuple[str, float, float], Any] = {}
+    profiles: dict[tuple[str, float, float, float], Any] = {}
     for rec in records:
         report.total += 1
         seq = rec.get("seq")
@@ -200,9 +200,11 @@ def replay(records: list[dict[str, Any]]) -> ReplayReport:
         if ctx_rec.get("profile_sha256") and digest != ctx_rec["profile_sha256"]:
             report.skipped.append({"seq": seq, "why": f"profile {path} changed since the run (sha256 differs)"})
             continue
-        key = (str(path), float(ctx_rec["alpha"]), float(ctx_rec["budget"]))
+        # capacity_scale: the local backend's start-up calibration on a machine slower than the profile's.
+        key = (str(path), float(ctx_rec["alpha"]), float(ctx_rec["budget"]), float(ctx_rec.get("capacity_scale", 1.0)))
         if key not in profiles:
-            profiles[key] = load_profile(path).tuned(alpha=key[1], budget=key[2])
+            tuned = load_profile(path).tuned(alpha=key[1], budget=key[2])
+            profiles[key] = tuned.scaled_capacity(key[3]) if key[3] != 1.0 else tuned
         profile = profiles[key]
         try:
             state = state_from_dict(ctx_rec.get("policy_state"))

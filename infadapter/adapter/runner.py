@@ -138,6 +138,9 @@ class AdapterRun:
     loop: ControlLoop | None = field(default=None, init=False)
     messages: list[str] = field(default_factory=list, init=False)
     started_s: float = field(default=0.0, init=False)
+    #: The backend's start-up calibration (a ``Calibration`` with ``factor``), when it ran one; a backend
+    #: whose machine is slower than the profile's replaces ``profile`` by the scaled one before the loop starts.
+    calibration: Any = field(default=None, init=False)
     _cleaned: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -209,6 +212,7 @@ class AdapterRun:
             digest = ""
         return {"profile": str(Path(cfg.profile_path).resolve()), "profile_sha256": digest,
                 "alpha": self.profile.alpha, "budget": self.profile.budget_cores, "policy": cfg.policy,
+                "capacity_scale": self.calibration.factor if self.calibration is not None else 1.0,
                 "stabilization_intervals": cfg.stabilization_intervals, "min_gain": cfg.min_gain}
 
     def _snapshot(self, snap: dict[str, Any]) -> None:

@@ -62,6 +62,10 @@ class LinearCapacity(BaseModel):
     def rps(self, cores: float) -> float:
         return self.safety * (self.slope * cores + self.intercept)
 
+    def scaled(self, factor: float) -> LinearCapacity:
+        """The same fit serving ``factor`` times as many requests per second at every core count."""
+        return self.model_copy(update={"slope": self.slope * factor, "intercept": self.intercept * factor})
+
     def extrapolated(self, cores: float) -> bool:
         return False
 
@@ -109,6 +113,10 @@ class PointsCapacity(BaseModel):
     def extrapolated(self, cores: float) -> bool:
         return cores > max(self.points) + _GRID_EPS
 
+    def scaled(self, factor: float) -> PointsCapacity:
+        """The same points serving ``factor`` times as many requests per second."""
+        return self.model_copy(update={"points": {c: r * factor for c, r in self.points.items()}})
+
 
 class Variant(BaseModel):
     """One model variant of the served family."""
@@ -120,6 +128,18 @@ class Variant(BaseModel):
     memory: str = Field(default="1Gi", description="memory limit as a Kubernetes quantity")
     capacity: LinearCapacity | PointsCapacity = Field(discriminator="kind")
     model: str | None = Field(default=None, description="model file or folder name, default: name")
+    reference_ms: float | None = Field(
+        default=None,
+        description="milliseconds one request takes alone on one core (one thread), measured with the capacities; "
+        "the local backend's start-up calibration compares this machine with it (None: no calibration)",
+    )
+
+    @field_validator("reference_ms")
+    @classmethod
+    def _check_reference(cls, v: float | None) -> float | None:
+        if v is not None and not v > 0:
+            raise ValueError(f"must be > 0 milliseconds, got {v:g}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -326,6 +346,13 @@ class Profile(BaseModel):
         data = self.model_dump()
         data.update({k: v for k, v in changes.items() if v is not None})
         return _validate(data, origin="overrides")
+
+    def scaled_capacity(self, factor: float) -> Profile:
+        """Every variant serving ``factor`` times its profiled rate (a machine slower by ``1 / factor``)."""
+        if not (math.isfinite(factor) and factor > 0):
+            raise BadInput(f"capacity scale: must be a finite factor > 0, got {factor:g}")
+        variants = tuple(v.model_copy(update={"capacity": v.capacity.scaled(factor)}) for v in self.variants)
+        return self.model_copy(update={"variants": variants})
 
     def tuned(self, alpha: float | None = None, budget: float | None = None) -> Profile:
         """This profile with a command's ``--alpha`` and ``--budget`` applied (None: the profile's)."""

@@ -19,6 +19,9 @@ ADAPT: list[click.Option] = [
     click.Option(["--cpu-limit", "limit_mode"], type=click.Choice(["auto", "cgroup", "threads"]), default="auto",
                  show_default=True, help="How CPU limits are enforced."),
     click.Option(["--seed"], type=int, default=0, show_default=True, help="Seed of the load's arrivals."),
+    click.Option(["--calibrate/--no-calibrate"], default=True, show_default=True,
+                 help="Before serving, time one request alone on one core against the profile's reference_ms; "
+                      "on a slower machine scale every capacity down by the ratio."),
 ]
 
 #: ``status`` of a local run reads its run folder (``--run-dir``) alone.

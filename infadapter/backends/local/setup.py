@@ -29,7 +29,7 @@ from infadapter.backends.local.backend import LocalBackend, LocalConfig
 from infadapter.core.control import HISTORY_S
 from infadapter.core.policies import entry as policy_entry
 from infadapter.core.profile import Profile
-from infadapter.errors import BadInput
+from infadapter.errors import BadInput, InfAdapterError
 from infadapter.observe.monitor import Monitor, PrometheusServer, free_port, prometheus_binary, write_server_targets
 from infadapter.processes import pid_alive
 
@@ -57,6 +57,9 @@ class RunConfig(AdapterConfig):
     server_args: tuple[str, ...] = ()
     requests_csv: bool = True
     router: str = "dispatcher"  # dispatcher | haproxy (infadapter/serving/router.py, docs/routing.md)
+    #: Before serving, time one request alone on one core against the profile's ``reference_ms`` and scale
+    #: the capacities down on a slower machine (infadapter.profiler.calibrate).
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -107,6 +110,24 @@ class LocalSetup:
     #: A restarted adapter adopts the servers, router and Prometheus the previous one left.
     keep_state = ("servers", "dispatcher", "router", "backend_plan", "prometheus")
 
+    @staticmethod
+    def _calibrate(run: AdapterRun, cfg: RunConfig) -> Profile:
+        """The profile this machine can serve: the run's, scaled when calibration finds this machine slower."""
+        from infadapter.profiler import calibrate
+
+        try:
+            found = calibrate(run.profile, cfg.model_dir, cfg.warmup)
+        except InfAdapterError as exc:
+            run.messages.append(f"calibration skipped: {exc}")
+            return run.profile
+        if found is None:
+            return run.profile
+        run.messages.append(found.message(Path(cfg.profile_path).name))
+        run.calibration = found
+        if found.applied:
+            run.profile = run.profile.scaled_capacity(found.factor)
+        return run.profile
+
     def prepare(self, run: AdapterRun) -> Prepared:
 
         cfg = run.config
@@ -118,6 +139,8 @@ class LocalSetup:
         built = ensure_models(profile, cfg.model_dir, resolution)
         if built:
             messages.append(f"built models: {', '.join(built)} ({resolution} px)")
+        if cfg.calibrate:
+            profile = self._calibrate(run, cfg)
         closers: list[Callable[[], None]] = []
         kind = policy_entry(cfg.policy)  # HPA: replicas, no in-place growth, no CPU limit (as simulated)
         backend = LocalBackend(profile, LocalConfig(
@@ -156,7 +179,7 @@ class LocalSetup:
                          else f"the {cfg.router}'s counters"),
             metrics=metrics, closers=closers, drain_s=cfg.drain_s,
             drive_load=(lambda: self._drive_load(cfg, profile, store, backend)) if cfg.rates_rps else None,
-            summary=lambda load: self._summary(cfg, load),
+            summary=lambda load: {**self._summary(cfg, load), **self._calibration_summary(run)},
         )
 
     @staticmethod
@@ -203,6 +226,14 @@ class LocalSetup:
                            resolution=resolution_of(cfg, profile))
         store.update(load_summary=summary.as_dict())
         return summary
+
+    @staticmethod
+    def _calibration_summary(run: AdapterRun) -> dict[str, Any]:
+        c = run.calibration
+        if c is None:
+            return {}
+        return {"calibration": {"variant": c.variant, "reference_ms": c.reference_ms, "measured_ms": c.measured_ms,
+                                "slower_x": round(c.ratio, 3), "capacity_scale": c.factor}}
 
     @staticmethod
     def _summary(cfg: RunConfig, load: Any) -> dict[str, Any]:
