@@ -101,7 +101,7 @@ def simulate(
     from infadapter.observe.trace import parse_window
     from infadapter.sim import simulation as sim
 
-    profile = load_profile(profile_path).tuned(alpha=alpha, budget=budget)
+    profile = load_profile(profile_path).single_service("simulate").tuned(alpha=alpha, budget=budget)
     parse_window(window)  # a bad window fails before the trace loads
     import numpy as np
 
@@ -201,7 +201,7 @@ def _min_budget(profile_path: Path, profile: Any, rates: Any, specs: list[str], 
         raise BadInput("--min-budget: give one --policy (the budget is searched for that policy)")
     if not 0 <= max_violations < 1:
         raise BadInput(f"--max-violations: must be a fraction in [0, 1), got {max_violations:g}")
-    base = load_profile(profile_path).tuned(alpha=alpha)
+    base = load_profile(profile_path).single_service("simulate").tuned(alpha=alpha)
 
     def violations(budget_cores: float) -> float:
         prof = base.tuned(budget=budget_cores)

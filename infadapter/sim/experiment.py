@@ -91,7 +91,7 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
 
     if not base.rates_rps:
         raise BadInput("experiment: a load is required (--window ... or --rate R --duration S)")
-    profile = base.tuned(load_profile(base.profile_path))
+    profile = base.tuned(load_profile(base.profile_path).single_service("experiment"))
     for pol in policies:  # a bad name fails now, not after the policies before it ran for minutes
         live_entry(pol, "--policies")
         make_policy(pol, profile, base.stabilization_intervals, min_gain=base.min_gain)
