@@ -42,11 +42,11 @@ def test_plan_cli_with_services_rejects_a_bad_load_in_one_line(load, message):
     assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
 
 
-def test_commands_that_plan_one_service_refuse_a_services_profile_in_one_line():
-    # simulate, adapt, experiment and render call Profile.single_service; simulate stands for them (the
-    # profile is read before the trace, so no trace is needed here).
+def test_commands_that_plan_one_service_refuse_a_services_profile_in_one_line(tmp_path):
+    # adapt, experiment and render call Profile.single_service; render stands for them (no trace needed).
     from infadapter.__main__ import main
 
-    args = ["simulate", "--profile", str(SERVICES_YAML), "--window", "1300920:60"]
-    with pytest.raises(BadInput, match=r"simulate: this profile has services: \(live, feed, archive\); only plan"):
-        CliRunner().invoke(main, args, catch_exceptions=False, standalone_mode=False)
+    plan = '{"load": 10, "variants": [{"name": "live-resnet18", "cores": 2, "share": 1}]}'
+    args = ["render", "--profile", str(SERVICES_YAML), "--out", str(tmp_path / "out")]
+    with pytest.raises(BadInput, match=r"render: this profile has services: \(live, feed, archive\); only plan"):
+        CliRunner().invoke(main, args, input=plan, catch_exceptions=False, standalone_mode=False)

@@ -382,11 +382,11 @@ class Profile(BaseModel):
         return ""
 
     def single_service(self, what: str) -> Profile:
-        """This profile, or BadInput naming ``what`` when it has services: (only ``plan`` and ``profile show``
-        handle several services so far)."""
+        """This profile, or BadInput naming ``what`` when it has services: (only ``plan``, ``simulate`` and
+        ``profile show`` handle several services so far)."""
         if self.services:
-            raise BadInput(f"{what}: this profile has services: ({', '.join(self.service_names)}); only plan and "
-                           "profile show handle several services so far")
+            raise BadInput(f"{what}: this profile has services: ({', '.join(self.service_names)}); only plan, "
+                           "simulate and profile show handle several services so far")
         return self
 
     def service_variants(self, name: str) -> tuple[str, ...]:
