@@ -45,8 +45,9 @@ def _enumerate(prof: Profile, loads: Mapping[str, float], floors: bool = True) -
     {"gold": 5, "bronze": 40}, {"gold": 70, "bronze": 20},
 ])
 @pytest.mark.parametrize("floor", [None, 0.74])
-def test_joint_solve_equals_enumeration_and_keeps_every_rule(loads, floor):
-    data = two_services()
+@pytest.mark.parametrize("pod_cores", [None, 3.0])  # 3-core pods: the option model, capacity per pod
+def test_joint_solve_equals_enumeration_and_keeps_every_rule(loads, floor, pod_cores):
+    data = two_services(max_pod_cores=pod_cores)
     data["services"][1]["accuracy_floor"] = floor
     prof = profile_from_dict(data)
     res = solve(prof, 0, {}, loads=loads)
