@@ -48,8 +48,7 @@ def fit(rows: list[dict[str, str]], arch: int, sla_ms: int) -> tuple[float, floa
     return round(float(slope), 4), round(float(intercept), 4)
 
 
-def build_paper_profile(csv_path: Path, sla_ms: int = 750) -> Profile:
-    """The paper's setting as a validated Profile."""
+def _read_rows(csv_path: Path) -> list[dict[str, str]]:
     try:
         with csv_path.open(newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -58,6 +57,10 @@ def build_paper_profile(csv_path: Path, sla_ms: int = 750) -> Profile:
     missing = {"CPU", "ARCH", "SLA", "capacity"} - set(rows[0] if rows else {})
     if missing:
         raise BadInput(f"{csv_path}: missing columns {', '.join(sorted(missing))}")
+    return rows
+
+
+def _variants(rows: list[dict[str, str]], sla_ms: int) -> list[dict[str, object]]:
     variants = []
     for arch, (acc, load_s, mem) in VARIANTS.items():
         slope, intercept = fit(rows, arch, sla_ms)
@@ -70,6 +73,12 @@ def build_paper_profile(csv_path: Path, sla_ms: int = 750) -> Profile:
                 "capacity": {"kind": "linear", "slope": slope, "intercept": intercept, "safety": SAFETY},
             }
         )
+    return variants
+
+
+def build_paper_profile(csv_path: Path, sla_ms: int = 750) -> Profile:
+    """The paper's setting as a validated Profile."""
+    variants = _variants(_read_rows(csv_path), sla_ms)
     return profile_from_dict(
         {
             "name": "paper",
@@ -82,6 +91,43 @@ def build_paper_profile(csv_path: Path, sla_ms: int = 750) -> Profile:
             "alpha": 0.05,
             "beta": 0.001,
             "variants": variants,
+        },
+        origin=str(csv_path),
+    )
+
+
+#: ``profiles/services.yaml``: three services of the paper's ResNet family at three of the CSV's SLAs, with
+#: different weights, each replaying a different 21-minute slice of the Twitter trace (the paper's, and the
+#: same minutes of days 18 and 20). name: (SLA ms, weight, accuracy floor, window).
+SERVICES = {
+    "live": (500, 3.0, 0.72, "1554600:1260"),
+    "feed": (750, 2.0, None, "paper"),
+    "archive": (1000, 1.0, None, "1768200:1260"),
+}
+SERVICES_BUDGET_CORES = 32
+
+
+def build_services_profile(csv_path: Path) -> Profile:
+    """Three services sharing one budget, from the paper's CSV (:data:`SERVICES`)."""
+    rows = _read_rows(csv_path)
+    services = []
+    for name, (sla_ms, weight, floor, window) in SERVICES.items():
+        svc: dict[str, object] = {"name": name, "slo_ms": sla_ms, "weight": weight}
+        if floor is not None:
+            svc["accuracy_floor"] = floor
+        services.append({**svc, "window": window, "variants": _variants(rows, sla_ms)})
+    return profile_from_dict(
+        {
+            "name": "services",
+            "source": f"InfAdapter (EuroMLSys 2023) capacity_result_Feb_21.csv at SLA "
+            f"{'/'.join(str(v[0]) for v in SERVICES.values())} ms, linear fit on cores {list(FIT_CORES)}, "
+            f"times {SAFETY}",
+            "budget_cores": SERVICES_BUDGET_CORES,
+            "core_step": 1,
+            "min_cores": 2,
+            "alpha": 0.05,
+            "beta": 0.001,
+            "services": services,
         },
         origin=str(csv_path),
     )

@@ -179,3 +179,51 @@ def test_highs_matches_exhaustive_enumeration(case):
     # The objective reported is the objective of the plan as returned.
     assert got.plan.objective == pytest.approx(_objective_of(prof, got.plan, current), abs=1e-9)
     assert 0.0 <= transition_penalty(prof, got.plan.cores_by_name(), current) <= 1.0
+
+
+# -- one service: the program of every profile without services: is unchanged ---------------------------
+def _golden_cases():
+    import json
+
+    from tests.cli_helpers import ROOT
+
+    return json.loads((ROOT / "tests" / "golden" / "solver_single_service.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def shipped_profiles():
+    from infadapter.core.profile import load_profile
+    from tests.cli_helpers import ROOT
+
+    return {n: load_profile(ROOT / "profiles" / f"{n}.yaml") for n in ("paper", "local")}
+
+
+def test_single_service_plans_are_unchanged(shipped_profiles):
+    # tests/golden/solver_single_service.json: the plans (as `plan --json` prints them) of the solver before
+    # services existed (commit fc03db9), for 60 loads 0..413 req/s on the paper profile (compact model; three
+    # current plans in turn) and 30 loads 0..49 on the measured local profile (option model).
+    cases = _golden_cases()
+    assert len(cases) == 90
+    for case in cases:
+        got = solve(shipped_profiles[case["profile"]], case["load"], case["current"]).plan.as_dict()
+        assert got == case["plan"], (case["profile"], case["load"], case["current"])
+
+
+@pytest.mark.parametrize("name", ["paper", "local"])
+def test_one_service_written_as_services_plans_the_same(shipped_profiles, name):
+    # The same profile as one entry of services: (weight 1, no floor): the same cores, shares and objective
+    # at every load the program can serve, its variants named "only-..." and carrying the service.
+    prof = shipped_profiles[name]
+    data = prof.model_dump(mode="json", exclude_none=True)
+    variants = data.pop("variants")
+    data["services"] = [{"name": "only", "slo_ms": data.pop("slo_ms"), "variants": variants}]
+    one = profile_from_dict(data)
+    top = prof.capacity_rps(prof.names[0], prof.budget_cores)
+    for i in range(12):
+        load = round(top * i / 12, 3)
+        want = solve(prof, load).plan
+        got = solve(one, 0, loads={"only": load}).plan
+        assert {f"only-{a.name}": (a.cores, pytest.approx(a.share, abs=1e-9)) for a in want.allocations} == {
+            a.name: (a.cores, a.share) for a in got.allocations}
+        assert got.objective == pytest.approx(want.objective, abs=1e-9) and got.feasible
+        assert {a.service for a in got.allocations} == {"only"}

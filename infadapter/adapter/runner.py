@@ -144,7 +144,7 @@ class AdapterRun:
     _cleaned: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
-        self.profile = self.config.tuned(load_profile(self.config.profile_path))
+        self.profile = self.config.tuned(load_profile(self.config.profile_path).single_service("--profile"))
 
     @property
     def replayed(self) -> bool:

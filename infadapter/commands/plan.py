@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,16 +35,20 @@ Examples:
   python cli.py plan --load 80 --policy static:resnet50=8
   python cli.py plan --load 30 --profile profiles/local.yaml --solver cbc
   python cli.py plan --load 120 --what-if budget=16 --what-if traffic=1.5
+  python cli.py plan --profile profiles/services.yaml --load live=100,feed=50,archive=20 --json
 
 
 Exit codes: 0 feasible plan, 2 bad input, 3 load above what the budget serves
 (the highest-capacity plan is still printed, with "feasible": false).
 With --what-if, --json prints {"today": PLAN, "what_if": [{"scenario", "load", "plan"}, ...]}.
+A profile with services: takes --load NAME=RPS,... (one per service); each variant of the plan
+names its "service", and "services" says what each service got (exit 3 when one got less than its load).
 """
 
 
 @click.command(epilog=EXAMPLES)
-@click.option("--load", "load_rps", type=float, required=True, help="Load to plan for, in req/s.")
+@click.option("--load", "load_text", required=True,
+              help="Load to plan for, in req/s; with a services: profile NAME=RPS,... for every service.")
 @profile_option()
 @click.option("--current", default="", help="Cores each variant runs on now: NAME=CORES,... (transition cost).")
 @click.option("--alpha", type=float, default=None, help="Override the profile's cost weight.")
@@ -60,7 +65,7 @@ With --what-if, --json prints {"today": PLAN, "what_if": [{"scenario", "load", "
 @click.option("--what-if", "what_if", multiple=True, help=WHAT_IF_HELP)
 @json_option
 def plan(
-    load_rps: float,
+    load_text: str,
     profile_path: Path,
     current: str,
     alpha: float | None,
@@ -74,8 +79,13 @@ def plan(
 ) -> None:
     """Plan which variants run, on how many cores, with which share of LOAD."""
     prof = load_profile(profile_path).tuned(alpha=alpha, budget=budget).with_overrides(beta=beta)
+    by_service = _parse_load(load_text, prof)
+    load_rps = sum(by_service.values()) if prof.services else float(load_text)
     if load_rps < 0 or load_rps != load_rps:
         raise BadInput(f"--load: must be a number >= 0 req/s, got {load_rps}")
+    if prof.services and (policy != "infadapter" or what_if):
+        raise BadInput("--policy/--what-if: a profile with services: plans with --policy infadapter, "
+                       "without --what-if")
     cur_cores = parse_cores_map(current)
     unknown = [n for n in cur_cores if n not in prof.names]
     if unknown:
@@ -93,6 +103,7 @@ def plan(
         forecast_rps=load_rps,
         current=cur_plan,
         solver=solver.Options(solver=solver_name, time_limit_s=time_limit),
+        forecast_by_service=by_service,
     )
     decision = pol.decide(ctx)
     result = decision.plan
@@ -117,6 +128,33 @@ def plan(
     if not result.feasible:
         err_console().print("[red]infeasible:[/] the budget cannot serve this load; planned the most it can")
         raise click.exceptions.Exit(Infeasible.exit_code)
+
+
+def _parse_load(text: str, prof: Profile) -> dict[str, float]:
+    """``--load``: one number (one service), or NAME=RPS,... for a profile with services (empty dict
+    for one service). A mismatch between the two is one line naming the flag."""
+    text = text.strip()
+    if not prof.services:
+        if "=" in text:
+            raise BadInput("--load: this profile has no services:, give one number of req/s")
+        try:
+            float(text)
+        except ValueError:
+            raise BadInput(f"--load: must be a number >= 0 req/s, got {text!r}") from None
+        return {}
+    if "=" not in text:
+        raise BadInput(f"--load: this profile has services; give NAME=RPS for each of {', '.join(prof.service_names)}")
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            rps = float(value) if sep else math.nan
+        except ValueError:
+            rps = math.nan
+        if not sep or not rps >= 0:
+            raise BadInput(f"--load: expected NAME=RPS with RPS a number >= 0, got {part!r}")
+        out[name.strip()] = rps
+    return out
 
 
 def _print_what_if(rows: list[tuple[str, float, Plan]]) -> None:
@@ -145,11 +183,17 @@ def _print_table(result: Plan, budget: float, decision: policies.Decision) -> No
     for col, kw in (("variant", {}), ("cores", {"justify": "right"}), ("share", {"justify": "right"}),
                     ("capacity req/s", {"justify": "right"}), ("assigned req/s", {"justify": "right"})):
         table.add_column(col, **kw)
+    served = {s.name: s.served_rps for s in result.services}
     for a in result.allocations:
-        assigned = a.share * result.load_rps
+        assigned = a.share * served.get(a.service, result.load_rps)
         table.add_row(a.name, f"{a.cores:g}", f"{a.share:.1%}", f"{a.capacity_rps:.1f}", f"{assigned:.1f}")
     console = out_console()
     console.print(table)
+    for s in result.services:
+        met = "" if s.floor_met else " (NOT met)"
+        floor = "" if s.accuracy_floor is None else f"   floor {s.accuracy_floor:g}{met}"
+        console.print(f"service {s.name} (weight {s.weight:g}): served {s.served_rps:.1f} of {s.load_rps:.1f} req/s   "
+                      f"accuracy {s.accuracy:.4f}{floor}", highlight=False)
     console.print(
         f"feasible: {'yes' if result.feasible else 'NO'}   accuracy: {result.accuracy:.4f}   "
         f"cores: {result.cores:g}/{budget:g}   objective: {result.objective:.6f}   "

@@ -78,7 +78,7 @@ def render(
     config = load_render_config(config_path)
     if router is not None and router != config.router:
         config = config.model_copy(update={"router": router})
-    profile = load_profile(profile_path)
+    profile = load_profile(profile_path).single_service("render")
     if not plan.feasible:
         warn("the plan is marked infeasible: it cannot serve its load within the budget")
     if not plan.allocations:

@@ -31,6 +31,7 @@ Examples:
   python cli.py simulate --window paper --min-budget --max-violations 0.01 --json
   python cli.py simulate --window paper --what-if traffic=1.5 --what-if budget=16
   python cli.py simulate --window paper --policy all --sweep alpha=0.01,0.05,0.2 --plot frontier.png
+  python cli.py simulate --profile profiles/services.yaml --policy infadapter,infadapter-split --json
   python cli.py simulate --profile profiles/local.yaml --window paper --scale 0.1 \
       --policy infadapter,vpa:resnet50 --react --in-place-resize \
       --service-model cfs --service-cv 0.2 --queue-bound --observe-lag 2
@@ -115,6 +116,34 @@ def simulate(
     parse_window(window)  # a bad window fails before the trace loads
     import numpy as np
 
+    if profile.services:
+        from infadapter.sim.services import ServiceRun, simulate_services
+
+        if min_budget or what_if or sweep or arrivals_path or plot_path or timeline_path:
+            raise BadInput("--min-budget/--what-if/--sweep/--arrivals/--plot/--timeline: one-service profiles only "
+                           "so far")
+        specs = [s.strip() for s in policy_spec.split(",") if s.strip()]
+        runs = {}
+        for svc in profile.services:
+            if svc.window is None:
+                raise BadInput(f"{profile_path}: services[{svc.name}].window: simulate replays each service's own "
+                               "window; give one (paper or START:DURATION)")
+            svc_load = load_replay(svc.window, trace, scale, speedup)
+            runs[svc.name] = ServiceRun(svc_load.rates, _sim_config(
+                svc_load, control, paper, warm_start, warmup=warmup, stabilization=stabilization,
+                forecaster=forecaster, make_before_break=make_before_break, in_place_resize=in_place_resize,
+                vpa_update=vpa_update, seed=seed, timeout=timeout, min_gain=min_gain, service_model=service_model,
+                service_cv=service_cv, queue_bound=queue_bound, observe_lag=observe_lag))
+        if len({len(r.rates_rps) for r in runs.values()}) > 1:
+            raise BadInput(f"{profile_path}: services' windows must have one length (the totals add them up)")
+        out = {"policy": ",".join(specs), "profile": profile.name, "seed": seed,
+               "results": [simulate_services(profile, runs, spec) for spec in specs]}
+        if as_json:
+            print_json(out)
+        else:
+            _print_services(out)
+        return
+
     load = load_replay(window, trace, scale, speedup)
     rates = np.asarray(load.rates, dtype=float)
     specs = compare_specs(profile) if policy_spec.strip() == "all" else [
@@ -176,6 +205,19 @@ def simulate(
     _print_table(results, comparison, f"{profile.name}: {label}, {rates.size} s, forecaster {fc.name}")
 
 
+def _print_services(out: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{out['profile']}: one budget, every service's own window", title_justify="left")
+    for col in ("policy", "service", "requests", "SLO violations", "mean cores", "mean accuracy"):
+        table.add_column(col, justify="left" if col in ("policy", "service") else "right")
+    for res in out["results"]:
+        for row in [*res["services"], {**res, "name": "total"}]:
+            table.add_row(res["policy"], row["name"], f"{row.get('requests', 0)}", f"{row['slo_violation_rate']:.2%}",
+                          f"{row['mean_cores']:.2f}", f"{row['mean_accuracy']:.4f}")
+    out_console().print(table)
+
+
 def _sim_config(load: Any, control: ControlConfig, paper: bool, warm_start: bool, *, warmup: float,
                 stabilization: int, forecaster: str, make_before_break: bool, in_place_resize: bool, vpa_update: str,
                 seed: int, timeout: float | None, min_gain: float, service_model: str, service_cv: float,
@@ -221,7 +263,7 @@ def _min_budget(profile_path: Path, profile: Any, rates: Any, specs: list[str], 
         raise BadInput("--min-budget: give one --policy (the budget is searched for that policy)")
     if not 0 <= max_violations < 1:
         raise BadInput(f"--max-violations: must be a fraction in [0, 1), got {max_violations:g}")
-    base = load_profile(profile_path).tuned(alpha=alpha)
+    base = load_profile(profile_path).single_service("simulate").tuned(alpha=alpha)
 
     def violations(budget_cores: float) -> float:
         prof = base.tuned(budget=budget_cores)

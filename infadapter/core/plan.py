@@ -26,14 +26,50 @@ class Allocation:
     cores: float
     share: float
     capacity_rps: float
+    #: The service this variant serves in a multi-service plan ("" for one service); its share is of that
+    #: service's traffic.
+    service: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "cores": _clean(self.cores),
             "share": _clean(self.share),
             "capacity": _clean(self.capacity_rps),
         }
+        if self.service:
+            out["service"] = self.service
+        return out
+
+
+@dataclass(frozen=True)
+class ServiceOutcome:
+    """What a multi-service plan gives one service: its forecast, what is served, its accuracy and floor."""
+
+    name: str
+    load_rps: float
+    served_rps: float
+    accuracy: float
+    weight: float = 1.0
+    accuracy_floor: float | None = None
+
+    @property
+    def shed_rps(self) -> float:
+        """Forecast load the plan does not serve (0 when it serves it all)."""
+        return max(0.0, self.load_rps - self.served_rps)
+
+    @property
+    def floor_met(self) -> bool:
+        return self.accuracy_floor is None or self.accuracy + 1e-9 >= self.accuracy_floor
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "load": _clean(self.load_rps), "served": _clean(self.served_rps),
+                               "shed": _clean(self.shed_rps), "accuracy": _clean(self.accuracy),
+                               "weight": _clean(self.weight)}
+        if self.accuracy_floor is not None:
+            out["accuracy_floor"] = _clean(self.accuracy_floor)
+            out["floor_met"] = self.floor_met
+        return out
 
 
 @dataclass(frozen=True)
@@ -47,6 +83,8 @@ class Plan:
     accuracy: float = 0.0
     optimal: bool = True
     notes: tuple[str, ...] = field(default=())
+    #: Per service in a multi-service plan (load, served, accuracy, floor); () for one service.
+    services: tuple[ServiceOutcome, ...] = field(default=())
 
     def __post_init__(self) -> None:
         names = [a.name for a in self.allocations]
@@ -55,9 +93,12 @@ class Plan:
         for a in self.allocations:
             if a.cores < 0 or a.share < -_SHARE_TOL or math.isnan(a.share):
                 raise BadInput(f"plan.variants[{a.name}]: cores and share must be >= 0")
-        total = sum(a.share for a in self.allocations)
-        if self.allocations and abs(total - 1.0) > 1e-4:
-            raise BadInput(f"plan.variants: shares must sum to 1, got {total:.6g}")
+        # Shares are of each service's traffic: they sum to 1 per service (one service: over the plan).
+        for svc in dict.fromkeys(a.service for a in self.allocations):
+            total = sum(a.share for a in self.allocations if a.service == svc)
+            if abs(total - 1.0) > 1e-4:
+                where = f" of service {svc}" if svc else ""
+                raise BadInput(f"plan.variants: shares{where} must sum to 1, got {total:.6g}")
 
     # -- derived values -------------------------------------------------------------------------
     @property
@@ -109,6 +150,8 @@ class Plan:
             out["optimal"] = False
         if self.notes:
             out["notes"] = list(self.notes)
+        if self.services:
+            out["services"] = [s.as_dict() for s in self.services]
         return out
 
     def to_json(self) -> str:
@@ -140,6 +183,7 @@ class Plan:
                     cores=finite_number(v["cores"], f"{where}.cores", low=0),
                     share=finite_number(v.get("share", 1.0 / len(variants)), f"{where}.share", low=-_SHARE_TOL),
                     capacity_rps=finite_number(v.get("capacity", 0.0), f"{where}.capacity", unit="req/s"),
+                    service=_service_name(v.get("service", ""), f"{where}.service"),
                 )
             )
         for key in ("feasible", "optimal"):
@@ -164,11 +208,38 @@ class Plan:
             accuracy=finite_number(data.get("accuracy", 0.0), f"{origin}: accuracy"),
             optimal=data.get("optimal", True),
             notes=strings(notes, f"{origin}: notes"),
+            services=_outcomes(data.get("services", []), f"{origin}: services"),
         )
 
     @classmethod
     def from_json(cls, text: str, origin: str = "plan") -> Plan:
         return cls.from_dict(load_json(text, origin), origin=origin)
+
+
+def _service_name(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise BadInput(f"{where}: must be a service name")
+    return value
+
+
+def _outcomes(items: Any, where: str) -> tuple[ServiceOutcome, ...]:
+    if not isinstance(items, list):
+        raise BadInput(f"{where}: must be a list of {{name, load, served, accuracy}} objects")
+    out = []
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+            raise BadInput(f"{at}: needs 'name', 'load', 'served' and 'accuracy'")
+        floor = item.get("accuracy_floor")
+        out.append(ServiceOutcome(
+            name=item["name"],
+            load_rps=finite_number(item.get("load", 0.0), f"{at}.load", low=0, unit="req/s"),
+            served_rps=finite_number(item.get("served", 0.0), f"{at}.served", low=0, unit="req/s"),
+            accuracy=finite_number(item.get("accuracy", 0.0), f"{at}.accuracy"),
+            weight=finite_number(item.get("weight", 1.0), f"{at}.weight"),
+            accuracy_floor=None if floor is None else finite_number(floor, f"{at}.accuracy_floor"),
+        ))
+    return tuple(out)
 
 
 def empty_plan(load_rps: float = 0.0) -> Plan:

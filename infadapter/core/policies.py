@@ -44,6 +44,9 @@ class Context:
     #: Per-second request rates before the run (the trace's preceding day, at the run's scale): what a
     #: policy that had been running would have seen. Read once, on the first decision (warm VPA).
     rates_before: Sequence[float] = ()
+    #: A multi-service profile's forecasts, req/s by service (``forecast_rps`` is then their sum); empty
+    #: for one service.
+    forecast_by_service: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def current_cores(self) -> dict[str, float]:
@@ -80,7 +83,8 @@ class InfAdapter:
     name: str = "infadapter"
 
     def decide(self, ctx: Context) -> Decision:
-        res = solver_mod.solve(ctx.profile, ctx.forecast_rps, ctx.current_cores, ctx.solver)
+        loads = dict(ctx.forecast_by_service) if ctx.profile.services else None
+        res = solver_mod.solve(ctx.profile, ctx.forecast_rps, ctx.current_cores, ctx.solver, loads=loads)
         why = f"{res.solver} {res.status}: {_describe(res.plan)} for {ctx.forecast_rps:.1f} req/s"
         return Decision(res.plan, ctx.state, why, res.solve_s, res.solver)
 

@@ -168,6 +168,94 @@ class Variant(BaseModel):
         return str(v)
 
 
+_SERVICE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,14}[a-z0-9])?$")
+_WINDOW_RE = re.compile(r"^(paper|[0-9]+:[0-9]+)$")
+
+
+class Service(BaseModel):
+    """One inference endpoint of a multi-service profile: its own variants, SLO, weight, floor and load."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    name: str = Field(description="DNS-1123 label of at most 16 characters; prefixes its variants' names")
+    slo_ms: float = Field(description="this service's latency SLO (its variants' capacities hold at it)")
+    weight: float = Field(default=1.0, description="how much this service's accuracy counts in the objective")
+    accuracy_floor: float | None = Field(default=None, description="least traffic-weighted accuracy, 0..1")
+    window: str | None = Field(default=None, description="trace slice it replays: paper or START:DURATION (s)")
+    variants: tuple[Variant, ...] = Field(description="this service's variants, named as in a one-service profile")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not _SERVICE_RE.match(v):
+            raise ValueError(f"must be a lowercase DNS label of at most 16 characters like 'search', got {v!r}")
+        return v
+
+    _slo_ok = field_validator("slo_ms", "weight")(lambda v: _positive(v))
+
+    @field_validator("accuracy_floor")
+    @classmethod
+    def _check_floor(cls, v: float | None) -> float | None:
+        return None if v is None else _between(v, 0.0, 1.0)
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, v: str | None) -> str | None:
+        if v is not None and not _WINDOW_RE.match(v):
+            raise ValueError(f"must be paper or START:DURATION in seconds like 1554600:1260, got {v!r}")
+        return v
+
+    @field_validator("variants")
+    @classmethod
+    def _check_variants(cls, v: tuple[Variant, ...]) -> tuple[Variant, ...]:
+        return _unique_variants(v)
+
+    def qualified(self, variant: str) -> str:
+        """The profile-wide name of this service's ``variant`` (``service-variant``)."""
+        return f"{self.name}-{variant}"
+
+
+def _unique_variants(v: tuple[Variant, ...]) -> tuple[Variant, ...]:
+    if not v:
+        raise ValueError("must list at least one variant")
+    names = [x.name for x in v]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"variant names must be unique, repeated: {', '.join(dup)}")
+    return v
+
+
+def _flatten_services(data: Any) -> Any:
+    """A profile with ``services:`` gets its top-level ``variants`` (``service-variant``) and ``slo_ms`` (the
+    tightest) from them, so every per-variant consumer works unchanged. Malformed input is left for the
+    field validators to name."""
+    if not isinstance(data, dict) or data.get("services") is None:
+        return data
+    services = data["services"]
+    if "variants" in data:
+        raise ValueError("variants: with services:, list each service's variants under it, not at the top level")
+    if not isinstance(services, list | tuple) or not services:
+        return data
+    variants: list[Any] = []
+    slos: list[float] = []
+    for svc in services:
+        if isinstance(svc, Service):
+            svc = svc.model_dump()
+        if not isinstance(svc, dict) or not isinstance(svc.get("variants"), list | tuple):
+            return data
+        if isinstance(svc.get("slo_ms"), int | float) and not isinstance(svc.get("slo_ms"), bool):
+            slos.append(float(svc["slo_ms"]))
+        for v in svc["variants"]:
+            if isinstance(v, Variant):
+                v = v.model_dump()
+            if isinstance(v, dict) and isinstance(v.get("name"), str):
+                v = {**v, "name": f"{svc.get('name')}-{v['name']}"}
+            variants.append(v)
+    out = {**data, "variants": variants}
+    if "slo_ms" not in out and slos:
+        out["slo_ms"] = min(slos)
+    return out
+
+
 def pod_layout(cores: float, max_pod_cores: float | None) -> tuple[int, float]:
     """(replicas, cores per pod) for a variant of ``cores`` in all: equal pods of at most ``max_pod_cores``
     each (a node's allocatable CPU), whole millicores, adding up to ``cores`` exactly.
@@ -207,6 +295,12 @@ class Profile(BaseModel):
     min_cores: float = Field(default=1.0, description="minimum cores of a running variant")
     alpha: float = Field(default=0.05, description="weight of cost (cores/budget) in the objective")
     beta: float = Field(default=0.001, description="weight of transition time in the objective")
+    services: tuple[Service, ...] | None = Field(
+        default=None,
+        description="several inference services sharing budget_cores (one solve); None: one service, the "
+        "top-level variants. With services the top-level variants are derived (named service-variant) and "
+        "slo_ms is the tightest service's",
+    )
     variants: tuple[Variant, ...] = Field(description="the served variants, any order")
     resolution: int | None = Field(default=None, description="model input size (px) the capacities hold for")
     max_pod_cores: float | None = Field(
@@ -214,6 +308,26 @@ class Profile(BaseModel):
         description="most cores one pod may have (a cluster node's allocatable CPU); a variant planned with "
         "more runs as equal replicas and its capacity is replicas x capacity(cores per pod); None: one pod",
     )
+
+    _services_flat = model_validator(mode="before")(_flatten_services)
+
+    @field_validator("services")
+    @classmethod
+    def _check_services(cls, v: tuple[Service, ...] | None) -> tuple[Service, ...] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("must list at least one service (or leave services out for one service)")
+        names = [s.name for s in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"service names must be unique, repeated: {', '.join(dup)}")
+        for s in v:
+            for var in s.variants:
+                if len(s.qualified(var.name)) > 42:
+                    raise ValueError(f"[{s.name}].variants[{var.name}].name: {s.qualified(var.name)!r} (service-"
+                                     "variant) must be at most 42 characters; shorten one of the two")
+        return v
 
     @field_validator("slo_ms", "budget_cores", "core_step", "min_cores")
     @classmethod
@@ -242,13 +356,7 @@ class Profile(BaseModel):
     @field_validator("variants")
     @classmethod
     def _check_variants(cls, v: tuple[Variant, ...]) -> tuple[Variant, ...]:
-        if not v:
-            raise ValueError("must list at least one variant")
-        names = [x.name for x in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"variant names must be unique, repeated: {', '.join(dup)}")
-        return v
+        return _unique_variants(v)
 
     @model_validator(mode="after")
     def _check_grid(self) -> Profile:
@@ -265,7 +373,46 @@ class Profile(BaseModel):
             raise ValueError(
                 f"min_cores: must not exceed budget_cores {self.budget_cores:g}, got {self.min_cores:g}"
             )
+        if self.services and len(self.services) * self.min_cores > self.budget_cores + _GRID_EPS:
+            raise ValueError(
+                f"budget_cores: {len(self.services)} services need at least {len(self.services)} x min_cores "
+                f"{self.min_cores:g} cores, got {self.budget_cores:g}"
+            )
         return self
+
+    # -- services -------------------------------------------------------------------------------
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        """The services' names; () for a one-service profile (no ``services:``)."""
+        return tuple(s.name for s in self.services or ())
+
+    def service(self, name: str) -> Service:
+        """The service called ``name``; BadInput naming the known ones otherwise."""
+        for s in self.services or ():
+            if s.name == name:
+                return s
+        known = ", ".join(self.service_names) or "none: this profile has no services:"
+        raise BadInput(f"service: unknown service {name!r}, expected one of {known}")
+
+    def service_of(self, variant: str) -> str:
+        """The service a (profile-wide) variant name belongs to; '' in a one-service profile."""
+        for s in self.services or ():
+            if any(s.qualified(v.name) == variant for v in s.variants):
+                return s.name
+        return ""
+
+    def single_service(self, what: str) -> Profile:
+        """This profile, or BadInput naming ``what`` when it has services: (only ``plan``, ``simulate`` and
+        ``profile show`` handle several services so far)."""
+        if self.services:
+            raise BadInput(f"{what}: this profile has services: ({', '.join(self.service_names)}); only plan, "
+                           "simulate and profile show handle several services so far")
+        return self
+
+    def service_variants(self, name: str) -> tuple[str, ...]:
+        """The profile-wide variant names of service ``name``."""
+        s = self.service(name)
+        return tuple(s.qualified(v.name) for v in s.variants)
 
     # -- derived values -------------------------------------------------------------------------
     @property
@@ -344,6 +491,10 @@ class Profile(BaseModel):
     def with_overrides(self, **changes: Any) -> Profile:
         """A new, re-validated profile with some top-level fields changed (None values ignored)."""
         data = self.model_dump()
+        if self.services is not None:
+            data.pop("variants")  # derived from the services: derive them again
+            if "slo_ms" not in changes:
+                data.pop("slo_ms")
         data.update({k: v for k, v in changes.items() if v is not None})
         return _validate(data, origin="overrides")
 
@@ -373,12 +524,26 @@ def _loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif isinstance(part, str) and part.startswith("[") and prev == "services":
+            out += part
         elif prev == "capacity" and part in ("linear", "points"):
             pass  # the union's discriminator tag, not a field the user wrote
         else:
             out += ("." if out else "") + str(part)
         prev = part
     return out
+
+
+def _service_by_name(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """``services[0]`` -> ``services[search]``: an error names the service as the file does."""
+    if len(loc) >= 2 and loc[0] == "services" and isinstance(loc[1], int) and isinstance(data, dict):
+        try:
+            name = data["services"][loc[1]]["name"]
+        except (KeyError, IndexError, TypeError):
+            return loc
+        if isinstance(name, str) and name:
+            return ("services", f"[{name}]", *loc[2:])
+    return loc
 
 
 def _message(err: Mapping[str, Any]) -> str:
@@ -411,7 +576,7 @@ def _validate(data: Any, origin: str) -> Profile:
         return Profile.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = _loc(tuple(err.get("loc", ())))
+        loc = _loc(_service_by_name(tuple(err.get("loc", ())), data))
         msg = _message(err)
         where = f"{loc}: " if loc else ""
         raise BadInput(f"{origin}: {where}{msg}") from None
@@ -440,7 +605,9 @@ def load_profile(path: str | Path) -> Profile:
 def dump_profile(profile: Profile, header: str = "") -> str:
     """The profile as YAML text, with an optional comment header."""
     data = profile.model_dump(mode="json", exclude_none=True)
-    for v in data["variants"]:
+    if profile.services is not None:
+        data.pop("variants")  # derived from the services
+    for v in data.get("variants", ()):
         cap = v["capacity"]
         if cap.get("kind") == "points":
             cap["points"] = {float(k): float(r) for k, r in cap["points"].items()}

@@ -13,6 +13,14 @@ and a traffic share ``s_v``:
 Binary ``y[v,k]`` (v runs on k cores) make it a MILP; the share form (instead of assigned req/s)
 keeps load 0 well defined: the plan then is the best single variant at its cheapest cores. When even
 the whole budget cannot serve ``L`` the result is the highest-capacity plan, marked infeasible.
+
+Several services (``Profile.services``) are one program: the same constraints per service (its shares
+sum to 1, one of its variants runs, ``s_v * L_service <= capacity``, its traffic-weighted accuracy >= its
+floor), one budget and one transition term, objective ``sum_service weight * sum_v s_v * acc_v - alpha
+* cost - beta * transition``. When that is infeasible the rules give way in a fixed order, one more
+solve each (:func:`_relaxations`): floors in reverse order of weight, then the lowest-weight service
+sheds load first (the least it must), then the next. One service is the same program with weight 1, no
+floor and no shedding: the same model, the same plans.
 """
 
 from __future__ import annotations
@@ -25,11 +33,11 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pulp
 
-from infadapter.core.plan import Allocation, Plan
+from infadapter.core.plan import Allocation, Plan, ServiceOutcome
 from infadapter.core.profile import LinearCapacity, Profile
 from infadapter.errors import BadInput
 
@@ -80,12 +88,20 @@ class Result:
 def objective_value(
     profile: Profile, shares: Mapping[str, float], cores: Mapping[str, float], current: Mapping[str, float]
 ) -> float:
-    """The objective of a candidate plan, computed directly (used to check every solver)."""
-    acc = sum(s * profile.variant(n).accuracy for n, s in shares.items())
+    """The objective of a candidate plan, computed directly (used to check every solver).
+
+    With services, ``shares`` are of each service's forecast (less than 1 in all where it sheds) and each
+    accuracy counts its service's weight."""
+    acc = sum(s * profile.variant(n).accuracy * _weight(profile, n) for n, s in shares.items())
     total = sum(cores.values())
     return acc - profile.alpha * total / profile.budget_cores - profile.beta * transition_penalty(
         profile, cores, current
     )
+
+
+def _weight(profile: Profile, name: str) -> float:
+    svc = profile.service_of(name) if profile.services else ""
+    return profile.service(svc).weight if svc else 1.0
 
 
 def transition_penalty(profile: Profile, cores: Mapping[str, float], current: Mapping[str, float]) -> float:
@@ -115,19 +131,27 @@ def solve(
     current: Mapping[str, float] | None = None,
     options: Options | None = None,
     exclude_set: frozenset[str] | None = None,
+    loads: Mapping[str, float] | None = None,
 ) -> Result:
     """Solve the plan for ``load_rps``; never raises for an infeasible load (see module doc).
 
     ``exclude_set``: the best plan whose set of running variants is NOT this one (``explain``'s runner-up;
     one more constraint). When no other set serves the load the result is marked ``infeasible-load``.
+
+    ``loads``: with a multi-service profile, the forecast of every service (req/s by service name);
+    ``load_rps`` is then ignored. Without services it must be None.
     """
     options = options or Options()
     current = dict(current or {})
-    if math.isnan(load_rps) or load_rps < 0:
-        raise BadInput(f"--load: must be a number >= 0 req/s, got {load_rps}")
     unknown = sorted(set(current) - set(profile.names))
     if unknown:
         raise BadInput(f"--current: unknown variant {unknown[0]!r}, expected one of {', '.join(profile.names)}")
+    if profile.services:
+        return _solve_services(profile, _service_loads(profile, loads), current, options, exclude_set)
+    if loads is not None:
+        raise BadInput("--load: this profile has no services:, give one number of req/s")
+    if math.isnan(load_rps) or load_rps < 0:
+        raise BadInput(f"--load: must be a number >= 0 req/s, got {load_rps}")
     started = time.perf_counter()
     if options.solver == "exhaustive":
         result = _solve_exhaustive(profile, load_rps, current, exclude_set)
@@ -181,8 +205,7 @@ def _pulp_solver(options: Options, time_limit_s: float) -> tuple[pulp.LpSolver, 
 def _solve_milp(profile: Profile, load: float, current: Mapping[str, float], options: Options,
                 exclude_set: frozenset[str] | None = None) -> Result:
     # Replicas (profile.max_pod_cores) make capacity piecewise in cores: the option model handles it.
-    compact = all(isinstance(v.capacity, LinearCapacity) for v in profile.variants) and not profile.splits_pods
-    prob, extract, runs = (_compact_model if compact else _option_model)(profile, load, current)
+    prob, extract, runs = _model(profile, (_Group("", profile.names, load),), current)
     if exclude_set is not None:
         # A no-good cut: at least one variant of the set stops or one outside it starts.
         inside = [runs[n] for n in profile.names if n in exclude_set]
@@ -204,6 +227,71 @@ def _solve_milp(profile: Profile, load: float, current: Mapping[str, float], opt
     return _max_capacity(profile, load, current, options)
 
 
+@dataclass(frozen=True)
+class _Group:
+    """One service's part of the program: its variants, its load and how its rules hold this solve.
+
+    ``floor``: "hard" (a constraint), "soft" (may give way, at a penalty far above any objective gain),
+    "off"; ``shed``: "none" (all its load is served), "soft" (it may serve less, at such a penalty), "all"
+    (it gets nothing this solve). One service: weight 1, no floor, no shedding: today's program."""
+
+    name: str
+    names: tuple[str, ...]
+    load: float
+    weight: float = 1.0
+    floor_value: float | None = None
+    floor: str = "off"
+    shed: str = "none"
+
+
+def _model(profile: Profile, groups: tuple[_Group, ...], current: Mapping[str, float]
+           ) -> tuple[pulp.LpProblem, Extract, Runs]:
+    # Replicas (profile.max_pod_cores) make capacity piecewise in cores: the option model handles it.
+    compact = all(isinstance(v.capacity, LinearCapacity) for v in profile.variants) and not profile.splits_pods
+    return (_compact_model if compact else _option_model)(profile, groups, current)
+
+
+def _penalty(profile: Profile) -> float:
+    """Cost of one unit of floor slack or shed share: more than the whole objective can gain."""
+    weights = sum(s.weight for s in profile.services or ())
+    return 100.0 * (1.0 + weights + profile.alpha + profile.beta)
+
+
+def _group_rules(prob: pulp.LpProblem, profile: Profile, groups: tuple[_Group, ...], s: Mapping[str, pulp.LpVariable],
+                 runs: Mapping[str, pulp.LpAffineExpression | pulp.LpVariable], obj: dict[pulp.LpVariable, float]
+                 ) -> dict[str, pulp.LpVariable]:
+    """Per group: shares (plus what it sheds) sum to 1, one of its variants runs, its floor. Adds the
+    penalties to ``obj``; returns the shed variables. One group without rules: today's two constraints."""
+    sheds: dict[str, pulp.LpVariable] = {}
+    for g in groups:
+        tag = f"_{g.name}" if g.name else ""
+        if g.shed == "all":
+            continue
+        shares = dict.fromkeys((s[n] for n in g.names), 1.0)
+        if g.shed == "soft":
+            sheds[g.name] = prob.add_variable(f"shed{tag}", 0, 1)
+            shares[sheds[g.name]] = 1.0
+            obj[sheds[g.name]] = -_penalty(profile)
+        prob += _expr(shares) == 1, f"shares{tag}"
+        terms: dict[pulp.LpVariable, float] = {}
+        for n in g.names:
+            terms.update({v: terms.get(v, 0.0) + c for v, c in pulp.LpAffineExpression(runs[n]).items()})
+        prob += _expr(terms) >= 1, f"one_runs{tag}"
+        if g.floor != "off" and g.floor_value is not None:
+            # sum_v s_v * (acc_v - floor) >= 0: the served traffic's accuracy is at least the floor.
+            floor = {s[n]: profile.variant(n).accuracy - g.floor_value for n in g.names}
+            if g.floor == "soft":
+                slack = prob.add_variable(f"floor_slack{tag}", 0, 1)
+                floor[slack] = 1.0
+                obj[slack] = -_penalty(profile)
+            prob += _expr(floor) >= 0, f"floor{tag}"
+    return sheds
+
+
+def _group_of(groups: tuple[_Group, ...]) -> dict[str, _Group]:
+    return {n: g for g in groups for n in g.names}
+
+
 Extract = Callable[[], tuple[dict[str, float], dict[str, float]]]
 #: Per variant, the expression that is 1 when it runs (the no-good cut of ``exclude_set`` uses it).
 Runs = Mapping[str, pulp.LpAffineExpression | pulp.LpVariable]
@@ -215,7 +303,7 @@ def _expr(terms: Mapping[pulp.LpVariable, float]) -> pulp.LpAffineExpression:
 
 
 def _compact_model(
-    profile: Profile, load: float, current: Mapping[str, float]
+    profile: Profile, groups: tuple[_Group, ...], current: Mapping[str, float]
 ) -> tuple[pulp.LpProblem, Extract, Runs]:
     """Linear capacity models: per variant a run binary, an integer number of core steps above the
     minimum, a share and a changed binary. About 5 integers a variant instead of one binary per core
@@ -225,22 +313,27 @@ def _compact_model(
     top = profile.max_load_time_s
     prob = pulp.LpProblem("infadapter", pulp.LpMaximize)
     run = {n: prob.add_variable(f"run_{j}", cat=pulp.LpBinary) for j, n in enumerate(profile.names)}
+    group = _group_of(groups)
     # More steps than needed to serve the whole load alone only add cost, unless they keep the
     # current size (no transition): tighter bounds make a much smaller search tree.
-    ub = {n: _useful_steps(profile, n, load, current.get(n, 0.0), n_max) for n in profile.names}
+    ub = {n: _useful_steps(profile, n, group[n].load, current.get(n, 0.0), n_max) for n in profile.names}
     steps = {n: prob.add_variable(f"steps_{j}", 0, ub[n], cat=pulp.LpInteger) for j, n in enumerate(profile.names)}
     s = {n: prob.add_variable(f"s_{j}", 0, 1) for j, n in enumerate(profile.names)}
     ch = {n: prob.add_variable(f"changed_{j}", cat=pulp.LpBinary) for j, n in enumerate(profile.names)}
     t = prob.add_variable("transition", 0, 1)
+    for n in profile.names:
+        if group[n].shed == "all":
+            run[n].upBound = 0
+            s[n].upBound = 0
     cores = {**{run[n]: mn for n in run}, **{steps[n]: st for n in steps}}
-    obj = {s[n]: profile.variant(n).accuracy for n in s}
+    obj = {s[n]: profile.variant(n).accuracy * group[n].weight for n in s}
     obj.update({v: -profile.alpha / budget * c for v, c in cores.items()})
     obj[t] = -profile.beta
-    prob += _expr(obj)
     prob += _expr(cores) <= budget + _EPS, "budget"
-    prob += _expr(dict.fromkeys(s.values(), 1.0)) == 1, "shares"
-    prob += _expr(dict.fromkeys(run.values(), 1.0)) >= 1, "one_runs"
+    sheds = _group_rules(prob, profile, groups, s, run, obj)
+    prob.setObjective(_expr(obj))
     for n in profile.names:
+        load = group[n].load
         cap = profile.variant(n).capacity
         a, b = cap.safety * cap.slope, cap.safety * cap.intercept  # type: ignore[union-attr]
         at_min = a * mn + b
@@ -266,6 +359,7 @@ def _compact_model(
         }
         return chosen, {n: max(0.0, s[n].value() or 0.0) for n in chosen}
 
+    prob.sheds = sheds  # type: ignore[attr-defined]
     return prob, extract, run
 
 
@@ -290,24 +384,31 @@ def _option_binaries(
 
 
 def _option_model(
-    profile: Profile, load: float, current: Mapping[str, float]
+    profile: Profile, groups: tuple[_Group, ...], current: Mapping[str, float]
 ) -> tuple[pulp.LpProblem, Extract, Runs]:
     """Any capacity model: one binary per (variant, core count)."""
-    opts = _options(profile)
+    group = _group_of(groups)
+    opts = {n: ([] if group[n].shed == "all" else ch) for n, ch in _options(profile).items()}
     prob = pulp.LpProblem("infadapter", pulp.LpMaximize)
     y = _option_binaries(prob, opts)
     s = {n: prob.add_variable(f"s_{j}", 0, 1) for j, n in enumerate(opts)}
     t = prob.add_variable("transition", 0, 1)
     top = profile.max_load_time_s
+    for n in opts:
+        if group[n].shed == "all":
+            s[n].upBound = 0
     cores = {y[n, i]: k for n, ch in opts.items() for i, (k, _) in enumerate(ch)}
-    obj = {s[n]: profile.variant(n).accuracy for n in opts}
+    obj = {s[n]: profile.variant(n).accuracy * group[n].weight for n in opts}
     obj.update({v: -profile.alpha / profile.budget_cores * k for v, k in cores.items()})
     obj[t] = -profile.beta
-    prob += _expr(obj)
+    runs = {n: _expr({y[n, i]: 1.0 for i in range(len(ch))}) for n, ch in opts.items()}
     prob += _expr(cores) <= profile.budget_cores + _EPS, "budget"
-    prob += _expr(dict.fromkeys(s.values(), 1.0)) == 1, "shares"
-    prob += _expr(dict.fromkeys(y.values(), 1.0)) >= 1, "one_runs"
+    sheds = _group_rules(prob, profile, groups, s, runs, obj)
+    prob.setObjective(_expr(obj))
     for n, ch in opts.items():
+        load = group[n].load
+        if not ch:
+            continue
         prob += _expr({y[n, i]: 1.0 for i in range(len(ch))}) <= 1, f"one_size_{n}"
         # s_v * L <= capacity and s_v <= 1, option by option (the tighter of the two per option).
         terms = {y[n, i]: -_share_cap(cap, load) for i, (_, cap) in enumerate(ch)}
@@ -321,7 +422,7 @@ def _option_model(
         chosen = {n: opts[n][i][0] for (n, i), var in y.items() if (var.value() or 0.0) > 0.5}
         return chosen, {n: max(0.0, s[n].value() or 0.0) for n in chosen}
 
-    runs = {n: _expr({y[n, i]: 1.0 for i in range(len(ch))}) for n, ch in opts.items()}
+    prob.sheds = sheds  # type: ignore[attr-defined]
     return prob, extract, runs
 
 
@@ -432,3 +533,109 @@ def _solve_exhaustive(profile: Profile, load: float, current: Mapping[str, float
     plan = _make_plan(profile, load, current, best[1], best[2], feasible=True)
     return Result(plan, "exhaustive", "optimal", 0.0)
 
+
+
+# -- several services: one program, and the order in which its rules give way -------------------------
+def _service_loads(profile: Profile, loads: Mapping[str, float] | None) -> dict[str, float]:
+    """Every service's forecast from ``loads``; BadInput naming a missing, unknown or bad one."""
+    names = profile.service_names
+    if loads is None:
+        raise BadInput(f"--load: this profile has services; give NAME=RPS for each of {', '.join(names)}")
+    unknown = sorted(set(loads) - set(names))
+    if unknown:
+        raise BadInput(f"--load: unknown service {unknown[0]!r}, expected {', '.join(names)}")
+    missing = [n for n in names if n not in loads]
+    if missing:
+        raise BadInput(f"--load: no load for service {missing[0]!r}; give NAME=RPS for each of {', '.join(names)}")
+    for n, v in loads.items():
+        if math.isnan(v) or v < 0:
+            raise BadInput(f"--load: {n}: must be a number >= 0 req/s, got {v}")
+    return {n: float(loads[n]) for n in names}
+
+
+def _relaxations(profile: Profile, loads: Mapping[str, float]) -> Iterator[tuple[_Group, ...]]:
+    """The programs to try, in order, until one is feasible: every rule; then each floor gives way in
+    reverse order of weight (the lowest weight's first: it gives up only what it must, those before it all);
+    then, with no floors, the lowest-weight service sheds (the least it must), then it sheds everything
+    and the next sheds, and so on. Ties in weight: the later service in the file gives way first."""
+    services = profile.services or ()
+    order = sorted(range(len(services)), key=lambda i: (services[i].weight, -i))  # lowest weight first
+    ranked = [services[i] for i in order]
+
+    def groups(floor: Mapping[str, str], shed: Mapping[str, str]) -> tuple[_Group, ...]:
+        return tuple(
+            _Group(s.name, tuple(s.qualified(v.name) for v in s.variants), loads[s.name], s.weight,
+                   s.accuracy_floor, floor.get(s.name, "hard"), shed.get(s.name, "none"))
+            for s in services
+        )
+
+    yield groups({}, {})
+    floored = [s for s in ranked if s.accuracy_floor is not None]
+    for i, s in enumerate(floored):
+        yield groups({**{x.name: "off" for x in floored[:i]}, s.name: "soft"}, {})
+    no_floors = {s.name: "off" for s in services}
+    for i, s in enumerate(ranked):
+        yield groups(no_floors, {**{x.name: "all" for x in ranked[:i]}, s.name: "soft"})
+
+
+def _solve_services(profile: Profile, loads: Mapping[str, float], current: Mapping[str, float], options: Options,
+                    exclude_set: frozenset[str] | None) -> Result:
+    if options.solver == "exhaustive":
+        raise BadInput("--solver: exhaustive enumeration plans one service; use highs or cbc with services:")
+    if exclude_set is not None:
+        raise BadInput("explain: the runner-up plan is for one-service profiles")
+    started = time.perf_counter()
+    name = options.solver
+    for groups in _relaxations(profile, loads):
+        prob, extract, _ = _model(profile, groups, current)
+        solver, name = _pulp_solver(options, options.time_limit_s)
+        prob.solve(solver)
+        if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+            continue
+        cores, shares = extract()
+        plan = _services_plan(profile, loads, current, cores, shares)
+        status = "optimal" if prob.sol_status == pulp.LpSolutionOptimal else "time-limit"
+        if status != "optimal":
+            note = f"{name} hit the {options.time_limit_s:g} s limit: best plan found"
+            plan = replace(plan, optimal=False, notes=(*plan.notes, note))
+        return Result(plan, name, status if plan.feasible else "infeasible-load", time.perf_counter() - started,
+                      plan.notes)
+    # Unreachable while budget >= services x min_cores (Profile checks it): the last program sheds all but one.
+    raise BadInput(f"budget_cores: {profile.budget_cores:g} cores cannot run one variant of each service")
+
+
+def _services_plan(profile: Profile, loads: Mapping[str, float], current: Mapping[str, float],
+                   cores: Mapping[str, float], shares: Mapping[str, float]) -> Plan:
+    """The plan of a multi-service solve: shares normalized per service (of what it serves), one outcome per
+    service, a note for each service served less than its forecast or below its floor."""
+    allocs: list[Allocation] = []
+    outcomes: list[ServiceOutcome] = []
+    notes: list[str] = []
+    for svc in profile.services or ():
+        names = [n for n in profile.service_variants(svc.name) if n in cores]
+        load = loads[svc.name]
+        served_share = min(1.0, sum(shares.get(n, 0.0) for n in names))
+        # The solver's shares are of the forecast: what they add up to is the part served.
+        served = load * served_share if served_share < 1 - 1e-9 else load
+        total = sum(shares.get(n, 0.0) for n in names)
+        acc = 0.0
+        for n in names:
+            share = shares.get(n, 0.0) / total if total > 0 else 1.0 / len(names)
+            acc += share * profile.variant(n).accuracy
+            allocs.append(Allocation(n, cores[n], share, profile.capacity_rps(n, cores[n]), svc.name))
+        out = ServiceOutcome(svc.name, load, served, acc, svc.weight, svc.accuracy_floor)
+        outcomes.append(out)
+        if out.shed_rps > 1e-6:
+            notes.append(f"service {svc.name}: served {served:.1f} of its {load:.1f} req/s forecast "
+                         f"(short by {out.shed_rps:.1f} req/s, {out.shed_rps / load:.1%})")
+        if not out.floor_met and names:
+            notes.append(f"service {svc.name}: accuracy {acc:.4f} below its floor {svc.accuracy_floor:g} "
+                         "(the budget cannot hold every floor at this load)")
+    served_all = sum(o.served_rps for o in outcomes)
+    running = [o for o in outcomes if any(a.service == o.name for a in allocs)]
+    accuracy = (sum(o.served_rps * o.accuracy for o in outcomes) / served_all if served_all > 0
+                else sum(o.accuracy for o in running) / max(1, len(running)))
+    obj = objective_value(profile, {n: shares.get(n, 0.0) for n in cores}, cores, current)
+    feasible = all(o.shed_rps <= 1e-6 for o in outcomes)
+    return Plan(tuple(allocs), sum(loads.values()), feasible=feasible, objective=obj, accuracy=accuracy,
+                notes=tuple(notes), services=tuple(outcomes))

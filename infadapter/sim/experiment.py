@@ -110,7 +110,7 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
 
     if not base.rates_rps:
         raise BadInput("experiment: a load is required (--window ... or --rate R --duration S)")
-    profile = base.tuned(load_profile(base.profile_path))
+    profile = base.tuned(load_profile(base.profile_path).single_service("experiment"))
     if sweep is not None:
         if "infadapter" not in policies:
             raise BadInput("--sweep: it sweeps infadapter; add infadapter to --policies")

@@ -1,0 +1,178 @@
+"""Several services, one budget, replayed: one :class:`~infadapter.sim.simulation.Simulation` per service (its
+own window, SLO and queueing servers), planned either jointly or by independent adapters on a static split.
+
+- ``infadapter``: one integer program for all services (:func:`infadapter.core.solver.solve` with ``loads``)
+  at every decision; each service's simulation applies its part of the joint plan.
+- ``infadapter-split``: an independent adapter per service on a fixed share of the budget, split by the
+  services' mean load over their windows (whole core steps, at least ``min_cores`` each, never more than the
+  budget in all).
+
+Both decide periodically at the same times (no reaction to overload between decisions: the services'
+decisions must fall together for one joint solve) and without scale-down stabilization (a held scale-down
+of one service could take cores another was just given), so both are judged on the same terms.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from infadapter.core import control
+from infadapter.core import solver as solver_mod
+from infadapter.core.plan import Allocation, Plan
+from infadapter.core.policies import Context, Decision
+from infadapter.core.profile import Profile, profile_from_dict
+from infadapter.errors import BadInput
+from infadapter.sim.simulation import SimConfig, SimResult, Simulation, make_arrivals
+
+POLICIES = ("infadapter", "infadapter-split")
+
+
+def service_profile(profile: Profile, name: str, budget_cores: float | None = None) -> Profile:
+    """One service of ``profile`` as a one-service profile: its variants (profile-wide names), its SLO, the
+    shared settings, and ``budget_cores`` (default: the whole budget)."""
+    svc = profile.service(name)
+    data = profile.model_dump(mode="json", exclude_none=True)
+    data.pop("services")
+    data.update(name=f"{profile.name}/{name}", slo_ms=svc.slo_ms,
+                budget_cores=profile.budget_cores if budget_cores is None else budget_cores,
+                variants=[{**v.model_dump(mode="json", exclude_none=True), "name": svc.qualified(v.name)}
+                          for v in svc.variants])
+    return profile_from_dict(data, origin=f"{profile.name}: service {name}")
+
+
+def split_budget(profile: Profile, mean_rps: Mapping[str, float]) -> dict[str, float]:
+    """The static split: each service's share of the budget in proportion to its mean load, rounded down to
+    the core step, at least ``min_cores``; what rounding leaves goes a step at a time to the largest loads."""
+    step, mn, budget = profile.core_step, profile.min_cores, profile.budget_cores
+    total = sum(mean_rps.values())
+    names = list(profile.service_names)
+    want = {n: (budget * mean_rps[n] / total if total > 0 else budget / len(names)) for n in names}
+    out = {n: max(mn, math.floor(want[n] / step + 1e-9) * step) for n in names}
+    while sum(out.values()) > budget + 1e-9:  # min_cores pushed it over: take from the largest
+        n = max(out, key=lambda k: out[k])
+        out[n] -= step
+    for n in sorted(names, key=lambda k: want[k] - out[k], reverse=True):
+        if sum(out.values()) + step <= budget + 1e-9:
+            out[n] += step
+    return {n: round(c, 9) for n, c in out.items()}
+
+
+@dataclass(frozen=True)
+class ServiceRun:
+    """One service's replay: its per-second rates and its simulation settings (its window's history)."""
+
+    rates_rps: Sequence[float]
+    config: SimConfig
+
+
+@dataclass
+class _Joint:
+    """The joint solve at each decision time, shared by every service's simulation (they decide together)."""
+
+    profile: Profile
+    sims: dict[str, Simulation] = field(default_factory=dict)
+    plans: dict[float, Plan] = field(default_factory=dict)
+    current: dict[str, float] = field(default_factory=dict)
+    solve_s: float = 0.0
+
+    def plan_at(self, now_s: float, solver: solver_mod.Options) -> Plan:
+        key = round(now_s, 6)
+        if key not in self.plans:
+            loads = {}
+            for name, sim in self.sims.items():
+                seen = control.seen(sim.observed(now_s), sim.ctl)
+                trigger = "start" if not self.plans else "interval"
+                loads[name] = control.decision_load(trigger, sim.forecaster, seen.history, seen.rate_rps, sim.ctl)
+            res = solver_mod.solve(self.profile, 0.0, self.current, solver, loads=loads)
+            self.solve_s += res.solve_s
+            self.plans[key] = res.plan
+            self.current = res.plan.cores_by_name()
+        return self.plans[key]
+
+
+@dataclass(frozen=True)
+class _JointPart:
+    """The policy a service's simulation runs: its part of the joint plan."""
+
+    joint: _Joint
+    service: str
+    name: str = "infadapter"
+
+    def decide(self, ctx: Context) -> Decision:
+        plan = self.joint.plan_at(ctx.now_s, ctx.solver)
+        mine = [a for a in plan.allocations if a.service == self.service]
+        out = next(o for o in plan.services if o.name == self.service)
+        if not mine:
+            # Shed entirely this interval: the fastest variant on the fewest cores stays up (it is over the
+            # budget by min_cores; a service is never switched off in the simulator).
+            p = ctx.profile
+            fastest = max(p.variants, key=lambda v: v.capacity.rps(p.min_cores))
+            mine = [Allocation(fastest.name, p.min_cores, 1.0, p.capacity_rps(fastest.name, p.min_cores))]
+        allocs = tuple(replace(a, service="") for a in mine)
+        part = Plan(allocs, out.load_rps, feasible=out.shed_rps <= 1e-6, objective=plan.objective,
+                    accuracy=out.accuracy, notes=tuple(n for n in plan.notes if f"service {self.service}:" in n))
+        return Decision(part, ctx.state, f"joint: {self.service} {out.served_rps:.1f} of {out.load_rps:.1f} req/s")
+
+
+def _config(run: ServiceRun) -> SimConfig:
+    ctl = replace(run.config.control, react=False)
+    return replace(run.config, control=ctl, stabilization_intervals=1, min_gain=0.0, memoize=False)
+
+
+def simulate_services(profile: Profile, runs: Mapping[str, ServiceRun], policy: str) -> dict[str, Any]:
+    """Replay every service's window against ``policy`` (:data:`POLICIES`); the ``simulate --json`` result:
+    per service and in total."""
+    if policy not in POLICIES:
+        raise BadInput(f"--policy: with services: one of {', '.join(POLICIES)}, got {policy!r}")
+    names = profile.service_names
+    results: dict[str, SimResult] = {}
+    budgets: dict[str, float] = {}
+    if policy == "infadapter-split":
+        budgets = split_budget(profile, {n: float(np.mean(runs[n].rates_rps)) for n in names})
+        for n in names:
+            cfg = _config(runs[n])
+            sub = service_profile(profile, n, budgets[n])
+            arr = make_arrivals(runs[n].rates_rps, cfg.seed)
+            results[n] = Simulation(sub, runs[n].rates_rps, "infadapter", cfg, arrivals=arr).run()
+    else:
+        joint = _Joint(profile)
+        sims = {}
+        for n in names:
+            cfg = _config(runs[n])
+            sims[n] = Simulation(service_profile(profile, n), runs[n].rates_rps, _JointPart(joint, n), cfg,
+                                 arrivals=make_arrivals(runs[n].rates_rps, cfg.seed))
+        joint.sims = sims
+        results = {n: sims[n].run() for n in names}
+        budgets = {}
+    return _report(profile, policy, results, budgets)
+
+
+def _report(profile: Profile, policy: str, results: Mapping[str, SimResult], budgets: Mapping[str, float]
+            ) -> dict[str, Any]:
+    requests = sum(r.requests for r in results.values())
+    violations = sum(r.violations for r in results.values())
+    served = {n: r.requests - r.dropped for n, r in results.items()}
+    acc = sum(r.mean_accuracy * served[n] for n, r in results.items())
+    services = []
+    for n, r in results.items():
+        row = {"name": n, "slo_violation_rate": round(r.slo_violation_rate, 6), "mean_cores": round(r.mean_cores, 4),
+               "mean_accuracy": round(r.mean_accuracy, 6), "requests": r.requests, "dropped": r.dropped,
+               "p99_ms": round(r.p99_ms, 2), "slo_ms": profile.service(n).slo_ms}
+        if budgets:
+            row["budget_cores"] = budgets[n]
+        services.append(row)
+    return {
+        "policy": policy,
+        "requests": requests,
+        "slo_violation_rate": round(violations / requests, 6) if requests else 0.0,
+        # The services' windows have one length (checked by the caller): the means add up.
+        "mean_cores": round(sum(r.mean_cores for r in results.values()), 4),
+        "mean_accuracy": round(acc / sum(served.values()), 6) if sum(served.values()) else 0.0,
+        "dropped": sum(r.dropped for r in results.values()),
+        "services": services,
+    }

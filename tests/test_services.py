@@ -1,0 +1,151 @@
+"""Several services, one budget, one solve: the joint program equals enumeration, keeps every service's rules,
+and gives way in the documented order (floors by reverse weight, then the lowest weight sheds first). A profile
+without services is one service, as before (tests/test_solver.py::test_single_service_plans_are_unchanged).
+Profiles: tests/test_service_profiles.py; ``cli.py plan``: tests/test_services_cli.py."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import pytest
+
+from infadapter.core.plan import Plan
+from infadapter.core.profile import Profile, load_profile, profile_from_dict
+from infadapter.core.solver import Options, _assignments, _options, greedy_shares, objective_value, solve
+from infadapter.errors import BadInput
+from tests.cli_helpers import ROOT
+from tests.test_service_profiles import two_services
+
+
+# -- the joint program -----------------------------------------------------------------------------
+def _enumerate(prof: Profile, loads: Mapping[str, float], floors: bool = True) -> float | None:
+    """The best objective by enumerating every core assignment, each service's shares filled most
+    accurate first (optimal for fixed cores), every service served in full and above its floor."""
+    best = None
+    for cores in _assignments(_options(prof), prof.budget_cores):
+        shares: dict[str, float] = {}
+        for svc in prof.services:
+            mine = {n: c for n, c in cores.items() if prof.service_of(n) == svc.name}
+            got = greedy_shares(prof, loads[svc.name], mine) if mine else None
+            if got is None:
+                break
+            acc = sum(s * prof.variant(n).accuracy for n, s in got.items())
+            if floors and svc.accuracy_floor is not None and acc < svc.accuracy_floor - 1e-12:
+                break
+            shares.update(got)
+        else:
+            obj = objective_value(prof, shares, cores, {})
+            best = obj if best is None else max(best, obj)
+    return best
+
+
+@pytest.mark.parametrize("loads", [
+    {"gold": 0, "bronze": 0}, {"gold": 10, "bronze": 10}, {"gold": 25, "bronze": 5}, {"gold": 40, "bronze": 30},
+    {"gold": 5, "bronze": 40}, {"gold": 70, "bronze": 20},
+])
+@pytest.mark.parametrize("floor", [None, 0.74])
+@pytest.mark.parametrize("pod_cores", [None, 3.0])  # 3-core pods: the option model, capacity per pod
+def test_joint_solve_equals_enumeration_and_keeps_every_rule(loads, floor, pod_cores):
+    data = two_services(max_pod_cores=pod_cores)
+    data["services"][1]["accuracy_floor"] = floor
+    prof = profile_from_dict(data)
+    res = solve(prof, 0, {}, loads=loads)
+    plan = res.plan
+    assert plan.feasible and res.status == "optimal"
+    assert plan.objective == pytest.approx(_enumerate(prof, loads), abs=1e-6)
+    assert plan.cores <= prof.budget_cores
+    for out in plan.services:
+        mine = [a for a in plan.allocations if a.service == out.name]
+        assert mine, "every service runs a variant"
+        assert sum(a.share for a in mine) == pytest.approx(1.0)
+        for a in mine:
+            assert a.share * out.load_rps <= a.capacity_rps + 1e-6
+        assert out.served_rps == pytest.approx(out.load_rps) and out.floor_met
+    assert plan.load_rps == sum(loads.values())
+
+
+def test_weight_decides_who_gets_the_accurate_variant():
+    # 6 cores, both at 20 req/s: big alone needs 4 cores (5 req/s a core), small 1; only one service can run
+    # big alone (4 + 1 + 1 spare). The one whose accuracy counts 3x gets it, whichever it is.
+    prof = profile_from_dict(two_services(budget_cores=6))
+    plan = solve(prof, 0, {}, loads={"gold": 20, "bronze": 20}).plan
+    acc = {o.name: o.accuracy for o in plan.services}
+    assert acc["gold"] > acc["bronze"]
+    swapped = copy.deepcopy(two_services(budget_cores=6))
+    swapped["services"][0]["weight"], swapped["services"][1]["weight"] = 1, 3
+    plan = solve(profile_from_dict(swapped), 0, {}, loads={"gold": 20, "bronze": 20}).plan
+    acc = {o.name: o.accuracy for o in plan.services}
+    assert acc["bronze"] > acc["gold"]
+
+
+def test_a_floor_holds_whenever_the_budget_allows_it():
+    # gold 32 + bronze 15 req/s on 8 cores: without a floor bronze (weight 1) runs small on 1 core (acc 0.70)
+    # and gold gets 7. A floor of 0.75 holds: bronze big on 3 cores (15 req/s), gold big 4 (20) + small 1.
+    data = two_services()
+    free = solve(profile_from_dict(data), 0, {}, loads={"gold": 32, "bronze": 15}).plan
+    assert {o.name: o.accuracy for o in free.services}["bronze"] == pytest.approx(0.70)
+    data["services"][1]["accuracy_floor"] = 0.75
+    held = solve(profile_from_dict(data), 0, {}, loads={"gold": 32, "bronze": 15}).plan
+    bronze = {o.name: o for o in held.services}["bronze"]
+    assert bronze.accuracy >= 0.75 - 1e-9 and bronze.floor_met and held.feasible
+
+
+def test_floors_give_way_lowest_weight_first_then_only_as_much_as_needed():
+    # 40 req/s each on 8 cores. A floor of 0.74 is half the traffic on big: 20 req/s = 4 cores, + 1 core of
+    # small = 5 cores a service, 10 for both: only one floor holds. Bronze (weight 1) gives way, and only as
+    # much as it must: gold's 5 cores leave 3, best used as big 1 core (5 req/s) + small 2: 0.70 + 0.08 * 5/40.
+    data = two_services()
+    for svc in data["services"]:
+        svc["accuracy_floor"] = 0.74
+    plan = solve(profile_from_dict(data), 0, {}, loads={"gold": 40, "bronze": 40}).plan
+    out = {o.name: o for o in plan.services}
+    assert out["gold"].floor_met and not out["bronze"].floor_met
+    assert out["bronze"].accuracy == pytest.approx(0.71)
+    assert plan.feasible  # every request still served
+    assert any("service bronze: accuracy" in n and "below its floor 0.74" in n for n in plan.notes)
+
+
+def test_the_lowest_weight_service_sheds_first_and_the_plan_says_by_how_much():
+    # 8 cores serve at most 160 req/s (small, 20 a core); gold needs 100 (5 cores), so bronze gets 3 cores:
+    # 60 of its 100 req/s.
+    prof = profile_from_dict(two_services())
+    res = solve(prof, 0, {}, loads={"gold": 100, "bronze": 100})
+    out = {o.name: o for o in res.plan.services}
+    assert not res.plan.feasible and res.status == "infeasible-load"
+    assert out["gold"].served_rps == pytest.approx(100) and out["gold"].shed_rps == 0
+    assert out["bronze"].served_rps == pytest.approx(60) and out["bronze"].shed_rps == pytest.approx(40)
+    assert "service bronze: served 60.0 of its 100.0 req/s forecast (short by 40.0 req/s, 40.0%)" in res.plan.notes
+    assert res.plan.cores == 8
+
+
+def test_when_even_the_highest_weight_cannot_be_served_the_others_get_nothing():
+    prof = profile_from_dict(two_services())
+    res = solve(prof, 0, {}, loads={"gold": 200, "bronze": 10})
+    out = {o.name: o for o in res.plan.services}
+    assert out["bronze"].served_rps == 0 and out["gold"].served_rps == pytest.approx(160)
+    assert {a.service for a in res.plan.allocations} == {"gold"}
+
+
+def test_service_loads_are_checked():
+    prof = profile_from_dict(two_services())
+    with pytest.raises(BadInput, match="no load for service 'bronze'"):
+        solve(prof, 0, {}, loads={"gold": 1})
+    with pytest.raises(BadInput, match="unknown service 'silver'"):
+        solve(prof, 0, {}, loads={"gold": 1, "bronze": 1, "silver": 1})
+    with pytest.raises(BadInput, match="give NAME=RPS"):
+        solve(prof, 10)
+    with pytest.raises(BadInput, match="exhaustive"):
+        solve(prof, 0, loads={"gold": 1, "bronze": 1}, options=Options(solver="exhaustive"))
+    with pytest.raises(BadInput, match="no services"):
+        solve(load_profile(ROOT / "profiles" / "paper.yaml"), 10, loads={"a": 1})
+
+
+def test_a_multi_service_plan_round_trips_through_json():
+    plan = solve(profile_from_dict(two_services()), 0, {}, loads={"gold": 100, "bronze": 100}).plan
+    again = Plan.from_json(plan.to_json())
+    assert again == plan
+    with pytest.raises(BadInput, match="shares of service gold must sum to 1"):
+        d = plan.as_dict()
+        d["variants"][0]["share"] = 0.5
+        Plan.from_dict(d)
