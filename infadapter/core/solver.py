@@ -408,6 +408,7 @@ def _option_model(
     for n, ch in opts.items():
         load = group[n].load
         if not ch:
+            s[n].upBound = 0  # no core count serves anything with it: it takes no traffic
             continue
         prob += _expr({y[n, i]: 1.0 for i in range(len(ch))}) <= 1, f"one_size_{n}"
         # s_v * L <= capacity and s_v <= 1, option by option (the tighter of the two per option).
