@@ -37,11 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 #: Modules whose tests assert live behaviour that CPU contention would change (SLO attainment under load,
-#: faults during load, soaks, measured capacities): marked ``quiet``, so that scripts/test.sh runs them
-#: one at a time after the parallel phase.
+#: faults during load, soaks, measured capacities and calibration, HAProxy's latency under its health
+#: checks): marked ``quiet``, so that scripts/test.sh runs them one at a time after the parallel phase.
 QUIET_MODULES = frozenset({
-    "test_adapt_e2e.py", "test_faults.py", "test_dispatcher_soak.py", "test_profiler.py", "test_cgroups.py",
-    "test_server.py", "test_routers.py", "test_haproxy.py",
+    "test_adapt_e2e.py", "test_faults.py", "test_dispatcher_soak.py", "test_profiler.py", "test_haproxy.py",
 })
 #: Modules whose tests are independent of each other and long: pytest-xdist may spread their tests over
 #: workers (each worker then builds the module's fixtures once). Every other module runs whole on one
