@@ -36,8 +36,11 @@ def judge(run_dir: Path, profile_path: Path, slo_ms: float | None = None) -> dic
     profile = load_profile(profile_path)
     accuracy = {v.name: v.accuracy for v in profile.variants}
     limit = slo_ms or profile.slo_ms
-    with (run_dir / "requests.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with (run_dir / "requests.csv").open() as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise SystemExit(f"error: {run_dir}: no readable requests.csv ({exc.strerror}); give a finished run folder")
     if not rows:
         raise SystemExit(f"error: {run_dir}/requests.csv has no requests")
     late = sum(1 for r in rows if slo.violated(r["outcome"] == "ok", float(r["latency_ms"] or "inf"), limit))
