@@ -40,7 +40,8 @@ def judge(run_dir: Path, profile_path: Path, slo_ms: float | None = None) -> dic
         with (run_dir / "requests.csv").open() as f:
             rows = list(csv.DictReader(f))
     except OSError as exc:
-        raise SystemExit(f"error: {run_dir}: no readable requests.csv ({exc.strerror}); give a finished run folder")
+        raise SystemExit(f"error: {run_dir}: no readable requests.csv ({exc.strerror}); "
+                         "give a finished run folder") from None
     if not rows:
         raise SystemExit(f"error: {run_dir}/requests.csv has no requests")
     late = sum(1 for r in rows if slo.violated(r["outcome"] == "ok", float(r["latency_ms"] or "inf"), limit))
