@@ -149,12 +149,7 @@ def plot_runs(runs: Sequence[RunSeries], rates: np.ndarray | None, path: Path, t
     axes[-1].set_xlabel("seconds")
     if title:
         axes[0].set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=80)
 
 
 def plot_experiment(doc: dict[str, Any], rates: np.ndarray, path: Path, slo_ms: float | None = None) -> Path:
@@ -248,9 +243,16 @@ def plot_frontier(doc: dict[str, Any], path: Path, title: str = "") -> Path:
     ax.legend(fontsize=8, loc="lower right")
     if title:
         ax.set_title(title, fontsize=10)
+    return _save(fig, path, dpi=90)
+
+
+def _save(fig: Any, path: str | Path, dpi: int) -> Path:
+    """Lay out, write (creating the folder) and close a figure; the path written."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
