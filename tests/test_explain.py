@@ -277,7 +277,9 @@ def test_plan_what_if_beside_today():
     assert sum(v["capacity"] * (v["share"] > 0) for v in traffic["plan"]["variants"]) >= 180
     table = run_cli("plan", "--load", "120", "--what-if", "budget=16")
     assert "today" in table.stdout and "budget=16" in table.stdout
-    for bad, words in (("slo=500", "slo cannot be changed"), ("budget=x", "budget must be a number"),
+    slo = json.loads(run_cli("plan", "--load", "120", "--what-if", "budget=16,slo=500", "--json").stdout)
+    assert slo["what_if"][0]["slo_ms"] == 500 and slo["what_if"][0]["plan"]["cores"] <= 16
+    for bad, words in (("slo=600", "slo=600: "), ("budget=x", "budget must be a number"),
                        ("cores=3", "unknown key 'cores'"), ("traffic=0", "traffic must be a finite number > 0")):
         e = run_cli("plan", "--load", "120", "--what-if", bad)
         assert e.returncode == 2 and e.stderr.count("\n") == 1 and f"--what-if: {words}" in e.stderr, e.stderr

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from infadapter import paths
 from infadapter.commands.common import err_console, json_option, out_console, print_json, profile_option
 from infadapter.commands.options import control_options, load_options, load_replay
 from infadapter.commands.whatif import WHAT_IF_HELP, parse_what_if
@@ -28,6 +29,7 @@ Examples:
   python cli.py simulate --trace rates.csv --window all --policy static:resnet50=8
   python cli.py simulate --window paper --min-budget --max-violations 0.01 --json
   python cli.py simulate --window paper --what-if traffic=1.5 --what-if budget=16
+  python cli.py simulate --window paper --what-if slo=500 --what-if slo=1000,budget=12 --plot what-if.png
   python cli.py simulate --profile profiles/local.yaml --window paper --scale 0.1 \
       --policy infadapter,vpa:resnet50 --react --in-place-resize \
       --service-model cfs --service-cv 0.2 --queue-bound --observe-lag 2
@@ -69,7 +71,8 @@ Examples:
 @click.option("--observe-lag", type=int, default=0, show_default=True,
               help="Seconds the monitor lags behind the arrivals (local backend with Prometheus: 2).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write a PNG: load vs capacity, cores, accuracy and violations over time.")
+              help="Write a PNG: load vs capacity, cores, accuracy and violations over time "
+                   "[with --what-if: one plot of today and the scenarios, default runs/what-if.png].")
 @click.option("--min-budget", is_flag=True,
               help="Find the smallest budget (in the profile's core steps) whose simulation keeps the SLO "
                    "violations at or under --max-violations (bisection; one policy).")
@@ -126,7 +129,9 @@ def simulate(
         if len(specs) != 1 or min_budget:
             raise BadInput("--what-if: give one --policy (and no --min-budget); the scenarios run beside it")
         _what_if(profile, rates, specs[0], parse_what_if(what_if), config, seed, stabilization, min_gain, fc,
-                 {"window": window, "profile": profile.name, "seed": seed}, as_json)
+                 {"window": window, "profile": profile.name, "seed": seed}, as_json,
+                 plot_path=plot_path or paths.RUNS / "what-if.png",
+                 plot_title=f"{profile_path.name}: {parse_window(window).label}", origin=str(profile_path))
         return
     if min_budget:
         _min_budget(profile_path, profile, rates, specs, config, arrivals, fc, alpha, stabilization, min_gain,
@@ -144,7 +149,7 @@ def simulate(
     if timeline_path is not None:
         write_timeline(timeline_path, results)
     if plot_path is not None:
-        plot(plot_path, rates, results, title=f"{profile.name}: {label}")
+        plot(plot_path, rates, results, title=f"{profile_path.name}: {label}")
     if as_json:
         extra = {"window": window, "profile": profile.name, "seed": seed}
         if len(results) == 1:
@@ -153,7 +158,7 @@ def simulate(
             print_json({"policy": "all" if policy_spec.strip() == "all" else policy_spec, **extra,
                         "results": [r.as_dict() for r in results], "comparison": comparison})
         return
-    _print_table(results, comparison, f"{profile.name}: {label}, {rates.size} s, forecaster {fc.name}")
+    _print_table(results, comparison, f"{profile_path.name}: {label}, {rates.size} s, forecaster {fc.name}")
 
 
 def _sim_config(load: Any, control: ControlConfig, paper: bool, warm_start: bool, *, warmup: float,
@@ -225,8 +230,10 @@ def _min_budget(profile_path: Path, profile: Any, rates: Any, specs: list[str], 
 
 
 def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: Any, seed: int,
-             stabilization: int, min_gain: float, fc: Any, extra: dict[str, Any], as_json: bool) -> None:
-    """Today's settings and each scenario on the same trace and seed, side by side."""
+             stabilization: int, min_gain: float, fc: Any, extra: dict[str, Any], as_json: bool,
+             plot_path: Path | None = None, plot_title: str = "", origin: str = "the profile") -> None:
+    """Today's settings and each scenario on the same trace and seed, side by side (``plot_path``: one plot of
+    them all, a line per scenario)."""
     from dataclasses import replace
 
     import numpy as np
@@ -236,8 +243,8 @@ def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: 
     from infadapter.sim import simulation as sim
 
     rows = []
-    for sc in [Scenario("today"), *scenarios]:
-        prof = sc.profile(profile)
+    # Every scenario's profile first: a scenario the profile cannot express fails before any simulation.
+    for sc, prof in [(sc, sc.profile(profile, origin)) for sc in [Scenario("today"), *scenarios]]:
         scaled = np.asarray(rates, dtype=float) * sc.traffic
         cfg = config
         if sc.traffic != 1.0:  # the warm start's history grows with the traffic too
@@ -248,22 +255,28 @@ def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: 
                           if config.rates_before else config.rates_before)
         pol = make_policy(spec, prof, stabilization, min_gain=min_gain)
         res = sim.simulate(prof, scaled, pol, cfg, arrivals=sim.make_arrivals(scaled, seed), forecaster=fc)
-        rows.append((sc.label, res))
+        rows.append((sc.label, res, prof.slo_ms))
+    if plot_path is not None:
+        plot(plot_path, rates, [r for _, r, _ in rows], title=f"{spec} on {plot_title}: today beside each --what-if",
+             labels=[lab for lab, _, _ in rows])
     if as_json:
-        print_json({"policy": spec, **extra, "scenarios": [{"scenario": lab, **r.as_dict()} for lab, r in rows]})
+        print_json({"policy": spec, **extra, "plot": str(plot_path) if plot_path else None,
+                    "scenarios": [{"scenario": lab, "slo_ms": slo_ms, **r.as_dict()} for lab, r, slo_ms in rows]})
         return
     from rich.table import Table
 
     table = Table(title=f"{spec} on {extra['window']}: today beside each --what-if (seed {seed})")
-    for col in ("scenario", "requests", "SLO viol.", "mean cores", "accuracy", "p99 ms", "transitions"):
+    for col in ("scenario", "requests", "SLO ms", "SLO viol.", "mean cores", "accuracy", "p99 ms", "transitions"):
         table.add_column(col, justify="left" if col == "scenario" else "right")
-    for lab, r in rows:
-        table.add_row(lab, str(r.requests), f"{r.slo_violation_rate:.2%}", f"{r.mean_cores:.2f}",
+    for lab, r, slo_ms in rows:
+        table.add_row(lab, str(r.requests), f"{slo_ms:g}", f"{r.slo_violation_rate:.2%}", f"{r.mean_cores:.2f}",
                       f"{r.mean_accuracy:.2%}", f"{r.p99_ms:.0f}", str(r.transitions))
     con = out_console()
     if not con.is_terminal:
         con.width = 120
     con.print(table)
+    if plot_path is not None:
+        con.print(f"plot: {plot_path}", highlight=False)
 
 
 def search_min_budget(violations: Any, low: float, high: float, step: float, target: float) -> dict[str, Any]:
@@ -391,8 +404,9 @@ def write_timeline(path: Path, results: list[Any]) -> None:
         raise BadInput(f"--timeline: cannot write {path}: {exc.strerror}") from None
 
 
-def plot(path: Path, rates: Any, results: list[Any], title: str) -> None:
-    """Load vs capacity, cores, accuracy and violations over time, one line per policy."""
+def plot(path: Path, rates: Any, results: list[Any], title: str, labels: list[str] | None = None) -> None:
+    """Load vs capacity, cores, accuracy and violations over time, one line per run (``labels``: the runs'
+    names, default their policies; runs whose requests differ, as --what-if traffic= makes, each show theirs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -401,16 +415,19 @@ def plot(path: Path, rates: Any, results: list[Any], title: str) -> None:
 
     t = np.arange(len(rates)) / 60.0
     fig, axes = plt.subplots(4, 1, figsize=(11, 11), sharex=True)
+    names = labels or [r.policy for r in results]
     axes[0].plot(t, results[0].timeline["requests"], color="0.6", lw=0.6, label="requests/s")
-    for r in results:
+    for r, name in zip(results, names, strict=True):
         tl = r.timeline
-        axes[0].plot(t, tl["capacity_rps"], lw=1.1, label=f"{r.policy} capacity")
-        axes[1].plot(t, tl["cores"], lw=1.1, label=r.policy)
-        axes[2].plot(t, tl["accuracy"] * 100, lw=1.1, label=r.policy)
+        if not np.array_equal(tl["requests"], results[0].timeline["requests"]):
+            axes[0].plot(t, tl["requests"], color="0.6", lw=0.6, ls=":", label=f"{name} requests/s")
+        axes[0].plot(t, tl["capacity_rps"], lw=1.1, label=f"{name} capacity")
+        axes[1].plot(t, tl["cores"], lw=1.1, label=name)
+        axes[2].plot(t, tl["accuracy"] * 100, lw=1.1, label=name)
         kernel = np.ones(10)
         sent = np.maximum(np.convolve(tl["requests"], kernel, "same"), 1)
         viol = np.convolve(tl["violations"], kernel, "same") / sent
-        axes[3].plot(t, viol * 100, lw=1.1, label=r.policy)
+        axes[3].plot(t, viol * 100, lw=1.1, label=name)
     for ax, label in zip(axes, ("req/s", "cores allocated", "accuracy %", "SLO violations % (10 s)"), strict=True):
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
