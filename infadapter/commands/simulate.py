@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import nullcontext
 from dataclasses import fields, replace
@@ -201,6 +202,7 @@ def _min_budget(profile_path: Path, profile: Any, rates: Any, specs: list[str], 
     from infadapter.core.policies import make_policy
     from infadapter.core.profile import load_profile
     from infadapter.sim import simulation as sim
+    from infadapter.sim.fluid import fluid_min_budget
 
     if len(specs) != 1:
         raise BadInput("--min-budget: give one --policy (the budget is searched for that policy)")
@@ -208,12 +210,21 @@ def _min_budget(profile_path: Path, profile: Any, rates: Any, specs: list[str], 
         raise BadInput(f"--max-violations: must be a fraction in [0, 1), got {max_violations:g}")
     base = load_profile(profile_path).tuned(alpha=alpha)
 
-    def violations(budget_cores: float) -> float:
+    requests = int(arrivals.times.size)
+    stop_above = math.floor(max_violations * requests + 1e-9)  # more violations than this fail the target
+
+    def violations(budget_cores: float) -> tuple[float, bool]:
         prof = base.tuned(budget=budget_cores)
         pol = make_policy(specs[0], prof, stabilization, min_gain=min_gain)
-        return sim.simulate(prof, rates, pol, config, arrivals=arrivals, forecaster=fc).slo_violation_rate
+        run = sim.Simulation(prof, rates, pol, config, arrivals=arrivals, forecaster=fc)
+        bad, exact = run.violations(stop_above=stop_above)
+        return (bad / requests if requests else 0.0), exact
 
-    found = search_min_budget(violations, base.min_cores, profile.budget_cores, base.core_step, max_violations)
+    guess = fluid_min_budget(base, arrivals.counts, max_violations, base.min_cores, profile.budget_cores,
+                             config.service_cv)
+    found = search_min_budget(violations, base.min_cores, profile.budget_cores, base.core_step, max_violations,
+                              guess=guess)
+    found["fluid_budget"] = guess
     found = {"policy": specs[0], **extra, **found}
     if as_json:
         print_json(found)
@@ -225,8 +236,10 @@ def _min_budget(profile_path: Path, profile: Any, rates: Any, specs: list[str], 
         out_console().print(
             f"{specs[0]}: {found['budget']:g} cores keep the SLO violations at {found['slo_violation_rate']:.2%}"
             f" (target {max_violations:.2%})"
-            + (f"; {below['budget']:g} cores give {below['slo_violation_rate']:.2%}" if below else "")
-            + f"; {found['simulations']} simulations (bisection)", highlight=False)
+            + (f"; {below['budget']:g} cores give {'at least ' if below.get('stopped_early') else ''}"
+               f"{below['slo_violation_rate']:.2%}" if below else "")
+            + f"; {found['simulations']} simulations (from the fluid estimate {found['fluid_budget']:g} cores; "
+            f"{found['stopped_early']} stopped once over the target)", highlight=False)
 
 
 def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: Any, seed: int,
@@ -279,42 +292,73 @@ def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: 
         con.print(f"plot: {plot_path}", highlight=False)
 
 
-def search_min_budget(violations: Any, low: float, high: float, step: float, target: float) -> dict[str, Any]:
+def search_min_budget(violations: Any, low: float, high: float, step: float, target: float,
+                      guess: float | None = None) -> dict[str, Any]:
     """The smallest budget on the grid ``low, low + step, ... <= high`` with ``violations(b) <= target``.
 
-    Bisection, so violations are taken to fall as the budget grows (more cores never plan less capacity);
-    the answer's one-step-lower neighbour is always simulated too, so the result shows it fails.
-    ``budget`` None when even ``high`` does not meet the target.
+    ``violations(b)`` returns the violation rate and whether it is exact (False: the simulation stopped once it
+    was over the target, so the rate is a lower bound). Violations are taken to fall as the budget grows (more
+    cores never plan less capacity). With a ``guess`` (the fluid estimate, :mod:`infadapter.sim.fluid`) the
+    search simulates the budget one step below it, then the guess, then gallops up (1, 2, 4 steps) and
+    bisects; without one it bisects the whole grid. Every answer's one-step-lower neighbour is simulated, so
+    the result shows it fails. ``budget`` None when even ``high`` does not meet the target.
     """
     seen: dict[int, float] = {}
+    stopped: set[int] = set()
 
     def at(i: int) -> float:
         if i not in seen:
-            seen[i] = round(float(violations(round(low + i * step, 9))), 6)  # as simulate --json rounds
+            rate, exact = violations(round(low + i * step, 9))
+            seen[i] = round(float(rate), 6)  # as simulate --json rounds
+            if not exact:
+                stopped.add(i)
         return seen[i]
 
-    hi = round((high - low) / step)
-    if at(hi) > target:
+    top = round((high - low) / step)
+    lo, hi = -1, None  # at(lo) > target (lo -1: below the grid, fails by definition); at(hi) <= target
+    if guess is not None:
+        g = min(top, max(0, round((guess - low) / step)))
+        if at(g) <= target:
+            hi = g  # then one step below it (usually fails: the fluid estimate misses nothing a real run misses)
+            if g > 0 and at(g - 1) > target:
+                lo = g - 1
+        else:  # gallop up: g + 1, g + 2, g + 4, ...
+            lo, jump = g, 1
+            while hi is None and lo < top:
+                i = min(top, lo + jump)
+                if at(i) <= target:
+                    hi = i
+                else:
+                    lo, jump = i, jump * 2
+    elif at(top) <= target:
+        hi = top
+    if hi is None:
         return {"budget": None, "searched_up_to": high, "max_violations": target, "simulations": len(seen),
-                "tried": _tried(seen, low, step)}
-    lo = -1  # below the grid: "fails" by definition
-    if at(0) <= target:
-        hi = 0
-    else:
-        lo = 0
-        while hi - lo > 1:  # at(lo) > target >= at(hi)
-            mid = (lo + hi) // 2
-            if at(mid) <= target:
-                hi = mid
-            else:
-                lo = mid
-    below = {"budget": round(low + lo * step, 9), "slo_violation_rate": seen[lo]} if lo >= 0 else None
+                "tried": _tried(seen, stopped, low, step)}
+    if lo < 0 < hi:  # nothing below hi known to fail: the grid's bottom first
+        if at(0) > target:
+            lo = 0
+        else:
+            hi = 0
+    while hi - lo > 1:  # at(lo) > target >= at(hi)
+        mid = (lo + hi) // 2
+        if at(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    below = None
+    if lo >= 0:
+        below = {"budget": round(low + lo * step, 9), "slo_violation_rate": seen[lo]}
+        if lo in stopped:
+            below["stopped_early"] = True  # a lower bound: the run stopped once over the target
     return {"budget": round(low + hi * step, 9), "slo_violation_rate": seen[hi], "max_violations": target,
-            "below": below, "simulations": len(seen), "tried": _tried(seen, low, step)}
+            "below": below, "simulations": len(seen), "stopped_early": len(stopped),
+            "tried": _tried(seen, stopped, low, step)}
 
 
-def _tried(seen: dict[int, float], low: float, step: float) -> list[dict[str, float]]:
-    return [{"budget": round(low + i * step, 9), "slo_violation_rate": v} for i, v in sorted(seen.items())]
+def _tried(seen: dict[int, float], stopped: set[int], low: float, step: float) -> list[dict[str, Any]]:
+    return [{"budget": round(low + i * step, 9), "slo_violation_rate": v, **({"stopped_early": True} if i in stopped
+                                                                            else {})} for i, v in sorted(seen.items())]
 
 
 def explicit_params(ctx: click.Context) -> set[str]:
