@@ -140,6 +140,37 @@ def test_other_variant_set_is_the_exhaustive_best(paper, load):
     assert set(milp.plan.cores_by_name()) != names
     assert milp.plan.objective == pytest.approx(ref.plan.objective, abs=1e-6)
     assert milp.plan.objective <= best.plan.objective + 1e-9
+    # The same search on the model the solve kept (one row added, then removed): the same plan, twice.
+    for _ in range(2):
+        again = best.other_set(names)
+        assert again is not None and again.cores_by_name() == milp.plan.cores_by_name()
+        assert again.objective == pytest.approx(milp.plan.objective, abs=1e-9)
+
+
+def test_other_set_is_none_when_no_other_set_serves_the_load(paper):
+    # 380 req/s: only resnet18 on the whole budget serves it (0.8 * (24.45 x 20 - 6.17) = 386.2).
+    best = solver.solve(paper, 380.0, {})
+    assert best.plan.cores_by_name() == {"resnet18": 20.0}
+    assert best.other_set(frozenset({"resnet18"})) is None
+    assert not solver.solve(paper, 380.0, {}, exclude_set=frozenset({"resnet18"})).plan.feasible
+
+
+def test_a_decision_that_keeps_its_plan_skips_the_other_set_search(paper):
+    current = Plan.from_dict({"load": 62, "variants": [{"name": "resnet50", "cores": 9, "share": 1}]})
+    res = solver.solve(paper, 63.15, current.cores_by_name())
+    assert res.plan.cores_by_name() == current.cores_by_name()  # kept: no solve for another set
+    kept = explain.explain(paper, "infadapter", 63.15, current, res.plan)
+    assert set(kept.runner_up["alternatives"]) == {"different_cores"} and kept.runner_up["note"] == explain.NOT_SEARCHED
+    full = explain.explain(paper, "infadapter", 63.15, current, res.plan, other_sets=True)
+    assert "different_variants" in full.runner_up["alternatives"] and "note" not in full.runner_up
+    # A decision that changes the plan searches, on the policy's own model when the decision carries it.
+    from infadapter.core.policies import Context, make_policy
+
+    d = make_policy("infadapter", paper, 1).decide(Context(profile=paper, now_s=0.0, forecast_rps=120.0))
+    assert d.other_set is not None
+    mine = explain.explain(paper, "infadapter", 120.0, None, d.plan, other_set=d.other_set)
+    fresh = explain.explain(paper, "infadapter", 120.0, None, d.plan)
+    assert mine.runner_up == fresh.runner_up and "different_variants" in mine.runner_up["alternatives"]
 
 
 def test_policies_that_do_not_solve_say_so(paper):

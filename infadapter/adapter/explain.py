@@ -113,6 +113,8 @@ def paragraph(rec: dict[str, Any]) -> str:
         f" {rec.get('explain_note') or rec.get('reason')}."
     ru = rec.get("runner_up")
     runner = f" Runner-up ({ru['kind'].replace('_', ' ')}): {ru['text']}." if ru else ""
+    if ru and ru.get("note"):
+        runner += f" ({ru['note'][0].upper()}{ru['note'][1:]}.)"
     return head + after + why + runner
 
 
