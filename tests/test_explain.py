@@ -54,6 +54,9 @@ def test_json_has_binding_and_runner_up_on_every_decision(dry_run):
     assert all(d["binding"] for d in changed)
     for d in docs:
         assert d["runner_up"] is not None and d["runner_up"]["gap"] >= 0, d["seq"]
+        # The run searched other variant sets only on changes; explain --json completed the others on reading.
+        assert "different_variants" in d["runner_up"]["alternatives"] and "note" not in d["runner_up"], d["seq"]
+        assert d["runner_up"].get("searched_on_read", False) == (not d["changed"]), d["seq"]
         t = d["terms"]
         assert t["objective"] == pytest.approx(t["accuracy"] - t["cost"] - t["transition"], abs=1e-8)
         assert d["inputs"]["history"]["len"] >= 0 and d["inputs"]["trigger"] == d["trigger"]
@@ -163,6 +166,9 @@ def test_a_decision_that_keeps_its_plan_skips_the_other_set_search(paper):
     assert set(kept.runner_up["alternatives"]) == {"different_cores"} and kept.runner_up["note"] == explain.NOT_SEARCHED
     full = explain.explain(paper, "infadapter", 63.15, current, res.plan, other_sets=True)
     assert "different_variants" in full.runner_up["alternatives"] and "note" not in full.runner_up
+    # explain (the command) completes such a record on reading it: the same runner-up as a full search.
+    read = explain.with_other_sets(paper, "infadapter", 63.15, current, res.plan, kept.runner_up)
+    assert read.pop("searched_on_read") and read == full.runner_up
     # A decision that changes the plan searches, on the policy's own model when the decision carries it.
     from infadapter.core.policies import Context, make_policy
 

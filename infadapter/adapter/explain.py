@@ -177,6 +177,40 @@ def plan_difference(recorded: dict[str, Any] | None, replayed: dict[str, Any]) -
     return "; ".join(out)
 
 
+def complete_runner_ups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records, each whose runner-up skipped the other-variant-set search (a decision that kept its plan:
+    the run saves that solve) completed with it from its replay inputs; a record that cannot be replayed
+    (profile changed or gone) stays as it is."""
+    from infadapter.core import explain as core
+    from infadapter.core.plan import Plan
+    from infadapter.core.profile import load_profile
+
+    profiles: dict[tuple[str, float, float], Any] = {}
+    out = []
+    for rec in records:
+        ru, ctx_rec = rec.get("runner_up"), rec.get("replay") or {}
+        if not ru or ru.get("note") != core.NOT_SEARCHED or "profile" not in ctx_rec:
+            out.append(rec)
+            continue
+        path = Path(ctx_rec["profile"])
+        key = (str(path), float(ctx_rec["alpha"]), float(ctx_rec["budget"]))
+        try:
+            if hashlib.sha256(path.read_bytes()).hexdigest() != ctx_rec.get("profile_sha256"):
+                out.append(rec)
+                continue
+            if key not in profiles:
+                profiles[key] = load_profile(path).tuned(alpha=key[1], budget=key[2])
+        except (OSError, ValueError, BadInput):
+            out.append(rec)
+            continue
+        before = rec.get("plan_before")
+        optimum = ((rec.get("terms") or {}).get("optimum") or {}).get("plan") or rec.get("plan_after")
+        ru = core.with_other_sets(profiles[key], str(ctx_rec["policy"]), float(ctx_rec["load_rps"]),
+                                  Plan.from_dict(before) if before else None, Plan.from_dict(optimum), ru)
+        out.append({**rec, "runner_up": ru})
+    return out
+
+
 def replay(records: list[dict[str, Any]]) -> ReplayReport:
     """Re-solve every decision from its record; see the module doc."""
     from infadapter.core.explain import state_from_dict

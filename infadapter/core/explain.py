@@ -224,6 +224,24 @@ def _runner_up(profile: Profile, name: str, optimum: Plan, load: float, cur: Map
     return {**best, "alternatives": found, **({} if other_sets else {"note": NOT_SEARCHED})}
 
 
+def with_other_sets(profile: Profile, policy: str, load_rps: float, current: Plan | None, optimum: Plan,
+                    runner_up: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded runner-up that skipped the other-set search (:data:`NOT_SEARCHED`) completed with it: what
+    ``explain`` does on reading such a decision (the run saved the solve; the reader pays it once)."""
+    cur = current.cores_by_name() if current is not None else {}
+    try:
+        name = entry(policy).name
+    except BadInput:
+        name = policy
+    opt = _plan(profile, load_rps, cur, optimum.cores_by_name(), optimum.shares_by_name())
+    found = {k: v for k, v in (runner_up.get("alternatives") or {}).items() if k != "different_variants"}
+    other = _other_variants(profile, name, opt, load_rps, cur, None)
+    if other is not None:
+        found["different_variants"] = _candidate(profile, "different_variants", opt, other, cur)
+    best = min(found.values(), key=lambda c: c["gap"])
+    return {**best, "alternatives": found, "searched_on_read": True}
+
+
 def _other_variants(profile: Profile, name: str, optimum: Plan, load: float, cur: Mapping[str, float],
                     options: solver_mod.Options | None,
                     other_set: Callable[[frozenset[str]], Plan | None] | None = None) -> Plan | None:
