@@ -326,11 +326,15 @@ def test_plan_what_if_beside_today():
 
 
 @pytest.mark.slow
-def test_simulate_what_if_runs_today_and_the_scenarios_on_the_same_trace():
+def test_simulate_what_if_runs_today_and_the_scenarios_on_the_same_trace(tmp_path):
     window = ["--window", "paper"]
-    r = run_cli("simulate", *window, "--what-if", "traffic=1.5", "--what-if", "budget=8", "--json", timeout=300)
+    png = tmp_path / "what-if.png"
+    r = run_cli("simulate", *window, "--what-if", "traffic=1.5", "--what-if", "budget=8", "--plot", str(png), "--json",
+                timeout=300)
     assert r.returncode == 0, r.stderr
-    rows = {s["scenario"]: s for s in json.loads(r.stdout)["scenarios"]}
+    doc = json.loads(r.stdout)
+    assert doc["plot"] == str(png) and png.stat().st_size > 10_000  # one plot of the three
+    rows = {s["scenario"]: s for s in doc["scenarios"]}
     assert list(rows) == ["today", "traffic=1.5", "budget=8"]
     plain = json.loads(run_cli("simulate", *window, "--json").stdout)
     assert rows["today"]["requests"] == plain["requests"]
