@@ -60,7 +60,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
         rows[name] = wall
         print(f"{name:<13} budget {found['budget']}  simulations {found['simulations']}  "
-              f"stopped early {found.get('stopped_early', 0)}  fluid estimate {guess}  wall {wall:.2f} s")
+              f"stopped early {found.get('runs_stopped_early', 0)}  fluid estimate {guess}  wall {wall:.2f} s")
     print(f"fluid + stop takes {rows['fluid + stop'] / rows['bisection']:.2f}x the wall of bisection")
 
 

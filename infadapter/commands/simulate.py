@@ -239,7 +239,7 @@ def _min_budget(profile_path: Path, profile: Any, rates: Any, specs: list[str], 
             + (f"; {below['budget']:g} cores give {'at least ' if below.get('stopped_early') else ''}"
                f"{below['slo_violation_rate']:.2%}" if below else "")
             + f"; {found['simulations']} simulations (from the fluid estimate {found['fluid_budget']:g} cores; "
-            f"{found['stopped_early']} stopped once over the target)", highlight=False)
+            f"{found['runs_stopped_early']} stopped once over the target)", highlight=False)
 
 
 def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: Any, seed: int,
@@ -352,7 +352,7 @@ def search_min_budget(violations: Any, low: float, high: float, step: float, tar
         if lo in stopped:
             below["stopped_early"] = True  # a lower bound: the run stopped once over the target
     return {"budget": round(low + hi * step, 9), "slo_violation_rate": seen[hi], "max_violations": target,
-            "below": below, "simulations": len(seen), "stopped_early": len(stopped),
+            "below": below, "simulations": len(seen), "runs_stopped_early": len(stopped),
             "tried": _tried(seen, stopped, low, step)}
 
 

@@ -238,6 +238,8 @@ def with_other_sets(profile: Profile, policy: str, load_rps: float, current: Pla
     other = _other_variants(profile, name, opt, load_rps, cur, None)
     if other is not None:
         found["different_variants"] = _candidate(profile, "different_variants", opt, other, cur)
+    if not found:
+        return dict(runner_up)
     best = min(found.values(), key=lambda c: c["gap"])
     return {**best, "alternatives": found, "searched_on_read": True}
 
