@@ -94,7 +94,8 @@ def explain(
     ``held_by``: ``"stabilization"`` or ``"min_gain"`` when a wrapper did. ``other_sets``: search the best
     plan with another set of variants (one more solve); None: only on a decision that changes the plan
     (``chosen`` differs from ``current``); one that keeps its plan, held back by a wrapper or not, gets the
-    one-step-away runner-up alone (bench/solver.py's trace rows show what the solve costs on every decision).
+    one-step-away runner-up alone, unless there is none (bench/solver.py's trace rows show what the solve
+    costs on every decision).
     ``other_set``: the policy's solve of ``proposed`` kept its model (:attr:`Decision.other_set`): the search
     re-runs it with one more row instead of building a new one (the same plan, without the build).
     """
@@ -218,6 +219,8 @@ def _runner_up(profile: Profile, name: str, optimum: Plan, load: float, cur: Map
     near = _other_cores(profile, name, optimum, load, cur)
     if near is not None:
         found["different_cores"] = _candidate(profile, "different_cores", optimum, near, cur)
+    if not found and not other_sets:  # no plan one step away serves the load: search the other sets after all
+        return _runner_up(profile, name, optimum, load, cur, options, True, other_set)
     if not found:
         return None
     best = min(found.values(), key=lambda c: c["gap"])
