@@ -57,6 +57,8 @@ def test_json_has_binding_and_runner_up_on_every_decision(dry_run):
         # The run searched other variant sets only on changes; explain --json completed the others on reading.
         assert "different_variants" in d["runner_up"]["alternatives"] and "note" not in d["runner_up"], d["seq"]
         assert d["runner_up"].get("searched_on_read", False) == (not d["changed"]), d["seq"]
+        # Against the solver's own plan (idle warm variants left out), every alternative is no better.
+        assert all(a["gap"] >= 0 for a in d["runner_up"]["alternatives"].values()), d["seq"]
         t = d["terms"]
         assert t["objective"] == pytest.approx(t["accuracy"] - t["cost"] - t["transition"], abs=1e-8)
         assert d["inputs"]["history"]["len"] >= 0 and d["inputs"]["trigger"] == d["trigger"]
@@ -365,3 +367,29 @@ def test_a_decision_log_that_cannot_be_read_is_reported_not_raised(tmp_path):
     assert found.records == [] and found.unreadable
     health = decision_log_health(tmp_path)
     assert "cannot read the decision log" in health["decisions_warning"]
+
+
+def test_a_kept_runner_up_is_completed_on_reading_against_the_solvers_plan(paper):
+    # The paper window's decision #42: resnet50 on 11 cores kept, resnet18 idle on 2 (kept warm by the wrapper).
+    # Read back, the other-set search runs against resnet50x11 alone, so no alternative beats it (gap >= 0).
+    import hashlib
+
+    from infadapter.adapter.explain import complete_runner_ups
+
+    load = 83.191161591
+    served = {"load": load, "variants": [{"name": "resnet50", "cores": 11, "share": 1.0},
+                                         {"name": "resnet18", "cores": 2, "share": 0.0}]}
+    plan = Plan.from_dict(served)
+    solvers = solver.solve(paper, load, plan.cores_by_name()).plan
+    assert solvers.cores_by_name() == {"resnet50": 11.0}
+    ex = explain.explain(paper, "infadapter", load, plan, plan, solvers, "")
+    assert ex.runner_up["note"] == explain.NOT_SEARCHED
+    path = ROOT / "profiles" / "paper.yaml"
+    rec = {"seq": 42, "plan_before": served, "plan_after": served, "runner_up": ex.runner_up, "terms": ex.terms,
+           "replay": {"profile": str(path), "profile_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                      "alpha": paper.alpha, "budget": paper.budget_cores, "policy": "infadapter", "load_rps": load}}
+    ru = complete_runner_ups([rec])[0]["runner_up"]
+    assert ru["searched_on_read"] and "different_variants" in ru["alternatives"]
+    assert all(a["gap"] >= 0 for a in ru["alternatives"].values()), ru["alternatives"]
+    full = explain.explain(paper, "infadapter", load, plan, plan, solvers, "", other_sets=True).runner_up
+    assert ru["alternatives"]["different_variants"] == full["alternatives"]["different_variants"]

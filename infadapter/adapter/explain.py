@@ -204,7 +204,9 @@ def complete_runner_ups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(rec)
             continue
         before = rec.get("plan_before")
-        optimum = ((rec.get("terms") or {}).get("optimum") or {}).get("plan") or rec.get("plan_after")
+        optimum = dict(((rec.get("terms") or {}).get("optimum") or {}).get("plan") or rec.get("plan_after") or {})
+        # The solver's own plan: without the idle variants the keep-warm wrapper added (share 0).
+        optimum["variants"] = [v for v in optimum.get("variants", []) if float(v.get("share", 0)) > 1e-9]
         ru = core.with_other_sets(profiles[key], str(ctx_rec["policy"]), float(ctx_rec["load_rps"]),
                                   Plan.from_dict(before) if before else None, Plan.from_dict(optimum), ru)
         out.append({**rec, "runner_up": ru})
