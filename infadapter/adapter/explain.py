@@ -178,18 +178,26 @@ def plan_difference(recorded: dict[str, Any] | None, replayed: dict[str, Any]) -
 
 
 def complete_runner_ups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records, each whose runner-up skipped the other-variant-set search (a decision that kept its plan:
-    the run saves that solve) completed with it from its replay inputs; a record that cannot be replayed
-    (profile changed or gone) stays as it is."""
+    """The records, each whose runner-up skipped the other-variant-set search (a decision of a solving policy
+    that kept its plan: the run saves that solve) completed with it from its replay inputs; a record that
+    cannot be replayed (profile changed or gone) stays as it is."""
     from infadapter.core import explain as core
     from infadapter.core.plan import Plan
+    from infadapter.core.policies import entry
     from infadapter.core.profile import load_profile
 
     profiles: dict[tuple[str, float, float], Any] = {}
     out = []
     for rec in records:
         ru, ctx_rec = rec.get("runner_up"), rec.get("replay") or {}
-        if not ru or ru.get("note") != core.NOT_SEARCHED or "profile" not in ctx_rec:
+        optimum = dict(((rec.get("terms") or {}).get("optimum") or {}).get("plan") or rec.get("plan_after") or {})
+        try:
+            solving = entry(str(ctx_rec.get("policy", ""))).name in core.SOLVING
+        except BadInput:
+            solving = False
+        skipped = (ru.get("note") == core.NOT_SEARCHED) if ru else (solving and bool(rec.get("binding"))
+                                                                     and bool(optimum.get("feasible")))
+        if not skipped or "profile" not in ctx_rec:
             out.append(rec)
             continue
         path = Path(ctx_rec["profile"])
@@ -204,7 +212,6 @@ def complete_runner_ups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(rec)
             continue
         before = rec.get("plan_before")
-        optimum = dict(((rec.get("terms") or {}).get("optimum") or {}).get("plan") or rec.get("plan_after") or {})
         # The solver's own plan: without the idle variants the keep-warm wrapper added (share 0).
         optimum["variants"] = [v for v in optimum.get("variants", []) if float(v.get("share", 0)) > 1e-9]
         ru = core.with_other_sets(profiles[key], str(ctx_rec["policy"]), float(ctx_rec["load_rps"]),

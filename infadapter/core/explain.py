@@ -94,8 +94,9 @@ def explain(
     ``held_by``: ``"stabilization"`` or ``"min_gain"`` when a wrapper did. ``other_sets``: search the best
     plan with another set of variants (one more solve); None: only on a decision that changes the plan
     (``chosen`` differs from ``current``); one that keeps its plan, held back by a wrapper or not, gets the
-    one-step-away runner-up alone, unless there is none (bench/solver.py's trace rows show what the solve
-    costs on every decision).
+    one-step-away runner-up alone with a note, or none when no plan one step away serves the load
+    (bench/solver.py's trace rows show what the solve costs on every decision); ``explain`` (the command)
+    searches those on reading (:func:`with_other_sets`).
     ``other_set``: the policy's solve of ``proposed`` kept its model (:attr:`Decision.other_set`): the search
     re-runs it with one more row instead of building a new one (the same plan, without the build).
     """
@@ -219,18 +220,18 @@ def _runner_up(profile: Profile, name: str, optimum: Plan, load: float, cur: Map
     near = _other_cores(profile, name, optimum, load, cur)
     if near is not None:
         found["different_cores"] = _candidate(profile, "different_cores", optimum, near, cur)
-    if not found and not other_sets:  # no plan one step away serves the load: search the other sets after all
-        return _runner_up(profile, name, optimum, load, cur, options, True, other_set)
     if not found:
-        return None
+        return None  # (not searched and none one step away: explain searches on reading, as for a note)
     best = min(found.values(), key=lambda c: c["gap"])
     return {**best, "alternatives": found, **({} if other_sets else {"note": NOT_SEARCHED})}
 
 
 def with_other_sets(profile: Profile, policy: str, load_rps: float, current: Plan | None, optimum: Plan,
-                    runner_up: Mapping[str, Any]) -> dict[str, Any]:
-    """A recorded runner-up that skipped the other-set search (:data:`NOT_SEARCHED`) completed with it: what
-    ``explain`` does on reading such a decision (the run saved the solve; the reader pays it once)."""
+                    runner_up: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A recorded runner-up that skipped the other-set search (:data:`NOT_SEARCHED`, or none at all on a kept
+    plan with no neighbour one step away) completed with it: what ``explain`` does on reading such a decision
+    (the run saved the solve; the reader pays it once)."""
+    runner_up = runner_up or {}
     cur = current.cores_by_name() if current is not None else {}
     try:
         name = entry(policy).name
@@ -242,7 +243,7 @@ def with_other_sets(profile: Profile, policy: str, load_rps: float, current: Pla
     if other is not None:
         found["different_variants"] = _candidate(profile, "different_variants", opt, other, cur)
     if not found:
-        return dict(runner_up)
+        return dict(runner_up) or None
     best = min(found.values(), key=lambda c: c["gap"])
     return {**best, "alternatives": found, "searched_on_read": True}
 
