@@ -8,7 +8,11 @@ Each load is solved by every solver in turn (interleaved, so background load hit
 the paper's initial state (resnet152 on 20 cores). Reports p50/p99/max in ms and how many objectives
 differ from enumeration by more than 1e-6. "highs + explain" is a decision's planning with its
 explanation (core/explain.py: binding constraints and the runner-ups, one more solve with a no-good
-cut), timed in the same interleaved loop, and its median ratio to HiGHS alone. The scale case: 20
+cut), timed in the same interleaved loop, and its median ratio to HiGHS alone: every load there changes
+the plan (from resnet152=20), so every explanation searches the other variant sets. The trace case is a
+run's decisions: the paper window's peak of each next interval plus 10 % (30 s, as the paper), each
+planned from the previous plan, timed without and with the explanation (which searches the other sets
+only on decisions that change the plan, and, in the "every decision" row, on all of them). The scale case: 20
 synthetic variants (linear capacity), budget 200 cores, step 1, HiGHS with a 1 s time limit (best
 plan found when it hits it).
 
@@ -59,7 +63,7 @@ def paper_case(loads: list[float]) -> None:
     for load in loads:
         t0 = time.perf_counter()
         res = solve(prof, load, current)
-        explain(prof, "infadapter", load, before, res.plan)
+        explain(prof, "infadapter", load, before, res.plan, other_set=res.other_set)
         explained.append(time.perf_counter() - t0)
         ref = None
         for s in reversed(solvers):  # exhaustive first: it is the reference
@@ -78,6 +82,49 @@ def paper_case(loads: list[float]) -> None:
     print(f"median speed-up of HiGHS over enumeration: {ratio:.1f}x")
     cost = statistics.median(explained) / statistics.median(times["highs"])
     print(f"median time of a decision with its explanation: {cost:.2f}x HiGHS alone")
+
+
+def trace_case(window: str, interval_s: int) -> None:
+    """A run's decisions along a trace window: the policy alone vs the policy + explain, interleaved."""
+    try:
+        from infadapter.observe.trace import load_window
+
+        rates = load_window(window)
+    except Exception as exc:  # no trace here: say so and go on
+        print(f"trace case skipped: {exc}")
+        return
+    from infadapter.core.policies import Context, make_policy
+
+    prof = load_profile(ROOT / "profiles" / "paper.yaml")
+    policy = make_policy("infadapter", prof)  # with the shared wrappers: stabilization 4, min gain 0.005
+    loads = [1.1 * max(rates[i:i + interval_s]) for i in range(0, len(rates), interval_s)]
+    times: dict[str, list[float]] = {"solve": [], "explain": [], "explain_all": []}
+    changed = 0
+    solve(prof, 1.0, {})
+    for _ in range(3):  # three passes over the window: enough samples for a mean on a busy machine
+        before: Plan | None = None
+        state = None
+        for i, load in enumerate(loads):
+            ctx = Context(profile=prof, now_s=float(i * interval_s), forecast_rps=load, current=before, state=state)
+            t0 = time.perf_counter()
+            d = policy.decide(ctx)
+            times["solve"].append(time.perf_counter() - t0)
+            for key, other_sets in (("explain", None), ("explain_all", True)):
+                t0 = time.perf_counter()
+                d = policy.decide(ctx)
+                explain(prof, "infadapter", load, before, d.plan, d.proposed, d.held_by, other_sets=other_sets,
+                        other_set=d.other_set)
+                times[key].append(time.perf_counter() - t0)
+            changed += before is None or d.plan.cores_by_name() != before.cores_by_name()
+            before, state = d.plan, d.state
+    print(f"trace: {window} window, a decision every {interval_s} s ({len(loads)} decisions, {changed // 3} change "
+          "the plan; 3 passes), the infadapter policy with its wrappers, each from the previous plan")
+    print(row("policy", times["solve"]))
+    print(row("policy + explain", times["explain"]))
+    print(row("policy + explain (every)", times["explain_all"]))
+    base = statistics.fmean(times["solve"])
+    print(f"mean time of a decision with its explanation: {statistics.fmean(times['explain']) / base:.2f}x the policy "
+          f"alone ({statistics.fmean(times['explain_all']) / base:.2f}x searching other sets on every decision)")
 
 
 def scale_case(n_loads: int) -> None:
@@ -141,14 +188,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer loads")
     ap.add_argument("--services", type=int, default=0, help="time N services sharing 64 cores instead")
+    ap.add_argument("--window", default="paper", help="the trace case's window (simulate --window's forms)")
+    ap.add_argument("--interval", type=int, default=30, help="the trace case's decision interval, s")
+    ap.add_argument("--trace-only", action="store_true", help="only the trace case")
     args = ap.parse_args()
     if args.services:
         services_case(args.services, 10 if args.quick else 40, None)
         print()
         services_case(args.services, 10 if args.quick else 40, 8.0)
         return
+    if args.trace_only:
+        trace_case(args.window, args.interval)
+        return
     loads = [float(x) for x in range(1, 401, 8 if args.quick else 1)]
     paper_case(loads)
+    print()
+    trace_case(args.window, args.interval)
     print()
     scale_case(10 if args.quick else 40)
 

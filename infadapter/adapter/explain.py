@@ -113,6 +113,8 @@ def paragraph(rec: dict[str, Any]) -> str:
         f" {rec.get('explain_note') or rec.get('reason')}."
     ru = rec.get("runner_up")
     runner = f" Runner-up ({ru['kind'].replace('_', ' ')}): {ru['text']}." if ru else ""
+    if ru and ru.get("note"):
+        runner += f" ({ru['note'][0].upper()}{ru['note'][1:]}.)"
     return head + after + why + runner
 
 
@@ -173,6 +175,49 @@ def plan_difference(recorded: dict[str, Any] | None, replayed: dict[str, Any]) -
             out.append(f"{name}: recorded {a[name][0]:g} cores @ {a[name][1]:.2%}, "
                        f"replay {b[name][0]:g} cores @ {b[name][1]:.2%}")
     return "; ".join(out)
+
+
+def complete_runner_ups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records, each whose runner-up skipped the other-variant-set search (a decision of a solving policy
+    that kept its plan: the run saves that solve) completed with it from its replay inputs; a record that
+    cannot be replayed (profile changed or gone) stays as it is."""
+    from infadapter.core import explain as core
+    from infadapter.core.plan import Plan
+    from infadapter.core.policies import entry
+    from infadapter.core.profile import load_profile
+
+    profiles: dict[tuple[str, float, float], Any] = {}
+    out = []
+    for rec in records:
+        ru, ctx_rec = rec.get("runner_up"), rec.get("replay") or {}
+        optimum = dict(((rec.get("terms") or {}).get("optimum") or {}).get("plan") or rec.get("plan_after") or {})
+        try:
+            solving = entry(str(ctx_rec.get("policy", ""))).name in core.SOLVING
+        except BadInput:
+            solving = False
+        skipped = (ru.get("note") == core.NOT_SEARCHED) if ru else (solving and bool(rec.get("binding"))
+                                                                     and bool(optimum.get("feasible")))
+        if not skipped or "profile" not in ctx_rec:
+            out.append(rec)
+            continue
+        path = Path(ctx_rec["profile"])
+        key = (str(path), float(ctx_rec["alpha"]), float(ctx_rec["budget"]))
+        try:
+            if hashlib.sha256(path.read_bytes()).hexdigest() != ctx_rec.get("profile_sha256"):
+                out.append(rec)
+                continue
+            if key not in profiles:
+                profiles[key] = load_profile(path).tuned(alpha=key[1], budget=key[2])
+        except (OSError, ValueError, BadInput):
+            out.append(rec)
+            continue
+        before = rec.get("plan_before")
+        # The solver's own plan: without the idle variants the keep-warm wrapper added (share 0).
+        optimum["variants"] = [v for v in optimum.get("variants", []) if float(v.get("share", 0)) > 1e-9]
+        ru = core.with_other_sets(profiles[key], str(ctx_rec["policy"]), float(ctx_rec["load_rps"]),
+                                  Plan.from_dict(before) if before else None, Plan.from_dict(optimum), ru)
+        out.append({**rec, "runner_up": ru})
+    return out
 
 
 def replay(records: list[dict[str, Any]]) -> ReplayReport:

@@ -62,7 +62,7 @@ def explain(run_dir: Path, seq: int | None, replay: bool, as_json: bool) -> None
             raise click.exceptions.Exit(1)
         return
     if as_json:
-        print_json([ex.structured(r) for r in records])
+        print_json([ex.structured(r) for r in ex.complete_runner_ups(records)])
         return
     con = out_console()
     if seq is None:
@@ -71,7 +71,7 @@ def explain(run_dir: Path, seq: int | None, replay: bool, as_json: bool) -> None
         return
     from rich.table import Table
 
-    rec = records[0]
+    rec = ex.complete_runner_ups(records)[0]
     con.print(ex.paragraph(rec), highlight=False)
     t = Table()
     for col in ("plan", "accuracy", "cost", "transition", "objective"):

@@ -36,11 +36,12 @@ Examples:
   python cli.py plan --load 30 --profile profiles/local.yaml --solver cbc
   python cli.py plan --load 120 --what-if budget=16 --what-if traffic=1.5
   python cli.py plan --profile profiles/services.yaml --load live=100,feed=50,archive=20 --json
+  python cli.py plan --load 120 --what-if budget=16,slo=500
 
 
 Exit codes: 0 feasible plan, 2 bad input, 3 load above what the budget serves
 (the highest-capacity plan is still printed, with "feasible": false).
-With --what-if, --json prints {"today": PLAN, "what_if": [{"scenario", "load", "plan"}, ...]}.
+With --what-if, --json prints {"today": PLAN, "what_if": [{"scenario", "load", "slo_ms", "plan"}, ...]}.
 A profile with services: takes --load NAME=RPS,... (one per service); each variant of the plan
 names its "service", and "services" says what each service got (exit 3 when one got less than its load).
 """
@@ -110,15 +111,16 @@ def plan(
     for note in result.notes:
         warn(note)
     if what_if:
-        rows = [("today", load_rps, result)]
-        for sc in parse_what_if(what_if):
-            prof_s = sc.profile(prof)
+        rows = [("today", load_rps, prof.slo_ms, result)]
+        for sc, prof_s in [(sc, sc.profile(prof, str(profile_path))) for sc in parse_what_if(what_if)]:
             load_s = load_rps * sc.traffic
             pol_s = policies.make_policy(policy, prof_s, stabilization_intervals=1)
-            rows.append((sc.label, load_s, pol_s.decide(replace(ctx, profile=prof_s, forecast_rps=load_s)).plan))
+            rows.append((sc.label, load_s, prof_s.slo_ms,
+                         pol_s.decide(replace(ctx, profile=prof_s, forecast_rps=load_s)).plan))
         if as_json:
             print_json({"today": result.as_dict(),
-                        "what_if": [{"scenario": lab, "load": ld, "plan": p.as_dict()} for lab, ld, p in rows[1:]]})
+                        "what_if": [{"scenario": lab, "load": ld, "slo_ms": slo, "plan": p.as_dict()}
+                                    for lab, ld, slo, p in rows[1:]]})
         else:
             _print_what_if(rows)
     elif as_json:
@@ -157,15 +159,15 @@ def _parse_load(text: str, prof: Profile) -> dict[str, float]:
     return out
 
 
-def _print_what_if(rows: list[tuple[str, float, Plan]]) -> None:
+def _print_what_if(rows: list[tuple[str, float, float, Plan]]) -> None:
     from infadapter.core.explain import describe
 
     table = Table(title="Today's plan beside each --what-if", title_justify="left")
-    for col in ("scenario", "load req/s", "plan", "cores", "accuracy", "objective", "feasible"):
+    for col in ("scenario", "load req/s", "SLO ms", "plan", "cores", "accuracy", "objective", "feasible"):
         table.add_column(col, justify="left" if col in ("scenario", "plan") else "right")
-    for label, load, p in rows:
-        table.add_row(label, f"{load:g}", describe(p), f"{p.cores:g}", f"{p.accuracy:.4f}", f"{p.objective:.5f}",
-                      "yes" if p.feasible else "NO")
+    for label, load, slo_ms, p in rows:
+        table.add_row(label, f"{load:g}", f"{slo_ms:g}", describe(p), f"{p.cores:g}", f"{p.accuracy:.4f}",
+                      f"{p.objective:.5f}", "yes" if p.feasible else "NO")
     con = out_console()
     if not con.is_terminal:
         con.width = 120  # piped output: keep the plans whole

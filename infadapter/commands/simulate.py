@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import nullcontext
 from dataclasses import fields, replace
@@ -10,6 +11,7 @@ from typing import Any
 
 import click
 
+from infadapter import paths
 from infadapter.commands.common import err_console, json_option, out_console, print_json, profile_option
 from infadapter.commands.options import control_options, load_options, load_replay
 from infadapter.commands.sweep import SWEEP_HELP, parse_sweep
@@ -32,6 +34,7 @@ Examples:
   python cli.py simulate --window paper --what-if traffic=1.5 --what-if budget=16
   python cli.py simulate --window paper --policy all --sweep alpha=0.01,0.05,0.2 --plot frontier.png
   python cli.py simulate --profile profiles/services.yaml --policy infadapter,infadapter-split --json
+  python cli.py simulate --window paper --what-if slo=500 --what-if slo=1000,budget=12 --plot what-if.png
   python cli.py simulate --profile profiles/local.yaml --window paper --scale 0.1 \
       --policy infadapter,vpa:resnet50 --react --in-place-resize \
       --service-model cfs --service-cv 0.2 --queue-bound --observe-lag 2
@@ -74,7 +77,8 @@ Examples:
               help="Seconds the monitor lags behind the arrivals (local backend with Prometheus: 2).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a PNG: load vs capacity, cores, accuracy and violations over time (with --sweep: "
-                   "the frontier, accuracy against mean cores).")
+                   "the frontier, accuracy against mean cores; with --what-if: one plot of today and the scenarios, "
+                   "default runs/what-if.png).")
 @click.option("--min-budget", is_flag=True,
               help="Find the smallest budget (in the profile's core steps) whose simulation keeps the SLO "
                    "violations at or under --max-violations (bisection; one policy).")
@@ -169,7 +173,9 @@ def simulate(
         if len(specs) != 1 or min_budget:
             raise BadInput("--what-if: give one --policy (and no --min-budget); the scenarios run beside it")
         _what_if(profile, rates, specs[0], parse_what_if(what_if), config, seed, stabilization, min_gain, fc,
-                 {"window": window, "profile": profile.name, "seed": seed}, as_json)
+                 {"window": window, "profile": profile.name, "seed": seed}, as_json,
+                 plot_path=plot_path or paths.RUNS / "what-if.png",
+                 plot_title=f"{profile_path.name}: {parse_window(window).label}", origin=str(profile_path))
         return
     if sweep is not None:
         _sweep(profile, rates, sweep, [(s, p) for s, p in zip(specs, policies, strict=True) if s != "infadapter"],
@@ -193,7 +199,7 @@ def simulate(
     if timeline_path is not None:
         write_timeline(timeline_path, results)
     if plot_path is not None:
-        plot(plot_path, rates, results, title=f"{profile.name}: {label}")
+        plot(plot_path, rates, results, title=f"{profile_path.name}: {label}")
     if as_json:
         extra = {"window": window, "profile": profile.name, "seed": seed}
         if len(results) == 1:
@@ -202,7 +208,7 @@ def simulate(
             print_json({"policy": "all" if policy_spec.strip() == "all" else policy_spec, **extra,
                         "results": [r.as_dict() for r in results], "comparison": comparison})
         return
-    _print_table(results, comparison, f"{profile.name}: {label}, {rates.size} s, forecaster {fc.name}")
+    _print_table(results, comparison, f"{profile_path.name}: {label}, {rates.size} s, forecaster {fc.name}")
 
 
 def _print_services(out: dict[str, Any]) -> None:
@@ -258,6 +264,7 @@ def _min_budget(profile_path: Path, profile: Any, rates: Any, specs: list[str], 
     from infadapter.core.policies import make_policy
     from infadapter.core.profile import load_profile
     from infadapter.sim import simulation as sim
+    from infadapter.sim.fluid import fluid_min_budget
 
     if len(specs) != 1:
         raise BadInput("--min-budget: give one --policy (the budget is searched for that policy)")
@@ -265,12 +272,21 @@ def _min_budget(profile_path: Path, profile: Any, rates: Any, specs: list[str], 
         raise BadInput(f"--max-violations: must be a fraction in [0, 1), got {max_violations:g}")
     base = load_profile(profile_path).single_service("simulate").tuned(alpha=alpha)
 
-    def violations(budget_cores: float) -> float:
+    requests = int(arrivals.times.size)
+    stop_above = math.floor(max_violations * requests + 1e-9)  # more violations than this fail the target
+
+    def violations(budget_cores: float) -> tuple[float, bool]:
         prof = base.tuned(budget=budget_cores)
         pol = make_policy(specs[0], prof, stabilization, min_gain=min_gain)
-        return sim.simulate(prof, rates, pol, config, arrivals=arrivals, forecaster=fc).slo_violation_rate
+        run = sim.Simulation(prof, rates, pol, config, arrivals=arrivals, forecaster=fc)
+        bad, exact = run.violations(stop_above=stop_above)
+        return (bad / requests if requests else 0.0), exact
 
-    found = search_min_budget(violations, base.min_cores, profile.budget_cores, base.core_step, max_violations)
+    guess = fluid_min_budget(base, arrivals.counts, max_violations, base.min_cores, profile.budget_cores,
+                             config.service_cv)
+    found = search_min_budget(violations, base.min_cores, profile.budget_cores, base.core_step, max_violations,
+                              guess=guess)
+    found["fluid_budget"] = guess
     found = {"policy": specs[0], **extra, **found}
     if as_json:
         print_json(found)
@@ -282,8 +298,10 @@ def _min_budget(profile_path: Path, profile: Any, rates: Any, specs: list[str], 
         out_console().print(
             f"{specs[0]}: {found['budget']:g} cores keep the SLO violations at {found['slo_violation_rate']:.2%}"
             f" (target {max_violations:.2%})"
-            + (f"; {below['budget']:g} cores give {below['slo_violation_rate']:.2%}" if below else "")
-            + f"; {found['simulations']} simulations (bisection)", highlight=False)
+            + (f"; {below['budget']:g} cores give {'at least ' if below.get('stopped_early') else ''}"
+               f"{below['slo_violation_rate']:.2%}" if below else "")
+            + f"; {found['simulations']} simulations (from the fluid estimate {found['fluid_budget']:g} cores; "
+            f"{found['runs_stopped_early']} stopped once over the target)", highlight=False)
 
 
 def _sweep(profile: Any, rates: Any, sweep: Sweep, baselines: list[tuple[str, Any]], config: Any, arrivals: Any,
@@ -334,8 +352,10 @@ def _sweep(profile: Any, rates: Any, sweep: Sweep, baselines: list[tuple[str, An
 
 
 def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: Any, seed: int,
-             stabilization: int, min_gain: float, fc: Any, extra: dict[str, Any], as_json: bool) -> None:
-    """Today's settings and each scenario on the same trace and seed, side by side."""
+             stabilization: int, min_gain: float, fc: Any, extra: dict[str, Any], as_json: bool,
+             plot_path: Path | None = None, plot_title: str = "", origin: str = "the profile") -> None:
+    """Today's settings and each scenario on the same trace and seed, side by side (``plot_path``: one plot of
+    them all, a line per scenario)."""
     from dataclasses import replace
 
     import numpy as np
@@ -345,8 +365,8 @@ def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: 
     from infadapter.sim import simulation as sim
 
     rows = []
-    for sc in [Scenario("today"), *scenarios]:
-        prof = sc.profile(profile)
+    # Every scenario's profile first: a scenario the profile cannot express fails before any simulation.
+    for sc, prof in [(sc, sc.profile(profile, origin)) for sc in [Scenario("today"), *scenarios]]:
         scaled = np.asarray(rates, dtype=float) * sc.traffic
         cfg = config
         if sc.traffic != 1.0:  # the warm start's history grows with the traffic too
@@ -357,60 +377,97 @@ def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: 
                           if config.rates_before else config.rates_before)
         pol = make_policy(spec, prof, stabilization, min_gain=min_gain)
         res = sim.simulate(prof, scaled, pol, cfg, arrivals=sim.make_arrivals(scaled, seed), forecaster=fc)
-        rows.append((sc.label, res))
+        rows.append((sc.label, res, prof.slo_ms))
+    if plot_path is not None:
+        plot(plot_path, rates, [r for _, r, _ in rows], title=f"{spec} on {plot_title}: today beside each --what-if",
+             labels=[lab for lab, _, _ in rows])
     if as_json:
-        print_json({"policy": spec, **extra, "scenarios": [{"scenario": lab, **r.as_dict()} for lab, r in rows]})
+        print_json({"policy": spec, **extra, "plot": str(plot_path) if plot_path else None,
+                    "scenarios": [{"scenario": lab, "slo_ms": slo_ms, **r.as_dict()} for lab, r, slo_ms in rows]})
         return
     from rich.table import Table
 
     table = Table(title=f"{spec} on {extra['window']}: today beside each --what-if (seed {seed})")
-    for col in ("scenario", "requests", "SLO viol.", "mean cores", "accuracy", "p99 ms", "transitions"):
+    for col in ("scenario", "requests", "SLO ms", "SLO viol.", "mean cores", "accuracy", "p99 ms", "transitions"):
         table.add_column(col, justify="left" if col == "scenario" else "right")
-    for lab, r in rows:
-        table.add_row(lab, str(r.requests), f"{r.slo_violation_rate:.2%}", f"{r.mean_cores:.2f}",
+    for lab, r, slo_ms in rows:
+        table.add_row(lab, str(r.requests), f"{slo_ms:g}", f"{r.slo_violation_rate:.2%}", f"{r.mean_cores:.2f}",
                       f"{r.mean_accuracy:.2%}", f"{r.p99_ms:.0f}", str(r.transitions))
     con = out_console()
     if not con.is_terminal:
         con.width = 120
     con.print(table)
+    if plot_path is not None:
+        con.print(f"plot: {plot_path}", highlight=False)
 
 
-def search_min_budget(violations: Any, low: float, high: float, step: float, target: float) -> dict[str, Any]:
+def search_min_budget(violations: Any, low: float, high: float, step: float, target: float,
+                      guess: float | None = None) -> dict[str, Any]:
     """The smallest budget on the grid ``low, low + step, ... <= high`` with ``violations(b) <= target``.
 
-    Bisection, so violations are taken to fall as the budget grows (more cores never plan less capacity);
-    the answer's one-step-lower neighbour is always simulated too, so the result shows it fails.
-    ``budget`` None when even ``high`` does not meet the target.
+    ``violations(b)`` returns the violation rate and whether it is exact (False: the simulation stopped once it
+    was over the target, so the rate is a lower bound). Violations are taken to fall as the budget grows (more
+    cores never plan less capacity). With a ``guess`` (the fluid estimate, :mod:`infadapter.sim.fluid`) the
+    search simulates the budget one step below it, then the guess, then gallops up (1, 2, 4 steps) and
+    bisects; without one it bisects the whole grid. Every answer's one-step-lower neighbour is simulated, so
+    the result shows it fails. ``budget`` None when even ``high`` does not meet the target.
     """
     seen: dict[int, float] = {}
+    stopped: set[int] = set()
 
     def at(i: int) -> float:
         if i not in seen:
-            seen[i] = round(float(violations(round(low + i * step, 9))), 6)  # as simulate --json rounds
+            rate, exact = violations(round(low + i * step, 9))
+            seen[i] = round(float(rate), 6)  # as simulate --json rounds
+            if not exact:
+                stopped.add(i)
         return seen[i]
 
-    hi = round((high - low) / step)
-    if at(hi) > target:
+    top = round((high - low) / step)
+    lo, hi = -1, None  # at(lo) > target (lo -1: below the grid, fails by definition); at(hi) <= target
+    if guess is not None:
+        g = min(top, max(0, round((guess - low) / step)))
+        if at(g) <= target:
+            hi = g  # then one step below it (usually fails: the fluid estimate misses nothing a real run misses)
+            if g > 0 and at(g - 1) > target:
+                lo = g - 1
+        else:  # gallop up: g + 1, g + 2, g + 4, ...
+            lo, jump = g, 1
+            while hi is None and lo < top:
+                i = min(top, lo + jump)
+                if at(i) <= target:
+                    hi = i
+                else:
+                    lo, jump = i, jump * 2
+    elif at(top) <= target:
+        hi = top
+    if hi is None:
         return {"budget": None, "searched_up_to": high, "max_violations": target, "simulations": len(seen),
-                "tried": _tried(seen, low, step)}
-    lo = -1  # below the grid: "fails" by definition
-    if at(0) <= target:
-        hi = 0
-    else:
-        lo = 0
-        while hi - lo > 1:  # at(lo) > target >= at(hi)
-            mid = (lo + hi) // 2
-            if at(mid) <= target:
-                hi = mid
-            else:
-                lo = mid
-    below = {"budget": round(low + lo * step, 9), "slo_violation_rate": seen[lo]} if lo >= 0 else None
+                "tried": _tried(seen, stopped, low, step)}
+    if lo < 0 < hi:  # nothing below hi known to fail: the grid's bottom first
+        if at(0) > target:
+            lo = 0
+        else:
+            hi = 0
+    while hi - lo > 1:  # at(lo) > target >= at(hi)
+        mid = (lo + hi) // 2
+        if at(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    below = None
+    if lo >= 0:
+        below = {"budget": round(low + lo * step, 9), "slo_violation_rate": seen[lo]}
+        if lo in stopped:
+            below["stopped_early"] = True  # a lower bound: the run stopped once over the target
     return {"budget": round(low + hi * step, 9), "slo_violation_rate": seen[hi], "max_violations": target,
-            "below": below, "simulations": len(seen), "tried": _tried(seen, low, step)}
+            "below": below, "simulations": len(seen), "runs_stopped_early": len(stopped),
+            "tried": _tried(seen, stopped, low, step)}
 
 
-def _tried(seen: dict[int, float], low: float, step: float) -> list[dict[str, float]]:
-    return [{"budget": round(low + i * step, 9), "slo_violation_rate": v} for i, v in sorted(seen.items())]
+def _tried(seen: dict[int, float], stopped: set[int], low: float, step: float) -> list[dict[str, Any]]:
+    return [{"budget": round(low + i * step, 9), "slo_violation_rate": v, **({"stopped_early": True} if i in stopped
+                                                                            else {})} for i, v in sorted(seen.items())]
 
 
 def explicit_params(ctx: click.Context) -> set[str]:
@@ -500,8 +557,9 @@ def write_timeline(path: Path, results: list[Any]) -> None:
         raise BadInput(f"--timeline: cannot write {path}: {exc.strerror}") from None
 
 
-def plot(path: Path, rates: Any, results: list[Any], title: str) -> None:
-    """Load vs capacity, cores, accuracy and violations over time, one line per policy."""
+def plot(path: Path, rates: Any, results: list[Any], title: str, labels: list[str] | None = None) -> None:
+    """Load vs capacity, cores, accuracy and violations over time, one line per run (``labels``: the runs'
+    names, default their policies; runs whose requests differ, as --what-if traffic= makes, each show theirs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -510,16 +568,19 @@ def plot(path: Path, rates: Any, results: list[Any], title: str) -> None:
 
     t = np.arange(len(rates)) / 60.0
     fig, axes = plt.subplots(4, 1, figsize=(11, 11), sharex=True)
+    names = labels or [r.policy for r in results]
     axes[0].plot(t, results[0].timeline["requests"], color="0.6", lw=0.6, label="requests/s")
-    for r in results:
+    for r, name in zip(results, names, strict=True):
         tl = r.timeline
-        axes[0].plot(t, tl["capacity_rps"], lw=1.1, label=f"{r.policy} capacity")
-        axes[1].plot(t, tl["cores"], lw=1.1, label=r.policy)
-        axes[2].plot(t, tl["accuracy"] * 100, lw=1.1, label=r.policy)
+        if not np.array_equal(tl["requests"], results[0].timeline["requests"]):
+            axes[0].plot(t, tl["requests"], color="0.6", lw=0.6, ls=":", label=f"{name} requests/s")
+        axes[0].plot(t, tl["capacity_rps"], lw=1.1, label=f"{name} capacity")
+        axes[1].plot(t, tl["cores"], lw=1.1, label=name)
+        axes[2].plot(t, tl["accuracy"] * 100, lw=1.1, label=name)
         kernel = np.ones(10)
         sent = np.maximum(np.convolve(tl["requests"], kernel, "same"), 1)
         viol = np.convolve(tl["violations"], kernel, "same") / sent
-        axes[3].plot(t, viol * 100, lw=1.1, label=r.policy)
+        axes[3].plot(t, viol * 100, lw=1.1, label=name)
     for ax, label in zip(axes, ("req/s", "cores allocated", "accuracy %", "SLO violations % (10 s)"), strict=True):
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,11 +85,20 @@ def explain(
     proposed: Plan | None = None,
     held_by: str = "",
     options: solver_mod.Options | None = None,
+    other_sets: bool | None = None,
+    other_set: Callable[[frozenset[str]], Plan | None] | None = None,
 ) -> Explanation:
     """Explain ``chosen`` (the plan the decision serves) for ``load_rps`` given the ``current`` plan.
 
     ``proposed``: the policy's own plan before a wrapper held it back (None: ``chosen`` is it);
-    ``held_by``: ``"stabilization"`` or ``"min_gain"`` when a wrapper did.
+    ``held_by``: ``"stabilization"`` or ``"min_gain"`` when a wrapper did. ``other_sets``: search the best
+    plan with another set of variants (one more solve); None: only on a decision that changes the plan
+    (``chosen`` differs from ``current``); one that keeps its plan, held back by a wrapper or not, gets the
+    one-step-away runner-up alone with a note, or none when no plan one step away serves the load
+    (bench/solver.py's trace rows show what the solve costs on every decision); ``explain`` (the command)
+    searches those on reading (:func:`with_other_sets`).
+    ``other_set``: the policy's solve of ``proposed`` kept its model (:attr:`Decision.other_set`): the search
+    re-runs it with one more row instead of building a new one (the same plan, without the build).
     """
     cur = current.cores_by_name() if current is not None else {}
     optimum = proposed if proposed is not None else chosen
@@ -117,7 +126,10 @@ def explain(
                     f"{gain:.4f} in objective (min gain)")
         kind = "stabilization" if held_by.startswith("stabilization") else held_by
         binding.insert(0, {"kind": kind, "text": text, "gain": round(gain, 9)})
-    runner = _runner_up(profile, name, optimum, load_rps, cur, options) if optimum.feasible else None
+    if other_sets is None:
+        other_sets = current is None or chosen.cores_by_name() != cur
+    runner = (_runner_up(profile, name, optimum, load_rps, cur, options, other_sets, other_set)
+              if optimum.feasible else None)
     return Explanation(terms, tuple(binding), runner, extra=extra)
 
 
@@ -193,23 +205,52 @@ def gap_words(gap: float) -> str:
     return f"{gap:.4f}" if gap >= 5e-5 or gap == 0 else f"{gap:.1e}"
 
 
+#: Why a runner-up holds no ``different_variants`` alternative although one may exist.
+NOT_SEARCHED = ("different variants not searched: the plan did not change (that search is one more solve; "
+                "it runs on every decision that changes the plan)")
+
+
 def _runner_up(profile: Profile, name: str, optimum: Plan, load: float, cur: Mapping[str, float],
-               options: solver_mod.Options | None) -> dict[str, Any] | None:
+               options: solver_mod.Options | None, other_sets: bool = True,
+               other_set: Callable[[frozenset[str]], Plan | None] | None = None) -> dict[str, Any] | None:
     found: dict[str, dict[str, Any]] = {}
-    other = _other_variants(profile, name, optimum, load, cur, options)
+    other = _other_variants(profile, name, optimum, load, cur, options, other_set) if other_sets else None
     if other is not None:
         found["different_variants"] = _candidate(profile, "different_variants", optimum, other, cur)
     near = _other_cores(profile, name, optimum, load, cur)
     if near is not None:
         found["different_cores"] = _candidate(profile, "different_cores", optimum, near, cur)
     if not found:
-        return None
+        return None  # (not searched and none one step away: explain searches on reading, as for a note)
     best = min(found.values(), key=lambda c: c["gap"])
-    return {**best, "alternatives": found}
+    return {**best, "alternatives": found, **({} if other_sets else {"note": NOT_SEARCHED})}
+
+
+def with_other_sets(profile: Profile, policy: str, load_rps: float, current: Plan | None, optimum: Plan,
+                    runner_up: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A recorded runner-up that skipped the other-set search (:data:`NOT_SEARCHED`, or none at all on a kept
+    plan with no neighbour one step away) completed with it: what ``explain`` does on reading such a decision
+    (the run saved the solve; the reader pays it once)."""
+    runner_up = runner_up or {}
+    cur = current.cores_by_name() if current is not None else {}
+    try:
+        name = entry(policy).name
+    except BadInput:
+        name = policy
+    opt = _plan(profile, load_rps, cur, optimum.cores_by_name(), optimum.shares_by_name())
+    found = {k: v for k, v in (runner_up.get("alternatives") or {}).items() if k != "different_variants"}
+    other = _other_variants(profile, name, opt, load_rps, cur, None)
+    if other is not None:
+        found["different_variants"] = _candidate(profile, "different_variants", opt, other, cur)
+    if not found:
+        return dict(runner_up) or None
+    best = min(found.values(), key=lambda c: c["gap"])
+    return {**best, "alternatives": found, "searched_on_read": True}
 
 
 def _other_variants(profile: Profile, name: str, optimum: Plan, load: float, cur: Mapping[str, float],
-                    options: solver_mod.Options | None) -> Plan | None:
+                    options: solver_mod.Options | None,
+                    other_set: Callable[[frozenset[str]], Plan | None] | None = None) -> Plan | None:
     """The best plan whose running variants differ from the optimum's."""
     names = frozenset(optimum.cores_by_name())
     if name == "msplus":
@@ -228,6 +269,8 @@ def _other_variants(profile: Profile, name: str, optimum: Plan, load: float, cur
     # The exact best other set: one more solve with a no-good cut on the set. A cheaper local search (sets
     # one variant away, hill-climbed) cost +26% of a solve and missed the best set by up to 0.015 in
     # objective at some loads (measured in bench/solver.py's explain row), so exactness won.
+    if other_set is not None:
+        return other_set(names)
     res = solver_mod.solve(profile, load, cur, options, exclude_set=names)
     return res.plan if res.plan.feasible and res.plan.allocations else None
 
@@ -323,7 +366,8 @@ def decision_fields(
         "forecast_rps": round(forecast_rps, 3),
         "forecast_over_observed": round(forecast_rps / observed_rps, 4) if observed_rps > 0 else None,
     }
-    ex = explain(profile, policy, forecast_rps, before, decision.plan, decision.proposed, decision.held_by, options)
+    ex = explain(profile, policy, forecast_rps, before, decision.plan, decision.proposed, decision.held_by, options,
+                 other_set=decision.other_set)
     terms = dict(ex.terms)
     if ex.extra.get("optimum"):
         terms["optimum"] = ex.extra["optimum"]

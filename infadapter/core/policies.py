@@ -67,6 +67,9 @@ class Decision:
     #: Which wrapper changed the proposed plan: "stabilization" (scale-down held), "stabilization-window" (the
     #: most generous plan of the window applied), "min_gain" (current variants kept) or "" (none).
     held_by: str = ""
+    #: The solver's :attr:`~infadapter.core.solver.Result.other_set` for the proposed plan (``explain``'s
+    #: runner-up on the model already solved); None: ``explain`` solves afresh.
+    other_set: Any = field(default=None, compare=False, repr=False)
 
 
 class Policy(Protocol):
@@ -86,7 +89,7 @@ class InfAdapter:
         loads = dict(ctx.forecast_by_service) if ctx.profile.services else None
         res = solver_mod.solve(ctx.profile, ctx.forecast_rps, ctx.current_cores, ctx.solver, loads=loads)
         why = f"{res.solver} {res.status}: {_describe(res.plan)} for {ctx.forecast_rps:.1f} req/s"
-        return Decision(res.plan, ctx.state, why, res.solve_s, res.solver)
+        return Decision(res.plan, ctx.state, why, res.solve_s, res.solver, other_set=res.other_set)
 
 
 @dataclass(frozen=True)

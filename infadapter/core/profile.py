@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -127,6 +127,9 @@ class Variant(BaseModel):
     load_time_s: float = Field(description="seconds from start until the variant serves")
     memory: str = Field(default="1Gi", description="memory limit as a Kubernetes quantity")
     capacity: LinearCapacity | PointsCapacity = Field(discriminator="kind")
+    capacity_at_slo_ms: dict[float, Annotated[LinearCapacity | PointsCapacity, Field(discriminator="kind")]] | None = (
+        Field(default=None, description="the capacity model measured at other SLOs, by SLO in ms (the profile's "
+                                        "own SLO is capacity's); what --what-if slo=MS plans with"))
     model: str | None = Field(default=None, description="model file or folder name, default: name")
     reference_ms: float | None = Field(
         default=None,
@@ -140,6 +143,16 @@ class Variant(BaseModel):
         if v is not None and not v > 0:
             raise ValueError(f"must be > 0 milliseconds, got {v:g}")
         return v
+
+    @field_validator("capacity_at_slo_ms")
+    @classmethod
+    def _check_slos(cls, v: dict[float, Any] | None) -> dict[float, Any] | None:
+        if v is None:
+            return v
+        bad = [k for k in v if not k > 0]
+        if bad:
+            raise ValueError(f"SLOs must be > 0 ms, got {bad[0]:g}")
+        return dict(sorted(v.items()))
 
     @field_validator("name")
     @classmethod
@@ -488,6 +501,35 @@ class Profile(BaseModel):
                 )
         return out
 
+    def measured_slos_ms(self) -> tuple[float, ...]:
+        """The SLOs (ms) at which every variant's capacity is known: the profile's own and the
+        ``capacity_at_slo_ms`` ones that all variants share."""
+        shared = set.intersection(*(set(v.capacity_at_slo_ms or {}) for v in self.variants))
+        return tuple(sorted(shared | {self.slo_ms}))
+
+    def at_slo(self, slo_ms: float, origin: str = "the profile") -> Profile:
+        """This profile under another latency SLO: each variant's capacity measured at ``slo_ms`` (its
+        ``capacity_at_slo_ms`` entry) becomes its capacity. BadInput naming the field when a variant has
+        none at that SLO: capacity at one SLO says nothing about another (a p99 is not linear in the SLO)."""
+        if abs(slo_ms - self.slo_ms) < 1e-9:
+            return self
+        variants = []
+        for i, v in enumerate(self.variants):
+            known = v.capacity_at_slo_ms or {}
+            cap = next((c for k, c in known.items() if abs(k - slo_ms) < 1e-9), None)
+            if cap is None:
+                have = ", ".join(f"{x:g}" for x in self.measured_slos_ms())
+                raise BadInput(
+                    f"{origin}: variants[{i}].capacity_at_slo_ms has no capacity of {v.name} at {slo_ms:g} ms "
+                    f"(its capacity is measured at {have} ms, and capacity at one SLO does not give another); "
+                    f"use one of those or measure the profile at {slo_ms:g} ms (profile measure --slo-ms)")
+            others = {k: c for k, c in known.items() if abs(k - slo_ms) >= 1e-9}
+            others[self.slo_ms] = v.capacity
+            variants.append(v.model_copy(update={"capacity": cap, "capacity_at_slo_ms": dict(sorted(others.items()))}))
+        data = self.model_dump()
+        data.update(slo_ms=slo_ms, variants=[v.model_dump() for v in variants])
+        return _validate(data, origin=origin)
+
     def with_overrides(self, **changes: Any) -> Profile:
         """A new, re-validated profile with some top-level fields changed (None values ignored)."""
         data = self.model_dump()
@@ -611,6 +653,9 @@ def dump_profile(profile: Profile, header: str = "") -> str:
         cap = v["capacity"]
         if cap.get("kind") == "points":
             cap["points"] = {float(k): float(r) for k, r in cap["points"].items()}
+        if v.get("capacity_at_slo_ms"):
+            v["capacity_at_slo_ms"] = {(int(float(k)) if float(k).is_integer() else float(k)): c
+                                       for k, c in v["capacity_at_slo_ms"].items()}
     body = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
     lines = [f"# {line}".rstrip() for line in header.splitlines()] if header else []
     return "\n".join([*lines, body]) if lines else body

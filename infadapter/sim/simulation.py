@@ -646,6 +646,34 @@ class Simulation:
     def run(self, progress: Callable[[float], None] | None = None) -> SimResult:
         """Replay the whole window; ``progress`` is called with the fraction done."""
         started = time.perf_counter()
+        self._replay(progress)
+        return self.result(time.perf_counter() - started)
+
+    def violations(self, stop_above: int | None = None) -> tuple[int, bool]:
+        """Replay until more than ``stop_above`` requests have violated the SLO (None: the whole window).
+
+        Returns the violations counted and whether the window ran to its end: then the count is exactly
+        :meth:`result`'s ``violations``; else it is a lower bound (requests already served keep their
+        latency, so the count only grows). ``simulate --min-budget`` stops a budget that fails early.
+        """
+        arr, counted, bad = self.arr, 0, 0
+
+        def over() -> bool:
+            nonlocal counted, bad
+            j = self.next_request  # requests before it are served, dropped or failed: final
+            if stop_above is None or j <= counted:
+                return False
+            f = self.finish[counted:j]
+            bad += int(slo.violated(~np.isnan(f), f - arr.times[counted:j], self.slo_s).sum())
+            counted = j
+            return bad > stop_above
+
+        if not self._replay(None, over):
+            return bad, False
+        return int(slo.violated(~np.isnan(self.finish), self.finish - arr.times, self.slo_s).sum()), True
+
+    def _replay(self, progress: Callable[[float], None] | None, stop: Callable[[], bool] | None = None) -> bool:
+        """The event loop of :meth:`run`; False when ``stop`` (asked after each served stretch) ended it early."""
         cfg, t = self.config, 0.0
         while True:
             self._switch_if_ready(t)
@@ -664,9 +692,11 @@ class Simulation:
             t_next = self._next_event(t)
             self.serve(t, t_next)
             t = t_next
+            if stop is not None and stop():
+                return False
         if progress is not None:
             progress(1.0)
-        return self.result(time.perf_counter() - started)
+        return True
 
     def result(self, wall_s: float) -> SimResult:
         """Totals and the per-second timeline of what happened."""
