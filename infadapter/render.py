@@ -336,6 +336,23 @@ class VariantSpec:
     memory: str
     replicas: int = 1  # pods; ``cores`` = replicas x cores per pod (template_cores unless resized in place)
     load_time_s: float = 0.0  # the profile's load time (a pod annotation; kwok's ready delay can follow it)
+    #: CPU limit = request (the policy entry's ``cpu_limited``); False: a CPU request and no CPU limit (HPA,
+    #: vpa-requests: a pod may use the node's free CPU beyond its request, as the simulator models them).
+    cpu_limited: bool = True
+
+
+@dataclass(frozen=True)
+class PodRules:
+    """How the running policy's cores become pods: its registry entry's flags
+    (:class:`infadapter.core.policies.PolicyEntry`), as the local backend and the simulator honour them.
+
+    ``in_place`` False: a change of cores is never an in-place resize; with ``pod_cores`` (HPA's pod size) it is a
+    change of replicas of pods of exactly that size. ``cpu_limited`` False: pods carry a CPU request and no limit.
+    """
+
+    in_place: bool = True
+    cpu_limited: bool = True
+    pod_cores: float | None = None
 
 
 @functools.cache
@@ -386,14 +403,19 @@ def largest_pod_cores(profile: Profile, config: RenderConfig | None = None,
 
 
 def variant_layout(
-    cores: float, profile: Profile, config: RenderConfig | None = None, max_pod_cores: float | None = None
+    cores: float, profile: Profile, config: RenderConfig | None = None, max_pod_cores: float | None = None,
+    pod_cores: float | None = None,
 ) -> tuple[int, float]:
     """(replicas, cores per pod) of a variant planned with ``cores``.
 
     The most cores of one pod: ``max_pod_cores`` (what the backend learned from the cluster), else the
     render config's ``tfserving.max_pod_cores``, else the profile's; at least ``tfserving.replicas`` pods.
+    A policy that scales by replicas of a fixed pod size (HPA's ``pod_cores``, its entry's ``in_place``
+    False) gets pods of exactly ``pod_cores``, as many as its cores need (rounded up): its replicas.
     """
     config = config or RenderConfig()
+    if pod_cores:
+        return (max(1, math.ceil(cores / pod_cores - 1e-9)), pod_cores) if cores > 0 else (0, 0.0)
     replicas, per_pod = pod_layout(cores, largest_pod_cores(profile, config, max_pod_cores))
     if 0 < replicas < config.tfserving.replicas:
         replicas, per_pod = pod_layout(cores, cores / config.tfserving.replicas)
@@ -406,15 +428,19 @@ def variant_specs(
     template_cores: Mapping[str, float] | None = None,
     config: RenderConfig | None = None,
     max_pod_cores: float | None = None,
+    pods: PodRules | None = None,
 ) -> list[VariantSpec]:
-    """The variants of ``plan`` joined with the profile (memory, model name) and laid out in pods."""
+    """The variants of ``plan`` joined with the profile (memory, model name) and laid out in pods (``pods``: the
+    policy's rules, :class:`PodRules`)."""
+    pods = pods or PodRules()
     out = []
     for a in plan.allocations:
         v = profile.variant(a.name)
-        replicas, per_pod = variant_layout(a.cores, profile, config, max_pod_cores)
+        replicas, per_pod = variant_layout(a.cores, profile, config, max_pod_cores, pods.pod_cores)
         tmpl = (template_cores or {}).get(a.name, per_pod)
         out.append(
-            VariantSpec(a.name, v.model or v.name, a.cores, tmpl, a.share, v.memory, max(replicas, 1), v.load_time_s)
+            VariantSpec(a.name, v.model or v.name, a.cores, tmpl, a.share, v.memory, max(replicas, 1), v.load_time_s,
+                        pods.cpu_limited)
         )
     return out
 
@@ -451,12 +477,14 @@ def render_plan(
     config: RenderConfig,
     generation: int = 1,
     template_cores: Mapping[str, float] | None = None,
+    pods: PodRules | None = None,
 ) -> list[Manifest]:
     """The manifests of every variant in ``plan`` (ConfigMap, Deployment, Service each), and with
-    ``router: gateway`` the HTTPRoute whose weights are the plan's shares."""
+    ``router: gateway`` the HTTPRoute whose weights are the plan's shares (``pods``: the policy's
+    :class:`PodRules`)."""
     env = environment()
     out: list[Manifest] = []
-    for spec in variant_specs(plan, profile, template_cores, config):
+    for spec in variant_specs(plan, profile, template_cores, config, pods=pods):
         out.extend(render_variant(spec, plan, generation, config, env))
     if config.router == "gateway" and plan.allocations:
         out.append(render_route(plan.shares_by_name(), config))

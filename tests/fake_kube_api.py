@@ -221,10 +221,11 @@ class FakeKubeApi:
                 return 404, _status(404, "NotFound", "the server could not find the requested resource")
             if name not in store:
                 return missing
-            cpu = json.loads(raw)["spec"]["containers"][0]["resources"]["limits"]["cpu"]
+            asked = json.loads(raw)["spec"]["containers"][0]["resources"]
             pod = store[name]
             resources = pod["spec"]["containers"][0]["resources"]
-            resources["limits"]["cpu"] = resources["requests"]["cpu"] = cpu
+            for key in ("requests", "limits"):  # a merge patch: what the body names (no limit: none added)
+                resources.setdefault(key, {}).update(asked.get(key) or {})
             pod["status"]["containerStatuses"][0]["resources"] = copy.deepcopy(resources)
             return 200, copy.deepcopy(pod)
         if method == "PATCH" and res != "pods":

@@ -168,3 +168,65 @@ def test_make_backend_with_namespace_and_dispatcher(fake, tmp_path, paper):
     assert backend.apply(plan(A)).ok
     assert all("/namespaces/team-a/" in p for m, p, _ in fake.log if m == "PATCH")
     assert fake.routes[-1][0]["url"] == "http://tfs-resnet50.team-a.svc:8501"
+
+
+def test_hpa_changes_replicas_of_its_pod_size_never_in_place(fake, tmp_path, paper):
+    """PodRules of HPA (pod 2 cores): 4 -> 8 cores is 2 -> 4 pods of 2 (no pods/resize, the pod template's CPU
+    unchanged; that the running pods are kept is shown on the real API server, test_k8s_real); back to 4 after
+    routing; a variant resumed as 1 pod of 4 is replaced by pods of 2, never resized."""
+    from infadapter.render import PodRules
+
+    backend = make(fake, tmp_path, paper)
+    backend.pods = PodRules(in_place=False, pod_cores=2.0)
+    assert not backend.in_place_resize
+    one = {"load": 10, "variants": [{"name": "resnet50", "cores": 4, "share": 1.0}]}
+    two = {"load": 20, "variants": [{"name": "resnet50", "cores": 8, "share": 1.0}]}
+    assert backend.apply(plan(one)).ok
+    dep = fake.objects["deployments"]["tfs-resnet50"]
+    assert dep["spec"]["replicas"] == 2
+    fake.log.clear()
+    result = backend.apply(plan(two))
+    assert result.ok, result.error
+    assert result.actions[0] == "scale resnet50 4 cores as 2 pods of 2 -> 8 cores as 4 pods of 2", result.actions
+    assert not any(w.endswith("/resize") for w in fake.writes())
+    dep = fake.objects["deployments"]["tfs-resnet50"]
+    assert dep["spec"]["replicas"] == 4
+    assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "2"
+    result = backend.apply(plan(one))
+    assert result.ok and any(a.startswith("scale resnet50 8 cores") for a in result.actions), result.actions
+    w = fake.writes()
+    assert w.index("PUT route") < max(i for i, x in enumerate(w) if x == "PATCH deployments/tfs-resnet50")
+
+    other = make(fake, tmp_path, paper)  # another policy left 1 pod of 4
+    other.pods = PodRules()
+    assert other.apply(plan({"load": 10, "variants": [{"name": "resnet18", "cores": 4, "share": 1.0}]})).ok
+    backend.pods = PodRules(in_place=False, pod_cores=4.0)
+    fake.log.clear()
+    result = backend.apply(plan({"load": 10, "variants": [{"name": "resnet18", "cores": 4, "share": 1.0}]}))
+    assert result.ok
+    backend.pods = PodRules(in_place=False, pod_cores=2.0)
+    result = backend.apply(plan({"load": 10, "variants": [{"name": "resnet18", "cores": 4, "share": 1.0}]}))
+    assert result.ok, result.error
+    assert any("replace resnet18 4 cores -> 4 cores as 2 pods of 2 by rolling replacement" in a
+               for a in result.actions), result.actions
+    assert not any(w.endswith("/resize") for w in fake.writes())
+
+
+def test_without_cpu_limits_a_resize_asks_for_the_request_alone(fake, tmp_path, paper):
+    """vpa-requests (cpu_limited False): pods are created without a CPU limit and resized in place by their
+    request only (adding a limit would change the pod's QoS class, which the API server refuses)."""
+    from infadapter.render import PodRules
+
+    backend = make(fake, tmp_path, paper)
+    backend.pods = PodRules(cpu_limited=False)
+    assert backend.apply(plan(A)).ok
+    res = fake.objects["deployments"]["tfs-resnet50"]["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res["requests"]["cpu"] == "4" and "cpu" not in res["limits"]
+    fake.log.clear()
+    result = backend.apply(plan(GROW))
+    assert result.ok, result.error
+    assert any("in place (pods/resize" in a for a in result.actions), result.actions
+    (pod,) = [p for p in fake.objects["pods"].values() if p["metadata"]["labels"].get("fake/deployment")
+              == "tfs-resnet50"]
+    res = pod["spec"]["containers"][0]["resources"]
+    assert res["requests"]["cpu"] == "6" and "cpu" not in res["limits"], res

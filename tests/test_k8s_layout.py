@@ -48,3 +48,30 @@ def test_no_pod_limit_or_one_at_the_budget_changes_nothing(paper, load):
     same = solver.solve(paper.with_overrides(max_pod_cores=paper.budget_cores), load).plan
     assert base.cores_by_name() == same.cores_by_name()
     assert base.objective == pytest.approx(same.objective)
+
+
+def test_a_policy_that_scales_by_replicas_never_keeps_a_pod_count_to_resize(paper):
+    """The kubernetes backend's layout: a running variant keeps its pod count when new cores fit them (an
+    in-place resize); under HPA's PodRules the pod size stays and the replicas change instead."""
+    from infadapter.backends.kubernetes.layout import layout
+    from infadapter.render import PodRules, RenderConfig
+
+    rc = RenderConfig.model_validate({"tfserving": {"max_pod_cores": 8}})
+    assert layout(6.0, paper, rc, now=(2, 2.0)) == (2, 3.0)  # other policies: 2 pods resized to 3 in place
+    hpa = PodRules(in_place=False, pod_cores=2.0)
+    assert layout(6.0, paper, rc, now=(2, 2.0), pods=hpa) == (3, 2.0)
+    assert layout(2.0, paper, rc, now=(3, 2.0), pods=hpa) == (1, 2.0)
+    assert layout(6.0, paper, rc, now=(1, 6.0), pods=hpa) == (3, 2.0)  # resumed from another policy's pod
+
+
+def test_pod_rules_follow_the_policy_registry(paper):
+    """What the kubernetes and dry-run backends are given: the entry's flags, HPA's pod size (hpa:V=P, or the
+    profile's min_cores); every other policy the defaults (render byte-identical to before)."""
+    from infadapter.backends.kubernetes.setup import pod_rules
+    from infadapter.render import PodRules
+
+    assert pod_rules("hpa:resnet50=2", paper) == PodRules(in_place=False, cpu_limited=True, pod_cores=2.0)
+    assert pod_rules("hpa:resnet50", paper).pod_cores == paper.min_cores
+    assert pod_rules("vpa-requests:resnet50", paper) == PodRules(cpu_limited=False)
+    for spec in ("infadapter", "msplus", "vpa:resnet50", "static:resnet50=4"):
+        assert pod_rules(spec, paper) == PodRules(), spec

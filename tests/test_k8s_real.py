@@ -290,6 +290,40 @@ def test_resize_the_node_refuses_falls_back_to_a_rolling_replacement(
     assert sum(cpus) == 6 and max(cpus) <= 4 if reason == "Infeasible" else cpus == [6.0]
 
 
+def test_hpa_pod_rules_scale_replicas_keeping_the_pods_and_set_no_cpu_limit(
+    kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any
+) -> None:
+    """A policy whose cores are replicas of a fixed pod (HPA's ``in_place`` False, pod 2 cores), here also
+    without CPU limits (``cpu_limited`` False, as vpa-requests): 4 -> 8 -> 4 cores is 2 -> 4 -> 2 pods of 2,
+    the running pods kept (same UIDs: a scale, neither a resize nor a roll), each pod's CPU request 2 and no
+    CPU limit; the API server and the ReplicaSet controller do the rest."""
+    from infadapter.render import PodRules
+
+    ns = make_ns("hpa-pods")
+    b = make_backend(kube_cluster, admin, ns, paper)
+    b.pods = PodRules(in_place=False, cpu_limited=False, pod_cores=2.0)
+
+    def pods() -> dict[str, dict[str, Any]]:
+        return {p["metadata"]["uid"]: p["spec"]["containers"][0]["resources"] for p in admin.pods(ns, "resnet50")}
+
+    assert b.apply(plan(resnet50=(4, 1.0))).ok
+    first = pods()
+    assert len(first) == 2
+    result = b.apply(plan(resnet50=(8, 1.0)))
+    assert result.ok, result.error
+    assert any(a.startswith("scale resnet50 4 cores as 2 pods of 2 -> 8 cores as 4 pods of 2") for a in result.actions)
+    assert not any("in place" in a or "rolling" in a for a in result.actions), result.actions
+    grown = pods()
+    assert admin.variants(ns)["resnet50"]["spec"]["replicas"] == 4 and len(grown) == 4
+    assert set(first) <= set(grown)  # the two running pods stay
+    for res in grown.values():
+        assert res["requests"]["cpu"] == "2" and "cpu" not in (res.get("limits") or {}), res
+    result = b.apply(plan(resnet50=(4, 1.0)))
+    assert result.ok, result.error
+    admin.wait("2 pods left", lambda: len(pods()) == 2)
+    assert admin.variants(ns)["resnet50"]["spec"]["replicas"] == 2
+
+
 def test_a_restarted_backend_recovers_the_plan_without_duplicates_or_orphans(
     kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any
 ) -> None:
@@ -459,6 +493,40 @@ def test_adapt_on_a_busy_window_then_status_and_restart(
     assert len(admin.list("Deployment", "infadapter")) == len(after)
     for name, d in after.items():
         assert len(admin.pods("infadapter", name)) == d["spec"]["replicas"]
+
+
+def test_adapt_hpa_runs_replicas_of_its_pod_size(kube_cluster: Any, admin: Kube, make_ns: Any, tmp_path: Path) -> None:
+    """``adapt --policy hpa:resnet50=2`` against the cluster: the backend is given HPA's pod rules. It takes over
+    a variant another policy ran as 1 pod of 3 cores (static:resnet50=3): HPA reads round(3 / 2) = 2 replicas,
+    4 cores, which run as 2 pods of 2 (without the rules: the 1 pod resized in place to 4, as
+    test_cores_only_change_resizes_in_place_keeping_pod_name_and_uid shows); each pod's CPU request is the pod size, and
+    its CPU limit is what HPA's entry says (``cpu_limited`` True: limit = request, as the simulator and
+    the local backend hold it). The kubernetes backend reads no CPU usage (no metrics-server here), so
+    live HPA keeps the replicas it starts with."""
+    from infadapter.core.policies import entry
+
+    ns = make_ns("hpa-adapt")
+    first = _adapt(kube_cluster.kubeconfig, tmp_path / "run1", "--policy", "static:resnet50=3", "--duration", "6",
+                   ns=ns)
+    assert first.returncode == 0, first.stderr[-3000:]
+    dep = admin.variants(ns)["resnet50"]
+    assert dep["spec"]["replicas"] == 1
+    r = _adapt(kube_cluster.kubeconfig, tmp_path / "run2", "--policy", "hpa:resnet50=2", "--duration", "9", "--json",
+               ns=ns)
+    assert r.returncode == 0, r.stderr[-3000:]
+    decisions = [json.loads(x) for x in (tmp_path / "run2" / "decisions.jsonl").read_text().splitlines()]
+    actions = [a for d in decisions for a in d.get("actions", [])]
+    assert any(a.startswith("replace resnet50 3 cores -> 4 cores as 2 pods of 2 by rolling replacement")
+               for a in actions), actions
+    assert not any("in place" in a for a in actions), actions
+    dep = admin.variants(ns)["resnet50"]
+    assert dep["spec"]["replicas"] == 2 and dep["status"].get("readyReplicas") == 2
+    admin.wait("the old pod gone", lambda: len(admin.pods(ns, "resnet50")) == 2)
+    limited = entry("hpa").cpu_limited
+    for p in admin.pods(ns, "resnet50"):
+        res = p["spec"]["containers"][0]["resources"]
+        assert res["requests"]["cpu"] == "2"
+        assert (res.get("limits") or {}).get("cpu") == ("2" if limited else None), res
 
 
 def test_adapt_survives_an_api_server_restart(kube_cluster: Any, admin: Kube, make_ns: Any, tmp_path: Path) -> None:

@@ -419,3 +419,42 @@ def test_largest_pod_has_one_precedence_for_the_solver_and_the_pods(paper):
     plan = Plan.from_dict({"load": 1, "variants": [{"name": name, "cores": 6.0, "share": 1.0}]})
     pods = [m.obj for m in render_plan(plan, profile, config) if m.obj.get("kind") == "Deployment"]
     assert pods and pods[0]["spec"]["replicas"] == 3
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_policy_without_cpu_limits_renders_a_request_and_no_limit(paper, version):
+    """``cpu_limited`` False (vpa-requests; the PodRules of its registry entry): the same template, the CPU
+    request at the pod's cores, no CPU limit (memory keeps request = limit); valid for the API server."""
+    from infadapter.render import PodRules
+
+    plan = Plan.from_dict(PLANS[sorted(PLANS)[0]])
+    limited = render_plan(plan, paper, RenderConfig())
+    free = render_plan(plan, paper, RenderConfig(), pods=PodRules(cpu_limited=False))
+    for a, b in zip(limited, free, strict=True):
+        _validate(b, version)
+        if b.kind != "Deployment":
+            assert a.text == b.text
+            continue
+        res = b.obj["spec"]["template"]["spec"]["containers"][0]["resources"]
+        was = a.obj["spec"]["template"]["spec"]["containers"][0]["resources"]
+        assert res["requests"] == was["requests"]
+        assert "cpu" not in res["limits"] and res["limits"]["memory"] == was["limits"]["memory"]
+        assert "no CPU limit" in b.text and "request = limit" in a.text
+
+
+def test_a_policy_that_scales_by_replicas_renders_pods_of_its_size(paper):
+    """HPA (PodRules pod_cores 2): 6 cores are 3 pods of exactly 2, whatever the largest pod allows (8 here
+    would make one pod of 6); without the pod size the same plan is one pod."""
+    from infadapter.render import PodRules, variant_layout
+
+    config = config_from_dict({"tfserving": {"max_pod_cores": 8}})
+    hpa = PodRules(in_place=False, pod_cores=2.0)
+    assert variant_layout(6.0, paper, config, pod_cores=2.0) == (3, 2.0)
+    assert variant_layout(6.0, paper, config) == (1, 6.0)
+    assert variant_layout(0.0, paper, config, pod_cores=2.0) == (0, 0.0)
+    plan = Plan.from_dict({"load": 1, "variants": [{"name": "resnet50", "cores": 6, "share": 1.0}]})
+    dep = next(m.obj for m in render_plan(plan, paper, config, pods=hpa) if m.kind == "Deployment")
+    assert dep["spec"]["replicas"] == 3
+    res = dep["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res["requests"]["cpu"] == res["limits"]["cpu"] == "2"  # HPA's entry keeps its pods cpu_limited
+    assert dep["metadata"]["annotations"]["infadapter.io/cores"] == "6"

@@ -463,6 +463,9 @@ class PolicyEntry:
     in_place: bool = True
     #: Its servers are held to their cores (False: requests only, a server may use the free budget).
     cpu_limited: bool = True
+    #: The pod size of a policy that scales by replicas (HPA's ``pod_cores``), None otherwise: the Kubernetes
+    #: backend runs its cores as replicas of pods of exactly that size.
+    pod_cores: Callable[[Policy], float | None] = lambda policy: None
     #: Wrapped in the shared scale-down stabilization (HPA has its own time window).
     stabilized: bool = True
     #: Needs the true future load: the simulator only.
@@ -534,6 +537,7 @@ REGISTRY: dict[str, PolicyEntry] = {e.name: e for e in (
     PolicyEntry("vpa-cold", "vpa-cold:VARIANT", _vpa(warm=False, limited=True), needs_cpu=True,
                 initial_plan=_own_variant_on_budget, compare=lambda p: [f"vpa-cold:{_middle(p)}"]),
     PolicyEntry("hpa", "hpa:VARIANT[=POD_CORES]", _hpa, needs_cpu=True, cpu_sample_s=15.0, in_place=False,
+                pod_cores=lambda policy: unwrap(policy).pod_cores,  # type: ignore[attr-defined]
                 stabilized=False, initial_plan=_own_variant_on_budget,
                 compare=lambda p: [f"hpa:{n}" for n in p.names]),
     PolicyEntry("static", "static:NAME=CORES[,...]",

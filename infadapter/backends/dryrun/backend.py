@@ -16,7 +16,7 @@ from infadapter.backends.base import ApplyResult, BackendState, TargetsCallback,
 from infadapter.core.plan import Plan, diff
 from infadapter.core.profile import Profile
 from infadapter.errors import BadInput
-from infadapter.render import RenderConfig, render_plan, write_manifests
+from infadapter.render import PodRules, RenderConfig, render_plan, write_manifests
 
 PLAN_FILE = "plan.json"
 DIFF_FILE = "changes.diff"
@@ -35,9 +35,11 @@ class DryRunBackend:
     def cpu_seconds(self) -> dict[str, float]:
         return {}  # nothing runs
 
-    def __init__(self, profile: Profile, out_dir: str | Path, config: RenderConfig | None = None) -> None:
+    def __init__(self, profile: Profile, out_dir: str | Path, config: RenderConfig | None = None,
+                 pods: PodRules | None = None) -> None:
         self.profile = profile
         self.config = config or RenderConfig()
+        self.pods = pods or PodRules()  # the policy's pod rules, as the kubernetes backend renders them
         self.out_dir = Path(out_dir)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +78,7 @@ class DryRunBackend:
         generation = self._generation(last_dir) + 1
         d = self.out_dir / f"gen-{generation:04d}"
         d.mkdir(parents=True, exist_ok=True)
-        written = write_manifests(render_plan(plan, self.profile, self.config, generation), d)
+        written = write_manifests(render_plan(plan, self.profile, self.config, generation, pods=self.pods), d)
         (d / PLAN_FILE).write_text(json.dumps({"generation": generation, "plan": plan.as_dict()}, indent=1) + "\n")
         patch, summary = unified_diff(last_dir, d)
         (d / DIFF_FILE).write_text(patch, encoding="utf-8")

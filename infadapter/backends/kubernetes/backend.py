@@ -51,6 +51,7 @@ from infadapter.errors import InfAdapterError
 from infadapter.render import (
     ANNOTATION_CORES,
     LABEL_VARIANT,
+    PodRules,
     RenderConfig,
     VariantSpec,
     cpu_quantity,
@@ -75,8 +76,9 @@ class KubernetesBackend:
 
     @property
     def in_place_resize(self) -> bool:
-        """pods/resize is used unless turned off or found unsupported by the cluster."""
-        return self.resizer.ok is not False
+        """pods/resize is used unless turned off, found unsupported by the cluster, or the policy's changes are
+        never in place (HPA: replicas, :class:`~infadapter.render.PodRules`)."""
+        return self.pods.in_place and self.resizer.ok is not False
 
     def cpu_seconds(self) -> dict[str, float]:
         """Not read from the cluster (metrics-server is the cluster's): VPA and HPA run as policies in the
@@ -117,8 +119,11 @@ class KubernetesBackend:
         api_client: Any = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        pods: PodRules | None = None,
     ) -> None:
         self.profile = profile
+        #: The running policy's pod rules (its registry entry's ``in_place``/``cpu_limited``, HPA's pod size).
+        self.pods = pods or PodRules()
         options = options or KubeOptions()
         config = config or RenderConfig()
         if options.namespace and options.namespace != config.namespace:
@@ -336,10 +341,10 @@ class KubernetesBackend:
 
     def _layout(self, cores: float, now: tuple[int, float] | None = None) -> tuple[int, float]:
         """(replicas, cores per pod) for a variant of ``cores``: :func:`.layout.layout` with this backend's sizes."""
-        return layout(cores, self.profile, self.config, self.pod_limit_cores, now)
+        return layout(cores, self.profile, self.config, self.pod_limit_cores, now, self.pods)
 
     def _specs(self, plan: Plan, template: Mapping[str, float]) -> list[VariantSpec]:
-        return variant_specs(plan, self.profile, template, self.config, self.pod_limit_cores)
+        return variant_specs(plan, self.profile, template, self.config, self.pod_limit_cores, self.pods)
 
     def _change(
         self,
@@ -365,8 +370,8 @@ class KubernetesBackend:
                 waits.append(name)
             return f"scale {name} {old} -> {new}"
         refused = ""
-        if c0 > 0 and k == k0:  # same number of pods: resize each in place where the cluster can
-            how, refused = self.resizer.resize(ob, c)
+        if c0 > 0 and k == k0 and self.pods.in_place:  # same number of pods: resize each in place where it can
+            how, refused = self.resizer.resize(ob, c, self.pods.cpu_limited)
             if how:
                 self._apply_variant(with_template(spec, ob.template_cores), plan, generation)  # annotations only
                 return f"resize {name} {old} -> {new} in place ({how})"
@@ -379,8 +384,8 @@ class KubernetesBackend:
         rolled[name] = (k0, ob.template_cores)
         self._apply_variant(spec, plan, generation)
         waits.append(name)
-        why = (f"resize refused: {refused}" if refused else self.resizer.why_rolling() if k == k0
-               else "pod layout changes")
+        why = (f"resize refused: {refused}" if refused else "pod layout changes" if k != k0
+               else self.resizer.why_rolling() if self.pods.in_place else "the policy never resizes pods in place")
         return f"replace {name} {old} -> {new} by rolling replacement ({why})"
 
     @staticmethod
@@ -476,6 +481,7 @@ def make_backend(
     ready_timeout_s: float = 600.0,
     in_place: str = "auto",
     config: RenderConfig | None = None,
+    pods: PodRules | None = None,
 ) -> KubernetesBackend:
     """The backend as ``cli.py adapt --backend kubernetes`` builds it from its options."""
     from infadapter.render import load_render_config
@@ -486,4 +492,4 @@ def make_backend(
         kubeconfig=kubeconfig, context=context, namespace=namespace, ready_timeout_s=ready_timeout_s, in_place=in_place
     )
     rc = config if config is not None else load_render_config(config_path)
-    return KubernetesBackend(profile, rc, options, router=router)
+    return KubernetesBackend(profile, rc, options, router=router, pods=pods)

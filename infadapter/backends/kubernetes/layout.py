@@ -22,6 +22,7 @@ from infadapter.errors import InfAdapterError
 from infadapter.render import (
     ANNOTATION_PLAN,
     LABEL_GENERATION,
+    PodRules,
     RenderConfig,
     VariantSpec,
     largest_pod_cores,
@@ -64,8 +65,8 @@ class Observed:
         out = []
         for p in self.pods:
             for cs in p.get("status", {}).get("containerStatuses", []) or []:
-                if cs.get("name") == CONTAINER and (cs.get("resources") or {}).get("limits", {}).get("cpu"):
-                    out.append(parse_cpu(cs["resources"]["limits"]["cpu"]))
+                if cs.get("name") == CONTAINER and resources_cpu(cs.get("resources")):
+                    out.append(resources_cpu(cs.get("resources")))
                     break
             else:
                 out.append(container_cpu(p["spec"]))
@@ -101,25 +102,33 @@ class Observed:
         return deployment_ready(self.deployment)
 
 
+def resources_cpu(resources: Mapping[str, Any] | None) -> float:
+    """The CPU of a container's ``resources`` (spec or status): its limit, else its request (a policy whose
+    pods have no CPU limit, :class:`infadapter.render.PodRules`); 0 without either."""
+    res = resources or {}
+    return parse_cpu((res.get("limits") or {}).get("cpu") or (res.get("requests") or {}).get("cpu"))
+
+
 def container_cpu(pod_spec: Mapping[str, Any]) -> float:
     """The tfserving container's CPU (its limit, else its request) in a pod spec; 0 without one."""
     for c in pod_spec.get("containers", []):
         if c.get("name") == CONTAINER:
-            res = c.get("resources") or {}
-            return parse_cpu((res.get("limits") or {}).get("cpu") or (res.get("requests") or {}).get("cpu"))
+            return resources_cpu(c.get("resources"))
     return 0.0
 
 
 def layout(cores: float, profile: Profile, config: RenderConfig, pod_limit_cores: float | None = None,
-           now: tuple[int, float] | None = None) -> tuple[int, float]:
+           now: tuple[int, float] | None = None, pods: PodRules | None = None) -> tuple[int, float]:
     """(replicas, cores per pod) for a variant of ``cores``: see :func:`infadapter.render.variant_layout`;
     a pod size the cluster refused (``pod_limit_cores``) caps it further (the largest pod is
     :func:`infadapter.render.largest_pod_cores`'s, the one rule render uses). A variant running as ``now``
     keeps its number of pods when its new cores still fit them: a resize in place, no new pods (its
     capacity may then differ slightly from the solver's layout, and its cores by under 1 millicore a
-    pod; see docs/kubernetes.md)."""
-    fresh = variant_layout(cores, profile, config, pod_limit_cores)
-    if now is None or now[0] < 1 or now[1] <= 0 or fresh[0] == now[0]:
+    pod; see docs/kubernetes.md). A policy that does not change in place (``pods``: HPA) always gets
+    render's layout: replicas of its pod size."""
+    pods = pods or PodRules()
+    fresh = variant_layout(cores, profile, config, pod_limit_cores, pods.pod_cores)
+    if not pods.in_place or now is None or now[0] < 1 or now[1] <= 0 or fresh[0] == now[0]:
         return fresh
     # Whole millicores per pod, rounded down: at most 1 millicore a pod below the plan, never above.
     k, per_pod, limit = now[0], round(cores * 1000) // now[0], largest_pod_cores(profile, config, pod_limit_cores)

@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from infadapter.backends.kubernetes.api import MERGE_PATCH, KubeApi, KubeError
-from infadapter.backends.kubernetes.layout import CONTAINER, Observed
-from infadapter.render import cpu_quantity, parse_cpu
+from infadapter.backends.kubernetes.layout import CONTAINER, Observed, resources_cpu
+from infadapter.render import cpu_quantity
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,9 @@ class InPlaceResize:
             return f"server {self.server_version} has no in-place resize"
         return "in-place resize not possible"
 
-    def resize(self, ob: Observed, cores: float) -> tuple[str, str]:
-        """Resize every pod of a variant to ``cores`` through ``pods/resize``.
+    def resize(self, ob: Observed, cores: float, limited: bool = True) -> tuple[str, str]:
+        """Resize every pod of a variant to ``cores`` through ``pods/resize`` (its CPU request, and its limit
+        when ``limited``: a pod without a CPU limit keeps none).
 
         Returns (how, refused): ``how`` says what was done ("" when it must roll instead); ``refused``
         is the cluster's reason when it refused (403 from admission such as PodResizeValidator or a
@@ -68,9 +69,8 @@ class InPlaceResize:
         if not self.supported() or not ob.pods:
             return "", ""
         q = cpu_quantity(cores)
-        body = {
-            "spec": {"containers": [{"name": CONTAINER, "resources": {"requests": {"cpu": q}, "limits": {"cpu": q}}}]}
-        }
+        resources: dict[str, Any] = {"requests": {"cpu": q}, **({"limits": {"cpu": q}} if limited else {})}
+        body = {"spec": {"containers": [{"name": CONTAINER, "resources": resources}]}}
         names = [p["metadata"]["name"] for p in ob.pods if not p["metadata"].get("deletionTimestamp")]
         for pod in names:
             try:
@@ -119,8 +119,8 @@ def _resize_status(pod: Mapping[str, Any], cores: float) -> tuple[str, str]:
             return str(cond["reason"]).lower(), str(cond.get("message", ""))
     for cs in (pod.get("status") or {}).get("containerStatuses", []) or []:
         if cs.get("name") == CONTAINER:
-            cpu = ((cs.get("resources") or {}).get("limits") or {}).get("cpu")
-            if cpu is not None and abs(parse_cpu(cpu) - cores) < 1e-9:
+            cpu = resources_cpu(cs.get("resources"))
+            if cpu and abs(cpu - cores) < 1e-9:
                 busy = any(c.get("type") in ("PodResizePending", "PodResizeInProgress") for c in conditions)
                 return ("pending" if busy else "done"), ""
     return "pending", ""

@@ -203,19 +203,32 @@ def render_config_for(k8s_config: Path | None, namespace: str | None, router: st
     return rc
 
 
+def pod_rules(policy: str, profile: Profile) -> Any:
+    """How the policy's cores become pods (:class:`infadapter.render.PodRules`), from its registry entry, as
+    :class:`~infadapter.backends.local.setup.LocalSetup` honours it: HPA's changes are replicas of its pod size,
+    never in place; a policy that is not ``cpu_limited`` gets a CPU request and no CPU limit."""
+    from infadapter.core.policies import entry, make_policy
+    from infadapter.render import PodRules
+
+    kind = entry(policy)
+    return PodRules(in_place=kind.in_place, cpu_limited=kind.cpu_limited,
+                    pod_cores=kind.pod_cores(make_policy(policy, profile, 1)))
+
+
 def build_backend(cfg: ClusterRunConfig, profile: Profile) -> Any:
     """The kubernetes or dry-run backend the flags describe; BackendUnavailable if the cluster is away."""
     from infadapter.backends import backend_class
 
     rc = render_config_for(cfg.k8s_config, cfg.namespace, cfg.router)
     cls = backend_class(cfg.backend)
+    pods = pod_rules(cfg.policy, profile)
     if cfg.backend == "dry-run":
         assert cfg.out_dir is not None
-        return cls(profile, cfg.out_dir, rc)
+        return cls(profile, cfg.out_dir, rc, pods)
     backend = cls.from_options(
         profile, kubeconfig=cfg.kubeconfig, context=cfg.context, namespace=rc.namespace,
         config_path=str(cfg.k8s_config) if cfg.k8s_config else None, dispatcher_url=cfg.dispatcher_url,
-        admin_token=cfg.admin_token, ready_timeout_s=cfg.ready_timeout_s, in_place=cfg.in_place, config=rc,
+        admin_token=cfg.admin_token, ready_timeout_s=cfg.ready_timeout_s, in_place=cfg.in_place, config=rc, pods=pods,
     )
     if not backend.health():
         host = backend.api.host or "the API server"
