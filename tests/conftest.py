@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: checks): marked ``quiet``, so that scripts/test.sh runs them one at a time after the parallel phase.
 QUIET_MODULES = frozenset({
     "test_adapt_e2e.py", "test_faults.py", "test_dispatcher_soak.py", "test_profiler.py", "test_haproxy.py",
+    "test_routers.py",  # also: HAProxy's admin socket path must stay short (an xdist worker's tmp path is longer)
 })
 #: Modules whose tests are independent of each other and long: pytest-xdist may spread their tests over
 #: workers (each worker then builds the module's fixtures once). Every other module runs whole on one
@@ -58,6 +59,7 @@ def _schedule_rank(item: pytest.Item) -> int:
     return 0 if name == "test_ansible_converge.py" else 2 if name in SHARED_GROUPS else 1
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks in each worker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         name = item.path.name

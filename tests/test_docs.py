@@ -381,15 +381,18 @@ def shell_examples() -> list[tuple[str, int, str]]:
         if not page.exists():
             continue
         rel = str(page.relative_to(ROOT))
-        in_block = False
+        in_block = shown = False
         for no, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
             if line.lstrip().startswith("```"):
-                in_block = not in_block
+                in_block, shown = not in_block, False
                 continue
             cmd = _norm(_strip_comment(line.strip().removeprefix("$ ")))
-            if not in_block or not cmd or "python cli.py" in cmd:
+            if not in_block or not cmd:
                 continue
-            if page == CONTRIBUTING or _PACKAGE_COMMAND.match(cmd):
+            if "python cli.py" in cmd:
+                shown = True  # the lines after it are its shown output (e.g. a row labelled "infadapter alpha=...")
+                continue
+            if page == CONTRIBUTING or (_PACKAGE_COMMAND.match(cmd) and not shown):
                 out.append((rel, no, cmd))
     return out
 
