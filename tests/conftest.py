@@ -53,10 +53,11 @@ SHARED_GROUPS = {"test_k8s_real.py": "k8s", "test_k8s_real_node.py": "k8s"}
 
 
 def _schedule_rank(item: pytest.Item) -> int:
-    """Long fixtures first (the SSH hosts' converge), the cluster tests last (they wait for the Kubernetes
-    build that scripts/test.sh runs in the background meanwhile), the rest between."""
+    """The longest chains first: the cluster tests (their worker waits for the Kubernetes build that
+    scripts/test.sh runs in the background, then runs two clusters one after the other), then the SSH
+    hosts' converge, then the rest."""
     name = item.path.name
-    return 0 if name == "test_ansible_converge.py" else 2 if name in SHARED_GROUPS else 1
+    return 0 if name in SHARED_GROUPS else 1 if name == "test_ansible_converge.py" else 2
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks in each worker
