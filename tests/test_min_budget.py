@@ -11,20 +11,11 @@ import numpy as np
 import pytest
 
 from infadapter.commands.simulate import search_min_budget
-from infadapter.core.profile import profile_from_dict
 from infadapter.sim.fluid import fluid_min_budget, max_service_rps, unavoidable_violations
 from infadapter.sim.simulation import PAPER_SETTING, SimConfig, Simulation, make_arrivals
+from tests.test_sim import PROFILE
 
-# capacity(fast, c) = 20 c req/s, capacity(slow, c) = 10 c req/s; SLO 500 ms (as tests/test_sim.py).
-PROFILE = profile_from_dict({
-    "name": "tiny", "slo_ms": 500, "budget_cores": 8, "core_step": 1, "min_cores": 1,
-    "variants": [
-        {"name": "fast", "accuracy": 0.70, "load_time_s": 5,
-         "capacity": {"kind": "linear", "slope": 20, "intercept": 0}},
-        {"name": "slow", "accuracy": 0.80, "load_time_s": 5,
-         "capacity": {"kind": "linear", "slope": 10, "intercept": 0}},
-    ],
-})
+# capacity(fast, c) = 20 c req/s, capacity(slow, c) = 10 c req/s; SLO 500 ms: tests/test_sim.py's profile.
 LN100_OVER_SLO = math.log(100) / 0.5  # mu = capacity + ln(100) / SLO (infadapter.core.service)
 
 
