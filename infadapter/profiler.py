@@ -29,7 +29,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -339,6 +339,23 @@ def _sequential_latency_s(url: str, body: bytes, n: int = 5, fastest: bool = Fal
     return float(min(out) if fastest else np.median(out))
 
 
+@contextlib.contextmanager
+def _server(model_dir: Path, variant: str, port: int, threads: int, warmup: int, host: str,
+            group: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """A model server, its whole start-up inside ``group`` (None: no cgroup); SIGTERM (then SIGKILL) on exit."""
+    proc = subprocess.Popen(server_command(model_dir, variant, port, threads, warmup, host),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        if group is not None:
+            # Before the interpreter has even imported numpy: the whole start-up runs under the quota.
+            group.add_pid(proc.pid)
+        yield proc
+    finally:
+        stop_process(proc)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
 def measure_one(
     config: ProfilerConfig,
     driver: cgroups.CgroupV1 | cgroups.CgroupV2,
@@ -352,49 +369,37 @@ def measure_one(
     group = driver.create(f"profile-{variant}-{port}", cores)
     group.set_weight(config.priority)
     base_url = f"http://{config.host}:{port}"
-    proc: subprocess.Popen[bytes] | None = None
+    t0 = time.monotonic()
     try:
-        t0 = time.monotonic()
-        proc = subprocess.Popen(
-            server_command(config.model_dir, variant, port, threads, config.warmup, config.host),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        # Before the interpreter has even imported numpy: the whole start-up runs under the quota.
-        group.add_pid(proc.pid)
-        wait_available(base_url, variant, proc, config.start_timeout_s)
-        load_time_s = time.monotonic() - t0
-        meta = _get_json(f"{base_url}/v1/models/{variant}/metadata")
-        url = f"{base_url}/v1/models/{variant}:predict"
-        cpu0, wall0 = group.usage_seconds(), time.monotonic()
-        service_s = _sequential_latency_s(url, body)
-        saturation = 1.0 / service_s
-        if service_s * 1000 > config.slo_ms:
-            steps: list[Step] = []  # one request alone misses the SLO: capacity 0
-        else:
-            saturation, steps = asyncio.run(_search(config, url, base_url, body, threads))
-        capacity = max((s.rate_rps for s in steps if s.passed(config.slo_ms)), default=0.0)
-        return Measurement(
-            variant=variant,
-            cores=cores,
-            slo_ms=config.slo_ms,
-            capacity_rps=round(capacity, 2),
-            load_time_s=round(load_time_s, 2),
-            service_ms=round(service_s * 1000, 2),
-            saturation_rps=round(saturation, 2),
-            peak_rss_mb=round(peak_rss_mb(proc.pid), 1),
-            threads=threads,
-            resolution=int(meta.get("onnx", {}).get("resolution", 0)),
-            cpu_seconds=round(group.usage_seconds() - cpu0, 2),
-            wall_seconds=round(time.monotonic() - wall0, 2),
-            steps=steps,
-        )
+        with _server(config.model_dir, variant, port, threads, config.warmup, config.host, group) as proc:
+            wait_available(base_url, variant, proc, config.start_timeout_s)
+            load_time_s = time.monotonic() - t0
+            meta = _get_json(f"{base_url}/v1/models/{variant}/metadata")
+            url = f"{base_url}/v1/models/{variant}:predict"
+            cpu0, wall0 = group.usage_seconds(), time.monotonic()
+            service_s = _sequential_latency_s(url, body)
+            saturation = 1.0 / service_s
+            if service_s * 1000 > config.slo_ms:
+                steps: list[Step] = []  # one request alone misses the SLO: capacity 0
+            else:
+                saturation, steps = asyncio.run(_search(config, url, base_url, body, threads))
+            capacity = max((s.rate_rps for s in steps if s.passed(config.slo_ms)), default=0.0)
+            return Measurement(
+                variant=variant,
+                cores=cores,
+                slo_ms=config.slo_ms,
+                capacity_rps=round(capacity, 2),
+                load_time_s=round(load_time_s, 2),
+                service_ms=round(service_s * 1000, 2),
+                saturation_rps=round(saturation, 2),
+                peak_rss_mb=round(peak_rss_mb(proc.pid), 1),
+                threads=threads,
+                resolution=int(meta.get("onnx", {}).get("resolution", 0)),
+                cpu_seconds=round(group.usage_seconds() - cpu0, 2),
+                wall_seconds=round(time.monotonic() - wall0, 2),
+                steps=steps,
+            )
     finally:
-        if proc is not None:
-            stop_process(proc)
-            if proc.stderr is not None:
-                proc.stderr.close()
         group.remove()
 
 
@@ -583,21 +588,13 @@ def one_request_ms(model_dir: Path, variant: str, warmup: int = 3, requests: int
     found = cgroups.probe()
     port = free_port(host)
     group = found.driver.create(f"calibrate-{variant}-{port}", 1.0) if found.driver is not None else None
-    proc: subprocess.Popen[bytes] | None = None
+    base_url = f"http://{host}:{port}"
     try:
-        proc = subprocess.Popen(server_command(model_dir, variant, port, 1, warmup, host), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if group is not None:
-            group.add_pid(proc.pid)
-        base_url = f"http://{host}:{port}"
-        wait_available(base_url, variant, proc, start_timeout_s)
-        return 1000.0 * _sequential_latency_s(f"{base_url}/v1/models/{variant}:predict", predict_body(), requests,
-                                              fastest=True)
+        with _server(model_dir, variant, port, 1, warmup, host, group) as proc:
+            wait_available(base_url, variant, proc, start_timeout_s)
+            return 1000.0 * _sequential_latency_s(f"{base_url}/v1/models/{variant}:predict", predict_body(),
+                                                  requests, fastest=True)
     finally:
-        if proc is not None:
-            stop_process(proc)
-            if proc.stderr is not None:
-                proc.stderr.close()
         if group is not None:
             group.remove()
             found.driver.remove_parent()
