@@ -511,12 +511,24 @@ def render_platform(config: RenderConfig) -> list[Manifest]:
         ("k8s/adapter-rolebinding.yaml.j2", f"{config.adapter.name}.rolebinding.yaml"),
         ("k8s/adapter-deployment.yaml.j2", f"{config.adapter.name}.deployment.yaml"),
     ]
+    out = [_render(env, t, f, **ctx) for t, f in files]
     if config.monitoring.operator:
-        files += [
-            ("k8s/podmonitor.yaml.j2", f"{config.instance}-model-servers.podmonitor.yaml"),
-            ("k8s/servicemonitor.yaml.j2", f"{config.dispatcher.name}.servicemonitor.yaml"),
-        ]
-    return [_render(env, t, f, **ctx) for t, f in files]
+        out.append(_render(env, "k8s/podmonitor.yaml.j2", f"{config.instance}-model-servers.podmonitor.yaml",
+                           **_podmonitor_vars(config)))
+        out.append(_render(env, "k8s/servicemonitor.yaml.j2", f"{config.dispatcher.name}.servicemonitor.yaml", **ctx))
+    return out
+
+
+def _podmonitor_vars(config: RenderConfig) -> dict[str, Any]:
+    # The template is shared with the Ansible prometheus role, so it takes plain values, not the config.
+    labels = {**config.common_labels(), LABEL_NAME: "infadapter", LABEL_COMPONENT: "monitoring",
+              **config.monitoring.selector_labels}
+    return {
+        "name": f"{config.instance}-model-servers", "namespace": config.namespace, "labels": labels,
+        "selector": {LABEL_INSTANCE: config.instance, LABEL_COMPONENT: COMPONENT_MODEL_SERVER},
+        "port": "http", "path": "/monitoring/prometheus/metrics", "interval": config.monitoring.scrape_interval,
+        "variant_label": True,
+    }
 
 
 def render_prometheus(config: RenderConfig) -> str:
