@@ -205,6 +205,20 @@ def test_failing_backend_is_ejected_and_the_request_retried_on_another(cluster: 
     assert 'dispatcher_backend_ejections_total{model="bad"} 1.0' in http("GET", f"{base}/metrics").body
 
 
+def test_a_shedding_backend_is_retried_elsewhere_but_not_ejected(cluster: Cluster) -> None:
+    """A 503 is a live server's queue full: the request goes to another variant, the variant stays in."""
+    busy, good = cluster.backend("busy", status=503), cluster.backend("good")
+    _, base = cluster.dispatcher([busy.spec(1), good.spec(1)], eject_s=60)
+    replies = [predict(base) for _ in range(10)]
+    assert [r.status for r in replies] == [200] * 10
+    assert {r.headers["X-Infadapter-Variant"] for r in replies} == {"good"}
+    assert len(busy.paths) == 5  # still offered its share: an ejected variant would have seen 1
+    assert DispatcherClient(base, TOKEN).stats()["ejected"] == []
+    metrics = http("GET", f"{base}/metrics").body
+    assert 'dispatcher_backend_shed_total{model="busy"} 5.0' in metrics
+    assert 'dispatcher_backend_ejections_total{model="busy"}' not in metrics
+
+
 @pytest.mark.parametrize("failure", ["http500", "refused"])
 def test_never_retried_on_the_same_variant(cluster: Cluster, failure: str) -> None:
     if failure == "refused":

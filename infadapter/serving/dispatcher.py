@@ -9,7 +9,10 @@ removing a backend never drops its in-flight requests (make-before-break is the 
 side only guarantees that nothing in flight is lost).
 
 A backend that refuses, answers 5xx or times out is ejected for ``eject_s`` seconds and the request
-is retried once on another variant (never on the same one). In-flight requests are bounded (a clean
+is retried once on another variant (never on the same one). A 503 is the one exception: it is how a
+live model server sheds load past its SLO-sized queue (``--max-queue``), so the request is retried
+elsewhere but the backend stays in: ejecting it would move all its traffic onto the others at the
+moment they are busiest (nginx's default too: a 503 is not a failure unless ``http_503`` is set). In-flight requests are bounded (a clean
 503 ``{"error": "overloaded"}`` past the bound), bodies too (413). Prometheus metrics at ``/metrics``;
 ``/admin/stats`` gives the same picture as JSON for a control loop that runs without Prometheus.
 
@@ -335,7 +338,7 @@ class RequestStats:
 
 # -- the server ---------------------------------------------------------------------------------
 class _Attempt(Exception):
-    """A forward attempt that failed on the backend's side (ejects it, allows one retry)."""
+    """A forward attempt that failed on the backend's side (allows one retry; ejects it unless a 503)."""
 
     def __init__(self, status: int, message: str, body: bytes | None = None, content_type: str = "") -> None:
         super().__init__(message)
@@ -397,6 +400,12 @@ class Dispatcher:
         self._m_ejections = Counter(
             "dispatcher_backend_ejections",
             "Times a variant was ejected after a failure",
+            ["model"],
+            registry=self.registry,
+        )
+        self._m_shed = Counter(
+            "dispatcher_backend_shed",
+            "Attempts a variant answered 503 (its queue full); retried elsewhere, the variant stays in",
             ["model"],
             registry=self.registry,
         )
@@ -464,6 +473,12 @@ class Dispatcher:
             # too), but still never the one that just failed.
             choice = picker.pick(() if avoid_i is None else (avoid_i,))
         return choice
+
+    def _failed(self, name: str, attempt: _Attempt) -> None:
+        if attempt.status == 503:  # shedding load, not broken: see the module doc
+            self._m_shed.labels(name).inc()
+        else:
+            self._eject(name)
 
     def _eject(self, name: str) -> None:
         if self.config.eject_s > 0:
@@ -547,7 +562,7 @@ class Dispatcher:
             return await self._attempt(routing, first, suffix, body, content_type, started)
         except _Attempt as exc:
             last = exc
-        self._eject(spec.name)
+        self._failed(spec.name, last)
         # Retry once, on another variant of the set in force now (the weights may have moved).
         routing = self._routing
         second = self._choose(routing, avoid=spec.name)
@@ -557,7 +572,7 @@ class Dispatcher:
                 return await self._attempt(routing, second, suffix, body, content_type, started)
             except _Attempt as exc:
                 last = exc
-            self._eject(spec.name)
+            self._failed(spec.name, last)
         self._finish(spec.name, last.status, started)
         if last.body is not None:
             return _passthrough(last.status, last.body, last.content_type, spec.name)
