@@ -12,9 +12,10 @@ A backend that refuses, answers 5xx or times out is ejected for ``eject_s`` seco
 is retried once on another variant (never on the same one). A 503 is the one exception: it is how a
 live model server sheds load past its SLO-sized queue (``--max-queue``), so the request is retried
 elsewhere but the backend stays in: ejecting it would move all its traffic onto the others at the
-moment they are busiest (nginx's default too: a 503 is not a failure unless ``http_503`` is set). In-flight requests are bounded (a clean
-503 ``{"error": "overloaded"}`` past the bound), bodies too (413). Prometheus metrics at ``/metrics``;
-``/admin/stats`` gives the same picture as JSON for a control loop that runs without Prometheus.
+moment they are busiest (nginx's default too: a 503 is not a failure unless ``http_503`` is set).
+In-flight requests are bounded (a clean 503 ``{"error": "overloaded"}`` past the bound), bodies too
+(413). Prometheus metrics at ``/metrics``; ``/admin/stats`` gives the same picture as JSON for a control
+loop that runs without Prometheus.
 
 Hostile input: the body is forwarded unparsed (the model server answers malformed JSON, shapes and
 images with its own 400, passed through unchanged and never retried); this side refuses what would
