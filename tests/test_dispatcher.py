@@ -205,18 +205,16 @@ def test_failing_backend_is_ejected_and_the_request_retried_on_another(cluster: 
     assert 'dispatcher_backend_ejections_total{model="bad"} 1.0' in http("GET", f"{base}/metrics").body
 
 
-def test_a_shedding_backend_is_retried_elsewhere_but_not_ejected(cluster: Cluster) -> None:
-    """A 503 is a live server's queue full: the request goes to another variant, the variant stays in."""
-    busy, good = cluster.backend("busy", status=503), cluster.backend("good")
-    _, base = cluster.dispatcher([busy.spec(1), good.spec(1)], eject_s=60)
+def test_a_shed_request_is_retried_on_the_idle_standby_first(cluster: Cluster) -> None:
+    """A 503 (a full server) is retried on the variant with no share (a plan's standby), not the other weighted one."""
+    busy, other, spare = cluster.backend("busy", status=503), cluster.backend("other"), cluster.backend("spare")
+    _, base = cluster.dispatcher([busy.spec(1), other.spec(1), spare.spec(0)], eject_s=0)
     replies = [predict(base) for _ in range(10)]
     assert [r.status for r in replies] == [200] * 10
-    assert {r.headers["X-Infadapter-Variant"] for r in replies} == {"good"}
-    assert len(busy.paths) == 5  # still offered its share: an ejected variant would have seen 1
-    assert DispatcherClient(base, TOKEN).stats()["ejected"] == []
-    metrics = http("GET", f"{base}/metrics").body
-    assert 'dispatcher_backend_shed_total{model="busy"} 5.0' in metrics
-    assert 'dispatcher_backend_ejections_total{model="busy"}' not in metrics
+    by = [r.headers["X-Infadapter-Variant"] for r in replies]
+    assert by.count("spare") == len(busy.paths) == 5  # every shed request, and only those
+    assert by.count("other") == 5
+    assert 'dispatcher_backend_shed_total{model="busy"} 5.0' in http("GET", f"{base}/metrics").body
 
 
 @pytest.mark.parametrize("failure", ["http500", "refused"])

@@ -163,3 +163,41 @@ def test_min_gain_keeps_current_cores_unless_they_cannot_serve(paper):
     assert grow.plan.served_capacity_rps() >= 150.0 - 1e-6
     # VPA does not maximize the objective: the threshold does not apply to it.
     assert not isinstance(make_policy("vpa:resnet50", paper, 1, min_gain=1.0), Stabilized)
+
+
+# -- the standby (infadapter:standby) ---------------------------------------------------------------
+def test_standby_fills_the_idle_budget_with_the_fastest_variant_and_no_share(paper):
+    from infadapter.core.policies import standby_variant
+
+    pol = make_policy("infadapter:standby", paper)
+    d = pol.decide(make_ctx(paper, forecast_rps=30.0))
+    served = [a for a in d.plan.allocations if a.share > 0]
+    idle = [a for a in d.plan.allocations if a.share == 0]
+    assert standby_variant(paper) == "resnet18"  # most req/s on the smallest pod
+    assert [a.name for a in idle] == ["resnet18"] and "resnet18" not in [a.name for a in served]
+    assert math.isclose(d.plan.cores, paper.budget_cores)  # every idle core given to it
+    assert idle[0].capacity_rps == paper.capacity_rps("resnet18", idle[0].cores)
+    assert f"standby: resnet18 on {idle[0].cores:g} cores" in d.reason
+    # The served part is exactly infadapter's own plan: the standby takes nothing from it.
+    plain = make_policy("infadapter", paper).decide(make_ctx(paper, forecast_rps=30.0)).plan
+    assert [(a.name, a.cores, a.share) for a in served] == [(a.name, a.cores, a.share) for a in plain.allocations]
+
+
+def test_standby_is_not_a_scale_down_and_leaves_the_next_plan_alone(paper):
+    pol = make_policy("infadapter:standby", paper)
+    first = pol.decide(make_ctx(paper, forecast_rps=30.0))
+    again = pol.decide(make_ctx(paper, forecast_rps=30.0, current=first.plan, state=first.state))
+    # Without the rule the standby's cores would read as "more cores than wanted" and hold a scale-down.
+    assert "held" not in again.reason and "kept warm" not in again.reason
+    assert again.plan.cores_by_name() == first.plan.cores_by_name()
+
+
+def test_no_standby_when_the_plan_leaves_no_pod_free(paper):
+    pol = make_policy("infadapter:standby", paper)
+    full = pol.decide(make_ctx(paper, forecast_rps=250.0)).plan
+    assert all(a.share > 0 for a in full.allocations)  # the budget serves: nothing idle to keep
+
+
+def test_infadapter_takes_only_the_standby_argument(paper):
+    with pytest.raises(BadInput, match=r"infadapter takes no argument or :standby, got infadapter:warm"):
+        make_policy("infadapter:warm", paper)

@@ -341,6 +341,10 @@ class Stabilized:
     #: plan re-shared for the forecast, no transition): forecast noise must not swap equal plans back
     #: and forth. Only for policies that maximize the objective; 0 turns it off.
     min_gain: float = 0.0
+    #: Keep the budget the plan leaves idle as a standby: the fastest variant, no share, on those cores
+    #: (``infadapter:standby``). The dispatcher retries there what a full server sheds (503), so a burst
+    #: is served from the first second instead of after the overload re-plan; the cores count as used.
+    standby: bool = False
 
     @property
     def name(self) -> str:
@@ -358,8 +362,16 @@ class Stabilized:
         return self.inner.decide(replace(ctx, state=self._state(ctx).inner))
 
     def settle(self, ctx: Context, proposed: Decision) -> Decision:
-        """``proposed`` after the stabilization rules (hold a scale-down, keep dropped variants warm)."""
-        return self._keep_warm(ctx, self._decide(ctx, self._state(ctx), proposed))
+        """``proposed`` after the stabilization rules (hold a scale-down, keep dropped variants warm, add
+        the standby)."""
+        if not self.standby:
+            return self._keep_warm(ctx, self._decide(ctx, self._state(ctx), proposed))
+        name = standby_variant(ctx.profile)
+        cur = ctx.current
+        if cur is not None:  # the standby is not part of what the plans compare: it only fills idle cores
+            cur = replace(cur, allocations=tuple(a for a in cur.allocations if a.share > 1e-9 or a.name != name))
+        bare = replace(ctx, current=cur)
+        return with_standby(ctx.profile, self._keep_warm(bare, self._decide(bare, self._state(ctx), proposed)))
 
     def _keep_warm(self, ctx: Context, d: Decision) -> Decision:
         """A variant the plan drops stays, idle on the fewest cores, until ``intervals`` decisions in a row
@@ -417,6 +429,26 @@ class Stabilized:
         return replace(d, plan=keep, state=StabilizedState(d.state, pending, st.warm),
                        reason=f"{d.reason}; scale-down held ({len(pending)}/{self.intervals})",
                        held_by="stabilization")
+
+
+def standby_variant(profile: Profile) -> str:
+    """The variant a standby runs: the one that serves the most on the smallest pod."""
+    return max(profile.variants, key=lambda v: profile.capacity_rps(v.name, profile.min_cores)).name
+
+
+def with_standby(profile: Profile, d: Decision) -> Decision:
+    """``d`` with the budget its plan leaves idle given to the standby variant (no share), when it is not
+    serving already and at least one pod fits (see :attr:`Stabilized.standby`)."""
+    name = standby_variant(profile)
+    plan = d.plan
+    if name in plan.names or not plan.allocations:
+        return d
+    idle = profile.budget_cores - plan.cores
+    cores = max((k for k in profile.core_options() if k <= idle + 1e-9), default=None)
+    if cores is None:
+        return d
+    allocs = (*plan.allocations, Allocation(name, cores, 0.0, profile.capacity_rps(name, cores)))
+    return replace(d, plan=replace(plan, allocations=allocs), reason=f"{d.reason}; standby: {name} on {cores:g} cores")
 
 
 def _keep_if_close(ctx: Context, d: Decision, min_gain: float) -> Decision | None:
@@ -490,6 +522,12 @@ def _own_variant_on_budget(profile: Profile, policy: Policy) -> Plan:
     return single_variant_plan(profile, name, top, 0.0, {})
 
 
+def _infadapter(arg: str) -> Policy:
+    if arg not in ("", "standby"):
+        raise BadInput(f"--policy: infadapter takes no argument or :standby, got infadapter:{arg}")
+    return InfAdapter()  # the standby is the stabilization wrapper's (make_policy)
+
+
 def _static_initial(profile: Profile, policy: Policy) -> Plan:
     return unwrap(policy).decide(Context(profile, 0.0, 0.0)).plan
 
@@ -525,7 +563,8 @@ def _middle(profile: Profile) -> str:
 
 
 REGISTRY: dict[str, PolicyEntry] = {e.name: e for e in (
-    PolicyEntry("infadapter", "infadapter", lambda a, p, c: InfAdapter(), from_load=True, maximizes_objective=True,
+    PolicyEntry("infadapter", "infadapter[:standby]", lambda a, p, c: _infadapter(a), from_load=True,
+                maximizes_objective=True,
                 stateless=True, initial_plan=_most_accurate_on_budget, compare=lambda p: ["infadapter"]),
     PolicyEntry("msplus", "msplus", lambda a, p, c: MsPlus(), from_load=True, maximizes_objective=True,
                 stateless=True, initial_plan=_most_accurate_on_budget, compare=lambda p: ["msplus"]),
@@ -602,10 +641,12 @@ def make_policy(
     ``min_gain`` > 0 also keeps the current cores when a new plan of an objective-maximizing policy
     (infadapter, msplus, oracle) beats them by less than that (see :class:`Stabilized`)."""
     e = entry(spec)
-    policy = e.build(spec.partition(":")[2], profile, vpa_config)
+    arg = spec.partition(":")[2]
+    policy = e.build(arg, profile, vpa_config)
     gain = min_gain if e.maximizes_objective else 0.0
-    if e.stabilized and (stabilization_intervals > 1 or gain > 0):
-        return Stabilized(policy, max(stabilization_intervals, 1), gain)
+    standby = e.name == "infadapter" and arg == "standby"
+    if e.stabilized and (stabilization_intervals > 1 or gain > 0 or standby):
+        return Stabilized(policy, max(stabilization_intervals, 1), gain, standby)
     return policy
 
 

@@ -9,10 +9,9 @@ removing a backend never drops its in-flight requests (make-before-break is the 
 side only guarantees that nothing in flight is lost).
 
 A backend that refuses, answers 5xx or times out is ejected for ``eject_s`` seconds and the request
-is retried once on another variant (never on the same one). A 503 is the one exception: it is how a
-live model server sheds load past its SLO-sized queue (``--max-queue``), so the request is retried
-elsewhere but the backend stays in: ejecting it would move all its traffic onto the others at the
-moment they are busiest (nginx's default too: a 503 is not a failure unless ``http_503`` is set).
+is retried once on another variant (never on the same one; a variant with no share, a plan's standby
+or one kept warm, first: idle capacity). A 503 (a model server shedding load past its SLO-sized queue)
+ejects too: keeping the variant in was tried on the main job and did not do better (docs/dispatcher.md).
 In-flight requests are bounded (a clean 503 ``{"error": "overloaded"}`` past the bound), bodies too
 (413). Prometheus metrics at ``/metrics``; ``/admin/stats`` gives the same picture as JSON for a control
 loop that runs without Prometheus.
@@ -144,7 +143,7 @@ def _origin(url: str) -> tuple[str, int] | None:
 class _Routing:
     """An immutable backend set with its own picker; replaced whole on every change."""
 
-    __slots__ = ("generation", "index", "paths", "picker", "pools", "predict_urls", "shares", "specs")
+    __slots__ = ("generation", "index", "paths", "picker", "pools", "predict_urls", "shares", "specs", "standby")
 
     def __init__(
         self, specs: tuple[BackendSpec, ...], generation: int, pools: Mapping[tuple[str, int], UpstreamPool]
@@ -155,6 +154,8 @@ class _Routing:
         total = sum(s.weight for s in specs)
         self.shares = tuple(s.weight / total for s in specs) if total > 0 else tuple(0.0 for _ in specs)
         self.picker = SmoothWRR(integer_weights([s.weight for s in specs])) if total > 0 else None
+        # Backends with no share (a plan's standby, a variant kept warm): idle capacity that retries go to first.
+        self.standby = tuple(i for i, s in enumerate(specs) if s.weight == 0)
         # https backends (no pool) go through aiohttp with the full URL; http ones through their pool.
         self.predict_urls = tuple(f"{s.url}/v1/models/{s.model}" for s in specs)
         self.paths = tuple(f"{urlsplit(s.url).path.rstrip('/')}/v1/models/{s.model}" for s in specs)
@@ -339,7 +340,7 @@ class RequestStats:
 
 # -- the server ---------------------------------------------------------------------------------
 class _Attempt(Exception):
-    """A forward attempt that failed on the backend's side (allows one retry; ejects it unless a 503)."""
+    """A forward attempt that failed on the backend's side (ejects it, allows one retry)."""
 
     def __init__(self, status: int, message: str, body: bytes | None = None, content_type: str = "") -> None:
         super().__init__(message)
@@ -364,6 +365,7 @@ class Dispatcher:
         self._routing = self._make_routing(tuple(backends), 0)
         self._ejected: dict[str, float] = {}  # variant name -> monotonic time it may return
         self._in_flight = 0
+        self._standby_turn = 0  # round robin over the idle backends that retries go to
         self._session: aiohttp.ClientSession | None = None
         self._timeout = aiohttp.ClientTimeout(total=config.backend_timeout_s)
         self.stats = RequestStats(config.slo_ms, clock())
@@ -406,7 +408,7 @@ class Dispatcher:
         )
         self._m_shed = Counter(
             "dispatcher_backend_shed",
-            "Attempts a variant answered 503 (its queue full); retried elsewhere, the variant stays in",
+            "Attempts a variant answered 503 (its queue full), retried elsewhere",
             ["model"],
             registry=self.registry,
         )
@@ -475,11 +477,20 @@ class Dispatcher:
             choice = picker.pick(() if avoid_i is None else (avoid_i,))
         return choice
 
+    def _choose_retry(self, routing: _Routing, avoid: str) -> int | None:
+        # An idle backend (no share) first: a plan keeps one exactly to take what a full server sheds.
+        now = time.monotonic()
+        idle = [i for i in routing.standby
+                if routing.specs[i].name != avoid and self._ejected.get(routing.specs[i].name, 0.0) <= now]
+        if idle:
+            self._standby_turn += 1
+            return idle[self._standby_turn % len(idle)]
+        return self._choose(routing, avoid=avoid)
+
     def _failed(self, name: str, attempt: _Attempt) -> None:
-        if attempt.status == 503:  # shedding load, not broken: see the module doc
+        if attempt.status == 503:
             self._m_shed.labels(name).inc()
-        else:
-            self._eject(name)
+        self._eject(name)
 
     def _eject(self, name: str) -> None:
         if self.config.eject_s > 0:
@@ -566,7 +577,7 @@ class Dispatcher:
         self._failed(spec.name, last)
         # Retry once, on another variant of the set in force now (the weights may have moved).
         routing = self._routing
-        second = self._choose(routing, avoid=spec.name)
+        second = self._choose_retry(routing, avoid=spec.name)
         if second is not None and routing.specs[second].name != spec.name:
             spec = routing.specs[second]
             try:
