@@ -98,3 +98,16 @@ def test_simulate_with_services_rejects_bad_flags_in_one_line(tmp_path, args, me
     with pytest.raises(BadInput) as exc:
         CliRunner().invoke(main, [*base, *args], catch_exceptions=False, standalone_mode=False)
     assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
+
+
+def test_plan_cli_on_the_local_services_profile_fits_this_machine_s_budget():
+    # profiles/services-local.yaml: two services from profiles/local.yaml's measured variants on 1.75 cores.
+    from tests.cli_helpers import ROOT
+
+    r = _plan_cli("--profile", str(ROOT / "profiles" / "services-local.yaml"), "--load", "live=20,batch=25", "--json")
+    assert r.exit_code == 0, r.output
+    obj = json.loads(r.stdout)
+    assert obj["feasible"] is True and obj["cores"] <= 1.75
+    live = next(s for s in obj["services"] if s["name"] == "live")
+    assert live["floor_met"] is True and live["accuracy"] >= 0.72
+    assert {v["service"] for v in obj["variants"]} == {"live", "batch"}
