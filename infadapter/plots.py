@@ -246,6 +246,36 @@ def plot_frontier(doc: dict[str, Any], path: Path, title: str = "") -> Path:
     return _save(fig, path, dpi=90)
 
 
+def plot_budget_sweep(doc: dict[str, Any], path: Path, title: str = "") -> Path:
+    """``simulate --sweep budget=...`` with services: total SLO violations against the shared budget, one line
+    per policy (its mean cores beside each point) and the pooled lower bound dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = doc["points"]
+    budgets = [p["budget"] for p in points]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, spec in enumerate(r["policy"] for r in points[0]["results"]):
+        rows = [p["results"][i] for p in points]
+        ys = [100 * r["slo_violation_rate"] for r in rows]
+        ax.plot(budgets, ys, marker="o", lw=1.3, label=spec)
+        for b, y, r in zip(budgets, ys, rows, strict=True):
+            ax.annotate(f"{r['mean_cores']:.1f}", (b, y), textcoords="offset points", xytext=(4, 4), fontsize=6,
+                        color="0.35")
+    ax.plot(budgets, [100 * p["pooled_bound"] for p in points], ls="--", color="black", lw=1.1,
+            label="pooled lower bound")
+    ax.set_xlabel("shared budget (cores)")
+    ax.set_ylabel("total SLO violations % (labels: mean cores)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path, dpi=90)
+
+
 def _save(fig: Any, path: str | Path, dpi: int) -> Path:
     """Lay out, write (creating the folder) and close a figure; the path written."""
     import matplotlib.pyplot as plt

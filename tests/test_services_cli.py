@@ -50,3 +50,64 @@ def test_commands_that_plan_one_service_refuse_a_services_profile_in_one_line(tm
     args = ["render", "--profile", str(SERVICES_YAML), "--out", str(tmp_path / "out")]
     with pytest.raises(BadInput, match=r"render: this profile has services: \(live, feed, archive\); only plan"):
         CliRunner().invoke(main, args, input=plan, catch_exceptions=False, standalone_mode=False)
+
+
+# -- cli.py simulate --sweep budget=... ----------------------------------------------------------------
+def test_simulate_budget_sweep_with_services_prints_points_bound_and_plot(tmp_path):
+    # A synthetic trace: live bursts in its minute while feed and archive stay quiet in theirs.
+    from infadapter.__main__ import main
+
+    trace = tmp_path / "rates.txt"
+    trace.write_text("\n".join(["40"] * 30 + ["300"] * 30 + ["30"] * 60 + ["60"] * 60))
+    png = tmp_path / "sweep.png"
+    args = ["simulate", "--profile", str(SERVICES_YAML), "--trace", str(trace), "--service-window", "live=0:60",
+            "--service-window", "feed=60:60", "--service-window", "archive=120:60", "--forecaster", "ewma",
+            "--sweep", "budget=16,32", "--policy", "infadapter,infadapter-split,infadapter-split-peak",
+            "--plot", str(png), "--json"]
+    r = CliRunner().invoke(main, args, catch_exceptions=False, standalone_mode=False)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["windows"] == {"live": "0:60", "feed": "60:60", "archive": "120:60"}
+    assert [p["budget"] for p in doc["points"]] == [16, 32]
+    for p in doc["points"]:
+        assert [x["policy"] for x in p["results"]] == ["infadapter", "infadapter-split", "infadapter-split-peak"]
+        assert 0 <= p["pooled_bound"] <= min(x["slo_violation_rate"] for x in p["results"]) + 0.01
+        for c in p["comparison"]:  # only splits at >= 2% violations are compared
+            split = next(x for x in p["results"] if x["policy"] == c["split"])
+            assert split["slo_violation_rate"] >= 0.02
+            assert c["violation_ratio"] == pytest.approx(p["results"][0]["slo_violation_rate"]
+                                                         / split["slo_violation_rate"], abs=1e-4)
+    # More budget never raises the bound.
+    assert doc["points"][1]["pooled_bound"] <= doc["points"][0]["pooled_bound"]
+    assert png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--service-window", "nope=paper"], "--service-window: no service 'nope'; give one of live, feed, archive"),
+    (["--service-window", "live"], "--service-window: expected NAME=WINDOW"),
+    (["--sweep", "alpha=0.01,0.1"], "--sweep: with services, sweep the shared budget"),
+    (["--plot", "x.png"], "--plot: with services, only with --sweep budget="),
+])
+def test_simulate_with_services_rejects_bad_flags_in_one_line(tmp_path, args, message):
+    from infadapter.__main__ import main
+
+    trace = tmp_path / "rates.txt"
+    trace.write_text("\n".join(["10"] * 60))
+    base = ["simulate", "--profile", str(SERVICES_YAML), "--trace", str(trace), "--service-window", "live=0:20",
+            "--service-window", "feed=20:20", "--service-window", "archive=40:20"]
+    with pytest.raises(BadInput) as exc:
+        CliRunner().invoke(main, [*base, *args], catch_exceptions=False, standalone_mode=False)
+    assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
+
+
+def test_plan_cli_on_the_local_services_profile_fits_this_machine_s_budget():
+    # profiles/services-local.yaml: two services from profiles/local.yaml's measured variants on 1.75 cores.
+    from tests.cli_helpers import ROOT
+
+    r = _plan_cli("--profile", str(ROOT / "profiles" / "services-local.yaml"), "--load", "live=20,batch=25", "--json")
+    assert r.exit_code == 0, r.output
+    obj = json.loads(r.stdout)
+    assert obj["feasible"] is True and obj["cores"] <= 1.75
+    live = next(s for s in obj["services"] if s["name"] == "live")
+    assert live["floor_met"] is True and live["accuracy"] >= 0.72
+    assert {v["service"] for v in obj["variants"]} == {"live", "batch"}

@@ -6,10 +6,19 @@ from __future__ import annotations
 
 import pytest
 
+from infadapter.core import solver as solver_mod
 from infadapter.core.control import ControlConfig
 from infadapter.core.profile import load_profile
 from infadapter.errors import BadInput
-from infadapter.sim.services import ServiceRun, _Joint, service_profile, simulate_services, split_budget
+from infadapter.sim.fluid import max_service_rps, service_rps_by_steps
+from infadapter.sim.services import (
+    ServiceRun,
+    _Joint,
+    pooled_bound,
+    service_profile,
+    simulate_services,
+    split_budget,
+)
 from infadapter.sim.simulation import SimConfig
 from tests.test_service_profiles import SERVICES_YAML
 
@@ -67,5 +76,67 @@ def test_a_burst_borrows_the_quiet_services_cores(prof, monkeypatch):
 
 
 def test_unknown_policy_with_services_is_one_line(prof):
-    with pytest.raises(BadInput, match="--policy: with services: one of infadapter, infadapter-split"):
+    with pytest.raises(BadInput, match="--policy: with services: one of infadapter, infadapter-split, "
+                       "infadapter-split-peak, vpa:VARIANT or hpa:VARIANT"):
         simulate_services(prof, _runs({"live": [1.0], "feed": [1.0], "archive": [1.0]}), "msplus")
+
+
+def test_split_by_peak_follows_each_service_s_peak(prof):
+    # live: mean 155, peak 300; feed and archive steady at 100. By mean 155 : 100 : 100 -> 13.97, 9.01, 9.01
+    # -> 14, 9, 9; by peak 300 : 100 : 100 -> 19.2, 6.4, 6.4 -> 19, 6, 6 and the core left to a 0.4 remainder.
+    rates = {"live": [10.0] * 60 + [300.0] * 60, "feed": [100.0] * 120, "archive": [100.0] * 120}
+    mean = simulate_services(prof, _runs(rates), "infadapter-split")
+    peak = simulate_services(prof, _runs(rates), "infadapter-split-peak")
+    assert [s["budget_cores"] for s in mean["services"]] == [14, 9, 9]
+    assert [s["budget_cores"] for s in peak["services"]] == [19, 7, 6]
+    assert peak["policy"] == "infadapter-split-peak"
+
+
+def test_forecast_headroom_gives_way_before_a_service_sheds(prof):
+    # 300 req/s forecast for each service does not fit in 32 cores (ResNet-18 alone needs ~15 cores each at
+    # 300 req/s); the 100 req/s observed do. The plan keeps as much of the headroom as fits and sheds nothing.
+    joint = _Joint(prof)
+    forecast, observed = {"live": 300.0, "feed": 300.0, "archive": 300.0}, {"live": 100.0, "feed": 100.0,
+                                                                            "archive": 100.0}
+    opts = solver_mod.Options()
+    assert not solver_mod.solve(prof, 0.0, {}, opts, loads=forecast).plan.feasible
+    plan = joint._solve(forecast, observed, opts)
+    assert plan.feasible and plan.cores <= prof.budget_cores
+    for out in plan.services:
+        assert 100.0 < out.load_rps < 300.0 and out.shed_rps == 0
+    # Observed rates that do not fit either: the plan at the observed rates, the lowest weight (archive) sheds.
+    plan = joint._solve({n: 400.0 for n in forecast}, {n: 350.0 for n in forecast}, opts)
+    got = {o.name: o for o in plan.services}
+    assert not plan.feasible and got["archive"].load_rps == 350.0 and got["archive"].shed_rps > 0
+    assert got["live"].shed_rps == 0
+
+
+@pytest.mark.parametrize("spec", ["vpa:resnet18", "hpa:resnet34=2"])
+def test_per_service_baselines_run_on_the_split_by_mean(prof, spec):
+    rates = {"live": [10.0] * 60 + [300.0] * 60, "feed": [100.0] * 120, "archive": [100.0] * 120}
+    res = simulate_services(prof, _runs(rates), spec)
+    assert res["policy"] == spec
+    assert [s["budget_cores"] for s in res["services"]] == [14, 9, 9]
+    for s in res["services"]:
+        assert 0 < s["mean_cores"] <= s["budget_cores"] + 1e-9
+    assert res["requests"] == sum(s["requests"] for s in res["services"])
+
+
+def test_per_service_baseline_of_an_unknown_variant_is_one_line(prof):
+    with pytest.raises(BadInput, match=r"--policy: service live has no variant 'resnet99'; give one of resnet18"):
+        simulate_services(prof, _runs({"live": [1.0], "feed": [1.0], "archive": [1.0]}), "vpa:resnet99")
+
+
+def test_pooled_bound_is_what_no_sharing_of_the_budget_serves(prof):
+    sub = service_profile(prof, "live")
+    steps = service_rps_by_steps(sub, prof.budget_cores)
+    assert steps == sorted(steps) and steps[-1] == max_service_rps(sub, prof.budget_cores)
+    # One service over what the whole budget serves, the others idle: all of the budget goes to it.
+    rates = {"live": [1000.0] * 10, "feed": [0.0] * 10, "archive": [0.0] * 10}
+    assert pooled_bound(prof, rates) == pytest.approx((1000.0 - steps[-1]) / 1000.0)
+    # Bursts that take turns: pooled, nothing is late; a split by mean (16/8/8) misses live's burst.
+    turns = {"live": [400.0] * 10 + [10.0] * 10, "feed": [10.0] * 10 + [200.0] * 10, "archive": [10.0] * 20}
+    shares = {"live": 16.0, "feed": 8.0, "archive": 8.0}
+    assert pooled_bound(prof, turns) == 0.0
+    assert pooled_bound(prof, turns, shares=shares) > 0.1
+    assert pooled_bound(prof, {n: [0.0] * 5 for n in turns}) == 0.0

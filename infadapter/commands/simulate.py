@@ -14,6 +14,7 @@ import click
 from infadapter import paths
 from infadapter.commands.common import err_console, json_option, out_console, print_json, profile_option
 from infadapter.commands.options import control_options, load_options, load_replay
+from infadapter.commands.simulate_services import SERVICE_WINDOW_HELP
 from infadapter.commands.sweep import SWEEP_HELP, parse_sweep
 from infadapter.commands.whatif import WHAT_IF_HELP, parse_what_if
 from infadapter.core.control import ControlConfig
@@ -34,6 +35,9 @@ Examples:
   python cli.py simulate --window paper --what-if traffic=1.5 --what-if budget=16
   python cli.py simulate --window paper --policy all --sweep alpha=0.01,0.05,0.2 --plot frontier.png
   python cli.py simulate --profile profiles/services.yaml --policy infadapter,infadapter-split --json
+  python cli.py simulate --profile profiles/services.yaml --policy infadapter,infadapter-split,vpa:resnet18
+  python cli.py simulate --profile profiles/services.yaml --sweep budget=16,20,24,28,32 \
+      --policy infadapter,infadapter-split,infadapter-split-peak --plot budget-sweep.png
   python cli.py simulate --window paper --what-if slo=500 --what-if slo=1000,budget=12 --plot what-if.png
   python cli.py simulate --profile profiles/local.yaml --window paper --scale 0.1 \
       --policy infadapter,vpa:resnet50 --react --in-place-resize \
@@ -85,6 +89,8 @@ Examples:
 @click.option("--max-violations", type=float, default=0.01, show_default=True,
               help="With --min-budget: the target SLO violation rate (a fraction: 0.01 is 1%%).")
 @click.option("--sweep", "sweep_spec", default=None, metavar="KEY=V1,V2,...", help=SWEEP_HELP)
+@click.option("--service-window", "service_window", multiple=True, metavar="NAME=WINDOW",
+              help=SERVICE_WINDOW_HELP)
 @click.option("--what-if", "what_if", multiple=True, help=WHAT_IF_HELP + " One policy; a table of scenarios.")
 @click.option("--timeline", "timeline_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the per-second timeline of every policy as CSV.")
@@ -96,7 +102,8 @@ def simulate(
     warm_start: bool, stabilization: int, timeout: float | None, seed: int, arrivals_path: Path | None,
     in_place_resize: bool, min_gain: float, make_before_break: bool, vpa_update: str,
     service_model: str, service_cv: float, queue_bound: bool, observe_lag: int,
-    min_budget: bool, max_violations: float, sweep_spec: str | None, what_if: tuple[str, ...],
+    min_budget: bool, max_violations: float, sweep_spec: str | None, service_window: tuple[str, ...],
+    what_if: tuple[str, ...],
     plot_path: Path | None, timeline_path: Path | None, as_json: bool,
 ) -> None:
     """Replay a workload trace against policies and report SLO violations, cost and accuracy.
@@ -121,32 +128,30 @@ def simulate(
     import numpy as np
 
     if profile.services:
-        from infadapter.sim.services import ServiceRun, simulate_services
+        from infadapter.commands.simulate_services import parse_service_windows, run_services
+        from infadapter.sim.services import ServiceRun
 
-        if min_budget or what_if or sweep or arrivals_path or plot_path or timeline_path:
-            raise BadInput("--min-budget/--what-if/--sweep/--arrivals/--plot/--timeline: one-service profiles only "
-                           "so far")
+        if min_budget or what_if or arrivals_path or timeline_path:
+            raise BadInput("--min-budget/--what-if/--arrivals/--timeline: one-service profiles only so far")
         specs = [s.strip() for s in policy_spec.split(",") if s.strip()]
-        runs = {}
-        for svc in profile.services:
-            if svc.window is None:
-                raise BadInput(f"{profile_path}: services[{svc.name}].window: simulate replays each service's own "
-                               "window; give one (paper or START:DURATION)")
-            svc_load = load_replay(svc.window, trace, scale, speedup)
-            runs[svc.name] = ServiceRun(svc_load.rates, _sim_config(
-                svc_load, control, paper, warm_start, warmup=warmup, stabilization=stabilization,
-                forecaster=forecaster, make_before_break=make_before_break, in_place_resize=in_place_resize,
-                vpa_update=vpa_update, seed=seed, timeout=timeout, min_gain=min_gain, service_model=service_model,
-                service_cv=service_cv, queue_bound=queue_bound, observe_lag=observe_lag))
-        if len({len(r.rates_rps) for r in runs.values()}) > 1:
-            raise BadInput(f"{profile_path}: services' windows must have one length (the totals add them up)")
-        out = {"policy": ",".join(specs), "profile": profile.name, "seed": seed,
-               "results": [simulate_services(profile, runs, spec) for spec in specs]}
-        if as_json:
-            print_json(out)
-        else:
-            _print_services(out)
+
+        def make_runs(windows: dict[str, str]) -> dict[str, ServiceRun]:
+            runs = {}
+            for name, svc_window in windows.items():
+                svc_load = load_replay(svc_window, trace, scale, speedup)
+                runs[name] = ServiceRun(svc_load.rates, _sim_config(
+                    svc_load, control, paper, warm_start, warmup=warmup, stabilization=stabilization,
+                    forecaster=forecaster, make_before_break=make_before_break, in_place_resize=in_place_resize,
+                    vpa_update=vpa_update, seed=seed, timeout=timeout, min_gain=min_gain,
+                    service_model=service_model, service_cv=service_cv, queue_bound=queue_bound,
+                    observe_lag=observe_lag))
+            return runs
+
+        run_services(profile, profile_path, specs, make_runs,
+                     parse_service_windows(service_window, profile.service_names), sweep, plot_path, seed, as_json)
         return
+    if service_window:
+        raise BadInput("--service-window: for a profile with services: (one-service profiles replay --window)")
 
     load = load_replay(window, trace, scale, speedup)
     rates = np.asarray(load.rates, dtype=float)
@@ -209,19 +214,6 @@ def simulate(
                         "results": [r.as_dict() for r in results], "comparison": comparison})
         return
     _print_table(results, comparison, f"{profile_path.name}: {label}, {rates.size} s, forecaster {fc.name}")
-
-
-def _print_services(out: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{out['profile']}: one budget, every service's own window", title_justify="left")
-    for col in ("policy", "service", "requests", "SLO violations", "mean cores", "mean accuracy"):
-        table.add_column(col, justify="left" if col in ("policy", "service") else "right")
-    for res in out["results"]:
-        for row in [*res["services"], {**res, "name": "total"}]:
-            table.add_row(res["policy"], row["name"], f"{row.get('requests', 0)}", f"{row['slo_violation_rate']:.2%}",
-                          f"{row['mean_cores']:.2f}", f"{row['mean_accuracy']:.4f}")
-    out_console().print(table)
 
 
 def _sim_config(load: Any, control: ControlConfig, paper: bool, warm_start: bool, *, warmup: float,

@@ -12,6 +12,7 @@ loads variants and moves traffic, so it misses more: the estimate is a starting 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from infadapter.core.profile import Profile
@@ -20,6 +21,12 @@ from infadapter.core.service import service_rate
 
 def max_service_rps(profile: Profile, budget_cores: float, service_cv: float = 1.0) -> float:
     """``M(B)``: the largest total service rate of a plan within ``budget_cores`` (a knapsack over the grid)."""
+    return service_rps_by_steps(profile, budget_cores, service_cv)[-1]
+
+
+def service_rps_by_steps(profile: Profile, budget_cores: float, service_cv: float = 1.0) -> list[float]:
+    """``M(i x core_step)`` for ``i = 0 .. budget_cores / core_step``: the largest total service rate of a plan
+    within that many cores (one instance a variant; a knapsack over the grid), rising with ``i``."""
     grid = profile.core_options()
     step = profile.core_step
     slots = round(budget_cores / step + 1e-9)
@@ -34,7 +41,7 @@ def max_service_rps(profile: Profile, budget_cores: float, service_cv: float = 1
                 if used + k <= slots and r + mu > nxt[used + k]:
                     nxt[used + k] = r + mu
         best = nxt
-    return max(best)
+    return list(itertools.accumulate(best, max))
 
 
 def unavoidable_violations(counts: Sequence[float], service_rps: float, slo_s: float) -> float:

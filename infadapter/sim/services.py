@@ -3,13 +3,17 @@ own window, SLO and queueing servers), planned either jointly or by independent 
 
 - ``infadapter``: one integer program for all services (:func:`infadapter.core.solver.solve` with ``loads``)
   at every decision; each service's simulation applies its part of the joint plan.
+  When the forecasts do not all fit in the budget, the forecasts' headroom over the observed rates gives way
+  first (the same fraction for every service, the most that fits), and only then does a service shed.
 - ``infadapter-split``: an independent adapter per service on a fixed share of the budget, split by the
   services' mean load over their windows (whole core steps, at least ``min_cores`` each, never more than the
-  budget in all).
+  budget in all); ``infadapter-split-peak``: the same, split by their peak load.
+- ``vpa:VARIANT``, ``hpa:VARIANT[=POD_CORES]``: that baseline per service on its variant ``VARIANT``, capped
+  at the service's share of the split by mean load.
 
-Both decide periodically at the same times (no reaction to overload between decisions: the services'
+All decide periodically at the same times (no reaction to overload between decisions: the services'
 decisions must fall together for one joint solve) and without scale-down stabilization (a held scale-down
-of one service could take cores another was just given), so both are judged on the same terms.
+of one service could take cores another was just given), so they are judged on the same terms.
 """
 
 from __future__ import annotations
@@ -29,7 +33,12 @@ from infadapter.core.profile import Profile, profile_from_dict
 from infadapter.errors import BadInput
 from infadapter.sim.simulation import SimConfig, SimResult, Simulation, make_arrivals
 
-POLICIES = ("infadapter", "infadapter-split")
+#: The policies of a profile with services, beside the per-service baselines ``vpa:`` and ``hpa:``.
+POLICIES = ("infadapter", "infadapter-split", "infadapter-split-peak")
+#: How each static split shares the budget: by the services' mean or peak load over their windows.
+SPLITS = {"infadapter-split": np.mean, "infadapter-split-peak": np.max}
+#: Single-service baselines that run per service on the split by mean load.
+PER_SERVICE = ("vpa", "hpa")
 
 
 def service_profile(profile: Profile, name: str, budget_cores: float | None = None) -> Profile:
@@ -46,8 +55,9 @@ def service_profile(profile: Profile, name: str, budget_cores: float | None = No
 
 
 def split_budget(profile: Profile, mean_rps: Mapping[str, float]) -> dict[str, float]:
-    """The static split: each service's share of the budget in proportion to its mean load, rounded down to
-    the core step, at least ``min_cores``; what rounding leaves goes a step at a time to the largest loads."""
+    """The static split: each service's share of the budget in proportion to its load (``mean_rps``: its mean,
+    or its peak for the split by peak), rounded down to the core step, at least ``min_cores``; what rounding
+    leaves goes a step at a time to the largest remainders."""
     step, mn, budget = profile.core_step, profile.min_cores, profile.budget_cores
     total = sum(mean_rps.values())
     names = list(profile.service_names)
@@ -83,16 +93,44 @@ class _Joint:
     def plan_at(self, now_s: float, solver: solver_mod.Options) -> Plan:
         key = round(now_s, 6)
         if key not in self.plans:
-            loads = {}
+            loads, observed = {}, {}
             for name, sim in self.sims.items():
                 seen = control.seen(sim.observed(now_s), sim.ctl)
                 trigger = "start" if not self.plans else "interval"
                 loads[name] = control.decision_load(trigger, sim.forecaster, seen.history, seen.rate_rps, sim.ctl)
+                observed[name] = min(seen.rate_rps, loads[name])
+            plan = self._solve(loads, observed, solver)
+            self.plans[key] = plan
+            self.current = plan.cores_by_name()
+        return self.plans[key]
+
+    def _solve(self, forecast: Mapping[str, float], observed: Mapping[str, float], solver: solver_mod.Options,
+               steps: int = 4) -> Plan:
+        """The joint plan for the forecasts; when they do not all fit (a service sheds), the forecasts'
+        headroom over the observed rates gives way first: the largest fraction of it (bisected in ``steps``
+        halvings, the same for every service) whose plan sheds nothing, else the plan at the observed rates
+        (which then sheds by the solver's rules)."""
+        def at(frac: float) -> Plan:
+            loads = {n: observed[n] + frac * (forecast[n] - observed[n]) for n in forecast}
             res = solver_mod.solve(self.profile, 0.0, self.current, solver, loads=loads)
             self.solve_s += res.solve_s
-            self.plans[key] = res.plan
-            self.current = res.plan.cores_by_name()
-        return self.plans[key]
+            return res.plan
+
+        plan = at(1.0)
+        if plan.feasible or all(forecast[n] - observed[n] <= 1e-9 for n in forecast):
+            return plan
+        low, best = at(0.0), None
+        if not low.feasible:
+            return low
+        lo, hi = 0.0, 1.0
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            cand = at(mid)
+            if cand.feasible:
+                lo, best = mid, cand
+            else:
+                hi = mid
+        return best or low
 
 
 @dataclass(frozen=True)
@@ -125,21 +163,14 @@ def _config(run: ServiceRun) -> SimConfig:
 
 
 def simulate_services(profile: Profile, runs: Mapping[str, ServiceRun], policy: str) -> dict[str, Any]:
-    """Replay every service's window against ``policy`` (:data:`POLICIES`); the ``simulate --json`` result:
-    per service and in total."""
-    if policy not in POLICIES:
-        raise BadInput(f"--policy: with services: one of {', '.join(POLICIES)}, got {policy!r}")
+    """Replay every service's window against ``policy`` (:data:`POLICIES`, or ``vpa:``/``hpa:`` per service);
+    the ``simulate --json`` result: per service and in total."""
+    kind, _, arg = policy.partition(":")
+    if policy not in POLICIES and kind not in PER_SERVICE:
+        raise BadInput(f"--policy: with services: one of {', '.join(POLICIES)}, vpa:VARIANT or "
+                       f"hpa:VARIANT[=POD_CORES], got {policy!r}")
     names = profile.service_names
-    results: dict[str, SimResult] = {}
-    budgets: dict[str, float] = {}
-    if policy == "infadapter-split":
-        budgets = split_budget(profile, {n: float(np.mean(runs[n].rates_rps)) for n in names})
-        for n in names:
-            cfg = _config(runs[n])
-            sub = service_profile(profile, n, budgets[n])
-            arr = make_arrivals(runs[n].rates_rps, cfg.seed)
-            results[n] = Simulation(sub, runs[n].rates_rps, "infadapter", cfg, arrivals=arr).run()
-    else:
+    if policy == "infadapter":
         joint = _Joint(profile)
         sims = {}
         for n in names:
@@ -147,9 +178,27 @@ def simulate_services(profile: Profile, runs: Mapping[str, ServiceRun], policy: 
             sims[n] = Simulation(service_profile(profile, n), runs[n].rates_rps, _JointPart(joint, n), cfg,
                                  arrivals=make_arrivals(runs[n].rates_rps, cfg.seed))
         joint.sims = sims
-        results = {n: sims[n].run() for n in names}
-        budgets = {}
+        return _report(profile, policy, {n: sims[n].run() for n in names}, {})
+    share = SPLITS.get(policy, np.mean)
+    budgets = split_budget(profile, {n: float(share(runs[n].rates_rps)) for n in names})
+    results: dict[str, SimResult] = {}
+    for n in names:
+        sub = service_profile(profile, n, budgets[n])
+        spec = "infadapter" if policy in SPLITS else f"{kind}:{_qualified(profile, n, arg)}"
+        cfg = _config(runs[n])
+        arr = make_arrivals(runs[n].rates_rps, cfg.seed)
+        results[n] = Simulation(sub, runs[n].rates_rps, spec, cfg, arrivals=arr).run()
     return _report(profile, policy, results, budgets)
+
+
+def _qualified(profile: Profile, service: str, arg: str) -> str:
+    """``VARIANT[=POD_CORES]`` of a per-service baseline with the variant named as in the service's profile."""
+    name, sep, rest = arg.partition("=")
+    svc = profile.service(service)
+    if name not in {v.name for v in svc.variants}:
+        raise BadInput(f"--policy: service {service} has no variant {name!r}; give one of "
+                       f"{', '.join(v.name for v in svc.variants)} (e.g. vpa:{svc.variants[0].name})")
+    return svc.qualified(name) + sep + rest
 
 
 def _report(profile: Profile, policy: str, results: Mapping[str, SimResult], budgets: Mapping[str, float]
@@ -176,3 +225,35 @@ def _report(profile: Profile, policy: str, results: Mapping[str, SimResult], bud
         "dropped": sum(r.dropped for r in results.values()),
         "services": services,
     }
+
+
+def pooled_bound(profile: Profile, rates: Mapping[str, Sequence[float]], service_cv: float = 1.0,
+                 shares: Mapping[str, float] | None = None) -> float:
+    """The pooled lower bound on the share of requests served late: every second, the load that the budget
+    cannot serve however it is shared between the services at that second (each service's most req/s on
+    ``c`` cores, :func:`infadapter.sim.fluid.service_rps_by_steps` at its SLO: its fastest variant in
+    practice), over all the requests. Per second, as a fluid: no queue carries load into the next second and
+    nothing is lost to forecasting, loading or moving traffic. ``shares``: each service held to its own
+    cores instead (the same bound for a static split)."""
+    from infadapter.sim.fluid import service_rps_by_steps
+
+    names = list(profile.service_names)
+    slots = round(profile.budget_cores / profile.core_step + 1e-9)
+    r = np.vstack([np.asarray(rates[n], dtype=float) for n in names])  # services x seconds
+    total = float(r.sum())
+    if total <= 0:
+        return 0.0
+    served = np.zeros((r.shape[1], slots + 1))  # served[t, j]: the most the services so far serve on j steps
+    for i, n in enumerate(names):
+        top = slots if shares is None else round(shares[n] / profile.core_step + 1e-9)
+        m = np.asarray(service_rps_by_steps(service_profile(profile, n), top * profile.core_step, service_cv))
+        own = np.minimum(r[i][:, None], m[None, :])  # seconds x (0..top steps)
+        if shares is not None:
+            served[:, 0] += own[:, -1]
+            continue
+        nxt = np.zeros_like(served)
+        for k in range(top + 1):
+            nxt[:, k:] = np.maximum(nxt[:, k:], served[:, :slots + 1 - k] + own[:, k:k + 1])
+        served = nxt
+    best = served[:, 0] if shares is not None else served[:, -1]
+    return float((r.sum(axis=0) - best).sum() / total)
