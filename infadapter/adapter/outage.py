@@ -85,7 +85,3 @@ class Outages:
     def as_list(self, now_s: float) -> list[dict[str, Any]]:
         """Every outage, the current one last (``until_s`` None)."""
         return [o.as_dict(now_s) for o in (*self.past, *([self.current] if self.current else []))]
-
-    def seconds(self, now_s: float) -> float:
-        """Their total length so far."""
-        return sum(o.seconds(now_s) for o in (*self.past, *([self.current] if self.current else [])))
