@@ -398,6 +398,18 @@ def test_an_unreachable_backend_is_an_outage_not_a_crash(tmp_path, caplog, durin
     assert loop.snapshot().backend_healthy is True and loop.snapshot().unreachable == ""
 
 
+def test_an_outage_is_checked_at_the_check_pace(tmp_path):
+    """run() during an outage: the decision that came due waits, so the loop must not wake at once again (it
+    spun at 100 Hz, one API call a spin: 908 failed tries in a 22 s outage)."""
+    loop, clock, _load, backend = make_loop(tmp_path, interval=10.0)
+    run_for(loop, clock, 3)
+    backend.unreachable = "API server away"
+    n = len(backend.calls)
+    loop.run(duration_s=30.0)
+    checks = backend.calls[n:].count("state")
+    assert loop.outages.active and 25 <= checks <= 32, checks  # one a check (check_s 1 s)
+
+
 def test_a_plan_read_back_without_accuracy_is_accounted_from_the_profile(tmp_path):
     """The Kubernetes backend rebuilds the serving plan from Deployments (shares, no accuracy); the summary
     and the accuracy gauge must still show what served (this read 0 % after a resume once)."""

@@ -358,9 +358,10 @@ class ControlLoop:
             self.tick()
             if duration_s is not None and self.clock() - start >= duration_s:
                 break
-            # Sleep to the next check, or to the next decision when that comes first.
+            # Sleep to the next check, or to the next decision when that comes first (during an outage the
+            # decision that is due waits for the backend: check at the check pace, not in a busy loop).
             wait = self.ctl.check_s
-            if self.next_decision_s is not None:
+            if self.next_decision_s is not None and not self.outages.active:
                 wait = min(wait, max(self.next_decision_s - self.clock(), 0.0))
             if self.sleep(max(wait, 0.01)):
                 break
