@@ -147,6 +147,30 @@ def test_health_and_unreachable_cluster(fake, tmp_path, paper):
     assert not result.ok and "cannot reach the API server" in result.error
 
 
+def test_an_api_server_away_is_said_by_state_not_by_library_retries(fake, tmp_path, paper, caplog):
+    """state() of an unreachable API server says so (what runs is unknown, not empty), with since when; the
+    session is the only one retrying (no urllib3 "Retrying" warnings); once a call gave up, later calls try
+    once until the server answers."""
+    backend = make(fake, tmp_path, paper)
+    assert backend.apply(plan(A)).ok
+    assert backend.state().unreachable == "" and backend.api.down_since is None
+    sleeps = Sleeps()
+    backend.api.sleep = sleeps
+    url = fake.url
+    fake.stop()
+    with caplog.at_level("DEBUG"):
+        st = backend.state()
+    assert st.unreachable.startswith(f"API server {url}: list Deployments: cannot reach the API server")
+    assert st.variants == () and st.unreachable_since_s == backend.api.down_since is not None
+    assert len(sleeps) == backend.options.retries - 1  # the first call that meets the outage retries
+    assert not [r for r in caplog.records if r.name.startswith("urllib3") and r.levelno >= 30], caplog.text
+    assert not [r for r in caplog.records if r.levelno >= 20 and "retry" in r.getMessage()], caplog.text
+    tries = backend.api.unreachable_tries
+    assert backend.state().unreachable and not backend.health()
+    assert len(sleeps) == backend.options.retries - 1  # later ones: one try each, no backoff
+    assert backend.api.unreachable_tries == tries + 2
+
+
 def test_missing_kubeconfig_is_backend_unavailable(tmp_path, paper, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(BackendUnavailable, match="--kubeconfig"):

@@ -61,15 +61,20 @@ class FakeBackend:
     healthy: bool = True
     health_checks: int = 0
     heal_message: str | None = None
+    unreachable: str = ""  # set: nothing can be read or applied (an API server outage)
 
     def state(self) -> BackendState:
         self.calls.append("state")
+        if self.unreachable:
+            return BackendState(unreachable=self.unreachable)
         allocs = self.plan.allocations if self.plan else ()
         vs = tuple(VariantState(a.name, a.cores, a.name not in self.dead) for a in allocs)
         return BackendState(vs, self.plan)
 
     def apply(self, plan: Plan) -> ApplyResult:
         self.calls.append("apply " + ",".join(f"{a.name}={a.cores:g}" for a in plan.allocations))
+        if self.unreachable:
+            return ApplyResult(serving=self.plan or plan, ok=False, error=self.unreachable, retry_after_s=10.0)
         if self.fail_next:
             self.fail_next = False
             return ApplyResult(serving=self.plan or plan, ok=False, error="server did not start", retry_after_s=2.0)
@@ -336,6 +341,73 @@ def test_loop_asks_the_backend_for_health_and_repairs_and_counts_applies(tmp_pat
     backend.healthy = True
     rec = next_decision(loop, clock)  # the retry succeeds
     assert rec.apply_ok and loop.snapshot().backend_healthy is True and loop.totals.applies == 2
+
+
+def _outage_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= 30 and "backend fake" in r.getMessage()]
+
+
+@pytest.mark.parametrize("during_apply", [False, True])
+def test_an_unreachable_backend_is_an_outage_not_a_crash(tmp_path, caplog, during_apply):
+    """The backend cannot be read (its API server is away): no crash decision, no apply, the plan held; one
+    line when it goes, one when it is back (with the outage's length), then the loop decides again."""
+    loop, clock, load, backend = make_loop(tmp_path, interval=10.0)
+    load.rate = 50.0
+    run_for(loop, clock, 12)
+    assert loop.serving is not None and loop.serving.allocations
+    n_records, n_calls = len(read_records(tmp_path / "decisions.jsonl")), len(backend.calls)
+    away = "API server https://127.0.0.1:6443: list Deployments: cannot reach the API server"
+    if during_apply:  # the outage starts while a decision applies: the failed apply is folded into the outage
+        real_apply = backend.apply
+
+        def apply_as_it_goes(plan):
+            backend.unreachable = away
+            backend.apply = real_apply  # this once
+            return real_apply(plan)
+
+        backend.apply = apply_as_it_goes
+        load.rate = 60.0
+        with caplog.at_level("INFO", logger="infadapter.adapter.loop"):
+            rec = next_decision(loop, clock)
+        assert rec.apply_ok is False and loop.outages.active
+        assert loop.totals.failed_applies == 1
+    backend.unreachable = away
+    held = loop.serving
+    t_down = clock.now_s
+    with caplog.at_level("INFO", logger="infadapter.adapter.loop"):
+        recs = run_for(loop, clock, 40)  # four intervals' worth of decisions come due meanwhile
+    assert recs == []  # held: nothing decided
+    assert loop.totals.crashes == 0 and loop.serving == held
+    assert not [c for c in backend.calls[n_calls:] if c.startswith("apply")][1 if during_apply else 0:]
+    down = _outage_lines(caplog)
+    assert len(down) == 1 and "unreachable since" in down[0] and "holding the plan (resnet18" in down[0], down
+    assert "cannot reach the API server" in down[0]
+    assert loop.snapshot().backend_healthy is False and "unreachable since" in loop.snapshot().unreachable
+    caplog.clear()
+    backend.unreachable = ""
+    with caplog.at_level("INFO", logger="infadapter.adapter.loop"):
+        rec = next_decision(loop, clock)
+    up = _outage_lines(caplog)
+    assert len(up) == 1 and "answers again after" in up[0], up
+    assert rec.trigger in ("interval", "retry", "overload") and rec.apply_ok
+    outage = loop.outages.as_list(clock.now_s)
+    assert len(outage) == 1 and outage[0]["until_s"] is not None
+    assert outage[0]["seconds"] >= clock.now_s - t_down - 2
+    records = read_records(tmp_path / "decisions.jsonl")[n_records:]
+    assert all(r["trigger"] != "crash" and "is down" not in r.get("reason", "") for r in records)
+    assert loop.snapshot().backend_healthy is True and loop.snapshot().unreachable == ""
+
+
+def test_an_outage_is_checked_at_the_check_pace(tmp_path):
+    """run() during an outage: the decision that came due waits, so the loop must not wake at once again (it
+    spun at 100 Hz, one API call a spin: 908 failed tries in a 22 s outage)."""
+    loop, clock, _load, backend = make_loop(tmp_path, interval=10.0)
+    run_for(loop, clock, 3)
+    backend.unreachable = "API server away"
+    n = len(backend.calls)
+    loop.run(duration_s=30.0)
+    checks = backend.calls[n:].count("state")
+    assert loop.outages.active and 25 <= checks <= 32, checks  # one a check (check_s 1 s)
 
 
 def test_a_plan_read_back_without_accuracy_is_accounted_from_the_profile(tmp_path):

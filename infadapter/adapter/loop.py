@@ -14,6 +14,10 @@ Per interval (``LoopConfig.interval_s``) the loop decides once. Between decision
   then plan again;
 - **retry**: an apply failed with a temporary error: keep the old plan and try again when told.
 
+A backend that cannot be read back (the Kubernetes API server does not answer) is an outage, not a crash
+(:mod:`infadapter.adapter.outage`): the loop holds the plan, decides nothing and says so once, until it
+answers again.
+
 Scale-down stabilization is the policy wrapper's job (:class:`infadapter.core.policies.Stabilized`);
 scale-up is applied at once. Every decision leaves a :class:`~infadapter.adapter.records.DecisionRecord`.
 """
@@ -29,9 +33,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from infadapter.adapter.outage import Outages
 from infadapter.adapter.records import DecisionLog, DecisionRecord, StepTimer, decision_record
 from infadapter.adapter.runstate import LoopSnapshot
-from infadapter.backends.base import ApplyResult, Backend
+from infadapter.backends.base import ApplyResult, Backend, BackendState
 from infadapter.core import control
 from infadapter.core import explain as explain_mod
 from infadapter.core.control import ControlConfig, Forecaster
@@ -192,6 +197,8 @@ class ControlLoop:
         self.last_apply_error: str = ""
         #: The backend's last answer to ``health()`` (None: not asked yet); asked after each apply.
         self.backend_healthy: bool | None = None
+        #: When the backend could not be read back: the loop holds meanwhile (see the module doc).
+        self.outages = Outages(backend.name)
         self._last_tick_s: float | None = None
         self._last_decision_s: float = -math.inf
         kind = policy_entry(policy)
@@ -278,6 +285,8 @@ class ControlLoop:
         except Exception as exc:  # a backend bug must not stop the loop: keep serving the old plan
             log.exception("apply failed")
             result = ApplyResult(serving=before or plan, ok=False, error=f"{type(exc).__name__}: {exc}")
+        if not result.ok:
+            self._read_state(self.clock())  # a backend gone away is an outage, said once (not per failure)
         self._check_health(failed=not result.ok)  # a decision that changed nothing asked nothing of it
         return True, result
 
@@ -300,7 +309,9 @@ class ControlLoop:
         self.serving = result.serving if result.serving is not None else before
         delay = result.retry_after_s if result.retry_after_s is not None else self.ctl.interval_s
         self.retry_at_s = self.clock() + delay
-        log.warning("apply failed (%s); still serving the previous plan, retry in %.1f s", result.error, delay)
+        # During an outage its one line says it all; the record keeps the error.
+        log.log(logging.DEBUG if self.outages.active else logging.WARNING,
+                "apply failed (%s); still serving the previous plan, retry in %.1f s", result.error, delay)
 
     # -- between decisions -------------------------------------------------------------------------
     def tick(self) -> DecisionRecord | None:
@@ -319,7 +330,7 @@ class ControlLoop:
         if self.next_decision_s is None:
             rec = self.decide("start")
         else:
-            crashed = self._crashed()
+            crashed = self._crashed(now)
             if crashed:
                 rec = self._degrade(crashed)
             else:
@@ -334,7 +345,7 @@ class ControlLoop:
                 cap = self.serving.served_capacity_rps() if self.serving and self.serving.allocations else None
                 due = control.trigger_due(now, self.next_decision_s, self._last_decision_s, rate, cap,
                                           self.ctl, self.retry_at_s)
-                if due is not None:
+                if due is not None and not self.outages.active:  # an outage holds the plan
                     rec = self.decide(due, obs)
         if self.on_snapshot is not None:
             self.on_snapshot(self.snapshot().as_dict())
@@ -347,9 +358,10 @@ class ControlLoop:
             self.tick()
             if duration_s is not None and self.clock() - start >= duration_s:
                 break
-            # Sleep to the next check, or to the next decision when that comes first.
+            # Sleep to the next check, or to the next decision when that comes first (during an outage the
+            # decision that is due waits for the backend: check at the check pace, not in a busy loop).
             wait = self.ctl.check_s
-            if self.next_decision_s is not None:
+            if self.next_decision_s is not None and not self.outages.active:
                 wait = min(wait, max(self.next_decision_s - self.clock(), 0.0))
             if self.sleep(max(wait, 0.01)):
                 break
@@ -376,7 +388,11 @@ class ControlLoop:
         return (f"grown in place while new variants load: {grown}",)
 
     def _check_health(self, failed: bool) -> None:
-        """Ask the backend whether it answers (after each apply); say so when that changes."""
+        """Ask the backend whether it answers (after each apply); say so when that changes (during an outage
+        :class:`~infadapter.adapter.outage.Outages` says it, once)."""
+        if self.outages.active:
+            self.backend_healthy = False
+            return
         try:
             healthy = bool(self.backend.health())
         except Exception as exc:
@@ -390,16 +406,33 @@ class ControlLoop:
                             "; the apply failed" if failed else "")
         self.backend_healthy = healthy
 
-    def _crashed(self) -> list[str]:
-        if self.serving is None or not self.serving.allocations:
+    def _crashed(self, now: float) -> list[str]:
+        """The serving plan's variants without a live, ready server; none while the backend cannot be read
+        (an outage: nothing is known to have crashed), and during an outage each check asks again."""
+        if not self.outages.active and (self.serving is None or not self.serving.allocations):
             return []
-        try:
-            st = self.backend.state()
-        except Exception as exc:
-            log.warning("backend state unavailable: %s", exc)
+        st = self._read_state(now)
+        if st is None or self.serving is None:
             return []
         ready = {v.name for v in st.variants if v.ready}
         return [a.name for a in self.serving.allocations if a.name not in ready]
+
+    def _read_state(self, now: float) -> BackendState | None:
+        """What the backend says runs; None when it cannot be read (the outage starts or goes on). The one
+        place that turns the backend's answer into an outage's start or end."""
+        try:
+            st = self.backend.state()
+        except Exception as exc:  # a backend that cannot say what runs is away, whatever the reason
+            st = BackendState(unreachable=f"{type(exc).__name__}: {exc}")
+        if st.unreachable:
+            holding = ", ".join(f"{a.name} {a.cores:g} cores {a.share:.0%}" for a in self.serving.allocations) \
+                if self.serving is not None else ""
+            if self.outages.down(now, st.unreachable, st.unreachable_since_s, holding):
+                self.backend_healthy = False
+            return None
+        if self.outages.up(now) is not None:
+            self.backend_healthy = True
+        return st
 
     def _degrade(self, crashed: list[str]) -> DecisionRecord:
         """Route around crashed servers at once, then plan again with the survivors as current."""
@@ -495,6 +528,7 @@ class ControlLoop:
             slo_attainment_5m=self.slo_attainment(),
             next_decision_s=self.next_decision_s,
             degraded=self.degraded,
+            unreachable=self.outages.line(self.clock()),
             backend_healthy=self.backend_healthy,
             totals=self.totals.as_dict(),
             last_decision=last.as_dict() if last else None,

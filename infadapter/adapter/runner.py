@@ -334,6 +334,8 @@ class AdapterRun:
             **{k: totals.get(k) for k in ("mean_cores", "mean_accuracy", "transitions", "decisions", "applies",
                                           "failed_applies", "crashes", "seconds")},
             "last_apply_error": loop.last_apply_error if loop else "",
+            # Stretches when the backend could not be read and the loop held the plan (adapter/outage.py).
+            "backend_outages": loop.outages.as_list(self.clock()) if loop else [],
             "plan": loop.serving.as_dict() if loop and loop.serving is not None else None,
             "limit_mode": prep.limit_mode if prep else "",
             "run_dir": str(cfg.run_dir),

@@ -76,6 +76,7 @@ class LoopSnapshot:
     slo_attainment_5m: float | None = None
     next_decision_s: float | None = None
     degraded: str = ""
+    unreachable: str = ""  # the backend's current outage in one line ("" when it answers)
     backend_healthy: bool | None = None
     totals: dict[str, Any] | None = None
     last_decision: dict[str, Any] | None = None

@@ -62,6 +62,7 @@ def collect_status(run_dir: Path, sample_s: float = 1.0) -> dict[str, Any]:
         "p99_ms": loop.p99_ms,
         "slo_ms": adapter.slo_ms,
         "degraded": loop.degraded,
+        "unreachable": loop.unreachable,
         "totals": loop.totals,
         "updated_s": st.updated_s,
         "last_decision": short_decision(loop.last_decision),
@@ -213,6 +214,8 @@ class RunFolderStatus:
                    f"{mon.get('source', '')} {mon.get('warning', '')}")
         if doc.get("degraded"):
             out.append(f"[red]degraded:[/] {doc['degraded']}")
+        if doc.get("unreachable"):
+            out.append(f"[red]backend {doc['unreachable']}[/]")
         return [*out, *_last_decision(doc)]
 
 

@@ -35,6 +35,11 @@ class BackendState:
     plan: Plan | None = None
     healthy: bool = True
     messages: tuple[str, ...] = field(default=())
+    #: Non-empty when what runs could not be read back (e.g. the API server does not answer): what could not
+    #: be reached and why. Then ``variants`` is unknown, not empty: a server missing from it has not crashed.
+    unreachable: str = ""
+    #: With ``unreachable``: since when (Unix time) the backend has not answered, when it knows.
+    unreachable_since_s: float | None = None
 
 
 @dataclass(frozen=True)

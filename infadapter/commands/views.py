@@ -60,6 +60,10 @@ def adapt_summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
                               f"{s.get('failed_applies') or 0} failed applies)"))
     if s.get("crashes"):
         rows.append(("server crashes", str(s["crashes"])))
+    outages = s.get("backend_outages") or []
+    if outages:
+        rows.append(("backend unreachable", ", ".join(f"{float(o['seconds']):.0f} s" for o in outages)
+                     + f" (plan held; first: {outages[0].get('reason', '')})"))
     if s.get("seconds") is not None:
         rows.append(("duration", f"{float(s['seconds']):.0f} s"))
     if s.get("plan"):

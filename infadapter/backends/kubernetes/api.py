@@ -5,6 +5,11 @@ resize helpers call: ``request`` (one call as parsed JSON, with retries), ``appl
 field manager ``infadapter``), ``delete``, ``list`` (by labels), ``watch`` (a Deployment watch's events) and
 ``version``. Conflicts (409), throttling (429), server errors (5xx) and timeouts get bounded retries with
 exponential backoff; invalid objects (422) and forbidden requests (403) fail at once with the server's message.
+
+The session is the one place that retries: urllib3's own retries are off (they logged a 400-character warning
+per attempt and multiplied ours), and it knows whether the API server answers (:attr:`KubeApi.down_since`):
+once a call gave up because the server could not be reached, later calls try once, without backoff, until one
+gets an answer, so the adapter's checks during an outage take a connection attempt each, not half a minute.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/strategic-merge-patch+json"
 #: Statuses worth retrying: conflict, throttling, server errors, gateway timeouts.
 RETRY_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+#: Statuses that say the API server itself is away (a proxy or load balancer in front of it answered).
+UNREACHABLE_STATUSES = frozenset({502, 503, 504})
 
 _PATHS = {
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
@@ -41,12 +48,14 @@ _PATHS = {
 
 
 class KubeError(InfAdapterError):
-    """A Kubernetes API call failed; ``temporary`` says whether trying later may help."""
+    """A Kubernetes API call failed; ``temporary`` says whether trying later may help, ``unreachable`` that
+    the API server did not answer at all (connection refused or reset, timeout, 502/503/504)."""
 
-    def __init__(self, message: str, status: int = 0, temporary: bool = False) -> None:
+    def __init__(self, message: str, status: int = 0, temporary: bool = False, unreachable: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.temporary = temporary
+        self.unreachable = unreachable
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,26 @@ class KubeApi:
         self.namespace = namespace
         self.sleep = sleep
         self.client = api_client or make_api_client(options)
+        #: Wall time of the first call in a row that could not reach the API server; None while it answers.
+        self.down_since: float | None = None
+        #: Calls (each try counted) that could not reach the API server, over the session.
+        self.unreachable_tries = 0
+        self._gave_up = False  # a call gave up during the present outage: later calls try once
+
+    def _answered(self) -> None:
+        """The server answered (any HTTP status but 502/503/504 counts: it is there)."""
+        if self.down_since is not None:
+            log.debug("API server %s answers again", self.host)
+        self.down_since = None
+        self._gave_up = False
+
+    def _failed(self, error: KubeError) -> None:
+        if error.unreachable:
+            self.unreachable_tries += 1
+            if self.down_since is None:
+                self.down_since = time.time()
+        else:
+            self._answered()
 
     @property
     def host(self) -> str:
@@ -106,7 +135,9 @@ class KubeApi:
         from urllib3.exceptions import HTTPError as Urllib3Error
 
         delay = self.options.backoff_s
-        for attempt in range(1, self.options.retries + 1):
+        # While the server is known to be down, one try: the caller's next check comes soon anyway.
+        tries = 1 if self.down_since is not None and self._gave_up else self.options.retries
+        for attempt in range(1, tries + 1):
             try:
                 resp = self.client.call_api(
                     path,
@@ -120,20 +151,29 @@ class KubeApi:
                     _request_timeout=self.options.request_timeout_s,
                 )
                 data = resp.data
+                self._answered()
                 return json.loads(data) if data else {}
             except ApiException as exc:
                 if exc.status in ok_statuses:
+                    self._answered()
                     return None
                 message = _api_message(exc)
                 temporary = exc.status in RETRY_STATUSES
-                error = KubeError(f"{what}: HTTP {exc.status} {message}", exc.status, temporary)
+                error = KubeError(f"{what}: HTTP {exc.status} {message}", exc.status, temporary,
+                                  exc.status in UNREACHABLE_STATUSES)
             except (Urllib3Error, OSError) as exc:
-                error = KubeError(f"{what}: cannot reach the API server ({exc.__class__.__name__})", 0, True)
-            if not error.temporary or attempt == self.options.retries:
-                if error.temporary:
-                    error = KubeError(f"{error} (gave up after {attempt} tries)", error.status, True)
+                error = KubeError(f"{what}: cannot reach the API server ({exc.__class__.__name__})", 0, True, True)
+            self._failed(error)
+            if not error.temporary or attempt == tries:
+                if error.unreachable:
+                    self._gave_up = True
+                if error.temporary and tries > 1:
+                    error = KubeError(f"{error} (gave up after {attempt} tries)", error.status, True,
+                                      error.unreachable)
                 raise error
-            log.info("%s; retry %d/%d in %.2fs", error, attempt, self.options.retries - 1, delay)
+            # An unreachable server is said once, by the adapter's loop; each retry is detail.
+            log.log(logging.DEBUG if error.unreachable else logging.INFO, "%s; retry %d/%d in %.2fs", error,
+                    attempt, tries - 1, delay)
             self.sleep(delay)
             delay = min(delay * 2, self.options.backoff_max_s)
         raise AssertionError("unreachable")
@@ -229,17 +269,20 @@ def make_api_client(options: KubeOptions) -> Any:
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
+    cfg = client.Configuration()
     try:
         if options.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            cfg = client.Configuration()
             config.load_incluster_config(client_configuration=cfg)
-            return client.ApiClient(cfg)
-        return config.new_client_from_config(
-            config_file=options.kubeconfig, context=options.context, persist_config=False
-        )
+        else:
+            config.load_kube_config(config_file=options.kubeconfig, context=options.context,
+                                    client_configuration=cfg, persist_config=False)
     except (ConfigException, OSError, TypeError) as exc:
         where = options.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         raise BackendUnavailable(
             f"--kubeconfig: cannot load Kubernetes credentials from {where} ({exc}); pass --kubeconfig FILE "
             "or run inside the cluster with a ServiceAccount"
         ) from None
+    # No urllib3 retries: KubeApi.request retries (with backoff, and once only while the server is down);
+    # urllib3's would multiply the attempts and log a long warning for each.
+    cfg.retries = 0
+    return client.ApiClient(cfg)

@@ -164,7 +164,10 @@ class KubernetesBackend:
         try:
             observed = self.observe()
         except KubeError as exc:
-            return BackendState(plan=self._serving, healthy=False, messages=(str(exc),))
+            # Not an empty namespace: what runs is unknown (the loop holds instead of calling it a crash).
+            where = f"API server {self.api.host or '?'}"
+            return BackendState(plan=self._serving, healthy=False, messages=(str(exc),),
+                                unreachable=f"{where}: {exc}", unreachable_since_s=self.api.down_since)
         plan, gen = recovered_plan(observed, self.profile)
         variants = []
         messages = []

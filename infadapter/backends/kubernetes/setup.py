@@ -309,4 +309,6 @@ def _summary(cfg: ClusterRunConfig, backend: Any) -> dict[str, Any]:
         out["generations"] = sorted(p.name for p in cfg.out_dir.glob("gen-*") if p.is_dir())
     if cfg.backend == "kubernetes":
         out["namespace"] = backend.namespace
+        # API calls (each try) that found no API server: what the outages in backend_outages cost in requests.
+        out["api_unreachable_tries"] = backend.api.unreachable_tries
     return out
