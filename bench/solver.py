@@ -18,14 +18,19 @@ plan found when it hits it).
 
 ``--services N``: N services of the ResNet family (cycling through profiles/services.yaml's three, so SLAs
 500/750/1000 ms), weights 1..N, every third with an accuracy floor, sharing 64 cores (step 1, at least 2 a
-variant), with and without pod fit (8-core nodes: the option model, one binary per variant and core
-count). Per-service loads are drawn (seeded) so that their total needs 25..130% of what the budget serves,
-and the overloaded draws also time the relaxation solves (floors, then shedding).
+variant; beyond 10 services 6.4 cores a service: 320 for 50), with and without pod fit (8-core nodes: the
+option model, one binary per variant and core count). Per-service loads are drawn (seeded) so that their
+total needs 25..130% of what the budget serves, and the overloaded draws also time the relaxation solves
+(floors, then shedding). ``--breakdown`` solves every draw again, instrumented: where the time goes (PuLP's
+model build, the pass to HiGHS, HiGHS presolve, HiGHS search) and the branch-and-bound nodes; then times a
+decomposition (per-service candidate plans of one or two variants + a knapsack over the budget; bench only,
+not the solver's) on the draws where every rule held, and what it loses against the exact solve.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -99,6 +104,7 @@ def trace_case(window: str, interval_s: int) -> None:
     policy = make_policy("infadapter", prof)  # with the shared wrappers: stabilization 4, min gain 0.005
     loads = [1.1 * max(rates[i:i + interval_s]) for i in range(0, len(rates), interval_s)]
     times: dict[str, list[float]] = {"solve": [], "explain": [], "explain_all": []}
+    cpu: dict[str, list[float]] = {k: [] for k in times}  # CPU seconds: less moved by the machine's other load
     changed = 0
     solve(prof, 1.0, {})
     for _ in range(3):  # three passes over the window: enough samples for a mean on a busy machine
@@ -106,15 +112,17 @@ def trace_case(window: str, interval_s: int) -> None:
         state = None
         for i, load in enumerate(loads):
             ctx = Context(profile=prof, now_s=float(i * interval_s), forecast_rps=load, current=before, state=state)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             d = policy.decide(ctx)
             times["solve"].append(time.perf_counter() - t0)
+            cpu["solve"].append(time.process_time() - c0)
             for key, other_sets in (("explain", None), ("explain_all", True)):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 d = policy.decide(ctx)
                 explain(prof, "infadapter", load, before, d.plan, d.proposed, d.held_by, other_sets=other_sets,
                         other_set=d.other_set)
                 times[key].append(time.perf_counter() - t0)
+                cpu[key].append(time.process_time() - c0)
             changed += before is None or d.plan.cores_by_name() != before.cores_by_name()
             before, state = d.plan, d.state
     print(f"trace: {window} window, a decision every {interval_s} s ({len(loads)} decisions, {changed // 3} change "
@@ -125,6 +133,9 @@ def trace_case(window: str, interval_s: int) -> None:
     base = statistics.fmean(times["solve"])
     print(f"mean time of a decision with its explanation: {statistics.fmean(times['explain']) / base:.2f}x the policy "
           f"alone ({statistics.fmean(times['explain_all']) / base:.2f}x searching other sets on every decision)")
+    base = statistics.fmean(cpu["solve"])
+    print(f"the same in CPU time: {statistics.fmean(cpu['explain']) / base:.2f}x "
+          f"({statistics.fmean(cpu['explain_all']) / base:.2f}x; policy alone {1000 * base:.2f} ms CPU a decision)")
 
 
 def scale_case(n_loads: int) -> None:
@@ -147,7 +158,7 @@ def scale_case(n_loads: int) -> None:
     print(row("highs (1 s limit)", times, f"  stopped at the limit (best found): {limited}"))
 
 
-def services_case(n: int, n_loads: int, pod_cores: float | None) -> None:
+def services_case(n: int, n_loads: int, pod_cores: float | None, breakdown: bool = False) -> None:
     import random
 
     shipped = load_profile(ROOT / "profiles" / "services.yaml").services
@@ -159,43 +170,218 @@ def services_case(n: int, n_loads: int, pod_cores: float | None) -> None:
         if i % 3 == 0:
             svc["accuracy_floor"] = 0.72
         services.append(svc)
-    data = {"budget_cores": 64, "core_step": 1, "min_cores": 2, "alpha": 0.05, "beta": 0.001, "services": services}
+    budget = 64.0 if n <= 10 else 6.4 * n  # beyond 10 services, the same cores a service as 10 on 64
+    data = {"budget_cores": budget, "core_step": 1, "min_cores": 2, "alpha": 0.05, "beta": 0.001, "services": services}
     if pod_cores is not None:
         data["max_pod_cores"] = pod_cores
     prof = profile_from_dict(data)
-    # What 64 cores serve at most, all on ResNet-18 (about 24 req/s a core at these SLAs).
-    top = 0.8 * 24.4 * 64
+    # What the budget serves at most, all on ResNet-18 (about 24 req/s a core at these SLAs).
+    top = 0.8 * 24.4 * budget
     rng = random.Random(25)
-    times, shed, limited = [], 0, 0
+    times, cpu, shed, limited = [], [], 0, 0  # cpu: a process stopped or crowded out by others keeps its CPU time
     solve(prof, 0, loads={s["name"]: 1.0 for s in services})  # first-instance costs out of the measurement
     current: dict[str, float] = {}
+    draws: list[tuple[dict[str, float], dict[str, float]]] = []
+    objectives: list[float | None] = []  # the exact solve's, where every rule held (no floor gave way, no shed)
     for i in range(n_loads):
         total = top * (0.25 + 1.05 * i / max(1, n_loads - 1))
         raw = [rng.random() + 0.2 for _ in services]
         loads = {s["name"]: total * r / sum(raw) for s, r in zip(services, raw, strict=True)}
-        t0 = time.perf_counter()
+        draws.append((loads, current))
+        t0, c0 = time.perf_counter(), time.process_time()
         res = solve(prof, 0, current, Options(time_limit_s=5.0), loads=loads)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         shed += not res.plan.feasible
         limited += not res.plan.optimal
+        objectives.append(res.plan.objective if res.plan.feasible and not res.plan.notes else None)
         current = res.plan.cores_by_name()
     fit = f"pod fit {pod_cores:g}-core nodes" if pod_cores else "no pod fit"
-    print(f"{n} services x 5 variants, budget 64 cores, {fit}, {n_loads} load draws (25..130% of the budget)")
+    print(f"{n} services x 5 variants, budget {budget:g} cores, {fit}, {n_loads} load draws (25..130% of the budget)")
     print(row(f"highs, {n} services", times, f"  shed some load: {shed}, stopped at the 5 s limit: {limited}"))
+    print(row(f"highs, {n} services (CPU)", cpu))
+    if breakdown:
+        breakdown_rows([highs_breakdown(prof, loads, cur) for loads, cur in draws])
+        decomposition_rows(prof, draws, objectives)
+
+
+def highs_breakdown(prof, loads: dict[str, float], current: dict[str, float]) -> dict[str, float]:
+    """One multi-service solve taken apart (solver._solve_services' loop, instrumented): seconds in the
+    PuLP model build, in passing it to HiGHS, in HiGHS presolve (timed on a copy of the model, presolved
+    alone) and in the rest of HiGHS's run (root LP, cuts, branch and bound); the programs tried (the
+    relaxations of an overloaded draw) and the branch-and-bound nodes of each."""
+    import highspy
+
+    from infadapter.core import solver as solver_mod
+
+    out = {"build": 0.0, "pass": 0.0, "presolve": 0.0, "search": 0.0, "programs": 0, "nodes": 0,
+           "feasible_nodes": 0}
+    feasible = (highspy.HighsModelStatus.kOptimal, highspy.HighsModelStatus.kTimeLimit)
+    for groups in solver_mod._relaxations(prof, loads):
+        t0 = time.perf_counter()
+        prob, _, _ = solver_mod._model(prof, groups, current)
+        t1 = time.perf_counter()
+        highs, _ = solver_mod._pulp_solver(Options(time_limit_s=5.0), 5.0)
+        highs.createAndConfigureSolver(prob)
+        highs.buildSolverModel(prob)
+        h = prob.solverModel
+        t2 = time.perf_counter()
+        copy = highspy.Highs()
+        copy.setOptionValue("output_flag", False)
+        copy.setOptionValue("threads", 1)
+        copy.passModel(h.getModel())
+        t3 = time.perf_counter()
+        copy.presolve()
+        presolve = time.perf_counter() - t3
+        t4 = time.perf_counter()
+        h.run()
+        run = time.perf_counter() - t4
+        nodes = h.getInfo().mip_node_count
+        out["build"] += t1 - t0
+        out["pass"] += t2 - t1
+        out["presolve"] += min(presolve, run)
+        out["search"] += max(0.0, run - presolve)
+        out["programs"] += 1
+        out["nodes"] += nodes
+        if h.getModelStatus() in feasible and h.getInfo().primal_solution_status == 2:
+            out["feasible_nodes"] = nodes
+            break
+    return out
+
+
+def breakdown_rows(parts: list[dict[str, float]]) -> None:
+    """Where a multi-service solve's time goes, summed over the draws, and the search's size."""
+    total = sum(p[k] for p in parts for k in ("build", "pass", "presolve", "search"))
+    names = {"build": "PuLP model build", "pass": "PuLP -> HiGHS (addCol/addRow)", "presolve": "HiGHS presolve",
+             "search": "HiGHS search (root LP, cuts, branch and bound)"}
+    print(f"where the time goes ({len(parts)} draws, {total:.2f} s in all, the same solves again, instrumented):")
+    for k, label in names.items():
+        t = sum(p[k] for p in parts)
+        print(f"  {label:<48} {1000 * t / len(parts):8.1f} ms a draw  {100 * t / total:5.1f} %")
+    progs = [p["programs"] for p in parts]
+    nodes = [p["feasible_nodes"] for p in parts]
+    print(f"  programs a draw (1 + relaxations tried): mean {statistics.fmean(progs):.1f}, max {max(progs)}; "
+          f"branch-and-bound nodes of the solve that gave the plan: p50 {pct(nodes, 0.5):.0f}, max {max(nodes)}")
+
+
+def _service_candidates(prof, svc, load: float, opts) -> dict[float, tuple[float, dict[str, float], dict[str, float]]]:
+    """The decomposition's per-service plans: for every total core count, the best plan of one variant, or
+    of one variant full plus one that takes the rest on the fewest cores that carry it (greedy shares), by
+    ``weight * accuracy - alpha * cores / budget``, above the service's floor. Mixes of three or more
+    variants and the shared transition term are what it leaves out."""
+    from infadapter.core.solver import greedy_shares
+
+    names = prof.service_variants(svc.name)
+    acc = {n: prof.variant(n).accuracy for n in names}
+    best: dict[float, tuple[float, dict[str, float], dict[str, float]]] = {}
+
+    def consider(cores: dict[str, float]) -> None:
+        shares = greedy_shares(prof, load, cores)
+        if shares is None:
+            return
+        mix = sum(shares[n] * acc[n] for n in cores)
+        if svc.accuracy_floor is not None and mix < svc.accuracy_floor - 1e-9:
+            return
+        k = sum(cores.values())
+        value = svc.weight * mix - prof.alpha * k / prof.budget_cores
+        if k not in best or value > best[k][0] + 1e-12:
+            best[k] = (value, cores, shares)
+
+    for v in names:
+        for k, cap in opts[v]:
+            if cap >= load:
+                consider({v: k})
+                break  # more cores on one variant alone only cost
+            for u in names:
+                if u == v:
+                    continue
+                rest = next((ku for ku, cu in opts[u] if cu >= load - cap), None)
+                if rest is not None:
+                    consider({v: k, u: rest})
+    return best
+
+
+def decomposed(prof, loads: dict[str, float], current: dict[str, float]) -> tuple[dict[str, float], float] | None:
+    """Per-service candidate plans (:func:`_service_candidates`) and a knapsack over the shared budget (a
+    multiple-choice knapsack by dynamic programming on whole cores): the cores and the objective of the
+    plan it picks (the full objective, transition included), or None when no pick fits the budget (an
+    overloaded draw: the exact solve's relaxations would then decide)."""
+    from infadapter.core.solver import _options, objective_value
+
+    opts = _options(prof)
+    dp: dict[float, float] = {0.0: 0.0}  # cores used so far -> best value
+    back: list[dict[float, tuple[float, dict[str, float], dict[str, float]]]] = []  # per service: used -> pick
+    for svc in prof.services:
+        found = _service_candidates(prof, svc, loads[svc.name], opts)
+        cand, top = {}, -math.inf
+        for k in sorted(found):  # a plan on more cores that is worth no more is never picked
+            if found[k][0] > top + 1e-12:
+                cand[k], top = found[k], found[k][0]
+        nxt: dict[float, float] = {}
+        how: dict[float, tuple[float, dict[str, float], dict[str, float]]] = {}
+        for used, val in dp.items():
+            for k, (v, cores, shares) in cand.items():
+                total = used + k
+                if total <= prof.budget_cores + 1e-9 and (total not in nxt or val + v > nxt[total] + 1e-12):
+                    nxt[total] = val + v
+                    how[total] = (used, cores, shares)
+        if not nxt:
+            return None
+        dp = nxt
+        back.append(how)
+    used = max(dp, key=lambda t: dp[t])
+    cores: dict[str, float] = {}
+    shares: dict[str, float] = {}
+    for how in reversed(back):
+        used, c, sh = how[used]
+        cores.update(c)
+        shares.update(sh)
+    return cores, objective_value(prof, shares, cores, current)
+
+
+def decomposition_rows(prof, draws: list[tuple[dict[str, float], dict[str, float]]],
+                       exact: list[float | None]) -> None:
+    """The decomposition (:func:`decomposed`) on the same draws from the same plans: its time, and what it
+    loses against the exact solve where every rule held."""
+    times, cpu, gaps, none = [], [], [], 0
+    for (loads, cur), obj in zip(draws, exact, strict=True):
+        if obj is None:
+            continue
+        t0, c0 = time.perf_counter(), time.process_time()
+        got = decomposed(prof, loads, cur)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+        if got is None:
+            none += 1
+        else:
+            gaps.append(obj - got[1])
+    if not times:
+        return
+    print(row("decomposition", times, f"  on the {len(times)} draws where every rule held"))
+    print(row("decomposition (CPU)", cpu))
+    if gaps:
+        same = sum(1 for g in gaps if abs(g) <= 1e-9)
+        print(f"  objective lost against the exact solve: max {max(gaps):.5f}, mean {statistics.fmean(gaps):.5f} "
+              f"(exact objective ~{statistics.fmean(o for o in exact if o is not None):.2f}); the same objective on "
+              f"{same} of {len(gaps)}; no plan found on {none}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer loads")
     ap.add_argument("--services", type=int, default=0, help="time N services sharing 64 cores instead")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="with --services: solve every draw again, instrumented, and say where the time goes")
+    ap.add_argument("--no-pod-fit", action="store_true", help="with --services: the case without pod fit only")
     ap.add_argument("--window", default="paper", help="the trace case's window (simulate --window's forms)")
     ap.add_argument("--interval", type=int, default=30, help="the trace case's decision interval, s")
     ap.add_argument("--trace-only", action="store_true", help="only the trace case")
     args = ap.parse_args()
     if args.services:
-        services_case(args.services, 10 if args.quick else 40, None)
-        print()
-        services_case(args.services, 10 if args.quick else 40, 8.0)
+        services_case(args.services, 10 if args.quick else 40, None, args.breakdown)
+        if not args.no_pod_fit:
+            print()
+            services_case(args.services, 10 if args.quick else 40, 8.0, args.breakdown)
         return
     if args.trace_only:
         trace_case(args.window, args.interval)
