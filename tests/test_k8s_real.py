@@ -586,6 +586,10 @@ def test_adapt_survives_an_api_server_restart(kube_cluster: Any, admin: Kube, ma
     assert summary["applies"] >= 1
     # The outage was met (retries said at -vv, or an outage the loop held through).
     assert "cannot reach the API server" in err or summary["backend_outages"], err[-2000:]
+    # No crash: a Deployment whose status the controllers have not refreshed yet still has ready replicas.
+    assert summary["crashes"] == 0, err[-3000:]
+    decisions = [json.loads(x) for x in (tmp_path / "run" / "decisions.jsonl").read_text().splitlines()]
+    assert not [d for d in decisions if d["trigger"] == "crash"], decisions
     assert "Retrying (Retry(" not in err, err[-2000:]  # KubeApi is the one that retries, not urllib3
     deps = admin.variants(ns)
     assert len(admin.list("Deployment", ns)) == len(deps)

@@ -22,6 +22,8 @@ class VariantState:
 
     name: str
     cores: float
+    #: It answers requests (on Kubernetes: one replica is ready, even while a rollout is under way). A
+    #: variant of the serving plan that is not ready has crashed (the loop routes around it).
     ready: bool
     endpoint: str = ""  # base URL of the model server (TF Serving REST), "" when unknown
     detail: str = ""  # e.g. "cgroup v1 cpu quota", "in-place resize", "rolling replacement"

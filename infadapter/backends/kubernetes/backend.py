@@ -182,13 +182,16 @@ class KubernetesBackend:
                 f"{', '.join(f'{c:g}' for c in actual) or '-'} (planned {annotated}, template "
                 f"{ob.template_cores:g}); generation {ob.generation}"
             )
-            variants.append(VariantState(name, cores, ob.ready, self.config.variant_url(name), detail))
+            # Serving (not crashed) while one replica is ready: a rollout in progress, or a status the
+            # controllers have not refreshed yet after an API server restart, is no crash.
+            serving = int(st.get("readyReplicas", 0)) >= 1
+            variants.append(VariantState(name, cores, serving, self.config.variant_url(name), detail))
             if not ob.ready:
                 messages.append(f"{name}: not ready ({detail})")
         if self._serving is not None:
             plan = self._serving if set(self._serving.names) == set(observed) else plan
         messages.insert(0, f"namespace {self.namespace}; plan generation {gen}")
-        return BackendState(tuple(variants), plan, healthy=all(v.ready for v in variants), messages=tuple(messages))
+        return BackendState(tuple(variants), plan, healthy=all(ob.ready for ob in observed.values()), messages=tuple(messages))
 
     # -- what the cluster offers (:mod:`.cluster`) ---------------------------------------------------
     def node_cpus(self) -> list[float]:
