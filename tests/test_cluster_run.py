@@ -126,9 +126,11 @@ def test_dry_run_plans_follow_the_replayed_load(tmp_path, step_trace):
         (["adapt", "--backend", "kubernetes", "--kubeconfig", "{tmp}/missing", "--rate", "1", "--duration", "1"],
          "--kubeconfig", 4),
         (["status", "--namespace", "x"], "--namespace", 2),
+        (["adapt", "--backend", "kubernetes", "--kubeconfig", "{tmp}/kc", "--traffic", "live"], "--traffic live", 2),
     ],
     ids=["dry-run-no-out", "dry-run-no-load", "k8s-nothing-to-observe", "local-kubeconfig", "dry-run-models",
-         "no-admin-token", "bad-namespace", "missing-k8s-config", "missing-kubeconfig", "status-local-namespace"],
+         "no-admin-token", "bad-namespace", "missing-k8s-config", "missing-kubeconfig", "status-local-namespace",
+         "live-without-load"],
 )
 def test_bad_flags_are_one_line_errors(tmp_path, args, flag, code):
     env = {k: v for k, v in os.environ.items() if k != "INFADAPTER_ADMIN_TOKEN" and k != "KUBERNETES_SERVICE_HOST"}
