@@ -7,6 +7,9 @@ the folder) holds the serving state, so a restarted adapter resumes from what th
 
 What the loop observes, in this order:
 
+- with ``--traffic live`` and a load, the dispatcher's counters: the in-cluster dispatcher is applied
+  (:mod:`infadapter.backends.kubernetes.live`), the load's requests are sent to its Service from this machine
+  (the runner drives them, as on the local backend) and the loop observes what it served;
 - a **replayed observation** (:class:`ReplayedLoad`) when a load is given (``--window``/``--rate``):
   the loop sees the trace's per-second rates as if they were live traffic. It is labelled as a replay
   in the observation's source and warning, the state file, ``status`` and the log, because the plans it
