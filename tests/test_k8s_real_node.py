@@ -427,8 +427,7 @@ def test_adapt_with_live_traffic_serves_through_the_cluster(real: Any, tmp_path:
     assert proc.returncode == 0, err[-3000:]
     doc = json.loads(out)
     assert doc["replay"] is False and "dispatcher" in doc["observation"], doc
-    assert doc["requests"] > 0 and doc["ok"] >= 0.99 * doc["requests"], doc
-    assert doc["by_variant"] and sum(doc["by_variant"].values()) == doc["ok"], doc
+    assert doc["requests"] > 0 and doc["by_variant"] and sum(doc["by_variant"].values()) == doc["ok"], doc
     # The loop observed the cluster (the dispatcher's counters), never the replay.
     decisions = [json.loads(ln) for ln in (run_dir / "decisions.jsonl").read_text().splitlines()]
     assert decisions and all(d["monitor_source"] != "replay" for d in decisions)
@@ -453,6 +452,10 @@ def test_adapt_with_live_traffic_serves_through_the_cluster(real: Any, tmp_path:
         k.wait("quotas as planned", lambda: totals() == planned, timeout_s=30)
     except AssertionError:
         assert totals() == planned
+    # Last, so that a run short of it still shows that the rest holds.
+    from infadapter.observe.loadgen import FIGURES
+
+    assert doc["ok"] >= 0.99 * doc["requests"], {k: doc[k] for k in FIGURES}
     print(f"live: {doc['requests']} requests, {doc['ok']} ok, p99 {doc['p99_ms']} ms, by variant "
           f"{doc['by_variant']}; {len(samples)} quota samples")
 
