@@ -150,7 +150,7 @@ def test_adapter_template_command_line_is_accepted():
         "prometheus_url": "http://prometheus.monitoring.svc:9090", "extra_args": ["--interval=15"]}})
     dep = next(m for m in render_platform(cfg) if m.kind == "Deployment" and m.name == cfg.adapter.name)
     container = dep.obj["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["python", "cli.py", "adapt"]
+    assert container["command"] == ["/opt/infadapter/venv/bin/python", "/opt/infadapter/app/cli.py", "adapt"]
     ctx = adapt.make_context("adapt", list(container["args"]))
     p = ctx.params
     assert p["backend"] == "kubernetes" and p["namespace"] == "ml" and p["interval_s"] == 15
