@@ -129,7 +129,8 @@ class Dispatcher(_Strict):
     admin_token_secret: str = Field(
         default="infadapter-admin-token", description="Secret with key 'token' (created by hand, never rendered)"
     )
-    cpu: str = Field(default="1", description="CPU request = limit")
+    cpu: str = Field(default="250m", description="CPU request (what the scheduler reserves)")
+    cpu_limit: str = Field(default="1", description="CPU limit (empty: none)")
     memory: str = Field(default="512Mi")
 
 

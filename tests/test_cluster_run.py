@@ -126,9 +126,11 @@ def test_dry_run_plans_follow_the_replayed_load(tmp_path, step_trace):
         (["adapt", "--backend", "kubernetes", "--kubeconfig", "{tmp}/missing", "--rate", "1", "--duration", "1"],
          "--kubeconfig", 4),
         (["status", "--namespace", "x"], "--namespace", 2),
+        (["adapt", "--backend", "kubernetes", "--kubeconfig", "{tmp}/kc", "--traffic", "live"], "--traffic live", 2),
     ],
     ids=["dry-run-no-out", "dry-run-no-load", "k8s-nothing-to-observe", "local-kubeconfig", "dry-run-models",
-         "no-admin-token", "bad-namespace", "missing-k8s-config", "missing-kubeconfig", "status-local-namespace"],
+         "no-admin-token", "bad-namespace", "missing-k8s-config", "missing-kubeconfig", "status-local-namespace",
+         "live-without-load"],
 )
 def test_bad_flags_are_one_line_errors(tmp_path, args, flag, code):
     env = {k: v for k, v in os.environ.items() if k != "INFADAPTER_ADMIN_TOKEN" and k != "KUBERNETES_SERVICE_HOST"}
@@ -148,7 +150,7 @@ def test_adapter_template_command_line_is_accepted():
         "prometheus_url": "http://prometheus.monitoring.svc:9090", "extra_args": ["--interval=15"]}})
     dep = next(m for m in render_platform(cfg) if m.kind == "Deployment" and m.name == cfg.adapter.name)
     container = dep.obj["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["python", "cli.py", "adapt"]
+    assert container["command"] == ["/opt/infadapter/venv/bin/python", "/opt/infadapter/app/cli.py", "adapt"]
     ctx = adapt.make_context("adapt", list(container["args"]))
     p = ctx.params
     assert p["backend"] == "kubernetes" and p["namespace"] == "ml" and p["interval_s"] == 15

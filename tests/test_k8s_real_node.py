@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ pytestmark = [
 
 NODE = "real-node"
 BRIDGE = "infadapter0"
+ROOT = Path(__file__).resolve().parents[1]
 TEST_IMAGE = "localhost/infadapter/busybox:local"  # built and imported by the script (busybox httpd on 8080)
 NS = "infadapter"
 #: Host paths the kubelet, containerd and libcni write outside their configured folders (some hard-coded).
@@ -358,6 +360,133 @@ def test_the_project_image_serves_a_model_from_the_model_store(real: Any) -> Non
         assert len(out["predictions"]) == 1
     finally:  # the down test that follows checks a node whose pods went, not this one's failure
         k.call("DELETE", k.path("Pod", NS, "serve"), query={"gracePeriodSeconds": 0})
+
+
+def models_on_the_store(real: Any, resolution: int = 64) -> Path:
+    """The local profile's ONNX models in the model store (the hostPath of the PV bound to infadapter-models):
+    linked from the checkout's models/ when built at ``resolution``, else built (cli.py build-models' builder)."""
+    from infadapter.backends.local.setup import ensure_models
+    from infadapter.core.profile import load_profile
+
+    store = real.state_dir / "volumes" / "models"
+    profile = load_profile(ROOT / "profiles" / "local.yaml")
+    for v in profile.variants:
+        src, dst = ROOT / "models" / (v.model or v.name), store / (v.model or v.name)
+        if src.is_dir() and not dst.exists():
+            shutil.copytree(src, dst, copy_function=link_or_copy)
+    ensure_models(profile, store, resolution)  # what is missing or at another resolution
+    return store
+
+
+def link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
+
+
+LIVE_WINDOW = "1301270:600"  # the paper window's last 350 s before its burst and the burst's first 250 s
+LIVE_SECONDS = 50
+
+
+@pytest.mark.skipif(
+    os.environ.get("TEST_PROJECT_IMAGE") != "1",
+    reason="set TEST_PROJECT_IMAGE=1: needs the project image (built when its sources changed, ~2-5 min)",
+)
+def test_adapt_with_live_traffic_serves_through_the_cluster(real: Any, tmp_path: Path) -> None:
+    """`adapt --backend kubernetes --traffic live` on a busy window: the variants run our ONNX server on the real
+    node, the dispatcher runs as its rendered Deployment and gets the plan's shares, the host's load generator
+    sends the window's requests to the dispatcher's ClusterIP, and the loop observes the dispatcher's counters.
+    While it runs, every variant container's CFS quota is its pod's planned cores (pods not mid-resize); at
+    the end, the quotas add up to the cores of the plan the summary reports."""
+    up = real.script("up", "--real-node", "--project-image", timeout=900)
+    assert up.returncode == 0, up.stderr[-2000:]
+    models_on_the_store(real)
+    k = real.kube
+    for name in ("web", "serve"):  # the earlier tests' pods hold CPU of this 2-core node
+        if pod_exists(k, name):
+            k.call("DELETE", k.path("Pod", NS, name), query={"gracePeriodSeconds": 0})
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, str(ROOT / "cli.py"), "adapt", "--backend", "kubernetes", "--kubeconfig",
+            str(real.kubeconfig), "--namespace", NS, "--profile", str(ROOT / "profiles" / "local.yaml"),
+            "--window", LIVE_WINDOW, "--scale", "0.25", "--speedup", "10", "--interval", "3",
+            "--duration", str(LIVE_SECONDS), "--traffic", "live", "--ready-timeout", "120",
+            "--run-dir", str(run_dir), "--json"]
+    env = {k_: v for k_, v in os.environ.items() if not k_.startswith("INFADAPTER_ADAPT_")}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    samples: list[tuple[str, str, int, int]] = []  # (variant, pod, planned quota, cgroup quota)
+    try:
+        while proc.poll() is None:
+            samples += quota_samples(k)
+            time.sleep(1.0)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    doc = json.loads(out)
+    assert doc["replay"] is False and "dispatcher" in doc["observation"], doc
+    assert doc["requests"] > 0 and doc["by_variant"] and sum(doc["by_variant"].values()) == doc["ok"], doc
+    # The loop observed the cluster (the dispatcher's counters), never the replay.
+    decisions = [json.loads(ln) for ln in (run_dir / "decisions.jsonl").read_text().splitlines()]
+    assert decisions and all(d["monitor_source"] != "replay" for d in decisions)
+    assert max(d["observed_rps"] for d in decisions) > 0
+    # The dispatcher ran in the cluster, on the real node, as the rendered Deployment.
+    disp = k.list("Pod", NS, "app.kubernetes.io/component=dispatcher")
+    assert [p["spec"]["nodeName"] for p in disp] == [NODE], disp
+    # Every variant pod ran on the real node; each sampled container's quota was its pod's planned cores.
+    assert {v for v, *_ in samples} >= set(doc["by_variant"]), samples
+    wrong = [s for s in samples if s[2] != s[3]]
+    assert not wrong, wrong
+    # After the run (the pods stay), the quotas add up to the cores of the plan the summary reports.
+    planned = {v["name"]: round(v["cores"] * 100000) for v in doc["plan"]["variants"]}
+
+    def totals() -> dict[str, int]:
+        got: dict[str, int] = {}
+        for v, _pod, _want, quota in quota_samples(k):
+            got[v] = got.get(v, 0) + quota
+        return got
+
+    try:
+        k.wait("quotas as planned", lambda: totals() == planned, timeout_s=30)
+    except AssertionError:
+        assert totals() == planned
+    # Last, so that a run short of it still shows that the rest holds.
+    from infadapter.observe.loadgen import FIGURES
+
+    assert doc["ok"] >= 0.99 * doc["requests"], {k: doc[k] for k in FIGURES}
+    print(f"live: {doc['requests']} requests, {doc['ok']} ok, p99 {doc['p99_ms']} ms, by variant "
+          f"{doc['by_variant']}; {len(samples)} quota samples")
+
+
+def pod_exists(k: Kube, name: str) -> bool:
+    return any(p["metadata"]["name"] == name for p in k.list("Pod", NS))
+
+
+def quota_samples(k: Kube, settled_only: bool = True) -> list[tuple[str, str, int, int]]:
+    """(variant, pod, planned quota, cgroup quota) of each running variant container on the real node; the
+    planned quota is the pod's CPU limit (the plan's cores per pod). ``settled_only``: leave out pods whose
+    resize the kubelet has not finished (status resources differ from the spec), or whose container is not
+    running yet."""
+    from infadapter.render import parse_cpu
+
+    out = []
+    for p in k.pods(NS):
+        assert p["spec"].get("nodeName") in (None, NODE), p["metadata"]["name"]  # never the kwok node
+        spec = p["spec"]["containers"][0]["resources"]["limits"]["cpu"]
+        st = (p.get("status", {}).get("containerStatuses") or [{}])[0]
+        if not st.get("containerID") or "running" not in st.get("state", {}):
+            continue
+        if settled_only and st.get("resources", {}).get("limits", {}).get("cpu") != spec:
+            continue
+        try:
+            quota = cpu_quota_us(st["containerID"].removeprefix("containerd://"))
+        except (AssertionError, OSError):  # the container went between the read and now
+            continue
+        out.append((p["metadata"]["labels"]["infadapter.io/variant"], p["metadata"]["name"],
+                    round(parse_cpu(spec) * 100000), quota))
+    return out
 
 
 def test_down_undoes_every_host_change(real: Any) -> None:

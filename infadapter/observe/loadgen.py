@@ -38,6 +38,8 @@ from infadapter.errors import BadInput
 
 VARIANT_HEADER = "X-Infadapter-Variant"
 OK, ERROR, TIMEOUT = "ok", "error", "timeout"
+#: Image size (px) of the load's JPEGs and the models' input when neither the flags nor the profile say.
+DEFAULT_RESOLUTION = 224
 CSV_COLUMNS = ("index", "scheduled_s", "sent_s", "sent_unix", "latency_ms", "status", "outcome", "variant", "error")
 
 
@@ -367,3 +369,30 @@ def run_load(
         else:
             summary = LoadSummary(**{**asdict(summary), "out_path": str(out_path)})
     return summary
+
+
+#: The request figures of a run's summary (``adapt --json``), the same keys on every backend that drives a load.
+FIGURES = ("requests", "ok", "errors", "timeouts", "slo_violation_rate", "p50_ms", "p99_ms", "by_variant")
+
+
+def drive_window(url: str, rates_rps: Sequence[float], duration_s: float | None, store: Any, *, slo_ms: float,
+                 resolution: int, out_path: Path | None = None, seed: int = 0, timeout_s: float = 10.0) -> LoadSummary:
+    """An adapter run's load: ``rates_rps`` (cut to ``duration_s``) sent to the router at ``url``, recorded in
+    the run's state (``store``: ``load`` when it starts, ``load_summary`` when it ends); see :func:`run_load`."""
+    rates = np.asarray(rates_rps, dtype=float)
+    if duration_s is not None:
+        rates = rates[: max(math.ceil(duration_s), 1)]
+    store.update(load={"seconds": int(rates.size), "mean_rps": float(rates.mean()), "started_s": time.time()})
+    summary = run_load(url, rates, out_path=out_path, slo_ms=slo_ms, seed=seed, timeout_s=timeout_s,
+                       resolution=resolution)
+    store.update(load_summary=summary.as_dict())
+    return summary
+
+
+def load_figures(load: LoadSummary | None) -> dict[str, Any]:
+    """The summary's request figures (:data:`FIGURES`) of a driven load; empty without one."""
+    if load is None:
+        return {}
+    return {"requests": load.sent, "ok": load.ok, "errors": load.errors, "timeouts": load.timeouts,
+            "slo_violation_rate": load.slo_violation_rate, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms,
+            "by_variant": load.by_variant}

@@ -642,6 +642,9 @@ node_status() {
 # ~950 MB). Only with `up --real-node --project-image`: it needs buildah and debootstrap (installed
 # when missing), and the first build takes ~2 minutes.
 PROJECT_IMAGE=localhost/infadapter:0.1.0
+# The same image under the name the default render config gives it (`image: infadapter`, `tag: 0.1.0`, which
+# containerd reads as docker.io/library/infadapter:0.1.0), so rendered manifests run on the node unchanged.
+PROJECT_IMAGE_ALIAS=docker.io/library/infadapter:0.1.0
 
 project_image_key() {  # a hash of every file the image is built from
   (cd "$ROOT" && { echo "$PROJECT_IMAGE"; find Containerfile requirements.txt cli.py pyproject.toml \
@@ -679,7 +682,9 @@ project_image_archive() {
 project_image_present() {  # true when not asked for, or already in the node's containerd
   [ -z "$PROJECT_IMAGE_WANTED" ] && return 0
   has_real_node || return 0
-  ctr_ images ls -q 2>/dev/null | grep -qx "$PROJECT_IMAGE"
+  local names
+  names=$(ctr_ images ls -q 2>/dev/null)
+  grep -qx "$PROJECT_IMAGE" <<<"$names" && grep -qx "$PROJECT_IMAGE_ALIAS" <<<"$names"
 }
 
 node_import_project_image() {
@@ -692,5 +697,7 @@ node_import_project_image() {
     || die "cannot import $archive into containerd; see $LOGS/containerd.log" 4
   ctr_ images ls -q | grep -qx "$PROJECT_IMAGE" \
     || die "imported $archive but containerd has no image named $PROJECT_IMAGE (it has: $(ctr_ images ls -q | tr '\n' ' '))" 4
+  ctr_ images tag --force "$PROJECT_IMAGE" "$PROJECT_IMAGE_ALIAS" >/dev/null \
+    || die "cannot tag $PROJECT_IMAGE as $PROJECT_IMAGE_ALIAS in containerd; see $LOGS/containerd.log" 4
   say "project image $PROJECT_IMAGE on the node in $(( $(date +%s) - t0 )) s"
 }

@@ -131,6 +131,9 @@ class KubernetesBackend:
         self.config = config
         self.namespace = config.namespace
         self.router = router
+        #: A variant's URL as the dispatcher reaches it (its Service's DNS name; ``--traffic live`` on a cluster
+        #: without DNS: its ClusterIP, :func:`.live.service_ip_url`).
+        self.variant_url: Callable[[str], str] = config.variant_url
         self._clock = clock
         #: The API session (retries, server-side apply); its ``sleep`` paces retries and waits alike.
         self.api = KubeApi(options, config.namespace, api_client, sleep)
@@ -456,7 +459,7 @@ class KubernetesBackend:
             [
                 {
                     "name": a.name,
-                    "url": self.config.variant_url(a.name),
+                    "url": self.variant_url(a.name),
                     "model": self.config.served_model(self.profile.variant(a.name).model or a.name),
                     "weight": a.share,
                 }

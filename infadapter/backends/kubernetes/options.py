@@ -37,6 +37,10 @@ ADAPT: list[click.Option] = [
                  help="Seconds new variants get to become ready before an apply fails."),
     click.Option(["--in-place"], type=click.Choice(["auto", "never"]), default="auto", show_default=True,
                  help="Resize CPU in place where the cluster supports it (1.33+), or always roll."),
+    click.Option(["--traffic"], type=click.Choice(["replay", "live"]), default="replay", show_default=True,
+                 help="With a load (--window/--rate): replay observes its rates; live sends its requests from "
+                      "this machine to the in-cluster dispatcher's Service (applied, or --dispatcher-url) and "
+                      "observes the dispatcher's counters."),
 ]
 
 STATUS: list[click.Option] = [

@@ -7,6 +7,9 @@ the folder) holds the serving state, so a restarted adapter resumes from what th
 
 What the loop observes, in this order:
 
+- with ``--traffic live`` and a load, the dispatcher's counters: the in-cluster dispatcher is applied
+  (:mod:`infadapter.backends.kubernetes.live`), the load's requests are sent to its Service from this machine
+  (the runner drives them, as on the local backend) and the loop observes what it served;
 - a **replayed observation** (:class:`ReplayedLoad`) when a load is given (``--window``/``--rate``):
   the loop sees the trace's per-second rates as if they were live traffic. It is labelled as a replay
   in the observation's source and warning, the state file, ``status`` and the log, because the plans it
@@ -38,6 +41,9 @@ from infadapter.observe.monitor import Observation
 log = logging.getLogger(__name__)
 
 REPLAY_SOURCE = "replay"
+TRAFFIC = ("replay", "live")
+#: After a live load, keep adapting this long so in-flight requests finish (the local backend's default).
+LIVE_DRAIN_S = 3.0
 CLUSTER_BACKENDS = ("kubernetes", "dry-run")
 
 
@@ -59,6 +65,9 @@ class ClusterRunConfig(AdapterConfig):
     metrics_port: int = 0  # serve the adapter's infadapter_* metrics on this port (0: off)
     metrics_host: str = "0.0.0.0"  # scraped from other hosts (the cluster's Prometheus)
     router: str | None = None  # "gateway": the plan's shares as HTTPRoute weights (None: the render config's)
+    #: replay: the loop observes the load's rates; live: the load's requests go to the in-cluster dispatcher
+    #: (:mod:`infadapter.backends.kubernetes.live`) and the loop observes its counters.
+    traffic: str = "replay"
 
     def __post_init__(self) -> None:
         if self.backend not in CLUSTER_BACKENDS:
@@ -70,6 +79,11 @@ class ClusterRunConfig(AdapterConfig):
             raise BadInput(f"--in-place: expected auto or never, got {self.in_place!r}")
         if self.backend == "dry-run" and self.out_dir is None:
             raise BadInput("--out: --backend dry-run writes its manifests to a folder; pass --out DIR")
+        if self.traffic not in TRAFFIC:
+            raise BadInput(f"--traffic: expected replay or live, got {self.traffic!r}")
+        if self.traffic == "live" and (self.backend != "kubernetes" or self.rates_rps is None):
+            raise BadInput("--traffic live: sends a load's requests through the cluster's dispatcher; give --backend "
+                           "kubernetes and a load (--window W [--scale S --speedup K] or --rate R --duration S)")
         if self.dispatcher_url and not self.dispatcher_url.startswith(("http://", "https://")):
             raise BadInput(f"--dispatcher-url: expected http://HOST:PORT, got {self.dispatcher_url!r}")
         if self.prometheus_url and not self.prometheus_url.startswith(("http://", "https://")):
@@ -106,12 +120,19 @@ class ClusterRunConfig(AdapterConfig):
     @property
     def observation(self) -> str:
         """Where the loop's observations come from, in words (status and logs show it)."""
+        if self.traffic == "live":
+            return live_observation(self.dispatcher_url)
         if self.rates_rps is not None:
             return f"{REPLAY_SOURCE} of {self.load_label or 'a load'} (not live traffic)"
         if self.prometheus_url:
             return f"prometheus {self.prometheus_url}" + (
                 f", else dispatcher {self.dispatcher_url}" if self.dispatcher_url else "")
         return f"dispatcher {self.dispatcher_url}"
+
+
+def live_observation(url: str | None) -> str:
+    """``--traffic live``'s observation, in words."""
+    return f"the dispatcher's counters{f' at {url}' if url else ''} (live traffic from this machine)"
 
 
 def admin_token(token_file: Path | None) -> str:
@@ -266,6 +287,7 @@ class ClusterSetup:
                     raise BadInput(f"--metrics-port: cannot listen on {cfg.metrics_port} ({exc.strerror}); "
                                    "pick a free port or 0 to turn metrics off") from None
                 messages.append(f"metrics: http://{cfg.metrics_host}:{cfg.metrics_port}/metrics")
+            live = _start_live(cfg, backend, messages) if cfg.traffic == "live" else None
             initial_plan = None
             st = backend.state()
             if st.plan is not None and st.plan.allocations:
@@ -275,31 +297,75 @@ class ClusterSetup:
         except BaseException:  # the runner never saw the backend: close it here
             backend.stop()
             raise
-        observe: Callable[[float], Observation]
-        if cfg.rates_rps is not None:
-            observe = ReplayedLoad(cfg.rates_rps, cfg.load_label or "a load", run.started_s).observe
-        else:
-            from infadapter.observe.monitor import Monitor
-
-            stats: Callable[[], Mapping[str, Any]] = _no_dispatcher
-            if cfg.dispatcher_url:
-                from infadapter.serving.dispatcher import DispatcherClient
-
-                stats = DispatcherClient(cfg.dispatcher_url, cfg.admin_token, timeout_s=5.0).stats
-            # The dispatcher and Prometheus outlive the adapter: their last 10 minutes are real history.
-            monitor = Monitor(stats, cfg.prometheus_url, start_s=run.started_s - HISTORY_S, clock=run.clock,
-                              rate_window_s=cfg.control.rate_window_s)
-            observe = monitor.observe
+        observe = _observer(cfg, run, live)
         where = f"namespace {backend.namespace}" if cfg.backend == "kubernetes" else f"folder {cfg.out_dir}"
         messages.insert(0, f"backend {cfg.backend}: {where}")
         return Prepared(
-            backend=backend, observe=GuardedObserver(observe), observation=cfg.observation,
-            limit_mode=f"{cfg.backend} backend" + (" (replayed load)" if cfg.rates_rps is not None else ""),
+            backend=backend, observe=GuardedObserver(observe),
+            observation=live_observation(live.url) if live else cfg.observation,
+            limit_mode=f"{cfg.backend} backend" + (" (replayed load)" if cfg.rates_rps is not None and not live
+                                                   else ""),
             initial_plan=initial_plan, metrics=metrics, closers=[metrics.close] if metrics else [],
             adapter_info={"namespace": getattr(backend, "namespace", None),
                           "out_dir": str(cfg.out_dir) if cfg.out_dir else None},
-            summary=lambda _load: _summary(cfg, backend), release=False,
+            summary=lambda load: {**_summary(cfg, backend), **_load_figures(load)}, release=False,
+            drive_load=(lambda: _drive_live(cfg, run, live)) if live else None, drain_s=LIVE_DRAIN_S if live else 0.0,
         )
+
+
+def _start_live(cfg: ClusterRunConfig, backend: Any, messages: list[str]) -> Any:
+    """``--traffic live``: the in-cluster dispatcher (:mod:`.live`; ``--dispatcher-url``'s when given) becomes the
+    backend's router, addressing the variants by ClusterIP on a cluster without DNS."""
+    from functools import partial
+
+    from infadapter.backends.kubernetes import live
+    from infadapter.serving.dispatcher import DispatcherClient
+
+    if cfg.dispatcher_url:
+        found = live.LiveDispatcher(cfg.dispatcher_url, cfg.admin_token, (f"dispatcher at {cfg.dispatcher_url}",))
+    else:
+        found = live.start_dispatcher(backend.api, backend.config, cfg.ready_timeout_s)
+        backend.router = DispatcherClient(found.url, found.token)
+    messages.extend(found.notes)
+    if not live.has_dns(backend.api):
+        backend.variant_url = partial(live.service_ip_url, backend.api, backend.config)
+        messages.append("no DNS add-on (Service kube-system/kube-dns): the dispatcher reaches the variants by "
+                        "their Services' ClusterIPs")
+    return found
+
+
+def _observer(cfg: ClusterRunConfig, run: AdapterRun, live: Any) -> Callable[[float], Observation]:
+    """What the loop observes (see the module doc): the replay, else the dispatcher's counters or Prometheus."""
+    if cfg.rates_rps is not None and live is None:
+        return ReplayedLoad(cfg.rates_rps, cfg.load_label or "a load", run.started_s).observe
+    from infadapter.observe.monitor import Monitor
+
+    stats: Callable[[], Mapping[str, Any]] = _no_dispatcher
+    url, token = (live.url, live.token) if live else (cfg.dispatcher_url, cfg.admin_token)
+    if url:
+        from infadapter.serving.dispatcher import DispatcherClient
+
+        stats = DispatcherClient(url, token, timeout_s=5.0).stats
+    # The dispatcher and Prometheus outlive the adapter: their last 10 minutes are real history.
+    monitor = Monitor(stats, cfg.prometheus_url, start_s=run.started_s - HISTORY_S, clock=run.clock,
+                      rate_window_s=cfg.control.rate_window_s)
+    return monitor.observe
+
+
+def _drive_live(cfg: ClusterRunConfig, run: AdapterRun, live: Any) -> Any:
+    """The load's requests from this machine to the dispatcher's Service (the local backend's generator)."""
+    from infadapter.observe.loadgen import DEFAULT_RESOLUTION, drive_window
+
+    assert cfg.rates_rps is not None and run.store is not None
+    return drive_window(f"{live.url}/v1/models/resnet:predict", cfg.rates_rps, cfg.duration_s, run.store,
+                        slo_ms=run.profile.slo_ms, resolution=run.profile.resolution or DEFAULT_RESOLUTION,
+                        out_path=cfg.run_dir / "requests.csv")
+
+
+def _load_figures(load: Any) -> dict[str, Any]:
+    from infadapter.observe.loadgen import load_figures
+
+    return load_figures(load)
 
 
 def _summary(cfg: ClusterRunConfig, backend: Any) -> dict[str, Any]:

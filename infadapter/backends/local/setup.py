@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import signal
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from infadapter import paths
 from infadapter.adapter.loop import LoopMetrics
@@ -100,7 +96,9 @@ def ensure_models(profile: Profile, model_dir: Path, resolution: int) -> list[st
 
 def resolution_of(cfg: RunConfig, profile: Profile) -> int:
     """The models' input size: the flag, else the one the profile was measured at, else 224."""
-    return cfg.resolution or profile.resolution or 224
+    from infadapter.observe.loadgen import DEFAULT_RESOLUTION
+
+    return cfg.resolution or profile.resolution or DEFAULT_RESOLUTION
 
 
 class LocalSetup:
@@ -214,18 +212,13 @@ class LocalSetup:
 
     @staticmethod
     def _drive_load(cfg: RunConfig, profile: Profile, store: Any, backend: LocalBackend) -> Any:
-        from infadapter.observe.loadgen import run_load
+        from infadapter.observe.loadgen import drive_window
 
-        rates = np.asarray(cfg.rates_rps, dtype=float)
-        if cfg.duration_s is not None:
-            rates = rates[: max(math.ceil(cfg.duration_s), 1)]
-        out = cfg.run_dir / "requests.csv" if cfg.requests_csv else None
-        store.update(load={"seconds": int(rates.size), "mean_rps": float(rates.mean()), "started_s": time.time()})
-        summary = run_load(f"{backend.dispatcher_url}/v1/models/resnet:predict", rates, out_path=out,
-                           slo_ms=profile.slo_ms, seed=cfg.seed, timeout_s=cfg.timeout_s,
-                           resolution=resolution_of(cfg, profile))
-        store.update(load_summary=summary.as_dict())
-        return summary
+        assert cfg.rates_rps is not None
+        return drive_window(f"{backend.dispatcher_url}/v1/models/resnet:predict", cfg.rates_rps, cfg.duration_s,
+                            store, slo_ms=profile.slo_ms, resolution=resolution_of(cfg, profile),
+                            out_path=cfg.run_dir / "requests.csv" if cfg.requests_csv else None, seed=cfg.seed,
+                            timeout_s=cfg.timeout_s)
 
     @staticmethod
     def _calibration_summary(run: AdapterRun) -> dict[str, Any]:
@@ -237,14 +230,9 @@ class LocalSetup:
 
     @staticmethod
     def _summary(cfg: RunConfig, load: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {"router": cfg.router}
-        if load is not None:
-            out.update({
-                "requests": load.sent, "ok": load.ok, "errors": load.errors, "timeouts": load.timeouts,
-                "slo_violation_rate": load.slo_violation_rate, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms,
-                "by_variant": load.by_variant,
-            })
-        return out
+        from infadapter.observe.loadgen import load_figures
+
+        return {"router": cfg.router, **load_figures(load)}
 
 
 # -- experiments -----------------------------------------------------------------------------------
