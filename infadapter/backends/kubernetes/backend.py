@@ -194,7 +194,8 @@ class KubernetesBackend:
         if self._serving is not None:
             plan = self._serving if set(self._serving.names) == set(observed) else plan
         messages.insert(0, f"namespace {self.namespace}; plan generation {gen}")
-        return BackendState(tuple(variants), plan, healthy=all(ob.ready for ob in observed.values()), messages=tuple(messages))
+        return BackendState(tuple(variants), plan, healthy=all(ob.ready for ob in observed.values()),
+                            messages=tuple(messages))
 
     # -- what the cluster offers (:mod:`.cluster`) ---------------------------------------------------
     def node_cpus(self) -> list[float]:
