@@ -30,7 +30,6 @@ not the solver's) on the draws where every rule held, and what it loses against 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -207,9 +206,9 @@ def services_case(n: int, n_loads: int, pod_cores: float | None, breakdown: bool
 
 def highs_breakdown(prof, loads: dict[str, float], current: dict[str, float]) -> dict[str, float]:
     """One multi-service solve taken apart (solver._solve_services' loop, instrumented): seconds in the
-    PuLP model build, in passing it to HiGHS, in HiGHS presolve (timed on a copy of the model, presolved
-    alone) and in the rest of HiGHS's run (root LP, cuts, branch and bound); the programs tried (the
-    relaxations of an overloaded draw) and the branch-and-bound nodes of each."""
+    PuLP model build (with the decomposition's start), in passing it to HiGHS, in HiGHS presolve (timed on a
+    copy of the model, presolved alone) and in the rest of HiGHS's run (root LP, cuts, branch and bound); the
+    programs tried (the relaxations of an overloaded draw) and the branch-and-bound nodes of each."""
     import highspy
 
     from infadapter.core import solver as solver_mod
@@ -217,14 +216,19 @@ def highs_breakdown(prof, loads: dict[str, float], current: dict[str, float]) ->
     out = {"build": 0.0, "pass": 0.0, "presolve": 0.0, "search": 0.0, "programs": 0, "nodes": 0,
            "feasible_nodes": 0}
     feasible = (highspy.HighsModelStatus.kOptimal, highspy.HighsModelStatus.kTimeLimit)
+    opts = solver_mod.variant_options(prof)
     for groups in solver_mod._relaxations(prof, loads):
         t0 = time.perf_counter()
         prob, _, _ = solver_mod._model(prof, groups, current)
+        start = solver_mod.services_start(prof, loads, groups, opts)  # as the product's solve, timed as build
         t1 = time.perf_counter()
         highs, _ = solver_mod._pulp_solver(Options(time_limit_s=5.0), 5.0)
+        highs.optionsDict.update(solver_mod.HIGHS_SERVICES_OPTIONS)
         highs.createAndConfigureSolver(prob)
         highs.buildSolverModel(prob)
         h = prob.solverModel
+        if start is not None:
+            solver_mod.set_start(h, prob.start(*start))
         t2 = time.perf_counter()
         copy = highspy.Highs()
         copy.setOptionValue("output_flag", False)
@@ -264,78 +268,17 @@ def breakdown_rows(parts: list[dict[str, float]]) -> None:
           f"branch-and-bound nodes of the solve that gave the plan: p50 {pct(nodes, 0.5):.0f}, max {max(nodes)}")
 
 
-def _service_candidates(prof, svc, load: float, opts) -> dict[float, tuple[float, dict[str, float], dict[str, float]]]:
-    """The decomposition's per-service plans: for every total core count, the best plan of one variant, or
-    of one variant full plus one that takes the rest on the fewest cores that carry it (greedy shares), by
-    ``weight * accuracy - alpha * cores / budget``, above the service's floor. Mixes of three or more
-    variants and the shared transition term are what it leaves out."""
-    from infadapter.core.solver import greedy_shares
-
-    names = prof.service_variants(svc.name)
-    acc = {n: prof.variant(n).accuracy for n in names}
-    best: dict[float, tuple[float, dict[str, float], dict[str, float]]] = {}
-
-    def consider(cores: dict[str, float]) -> None:
-        shares = greedy_shares(prof, load, cores)
-        if shares is None:
-            return
-        mix = sum(shares[n] * acc[n] for n in cores)
-        if svc.accuracy_floor is not None and mix < svc.accuracy_floor - 1e-9:
-            return
-        k = sum(cores.values())
-        value = svc.weight * mix - prof.alpha * k / prof.budget_cores
-        if k not in best or value > best[k][0] + 1e-12:
-            best[k] = (value, cores, shares)
-
-    for v in names:
-        for k, cap in opts[v]:
-            if cap >= load:
-                consider({v: k})
-                break  # more cores on one variant alone only cost
-            for u in names:
-                if u == v:
-                    continue
-                rest = next((ku for ku, cu in opts[u] if cu >= load - cap), None)
-                if rest is not None:
-                    consider({v: k, u: rest})
-    return best
-
-
 def decomposed(prof, loads: dict[str, float], current: dict[str, float]) -> tuple[dict[str, float], float] | None:
-    """Per-service candidate plans (:func:`_service_candidates`) and a knapsack over the shared budget (a
-    multiple-choice knapsack by dynamic programming on whole cores): the cores and the objective of the
-    plan it picks (the full objective, transition included), or None when no pick fits the budget (an
-    overloaded draw: the exact solve's relaxations would then decide)."""
-    from infadapter.core.solver import _options, objective_value
+    """The product's decomposition (:func:`infadapter.core.decompose.decomposed`, the exact solve's starting
+    plan) alone: the cores and the full objective (transition included) of its plan, or None when no pick
+    fits the budget (an overloaded draw: the exact solve's relaxations decide those)."""
+    from infadapter.core.decompose import decomposed as decompose
+    from infadapter.core.solver import objective_value
 
-    opts = _options(prof)
-    dp: dict[float, float] = {0.0: 0.0}  # cores used so far -> best value
-    back: list[dict[float, tuple[float, dict[str, float], dict[str, float]]]] = []  # per service: used -> pick
-    for svc in prof.services:
-        found = _service_candidates(prof, svc, loads[svc.name], opts)
-        cand, top = {}, -math.inf
-        for k in sorted(found):  # a plan on more cores that is worth no more is never picked
-            if found[k][0] > top + 1e-12:
-                cand[k], top = found[k], found[k][0]
-        nxt: dict[float, float] = {}
-        how: dict[float, tuple[float, dict[str, float], dict[str, float]]] = {}
-        for used, val in dp.items():
-            for k, (v, cores, shares) in cand.items():
-                total = used + k
-                if total <= prof.budget_cores + 1e-9 and (total not in nxt or val + v > nxt[total] + 1e-12):
-                    nxt[total] = val + v
-                    how[total] = (used, cores, shares)
-        if not nxt:
-            return None
-        dp = nxt
-        back.append(how)
-    used = max(dp, key=lambda t: dp[t])
-    cores: dict[str, float] = {}
-    shares: dict[str, float] = {}
-    for how in reversed(back):
-        used, c, sh = how[used]
-        cores.update(c)
-        shares.update(sh)
+    got = decompose(prof, loads)
+    if got is None:
+        return None
+    cores, shares = got
     return cores, objective_value(prof, shares, cores, current)
 
 

@@ -10,9 +10,10 @@ from collections.abc import Mapping
 
 import pytest
 
+from infadapter.core.decompose import greedy_shares, variant_options
 from infadapter.core.plan import Plan
 from infadapter.core.profile import Profile, load_profile, profile_from_dict
-from infadapter.core.solver import Options, _assignments, _options, greedy_shares, objective_value, solve
+from infadapter.core.solver import Options, _assignments, objective_value, solve
 from infadapter.errors import BadInput
 from tests.cli_helpers import ROOT
 from tests.test_service_profiles import two_services
@@ -23,7 +24,7 @@ def _enumerate(prof: Profile, loads: Mapping[str, float], floors: bool = True) -
     """The best objective by enumerating every core assignment, each service's shares filled most
     accurate first (optimal for fixed cores), every service served in full and above its floor."""
     best = None
-    for cores in _assignments(_options(prof), prof.budget_cores):
+    for cores in _assignments(variant_options(prof), prof.budget_cores):
         shares: dict[str, float] = {}
         for svc in prof.services:
             mine = {n: c for n, c in cores.items() if prof.service_of(n) == svc.name}
@@ -149,3 +150,54 @@ def test_a_multi_service_plan_round_trips_through_json():
         d = plan.as_dict()
         d["variants"][0]["share"] = 0.5
         Plan.from_dict(d)
+
+
+# -- the decomposition: the joint solve's starting plan --------------------------------------------
+def _ten_services() -> Profile:
+    """bench/solver.py --services 10's profile: the shipped services x 3, weights 1..10, every third floored."""
+    shipped = load_profile(ROOT / "profiles" / "services.yaml").services
+    services = []
+    for i in range(10):
+        base = shipped[i % len(shipped)]
+        svc = {"name": f"s{i}", "slo_ms": base.slo_ms, "weight": float(i + 1),
+               "variants": [v.model_dump(mode="json") for v in base.variants]}
+        if i % 3 == 0:
+            svc["accuracy_floor"] = 0.72
+        services.append(svc)
+    return profile_from_dict({"budget_cores": 64.0, "core_step": 1, "min_cores": 2, "alpha": 0.05, "beta": 0.001,
+                              "services": services})
+
+
+# Total loads (req/s) from light to where floors give way (~880) and past what the budget serves (~1250).
+@pytest.mark.parametrize("total", [320.0, 650.0, 880.0, 1250.0])
+def test_the_decompositions_start_keeps_every_rule_and_the_joint_optimum(total, monkeypatch):
+    import random
+
+    from infadapter.core import solver as solver_mod
+    from infadapter.core.decompose import decomposed
+
+    prof = _ten_services()
+    rng = random.Random(int(total))
+    raw = [rng.random() + 0.2 for _ in prof.services]
+    loads = {s.name: total * r / sum(raw) for s, r in zip(prof.services, raw, strict=True)}
+    got = decomposed(prof, loads)
+    exact = solve(prof, 0, {}, loads=loads)
+    if got is not None:  # a plan that keeps every rule, never better than the exact one
+        cores, shares = got
+        assert sum(cores.values()) <= prof.budget_cores + 1e-9
+        for svc in prof.services:
+            mine = [n for n in cores if prof.service_of(n) == svc.name]
+            assert mine and sum(shares[n] for n in mine) == pytest.approx(1.0)
+            for n in mine:
+                assert shares[n] * loads[svc.name] <= prof.capacity_rps(n, cores[n]) + 1e-6
+            if svc.accuracy_floor is not None:
+                assert sum(shares[n] * prof.variant(n).accuracy for n in mine) >= svc.accuracy_floor - 1e-9
+        assert objective_value(prof, shares, cores, {}) <= exact.plan.objective + 1e-9
+    elif total < 800:
+        pytest.fail(f"no decomposition at {total} req/s, which the budget serves with every rule")
+    # The start changes how soon HiGHS finds the optimum, not which: the same objective without it.
+    monkeypatch.setattr(solver_mod, "decomposed", lambda *a, **k: None)
+    cold = solve(prof, 0, {}, loads=loads)
+    assert exact.status == cold.status
+    assert exact.plan.objective == pytest.approx(cold.plan.objective, abs=1e-9)
+    assert exact.plan.feasible == cold.plan.feasible and exact.plan.notes == cold.plan.notes

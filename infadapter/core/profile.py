@@ -474,10 +474,15 @@ class Profile(BaseModel):
 
         With ``max_pod_cores`` the cores run as :meth:`pod_layout` says: replicas x capacity(per pod).
         """
+        return self.variant_capacity_rps(self.variant(name), cores)
+
+    def variant_capacity_rps(self, variant: Variant, cores: float) -> float:
+        """:meth:`capacity_rps` of a variant already looked up (the solver's option tables, hot for many
+        services)."""
         if cores <= 0:
             return 0.0
         replicas, per_pod = self.pod_layout(cores)
-        return replicas * self.variant(name).capacity.rps(per_pod)
+        return replicas * variant.capacity.rps(per_pod)
 
     def pod_layout(self, cores: float) -> tuple[int, float]:
         """(replicas, cores per pod) that a variant of ``cores`` runs as; see :func:`pod_layout`."""

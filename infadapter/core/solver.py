@@ -34,9 +34,11 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pulp
 
+from infadapter.core.decompose import decomposed, greedy_shares, variant_options
 from infadapter.core.plan import Allocation, Plan, ServiceOutcome
 from infadapter.core.profile import LinearCapacity, Profile
 from infadapter.errors import BadInput
@@ -55,6 +57,10 @@ HIGHS_OPTIONS: dict[str, bool | float] = {
     "mip_heuristic_run_zi_round": False,
     "mip_heuristic_run_shifting": False,
 }
+#: Several services: no strong branching to rank the first branchings (pseudo-costs from the start). On the
+#: 10-service benchmark's slowest programs (the decomposition's start given, CPU time) it took 797 -> 452 ms
+#: where a floor gives way, 387 -> 226 and 311 -> 191 ms on two others, 395 -> 555 ms on a fourth.
+HIGHS_SERVICES_OPTIONS: dict[str, int] = {"mip_pscost_minreliable": 0}
 _EPS = 1e-9
 
 
@@ -118,15 +124,6 @@ def transition_penalty(profile: Profile, cores: Mapping[str, float], current: Ma
         if c > 0 and abs(current.get(name, 0.0) - c) > 1e-9:
             worst = max(worst, profile.variant(name).load_time_s)
     return worst / top
-
-
-def _options(profile: Profile) -> dict[str, list[tuple[float, float]]]:
-    """(cores, capacity) choices per variant; a core count with negative capacity cannot run."""
-    grid = profile.core_options()
-    out: dict[str, list[tuple[float, float]]] = {}
-    for v in profile.variants:
-        out[v.name] = [(k, cap) for k in grid if (cap := profile.capacity_rps(v.name, k)) >= 0]
-    return out
 
 
 def solve(
@@ -205,6 +202,31 @@ def _pulp_solver(options: Options, time_limit_s: float) -> tuple[pulp.LpSolver, 
     if cbc.available():
         return cbc, "cbc"
     raise BadInput("--solver: neither HiGHS (pip install highspy) nor CBC is available")
+
+
+def _run_from(start: Mapping[pulp.LpVariable, float], lp: pulp.LpProblem) -> None:
+    """Run HiGHS on ``lp`` from a starting solution (a MIP start, its columns by PuLP variable): the search
+    prunes with its objective from the first node. HiGHS drops a start that breaks a row and searches as
+    without one."""
+    set_start(lp.solverModel, start)
+    lp.solverModel.run()
+
+
+def set_start(h: Any, start: Mapping[pulp.LpVariable, float]) -> None:
+    """Give a built HiGHS model (``highspy.Highs``) a starting solution, its columns by PuLP variable."""
+    import numpy as np
+
+    h.setSolution(len(start), np.fromiter((v.index for v in start), dtype=np.int32, count=len(start)),
+                  np.fromiter(start.values(), dtype=np.float64, count=len(start)))
+
+
+def services_start(profile: Profile, loads: Mapping[str, float], groups: tuple[_Group, ...],
+                   opts: Mapping[str, list[tuple[float, float]]]) -> tuple[dict[str, float], dict[str, float]] | None:
+    """The decomposition's plan for one program of the relaxations (its floors as the program holds them),
+    the joint solve's start; None when the program sheds or the decomposition finds nothing."""
+    if any(g.shed != "none" for g in groups):
+        return None
+    return decomposed(profile, loads, {g.name: g.floor for g in groups}, _penalty(profile), opts)
 
 
 def _solve_milp(profile: Profile, load: float, current: Mapping[str, float], options: Options,
@@ -401,7 +423,17 @@ def _compact_model(
         }
         return chosen, {n: max(0.0, s[n].value() or 0.0) for n in chosen}
 
+    def start(chosen: Mapping[str, float], shares: Mapping[str, float]) -> dict[pulp.LpVariable, float]:
+        out: dict[pulp.LpVariable, float] = {}
+        for n in run:
+            c = chosen.get(n, 0.0)
+            out[run[n]] = 1.0 if c > 0 else 0.0
+            out[steps[n]] = float(round((c - mn) / st)) if c > 0 else 0.0
+            out[s[n]] = float(shares.get(n, 0.0)) if c > 0 else 0.0
+        return out
+
     prob.sheds = sheds  # type: ignore[attr-defined]
+    prob.start = start  # type: ignore[attr-defined]
     return prob, extract, run
 
 
@@ -430,7 +462,7 @@ def _option_model(
 ) -> tuple[pulp.LpProblem, Extract, Runs]:
     """Any capacity model: one binary per (variant, core count)."""
     group = _group_of(groups)
-    opts = {n: ([] if group[n].shed == "all" else ch) for n, ch in _options(profile).items()}
+    opts = {n: ([] if group[n].shed == "all" else ch) for n, ch in variant_options(profile).items()}
     prob = pulp.LpProblem("infadapter", pulp.LpMaximize)
     y = _option_binaries(prob, opts)
     s = {n: prob.add_variable(f"s_{j}", 0, 1) for j, n in enumerate(opts)}
@@ -465,7 +497,16 @@ def _option_model(
         chosen = {n: opts[n][i][0] for (n, i), var in y.items() if (var.value() or 0.0) > 0.5}
         return chosen, {n: max(0.0, s[n].value() or 0.0) for n in chosen}
 
+    def start(chosen: Mapping[str, float], shares: Mapping[str, float]) -> dict[pulp.LpVariable, float]:
+        out: dict[pulp.LpVariable, float] = {}
+        for (n, i), var in y.items():
+            out[var] = 1.0 if n in chosen and abs(opts[n][i][0] - chosen[n]) <= 1e-9 else 0.0
+        for n in opts:
+            out[s[n]] = float(shares.get(n, 0.0)) if n in chosen else 0.0
+        return out
+
     prob.sheds = sheds  # type: ignore[attr-defined]
+    prob.start = start  # type: ignore[attr-defined]
     return prob, extract, runs
 
 
@@ -476,7 +517,7 @@ def _share_cap(capacity_rps: float, load: float) -> float:
 
 def _max_capacity(profile: Profile, load: float, current: Mapping[str, float], options: Options) -> Result:
     """The plan with the most capacity (fewest cores among those), for loads nothing can serve."""
-    opts = _options(profile)
+    opts = variant_options(profile)
     prob = pulp.LpProblem("infadapter_max_capacity", pulp.LpMaximize)
     y = _option_binaries(prob, opts)
     cap_expr = pulp.lpSum(cap * y[n, i] for n, ch in opts.items() for i, (_, cap) in enumerate(ch))
@@ -541,23 +582,9 @@ def _assignments(opts: Mapping[str, list[tuple[float, float]]], budget: float) -
     yield from rec(0, budget, {})
 
 
-def greedy_shares(profile: Profile, load: float, cores: Mapping[str, float]) -> dict[str, float] | None:
-    """Optimal shares for fixed cores: fill the most accurate variants first (fractional knapsack)."""
-    shares = {n: 0.0 for n in cores}
-    left = 1.0
-    for n in sorted(cores, key=lambda x: -profile.variant(x).accuracy):
-        cap = profile.capacity_rps(n, cores[n])
-        take = left if load <= 0 else min(left, cap / load)
-        shares[n] = take
-        left -= take
-        if left <= 1e-12:
-            return shares
-    return None if left > 1e-9 else shares
-
-
 def _solve_exhaustive(profile: Profile, load: float, current: Mapping[str, float],
                       exclude_set: frozenset[str] | None = None) -> Result:
-    opts = _options(profile)
+    opts = variant_options(profile)
     best: tuple[float, dict[str, float], dict[str, float]] | None = None
     for cores in _assignments(opts, profile.budget_cores):
         if not cores or (exclude_set is not None and set(cores) == exclude_set):
@@ -629,9 +656,20 @@ def _solve_services(profile: Profile, loads: Mapping[str, float], current: Mappi
         raise BadInput("explain: the runner-up plan is for one-service profiles")
     started = time.perf_counter()
     name = options.solver
+    starts = True  # False once the decomposition found no plan even with every floor off
+    opts = variant_options(profile) if name == "highs" else {}
     for groups in _relaxations(profile, loads):
         prob, extract, _ = _model(profile, groups, current)
         solver, name = _pulp_solver(options, options.time_limit_s)
+        if name == "highs":
+            solver.optionsDict.update(HIGHS_SERVICES_OPTIONS)  # type: ignore[attr-defined]
+        if name == "highs" and starts and all(g.shed == "none" for g in groups):
+            # The decomposition's plan as HiGHS's starting solution: the same optimum, found sooner.
+            first = services_start(profile, loads, groups, opts)
+            if first is not None:
+                solver.callSolver = functools.partial(_run_from, prob.start(*first))  # type: ignore[attr-defined]
+            elif all(g.floor == "hard" for g in groups):
+                starts = decomposed(profile, loads, {g.name: "off" for g in groups}, opts=opts) is not None
         prob.solve(solver)
         if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
             continue

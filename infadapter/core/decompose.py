@@ -1,0 +1,138 @@
+"""A fast plan for several services: each service's best plans alone, then a knapsack over the shared budget.
+
+The joint integer program (:mod:`infadapter.core.solver`) is exact, but for ten services its search can take
+a second or more (``bench/solver.py --services 10``). Most of that search is spent finding and proving a
+plan that this decomposition finds in tens of milliseconds: per service, its best plan at every core count
+among plans of one variant, or one variant at full capacity plus one that carries the rest on the fewest
+cores (shares filled most accurate first, its accuracy floor held); then a multiple-choice knapsack over the
+budget (dynamic programming on the core grid). The solver gives that plan to HiGHS as a starting solution
+(a MIP start): the search prunes with its objective from the first node and still proves the optimum, so
+the plans are the exact solve's, found sooner.
+
+It is a heuristic and is only ever a start: it leaves out mixes of three or more variants in a service and
+the shared transition term (a plan's objective is computed with it afterwards), and finds nothing when the
+budget cannot hold every service's load (the solver's relaxations decide those).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from infadapter.core.profile import Profile
+
+#: One service's candidate plan: (weighted accuracy minus cost, cores by variant, shares by variant).
+Candidate = tuple[float, dict[str, float], dict[str, float]]
+
+
+def variant_options(profile: Profile) -> dict[str, list[tuple[float, float]]]:
+    """(cores, capacity) choices per variant; a core count with negative capacity cannot run."""
+    grid = profile.core_options()
+    out: dict[str, list[tuple[float, float]]] = {}
+    for v in profile.variants:
+        out[v.name] = [(k, cap) for k in grid if (cap := profile.variant_capacity_rps(v, k)) >= 0]
+    return out
+
+
+def greedy_shares(profile: Profile, load: float, cores: Mapping[str, float]) -> dict[str, float] | None:
+    """Optimal shares for fixed cores: fill the most accurate variants first (fractional knapsack)."""
+    order = sorted(cores, key=lambda x: -profile.variant(x).accuracy)
+    return _fill(order, [profile.capacity_rps(n, cores[n]) for n in order], load)
+
+
+def _fill(order: list[str], caps: list[float], load: float) -> dict[str, float] | None:
+    """:func:`greedy_shares` with the variants already in order (most accurate first) and their capacities."""
+    shares = dict.fromkeys(order, 0.0)
+    left = 1.0
+    for n, cap in zip(order, caps, strict=True):
+        take = left if load <= 0 else min(left, cap / load)
+        shares[n] = take
+        left -= take
+        if left <= 1e-12:
+            return shares
+    return None if left > 1e-9 else shares
+
+
+def service_candidates(profile: Profile, service: str, load: float, floor: float | None,
+                       opts: Mapping[str, list[tuple[float, float]]], soft_penalty: float | None = None
+                       ) -> dict[float, Candidate]:
+    """A service's best plan at each total core count (see the module doc), by ``weight * accuracy -
+    alpha * cores / budget``; ``floor``: the least accuracy its plans keep (None: none), or with
+    ``soft_penalty``, what each point of accuracy below it costs (the solver's soft floor)."""
+    names = profile.service_variants(service)
+    weight = profile.service(service).weight
+    acc = {n: profile.variant(n).accuracy for n in names}
+    best: dict[float, Candidate] = {}
+
+    def consider(cores: dict[str, float], caps: dict[str, float]) -> None:
+        order = sorted(cores, key=lambda x: -acc[x])
+        shares = _fill(order, [caps[n] for n in order], load)
+        if shares is None:
+            return
+        mix = sum(shares[n] * acc[n] for n in cores)
+        short = 0.0 if floor is None else max(0.0, floor - mix)
+        if short > 1e-9 and soft_penalty is None:
+            return
+        k = sum(cores.values())
+        value = weight * mix - profile.alpha * k / profile.budget_cores - (soft_penalty or 0.0) * short
+        if k not in best or value > best[k][0] + 1e-12:
+            best[k] = (value, cores, shares)
+
+    for v in names:
+        for k, cap in opts[v]:
+            if cap >= load:
+                consider({v: k}, {v: cap})
+                break  # more cores on one variant alone only cost
+            for u in names:
+                if u == v:
+                    continue
+                rest = next(((ku, cu) for ku, cu in opts[u] if cu >= load - cap), None)
+                if rest is not None:
+                    consider({v: k, u: rest[0]}, {v: cap, u: rest[1]})
+    return best
+
+
+def decomposed(profile: Profile, loads: Mapping[str, float], floors: Mapping[str, str] | None = None,
+               soft_penalty: float = 0.0, opts: Mapping[str, list[tuple[float, float]]] | None = None
+               ) -> tuple[dict[str, float], dict[str, float]] | None:
+    """The decomposition's plan for a profile with services: (cores, shares) by variant, each service's
+    shares adding up to 1; None when no pick of the services' plans fits the budget. ``floors``: how a
+    service's accuracy floor holds, as in the solver's relaxations: "hard" (the default), "soft" (each
+    point below it costs ``soft_penalty``) or "off". ``opts``: :func:`variant_options` when the caller has them."""
+    opts = variant_options(profile) if opts is None else opts
+    step = profile.core_step
+    budget_steps = math.floor(profile.budget_cores / step + 1e-9)
+    dp: dict[int, float] = {0: 0.0}  # core steps used so far -> best value
+    back: list[dict[int, tuple[int, dict[str, float], dict[str, float]]]] = []
+    for svc in profile.services or ():
+        rule = "hard" if floors is None else floors.get(svc.name, "hard")
+        found = service_candidates(profile, svc.name, loads[svc.name],
+                                   None if rule == "off" else svc.accuracy_floor, opts,
+                                   soft_penalty if rule == "soft" else None)
+        cand: dict[int, Candidate] = {}
+        top = -math.inf
+        for k in sorted(found):  # a plan on more cores that is worth no more is never picked
+            if found[k][0] > top + 1e-12:
+                cand[round(k / step)], top = found[k], found[k][0]
+        nxt: dict[int, float] = {}
+        how: dict[int, tuple[int, dict[str, float], dict[str, float]]] = {}
+        for used, val in dp.items():
+            for k, (v, cores, shares) in cand.items():
+                total = used + k
+                if total <= budget_steps and (total not in nxt or val + v > nxt[total] + 1e-12):
+                    nxt[total] = val + v
+                    how[total] = (used, cores, shares)
+        if not nxt:
+            return None
+        dp = nxt
+        back.append(how)
+    if not back:
+        return None
+    used = max(dp, key=lambda t: dp[t])
+    cores: dict[str, float] = {}
+    shares: dict[str, float] = {}
+    for how in reversed(back):
+        used, c, sh = how[used]
+        cores.update(c)
+        shares.update(sh)
+    return cores, shares
