@@ -431,13 +431,17 @@ up() {
     --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key"
   wait_for 60 kube-apiserver readyz
 
+  # --node-monitor-grace-period 2m (default 50 s): one kwok process heartbeats every fake node, and on a busy
+  # 2-core machine (the test suite's workers) it fell more than 50 s behind after an API server restart, so the
+  # controller marked every kwok node NotReady and their pods not ready: an artifact of the fake nodes, which
+  # the adapter then rightly saw as servers that stopped serving.
   start kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig "$STATE/controller-manager.kubeconfig" \
     --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
     --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port "$kcm_port" --leader-elect=false --use-service-account-credentials \
     --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
     --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" --profiling=false \
-    --pvclaimbinder-sync-period 1s
+    --pvclaimbinder-sync-period 1s --node-monitor-grace-period 2m
   # Bin packing (MostAllocated) as autoscaled clusters are usually run: pods fill nodes before new
   # ones are used, so a whole node stays free for a large pod (make-before-break needs that room).
   cat > "$STATE/scheduler.yaml" <<EOF
