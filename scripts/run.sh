@@ -7,6 +7,9 @@
 # (about 3.5 minutes); a summary and a plot (runs/adapt/adapt.png) at the end, then what the warm VPA
 # of the same accuracy (ResNet-101) and HPA on it would have done on the same arrivals: the
 # simulator's rows, labelled as simulated (nothing else runs live).
+# The policy is infadapter:standby: the budget the plan leaves idle runs ResNet-18 with no share, and the
+# dispatcher hands it what a full server's queue would hold past the SLO (the burst's first seconds,
+# before the overload re-plan's servers are up); docs/adapt.md has the figures with and without it.
 # Extra arguments go to `cli.py adapt` (e.g. --policy vpa:resnet50, --duration 60); --window, --scale,
 # --speedup, --interval, --profile and --run-dir are read from them for the simulated rows too.
 set -euo pipefail
@@ -24,7 +27,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   esac
 done
 .venv/bin/python cli.py adapt --profile "$profile" --window "$window" --scale "$scale" --speedup "$speedup" \
-  --interval "$interval" --run-dir "$run_dir" "$@"
+  --interval "$interval" --run-dir "$run_dir" --policy infadapter:standby "$@"
 # The baselines on the same arrivals, simulated with the local backend's service model. With --json the
 # rows go to stderr, so that stdout stays the one JSON object of the run.
 [ -f "$run_dir/requests.csv" ] || exit 0  # no replayed load (e.g. --rate without requests): nothing to compare

@@ -217,6 +217,42 @@ def test_a_shed_request_is_retried_on_the_idle_standby_first(cluster: Cluster) -
     assert 'dispatcher_backend_shed_total{model="busy"} 5.0' in http("GET", f"{base}/metrics").body
 
 
+def test_a_server_with_spill_at_requests_in_flight_hands_new_ones_to_the_idle_standby(cluster: Cluster) -> None:
+    """Past spill_at requests in flight (a queue that would hold a new one past the SLO), a new request goes to
+    the variant with no share at once, while it has room (its own spill_at), and comes back when the queue drains;
+    without a standby nothing is spilled."""
+    slow, spare = cluster.backend("slow", gated=True), cluster.backend("spare", gated=True)
+    primary = BackendSpec("slow", slow.url, "slow", 1.0, spill_at=2)
+    _, base = cluster.dispatcher([primary, BackendSpec("spare", spare.url, "spare", 0.0, spill_at=1)], eject_s=0)
+    with ThreadPoolExecutor(4) as pool:
+        held = [pool.submit(predict, base) for _ in range(2)]
+        wait_until(lambda: len(slow.paths) == 2)
+        spilled = pool.submit(predict, base)  # slow holds 2: to the spare
+        wait_until(lambda: len(spare.paths) == 1)
+        queued = pool.submit(predict, base)  # the spare holds its 1 too: it waits at slow
+        wait_until(lambda: len(slow.paths) == 3)
+        cluster.open_gate(slow)
+        cluster.open_gate(spare)
+        replies = [f.result(timeout=20) for f in (*held, spilled, queued)]
+    assert [r.status for r in replies] == [200] * 4
+    assert [r.headers["X-Infadapter-Variant"] for r in replies] == ["slow", "slow", "spare", "slow"]
+    assert 'dispatcher_backend_spilled_total{model="slow"} 1.0' in http("GET", f"{base}/metrics").body
+    assert predict(base).headers["X-Infadapter-Variant"] == "slow"  # drained: no spill
+    backends = DispatcherClient(base, TOKEN).backends()["backends"]
+    assert [(b["name"], b.get("spill_at")) for b in backends] == [("slow", 2), ("spare", 1)]
+
+
+def test_without_an_idle_variant_nothing_is_spilled(cluster: Cluster) -> None:
+    slow, other = cluster.backend("slow", gated=True), cluster.backend("other")
+    _, base = cluster.dispatcher([BackendSpec("slow", slow.url, "slow", 1.0, spill_at=1), other.spec(0.0001)])
+    with ThreadPoolExecutor(3) as pool:
+        held = [pool.submit(predict, base) for _ in range(3)]
+        wait_until(lambda: len(slow.paths) == 3)  # the planned split holds: no weighted variant takes a spill
+        cluster.open_gate(slow)
+        assert [f.result(timeout=20).headers["X-Infadapter-Variant"] for f in held] == ["slow"] * 3
+    assert "dispatcher_backend_spilled_total{" not in http("GET", f"{base}/metrics").body
+
+
 @pytest.mark.parametrize("failure", ["http500", "refused"])
 def test_never_retried_on_the_same_variant(cluster: Cluster, failure: str) -> None:
     if failure == "refused":

@@ -464,6 +464,13 @@ class Profile(BaseModel):
         law, capacity x SLO), at least 2. The local backend's servers refuse more at once (503)."""
         return max(2, math.ceil(max(self.capacity_rps(name, cores), 0.0) * self.slo_ms / 1000.0))
 
+    def spill_bound(self, name: str, cores: float) -> int:
+        """Requests in flight at a server past which the dispatcher sends a new one to an idle variant (a
+        plan's standby) instead, at least 1. A request that finds k ahead of it is done after about
+        (k + 1) / capacity (the capacity at the SLO is below the server's raw rate, so this errs late): past
+        the SLO from k = floor(capacity x SLO) on, one below :meth:`queue_bound`'s shedding."""
+        return max(1, math.floor(max(self.capacity_rps(name, cores), 0.0) * self.slo_ms / 1000.0 + 1e-9))
+
     def cores_for(self, name: str, load_rps: float) -> float:
         """The fewest allowed cores on which ``name`` serves ``load_rps`` (the budget's when none does)."""
         options = self.core_options()

@@ -10,8 +10,10 @@ side only guarantees that nothing in flight is lost).
 
 A backend that refuses, answers 5xx or times out is ejected for ``eject_s`` seconds and the request
 is retried once on another variant (never on the same one; a variant with no share, a plan's standby
-or one kept warm, first: idle capacity). A 503 (a model server shedding load past its SLO-sized queue)
-ejects too: keeping the variant in was tried on the main job and did not do better (docs/dispatcher.md).
+or one kept warm, first: idle capacity). A backend with ``spill_at`` requests in flight sends a new
+request to such an idle variant with room instead (it would wait past the SLO in that queue). A 503 (a
+model server shedding load past its SLO-sized queue) ejects too: keeping the variant in was tried on the
+main job and did not do better (docs/dispatcher.md).
 In-flight requests are bounded (a clean 503 ``{"error": "overloaded"}`` past the bound), bodies too
 (413). Prometheus metrics at ``/metrics``; ``/admin/stats`` gives the same picture as JSON for a control
 loop that runs without Prometheus.
@@ -80,9 +82,15 @@ class BackendSpec:
     url: str  # base URL of a TF-Serving REST server, e.g. http://127.0.0.1:9001
     model: str  # model name on that server (the public name in the path is rewritten to it)
     weight: float  # relative share of traffic (>= 0; normalized over all backends)
+    #: Requests in flight at this variant past which a new one goes to an idle variant (no share) with room
+    #: instead: it would wait past the SLO here (None: never spilled).
+    spill_at: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.spill_at is None:
+            del out["spill_at"]
+        return out
 
 
 def parse_backends(payload: Any) -> tuple[BackendSpec, ...]:
@@ -99,9 +107,10 @@ def parse_backends(payload: Any) -> tuple[BackendSpec, ...]:
         where = f"backends[{i}]"
         if not isinstance(item, Mapping):
             raise BadInput(f"{where}: expected an object with name, url and weight")
-        unknown = set(item) - {"name", "url", "model", "weight"}
+        unknown = set(item) - {"name", "url", "model", "weight", "spill_at"}
         if unknown:
-            raise BadInput(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; allowed: name, url, model, weight")
+            raise BadInput(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; allowed: name, url, model, "
+                           "weight, spill_at")
         name = item.get("name")
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise BadInput(
@@ -126,7 +135,10 @@ def parse_backends(payload: Any) -> tuple[BackendSpec, ...]:
         weight = item.get("weight")
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
             raise BadInput(f"{where}.weight: a number >= 0 is required, got {weight!r}")
-        specs.append(BackendSpec(name=name, url=url.rstrip("/"), model=model, weight=float(weight)))
+        spill_at = item.get("spill_at")
+        if spill_at is not None and (isinstance(spill_at, bool) or not isinstance(spill_at, int) or spill_at < 1):
+            raise BadInput(f"{where}.spill_at: a whole number of requests >= 1 (or null) is required, got {spill_at!r}")
+        specs.append(BackendSpec(name=name, url=url.rstrip("/"), model=model, weight=float(weight), spill_at=spill_at))
     if specs and sum(s.weight for s in specs) <= 0:
         raise BadInput("backends: the weights must have a positive sum (at least one backend with weight > 0)")
     return tuple(specs)
@@ -365,7 +377,8 @@ class Dispatcher:
         self._routing = self._make_routing(tuple(backends), 0)
         self._ejected: dict[str, float] = {}  # variant name -> monotonic time it may return
         self._in_flight = 0
-        self._standby_turn = 0  # round robin over the idle backends that retries go to
+        self._busy: dict[str, int] = {}  # variant name -> its requests in flight (for spill_at)
+        self._standby_turn = 0  # round robin over the idle backends that retries and spills go to
         self._session: aiohttp.ClientSession | None = None
         self._timeout = aiohttp.ClientTimeout(total=config.backend_timeout_s)
         self.stats = RequestStats(config.slo_ms, clock())
@@ -409,6 +422,12 @@ class Dispatcher:
         self._m_shed = Counter(
             "dispatcher_backend_shed",
             "Attempts a variant answered 503 (its queue full), retried elsewhere",
+            ["model"],
+            registry=self.registry,
+        )
+        self._m_spilled = Counter(
+            "dispatcher_backend_spilled",
+            "Requests sent to an idle variant because this one had spill_at requests in flight",
             ["model"],
             registry=self.registry,
         )
@@ -479,13 +498,35 @@ class Dispatcher:
 
     def _choose_retry(self, routing: _Routing, avoid: str) -> int | None:
         # An idle backend (no share) first: a plan keeps one exactly to take what a full server sheds.
+        idle = self._idle(routing, avoid)
+        return idle if idle is not None else self._choose(routing, avoid=avoid)
+
+    def _idle(self, routing: _Routing, avoid: str, room: bool = False) -> int | None:
+        """An idle backend (no share), round robin, not ejected, not ``avoid``; with ``room``, only one below
+        its own spill_at."""
         now = time.monotonic()
         idle = [i for i in routing.standby
-                if routing.specs[i].name != avoid and self._ejected.get(routing.specs[i].name, 0.0) <= now]
-        if idle:
-            self._standby_turn += 1
-            return idle[self._standby_turn % len(idle)]
-        return self._choose(routing, avoid=avoid)
+                if routing.specs[i].name != avoid and self._ejected.get(routing.specs[i].name, 0.0) <= now
+                and not (room and self._full(routing.specs[i]))]
+        if not idle:
+            return None
+        self._standby_turn += 1
+        return idle[self._standby_turn % len(idle)]
+
+    def _full(self, spec: BackendSpec) -> bool:
+        return spec.spill_at is not None and self._busy.get(spec.name, 0) >= spec.spill_at
+
+    def _spill(self, routing: _Routing, i: int) -> int:
+        """The backend a new request goes to: ``i``, or an idle one with room when ``i`` has spill_at requests in
+        flight (a queue that long would hold this one past the SLO; the idle one serves it at once)."""
+        spec = routing.specs[i]
+        if not routing.standby or not self._full(spec):
+            return i
+        idle = self._idle(routing, spec.name, room=True)
+        if idle is None:
+            return i
+        self._m_spilled.labels(spec.name).inc()
+        return idle
 
     def _failed(self, name: str, attempt: _Attempt) -> None:
         if attempt.status == 503:
@@ -569,6 +610,7 @@ class Dispatcher:
         if first is None:
             self._finish(NO_VARIANT, 503, started)
             return _error(503, "no backend is set: PUT /admin/backends first")
+        first = self._spill(routing, first)
         spec = routing.specs[first]
         try:
             return await self._attempt(routing, first, suffix, body, content_type, started)
@@ -595,6 +637,7 @@ class Dispatcher:
     ) -> web.Response:
         spec = routing.specs[i]
         pool = routing.pools[i]
+        self._busy[spec.name] = self._busy.get(spec.name, 0) + 1
         try:
             if pool is not None:
                 status, resp_type, data = await pool.post(
@@ -606,6 +649,8 @@ class Dispatcher:
             raise _Attempt(504, f"variant {spec.name} timed out after {self.config.backend_timeout_s} s") from None
         except (aiohttp.ClientError, UpstreamError) as exc:
             raise _Attempt(502, f"variant {spec.name} unreachable: {exc}") from None
+        finally:
+            self._busy[spec.name] -= 1
         if status >= 500:
             raise _Attempt(status, f"variant {spec.name} answered {status}", data, resp_type)
         self._finish(spec.name, status, started)

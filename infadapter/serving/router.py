@@ -39,6 +39,9 @@ class Route:
     weight: float  # share of traffic (>= 0, normalized over all routes)
     #: Requests the router lets reach the server at once (HAProxy queues the rest, then 503); None: no bound.
     max_conn: int | None = None
+    #: Requests in flight past which the dispatcher sends a new one to an idle route (weight 0) with room;
+    #: None: never (HAProxy has no such rule).
+    spill_at: int | None = None
 
 
 def as_routes(backends: Iterable[Route | Mapping[str, Any]]) -> list[Route]:
@@ -49,7 +52,7 @@ def as_routes(backends: Iterable[Route | Mapping[str, Any]]) -> list[Route]:
             out.append(b)
         else:
             out.append(Route(name=b["name"], url=b["url"], model=b.get("model", b["name"]),
-                             weight=float(b["weight"]), max_conn=b.get("max_conn")))
+                             weight=float(b["weight"]), max_conn=b.get("max_conn"), spill_at=b.get("spill_at")))
     return out
 
 
@@ -173,6 +176,8 @@ class DispatcherRouter:
         for r in as_routes(backends):
             d = asdict(r)
             d.pop("max_conn")  # the dispatcher bounds in-flight requests overall (--max-in-flight)
+            if d["spill_at"] is None:
+                del d["spill_at"]
             items.append(d)
         return self.client.set_backends(items)
 

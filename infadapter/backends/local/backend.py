@@ -524,8 +524,11 @@ class LocalBackend:
                f"with {len(self._last_routes)} routes"
 
     def _route(self, plan: Plan) -> None:
+        # spill_at: with a standby (a variant with no share) in the plan, a server whose queue would hold a new
+        # request past about half the SLO hands it to the standby (docs/dispatcher.md).
         routes = [Route(name=a.name, url=self.servers[a.name].url, model=self.servers[a.name].model,
-                        weight=round(a.share, 6)) for a in plan.allocations]
+                        weight=round(a.share, 6), spill_at=self.profile.spill_bound(a.name, a.cores))
+                  for a in plan.allocations]
         if routes and sum(r.weight for r in routes) <= 0:
             routes = [Route(r.name, r.url, r.model, 1.0) for r in routes]
         self.client.set_backends(routes)
