@@ -663,7 +663,7 @@ def _solve_services(profile: Profile, loads: Mapping[str, float], current: Mappi
         solver, name = _pulp_solver(options, options.time_limit_s)
         if name == "highs":
             solver.optionsDict.update(HIGHS_SERVICES_OPTIONS)  # type: ignore[attr-defined]
-        if name == "highs" and starts and all(g.shed == "none" for g in groups):
+        if name == "highs" and starts:
             # The decomposition's plan as HiGHS's starting solution: the same optimum, found sooner.
             first = services_start(profile, loads, groups, opts)
             if first is not None:
