@@ -118,6 +118,7 @@ def _refs(make_profile, **refs: float):
 
 @pytest.mark.parametrize(("measured", "factor", "words"), [
     (20.0, 0.5, "2.00x slower, so every capacity is scaled by 0.50"),  # big: 10 ms in the profile
+    (328.0, 0.0305, "32.80x slower, so every capacity is scaled by 0.03"),  # 3 significant figures, not 0.030
     (11.0, 1.0, "capacities kept (within 15%)"),  # 1.1x: noise, not a slower machine
     (5.0, 1.0, "2.00x faster; capacities kept"),  # faster: keep the headroom
 ])
