@@ -84,6 +84,15 @@ class Batching(_Strict):
     allowed_batch_sizes: tuple[int, ...] = Field(default=(), description="optional allowed sizes")
 
 
+class Toleration(_Strict):
+    """A pod toleration (the Kubernetes field names), so variant pods may run on tainted nodes."""
+
+    key: str = ""
+    operator: str = Field(default="Equal", pattern=r"^(Equal|Exists)$")
+    value: str = ""
+    effect: str = Field(default="", pattern=r"^(|NoSchedule|PreferNoSchedule|NoExecute)$")
+
+
 class TfServing(_Strict):
     """The model-server container of every variant."""
 
@@ -104,6 +113,10 @@ class TfServing(_Strict):
     pod_annotations: dict[str, str] = Field(
         default_factory=dict, description="extra annotations on the variant pods (e.g. for a scraper or kwok)"
     )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="nodeSelector of the variant pods (e.g. a dedicated inference node pool)"
+    )
+    tolerations: tuple[Toleration, ...] = Field(default=(), description="tolerations of the variant pods")
     name_prefix: str = Field(default="tfs-", description="object name = prefix + variant name")
     rest_threads_per_core: int = Field(default=15, ge=1, description="--rest_api_num_threads per core (paper 15)")
     readiness_period_s: int = Field(default=2, ge=1)

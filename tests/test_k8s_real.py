@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,61 @@ def test_change_of_variants_is_make_before_break(kube_cluster: Any, admin: Kube,
         names = {o["metadata"]["name"] for o in admin.list(kind, ns, "infadapter.io/variant")}
         assert {"tfs-resnet50", "tfs-resnet34"} <= {n.removesuffix("-config") for n in names}, kind
         assert not any("resnet18" in n for n in names)
+
+
+@pytest.fixture
+def tight_node(admin: Kube) -> Any:
+    """A kwok node of 2 CPU of a test's own: tainted, so only pods that tolerate it (and select it) land there."""
+    made: list[str] = []
+
+    def make(name: str) -> dict[str, Any]:
+        made.append(name)
+        admin.apply({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name,
+                         "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                         "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+            "spec": {"taints": [{"key": "infadapter.io/tight", "value": name, "effect": "NoSchedule"}]},
+            "status": {"allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110"},
+                       "capacity": {"cpu": "2", "memory": "8Gi", "pods": "110"}},
+        })
+        admin.wait(f"node {name} ready", lambda: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (admin.get("Node", name).get("status") or {}).get("conditions", [])))
+        return {"node_selector": {"kubernetes.io/hostname": name},
+                "tolerations": [{"key": "infadapter.io/tight", "operator": "Exists", "effect": "NoSchedule"}]}
+
+    yield make
+    for name in made:
+        admin.delete("Node", name)
+
+
+def test_no_room_for_make_before_break_gives_the_dropped_cores_up_first(
+    kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any, tight_node: Any
+) -> None:
+    """The plan holds all 2 cores of the only node its pods may use: the new variant's pod cannot be placed
+    beside the old ones. Instead of waiting out the ready timeout, the apply routes the plan's variant that
+    serves, deletes the dropped one, and the new one runs on the freed core."""
+    ns = make_ns("room")
+    router = Router(admin, ns)
+    b = make_backend(kube_cluster, admin, ns, paper, router, tfserving=tight_node(f"tight-{ns}"))
+    b.options = replace(b.options, ready_timeout_s=90)
+    first = b.apply(plan(resnet50=(1.0, 0.6), resnet18=(1.0, 0.4)))
+    assert first.ok, first.error
+    assert {p["spec"]["nodeName"] for p in admin.pods(ns)} == {f"tight-{ns}"}
+    second = b.apply(plan(resnet50=(1.0, 0.5), resnet34=(1.0, 0.5)))
+    assert second.ok, (second.error, second.actions)
+    text = " | ".join(second.actions)
+    assert "no room on the nodes for resnet34" in text and "Insufficient cpu" in text and "making room first" in text
+    # the gap: resnet50 alone (the plan's serving variant), then the whole plan once resnet34 is ready
+    assert router.calls[-2]["weights"] == {"resnet50": 1.0}
+    assert router.calls[-1]["weights"] == {"resnet50": 0.5, "resnet34": 0.5}
+    assert "resnet34" in router.calls[-1]["ready"] and "resnet18" not in router.calls[-1]["exist"]
+    assert set(admin.variants(ns)) == {"resnet50", "resnet34"}
+    # a plan that fits beside what runs is still make-before-break (no gap route)
+    calls = len(router.calls)
+    third = b.apply(plan(resnet50=(1.0, 0.7), resnet34=(1.0, 0.3)))
+    assert third.ok and len(router.calls) == calls + 1 and "making room" not in " | ".join(third.actions)
 
 
 def test_cores_only_change_resizes_in_place_keeping_pod_name_and_uid(

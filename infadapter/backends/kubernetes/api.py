@@ -66,6 +66,9 @@ class KubeOptions:
     context: str | None = None
     namespace: str | None = None  # overrides the render config's namespace
     ready_timeout_s: float = 600.0  # per apply: new variants must be ready by then
+    # New pods unschedulable for lack of CPU this long while the plan gives cores up elsewhere: give those
+    # up first instead of waiting (make-before-break needs room the nodes lack). The scheduler says so in ~0.1 s.
+    no_room_s: float = 3.0
     resize_timeout_s: float = 60.0  # per in-place resize
     request_timeout_s: float = 30.0
     retries: int = 5  # attempts per API call, the first included

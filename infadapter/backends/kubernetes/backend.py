@@ -43,9 +43,9 @@ from infadapter.backends.kubernetes.layout import (
     with_layout,
     with_template,
 )
-from infadapter.backends.kubernetes.readiness import wait_ready
+from infadapter.backends.kubernetes.readiness import NoRoom, wait_ready
 from infadapter.backends.kubernetes.resize import InPlaceResize
-from infadapter.core.plan import Plan, empty_plan
+from infadapter.core.plan import Allocation, Plan, empty_plan
 from infadapter.core.profile import Profile
 from infadapter.errors import InfAdapterError
 from infadapter.render import (
@@ -296,9 +296,21 @@ class KubernetesBackend:
                 created.append(name)
                 k, c = layout[name]
                 actions.append(f"create {name} ({cpu_quantity(wanted[name])} cores{pods_text(k, c)})")
+            giving_up = bool(shrink or deletes)
+            deferred: dict[str, NoRoom] = {}  # in-place growth the node defers for want of cores
             for name in grow:
-                actions.append(self._change(observed[name], specs, plan, generation, rolled, waits))
-            self._wait(actions, [*creates, *waits, *unready])
+                try:
+                    actions.append(self._change(observed[name], specs, plan, generation, rolled, waits, giving_up))
+                except NoRoom as exc:
+                    deferred[name] = exc  # the resize stays requested: the kubelet applies it once cores free
+            if deferred:
+                raise next(iter(deferred.values()))
+            self._wait(actions, [*creates, *waits, *unready], no_room=giving_up)
+        except NoRoom as exc:
+            # Make-before-break needs cores the nodes do not have: free the ones this plan gives up first.
+            changed = {*created, *rolled, *grow}
+            return self._make_room(exc, plan, previous, observed, generation, specs, (shrink, deletes),
+                                   [*creates, *waits, *unready], deferred, changed, actions)
         except KubeError as exc:
             actions += self._roll_back(created, rolled, plan, previous, generation)
             return ApplyResult(previous, tuple(actions), ok=False, error=str(exc), retry_after_s=self._retry_after(exc))
@@ -349,6 +361,55 @@ class KubernetesBackend:
             )
         return ApplyResult(plan, tuple(actions), ok=True)
 
+    def _make_room(self, exc: NoRoom, plan: Plan, previous: Plan, observed: Mapping[str, Observed], generation: int,
+                   specs: dict[str, VariantSpec], giving_up: tuple[list[str], list[str]], pending: list[str],
+                   deferred: Mapping[str, NoRoom], changed: set[str], actions: list[str]) -> ApplyResult:
+        """The new pods do not fit beside the running ones: route the plan's traffic to its variants that
+        serve now (:func:`gap_plan`), shrink and delete what the plan gives up, then wait for the new pods
+        (the scheduler places them as the cores free) and route the whole plan. The new pods stay: they
+        are what the freed cores are for. With no variant of the plan serving yet, the old routes serve
+        until their variants go, and the actions say that there is a gap. A ``deferred`` in-place resize is
+        left to the kubelet, which applies it once the cores free."""
+        shrink, deletes = giving_up
+        gap = gap_plan(plan, previous, {n for n, ob in observed.items() if ob.ready and n not in pending})
+        actions += [f"{e}; making room first" for e in dict.fromkeys([exc, *deferred.values()])]
+        try:
+            if gap is not None:
+                actions.append(f"meanwhile {self._route(gap, leaving=deletes)}")
+            else:
+                actions.append("nothing of the new plan serves yet: requests may fail until it is ready")
+            shrunk: dict[str, tuple[int, float]] = {}
+            later: list[str] = []
+            for name in shrink:
+                actions.append(self._change(observed[name], specs, plan, generation, shrunk, later))
+            for name in deletes:
+                self._delete_variant(name)
+                actions.append(f"delete {name}")
+            self._wait(actions, [*pending, *later])
+            for name in deferred:
+                ob, spec = observed[name], specs[name]
+                pods = [p["metadata"]["name"] for p in ob.pods if not p["metadata"].get("deletionTimestamp")]
+                how, refused = self.resizer.wait_done(name, pods, spec.template_cores, self.options.ready_timeout_s)
+                if refused:
+                    raise KubeError(f"resize of {name}: {refused}", 0, temporary=True)
+                self._apply_variant(with_template(spec, ob.template_cores), plan, generation)  # annotations only
+                actions.append(f"resize {name} -> {spec.cores:g} cores in place once room freed ({how})")
+            for name in plan.names:  # the new generation on the variants this apply did not touch
+                if name not in changed and name not in shrink:
+                    self._apply_variant(specs[name], plan, generation)
+            actions.append(self._route(plan))
+        except (KubeError, InfAdapterError) as err:
+            # What was given up is gone; the variants that served keep serving the gap's routes, and the next
+            # apply (a reconcile) finishes the job once the pending pods run.
+            serving = gap or previous
+            self._serving = serving
+            return ApplyResult(serving, tuple(actions), ok=False, error=f"making room: {err}",
+                               retry_after_s=self._retry_after(err) if isinstance(err, KubeError) else 5.0)
+        self._serving = plan
+        if deletes and self.config.router == "gateway":  # the weight-0 entries go with their Services
+            actions.append(self._apply_route(plan.shares_by_name()))
+        return ApplyResult(plan, tuple(actions), ok=True)
+
     def _layout(self, cores: float, now: tuple[int, float] | None = None) -> tuple[int, float]:
         """(replicas, cores per pod) for a variant of ``cores``: :func:`.layout.layout` with this backend's sizes."""
         return layout(cores, self.profile, self.config, self.pod_limit_cores, now, self.pods)
@@ -364,6 +425,7 @@ class KubernetesBackend:
         generation: int,
         rolled: dict[str, tuple[int, float]],
         waits: list[str],
+        no_room: bool = False,
     ) -> str:
         """Bring one variant to its planned layout; says how. Fills ``rolled`` (for a roll back) and
         ``waits`` (Deployments whose new pods must become ready)."""
@@ -381,7 +443,8 @@ class KubernetesBackend:
             return f"scale {name} {old} -> {new}"
         refused = ""
         if c0 > 0 and k == k0 and self.pods.in_place:  # same number of pods: resize each in place where it can
-            how, refused = self.resizer.resize(ob, c, self.pods.cpu_limited)
+            how, refused = self.resizer.resize(ob, c, self.pods.cpu_limited,
+                                               no_room_s=self.options.no_room_s if no_room else None)
             if how:
                 self._apply_variant(with_template(spec, ob.template_cores), plan, generation)  # annotations only
                 return f"resize {name} {old} -> {new} in place ({how})"
@@ -402,10 +465,13 @@ class KubernetesBackend:
     def _refused_for_size(reason: str) -> bool:
         return ("403" in reason and "exceeded quota" not in reason) or "Infeasible" in reason
 
-    def _wait(self, actions: list[str], names: list[str]) -> None:
+    def _wait(self, actions: list[str], names: list[str], no_room: bool = False) -> None:
+        """Wait for ``names`` to be ready; with ``no_room`` (the plan gives cores up), NoRoom once their pods
+        have waited ``no_room_s`` for cores that only the giving up would free."""
         if names:
             t0 = self._clock()
-            wait_ready(self.api, self.config, names, self.options.ready_timeout_s, self._clock)
+            wait_ready(self.api, self.config, names, self.options.ready_timeout_s, self._clock,
+                       no_room_s=self.options.no_room_s if no_room else None)
             actions.append(f"ready: {', '.join(names)} after {self._clock() - t0:.1f}s")
 
     def _apply_variant(self, spec: VariantSpec, plan: Plan, generation: int) -> None:
@@ -463,6 +529,8 @@ class KubernetesBackend:
                     "url": self.variant_url(a.name),
                     "model": self.config.served_model(self.profile.variant(a.name).model or a.name),
                     "weight": a.share,
+                    # with a standby in the plan, a variant's queue past the SLO spills there (docs/dispatcher.md)
+                    "spill_at": self.profile.spill_bound(a.name, a.cores),
                 }
                 for a in plan.allocations
             ]
@@ -478,6 +546,25 @@ class KubernetesBackend:
     @staticmethod
     def _retry_after(exc: KubeError) -> float | None:
         return 10.0 if exc.temporary else None
+
+def gap_plan(plan: Plan, previous: Plan, serving: set[str]) -> Plan | None:
+    """What to route while new variants wait for cores: per service, ``plan``'s variants that serve now with
+    their shares scaled to sum to 1 (equal shares if all of them are standbys); a service with none keeps
+    ``previous``'s routes. None when no service of ``plan`` has a serving variant."""
+    allocations: list[Allocation] = []
+    any_kept = False
+    for svc in dict.fromkeys(a.service for a in plan.allocations):
+        kept = [a for a in plan.allocations if a.service == svc and a.name in serving]
+        any_kept = any_kept or bool(kept)
+        kept = kept or [a for a in previous.allocations if a.service == svc and a.name in serving]
+        if not kept:
+            continue
+        total = sum(a.share for a in kept)
+        allocations += [replace(a, share=a.share / total if total > 0 else 1.0 / len(kept)) for a in kept]
+    if not any_kept:
+        return None
+    return replace(plan, allocations=tuple(allocations), notes=(*plan.notes, "gap: while new variants wait for cores"))
+
 
 def make_backend(
     profile: Profile,

@@ -41,12 +41,27 @@ def _replica_failure(d: Mapping[str, Any]) -> str:
     return ""
 
 
+class NoRoom(KubeError):
+    """New pods of ``names`` that the scheduler cannot place for lack of CPU: waiting alone does not help
+    while the variants they are to replace hold the nodes' cores (the apply then makes room first)."""
+
+    def __init__(self, names: list[str], why: str) -> None:
+        super().__init__(f"no room on the nodes for {', '.join(names)}: {why}", 0, temporary=True)
+        self.names = names
+
+
+#: Seconds between two looks at the pending pods' scheduling while waiting with ``no_room_s``.
+_NO_ROOM_POLL_S = 2.0
+
+
 def wait_ready(api: KubeApi, config: RenderConfig, names: Iterable[str], timeout_s: float,
-               clock: Callable[[], float]) -> None:
+               clock: Callable[[], float], no_room_s: float | None = None) -> None:
     """Block until the Deployments of ``names`` are ready: one list, then a watch, until timeout; KubeError
-    (temporary) saying why each pending one is not ready when it passes."""
+    (temporary) saying why each pending one is not ready when it passes. With ``no_room_s``: :class:`NoRoom`
+    once the wait has lasted that long and a pending variant has a pod unschedulable for lack of CPU."""
     pending = {config.object_name(n): n for n in names}
-    deadline = clock() + timeout_s
+    start = clock()
+    deadline = start + timeout_s
     last: dict[str, dict[str, Any]] = {}
     while True:
         listing = api.list("Deployment", config.model_server_selector())
@@ -56,12 +71,15 @@ def wait_ready(api: KubeApi, config: RenderConfig, names: Iterable[str], timeout
         _check_ready(pending, last)
         if not pending:
             return
+        if no_room_s is not None and clock() - start >= no_room_s:
+            _raise_if_no_room(api, config, list(pending.values()))
         remaining = deadline - clock()
         if remaining <= 0:
             break
+        chunk = remaining if no_room_s is None else min(remaining, _NO_ROOM_POLL_S)
         try:
             with contextlib.closing(api.watch("Deployment", config.model_server_selector(), rv,
-                                              remaining)) as events:
+                                              chunk)) as events:
                 for event in events:
                     obj = event.get("object") or {}
                     if event.get("type") == "ERROR":
@@ -80,6 +98,25 @@ def wait_ready(api: KubeApi, config: RenderConfig, names: Iterable[str], timeout
             break
     detail = "; ".join(f"{n}: {_status_line(last.get(obj))}{_explain(api, config, n)}" for obj, n in pending.items())
     raise KubeError(f"not ready after {timeout_s:g}s: {detail}", 0, temporary=True)
+
+
+def _raise_if_no_room(api: KubeApi, config: RenderConfig, variants: list[str]) -> None:
+    """NoRoom when a pod of one of ``variants`` is unschedulable for lack of CPU (the scheduler's
+    PodScheduled condition: reason Unschedulable, "Insufficient cpu" in its message)."""
+    stuck: list[str] = []
+    why = ""
+    for p in api.list("Pod", config.model_server_selector()).get("items", []):
+        variant = (p.get("metadata", {}).get("labels") or {}).get(LABEL_VARIANT, "")
+        if variant not in variants or variant in stuck:
+            continue
+        conds = {c.get("type"): c for c in (p.get("status") or {}).get("conditions", []) or []}
+        sched = conds.get("PodScheduled") or {}
+        message = str(sched.get("message", ""))
+        if sched.get("status") == "False" and sched.get("reason") == "Unschedulable" and "Insufficient cpu" in message:
+            stuck.append(variant)
+            why = why or message
+    if stuck:
+        raise NoRoom(stuck, why)
 
 
 def _explain(api: KubeApi, config: RenderConfig, variant: str) -> str:

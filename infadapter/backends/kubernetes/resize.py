@@ -14,6 +14,7 @@ from typing import Any
 
 from infadapter.backends.kubernetes.api import MERGE_PATCH, KubeApi, KubeError
 from infadapter.backends.kubernetes.layout import CONTAINER, Observed, resources_cpu
+from infadapter.backends.kubernetes.readiness import NoRoom
 from infadapter.render import cpu_quantity
 
 log = logging.getLogger(__name__)
@@ -57,14 +58,16 @@ class InPlaceResize:
             return f"server {self.server_version} has no in-place resize"
         return "in-place resize not possible"
 
-    def resize(self, ob: Observed, cores: float, limited: bool = True) -> tuple[str, str]:
+    def resize(self, ob: Observed, cores: float, limited: bool = True, no_room_s: float | None = None
+               ) -> tuple[str, str]:
         """Resize every pod of a variant to ``cores`` through ``pods/resize`` (its CPU request, and its limit
         when ``limited``: a pod without a CPU limit keeps none).
 
         Returns (how, refused): ``how`` says what was done ("" when it must roll instead); ``refused``
         is the cluster's reason when it refused (403 from admission such as PodResizeValidator or a
         ResourceQuota, 422, or the node's PodResizePending Infeasible, or Deferred past the resize
-        timeout), "" otherwise.
+        timeout), "" otherwise. With ``no_room_s``: :class:`NoRoom` once a pod's resize has been Deferred that long
+        (the request stays: the kubelet applies it when cores free; :meth:`wait_done` waits for that).
         """
         if not self.supported() or not ob.pods:
             return "", ""
@@ -89,7 +92,14 @@ class InPlaceResize:
                     self.ok = False
                     self.saw_404 = True
                 return "", ""  # the pod went away meanwhile: a rolling replacement is the safe way
-        deadline = self.clock() + self.api.options.resize_timeout_s
+        return self.wait_done(ob.name, names, cores, self.api.options.resize_timeout_s, no_room_s)
+
+    def wait_done(self, variant: str, names: list[str], cores: float, timeout_s: float,
+                  no_room_s: float | None = None) -> tuple[str, str]:
+        """Wait until the pods ``names`` run with ``cores``: (how, "") when they do, ("", why) when the node
+        refuses (Infeasible, or Deferred until ``timeout_s``); NoRoom after ``no_room_s`` of Deferred."""
+        start = self.clock()
+        deadline = start + timeout_s
         while True:
             pending, deferred = [], ""
             for pod in names:
@@ -103,10 +113,12 @@ class InPlaceResize:
                     pending.append(pod)
             if not pending:
                 return f"pods/resize on {len(names)} pod{'s' if len(names) > 1 else ''}", ""
+            if deferred and no_room_s is not None and self.clock() - start >= no_room_s:
+                raise NoRoom([variant], deferred)
             if self.clock() >= deadline:
                 if deferred:
-                    return "", f"{deferred} for {self.api.options.resize_timeout_s:g}s"
-                raise KubeError(f"in-place resize of {ob.name} not done after {self.api.options.resize_timeout_s:g}s")
+                    return "", f"{deferred} for {timeout_s:g}s"
+                raise KubeError(f"in-place resize of {variant} not done after {timeout_s:g}s")
             self.api.sleep(0.2)
 
 
