@@ -233,10 +233,10 @@ def test_change_of_variants_is_make_before_break(kube_cluster: Any, admin: Kube,
 
 @pytest.fixture
 def tight_node(admin: Kube) -> Any:
-    """A kwok node of 2 CPU of a test's own: tainted, so only pods that tolerate it (and select it) land there."""
+    """A kwok node of 2 CPU (or ``cpu``) of its own: tainted, so only pods that tolerate and select it land there."""
     made: list[str] = []
 
-    def make(name: str) -> dict[str, Any]:
+    def make(name: str, cpu: str = "2") -> dict[str, Any]:
         made.append(name)
         admin.apply({
             "apiVersion": "v1", "kind": "Node",
@@ -244,8 +244,8 @@ def tight_node(admin: Kube) -> Any:
                          "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
                          "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
             "spec": {"taints": [{"key": "infadapter.io/tight", "value": name, "effect": "NoSchedule"}]},
-            "status": {"allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110"},
-                       "capacity": {"cpu": "2", "memory": "8Gi", "pods": "110"}},
+            "status": {"allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+                       "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"}},
         })
         admin.wait(f"node {name} ready", lambda: any(
             c["type"] == "Ready" and c["status"] == "True"
@@ -284,6 +284,52 @@ def test_no_room_for_make_before_break_gives_the_dropped_cores_up_first(
     calls = len(router.calls)
     third = b.apply(plan(resnet50=(1.0, 0.7), resnet34=(1.0, 0.3)))
     assert third.ok and len(router.calls) == calls + 1 and "making room" not in " | ".join(third.actions)
+
+
+def test_no_room_and_nothing_dropped_shrinks_the_serving_variant_only_by_what_the_new_one_lacks(
+    kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any, tight_node: Any
+) -> None:
+    """resnet50 holds all 3 cores of its node; the plan keeps it on 1 and adds resnet34 on 1. The gap route
+    sends everything to resnet50, so it gives up in place only the 1 core resnet34 lacks (3 -> 2, same pod),
+    and goes down to its planned 1 core after the whole plan routes."""
+    ns = make_ns("part")
+    router = Router(admin, ns)
+    b = make_backend(kube_cluster, admin, ns, paper, router, tfserving=tight_node(f"tight-{ns}", cpu="3"))
+    b.options = replace(b.options, ready_timeout_s=90)
+    assert b.apply(plan(resnet50=(3.0, 1.0))).ok
+    uid = admin.pods(ns, "resnet50")[0]["metadata"]["uid"]
+    second = b.apply(plan(resnet50=(1.0, 0.5), resnet34=(1.0, 0.5)))
+    assert second.ok, (second.error, second.actions)
+    text = " | ".join(second.actions)
+    assert "resize resnet50 3 -> 2 cores in place to make room" in text, text
+    assert "resize resnet50 2 cores -> 1 cores in place" in text, text
+    assert router.calls[-2]["weights"] == {"resnet50": 1.0}
+    assert router.calls[-1]["weights"] == {"resnet50": 0.5, "resnet34": 0.5}
+    pods = admin.pods(ns, "resnet50")
+    assert [p["metadata"]["uid"] for p in pods] == [uid]  # the same pod throughout
+    assert pods[0]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "1"
+
+
+def test_no_room_gives_cores_up_one_variant_at_a_time_keeping_the_fastest_serving_longest(
+    kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any, tight_node: Any
+) -> None:
+    """A 3-core node full with resnet152 (1 core) and resnet18 (2); the plan replaces both by resnet50 (1) and
+    resnet34 (2). resnet18 serves the most per core, so it carries the gap while resnet152 goes first; the
+    freed core takes resnet50, which is ready before resnet18 goes to make room for resnet34."""
+    ns = make_ns("stage")
+    router = Router(admin, ns)
+    b = make_backend(kube_cluster, admin, ns, paper, router, tfserving=tight_node(f"tight-{ns}", cpu="3"))
+    b.options = replace(b.options, ready_timeout_s=90)
+    assert b.apply(plan(resnet152=(1.0, 0.5), resnet18=(2.0, 0.5))).ok
+    watch = DeploymentWatch(admin, ns)
+    second = b.apply(plan(resnet50=(1.0, 0.5), resnet34=(2.0, 0.5)))
+    assert second.ok, (second.error, second.actions)
+    assert [c["weights"] for c in router.calls[-3:]] == [
+        {"resnet18": 1.0}, {"resnet50": 1.0}, {"resnet50": 0.5, "resnet34": 0.5}], router.calls
+    time.sleep(0.5)
+    assert watch.first("DELETED", "tfs-resnet152") < watch.first("MODIFIED", "tfs-resnet50", ready=True)
+    assert watch.first("MODIFIED", "tfs-resnet50", ready=True) < watch.first("DELETED", "tfs-resnet18")
+    assert set(admin.variants(ns)) == {"resnet50", "resnet34"}
 
 
 def test_cores_only_change_resizes_in_place_keeping_pod_name_and_uid(

@@ -323,6 +323,23 @@ def test_in_place_backend_grows_running_variants_first_while_new_ones_load():
     assert len(calls[False]) == 1 and "resnet18" in calls[False][0]
 
 
+def test_growth_in_place_leaves_the_new_variants_their_room_on_full_nodes():
+    """A backend whose nodes hold only the budget (no surge room, as a full Kubernetes node): the running
+    variant grows in place only into what the new variant will not need, so the new one can be placed."""
+    loop, clock, load, backend = make_loop(None, interval=10.0)
+    backend.in_place_resize = True
+    backend.surge_room_cores = lambda: 2.0  # the budget: nothing beside it
+    load.rate = 4.0
+    run_for(loop, clock, 3)
+    backend.calls.clear()
+    load.rate = 60.0
+    next_decision(loop, clock)
+    applies = [c for c in backend.calls if c.startswith("apply")]
+    # Without the room the first apply is resnet50=2 (the test above); here resnet18 needs 1.5 of the 2 cores,
+    # so resnet50 (0.5) has nothing to grow into: one apply, the plan itself.
+    assert applies == ["apply resnet18=1.5,resnet50=0.5"], applies
+
+
 def test_loop_asks_the_backend_for_health_and_repairs_and_counts_applies(tmp_path, caplog):
     loop, clock, load, backend = make_loop(tmp_path, interval=10.0)
     backend.heal_message = "router pid 1 died; restarted"

@@ -80,6 +80,12 @@ class Backend(Protocol):
         """Per running variant, the most cores ``apply`` can give it in place (absent: up to the budget)."""
         ...
 
+    # Optional (the loop reads it with getattr, so older backends need not have it):
+    # def surge_room_cores(self) -> float | None:
+    #     """Cores the running variants and a transition's new ones may hold together now; None: not bounded
+    #     here (new variants load beside the budget, as Kubernetes' maxSurge). The loop's growth in place
+    #     while new variants load (``control.bridge_plan``) leaves the new variants that room."""
+
     def apply(self, plan: Plan) -> ApplyResult:
         """Reconcile to ``plan`` make-before-break, routing included; safe to call twice."""
         ...

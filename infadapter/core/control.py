@@ -255,7 +255,7 @@ def reason(trigger: str, policy_reason: str, degraded: str = "") -> str:
 
 
 def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: float,
-                max_cores: Mapping[str, float] | None = None) -> Plan | None:
+                max_cores: Mapping[str, float] | None = None, room_cores: float | None = None) -> Plan | None:
     """The plan to serve while ``target``'s new variants load, or None when none is needed.
 
     None when ``target`` starts no new variant, or when ``serving`` already serves ``load_rps``.
@@ -263,7 +263,8 @@ def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: 
     step at a time to the variant that gains the most capacity per step, until the load is served or
     the budget is used (the loading variants are the surge, as Kubernetes' ``maxSurge``), each
     variant at most ``max_cores[name]`` (what the backend can give it in place); shares are
-    proportional to capacity.
+    proportional to capacity. ``room_cores``: what the running and the new variants may hold together
+    (a full node has no surge room): the growth leaves the new variants their cores out of it.
     """
     if serving is None or not serving.allocations:
         return None
@@ -272,6 +273,10 @@ def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: 
         return None
     top = profile.core_options()[-1]
     step = profile.core_step
+    limit = profile.budget_cores
+    if room_cores is not None:
+        new_cores = sum(c for n, c in target.cores_by_name().items() if n not in cores)
+        limit = min(limit, room_cores - new_cores)
 
     def cap(name: str, c: float) -> float:
         return max(profile.capacity_rps(name, c), 0.0)
@@ -280,7 +285,7 @@ def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: 
     while sum(cap(n, c) for n, c in grown.items()) < load_rps:
         room = [n for n, c in grown.items()
                 if c + step <= min(top, (max_cores or {}).get(n, top)) + 1e-9]
-        if not room or sum(grown.values()) + step > profile.budget_cores + 1e-9:
+        if not room or sum(grown.values()) + step > limit + 1e-9:
             break
         best = max(room, key=lambda n: cap(n, grown[n] + step) - cap(n, grown[n]))
         grown[best] = round(grown[best] + step, 9)

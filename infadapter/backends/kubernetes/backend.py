@@ -25,6 +25,7 @@ the plan read back), :mod:`.readiness` (waiting for Deployments), :mod:`.resize`
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -91,6 +92,14 @@ class KubernetesBackend:
         if limit is None:
             return {}
         return {n: k * limit for n, (k, per_pod) in self._layouts.items() if k > 0 and per_pod > 0}
+
+    def surge_room_cores(self) -> float | None:
+        """Cores our variants and a transition's new ones may hold together now: what the variants hold (as last
+        read back) plus the nodes' free cores (:func:`.cluster.free_cores`); None when the nodes cannot be read."""
+        free = cluster.free_cores(self.api, self.config)
+        if free is None:
+            return None
+        return round(free + sum(k * c for k, c in self._layouts.values() if k > 0 and c > 0), 9)
 
     @classmethod
     def from_options(cls, profile: Profile, **options: Any) -> KubernetesBackend:
@@ -364,28 +373,53 @@ class KubernetesBackend:
     def _make_room(self, exc: NoRoom, plan: Plan, previous: Plan, observed: Mapping[str, Observed], generation: int,
                    specs: dict[str, VariantSpec], giving_up: tuple[list[str], list[str]], pending: list[str],
                    deferred: Mapping[str, NoRoom], changed: set[str], actions: list[str]) -> ApplyResult:
-        """The new pods do not fit beside the running ones: route the plan's traffic to its variants that
-        serve now (:func:`gap_plan`), shrink and delete what the plan gives up, then wait for the new pods
-        (the scheduler places them as the cores free) and route the whole plan. The new pods stay: they
-        are what the freed cores are for. With no variant of the plan serving yet, the old routes serve
-        until their variants go, and the actions say that there is a gap. A ``deferred`` in-place resize is
-        left to the kubelet, which applies it once the cores free."""
+        """The new pods do not fit beside the running ones: give cores up step by step, serving as much as the
+        nodes allow meanwhile. Every variant that serves now, the plan's and the leaving ones, takes traffic
+        in proportion to its capacity (:func:`gap_plan`). Then, least capacity per core first, one variant at
+        a time is routed away from (a deleted one) or shrunk in place by what the waiting pods still lack
+        (the rest of its shrink comes after the plan routes), and the waiting pods that found room are
+        awaited and join the route before the next one goes. What turned out not to be needed for room is
+        shrunk or deleted after the plan routes, as without a lack of room. The new pods stay: they are what
+        the freed cores are for. A ``deferred`` in-place resize is left to the kubelet, which applies it
+        once the cores free."""
         shrink, deletes = giving_up
-        gap = gap_plan(plan, previous, {n for n, ob in observed.items() if ob.ready and n not in pending})
         actions += [f"{e}; making room first" for e in dict.fromkeys([exc, *deferred.values()])]
+        serving = {n: ob.cores for n, ob in observed.items() if ob.ready and n not in pending and ob.cores > 0}
+        per_core = {n: self.profile.capacity_rps(n, c) / c for n, c in serving.items()}
+        order = sorted([*deletes, *shrink], key=lambda n: per_core.get(n, 0.0))
+        waiting, done, gone = list(pending), [], []
+        routed: Plan | None = None
         try:
-            if gap is not None:
-                actions.append(f"meanwhile {self._route(gap, leaving=deletes)}")
-            else:
-                actions.append("nothing of the new plan serves yet: requests may fail until it is ready")
-            shrunk: dict[str, tuple[int, float]] = {}
-            later: list[str] = []
-            for name in shrink:
-                actions.append(self._change(observed[name], specs, plan, generation, shrunk, later))
-            for name in deletes:
-                self._delete_variant(name)
-                actions.append(f"delete {name}")
-            self._wait(actions, [*pending, *later])
+            for i, name in enumerate(order):
+                where = self._placement(waiting, settle=i > 0)
+                lack = where.lacking
+                placed = [n for n in waiting if n not in where.unplaced]
+                if placed:  # room found: they serve before anything more goes
+                    self._wait(actions, placed)
+                    serving.update({n: specs[n].cores for n in placed})
+                    waiting = [n for n in waiting if n in where.unplaced]
+                if not waiting or (lack is not None and lack <= 1e-9):
+                    break
+                if name in deletes:  # routed away from before it goes
+                    serving.pop(name, None)
+                    routed = self._route_gap(plan, previous, serving, actions)
+                    self._delete_variant(name)
+                    gone.append(name)
+                    actions.append(f"delete {name}")
+                    continue
+                part, cores = self._shrink_part(observed[name], specs[name], lack) if lack is not None else ("", 0.0)
+                if not part:
+                    shrunk: dict[str, tuple[int, float]] = {}
+                    later: list[str] = []
+                    part = self._change(observed[name], specs, plan, generation, shrunk, later)
+                    cores = specs[name].cores
+                    self._wait(actions, later)
+                    done.append(name)
+                actions.append(part)
+                if name in serving:
+                    serving[name] = cores
+                routed = self._route_gap(plan, previous, serving, actions)
+            self._wait(actions, waiting)
             for name in deferred:
                 ob, spec = observed[name], specs[name]
                 pods = [p["metadata"]["name"] for p in ob.pods if not p["metadata"].get("deletionTimestamp")]
@@ -397,18 +431,54 @@ class KubernetesBackend:
             for name in plan.names:  # the new generation on the variants this apply did not touch
                 if name not in changed and name not in shrink:
                     self._apply_variant(specs[name], plan, generation)
-            actions.append(self._route(plan))
+            actions.append(self._route(plan, leaving=deletes))
+            now = self.observe()
         except (KubeError, InfAdapterError) as err:
-            # What was given up is gone; the variants that served keep serving the gap's routes, and the next
-            # apply (a reconcile) finishes the job once the pending pods run.
-            serving = gap or previous
-            self._serving = serving
-            return ApplyResult(serving, tuple(actions), ok=False, error=f"making room: {err}",
+            # What was given up is gone; what serves keeps the gap's routes, and the next apply (a reconcile)
+            # finishes the job once the waiting pods run.
+            serving_plan = routed or previous
+            self._serving = serving_plan
+            return ApplyResult(serving_plan, tuple(actions), ok=False, error=f"making room: {err}",
                                retry_after_s=self._retry_after(err) if isinstance(err, KubeError) else 5.0)
         self._serving = plan
-        if deletes and self.config.router == "gateway":  # the weight-0 entries go with their Services
-            actions.append(self._apply_route(plan.shares_by_name()))
-        return ApplyResult(plan, tuple(actions), ok=True)
+        rest = [now[n] for n in shrink if n not in done and n in now
+                and not same_layout(now[n].layout, (specs[n].replicas, specs[n].template_cores))]
+        return self._shrink_and_delete(plan, generation, rest, specs, [n for n in deletes if n not in gone], actions)
+
+    def _placement(self, waiting: list[str], settle: bool) -> cluster.Placement:
+        """:func:`.cluster.placement` of ``waiting``; with ``settle`` (cores were just given up), first give the
+        scheduler up to ``no_room_s`` to place a pod that now fits."""
+        deadline = self._clock() + (self.options.no_room_s if settle else 0.0)
+        while True:
+            where = cluster.placement(self.api, self.config, waiting)
+            if len(where.unplaced) < len(waiting) or not where.one_fits or self._clock() >= deadline:
+                return where
+            self.api.sleep(0.2)
+
+    def _route_gap(self, plan: Plan, previous: Plan, serving: Mapping[str, float], actions: list[str]) -> Plan | None:
+        """Route :func:`gap_plan` over ``serving`` (once per change of it); the plan routed, or None."""
+        gap = gap_plan(self.profile, plan, previous, serving)
+        if gap is None:
+            actions.append("nothing serves while the new variants wait for cores: requests fail until they are ready")
+            return None
+        actions.append(f"meanwhile {self._route(gap)}")
+        return gap
+
+    def _shrink_part(self, ob: Observed, spec: VariantSpec, lack: float) -> tuple[str, float]:
+        """Shrink a variant in place by ``lack`` cores (whole core steps, never below its planned pods): what was
+        done and the variant's cores now, or ("", 0) when it cannot be done in place."""
+        k0, c0 = ob.layout
+        if not (self.pods.in_place and c0 > 0 and k0 == spec.replicas):
+            return "", 0.0
+        step = self.profile.core_step
+        per_pod = round(max(spec.template_cores, c0 - math.ceil(lack / k0 / step - 1e-9) * step), 3)
+        if per_pod >= c0 - 1e-9:
+            return "", 0.0
+        how, _refused = self.resizer.resize(ob, per_pod, self.pods.cpu_limited)
+        if not how:
+            return "", 0.0
+        return (f"resize {ob.name} {k0 * c0:g} -> {k0 * per_pod:g} cores in place to make room ({how}); "
+                f"{spec.cores:g} once the plan routes"), k0 * per_pod
 
     def _layout(self, cores: float, now: tuple[int, float] | None = None) -> tuple[int, float]:
         """(replicas, cores per pod) for a variant of ``cores``: :func:`.layout.layout` with this backend's sizes."""
@@ -547,21 +617,19 @@ class KubernetesBackend:
     def _retry_after(exc: KubeError) -> float | None:
         return 10.0 if exc.temporary else None
 
-def gap_plan(plan: Plan, previous: Plan, serving: set[str]) -> Plan | None:
-    """What to route while new variants wait for cores: per service, ``plan``'s variants that serve now with
-    their shares scaled to sum to 1 (equal shares if all of them are standbys); a service with none keeps
-    ``previous``'s routes. None when no service of ``plan`` has a serving variant."""
+def gap_plan(profile: Profile, plan: Plan, previous: Plan, serving: Mapping[str, float]) -> Plan | None:
+    """What to route while new variants wait for cores: every variant of ``serving`` (name -> the cores it runs
+    on now), of ``plan`` or leaving it, with shares proportional to its capacity on those cores, per service (a
+    variant's service as ``plan`` or ``previous`` names it). None when nothing serves."""
+    service = {a.name: a.service for a in (*previous.allocations, *plan.allocations)}
+    caps = {n: max(profile.capacity_rps(n, c), 0.0) for n, c in serving.items() if n in service}
     allocations: list[Allocation] = []
-    any_kept = False
-    for svc in dict.fromkeys(a.service for a in plan.allocations):
-        kept = [a for a in plan.allocations if a.service == svc and a.name in serving]
-        any_kept = any_kept or bool(kept)
-        kept = kept or [a for a in previous.allocations if a.service == svc and a.name in serving]
-        if not kept:
-            continue
-        total = sum(a.share for a in kept)
-        allocations += [replace(a, share=a.share / total if total > 0 else 1.0 / len(kept)) for a in kept]
-    if not any_kept:
+    for svc in dict.fromkeys(service[n] for n in caps):
+        names = [n for n in caps if service[n] == svc]
+        total = sum(caps[n] for n in names)
+        allocations += [Allocation(n, serving[n], caps[n] / total if total > 0 else 1.0 / len(names), caps[n], svc)
+                        for n in names]
+    if not allocations:
         return None
     return replace(plan, allocations=tuple(allocations), notes=(*plan.notes, "gap: while new variants wait for cores"))
 

@@ -5,11 +5,14 @@ ServiceAccount, the model store's claim, enough cores for the budget)."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from infadapter.backends.kubernetes.api import KubeApi, KubeError
 from infadapter.core.profile import Profile
 from infadapter.errors import BackendUnavailable
-from infadapter.render import RenderConfig, largest_pod_cores, parse_cpu
+from infadapter.render import LABEL_VARIANT, RenderConfig, Toleration, largest_pod_cores, parse_cpu
 
 
 def node_cpus(api: KubeApi) -> list[float]:
@@ -23,6 +26,88 @@ def node_cpus(api: KubeApi) -> list[float]:
         if conds.get("Ready") == "True":
             sizes.append(parse_cpu(((n.get("status") or {}).get("allocatable") or {}).get("cpu")))
     return sizes
+
+
+def _tolerated(taint: Mapping[str, Any], tolerations: Iterable[Toleration]) -> bool:
+    if taint.get("effect") not in ("NoSchedule", "NoExecute"):
+        return True  # PreferNoSchedule only steers
+    for t in tolerations:
+        if t.effect and t.effect != taint.get("effect"):
+            continue
+        if t.operator == "Exists" and (not t.key or t.key == taint.get("key")):
+            return True
+        if t.operator == "Equal" and t.key == taint.get("key") and t.value == str(taint.get("value", "")):
+            return True
+    return False
+
+
+def free_cores(api: KubeApi, config: RenderConfig) -> float | None:
+    """Cores the variant pods could still be given on the nodes they may use now: over the ready, schedulable
+    nodes that match ``tfserving.node_selector`` and whose NoSchedule/NoExecute taints the pods tolerate,
+    allocatable CPU less the CPU requested by every pod placed there (any namespace). None when the nodes
+    or the pods of all namespaces cannot be read (a namespaced Role cannot)."""
+    try:
+        nodes = (api.request("GET", "/api/v1/nodes", "list nodes") or {}).get("items", [])
+        pods = (api.request("GET", "/api/v1/pods", "list pods of all namespaces") or {}).get("items", [])
+    except KubeError:
+        return None
+    sel, tol = config.tfserving.node_selector, config.tfserving.tolerations
+    room: dict[str, float] = {}
+    for n in nodes:
+        meta, spec, st = n.get("metadata") or {}, n.get("spec") or {}, n.get("status") or {}
+        conds = {c.get("type"): c.get("status") for c in st.get("conditions", []) or []}
+        labels = meta.get("labels") or {}
+        if spec.get("unschedulable") or conds.get("Ready") != "True":
+            continue
+        if any(labels.get(k) != v for k, v in sel.items()):
+            continue
+        if not all(_tolerated(t, tol) for t in spec.get("taints", []) or []):
+            continue
+        room[meta.get("name", "")] = parse_cpu((st.get("allocatable") or {}).get("cpu"))
+    for p in pods:
+        node = (p.get("spec") or {}).get("nodeName")
+        if node not in room or (p.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        if (p.get("metadata") or {}).get("deletionTimestamp"):
+            continue  # going: its cores are free for what comes next
+        room[node] -= pod_cpu_request(p)
+    return round(sum(max(r, 0.0) for r in room.values()), 9)
+
+
+def pod_cpu_request(pod: Mapping[str, Any]) -> float:
+    """The CPU a pod's containers request (what the scheduler reserves for it)."""
+    return sum(parse_cpu(((c.get("resources") or {}).get("requests") or {}).get("cpu"))
+               for c in (pod.get("spec") or {}).get("containers", []) or [])
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the pods of some variants stand with the scheduler."""
+
+    #: Variants with a pod the scheduler has not placed yet.
+    unplaced: frozenset[str]
+    #: Cores those pods request beyond the nodes' free cores (None: the nodes cannot be read).
+    lacking: float | None
+    #: Whether the smallest of those pods fits in the free cores now (the scheduler is about to place it).
+    one_fits: bool
+
+
+def placement(api: KubeApi, config: RenderConfig, variants: Iterable[str]) -> Placement:
+    """The pods of ``variants`` against the nodes' free cores (:func:`free_cores`)."""
+    names = set(variants)
+    unplaced: set[str] = set()
+    requests: list[float] = []
+    for p in api.list("Pod", config.model_server_selector()).get("items", []):
+        meta = p.get("metadata") or {}
+        name = (meta.get("labels") or {}).get(LABEL_VARIANT)
+        if name in names and not (p.get("spec") or {}).get("nodeName") and not meta.get("deletionTimestamp"):
+            unplaced.add(name)
+            requests.append(pod_cpu_request(p))
+    free = free_cores(api, config)
+    if free is None:
+        return Placement(frozenset(unplaced), None, False)
+    fits = bool(requests) and min(requests) <= free + 1e-9
+    return Placement(frozenset(unplaced), max(0.0, round(sum(requests) - free, 9)), fits)
 
 
 def cluster_max_pod_cores(api: KubeApi) -> tuple[float | None, str]:
