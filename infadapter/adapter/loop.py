@@ -376,9 +376,8 @@ class ControlLoop:
         """Grow the running variants in place first when ``target`` must wait for new ones to load."""
         if not (self.backend.in_place_resize and self._in_place):
             return ()
-        room = getattr(self.backend, "surge_room_cores", None)
         bridge = control.bridge_plan(self.profile, self.serving, target, load_rps, self.backend.in_place_max_cores(),
-                                     room() if room is not None else None)
+                                     getattr(self.backend, "surge_room_cores", None))
         if bridge is None:
             return ()
         res = self.backend.apply(bridge)

@@ -38,7 +38,7 @@ The rules (docs/adapt.md explains the measurements behind each default):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -255,7 +255,8 @@ def reason(trigger: str, policy_reason: str, degraded: str = "") -> str:
 
 
 def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: float,
-                max_cores: Mapping[str, float] | None = None, room_cores: float | None = None) -> Plan | None:
+                max_cores: Mapping[str, float] | None = None,
+                room_cores: Callable[[], float | None] | None = None) -> Plan | None:
     """The plan to serve while ``target``'s new variants load, or None when none is needed.
 
     None when ``target`` starts no new variant, or when ``serving`` already serves ``load_rps``.
@@ -264,7 +265,8 @@ def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: 
     the budget is used (the loading variants are the surge, as Kubernetes' ``maxSurge``), each
     variant at most ``max_cores[name]`` (what the backend can give it in place); shares are
     proportional to capacity. ``room_cores``: what the running and the new variants may hold together
-    (a full node has no surge room): the growth leaves the new variants their cores out of it.
+    (a full node has no surge room; asked only when a growth is considered): the growth leaves the new
+    variants their cores out of it.
     """
     if serving is None or not serving.allocations:
         return None
@@ -274,9 +276,10 @@ def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: 
     top = profile.core_options()[-1]
     step = profile.core_step
     limit = profile.budget_cores
-    if room_cores is not None:
+    room = room_cores() if room_cores is not None else None
+    if room is not None:
         new_cores = sum(c for n, c in target.cores_by_name().items() if n not in cores)
-        limit = min(limit, room_cores - new_cores)
+        limit = min(limit, room - new_cores)
 
     def cap(name: str, c: float) -> float:
         return max(profile.capacity_rps(name, c), 0.0)

@@ -617,6 +617,7 @@ class KubernetesBackend:
     def _retry_after(exc: KubeError) -> float | None:
         return 10.0 if exc.temporary else None
 
+
 def gap_plan(profile: Profile, plan: Plan, previous: Plan, serving: Mapping[str, float]) -> Plan | None:
     """What to route while new variants wait for cores: every variant of ``serving`` (name -> the cores it runs
     on now), of ``plan`` or leaving it, with shares proportional to its capacity on those cores, per service (a
