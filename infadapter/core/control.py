@@ -276,10 +276,10 @@ def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: 
     top = profile.core_options()[-1]
     step = profile.core_step
     limit = profile.budget_cores
-    room = room_cores() if room_cores is not None else None
-    if room is not None:
+    surge_room = room_cores() if room_cores is not None else None
+    if surge_room is not None:
         new_cores = sum(c for n, c in target.cores_by_name().items() if n not in cores)
-        limit = min(limit, room - new_cores)
+        limit = min(limit, surge_room - new_cores)
 
     def cap(name: str, c: float) -> float:
         return max(profile.capacity_rps(name, c), 0.0)

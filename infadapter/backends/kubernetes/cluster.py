@@ -18,14 +18,16 @@ from infadapter.render import LABEL_VARIANT, RenderConfig, Toleration, largest_p
 def node_cpus(api: KubeApi) -> list[float]:
     """Allocatable CPU of each ready, schedulable node (KubeError when the nodes cannot be read)."""
     nodes = api.request("GET", "/api/v1/nodes", "list nodes") or {}
-    sizes = []
-    for n in nodes.get("items", []):
-        if (n.get("spec") or {}).get("unschedulable"):
-            continue
-        conds = {c.get("type"): c.get("status") for c in (n.get("status") or {}).get("conditions", []) or []}
-        if conds.get("Ready") == "True":
-            sizes.append(parse_cpu(((n.get("status") or {}).get("allocatable") or {}).get("cpu")))
-    return sizes
+    return [parse_cpu(((n.get("status") or {}).get("allocatable") or {}).get("cpu"))
+            for n in nodes.get("items", []) if _takes_pods(n)]
+
+
+def _takes_pods(node: Mapping[str, Any]) -> bool:
+    """A node that is Ready and not cordoned (the scheduler may place pods there)."""
+    if (node.get("spec") or {}).get("unschedulable"):
+        return False
+    conds = {c.get("type"): c.get("status") for c in (node.get("status") or {}).get("conditions", []) or []}
+    return conds.get("Ready") == "True"
 
 
 def _tolerated(taint: Mapping[str, Any], tolerations: Iterable[Toleration]) -> bool:
@@ -55,9 +57,8 @@ def free_cores(api: KubeApi, config: RenderConfig) -> float | None:
     room: dict[str, float] = {}
     for n in nodes:
         meta, spec, st = n.get("metadata") or {}, n.get("spec") or {}, n.get("status") or {}
-        conds = {c.get("type"): c.get("status") for c in st.get("conditions", []) or []}
         labels = meta.get("labels") or {}
-        if spec.get("unschedulable") or conds.get("Ready") != "True":
+        if not _takes_pods(n):
             continue
         if any(labels.get(k) != v for k, v in sel.items()):
             continue
