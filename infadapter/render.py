@@ -151,8 +151,13 @@ class Adapter(_Strict):
     """The adapter itself, running ``cli.py adapt --backend kubernetes`` in the namespace."""
 
     name: str = Field(default="infadapter-adapter", pattern=_DNS_LABEL)
-    profile_path: str = Field(default="profiles/paper.yaml", description="profile inside the image")
+    profile_path: str = Field(default="profiles/paper.yaml",
+                              description="profile inside the image (relative: to the image's app folder)")
     prometheus_url: str = Field(default="", description="Prometheus base URL; empty: dispatcher counters")
+    dispatcher_url: str = Field(
+        default="", pattern=r"^(https?://[^\s/]+)?$",
+        description="the dispatcher as the adapter reaches it; empty: its Service's DNS name (a cluster without "
+                    "DNS, such as scripts/local-cluster.sh, gives the Service's ClusterIP, http://IP:PORT)")
     extra_args: tuple[str, ...] = Field(default=(), description="more `cli.py adapt` arguments")
     cpu: str = Field(default="500m")
     memory: str = Field(default="512Mi")

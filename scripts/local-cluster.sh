@@ -347,6 +347,8 @@ revive() {
   local c i argv
   for c in "${COMPONENTS[@]}"; do
     alive "$c" && continue
+    # A node that came up before the forwarder existed gets it now.
+    if [ "$c" = apiserver-proxy ] && [ ! -f "$STATE/cmd/$c" ]; then node_api_proxy; continue; fi
     [ -f "$STATE/cmd/$c" ] || die "$c is not running and its command line was not recorded ($STATE/cmd/$c): run 'bash scripts/local-cluster.sh down', then up" 4
     say "$c is not running: restarting it (same command line, same port)"
     mapfile -d '' -t argv < "$STATE/cmd/$c"

@@ -150,6 +150,7 @@ def test_status_reports_the_kubelet_and_containerd(real: Any) -> None:
     assert f"node {NODE} Ready" in st.stdout
     assert "containerd: running" in st.stdout and "version 1.6" in st.stdout
     assert "kube-proxy: running" in st.stdout
+    assert "apiserver-proxy: running" in st.stdout
 
 
 def test_a_guaranteed_pod_serves_under_its_cpu_quota_and_resizes_in_place(real: Any) -> None:
@@ -221,6 +222,32 @@ def test_a_cluster_ip_service_answers_through_kube_proxy(real: Any) -> None:
             return False
 
     k.wait(f"Service {ip} answering", answers, timeout_s=30)
+
+
+def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(real: Any) -> None:
+    """In-cluster clients (the rendered adapter Deployment) find the API server as in any cluster: the Service
+    `kubernetes` in the pod's environment, which kube-proxy sends to the node's forwarder (the API server itself
+    listens on 127.0.0.1). busybox speaks no TLS the API server accepts, so the pod sends plain HTTP and gets the
+    answer only Go's TLS server gives; the ServiceAccount token's way in is the project image's test below."""
+    k = real.kube
+    assert "apiserver-proxy: running" in real.script("status").stdout
+    spec = pod("api-client", "100m")
+    spec["spec"]["restartPolicy"] = "Never"
+    (c,) = spec["spec"]["containers"]
+    c.pop("readinessProbe")
+    probe = "printf 'GET /version HTTP/1.0\\r\\n\\r\\n' | nc $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT"
+    c["command"] = ["sh", "-c", probe]
+    k.apply(spec)
+    try:
+        k.wait("pod api-client done",
+               lambda: k.get("Pod", "api-client", NS)["status"].get("phase") in ("Succeeded", "Failed"), timeout_s=60)
+        log = k.api.call_api(k.path("Pod", NS, "api-client", "log"), "GET", auth_settings=["BearerToken"],
+                             _preload_content=False, _return_http_data_only=True).data.decode()
+        assert "Client sent an HTTP request to an HTTPS server." in log, log
+        done = k.get("Pod", "api-client", NS)
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+    finally:
+        k.call("DELETE", k.path("Pod", NS, "api-client"), query={"gracePeriodSeconds": 0})
 
 
 def test_up_restarts_a_dead_component_on_the_same_port(real: Any) -> None:
@@ -460,6 +487,90 @@ def test_adapt_with_live_traffic_serves_through_the_cluster(real: Any, tmp_path:
           f"{doc['by_variant']}; {len(samples)} quota samples")
 
 
+@pytest.mark.skipif(
+    os.environ.get("TEST_PROJECT_IMAGE") != "1",
+    reason="set TEST_PROJECT_IMAGE=1: needs the project image (built when its sources changed, ~2-5 min)",
+)
+def test_the_rendered_adapter_runs_in_the_cluster_and_follows_the_load(real: Any, tmp_path: Path) -> None:
+    """The deploy step: `render` writes the adapter's Deployment, ServiceAccount, Role and RoleBinding and the
+    dispatcher's Deployment and Service; applied as written, the adapter runs in a pod on the real node with its
+    ServiceAccount's credentials (the Service `kubernetes`), creates the variants there and gives the
+    dispatcher their shares; the host's requests go through the dispatcher's ClusterIP, and the adapter plans
+    for the load it observes there."""
+    up = real.script("up", "--real-node", "--project-image", timeout=900)
+    assert up.returncode == 0, up.stderr[-2000:]
+    models_on_the_store(real)
+    k = real.kube
+    for d in k.list("Deployment", NS):  # the live test's variants and dispatcher hold the node's CPU
+        k.call("DELETE", k.path("Deployment", NS, d["metadata"]["name"]), query={"propagationPolicy": "Background"})
+    for p in k.list("Pod", NS):
+        k.call("DELETE", k.path("Pod", NS, p["metadata"]["name"]), query={"gracePeriodSeconds": 0})
+    k.wait("namespace without pods", lambda: not k.list("Pod", NS), timeout_s=60)
+    k.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "infadapter-admin-token", "namespace": NS},
+             "stringData": {"token": "in-cluster-adapter-test-token"}})
+    # 2 CPUs: the dispatcher's 250m, the adapter's 250m and a 1-core budget for the variants.
+    config = {"adapter": {"profile_path": "profiles/local.yaml", "cpu": "250m",
+                          "extra_args": ["--interval=3", "--budget=1", "--ready-timeout=120"]}}
+    objs = render_platform_objects(tmp_path, config)
+    dispatcher_svc = next(o for o in objs if o["kind"] == "Service" and component(o) == "dispatcher")
+    ip = k.apply(dispatcher_svc)["spec"]["clusterIP"]
+    url = f"http://{ip}:{dispatcher_svc['spec']['ports'][0]['port']}"
+    config["adapter"]["dispatcher_url"] = url  # the local cluster has no DNS add-on
+    for o in render_platform_objects(tmp_path, config):
+        if o["kind"] in ("ServiceAccount", "Role", "RoleBinding") or (
+                o["kind"] in ("Deployment", "Service") and component(o) in ("dispatcher", "adapter")):
+            k.apply(o)
+    adapter = k.wait("the adapter pod running", lambda: [
+        p for p in k.list("Pod", NS, "app.kubernetes.io/component=adapter") if p["status"].get("phase") == "Running"
+    ], timeout_s=120)
+    assert adapter[0]["spec"]["nodeName"] == NODE
+
+    def serving() -> list[dict[str, Any]]:
+        return [p for p in k.list("Pod", NS, "app.kubernetes.io/component=model-server")
+                if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+
+    k.wait("a variant the adapter created, serving", serving, timeout_s=180)
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "load", "--url", url, "--rate", "12", "--duration",
+                          "40", "--resolution", "64", "--slo-ms", "300", "--json"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    load = json.loads(out.stdout)
+
+    def planned_load() -> float:
+        plans = [json.loads(d["metadata"]["annotations"]["infadapter.io/plan"])["plan"]
+                 for d in k.list("Deployment", NS, "app.kubernetes.io/component=model-server")]
+        return max((p["load"] for p in plans), default=0.0)
+
+    # The adapter observed the dispatcher's counters: its plan is for the load that came, not its first guess.
+    k.wait("a plan for the observed load", lambda: planned_load() >= 6, timeout_s=30)
+    pods = k.list("Pod", NS, "app.kubernetes.io/component=adapter")
+    assert [c["restartCount"] for p in pods for c in p["status"]["containerStatuses"]] == [0], pods
+    assert {p["spec"]["nodeName"] for p in serving()} == {NODE}
+    assert load["sent"] > 0 and load["ok"] >= 0.99 * load["sent"], load
+    print(f"in-cluster adapter: {load['sent']} requests, {load['ok']} ok, p99 {load['p99_ms']} ms; "
+          f"planned for {planned_load():.1f} req/s")
+
+
+def component(obj: dict[str, Any]) -> str:
+    return str(obj["metadata"].get("labels", {}).get("app.kubernetes.io/component", ""))
+
+
+def render_platform_objects(tmp: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """`plan | render` with this render config: every object it writes (the platform's included)."""
+    import yaml
+
+    cfg = tmp / "render.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = tmp / "manifests"
+    shutil.rmtree(out, ignore_errors=True)
+    profile = str(ROOT / "profiles" / "local.yaml")
+    plan = subprocess.run([sys.executable, str(ROOT / "cli.py"), "plan", "--profile", profile, "--load", "5",
+                           "--json"], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    subprocess.run([sys.executable, str(ROOT / "cli.py"), "render", "--profile", profile, "--config", str(cfg),
+                    "--out", str(out)], input=plan, capture_output=True, text=True, check=True, cwd=ROOT)
+    return [o for f in sorted(out.glob("*.yaml")) for o in yaml.safe_load_all(f.read_text()) if o]
+
+
 def pod_exists(k: Kube, name: str) -> bool:
     return any(p["metadata"]["name"] == name for p in k.list("Pod", NS))
 
@@ -495,7 +606,8 @@ def test_down_undoes_every_host_change(real: Any) -> None:
     pids = [int(p.read_text()) for p in (state / "pids").iterdir()]
     sock = str(state / "node" / "containerd" / "containerd.sock")
     shims = processes_naming(sock)
-    assert len(pids) == 8 and shims  # etcd, apiserver, kcm, scheduler, kwok, containerd, kubelet, kube-proxy
+    # etcd, apiserver, kcm, scheduler, kwok, containerd, kubelet, kube-proxy and the pods' API forwarder
+    assert len(pids) == 9 and shims
     assert chains("filter") and chains("nat")  # there was something to undo
     t0 = time.monotonic()
     down = real.script("down", timeout=120)

@@ -4,7 +4,8 @@
 # say, die, start, alive, pid_of, api, wait_for). Not run on its own.
 #
 # Everything the node changes on the host is recorded under $STATE/node and undone by node_down:
-#   processes    containerd, its shims, kubelet, kube-proxy, the pods' processes (all by PID)
+#   processes    containerd, its shims, kubelet, kube-proxy, the API server's forwarder for pods, the
+#                pods' processes (all by PID)
 #   mounts       under $STATE (rootfs overlays, shm, secrets tmpfs, the kubelet's rshared bind) and
 #                the pods' network namespaces in /run/netns (only those that pods of this node hold)
 #   network      the bridge $NODE_BRIDGE with the node address (the pods' gateway), the pods' veths,
@@ -23,7 +24,7 @@ NODE_NAME=real-node
 NODE_BRIDGE=infadapter0
 NODE_LOCK=/run/infadapter-real-node
 # shellcheck disable=SC2034  # used by local-cluster.sh
-NODE_COMPONENTS=(containerd kubelet kube-proxy)
+NODE_COMPONENTS=(containerd kubelet kube-proxy apiserver-proxy)
 CNI_BIN=/usr/lib/cni
 # The host paths the kubelet, containerd and libcni write outside their configurable folders.
 NODE_HOST_PATHS=(/var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /run/containerd /run/netns)
@@ -85,6 +86,7 @@ node_packages() {
   [ -x "$CNI_BIN/bridge" ] && [ -x "$CNI_BIN/host-local" ] && [ -x "$CNI_BIN/portmap" ] \
     && [ -x "$CNI_BIN/loopback" ] || need+=(containernetworking-plugins)
   command -v iptables >/dev/null || need+=(iptables)
+  command -v socat >/dev/null || need+=(socat)
   [ -x /bin/busybox ] && file_is_static /bin/busybox || need+=(busybox-static)
   [ ${#need[@]} -eq 0 ] && return 0
   command -v apt-get >/dev/null || die "--real-node: missing ${need[*]} and no apt-get: install them by hand" 4
@@ -439,6 +441,33 @@ EOF
   start kube-proxy "$BIN/kube-proxy" --config "$d/kube-proxy.yaml" --v 1
 }
 
+# Pods reach the API server as in any cluster, through the `kubernetes` Service (10.96.0.1:443, which
+# in-cluster clients such as the rendered adapter Deployment use): kube-proxy sends it to the node address,
+# where this forwarder hands it to the API server. The API server itself listens on 127.0.0.1 only, so
+# nothing off this machine reaches it; its certificate already names 10.96.0.1.
+node_api_proxy() {
+  local port f
+  port=$(cat "$STATE/ports/apiserver")
+  start apiserver-proxy socat "TCP-LISTEN:$port,bind=$(node_ip),fork,reuseaddr" "TCP:127.0.0.1:$port"
+  # --endpoint-reconciler-type none: the Service exists, its endpoints are ours to write.
+  f=$(mktemp)
+  cat > "$f" <<EOF
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: kubernetes
+  namespace: default
+  labels: {kubernetes.io/service-name: kubernetes, endpointslice.kubernetes.io/managed-by: local-cluster.infadapter.io}
+addressType: IPv4
+endpoints: [{addresses: ["$(node_ip)"], conditions: {ready: true}}]
+ports: [{name: https, port: $port, protocol: TCP}]
+EOF
+  wait_for 30 "the kubernetes Service" api GET /api/v1/namespaces/default/services/kubernetes
+  api PATCH "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes?fieldManager=local-cluster&force=true" \
+    "$f" application/apply-patch+yaml >/dev/null || { rm -f "$f"; die "cannot write the kubernetes Service's endpoints" 4; }
+  rm -f "$f"
+}
+
 node_ready() {
   api GET "/api/v1/nodes/$NODE_NAME" | python3 -c '
 import json, sys
@@ -458,6 +487,7 @@ node_up() {
   node_import_images
   node_kubelet
   node_kube_proxy
+  node_api_proxy
   local i
   for ((i = 0; i < 300; i++)); do
     alive kubelet || die "the kubelet exited; see $LOGS/kubelet.log" 4
@@ -527,7 +557,7 @@ node_down() {
   if [ -n "$other" ] && [ "$other" != "$STATE" ] && [ -f "$other/pids/kubelet" ] \
       && pid_running "$(cat "$other/pids/kubelet")"; then
     say "the real node of $other runs now: leaving the machine-wide state (iptables, cgroups, sysctls) to it"
-    for p in kubelet kube-proxy containerd; do
+    for p in kubelet kube-proxy apiserver-proxy containerd; do
       pid=$(pid_of "$p"); [ -n "$pid" ] && stop_pid "$pid" 5
       rm -f "$STATE/pids/$p"
     done
@@ -536,8 +566,8 @@ node_down() {
     for m in "${mounts[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
     return 0
   fi
-  # 1. No one restarts anything: kubelet and kube-proxy first.
-  for p in kubelet kube-proxy; do
+  # 1. No one restarts anything: kubelet and kube-proxy first (and the pods' way to the API server).
+  for p in kubelet kube-proxy apiserver-proxy; do
     pid=$(pid_of "$p"); [ -n "$pid" ] && stop_pid "$pid" 5
     rm -f "$STATE/pids/$p"
   done
@@ -633,6 +663,12 @@ node_status() {
   fi
   pid=$(pid_of kube-proxy)
   if alive kube-proxy; then echo "kube-proxy: running (pid $pid), iptables mode"; else echo "kube-proxy: stopped"; rc=3; fi
+  pid=$(pid_of apiserver-proxy)
+  if alive apiserver-proxy; then
+    echo "apiserver-proxy: running (pid $pid), pods reach the API server at $(node_ip):$(cat "$STATE/ports/apiserver") (Service kubernetes)"
+  else
+    echo "apiserver-proxy: stopped"; rc=3
+  fi
   return $rc
 }
 

@@ -16,7 +16,9 @@ its ``<svc>.<ns>.svc`` name, which no resolver in the pod could answer).
 from __future__ import annotations
 
 import base64
+import os
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ from infadapter.render import RenderConfig, render_platform
 
 #: The key of the admin token in the dispatcher's Secret (what the rendered Deployment reads).
 TOKEN_KEY = "token"
+#: A name every cluster DNS answers (the API server's Service), tried from inside a pod.
+IN_CLUSTER_NAME = "kubernetes.default.svc"
 #: The Service a DNS add-on (CoreDNS, kube-dns) answers behind.
 DNS_SERVICE = "/api/v1/namespaces/kube-system/services/kube-dns"
 
@@ -62,14 +66,23 @@ def admin_token(api: KubeApi, config: RenderConfig) -> tuple[str, str]:
 
 
 def has_dns(api: KubeApi) -> bool:
-    """Whether the cluster runs a DNS add-on (the Service kube-system/kube-dns); True when that cannot be read
-    (a Role confined to the namespace: production clusters have DNS)."""
+    """Whether the cluster runs a DNS add-on (the Service kube-system/kube-dns). When a Role confined to the
+    namespace cannot read that: inside a pod, whether this pod resolves the API server's Service name (the
+    dispatcher's pod resolves as this one does); outside one, True (production clusters have DNS)."""
     try:
         return api.request("GET", DNS_SERVICE, "read Service kube-system/kube-dns", ok_statuses=(404,)) is not None
     except KubeError as exc:
         if exc.status == 403:
-            return True
+            return not os.environ.get("KUBERNETES_SERVICE_HOST") or _resolves(IN_CLUSTER_NAME)
         raise
+
+
+def _resolves(name: str) -> bool:
+    try:
+        socket.getaddrinfo(name, None)
+    except OSError:
+        return False
+    return True
 
 
 def service_ip_url(api: KubeApi, config: RenderConfig, variant: str) -> str:

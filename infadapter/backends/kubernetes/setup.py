@@ -288,6 +288,8 @@ class ClusterSetup:
                                    "pick a free port or 0 to turn metrics off") from None
                 messages.append(f"metrics: http://{cfg.metrics_host}:{cfg.metrics_port}/metrics")
             live = _start_live(cfg, backend, messages) if cfg.traffic == "live" else None
+            if live is None and cfg.backend == "kubernetes" and cfg.dispatcher_url:
+                _address_variants(backend, messages)  # e.g. the adapter's own Deployment, beside the dispatcher
             initial_plan = None
             st = backend.state()
             if st.plan is not None and st.plan.allocations:
@@ -316,8 +318,6 @@ class ClusterSetup:
 def _start_live(cfg: ClusterRunConfig, backend: Any, messages: list[str]) -> Any:
     """``--traffic live``: the in-cluster dispatcher (:mod:`.live`; ``--dispatcher-url``'s when given) becomes the
     backend's router, addressing the variants by ClusterIP on a cluster without DNS."""
-    from functools import partial
-
     from infadapter.backends.kubernetes import live
     from infadapter.serving.dispatcher import DispatcherClient
 
@@ -327,11 +327,21 @@ def _start_live(cfg: ClusterRunConfig, backend: Any, messages: list[str]) -> Any
         found = live.start_dispatcher(backend.api, backend.config, cfg.ready_timeout_s)
         backend.router = DispatcherClient(found.url, found.token)
     messages.extend(found.notes)
+    _address_variants(backend, messages)
+    return found
+
+
+def _address_variants(backend: Any, messages: list[str]) -> None:
+    """How an in-cluster dispatcher reaches the variants: their Services' DNS names, or on a cluster without a DNS
+    add-on (the local cluster) their ClusterIPs, which no resolver is needed for."""
+    from functools import partial
+
+    from infadapter.backends.kubernetes import live
+
     if not live.has_dns(backend.api):
         backend.variant_url = partial(live.service_ip_url, backend.api, backend.config)
         messages.append("no DNS add-on (Service kube-system/kube-dns): the dispatcher reaches the variants by "
                         "their Services' ClusterIPs")
-    return found
 
 
 def _observer(cfg: ClusterRunConfig, run: AdapterRun, live: Any) -> Callable[[float], Observation]:
