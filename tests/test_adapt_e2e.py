@@ -279,3 +279,26 @@ def test_local_backend_honours_the_registrys_in_place_and_cpu_limited_flags(setu
     finally:
         requests_only.stop()
     assert not _servers(setup / "models")
+
+
+def test_a_server_with_no_share_loads_without_the_startup_boost(setup, tmp_path):
+    """A new server loads under a quota of one core per thread (the startup boost) when it will carry traffic;
+    a standby (no share) loads under its own quota, so it takes no CPU from the servers carrying a burst."""
+    from infadapter.adapter.state import StateStore, state_path
+    from infadapter.backends.local.backend import LocalBackend, LocalConfig
+    from infadapter.core.profile import load_profile
+
+    profile = load_profile(setup / "tiny.yaml")
+    backend = LocalBackend(profile, LocalConfig(model_dir=setup / "models", run_dir=tmp_path, slo_ms=profile.slo_ms),
+                           StateStore(state_path(tmp_path)))
+    try:
+        boosted = backend._start_server("resnet18", 0.25)
+        standby = backend._start_server("resnet50", 0.25, boost=False)
+        assert boosted.group is not None, "no writable cgroup (tests/test_cgroups.py requires one)"
+        assert boosted.group.cores == pytest.approx(1.0)  # one thread: a whole core while it loads
+        assert standby.group is not None and standby.group.cores == pytest.approx(0.25)
+    finally:
+        backend.stop()
+        for sp in list(backend.starting.values()):
+            backend._terminate(sp, drain=False)
+    assert not _servers(setup / "models")

@@ -332,14 +332,14 @@ class LocalBackend:
                     self._retire(cur)
                     cur = None
                 if cur is None:
-                    starting[a.name] = self._start_server(a.name, a.cores)
+                    starting[a.name] = self._start_server(a.name, a.cores, boost=a.share > 0)
                     actions.append(f"start {a.name} on {a.cores:g} cores (port {starting[a.name].port})")
                 elif abs(cur.cores - a.cores) > 1e-9:
                     if (self.in_place_resize and cur.group is not None
                             and threads_for_cores(self._limit(a.cores)) <= cur.threads):
                         (grow if a.cores > cur.cores else shrink).append((cur, a.cores))
                     else:
-                        starting[a.name] = self._start_server(a.name, a.cores)
+                        starting[a.name] = self._start_server(a.name, a.cores, boost=a.share > 0)
                         replaced.append(cur)
                         actions.append(f"replace {a.name} {cur.cores:g} -> {a.cores:g} cores "
                                        f"({threads_for_cores(self._limit(a.cores))} threads)")
@@ -432,7 +432,7 @@ class LocalBackend:
         }
 
     # -- internals ---------------------------------------------------------------------------------
-    def _start_server(self, name: str, cores: float) -> ServerProc:
+    def _start_server(self, name: str, cores: float, boost: bool = True) -> ServerProc:
         v = self.profile.variant(name)
         model = v.model or v.name
         limit = self._limit(cores)
@@ -455,7 +455,11 @@ class LocalBackend:
         if self.driver is not None:
             cgname = f"infadapter-{self.config.run_dir.name}-{name}-{port}"
             try:
-                group = self._open_group(cgname, max(limit, float(threads)) if self.config.startup_boost else limit)
+                # A server with no share (a standby) loads under its own quota: no traffic waits for it, and
+                # a boost would take the CPU of the servers that carry the load (a 2-core machine stalled
+                # for a second when the main job's standby came back boosted during the burst).
+                boosted = self.config.startup_boost and boost
+                group = self._open_group(cgname, max(limit, float(threads)) if boosted else limit)
                 group.add_pid(proc.pid)
             except Exception as exc:
                 kill_tree(proc.pid, signal.SIGKILL)
