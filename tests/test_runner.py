@@ -94,3 +94,23 @@ def test_a_toy_backend_runs_through_adapt_and_status(toy_registered, tmp_path):
 def test_another_backends_flag_is_refused(toy_registered, args, message):
     res = _invoke(*args)
     assert isinstance(res.exception, BadInput) and str(res.exception) == message
+
+
+@pytest.mark.slow
+def test_a_run_that_ends_during_an_apply_reports_the_plan_that_apply_left(toy_registered, tmp_path, monkeypatch):
+    """The load ends while an apply waits (a cluster's pods becoming ready): the runner gives the loop the
+    backend's apply timeout to finish it, so the summary's plan is the one the backend serves (a 30 s grace
+    alone left a Kubernetes run's summary one plan behind its cluster)."""
+    from infadapter.adapter import runner
+
+    monkeypatch.setattr(runner, "STOP_GRACE_S", 0.5)
+    monkeypatch.setattr(ToySetup, "apply_delay_s", 4.0)
+    monkeypatch.setattr(ToySetup, "apply_timeout_s", 6.0)
+    monkeypatch.setattr(ToySetup, "drive_s", 3.5)  # the load ends during the step's apply (2 s -> 6 s)
+    cfg = AdapterConfig(backend="toy", profile_path=ROOT / "profiles" / "paper.yaml", run_dir=tmp_path / "run",
+                        control=ControlConfig(interval_s=1.0, check_s=0.25),
+                        rates_rps=(40.0,) * 2 + (160.0,) * 2, forecaster="ewma")
+    summary = AdapterRun(cfg, backend_setup("toy")).run()
+    backend = ToySetup.last
+    assert backend is not None and len(backend.applied) >= 2  # the step's plan was applied, slowly
+    assert summary["plan"]["variants"] == backend.plan.as_dict()["variants"]

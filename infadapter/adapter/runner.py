@@ -39,6 +39,10 @@ from infadapter.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
+#: When a run ends, the control loop gets at least this long to finish its decision (more for a backend whose
+#: applies wait for pods: :attr:`Prepared.apply_timeout_s`).
+STOP_GRACE_S = 30.0
+
 
 @dataclass(frozen=True, kw_only=True)
 class AdapterConfig:
@@ -97,6 +101,10 @@ class Prepared:
     #: ends with it. None: the run lasts ``duration_s`` (or the replayed load's length).
     drive_load: Callable[[], Any] | None = None
     drain_s: float = 0.0  # after a driven load, keep adapting this long so in-flight requests finish
+    #: The longest one apply may take (the backend's readiness timeout). When the run ends, a decision under
+    #: way gets this long (twice: a growth in place, then the plan) to finish, so that the summary's plan is
+    #: what the backend serves, not the one before an apply that went on after the summary.
+    apply_timeout_s: float = 0.0
     #: Closed after the backend stops, in order (Prometheus, the metrics endpoint, ...).
     closers: list[Callable[[], None]] = field(default_factory=list)
     adapter_info: Mapping[str, Any] = field(default_factory=dict)  # extra AdapterInfo fields
@@ -252,7 +260,12 @@ class AdapterRun:
             else:
                 interrupted = self._wait(worker)
             self.loop.stop()
-            worker.join(timeout=max(cfg.control.interval_s, 30.0))
+            interval = cfg.control.interval_s
+            bound = max(interval, STOP_GRACE_S, 2 * self.prepared.apply_timeout_s + interval)
+            worker.join(timeout=bound)
+            if worker.is_alive():
+                log.warning("the control loop did not stop within %.0f s (an apply under way): the summary's plan "
+                            "is the last one the loop recorded", bound)
         except KeyboardInterrupt:
             interrupted = True
         finally:

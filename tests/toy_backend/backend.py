@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +26,15 @@ class ToyBackend:
     plan: Plan | None = None
     applied: list[Plan] = field(default_factory=list)
     stopped: bool = False
+    apply_delay_s: float = 0.0  # every apply after the first takes this long (a cluster waiting for pods)
 
     def state(self) -> BackendState:
         allocs = self.plan.allocations if self.plan else ()
         return BackendState(tuple(VariantState(a.name, a.cores, True) for a in allocs), self.plan)
 
     def apply(self, plan: Plan) -> ApplyResult:
+        if self.applied and self.apply_delay_s:
+            time.sleep(self.apply_delay_s)
         self.plan = plan
         self.applied.append(plan)
         return ApplyResult(serving=plan, actions=("kept in memory",))
@@ -78,13 +82,19 @@ class ToySetup:
 
     keep_state: tuple[str, ...] = ()
     last: ToyBackend | None = None
+    #: A slow backend, for tests of how a run ends (set with monkeypatch.setattr).
+    apply_delay_s: float = 0.0
+    apply_timeout_s: float = 0.0
+    drive_s: float = 0.0  # > 0: the run drives a load this long (as the local backend's generator) and ends with it
 
     def prepare(self, run: AdapterRun) -> Prepared:
-        backend = backend_class("toy")()
+        backend = backend_class("toy")(apply_delay_s=self.apply_delay_s)
         ToySetup.last = backend
         note = getattr(run.config, "toy_note", "")
         load = ReplayedLoad(run.config.rates_rps or (), "a toy load", run.started_s)
         return Prepared(backend=backend, observe=load.observe, observation="a toy replay", limit_mode="none (toy)",
+                        apply_timeout_s=self.apply_timeout_s,
+                        drive_load=(lambda: time.sleep(self.drive_s)) if self.drive_s else None,
                         summary=lambda _load: {"toy_applied": len(backend.applied), "toy_note": note})
 
 

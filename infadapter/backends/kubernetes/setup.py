@@ -312,6 +312,7 @@ class ClusterSetup:
                           "out_dir": str(cfg.out_dir) if cfg.out_dir else None},
             summary=lambda load: {**_summary(cfg, backend), **_load_figures(load)}, release=False,
             drive_load=(lambda: _drive_live(cfg, run, live)) if live else None, drain_s=LIVE_DRAIN_S if live else 0.0,
+            apply_timeout_s=cfg.ready_timeout_s if cfg.backend == "kubernetes" else 0.0,
         )
 
 

@@ -175,7 +175,7 @@ class LocalSetup:
             backend=backend, observe=monitor.observe, limit_mode=backend.limit_mode, initial_plan=backend.plan,
             observation=(f"prometheus {prom_url}, else the {cfg.router}'s counters" if prom_url
                          else f"the {cfg.router}'s counters"),
-            metrics=metrics, closers=closers, drain_s=cfg.drain_s,
+            metrics=metrics, closers=closers, drain_s=cfg.drain_s, apply_timeout_s=backend.config.ready_timeout_s,
             drive_load=(lambda: self._drive_load(cfg, profile, store, backend)) if cfg.rates_rps else None,
             summary=lambda load: {**self._summary(cfg, load), **self._calibration_summary(run)},
         )
