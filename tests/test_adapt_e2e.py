@@ -282,8 +282,9 @@ def test_local_backend_honours_the_registrys_in_place_and_cpu_limited_flags(setu
 
 
 def test_a_server_with_no_share_loads_without_the_startup_boost(setup, tmp_path):
-    """A new server loads under a quota of one core per thread (the startup boost) when it will carry traffic;
-    a standby (no share) loads under its own quota, so it takes no CPU from the servers carrying a burst."""
+    """A new server loads under a quota of one core per thread (the startup boost) when it will carry traffic,
+    from the CPUs the other servers leave idle; a standby (no share) loads under its own quota, so it takes no
+    CPU from the servers carrying a burst."""
     from infadapter.adapter.state import StateStore, state_path
     from infadapter.backends.local.backend import LocalBackend, LocalConfig
     from infadapter.core.profile import load_profile
@@ -297,6 +298,10 @@ def test_a_server_with_no_share_loads_without_the_startup_boost(setup, tmp_path)
         assert boosted.group is not None, "no writable cgroup (tests/test_cgroups.py requires one)"
         assert boosted.group.cores == pytest.approx(1.0)  # one thread: a whole core while it loads
         assert standby.group is not None and standby.group.cores == pytest.approx(0.25)
+        # A boost comes from CPUs the other servers' quotas leave idle (1.25 cores are taken now).
+        third = backend._start_server("resnet18", 0.25)
+        cpus = len(os.sched_getaffinity(0))
+        assert third.group is not None and third.group.cores == pytest.approx(max(0.25, min(1.0, cpus - 1.25)))
     finally:
         backend.stop()
         for sp in list(backend.starting.values()):
