@@ -120,24 +120,28 @@ binaries_ok() {
   "$BIN/kwok" --version 2>/dev/null | grep -q "${KWOK_VERSION#v}" || return 1
 }
 
-# One build at a time per cache: scripts/test.sh builds in the background while the first tests run, and a
-# cluster test that needs the binaries meanwhile waits here for that build instead of starting a second one.
-build_lock() {
-  [ -z "${BUILD_LOCKED:-}" ] || return 0
+# One build at a time per cache and part: scripts/test.sh builds in the background while the first tests run,
+# and a cluster test that needs the binaries meanwhile waits here for that build instead of starting a second
+# one. The control plane and the real node's binaries have a lock each, so that the kwok tests start as soon
+# as the control plane is built while the kubelet and kube-proxy build beside them.
+build_lock() {  # build_lock [node]
+  local part=${1:-control-plane} fd=8 file=$CACHE.lock
+  if [ "$part" = node ]; then fd=9; file=$CACHE.node.lock; fi
+  [ -z "${BUILD_LOCKED_FDS:-}" ] || case " $BUILD_LOCKED_FDS " in *" $fd "*) return 0 ;; esac
   mkdir -p "$(dirname "$CACHE")"
-  exec 8>"$CACHE.lock"
-  if ! flock -n 8; then
-    say "waiting for the build running beside this one (lock: $CACHE.lock)"
-    flock 8
+  eval "exec $fd>\"\$file\""
+  if ! flock -n "$fd"; then
+    say "waiting for the build running beside this one (lock: $file)"
+    flock "$fd"
   fi
-  BUILD_LOCKED=1
+  BUILD_LOCKED_FDS="${BUILD_LOCKED_FDS:-} $fd"
 }
 
-# Before starting daemons: they would inherit the lock's descriptor and hold it for as long as they run.
+# Before starting daemons: they would inherit the locks' descriptors and hold them for as long as they run.
 build_unlock() {
-  [ -n "${BUILD_LOCKED:-}" ] || return 0
-  exec 8>&-
-  BUILD_LOCKED=
+  local fd
+  for fd in ${BUILD_LOCKED_FDS:-}; do eval "exec $fd>&-"; done
+  BUILD_LOCKED_FDS=
 }
 
 build() {
@@ -696,7 +700,7 @@ case "$cmd" in
   gateway-api) gateway_api ;;
   down) down ;;
   status) status ;;
-  build) build; [ -z "$REAL_NODE" ] || build_node; fetch_gateway_crds >/dev/null; echo "$BIN" ;;
+  build) build; build_unlock; [ -z "$REAL_NODE" ] || build_node; fetch_gateway_crds >/dev/null; echo "$BIN" ;;
   restart-apiserver)  # for tests: stop and start kube-apiserver only (same flags, same port)
     pid=$(pid_of kube-apiserver); [ -n "$pid" ] || die "not running" 4
     args=$(tr '\0' '\n' < "/proc/$pid/cmdline" | tail -n +2)

@@ -53,7 +53,7 @@ node_binaries_ok() {
 }
 
 build_node() {  # kubelet and kube-proxy from the same module (and Go caches) as the control plane
-  build_lock
+  build_lock node
   if node_binaries_ok; then
     say "node binaries: $BIN/kubelet, $BIN/kube-proxy (cached)"
     return 0
