@@ -258,6 +258,33 @@ def tight_node(admin: Kube) -> Any:
         admin.delete("Node", name)
 
 
+def test_placement_counts_what_placed_pods_ask_beyond_their_node_as_overcommitted(
+    kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any, tight_node: Any
+) -> None:
+    """A pod whose spec asks more than its node has left (an in-place growth the kubelet deferred: the spec
+    already holds the new request) leaves the node overcommitted by the difference; the backend's room
+    making waits for that as for a pending pod, so it gives cores up instead of waiting for a resize that the
+    kubelet cannot admit (the real node's live run: 120 s lost on a deferred growth of resnet101)."""
+    from infadapter.backends.kubernetes import cluster
+
+    ns = make_ns("overcommit")
+    node = f"tight-{ns}"
+    sel = tight_node(node)
+    b = make_backend(kube_cluster, admin, ns, paper, tfserving=sel)
+    for name, cpu in (("big", "1500m"), ("grown", "1")):  # placed by hand, as the kubelet holds them: 2.5 of 2
+        admin.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+                     "spec": {"nodeName": node, "tolerations": sel["tolerations"], "terminationGracePeriodSeconds": 0,
+                              "containers": [{"name": "c", "image": "registry.invalid/none",
+                                              "resources": {"requests": {"cpu": cpu}}}]}})
+    where = cluster.placement(b.api, b.config, [])
+    assert (where.overcommitted, where.lacking) == (0.5, 0.0), where
+    assert cluster.free_cores(b.api, b.config) == 0.0
+    admin.call("DELETE", admin.path("Pod", ns, "big"), query={"gracePeriodSeconds": 0})
+    admin.wait("room again", lambda: cluster.placement(b.api, b.config, []).overcommitted == 0.0)
+    assert cluster.free_cores(b.api, b.config) == 1.0
+    b.stop()
+
+
 def test_no_room_for_make_before_break_gives_the_dropped_cores_up_first(
     kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any, tight_node: Any
 ) -> None:

@@ -398,7 +398,10 @@ class KubernetesBackend:
                     self._wait(actions, placed)
                     serving.update({n: specs[n].cores for n in placed})
                     waiting = [n for n in waiting if n in where.unplaced]
-                if not waiting or (lack is not None and lack <= 1e-9):
+                if deferred and lack is not None:
+                    # A deferred growth waits for cores as a pending pod does: what its spec asks beyond the node.
+                    lack += where.overcommitted
+                if (not waiting and not deferred) or (lack is not None and lack <= 1e-9):
                     break
                 if name in deletes:  # routed away from before it goes
                     serving.pop(name, None)

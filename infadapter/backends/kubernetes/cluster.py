@@ -48,6 +48,13 @@ def free_cores(api: KubeApi, config: RenderConfig) -> float | None:
     nodes that match ``tfserving.node_selector`` and whose NoSchedule/NoExecute taints the pods tolerate,
     allocatable CPU less the CPU requested by every pod placed there (any namespace). None when the nodes
     or the pods of all namespaces cannot be read (a namespaced Role cannot)."""
+    room = _room(api, config)
+    return None if room is None else round(sum(max(r, 0.0) for r in room.values()), 9)
+
+
+def _room(api: KubeApi, config: RenderConfig) -> dict[str, float] | None:
+    """Per usable node (see :func:`free_cores`), allocatable CPU less the requests of the pods placed there: below
+    zero where a pod's spec asks more than the node has (an in-place growth the kubelet deferred)."""
     try:
         nodes = (api.request("GET", "/api/v1/nodes", "list nodes") or {}).get("items", [])
         pods = (api.request("GET", "/api/v1/pods", "list pods of all namespaces") or {}).get("items", [])
@@ -72,7 +79,7 @@ def free_cores(api: KubeApi, config: RenderConfig) -> float | None:
         if (p.get("metadata") or {}).get("deletionTimestamp"):
             continue  # going: its cores are free for what comes next
         room[node] -= pod_cpu_request(p)
-    return round(sum(max(r, 0.0) for r in room.values()), 9)
+    return room
 
 
 def pod_cpu_request(pod: Mapping[str, Any]) -> float:
@@ -91,6 +98,8 @@ class Placement:
     lacking: float | None
     #: Whether the smallest of those pods fits in the free cores now (the scheduler is about to place it).
     one_fits: bool
+    #: Cores the placed pods' specs ask beyond their nodes (in-place growths the kubelet deferred); 0 when none.
+    overcommitted: float = 0.0
 
 
 def placement(api: KubeApi, config: RenderConfig, variants: Iterable[str]) -> Placement:
@@ -104,11 +113,13 @@ def placement(api: KubeApi, config: RenderConfig, variants: Iterable[str]) -> Pl
         if name in names and not (p.get("spec") or {}).get("nodeName") and not meta.get("deletionTimestamp"):
             unplaced.add(name)
             requests.append(pod_cpu_request(p))
-    free = free_cores(api, config)
-    if free is None:
+    room = _room(api, config)
+    if room is None:
         return Placement(frozenset(unplaced), None, False)
+    free = round(sum(max(r, 0.0) for r in room.values()), 9)
+    over = round(sum(max(-r, 0.0) for r in room.values()), 9)
     fits = bool(requests) and min(requests) <= free + 1e-9
-    return Placement(frozenset(unplaced), max(0.0, round(sum(requests) - free, 9)), fits)
+    return Placement(frozenset(unplaced), max(0.0, round(sum(requests) - free, 9)), fits, over)
 
 
 def cluster_max_pod_cores(api: KubeApi) -> tuple[float | None, str]:
