@@ -261,7 +261,9 @@ def _flatten_services(data: Any) -> Any:
             if isinstance(v, Variant):
                 v = v.model_dump()
             if isinstance(v, dict) and isinstance(v.get("name"), str):
-                v = {**v, "name": f"{svc.get('name')}-{v['name']}"}
+                # The profile-wide name is the service's; the model served stays the variant's own (live-resnet18
+                # serves resnet18: one model file for every service that runs it).
+                v = {**v, "name": f"{svc.get('name')}-{v['name']}", "model": v.get("model") or v["name"]}
             variants.append(v)
     out = {**data, "variants": variants}
     if "slo_ms" not in out and slos:
