@@ -88,3 +88,29 @@ def test_routes_change_per_service_in_one_swap(cluster: Cluster) -> None:
 def test_bad_services_are_one_line_naming_the_field(payload, message) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(BadInput, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_backends(payload)
+
+
+@pytest.mark.slow
+def test_the_load_generator_replays_one_stream_per_service(cluster: Cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Two services at 15 and 5 req/s for 2 s through one dispatcher: every row names its service, each service's
+    # requests were answered by its own variant only, and requests.csv keeps its columns with service last.
+    import csv
+
+    from infadapter.observe.loadgen import CSV_COLUMNS, Stream, run_streams
+
+    l18, b18 = cluster.backend("l18"), cluster.backend("b18")
+    _, base = cluster.dispatcher([_spec(l18, "live", 1.0), _spec(b18, "batch", 1.0)])
+    out = tmp_path / "requests.csv"
+    summary = run_streams([Stream("live", f"{base}/v1/models/live:predict", [15.0, 15.0], 300.0),
+                           Stream("batch", f"{base}/v1/models/batch:predict", [5.0, 5.0], 600.0)],
+                          out_path=out, seed=1, images=1, resolution=16)
+    assert summary.sent == summary.ok > 0
+    assert set(summary.by_service) == {"live", "batch"}
+    assert summary.by_service["live"]["by_variant"] == {"l18": summary.by_service["live"]["ok"]}
+    assert summary.by_service["batch"]["by_variant"] == {"b18": summary.by_service["batch"]["ok"]}
+    assert summary.by_service["live"]["requests"] + summary.by_service["batch"]["requests"] == summary.sent
+    with out.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == CSV_COLUMNS and CSV_COLUMNS[-1] == "service"
+    assert {(r["service"], r["variant"]) for r in rows} == {("live", "l18"), ("batch", "b18")}
+    assert [float(r["scheduled_s"]) for r in rows] == sorted(float(r["scheduled_s"]) for r in rows)
