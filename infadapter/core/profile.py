@@ -450,6 +450,12 @@ class Profile(BaseModel):
         known = {v.name: v.accuracy for v in self.variants}
         return sum(share * known.get(name, 0.0) for name, share in shares.items())
 
+    def accuracy_by_service(self, shares: Mapping[str, float]) -> dict[str, float]:
+        """Each service's traffic-weighted accuracy of a multi-service split of traffic (shares are of each
+        service's own traffic); {} for a one-service profile (:meth:`served_accuracy` is its one figure)."""
+        return {s.name: self.served_accuracy({n: shares[n] for n in self.service_variants(s.name) if n in shares})
+                for s in self.services or ()}
+
     def in_place_ceiling(self, threads: int) -> float:
         """The most cores a server started with ``threads`` threads can be given in place: the largest
         allocation with the same thread count (:func:`threads_for_cores`); beyond it, a restart."""
