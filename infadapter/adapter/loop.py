@@ -61,7 +61,8 @@ def _services_explanation(trigger: str, observed_rps: float, forecast_rps: float
                           ) -> dict[str, Any]:
     """A multi-service decision's record fields for ``explain``: its inputs per service (the objective terms,
     binding constraints and runner-up are computed for one service only so far)."""
-    return {"inputs": {"trigger": trigger, "observed_rps": round(observed_rps, 3), "forecast_rps": round(forecast_rps, 3),
+    return {"inputs": {"trigger": trigger, "observed_rps": round(observed_rps, 3),
+                       "forecast_rps": round(forecast_rps, 3),
                        "services": {n: {"observed_rps": round(per_service["observed"][n], 3),
                                         "forecast_rps": round(per_service["loads"][n], 3)}
                                     for n in per_service.get("loads", {})}},

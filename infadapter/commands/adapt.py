@@ -217,9 +217,10 @@ def _write_plot(summary: dict[str, Any], rates: tuple[float, ...] | None, profil
     from infadapter.plots import plot_adapt_run
 
     try:
-        slo_ms = load_profile(profile_path).slo_ms
-        return str(plot_adapt_run(Path(summary["run_dir"]), str(summary.get("policy")), rates, slo_ms,
-                                  title=f"adapt: {summary.get('policy')} ({profile_path.name})"))
+        prof = load_profile(profile_path)
+        return str(plot_adapt_run(Path(summary["run_dir"]), str(summary.get("policy")), rates, prof.slo_ms,
+                                  title=f"adapt: {summary.get('policy')} ({profile_path.name})",
+                                  services=[(s.name, s.slo_ms) for s in prof.services or ()]))
     except Exception as exc:  # the run's figures matter more than its picture
         if not quiet:
             err_console().print(f"adapt: no plot ({type(exc).__name__}: {exc})", highlight=False)

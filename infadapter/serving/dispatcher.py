@@ -5,7 +5,8 @@ round robin (:mod:`infadapter.serving.wrr`) over the plan's shares; the model na
 rewritten to the backend's model, and the response header ``X-Infadapter-Variant`` names the variant
 that answered. Several services (backends with a ``service``): ``POST /v1/models/<service>:predict`` goes to
 that service's backends only, by that service's shares (each service has its own route table: its own
-picker, standby, retries and spills); another name is a 404. Without services any name goes to the one table. The control loop sets backends and weights through a small admin API (bearer token,
+picker, standby, retries and spills); another name is a 404. Without services any name goes to the one table.
+The control loop sets backends and weights through a small admin API (bearer token,
 constant-time comparison) with one atomic swap: a request already forwarded keeps its backend, so
 removing a backend never drops its in-flight requests (make-before-break is the loop's job; this
 side only guarantees that nothing in flight is lost).

@@ -215,9 +215,7 @@ class LocalSetup:
 
     @staticmethod
     def _drive_load(cfg: RunConfig, profile: Profile, store: Any, backend: LocalBackend) -> Any:
-        from infadapter.observe.loadgen import drive_window
-
-        from infadapter.observe.loadgen import Stream
+        from infadapter.observe.loadgen import Stream, drive_window
 
         assert cfg.rates_rps is not None
         # Several services: each one's window posted to its own model name, judged at its own SLO.
