@@ -133,15 +133,18 @@ def plot_runs(runs: Sequence[RunSeries], rates: np.ndarray | None, path: Path, t
     if rates is not None and len(rates):
         axes[0].plot(np.arange(len(rates)), rates, color="black", lw=0.8, label="offered load")
     estimated = False
-    for run in runs:
+    for i, run in enumerate(runs):
         tl = run.timeline
         if not tl:
             continue
         t0 = run.start_s if run.start_s is not None else tl[0]["time_s"]
         t = [x["time_s"] - t0 for x in tl]
+        # Several runs (policies, or services): one colour per run, its observed load dotted.
+        own = {"color": f"C{i}"} if len(runs) > 1 else {}
         if rates is None or not len(rates):
-            axes[0].plot(t, [x["observed_rps"] for x in tl], marker=".", lw=0.8, label=f"{run.label} observed")
-        axes[0].step(t, [x["capacity"] for x in tl], where="post", label=f"{run.label} capacity")
+            axes[0].plot(t, [x["observed_rps"] for x in tl], marker=".", lw=0.8, label=f"{run.label} observed",
+                         **({**own, "ls": ":"} if own else {}))
+        axes[0].step(t, [x["capacity"] for x in tl], where="post", label=f"{run.label} capacity", **own)
         axes[1].step(t, [x["cores"] or 0 for x in tl], where="post", label=run.label)
         axes[2].step(t, [100 * (x["accuracy"] or 0) for x in tl], where="post", label=run.label)
         if run.violations is not None:
