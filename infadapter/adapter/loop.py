@@ -25,8 +25,9 @@ Several services (a profile with ``services:``): one decision for all of them, a
 policy takes it (:mod:`infadapter.sim.services`): each service's observed counts
 (``Observation.history_by_service``) give its own observed rate and forecast (its own forecaster and control
 rules: its window's history before), and the policy (``infadapter``) solves them jointly with the observed
-rates as the headroom that gives way first. Growing in place while new variants load and the degraded plan
-after a crash are one-service rules (their capacity is one service's): with services a crash re-plans at once.
+rates as the headroom that gives way first. Growing in place while new variants load is a one-service rule
+(its capacity is one service's) and is skipped; after a crash each service's survivors keep their shares in
+proportion until the decision that follows at once.
 """
 
 from __future__ import annotations
@@ -190,6 +191,18 @@ def plan_accuracy(profile: Profile, plan: Plan) -> float:
     if total <= 0:
         return sum(by.values()) / len(by)
     return sum(acc * loads.get(n, 0.0) for n, acc in by.items()) / total
+
+
+def _without(plan: Plan, crashed: list[str]) -> Plan:
+    """A multi-service plan without the ``crashed`` variants, each service's survivors keeping their shares in
+    proportion (evenly when none had one); a service left with no variant is left out until the next decision."""
+    keep = [a for a in plan.allocations if a.name not in crashed]
+    out = []
+    for svc in dict.fromkeys(a.service for a in keep):
+        mine = [a for a in keep if a.service == svc]
+        total = sum(a.share for a in mine)
+        out += [replace(a, share=a.share / total if total > 1e-9 else 1.0 / len(mine)) for a in mine]
+    return replace(plan, allocations=tuple(out), feasible=False)
 
 
 class ControlLoop:
@@ -517,12 +530,13 @@ class ControlLoop:
         self.totals.crashes += 1
         survivors = {a.name: a.cores for a in self.serving.allocations if a.name not in crashed}
         self.degraded = f"server of {', '.join(crashed)} is down"
-        if survivors and self.profile.services:
-            pass  # the survivors' shares are per service and the next decision (now) re-plans them all
-        elif survivors:
-            caps = {n: self.profile.capacity_rps(n, c) for n, c in survivors.items()}
-            acc = {n: self.profile.variant(n).accuracy for n in survivors}
-            safe = plan_from_cores(survivors, self.serving.load_rps, caps, acc)
+        if survivors:
+            if self.profile.services:
+                safe = _without(self.serving, crashed)
+            else:
+                caps = {n: self.profile.capacity_rps(n, c) for n, c in survivors.items()}
+                acc = {n: self.profile.variant(n).accuracy for n in survivors}
+                safe = plan_from_cores(survivors, self.serving.load_rps, caps, acc)
             safe = replace(safe, notes=(f"degraded: {self.degraded}",))
             try:
                 res = self.backend.apply(safe)
