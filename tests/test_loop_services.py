@@ -94,3 +94,28 @@ def test_a_crash_routes_around_it_per_service_and_re_plans_all_services_at_once(
     assert dead in backend.plan.names  # started again: the joint plan still wants it
     degraded = [c for c in backend.calls if c.startswith("apply")][-2]
     assert dead not in degraded  # the degraded routing left the dead server out
+
+
+def test_one_service_over_its_capacity_re_plans_all_at_once(tmp_path: Path) -> None:
+    # live jumps from 10 to 40 req/s between decisions: its rate runs over its own part of the plan, so an overload
+    # decision comes before the interval's, raising live's load (40 x 1.1 by the overload rule) and planning batch
+    # as at an interval (its own peak, 60).
+    clock, load, backend = FakeClock(), TwoLoads(), FakeBackend()
+    ctl = ControlConfig(interval_s=30.0, check_s=1.0)
+    loop = ControlLoop(PROFILE, make_policy("infadapter", PROFILE, 1), PeakForecaster(), backend, load.observe,
+                       LoopConfig(ctl), clock=clock, sleep=clock.sleep,
+                       records=DecisionLog(tmp_path / "decisions.jsonl"),
+                       service_forecasters={"live": PeakForecaster(), "batch": PeakForecaster()},
+                       service_controls={"live": ctl, "batch": ctl})
+    loop.run(duration_s=8)
+    load.live = 40.0
+    loop.run(duration_s=8)
+    records = list(read_records(tmp_path / "decisions.jsonl"))
+    # (The first seconds re-plan on overload too: the start planned for 0 req/s, nothing observed yet.)
+    over = [r for r in records if r["trigger"] == "overload" and r["time_s"] >= clock.now_s - 8]
+    assert over, [r["trigger"] for r in records]
+    inputs = over[0]["inputs"]["services"]
+    assert inputs["live"]["forecast_rps"] == pytest.approx(44.0)
+    assert inputs["batch"]["forecast_rps"] == pytest.approx(60.0)
+    live_cap = sum(v["capacity"] for v in over[0]["plan_after"]["variants"] if v["service"] == "live")
+    assert live_cap >= 44.0 - 1e-6

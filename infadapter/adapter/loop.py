@@ -25,7 +25,10 @@ Several services (a profile with ``services:``): one decision for all of them, a
 policy takes it (:mod:`infadapter.sim.services`): each service's observed counts
 (``Observation.history_by_service``) give its own observed rate and forecast (its own forecaster and control
 rules: its window's history before), and the policy (``infadapter``) solves them jointly with the observed
-rates as the headroom that gives way first. Growing in place while new variants load is a one-service rule
+rates as the headroom that gives way first. Between decisions a service whose rate runs above its own part of
+the plan triggers an overload re-plan of all of them (that service's load raised by the overload rule, the
+others' as at an interval); ``--no-react`` turns it off, as the simulator's joint policy runs.
+Growing in place while new variants load is a one-service rule
 (its capacity is one service's) and is skipped; after a crash each service's survivors keep their shares in
 proportion until the decision that follows at once.
 """
@@ -276,6 +279,8 @@ class ControlLoop:
         self.service_controls = {n: (service_controls or {}).get(n, self.ctl) for n in names}
         #: Each service's last observed and forecast rate (status).
         self.last_by_service: dict[str, dict[str, float]] = {}
+        #: The services the last check found overloaded (their loads are raised by an overload re-plan).
+        self._overloaded: set[str] = set()
 
     # -- one decision ------------------------------------------------------------------------------
     def decide(self, trigger: str, obs: Observation | None = None) -> DecisionRecord:
@@ -348,6 +353,21 @@ class ControlLoop:
                  "ok" if rec.apply_ok else f"failed: {rec.apply_error}")
         return rec
 
+    def _overloaded_services(self, obs: Observation) -> set[str]:
+        """The services whose observed rate runs above their own part of the serving plan (the one-service rule,
+        :func:`~infadapter.core.control.overloaded`, per service); remembered for the overload decision."""
+        plan = self.serving
+        over = set()
+        for name in self.profile.service_names:
+            ctl = self.service_controls[name]
+            rate = control.observed_rate(obs.history_by_service.get(name, ()), ctl)
+            mine = plan is not None and any(a.service == name for a in plan.allocations)
+            cap = plan.served_capacity_rps(name) if mine else None  # type: ignore[union-attr]
+            if control.overloaded(rate, cap, ctl):
+                over.add(name)
+        self._overloaded = over
+        return over
+
     def _service_loads(self, trigger: str, obs: Observation) -> dict[str, dict[str, float]]:
         """Each service's observed rate and the load its decision plans for: the one-service rules
         (:func:`~infadapter.core.control.seen`, :func:`~infadapter.core.control.decision_load`) on its own counts,
@@ -356,7 +376,9 @@ class ControlLoop:
         for name in self.profile.service_names:
             ctl = self.service_controls[name]
             seen = control.seen(obs.history_by_service.get(name, ()), ctl)
-            loads[name] = control.decision_load(trigger, self.service_forecasters[name], seen.history, seen.rate_rps,
+            # An overload re-plan raises only the overloaded services' loads (the others plan as at an interval).
+            own = "interval" if trigger == "overload" and name not in self._overloaded else trigger
+            loads[name] = control.decision_load(own, self.service_forecasters[name], seen.history, seen.rate_rps,
                                                 ctl)
             observed[name] = seen.rate_rps
         self.last_by_service = {n: {"observed_rps": observed[n], "forecast_rps": loads[n]} for n in loads}
@@ -432,8 +454,10 @@ class ControlLoop:
                     self.metrics.observed.set(rate)
                     self.metrics.fallback.set(0 if obs.source == "prometheus" else 1)
                 cap = self.serving.served_capacity_rps() if self.serving and self.serving.allocations else None
+                over = self._overloaded_services(obs) if self.profile.services else None
                 due = control.trigger_due(now, self.next_decision_s, self._last_decision_s, rate, cap,
-                                          self.ctl, self.retry_at_s)
+                                          self.ctl, self.retry_at_s, overloaded_now=bool(over) if over is not None
+                                          else None)
                 if due is not None and not self.outages.active:  # an outage holds the plan
                     rec = self.decide(due, obs)
         if self.on_snapshot is not None:

@@ -99,10 +99,6 @@ class AdapterConfig:
     def loop_config(self) -> LoopConfig:
         """The control rules of this run (the simulator's ``experiment.simulate_same`` uses the same)."""
         ctl = self.control
-        if self.services_load:
-            # Several services decide together at each interval, never on one service's overload: the
-            # simulator's joint policy's terms (infadapter.sim.services), so the two are judged alike.
-            ctl = replace(ctl, react=False)
         if not ctl.initial_forecast_rps:
             ctl = replace(ctl, initial_forecast_rps=control.initial_forecast(self.rates_rps, ctl.history_before,
                                                                             None, ctl.interval_s))
