@@ -40,25 +40,37 @@ class RunSeries:
     start_s: float | None = None
 
 
-def decision_timeline(run_dir: Path) -> list[dict[str, Any]]:
-    """One point per decision of a run folder: time, forecast, observed load, and what then served."""
+def decision_timeline(run_dir: Path, service: str | None = None) -> list[dict[str, Any]]:
+    """One point per decision of a run folder: time, forecast, observed load, and what then served; ``service``:
+    that service's part of each decision of a run of several services (its inputs and its variants)."""
     out = []
     for r in read_records(Path(run_dir) / DECISIONS_FILE):
         serving = r.get("serving") or {}
-        out.append({"time_s": r["time_s"], "forecast_rps": r["forecast_rps"], "observed_rps": r["observed_rps"],
-                    "cores": serving.get("cores"), "accuracy": serving.get("accuracy"),
-                    "capacity": sum(v.get("capacity", 0) for v in serving.get("variants", [])),
-                    "p99_ms": r.get("p99_ms"), "trigger": r["trigger"]})
+        if service is None:
+            out.append({"time_s": r["time_s"], "forecast_rps": r["forecast_rps"], "observed_rps": r["observed_rps"],
+                        "cores": serving.get("cores"), "accuracy": serving.get("accuracy"),
+                        "capacity": sum(v.get("capacity", 0) for v in serving.get("variants", [])),
+                        "p99_ms": r.get("p99_ms"), "trigger": r["trigger"]})
+            continue
+        seen = (((r.get("inputs") or {}).get("services") or {}).get(service)) or {}
+        mine = [v for v in serving.get("variants", []) if v.get("service") == service]
+        outcome = next((o for o in serving.get("services", []) if o.get("name") == service), {})
+        out.append({"time_s": r["time_s"], "forecast_rps": seen.get("forecast_rps", 0.0),
+                    "observed_rps": seen.get("observed_rps", 0.0), "cores": sum(v.get("cores", 0) for v in mine),
+                    "accuracy": outcome.get("accuracy"), "capacity": sum(v.get("capacity", 0) for v in mine),
+                    "p99_ms": None, "trigger": r["trigger"]})
     return out
 
 
 def violation_rates(requests_csv: Path, slo_ms: float, start_s: float,
-                    bin_s: float = VIOLATION_BIN_S) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """Share of requests per ``bin_s`` bin that missed the SLO or failed; None without a requests file."""
+                    bin_s: float = VIOLATION_BIN_S, service: str | None = None
+                    ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Share of requests per ``bin_s`` bin that missed the SLO or failed; None without a requests file.
+    ``service``: only that service's requests (the file's service column)."""
     try:
         with Path(requests_csv).open(newline="") as fh:
             rows = [(float(r["sent_unix"]), r["outcome"], float(r["latency_ms"] or 0)) for r in csv.DictReader(fh)
-                    if r.get("sent_unix")]
+                    if r.get("sent_unix") and (service is None or r.get("service") == service)]
     except (OSError, KeyError, ValueError):
         return None
     if not rows:
@@ -73,16 +85,17 @@ def violation_rates(requests_csv: Path, slo_ms: float, start_s: float,
     return tuple(float(x) for x in starts), tuple(float(x) for x in missed[keep] / sent[keep])
 
 
-def run_series(run_dir: Path, label: str, slo_ms: float | None) -> RunSeries:
-    """A run folder as a :class:`RunSeries` (requests.csv used when present and ``slo_ms`` is known)."""
+def run_series(run_dir: Path, label: str, slo_ms: float | None, service: str | None = None) -> RunSeries:
+    """A run folder as a :class:`RunSeries` (requests.csv used when present and ``slo_ms`` is known); ``service``:
+    one service's part of a run of several."""
     run_dir = Path(run_dir)
-    timeline = tuple(decision_timeline(run_dir))
+    timeline = tuple(decision_timeline(run_dir, service))
     load = (read_state(state_path(run_dir)) or {}).get("load") or {}
     start = load.get("started_s")
     start = float(start) if start is not None else (timeline[0]["time_s"] if timeline else None)
     violations = None
     if slo_ms is not None and start is not None:
-        violations = violation_rates(run_dir / "requests.csv", slo_ms, start)
+        violations = violation_rates(run_dir / "requests.csv", slo_ms, start, service=service)
     return RunSeries(label, timeline, violations, start)
 
 
@@ -120,15 +133,18 @@ def plot_runs(runs: Sequence[RunSeries], rates: np.ndarray | None, path: Path, t
     if rates is not None and len(rates):
         axes[0].plot(np.arange(len(rates)), rates, color="black", lw=0.8, label="offered load")
     estimated = False
-    for run in runs:
+    for i, run in enumerate(runs):
         tl = run.timeline
         if not tl:
             continue
         t0 = run.start_s if run.start_s is not None else tl[0]["time_s"]
         t = [x["time_s"] - t0 for x in tl]
+        # Several runs (policies, or services): one colour per run, its observed load dotted.
+        own = {"color": f"C{i}"} if len(runs) > 1 else {}
         if rates is None or not len(rates):
-            axes[0].plot(t, [x["observed_rps"] for x in tl], marker=".", lw=0.8, label=f"{run.label} observed")
-        axes[0].step(t, [x["capacity"] for x in tl], where="post", label=f"{run.label} capacity")
+            axes[0].plot(t, [x["observed_rps"] for x in tl], marker=".", lw=0.8, label=f"{run.label} observed",
+                         **({**own, "ls": ":"} if own else {}))
+        axes[0].step(t, [x["capacity"] for x in tl], where="post", label=f"{run.label} capacity", **own)
         axes[1].step(t, [x["cores"] or 0 for x in tl], where="post", label=run.label)
         axes[2].step(t, [100 * (x["accuracy"] or 0) for x in tl], where="post", label=run.label)
         if run.violations is not None:
@@ -166,8 +182,14 @@ def plot_experiment(doc: dict[str, Any], rates: np.ndarray, path: Path, slo_ms: 
 
 
 def plot_adapt_run(run_dir: Path, policy: str, rates: Sequence[float] | None, slo_ms: float | None,
-                   path: Path | None = None, title: str = "") -> Path:
-    """``cli.py adapt``'s plot of one run folder, written as ``adapt.png`` in it unless ``path`` says."""
+                   path: Path | None = None, title: str = "",
+                   services: Sequence[tuple[str, float]] = ()) -> Path:
+    """``cli.py adapt``'s plot of one run folder, written as ``adapt.png`` in it unless ``path`` says.
+    ``services`` (name, SLO ms): a run of several services, one line per service in every panel (each one's
+    observed load, capacity, cores, accuracy and violations at its own SLO)."""
+    if services:
+        runs = [run_series(Path(run_dir), name, slo, service=name) for name, slo in services]
+        return plot_runs(runs, None, path or Path(run_dir) / "adapt.png", title=title)
     series = run_series(Path(run_dir), policy, slo_ms)
     arr = np.asarray(rates, dtype=float) if rates else None
     return plot_runs([series], arr, path or Path(run_dir) / "adapt.png", title=title)

@@ -359,11 +359,13 @@ def test_metrics_names_and_values(cluster: Cluster) -> None:
     for _ in range(10):
         predict(base)
     text = http("GET", f"{base}/metrics").body
-    assert 'dispatcher_requests_total{code="200",model="a"} 7.0' in text
-    assert 'dispatcher_requests_total{code="200",model="b"} 3.0' in text
-    assert 'dispatcher_request_latency_seconds_bucket{le="0.5",model="a"}' in text  # the SLO is a bucket bound
-    assert 'dispatcher_request_latency_seconds_bucket{le="1.0",model="a"}' in text  # 2x SLO is the last
-    assert 'dispatcher_request_latency_seconds_count{model="a"} 7.0' in text
+    # service="": one service (backends without a service); Prometheus drops an empty label.
+    assert 'dispatcher_requests_total{code="200",model="a",service=""} 7.0' in text
+    assert 'dispatcher_requests_total{code="200",model="b",service=""} 3.0' in text
+    # the SLO is a bucket bound, 2x the SLO the last
+    assert 'dispatcher_request_latency_seconds_bucket{le="0.5",model="a",service=""}' in text
+    assert 'dispatcher_request_latency_seconds_bucket{le="1.0",model="a",service=""}' in text
+    assert 'dispatcher_request_latency_seconds_count{model="a",service=""} 7.0' in text
     assert "dispatcher_in_flight 0.0" in text
     assert 'dispatcher_backend_weight{model="a"} 0.7' in text
     assert 'dispatcher_backend_weight{model="b"} 0.3' in text

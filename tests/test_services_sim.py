@@ -8,6 +8,7 @@ import pytest
 
 from infadapter.core import solver as solver_mod
 from infadapter.core.control import ControlConfig
+from infadapter.core.policies import joint_solve
 from infadapter.core.profile import load_profile
 from infadapter.errors import BadInput
 from infadapter.sim.fluid import max_service_rps, service_rps_by_steps
@@ -95,17 +96,16 @@ def test_split_by_peak_follows_each_service_s_peak(prof):
 def test_forecast_headroom_gives_way_before_a_service_sheds(prof):
     # 300 req/s forecast for each service does not fit in 32 cores (ResNet-18 alone needs ~15 cores each at
     # 300 req/s); the 100 req/s observed do. The plan keeps as much of the headroom as fits and sheds nothing.
-    joint = _Joint(prof)
     forecast, observed = {"live": 300.0, "feed": 300.0, "archive": 300.0}, {"live": 100.0, "feed": 100.0,
                                                                             "archive": 100.0}
     opts = solver_mod.Options()
     assert not solver_mod.solve(prof, 0.0, {}, opts, loads=forecast).plan.feasible
-    plan = joint._solve(forecast, observed, opts)
+    plan = joint_solve(prof, forecast, observed, {}, opts)[0].plan
     assert plan.feasible and plan.cores <= prof.budget_cores
     for out in plan.services:
         assert 100.0 < out.load_rps < 300.0 and out.shed_rps == 0
     # Observed rates that do not fit either: the plan at the observed rates, the lowest weight (archive) sheds.
-    plan = joint._solve({n: 400.0 for n in forecast}, {n: 350.0 for n in forecast}, opts)
+    plan = joint_solve(prof, {n: 400.0 for n in forecast}, {n: 350.0 for n in forecast}, {}, opts)[0].plan
     got = {o.name: o for o in plan.services}
     assert not plan.feasible and got["archive"].load_rps == 350.0 and got["archive"].shed_rps > 0
     assert got["live"].shed_rps == 0

@@ -20,6 +20,17 @@ answers again.
 
 Scale-down stabilization is the policy wrapper's job (:class:`infadapter.core.policies.Stabilized`);
 scale-up is applied at once. Every decision leaves a :class:`~infadapter.adapter.records.DecisionRecord`.
+
+Several services (a profile with ``services:``): one decision for all of them, as the simulator's joint
+policy takes it (:mod:`infadapter.sim.services`): each service's observed counts
+(``Observation.history_by_service``) give its own observed rate and forecast (its own forecaster and control
+rules: its window's history before), and the policy (``infadapter``) solves them jointly with the observed
+rates as the headroom that gives way first. Between decisions a service whose rate runs above its own part of
+the plan triggers an overload re-plan of all of them (that service's load raised by the overload rule, the
+others' as at an interval); ``--no-react`` turns it off, as the simulator's joint policy runs.
+Growing in place while new variants load is a one-service rule
+(its capacity is one service's) and is skipped; after a crash each service's survivors keep their shares in
+proportion until the decision that follows at once.
 """
 
 from __future__ import annotations
@@ -48,6 +59,18 @@ from infadapter.core.profile import Profile
 from infadapter.observe.monitor import Observation
 
 log = logging.getLogger(__name__)
+
+
+def _services_explanation(trigger: str, observed_rps: float, forecast_rps: float, per_service: Mapping[str, Any]
+                          ) -> dict[str, Any]:
+    """A multi-service decision's record fields for ``explain``: its inputs per service (the objective terms,
+    binding constraints and runner-up are computed for one service only so far)."""
+    return {"inputs": {"trigger": trigger, "observed_rps": round(observed_rps, 3),
+                       "forecast_rps": round(forecast_rps, 3),
+                       "services": {n: {"observed_rps": round(per_service["observed"][n], 3),
+                                        "forecast_rps": round(per_service["loads"][n], 3)}
+                                    for n in per_service.get("loads", {})}},
+            "explain_note": "several services: one joint solve; explain's terms and runner-up cover one service"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +107,15 @@ class Totals:
     def mean_accuracy(self) -> float:
         return self.accuracy_seconds / self.seconds if self.seconds > 0 else 0.0
 
+    #: Several services: [core-seconds, accuracy-seconds] of each, over the same seconds.
+    by_service: dict[str, list[float]] = field(default_factory=dict)
+
+    def services(self) -> list[dict[str, Any]]:
+        """Each service's time-averaged cores and accuracy ([] for one service)."""
+        t = self.seconds
+        return [{"name": n, "mean_cores": round(c / t, 4) if t > 0 else 0.0,
+                 "mean_accuracy": round(a / t, 5) if t > 0 else 0.0} for n, (c, a) in self.by_service.items()]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "seconds": round(self.seconds, 3),
@@ -94,6 +126,7 @@ class Totals:
             "applies": self.applies,
             "failed_applies": self.failed_applies,
             "crashes": self.crashes,
+            **({"services": self.services()} if self.by_service else {}),
         }
 
 
@@ -141,13 +174,38 @@ class LoopMetrics:
             self._server = None
 
     def show_plan(self, plan: Plan, profile: Profile) -> None:
-        self.accuracy.set(profile.served_accuracy(plan.shares_by_name()))
+        self.accuracy.set(plan_accuracy(profile, plan))
         self.cost.set(plan.cores)
         self.capacity.set(plan.served_capacity_rps())
         for name in profile.names:
             a = plan.get(name)
             self.variant_cores.labels(name).set(a.cores if a else 0.0)
             self.variant_share.labels(name).set(a.share if a else 0.0)
+
+
+def plan_accuracy(profile: Profile, plan: Plan) -> float:
+    """The serving plan's traffic-weighted accuracy: of its shares (one service), or of its services' accuracies
+    weighted by the load each was planned for (equally when the plan says none)."""
+    by = profile.accuracy_by_service(plan.shares_by_name())
+    if not by:
+        return profile.served_accuracy(plan.shares_by_name())
+    loads = {o.name: o.load_rps for o in plan.services}
+    total = sum(loads.get(n, 0.0) for n in by)
+    if total <= 0:
+        return sum(by.values()) / len(by)
+    return sum(acc * loads.get(n, 0.0) for n, acc in by.items()) / total
+
+
+def _without(plan: Plan, crashed: list[str]) -> Plan:
+    """A multi-service plan without the ``crashed`` variants, each service's survivors keeping their shares in
+    proportion (evenly when none had one); a service left with no variant is left out until the next decision."""
+    keep = [a for a in plan.allocations if a.name not in crashed]
+    out = []
+    for svc in dict.fromkeys(a.service for a in keep):
+        mine = [a for a in keep if a.service == svc]
+        total = sum(a.share for a in mine)
+        out += [replace(a, share=a.share / total if total > 1e-9 else 1.0 / len(mine)) for a in mine]
+    return replace(plan, allocations=tuple(out), feasible=False)
 
 
 class ControlLoop:
@@ -170,6 +228,8 @@ class ControlLoop:
         policy_name: str | None = None,
         initial_plan: Plan | None = None,
         initial_state: Any = None,
+        service_forecasters: Mapping[str, Forecaster] | None = None,
+        service_controls: Mapping[str, ControlConfig] | None = None,
     ) -> None:
         self.profile = profile
         self.policy = policy
@@ -212,6 +272,15 @@ class ControlLoop:
         self._slo_samples: deque[tuple[float, int, int, int]] = deque()
         # A restarted run numbers on from the log's last record (one log, one seq order).
         self._seq = self.records.last_seq
+        # Several services: each one's forecaster (default: ``forecaster`` for all) and control rules (default:
+        # the loop's; a replay gives each its own window's history before).
+        names = profile.service_names
+        self.service_forecasters = {n: (service_forecasters or {}).get(n, forecaster) for n in names}
+        self.service_controls = {n: (service_controls or {}).get(n, self.ctl) for n in names}
+        #: Each service's last observed and forecast rate (status).
+        self.last_by_service: dict[str, dict[str, float]] = {}
+        #: The services the last check found overloaded (their loads are raised by an overload re-plan).
+        self._overloaded: set[str] = set()
 
     # -- one decision ------------------------------------------------------------------------------
     def decide(self, trigger: str, obs: Observation | None = None) -> DecisionRecord:
@@ -225,21 +294,32 @@ class ControlLoop:
                 self.last_obs = obs
             observed = control.seen(obs.history_rps, self.ctl)
             self.last_observed_rps = observed.rate_rps
+        per_service: dict[str, Any] = {}
         with steps.step("forecast"):
-            forecast = control.decision_load(trigger, self.forecaster, observed.history, observed.rate_rps, self.ctl)
+            if self.profile.services:
+                per_service = self._service_loads(trigger, obs)
+                forecast = sum(per_service["loads"].values())
+            else:
+                forecast = control.decision_load(trigger, self.forecaster, observed.history, observed.rate_rps,
+                                                 self.ctl)
             self.last_forecast_rps = forecast
         ctx = control.context(self.profile, now, forecast, self.serving, observed, self.ctl,
                               cpu_usage={k: tuple(v) for k, v in self._cpu_samples.items()},
-                              state=self.policy_state, rates_before=self.config.rates_before)
+                              state=self.policy_state, rates_before=self.config.rates_before,
+                              forecast_by_service=per_service.get("loads", {}),
+                              observed_by_service=per_service.get("observed", {}))
         with steps.step("plan"):
             proposed = control.propose(self.policy, ctx)
             self._cpu_samples = {}
         with steps.step("stabilize"):
             decision = control.stabilize(self.policy, ctx, proposed)
         with steps.step("explain"):
-            why = explain_mod.decision_fields(self.profile, self.policy_name, trigger, observed.rate_rps,
-                                              observed.history, forecast, self.forecaster, self.serving, decision,
-                                              self.policy_state)
+            if self.profile.services:
+                why = _services_explanation(trigger, observed.rate_rps, forecast, per_service)
+            else:
+                why = explain_mod.decision_fields(self.profile, self.policy_name, trigger, observed.rate_rps,
+                                                  observed.history, forecast, self.forecaster, self.serving,
+                                                  decision, self.policy_state)
         before = self.serving
         d = diff(before, decision.plan)
         with steps.step("apply"):
@@ -272,6 +352,37 @@ class ControlLoop:
         log.info("decision %d (%s): %s -> %s [%s]", rec.seq, trigger, rec.diff, rec.reason,
                  "ok" if rec.apply_ok else f"failed: {rec.apply_error}")
         return rec
+
+    def _overloaded_services(self, obs: Observation) -> set[str]:
+        """The services whose observed rate runs above their own part of the serving plan (the one-service rule,
+        :func:`~infadapter.core.control.overloaded`, per service); remembered for the overload decision."""
+        plan = self.serving
+        over = set()
+        for name in self.profile.service_names:
+            ctl = self.service_controls[name]
+            rate = control.observed_rate(obs.history_by_service.get(name, ()), ctl)
+            mine = plan is not None and any(a.service == name for a in plan.allocations)
+            cap = plan.served_capacity_rps(name) if mine else None  # type: ignore[union-attr]
+            if control.overloaded(rate, cap, ctl):
+                over.add(name)
+        self._overloaded = over
+        return over
+
+    def _service_loads(self, trigger: str, obs: Observation) -> dict[str, dict[str, float]]:
+        """Each service's observed rate and the load its decision plans for: the one-service rules
+        (:func:`~infadapter.core.control.seen`, :func:`~infadapter.core.control.decision_load`) on its own counts,
+        forecaster and control rules, as the simulator's joint policy computes them."""
+        loads, observed = {}, {}
+        for name in self.profile.service_names:
+            ctl = self.service_controls[name]
+            seen = control.seen(obs.history_by_service.get(name, ()), ctl)
+            # An overload re-plan raises only the overloaded services' loads (the others plan as at an interval).
+            own = "interval" if trigger == "overload" and name not in self._overloaded else trigger
+            loads[name] = control.decision_load(own, self.service_forecasters[name], seen.history, seen.rate_rps,
+                                                ctl)
+            observed[name] = seen.rate_rps
+        self.last_by_service = {n: {"observed_rps": observed[n], "forecast_rps": loads[n]} for n in loads}
+        return {"loads": loads, "observed": observed}
 
     def _apply(self, plan: Plan, before: Plan | None, unchanged: bool, load_rps: float) -> tuple[bool, ApplyResult]:
         """The apply step: grow in place first when new variants must load, then the plan; (applied, result)."""
@@ -343,8 +454,10 @@ class ControlLoop:
                     self.metrics.observed.set(rate)
                     self.metrics.fallback.set(0 if obs.source == "prometheus" else 1)
                 cap = self.serving.served_capacity_rps() if self.serving and self.serving.allocations else None
+                over = self._overloaded_services(obs) if self.profile.services else None
                 due = control.trigger_due(now, self.next_decision_s, self._last_decision_s, rate, cap,
-                                          self.ctl, self.retry_at_s)
+                                          self.ctl, self.retry_at_s, overloaded_now=bool(over) if over is not None
+                                          else None)
                 if due is not None and not self.outages.active:  # an outage holds the plan
                     rec = self.decide(due, obs)
         if self.on_snapshot is not None:
@@ -374,8 +487,8 @@ class ControlLoop:
     # -- helpers -----------------------------------------------------------------------------------
     def _bridge(self, target: Plan, load_rps: float) -> tuple[str, ...]:
         """Grow the running variants in place first when ``target`` must wait for new ones to load."""
-        if not (self.backend.in_place_resize and self._in_place):
-            return ()
+        if not (self.backend.in_place_resize and self._in_place) or self.profile.services:
+            return ()  # growing in place serves one service's load (see the module doc)
         bridge = control.bridge_plan(self.profile, self.serving, target, load_rps, self.backend.in_place_max_cores(),
                                      getattr(self.backend, "surge_room_cores", None))
         if bridge is None:
@@ -442,9 +555,12 @@ class ControlLoop:
         survivors = {a.name: a.cores for a in self.serving.allocations if a.name not in crashed}
         self.degraded = f"server of {', '.join(crashed)} is down"
         if survivors:
-            caps = {n: self.profile.capacity_rps(n, c) for n, c in survivors.items()}
-            acc = {n: self.profile.variant(n).accuracy for n in survivors}
-            safe = plan_from_cores(survivors, self.serving.load_rps, caps, acc)
+            if self.profile.services:
+                safe = _without(self.serving, crashed)
+            else:
+                caps = {n: self.profile.capacity_rps(n, c) for n, c in survivors.items()}
+                acc = {n: self.profile.variant(n).accuracy for n in survivors}
+                safe = plan_from_cores(survivors, self.serving.load_rps, caps, acc)
             safe = replace(safe, notes=(f"degraded: {self.degraded}",))
             try:
                 res = self.backend.apply(safe)
@@ -472,7 +588,13 @@ class ControlLoop:
             self.totals.core_seconds += dt * self.serving.cores
             # From the profile, not the plan's own figure: a plan read back from a cluster on resume
             # carries the shares but no accuracy.
-            self.totals.accuracy_seconds += dt * self.profile.served_accuracy(self.serving.shares_by_name())
+            self.totals.accuracy_seconds += dt * plan_accuracy(self.profile, self.serving)
+            shares = self.serving.shares_by_name()
+            for name, acc in self.profile.accuracy_by_service(shares).items():
+                cores = sum(a.cores for a in self.serving.allocations if self.profile.service_of(a.name) == name)
+                tot = self.totals.by_service.setdefault(name, [0.0, 0.0])
+                tot[0] += dt * cores
+                tot[1] += dt * acc
         elif self._last_tick_s is not None:
             self.totals.seconds += max(now - self._last_tick_s, 0.0)
         self._last_tick_s = now
@@ -533,5 +655,22 @@ class ControlLoop:
             backend_healthy=self.backend_healthy,
             totals=self.totals.as_dict(),
             last_decision=last.as_dict() if last else None,
+            services=self._services_now(),
         )
+
+    def _services_now(self) -> list[dict[str, Any]]:
+        """Each service's observed and forecast rate, cores and accuracy now (status; [] for one service)."""
+        if not self.profile.services:
+            return []
+        plan = self.serving
+        acc = self.profile.accuracy_by_service(plan.shares_by_name()) if plan is not None else {}
+        out = []
+        for name in self.profile.service_names:
+            last = self.last_by_service.get(name, {})
+            cores = sum(a.cores for a in plan.allocations if self.profile.service_of(a.name) == name) \
+                if plan is not None else 0.0
+            out.append({"name": name, "observed_rps": round(last.get("observed_rps", 0.0), 3),
+                        "forecast_rps": round(last.get("forecast_rps", 0.0), 3), "cores": round(cores, 4),
+                        "accuracy": round(acc.get(name, 0.0), 5)})
+        return out
 

@@ -44,6 +44,26 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 30.0
 
 
+@dataclass(frozen=True)
+class ServiceLoad:
+    """One service's replayed load in a run of several services (its profile's window, the run's scale and
+    speedup): what the load generator sends it (local) or the loop observes of it (dry-run)."""
+
+    name: str
+    #: Per-second rates of its window, scaled and compressed.
+    rates_rps: tuple[float, ...]
+    #: The last ``HISTORY_S`` trace seconds before its window: what an adapter already running had observed.
+    history_before: tuple[float, ...] = ()
+    #: Its window in words (status, the summary).
+    label: str = ""
+
+
+def total_rates(loads: tuple[ServiceLoad, ...]) -> tuple[float, ...]:
+    """The services' per-second rates added up (the run's length is the longest window's)."""
+    n = max((len(s.rates_rps) for s in loads), default=0)
+    return tuple(sum(s.rates_rps[i] for s in loads if i < len(s.rates_rps)) for i in range(n))
+
+
 @dataclass(frozen=True, kw_only=True)
 class AdapterConfig:
     """The flags every backend shares (the control rules, the policy, the load); see the subclasses."""
@@ -66,6 +86,8 @@ class AdapterConfig:
     rates_rps: tuple[float, ...] | None = None
     load_label: str = ""
     rates_before: tuple[float, ...] = ()  # the day before the window, for warm VPA (policies.Context)
+    #: Several services: each one's load (``rates_rps`` is then their sum); () for one service.
+    services_load: tuple[ServiceLoad, ...] = ()
 
     def __post_init__(self) -> None:
         live_entry(self.policy)  # a simulator-only policy (oracle) is refused before anything starts
@@ -85,6 +107,15 @@ class AdapterConfig:
             ctl = replace(ctl, initial_forecast_rps=control.initial_forecast(self.rates_rps, ctl.history_before,
                                                                             None, ctl.interval_s))
         return LoopConfig(control=ctl, rates_before=self.rates_before)
+
+    def service_controls(self) -> dict[str, ControlConfig]:
+        """Each service's control rules: the run's, with its own window's history before and first-decision
+        floor (as each service's simulation has them)."""
+        base = self.loop_config().control
+        return {s.name: replace(base, history_before=s.history_before,
+                                initial_forecast_rps=self.control.initial_forecast_rps or control.initial_forecast(
+                                    s.rates_rps, s.history_before, None, base.interval_s))
+                for s in self.services_load}
 
 
 @dataclass
@@ -152,7 +183,20 @@ class AdapterRun:
     _cleaned: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
-        self.profile = self.config.tuned(load_profile(self.config.profile_path).single_service("--profile"))
+        self.profile = self.config.tuned(load_profile(self.config.profile_path))
+        if self.profile.services:
+            self._check_services()
+
+    def _check_services(self) -> None:
+        """What a run of several services needs (one-line BadInput naming the flag otherwise)."""
+        cfg, names = self.config, self.profile.service_names
+        if cfg.policy != "infadapter":
+            raise BadInput(f"--policy: {cfg.profile_path} has services ({', '.join(names)}); adapt runs them with "
+                           f"infadapter, the joint solve (got {cfg.policy}); the static splits and per-service "
+                           "baselines run in simulate")
+        if {s.name for s in cfg.services_load} != set(names):
+            raise BadInput(f"--window: {cfg.profile_path} has services ({', '.join(names)}); each replays its own "
+                           "window: give --scale/--speedup (not --window or --rate)")
 
     @property
     def replayed(self) -> bool:
@@ -176,8 +220,14 @@ class AdapterRun:
         if other is not None and other.get("pid") != os.getpid():
             raise BadInput(f"--run-dir: an adapter (pid {other['pid']}) already runs on {cfg.run_dir}; "
                            "stop it or pick another --run-dir")
-        policy = make_policy(cfg.policy, self.profile, cfg.stabilization_intervals, min_gain=cfg.min_gain)
+        if self.profile.services:
+            # The joint plan is not stabilized per plan (a held scale-down of one service could keep cores another
+            # was just given): the simulator's joint policy's terms.
+            policy = make_policy(cfg.policy, self.profile, 1, min_gain=0.0)
+        else:
+            policy = make_policy(cfg.policy, self.profile, cfg.stabilization_intervals, min_gain=cfg.min_gain)
         forecaster = make_forecaster(cfg.forecaster)
+        service_forecasters = {n: make_forecaster(cfg.forecaster) for n in self.profile.service_names}
         try:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -204,6 +254,8 @@ class AdapterRun:
             on_snapshot=self._snapshot,
             policy_name=cfg.policy,
             initial_plan=prep.initial_plan,
+            service_forecasters=service_forecasters,
+            service_controls=cfg.service_controls(),
         )
         for m in self.messages:
             log.info("%s", m)
@@ -271,6 +323,21 @@ class AdapterRun:
         finally:
             self.cleanup()
         return self.summary(load_summary, interrupted)
+
+    def _services_summary(self, totals: Mapping[str, Any], load: Any) -> list[dict[str, Any]]:
+        """Each service's figures: its requests (judged at its own SLO) when a load was driven, else None; its
+        time-averaged cores and accuracy from the loop."""
+        by_load = getattr(load, "by_service", None) or {}
+        by_loop = {s["name"]: s for s in totals.get("services", [])}
+        out = []
+        for name in self.profile.service_names:
+            sent = by_load.get(name, {})
+            own = by_loop.get(name, {})
+            out.append({"name": name, "requests": sent.get("requests"), "ok": sent.get("ok"),
+                        "slo_violation_rate": sent.get("slo_violation_rate"), "mean_cores": own.get("mean_cores", 0.0),
+                        "mean_accuracy": own.get("mean_accuracy", 0.0), "slo_ms": self.profile.service(name).slo_ms,
+                        **({"p99_ms": sent.get("p99_ms"), "by_variant": sent.get("by_variant", {})} if sent else {})})
+        return out
 
     def _run_loop(self, duration: float | None) -> None:
         assert self.loop is not None
@@ -355,6 +422,8 @@ class AdapterRun:
         }
         if prep is not None and prep.summary is not None:
             out.update(prep.summary(load))
+        if self.profile.services:
+            out["services"] = self._services_summary(totals, load)
         if self.store is not None:
             with contextlib.suppress(Exception):
                 self.store.update(summary=out)

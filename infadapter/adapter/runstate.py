@@ -20,7 +20,8 @@ def _from(cls: type[T], data: Any) -> T:
         return cls()
     kwargs: dict[str, Any] = {}
     checks = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool), "str": lambda v: isinstance(v, str),
-              "bool": lambda v: isinstance(v, bool), "dict": lambda v: isinstance(v, dict)}
+              "bool": lambda v: isinstance(v, bool), "dict": lambda v: isinstance(v, dict),
+              "list": lambda v: isinstance(v, list)}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name not in data or data[f.name] is None:
             continue
@@ -81,6 +82,8 @@ class LoopSnapshot:
     totals: dict[str, Any] | None = None
     last_decision: dict[str, Any] | None = None
     write_error: str = ""
+    #: Several services: each one's observed and forecast rate, cores and accuracy now ([] for one service).
+    services: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -66,6 +66,8 @@ def collect_status(run_dir: Path, sample_s: float = 1.0) -> dict[str, Any]:
         "totals": loop.totals,
         "updated_s": st.updated_s,
         "last_decision": short_decision(loop.last_decision),
+        # Several services: each one's observed and forecast rate, cores and accuracy ([] for one service).
+        "services": loop.services,
         **decisions,
     }
     plan = loop.plan or {}
@@ -91,6 +93,7 @@ def collect_status(run_dir: Path, sample_s: float = 1.0) -> dict[str, Any]:
         figures = per_variant.get(name, {})
         variants.append({
             "name": name,
+            **({"service": (shares.get(name) or {}).get("service", "")} if loop.services else {}),
             "cores": sp.get("cores"),
             "share": (shares.get(name) or {}).get("share", 0.0),
             "ready": alive and model_available(f"http://127.0.0.1:{sp['port']}", sp.get("model", name), 1.0),
@@ -195,16 +198,25 @@ class RunFolderStatus:
             return [*out, doc.get("message", "nothing runs"), *_last_decision(doc)]
         t = Table(title=f"{doc['policy']} on {doc['run_dir']} (up {doc.get('uptime_s', 0):.0f} s, "
                         f"cpu limit: {doc.get('limit_mode')})")
-        for col in ("variant", "cores", "share", "ready", "req/s", "p99 ms", "pid", "port"):
+        services = doc.get("services") or []
+        # Several services: a service column (shares are of each service's own traffic).
+        lead: tuple[str, ...] = ("service",) if services else ()
+        for col in (*lead, "variant", "cores", "share", "ready", "req/s", "p99 ms", "pid", "port"):
             t.add_column(col)
         for v in doc.get("variants", []):
-            t.add_row(v["name"], f"{v['cores']:g}", f"{v['share']:.0%}", "yes" if v["ready"] else "no",
+            t.add_row(*((v.get("service", ""),) if services else ()), v["name"], f"{v['cores']:g}",
+                      f"{v['share']:.0%}", "yes" if v["ready"] else "no",
                       fmt(v.get("rps")), fmt(v.get("p99_ms")), str(v["pid"]), str(v["port"]))
         if not doc.get("variants"):  # no local servers: the plan applied to a cluster or a folder
             for v in (doc.get("plan") or {}).get("variants", []):
-                t.add_row(v["name"], f"{v['cores']:g}", f"{v['share']:.0%}", "-", "-", "-", "-", "-")
+                t.add_row(*((v.get("service", ""),) if services else ()), v["name"], f"{v['cores']:g}",
+                          f"{v['share']:.0%}", "-", "-", "-", "-", "-")
             out.append(f"observing: {doc.get('observation')}")
         out.append(t)
+        for svc in services:
+            out.append(f"service {svc['name']}: observed {fmt(svc.get('observed_rps'))} req/s, forecast "
+                       f"{fmt(svc.get('forecast_rps'))} req/s; {fmt(svc.get('cores'))} cores, accuracy "
+                       f"{fmt(svc.get('accuracy'))}")
         mon = doc.get("monitor") or {}
         att = doc.get("slo_attainment_5m")
         out.append(f"load: observed {fmt(doc.get('observed_rps'))} req/s, forecast {fmt(doc.get('forecast_rps'))} "

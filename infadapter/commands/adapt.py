@@ -84,6 +84,35 @@ def _run_fields(policy: str, duration: float | None, window: str | None, scale: 
     )
 
 
+def _services_fields(profile_path: Path, fields: dict[str, Any], window: str | None, scale: float, speedup: float,
+                     trace: Path | None, rate: float | None, duration: float | None
+                     ) -> tuple[tuple[float, ...] | None, dict[str, Any]]:
+    """A profile with ``services:`` replays each service's own window at once (--scale and --speedup shared):
+    the run's fields with ``services_load`` and ``rates_rps`` their sum; ``fields`` unchanged for one service."""
+    from infadapter.adapter.runner import ServiceLoad, total_rates
+    from infadapter.core.profile import load_profile
+
+    prof = load_profile(profile_path)
+    if not prof.services:
+        return fields["rates_rps"], fields
+    if window or rate is not None:
+        raise BadInput(f"--{'window' if window else 'rate'}: {profile_path} has services "
+                       f"({', '.join(prof.service_names)}); each replays its own window from the profile: give "
+                       "--scale/--speedup (and --duration to cut them), not --window or --rate")
+    loads, control = [], fields["control"]
+    for svc in prof.services:
+        if svc.window is None:
+            raise BadInput(f"{profile_path}: services[{svc.name}].window: adapt replays each service's own window; "
+                           "give one (paper or START:DURATION)")
+        rep = load_replay(svc.window, trace, scale, speedup)
+        loads.append(ServiceLoad(svc.name, rep.rates, rep.history_before, f"{svc.name}: window {svc.window}"))
+        control = rep.control(control, warm=False)  # the stretch; each service's history before is its own
+    rates = total_rates(tuple(loads))
+    label = f"{'; '.join(x.label for x in loads)} (scale {scale:g}, speedup {speedup:g})"
+    return rates, {**fields, "rates_rps": rates, "services_load": tuple(loads), "control": control,
+                   "load_label": label}
+
+
 ADAPT_EPILOG = """Examples:
 
 \b
@@ -93,6 +122,7 @@ ADAPT_EPILOG = """Examples:
   python cli.py adapt --duration 600 --run-dir runs/demo      # no load: adapt to outside traffic
   python cli.py status --run-dir runs/demo                    # from another shell
   python cli.py adapt --backend dry-run --out runs/dry --window paper --speedup 10 --interval 3
+  python cli.py adapt --profile profiles/services-local.yaml --scale 0.2 --speedup 6 --interval 5
   python cli.py adapt --backend kubernetes --kubeconfig ~/.kube/config --namespace ml-serving \\
       --dispatcher-url http://127.0.0.1:8500 --prometheus http://127.0.0.1:9090
   python cli.py status --backend kubernetes --namespace ml-serving
@@ -135,6 +165,9 @@ def adapt(ctx: click.Context, backend: str, policy: str, duration: float | None,
     _logging(verbose, as_json)
     own = backend_flags(ctx, backend, flags)  # the rest of ``flags``: the load's and the control rules'
     rates, fields = _run_fields(policy, duration, **flags)
+    if profile_path is not None:  # the backends' default profiles have one service
+        rates, fields = _services_fields(profile_path, fields, flags["window"], flags["scale"], flags["speedup"],
+                                         flags["trace"], flags["rate"], duration)
     cfg = backend_config(backend).from_flags(
         dict(backend=backend, run_dir=run_dir, profile_path=profile_path, prometheus=prometheus, router=router,
              **fields), **own)
@@ -184,9 +217,10 @@ def _write_plot(summary: dict[str, Any], rates: tuple[float, ...] | None, profil
     from infadapter.plots import plot_adapt_run
 
     try:
-        slo_ms = load_profile(profile_path).slo_ms
-        return str(plot_adapt_run(Path(summary["run_dir"]), str(summary.get("policy")), rates, slo_ms,
-                                  title=f"adapt: {summary.get('policy')} ({profile_path.name})"))
+        prof = load_profile(profile_path)
+        return str(plot_adapt_run(Path(summary["run_dir"]), str(summary.get("policy")), rates, prof.slo_ms,
+                                  title=f"adapt: {summary.get('policy')} ({profile_path.name})",
+                                  services=[(s.name, s.slo_ms) for s in prof.services or ()]))
     except Exception as exc:  # the run's figures matter more than its picture
         if not quiet:
             err_console().print(f"adapt: no plot ({type(exc).__name__}: {exc})", highlight=False)

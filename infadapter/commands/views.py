@@ -56,6 +56,11 @@ def adapt_summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append(("served by", ", ".join(f"{k} {n / total:.0%}" for k, n in served.items())))
     rows.append(("mean cores", cores(s.get("mean_cores"))))
     rows.append(("mean accuracy", pct(s.get("mean_accuracy"))))
+    for svc in s.get("services") or []:  # several services: each one's figures (violations at its own SLO)
+        sent = svc.get("requests")
+        viol = "" if sent is None else f"{pct(svc.get('slo_violation_rate'))} SLO violations of {sent} requests, "
+        rows.append((f"service {svc['name']}", f"{viol}{cores(svc.get('mean_cores'))} cores, accuracy "
+                                               f"{pct(svc.get('mean_accuracy'))}"))
     rows.append(("decisions", f"{s.get('decisions')} ({s.get('transitions')} transitions, "
                               f"{s.get('failed_applies') or 0} failed applies)"))
     if s.get("crashes"):

@@ -203,8 +203,12 @@ def overloaded(observed_rps: float, capacity_rps: float | None, config: ControlC
 
 
 def trigger_due(now_s: float, next_decision_s: float | None, last_decision_s: float, observed_rps: float,
-                capacity_rps: float | None, config: ControlConfig, retry_at_s: float | None = None) -> str | None:
-    """Which decision is due now, if any: start, interval, retry or overload (in that order)."""
+                capacity_rps: float | None, config: ControlConfig, retry_at_s: float | None = None,
+                overloaded_now: bool | None = None) -> str | None:
+    """Which decision is due now, if any: start, interval, retry or overload (in that order).
+
+    ``overloaded_now``: whether :func:`overloaded` holds, decided by the caller (several services: any one
+    service's rate against its own capacity); None: ``observed_rps`` against ``capacity_rps``."""
     if next_decision_s is None:
         return "start"
     if now_s >= next_decision_s - 1e-9:
@@ -212,8 +216,8 @@ def trigger_due(now_s: float, next_decision_s: float | None, last_decision_s: fl
     if retry_at_s is not None:
         # A failed apply waits for its backoff: re-planning sooner would hammer a backend in trouble.
         return "retry" if now_s >= retry_at_s - 1e-9 else None
-    if (config.react and now_s - last_decision_s >= config.gap_s - 1e-9
-            and overloaded(observed_rps, capacity_rps, config)):
+    over = overloaded(observed_rps, capacity_rps, config) if overloaded_now is None else overloaded_now
+    if config.react and now_s - last_decision_s >= config.gap_s - 1e-9 and over:
         return "overload"
     return None
 

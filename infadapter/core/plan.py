@@ -127,9 +127,11 @@ class Plan:
                 return a
         return None
 
-    def served_capacity_rps(self) -> float:
-        """The highest load this plan serves with its shares: min over variants of capacity/share."""
-        caps = [a.capacity_rps / a.share for a in self.allocations if a.share > _SHARE_TOL]
+    def served_capacity_rps(self, service: str | None = None) -> float:
+        """The highest load this plan serves with its shares: min over variants of capacity/share; ``service``:
+        that service's load, over its variants only (its shares are of its own traffic)."""
+        caps = [a.capacity_rps / a.share for a in self.allocations
+                if a.share > _SHARE_TOL and (service is None or a.service == service)]
         return min(caps) if caps else 0.0
 
     def with_load(self, load_rps: float) -> Plan:

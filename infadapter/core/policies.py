@@ -47,6 +47,9 @@ class Context:
     #: A multi-service profile's forecasts, req/s by service (``forecast_rps`` is then their sum); empty
     #: for one service.
     forecast_by_service: Mapping[str, float] = field(default_factory=dict)
+    #: The rates observed now, req/s by service (at most the forecast): what the forecasts' headroom gives way
+    #: to when they do not all fit (:func:`joint_solve`); empty: no headroom to give (``plan --load``).
+    observed_by_service: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def current_cores(self) -> dict[str, float]:
@@ -86,10 +89,52 @@ class InfAdapter:
     name: str = "infadapter"
 
     def decide(self, ctx: Context) -> Decision:
-        loads = dict(ctx.forecast_by_service) if ctx.profile.services else None
-        res = solver_mod.solve(ctx.profile, ctx.forecast_rps, ctx.current_cores, ctx.solver, loads=loads)
+        if ctx.profile.services:
+            res, solve_s = joint_solve(ctx.profile, ctx.forecast_by_service, ctx.observed_by_service,
+                                       ctx.current_cores, ctx.solver)
+            loads = ", ".join(f"{o.name} {o.load_rps:.1f}" for o in res.plan.services)
+            why = f"{res.solver} {res.status}: {_describe(res.plan)} for {loads} req/s"
+            return Decision(res.plan, ctx.state, why, solve_s, res.solver, other_set=res.other_set)
+        res = solver_mod.solve(ctx.profile, ctx.forecast_rps, ctx.current_cores, ctx.solver)
         why = f"{res.solver} {res.status}: {_describe(res.plan)} for {ctx.forecast_rps:.1f} req/s"
         return Decision(res.plan, ctx.state, why, res.solve_s, res.solver, other_set=res.other_set)
+
+
+def joint_solve(profile: Profile, forecast: Mapping[str, float], observed: Mapping[str, float],
+                current: Mapping[str, float], options: solver_mod.Options, steps: int = 4
+                ) -> tuple[solver_mod.Result, float]:
+    """The joint plan of several services for their forecasts, and the solver's seconds over every solve.
+
+    When the forecasts do not all fit (a service sheds), the forecasts' headroom over the ``observed`` rates
+    gives way first: the largest fraction of it (bisected in ``steps`` halvings, the same for every service)
+    whose plan sheds nothing, else the plan at the observed rates (which then sheds by the solver's rules).
+    A service missing from ``observed`` has no headroom to give (its forecast stands). The one copy of this
+    rule: the live loop and the simulator both reach it through :class:`InfAdapter`.
+    """
+    seen = {n: min(observed.get(n, forecast[n]), forecast[n]) for n in forecast}
+    spent = [0.0]
+
+    def at(frac: float) -> solver_mod.Result:
+        loads = {n: seen[n] + frac * (forecast[n] - seen[n]) for n in forecast}
+        res = solver_mod.solve(profile, 0.0, current, options, loads=loads)
+        spent[0] += res.solve_s
+        return res
+
+    full = at(1.0)
+    if full.plan.feasible or all(forecast[n] - seen[n] <= 1e-9 for n in forecast):
+        return full, spent[0]
+    low, best = at(0.0), None
+    if not low.plan.feasible:
+        return low, spent[0]
+    lo, hi = 0.0, 1.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        cand = at(mid)
+        if cand.plan.feasible:
+            lo, best = mid, cand
+        else:
+            hi = mid
+    return best or low, spent[0]
 
 
 @dataclass(frozen=True)

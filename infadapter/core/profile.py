@@ -261,7 +261,9 @@ def _flatten_services(data: Any) -> Any:
             if isinstance(v, Variant):
                 v = v.model_dump()
             if isinstance(v, dict) and isinstance(v.get("name"), str):
-                v = {**v, "name": f"{svc.get('name')}-{v['name']}"}
+                # The profile-wide name is the service's; the model served stays the variant's own (live-resnet18
+                # serves resnet18: one model file for every service that runs it).
+                v = {**v, "name": f"{svc.get('name')}-{v['name']}", "model": v.get("model") or v["name"]}
             variants.append(v)
     out = {**data, "variants": variants}
     if "slo_ms" not in out and slos:
@@ -447,6 +449,12 @@ class Profile(BaseModel):
         """Traffic-weighted nominal accuracy of a split of traffic (variants unknown here count as 0)."""
         known = {v.name: v.accuracy for v in self.variants}
         return sum(share * known.get(name, 0.0) for name, share in shares.items())
+
+    def accuracy_by_service(self, shares: Mapping[str, float]) -> dict[str, float]:
+        """Each service's traffic-weighted accuracy of a multi-service split of traffic (shares are of each
+        service's own traffic); {} for a one-service profile (:meth:`served_accuracy` is its one figure)."""
+        return {s.name: self.served_accuracy({n: shares[n] for n in self.service_variants(s.name) if n in shares})
+                for s in self.services or ()}
 
     def in_place_ceiling(self, threads: int) -> float:
         """The most cores a server started with ``threads`` threads can be given in place: the largest

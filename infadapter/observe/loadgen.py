@@ -40,7 +40,19 @@ VARIANT_HEADER = "X-Infadapter-Variant"
 OK, ERROR, TIMEOUT = "ok", "error", "timeout"
 #: Image size (px) of the load's JPEGs and the models' input when neither the flags nor the profile say.
 DEFAULT_RESOLUTION = 224
-CSV_COLUMNS = ("index", "scheduled_s", "sent_s", "sent_unix", "latency_ms", "status", "outcome", "variant", "error")
+#: ``service``: the service a request was sent to ("" for one service); last, so older readers read on.
+CSV_COLUMNS = ("index", "scheduled_s", "sent_s", "sent_unix", "latency_ms", "status", "outcome", "variant", "error",
+               "service")
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One service's load: its per-second rates, sent to its predict URL, judged at its SLO."""
+
+    service: str
+    url: str
+    rates_rps: Sequence[float]
+    slo_ms: float
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,9 @@ class LoadSummary:
     by_status: dict[str, int] = field(default_factory=dict)  # HTTP status (0: no response) -> count
     interrupted: bool = False
     out_path: str | None = None
+    #: Several services: each one's figures (sent, ok, errors, timeouts, slo_violation_rate at its own SLO,
+    #: p50/p99, by_variant), by service; empty for one service.
+    by_service: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,8 +152,12 @@ def predict_url(url: str, model: str = "resnet") -> str:
 class _Records:
     """One row per arrival, filled as requests finish; readable after an interrupt."""
 
-    def __init__(self, scheduled: np.ndarray) -> None:
+    def __init__(self, scheduled: np.ndarray, stream: np.ndarray | None = None,
+                 services: Sequence[str] = ("",)) -> None:
         self.scheduled = scheduled
+        #: Which stream (service) each arrival belongs to (index into ``services``).
+        self.stream = stream if stream is not None else np.zeros(scheduled.size, dtype=int)
+        self.services = tuple(services)
         self.rows: list[list[Any]] = []  # index, scheduled_s, sent_s, sent_unix, latency, status, outcome, ...
         self.start_perf = 0.0
         self.start_unix = 0.0
@@ -155,6 +174,7 @@ class _Records:
             None,
             "",
             "",
+            self.services[int(self.stream[i])],
         ]
         self.rows.append(row)
         return row
@@ -166,7 +186,7 @@ class _Records:
 
 
 async def _drive(
-    url: str,
+    urls: Sequence[str],
     payloads: Sequence[bytes],
     records: _Records,
     timeout_s: float,
@@ -181,7 +201,7 @@ async def _drive(
     tasks: set[asyncio.Task[None]] = set()
     n_payloads = len(payloads)
 
-    async def one(row: list[Any], body: bytes, session: aiohttp.ClientSession) -> None:
+    async def one(row: list[Any], url: str, body: bytes, session: aiohttp.ClientSession) -> None:
         nonlocal in_flight
         t0 = time.perf_counter()
         try:
@@ -217,7 +237,7 @@ async def _drive(
                     row[4], row[6], row[8] = 0.0, ERROR, f"unsent: all {max_connections} connections busy"
                     continue
                 in_flight += 1
-                task = loop.create_task(one(row, payloads[i % n_payloads], session))
+                task = loop.create_task(one(row, urls[int(records.stream[i])], payloads[i % n_payloads], session))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 if progress is not None and int(offset) != reported:
@@ -294,7 +314,7 @@ def write_records(rows: Sequence[Sequence[Any]], out_path: Path) -> None:
             writer = csv.writer(fh)
             writer.writerow(CSV_COLUMNS)
             for r in rows:
-                writer.writerow([r[0], f"{r[1]:.6f}", f"{r[2]:.6f}", f"{r[3]:.6f}", f"{r[4]:.3f}", *r[5:9]])
+                writer.writerow([r[0], f"{r[1]:.6f}", f"{r[2]:.6f}", f"{r[3]:.6f}", f"{r[4]:.3f}", *r[5:10]])
         tmp.replace(out_path)
     except OSError:
         tmp.unlink(missing_ok=True)  # no half file left behind (a full disk)
@@ -322,15 +342,46 @@ def run_load(
     """
     if not slo_ms > 0:
         raise BadInput("--slo-ms: must be > 0")
+    return run_streams([Stream("", predict_url(url), rates_rps, slo_ms)], out_path, seed=seed, timeout_s=timeout_s,
+                       max_connections=max_connections, resolution=resolution, images=images, payloads=payloads,
+                       progress=progress)
+
+
+def run_streams(
+    streams: Sequence[Stream],
+    out_path: Path | None = None,
+    seed: int = 0,
+    timeout_s: float = 10.0,
+    max_connections: int = 256,
+    resolution: int = 224,
+    images: int = 4,
+    payloads: Sequence[bytes] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> LoadSummary:
+    """Replay one load per service at once (:func:`run_load` is one stream): each stream's Poisson arrivals, drawn
+    from its own seed (the first from ``seed`` itself, so one stream sends what :func:`run_load` always sent),
+    merged into one schedule on one set of connections; every row names its service. With several streams the
+    summary's violation rate judges each request at its own service's SLO, and ``by_service`` holds each one's
+    figures."""
+    if not streams:
+        raise BadInput("streams: at least one load is required")
+    for st in streams:
+        if not st.slo_ms > 0:
+            raise BadInput(f"--slo-ms: must be > 0 (service {st.service or 'the one'})")
     if not timeout_s > 0:
         raise BadInput("--timeout-s: must be > 0")
     if max_connections < 1:
         raise BadInput("--max-connections: must be >= 1")
-    target = predict_url(url)
     bodies = list(payloads) if payloads is not None else [predict_body(j) for j in make_jpegs(images, resolution, seed)]
     if not bodies:
         raise BadInput("payloads: at least one request body is required")
-    records = _Records(arrival_offsets(rates_rps, np.random.default_rng(seed)))
+    offsets = [arrival_offsets(st.rates_rps, np.random.default_rng(seed if k == 0 else [seed, k]))
+               for k, st in enumerate(streams)]
+    merged = np.concatenate(offsets)
+    which = np.concatenate([np.full(o.size, k, dtype=int) for k, o in enumerate(offsets)])
+    order = np.argsort(merged, kind="stable")
+    records = _Records(merged[order], which[order], [st.service for st in streams])
+    urls = [st.url for st in streams]
     interrupted = False
 
     async def main() -> None:
@@ -341,7 +392,7 @@ def run_load(
         if in_main and task is not None:
             loop.add_signal_handler(signal.SIGTERM, task.cancel)
         try:
-            await _drive(target, bodies, records, timeout_s, max_connections, progress)
+            await _drive(urls, bodies, records, timeout_s, max_connections, progress)
         except asyncio.CancelledError:
             interrupted = True
         finally:
@@ -358,7 +409,13 @@ def run_load(
     end = records.end_perf or time.perf_counter()
     duration = max(end - records.start_perf, 1e-9) if records.start_perf else 0.0
     rows = records.rows
-    summary = summarize(rows, slo_ms, duration, interrupted)
+    summary = summarize(rows, min(st.slo_ms for st in streams), duration, interrupted)
+    if len(streams) > 1:
+        parts = {st.service: summarize([r for r in rows if r[9] == st.service], st.slo_ms, duration, interrupted)
+                 for st in streams}
+        late = sum(p.slo_violation_rate * p.sent for p in parts.values())
+        summary = LoadSummary(**{**asdict(summary), "slo_violation_rate": late / summary.sent if summary.sent else 0.0,
+                                 "by_service": {n: _service_figures(p) for n, p in parts.items()}})
     if out_path is not None:
         try:
             write_records(rows, Path(out_path))
@@ -371,20 +428,35 @@ def run_load(
     return summary
 
 
+def _service_figures(part: LoadSummary) -> dict[str, Any]:
+    """One service's figures in a summary's ``by_service`` (its violations judged at its own SLO)."""
+    return {"requests": part.sent, "ok": part.ok, "errors": part.errors, "timeouts": part.timeouts,
+            "slo_violation_rate": part.slo_violation_rate, "p50_ms": part.p50_ms, "p99_ms": part.p99_ms,
+            "slo_ms": part.slo_ms, "by_variant": part.by_variant}
+
+
 #: The request figures of a run's summary (``adapt --json``), the same keys on every backend that drives a load.
 FIGURES = ("requests", "ok", "errors", "timeouts", "slo_violation_rate", "p50_ms", "p99_ms", "by_variant")
 
 
 def drive_window(url: str, rates_rps: Sequence[float], duration_s: float | None, store: Any, *, slo_ms: float,
-                 resolution: int, out_path: Path | None = None, seed: int = 0, timeout_s: float = 10.0) -> LoadSummary:
+                 resolution: int, out_path: Path | None = None, seed: int = 0, timeout_s: float = 10.0,
+                 streams: Sequence[Stream] = ()) -> LoadSummary:
     """An adapter run's load: ``rates_rps`` (cut to ``duration_s``) sent to the router at ``url``, recorded in
-    the run's state (``store``: ``load`` when it starts, ``load_summary`` when it ends); see :func:`run_load`."""
-    rates = np.asarray(rates_rps, dtype=float)
-    if duration_s is not None:
-        rates = rates[: max(math.ceil(duration_s), 1)]
-    store.update(load={"seconds": int(rates.size), "mean_rps": float(rates.mean()), "started_s": time.time()})
-    summary = run_load(url, rates, out_path=out_path, slo_ms=slo_ms, seed=seed, timeout_s=timeout_s,
-                       resolution=resolution)
+    the run's state (``store``: ``load`` when it starts, ``load_summary`` when it ends); see :func:`run_load`.
+    ``streams``: several services' loads instead (each cut to ``duration_s``; ``url`` and ``rates_rps`` unused)."""
+    def cut(rates: Sequence[float]) -> np.ndarray:
+        r = np.asarray(rates, dtype=float)
+        return r[: max(math.ceil(duration_s), 1)] if duration_s is not None else r
+
+    if not streams:
+        streams = [Stream("", predict_url(url), rates_rps, slo_ms)]
+    streams = [Stream(st.service, st.url, cut(st.rates_rps), st.slo_ms) for st in streams]
+    seconds = max(len(st.rates_rps) for st in streams)
+    total = sum(float(np.sum(st.rates_rps)) for st in streams)
+    store.update(load={"seconds": int(seconds), "mean_rps": total / seconds if seconds else 0.0,
+                       "started_s": time.time()})
+    summary = run_streams(streams, out_path=out_path, seed=seed, timeout_s=timeout_s, resolution=resolution)
     store.update(load_summary=summary.as_dict())
     return summary
 

@@ -45,6 +45,8 @@ TEMPLATE_DIR = paths.PROMETHEUS_TEMPLATES
 
 #: PromQL of the live signals (dispatcher metric names; the same names serve on a cluster).
 RATE_QUERY = "sum(irate(dispatcher_requests_total[5s]))"
+#: Several services: the same rate per service (the dispatcher's ``service`` label: the model name posted to).
+SERVICE_RATE_QUERY = 'sum by (service) (irate(dispatcher_requests_total{service!=""}[5s]))'
 P99_QUERY = (  # the SLO's percentile (infadapter.core.slo)
     f"1000 * histogram_quantile({slo.QUANTILE:g}, sum by (le) (rate(dispatcher_request_latency_seconds_bucket[30s])))"
 )
@@ -80,6 +82,9 @@ class Observation:
     requests_total: int | None = None
     violations_total: int | None = None
     errors_total: int | None = None
+    #: Several services: each one's per-second counts, as ``history_rps`` (which then holds their sum); empty
+    #: for one service.
+    history_by_service: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 # -- Prometheus process ------------------------------------------------------------------------------
@@ -220,18 +225,24 @@ class PrometheusReader:
         self._prom = PrometheusConnect(url=url, disable_ssl=True, retry=Retry(total=0), timeout=timeout_s)
 
     def history(self, now_s: float, seconds: int = HISTORY_S, query: str = RATE_QUERY) -> dict[int, float]:
+        return self.history_by(now_s, seconds, query, None).get("", {})
+
+    def history_by(self, now_s: float, seconds: int, query: str, label: str | None) -> dict[str, dict[int, float]]:
+        """:meth:`history` of each value of ``label`` (None: every series summed under "")."""
         end = math.floor(now_s) - 1
         start = max(end - seconds + 1, end - 10_999)  # Prometheus caps a range at 11,000 points
         data = self._prom.custom_query_range(
             query, start_time=_dt(start), end_time=_dt(end), step="1s"
         )
-        out: dict[int, float] = {}
+        out: dict[str, dict[int, float]] = {}
         for series in data:
+            key = str(series.get("metric", {}).get(label, "")) if label else ""
+            points = out.setdefault(key, {})
             for t, v in series.get("values", []):
                 fv = float(v)
                 if math.isfinite(fv):
                     sec = round(float(t))
-                    out[sec] = out.get(sec, 0.0) + fv
+                    points[sec] = points.get(sec, 0.0) + fv
         return out
 
     def scalar(self, query: str) -> float | None:
@@ -294,6 +305,7 @@ class Monitor:
         clock: Callable[[], float] = time.time,
         rate_query: str = RATE_QUERY,
         p99_query: str | None = P99_QUERY,
+        services: Sequence[str] = (),
     ) -> None:
         # The router's PromQL (infadapter/serving/router.py): HAProxy has its own metric names and no
         # latency histogram (p99_query None: the p99 comes from stats(), its request log).
@@ -308,6 +320,8 @@ class Monitor:
         self.clock = clock
         self.warning = "" if prometheus_url else "no Prometheus: reading the dispatcher's counters"
         self.source = "prometheus" if prometheus_url else "dispatcher"
+        #: Several services: each one's counts too (Observation.history_by_service), by the dispatcher's label.
+        self.services = tuple(services)
 
     def observe(self, now_s: float | None = None) -> Observation:
         now = self.clock() if now_s is None else now_s
@@ -349,7 +363,9 @@ class Monitor:
         if warning and warning != self.warning:
             log.warning("%s", warning)
         self.warning, self.source = warning, source
+        by_service = self._by_service(now, stats, source == "prometheus") if self.services else {}
         return Observation(
+            history_by_service=by_service,
             now_s=now,
             history_rps=series(points, now, self.start_s),
             p99_ms=p99,
@@ -359,6 +375,29 @@ class Monitor:
             violations_total=_int_or_none((stats or {}).get("violations_total")),
             errors_total=_errors(stats),
         )
+
+    def _by_service(self, now: float, stats: Mapping[str, Any] | None, prometheus: bool
+                    ) -> dict[str, tuple[float, ...]]:
+        """Each service's per-second counts, from the source the total came from (the same rules: Prometheus,
+        its newest seconds from the dispatcher's exact counts; else the dispatcher's)."""
+        from_stats = (stats or {}).get("per_second_by_service") or {}
+        points: dict[str, dict[int, float]] = {}
+        if prometheus and self.reader is not None:
+            try:
+                points = self.reader.history_by(now, HISTORY_S, SERVICE_RATE_QUERY, "service")
+            except Exception as exc:  # the total came from it a moment ago: say so, use the dispatcher's
+                log.debug("per-service rates from Prometheus failed: %s", exc)
+                prometheus = False
+        out = {}
+        for name in self.services:
+            own = {"per_second": from_stats.get(name, [])}
+            if prometheus and name in points:
+                pts = points[name]
+                pts.update(history_from_stats(own, now, seconds=self.rate_window_s))
+            else:
+                pts = history_from_stats(own, now)
+            out[name] = series(pts, now, self.start_s)
+        return out
 
     def per_variant(self) -> dict[str, dict[str, float]]:
         """Per-variant req/s and p99 ms from Prometheus (empty without it)."""

@@ -3,7 +3,10 @@
 ``POST /v1/models/<any>:predict`` is forwarded, body unchanged, to a backend chosen by smooth weighted
 round robin (:mod:`infadapter.serving.wrr`) over the plan's shares; the model name in the path is
 rewritten to the backend's model, and the response header ``X-Infadapter-Variant`` names the variant
-that answered. The control loop sets backends and weights through a small admin API (bearer token,
+that answered. Several services (backends with a ``service``): ``POST /v1/models/<service>:predict`` goes to
+that service's backends only, by that service's shares (each service has its own route table: its own
+picker, standby, retries and spills); another name is a 404. Without services any name goes to the one table.
+The control loop sets backends and weights through a small admin API (bearer token,
 constant-time comparison) with one atomic swap: a request already forwarded keeps its backend, so
 removing a backend never drops its in-flight requests (make-before-break is the loop's job; this
 side only guarantees that nothing in flight is lost).
@@ -85,18 +88,25 @@ class BackendSpec:
     #: Requests in flight at this variant past which a new one goes to an idle variant (no share) with room
     #: instead: it would wait past the SLO here (None: never spilled).
     spill_at: int | None = None
+    #: The service (public model name) this variant serves; its weight is a share of that service's traffic
+    #: ("": one service, any model name).
+    service: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         if self.spill_at is None:
             del out["spill_at"]
+        if not self.service:
+            del out["service"]
         return out
 
 
 def parse_backends(payload: Any) -> tuple[BackendSpec, ...]:
-    """Validate ``{"backends": [{"name", "url", "model"?, "weight"}, ...]}`` (or the bare list).
+    """Validate ``{"backends": [{"name", "url", "model"?, "weight", "spill_at"?, "service"?}, ...]}`` (or the
+    bare list).
 
-    Raises :class:`BadInput` naming the field and the fix. ``model`` defaults to ``name``.
+    Raises :class:`BadInput` naming the field and the fix. ``model`` defaults to ``name``. ``service``: every
+    backend names one or none does; the weights are then shares within each service.
     """
     items = payload.get("backends") if isinstance(payload, Mapping) else payload
     if not isinstance(items, list):
@@ -107,10 +117,10 @@ def parse_backends(payload: Any) -> tuple[BackendSpec, ...]:
         where = f"backends[{i}]"
         if not isinstance(item, Mapping):
             raise BadInput(f"{where}: expected an object with name, url and weight")
-        unknown = set(item) - {"name", "url", "model", "weight", "spill_at"}
+        unknown = set(item) - {"name", "url", "model", "weight", "spill_at", "service"}
         if unknown:
             raise BadInput(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; allowed: name, url, model, "
-                           "weight, spill_at")
+                           "weight, spill_at, service")
         name = item.get("name")
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise BadInput(
@@ -138,9 +148,23 @@ def parse_backends(payload: Any) -> tuple[BackendSpec, ...]:
         spill_at = item.get("spill_at")
         if spill_at is not None and (isinstance(spill_at, bool) or not isinstance(spill_at, int) or spill_at < 1):
             raise BadInput(f"{where}.spill_at: a whole number of requests >= 1 (or null) is required, got {spill_at!r}")
-        specs.append(BackendSpec(name=name, url=url.rstrip("/"), model=model, weight=float(weight), spill_at=spill_at))
-    if specs and sum(s.weight for s in specs) <= 0:
-        raise BadInput("backends: the weights must have a positive sum (at least one backend with weight > 0)")
+        service = item.get("service", "")
+        if service is None:
+            service = ""
+        if not isinstance(service, str) or (service and not _NAME_RE.fullmatch(service)):
+            raise BadInput(f"{where}.service: a service name of letters, digits, '.', '_' and '-' (the model name "
+                           f"clients post to) is required, got {service!r}")
+        specs.append(BackendSpec(name=name, url=url.rstrip("/"), model=model, weight=float(weight), spill_at=spill_at,
+                                 service=service))
+    services = {s.service for s in specs}
+    if len(services) > 1 and "" in services:
+        i = next(i for i, s in enumerate(specs) if not s.service)
+        raise BadInput(f"backends[{i}].service: give every backend its service, or none (one service)")
+    for svc in sorted(services):
+        if specs and sum(s.weight for s in specs if s.service == svc) <= 0:
+            what = f" of service {svc}" if svc else ""
+            raise BadInput(f"backends: the weights{what} must have a positive sum (at least one backend with "
+                           "weight > 0)")
     return tuple(specs)
 
 
@@ -155,13 +179,21 @@ def _origin(url: str) -> tuple[str, int] | None:
 class _Routing:
     """An immutable backend set with its own picker; replaced whole on every change."""
 
-    __slots__ = ("generation", "index", "paths", "picker", "pools", "predict_urls", "shares", "specs", "standby")
+    __slots__ = ("by_service", "generation", "index", "paths", "picker", "pools", "predict_urls", "shares", "specs",
+                 "standby")
 
     def __init__(
-        self, specs: tuple[BackendSpec, ...], generation: int, pools: Mapping[tuple[str, int], UpstreamPool]
+        self, specs: tuple[BackendSpec, ...], generation: int, pools: Mapping[tuple[str, int], UpstreamPool],
+        split: bool = True,
     ) -> None:
         self.specs = specs
         self.generation = generation
+        # Several services: one table per service (its own picker, shares and standby), chosen by the model
+        # name of the request; the table of them all is then used for nothing but the admin view.
+        services = dict.fromkeys(s.service for s in specs if s.service) if split else {}
+        self.by_service: dict[str, _Routing] = {
+            svc: _Routing(tuple(s for s in specs if s.service == svc), generation, pools, split=False)
+            for svc in services}
         self.index = {s.name: i for i, s in enumerate(specs)}
         total = sum(s.weight for s in specs)
         self.shares = tuple(s.weight / total for s in specs) if total > 0 else tuple(0.0 for _ in specs)
@@ -172,6 +204,17 @@ class _Routing:
         self.predict_urls = tuple(f"{s.url}/v1/models/{s.model}" for s in specs)
         self.paths = tuple(f"{urlsplit(s.url).path.rstrip('/')}/v1/models/{s.model}" for s in specs)
         self.pools = tuple(pools.get(_origin(s.url)) if _origin(s.url) else None for s in specs)  # type: ignore[arg-type]
+
+    def share_of(self) -> dict[str, float]:
+        """Each variant's share of its own service's traffic (of all traffic without services)."""
+        tables = list(self.by_service.values()) or [self]
+        return {s.name: share for t in tables for s, share in zip(t.specs, t.shares, strict=True)}
+
+    def table(self, model: str) -> _Routing | None:
+        """The route table of a request for ``model``: its service's (None: no such service), or the one."""
+        if not self.by_service:
+            return self
+        return self.by_service.get(model)
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -258,11 +301,21 @@ class RequestStats:
         self._row_violations = [0] * _STATS_WINDOW_S
         self._win = [0] * _N_BINS  # the sum of the live rows
         self._win_violations = 0
+        # Several services: each one's arrivals per second and its totals (the loop's observed rate per service).
+        self._per_second_by_service: dict[str, deque[list[int]]] = {}
+        self.by_service: dict[str, dict[str, int]] = {}
 
-    def arrival(self, now_s: float) -> None:
+    def arrival(self, now_s: float, service: str = "") -> None:
         sec = int(now_s)
         self.requests_total += 1
-        ps = self._per_second
+        self._count(self._per_second, sec)
+        if service:
+            self._count(self._per_second_by_service.setdefault(service, deque()), sec)
+            totals = self.by_service.setdefault(service, {"requests_total": 0, "violations_total": 0})
+            totals["requests_total"] += 1
+
+    @staticmethod
+    def _count(ps: deque[list[int]], sec: int) -> None:
         if ps and ps[-1][0] == sec:
             ps[-1][1] += 1
         else:
@@ -270,7 +323,7 @@ class RequestStats:
             while ps[0][0] <= sec - _PER_SECOND_KEEP_S:
                 ps.popleft()
 
-    def done(self, now_s: float, latency_ms: float, code: int, variant: str) -> None:
+    def done(self, now_s: float, latency_ms: float, code: int, variant: str, service: str = "") -> None:
         key = str(code)
         self.by_code[key] = self.by_code.get(key, 0) + 1
         if code == 200:
@@ -279,6 +332,9 @@ class RequestStats:
         violated = slo.late(latency_ms, self.slo_ms) or slo.server_failed(code)
         if violated:
             self.violations_total += 1
+            if service:
+                self.by_service.setdefault(service, {"requests_total": 0, "violations_total": 0})[
+                    "violations_total"] += 1
         sec = int(now_s)
         i = sec % _STATS_WINDOW_S
         if self._row_sec[i] != sec:
@@ -331,12 +387,21 @@ class RequestStats:
     def snapshot(self, now_s: float) -> dict[str, Any]:
         """JSON-ready statistics: totals, the last 900 complete seconds, the last 60 s' tail latency."""
         now_sec = int(now_s)
-        counts = {sec: n for sec, n in self._per_second}
         first = max(int(self.start_s), now_sec - _PER_SECOND_KEEP_S)
-        per_second = [[sec, counts.get(sec, 0)] for sec in range(first, now_sec)]
+
+        def dense(ps: deque[list[int]]) -> list[list[int]]:
+            counts = {sec: n for sec, n in ps}
+            return [[sec, counts.get(sec, 0)] for sec in range(first, now_sec)]
+
+        per_second = dense(self._per_second)
         bins, violations = self._window(now_s)
         n = sum(bins)
+        extra: dict[str, Any] = {}
+        if self.by_service:  # several services: the same per-second counts and totals, per service
+            extra = {"per_second_by_service": {k: dense(ps) for k, ps in self._per_second_by_service.items()},
+                     "by_service": {k: dict(v) for k, v in self.by_service.items()}}
         return {
+            **extra,
             "requests_total": self.requests_total,
             "violations_total": self.violations_total,
             "by_code": dict(self.by_code),
@@ -385,14 +450,14 @@ class Dispatcher:
         self.registry = CollectorRegistry(auto_describe=True)
         self._m_requests = Counter(
             "dispatcher_requests",
-            "Predict requests by variant and HTTP code",
-            ["model", "code"],
+            "Predict requests by variant, HTTP code and service (the model name posted to; empty for one service)",
+            ["model", "code", "service"],
             registry=self.registry,
         )
         self._m_latency = Histogram(
             "dispatcher_request_latency_seconds",
             "End-to-end latency of predict requests through the dispatcher",
-            ["model"],
+            ["model", "service"],
             buckets=latency_buckets(config.slo_ms),
             registry=self.registry,
         )
@@ -471,8 +536,8 @@ class Dispatcher:
                 if spec.name not in new.index:
                     with contextlib.suppress(KeyError):
                         self._m_weight.remove(spec.name)
-        for spec, share in zip(new.specs, new.shares, strict=True):
-            self._m_weight.labels(spec.name).set(share)
+        for name, share in new.share_of().items():
+            self._m_weight.labels(name).set(share)
 
     def _choose(self, routing: _Routing, avoid: str | None = None) -> int | None:
         picker = routing.picker
@@ -539,25 +604,28 @@ class Dispatcher:
         self._m_ejections.labels(name).inc()
 
     # -- metrics helpers --------------------------------------------------------------------
-    def _finish(self, variant: str, code: int, started: float) -> None:
+    def _finish(self, variant: str, code: int, started: float, service: str = "") -> None:
         latency = time.perf_counter() - started
-        key = (variant, code)
+        key = (variant, code, service)
         children = self._children.get(key)
         if children is None:
-            children = (self._m_requests.labels(variant, str(code)), self._m_latency.labels(variant))
+            children = (self._m_requests.labels(variant, str(code), service), self._m_latency.labels(variant, service))
             self._children[key] = children
         children[0].inc()
         children[1].observe(latency)
         if code < 500 and latency <= self._slo_s:
             self._m_good.inc()
-        self.stats.done(self._clock(), latency * 1000.0, code, variant)
+        self.stats.done(self._clock(), latency * 1000.0, code, variant, service)
 
     # -- public predict API -----------------------------------------------------------------
     async def _predict(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        self.stats.arrival(self._clock())
+        model = request.match_info["name"]
+        # A service's request is counted as that service's from its arrival on (the loop's rate per service).
+        service = model if model in self._routing.by_service else ""
+        self.stats.arrival(self._clock(), service)
         if self._in_flight >= self.config.max_in_flight:
-            self._finish(NO_VARIANT, 503, started)
+            self._finish(NO_VARIANT, 503, started, service)
             return _error(503, "overloaded")
         public = self.config.model_name
         if public and request.match_info["name"] != public:
@@ -565,26 +633,26 @@ class Dispatcher:
             return _error(404, f"Servable not found for request: Latest({request.match_info['name'][:100]})")
         version = request.match_info.get("version")
         if version is not None and not _VERSION_RE.fullmatch(version):
-            self._finish(NO_VARIANT, 404, started)
+            self._finish(NO_VARIANT, 404, started, service)
             return _error(404, "Malformed request: the version in /versions/V must be a number")
         # Read the whole body before taking an in-flight slot, under a deadline: a client that
         # sends half a request holds only its own connection, and only until the deadline.
-        body = await self._read_body(request, started)
+        body = await self._read_body(request, started, service)
         if isinstance(body, web.Response):
             return body
         if self._in_flight >= self.config.max_in_flight:
-            self._finish(NO_VARIANT, 503, started)
+            self._finish(NO_VARIANT, 503, started, service)
             return _error(503, "overloaded")
         self._in_flight += 1
         try:
-            return await self._serve(request, body, version, started)
+            return await self._serve(request, body, version, started, model, service)
         finally:
             self._in_flight -= 1
 
-    async def _read_body(self, request: web.Request, started: float) -> bytes | web.Response:
+    async def _read_body(self, request: web.Request, started: float, service: str) -> bytes | web.Response:
         limit = self.config.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            self._finish(NO_VARIANT, 413, started)
+            self._finish(NO_VARIANT, 413, started, service)
             return _error(413, f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
         try:
             if request.content.is_eof():  # the whole body came with the headers: no deadline to arm
@@ -592,48 +660,53 @@ class Dispatcher:
             async with asyncio.timeout(self.config.body_timeout_s):
                 return await request.read()
         except web.HTTPRequestEntityTooLarge:
-            self._finish(NO_VARIANT, 413, started)
+            self._finish(NO_VARIANT, 413, started, service)
             return _error(413, f"request body exceeds the limit of {limit} bytes")
         except TimeoutError:
-            self._finish(NO_VARIANT, 408, started)
+            self._finish(NO_VARIANT, 408, started, service)
             return _error(408, f"request body not received within {self.config.body_timeout_s:g} s")
 
-    async def _serve(self, request: web.Request, body: bytes, version: str | None, started: float) -> web.Response:
+    async def _serve(self, request: web.Request, body: bytes, version: str | None, started: float, model: str,
+                     service: str) -> web.Response:
         suffix = f"/versions/{version}:predict" if version else ":predict"
         content_type = request.headers.get("Content-Type", "application/json")
         if not _CONTENT_TYPE_RE.fullmatch(content_type):  # it is copied into the backend request's header
-            self._finish(NO_VARIANT, 400, started)
+            self._finish(NO_VARIANT, 400, started, service)
             return _error(400, "Content-Type: printable ASCII expected, such as application/json")
 
-        routing = self._routing
+        routing = self._routing.table(model)
+        if routing is None:  # several services, and this name is none of them
+            self._finish(NO_VARIANT, 404, started)
+            known = ", ".join(self._routing.by_service)
+            return _error(404, f"Servable not found for request: Latest({model[:100]}); services: {known}")
         first = self._choose(routing)
         if first is None:
-            self._finish(NO_VARIANT, 503, started)
+            self._finish(NO_VARIANT, 503, started, service)
             return _error(503, "no backend is set: PUT /admin/backends first")
         first = self._spill(routing, first)
         spec = routing.specs[first]
         try:
-            return await self._attempt(routing, first, suffix, body, content_type, started)
+            return await self._attempt(routing, first, suffix, body, content_type, started, service)
         except _Attempt as exc:
             last = exc
         self._failed(spec.name, last)
-        # Retry once, on another variant of the set in force now (the weights may have moved).
-        routing = self._routing
+        # Retry once, on another variant of the set in force now (the weights may have moved), of its service.
+        routing = self._routing.table(model) or routing
         second = self._choose_retry(routing, avoid=spec.name)
         if second is not None and routing.specs[second].name != spec.name:
             spec = routing.specs[second]
             try:
-                return await self._attempt(routing, second, suffix, body, content_type, started)
+                return await self._attempt(routing, second, suffix, body, content_type, started, service)
             except _Attempt as exc:
                 last = exc
             self._failed(spec.name, last)
-        self._finish(spec.name, last.status, started)
+        self._finish(spec.name, last.status, started, service)
         if last.body is not None:
             return _passthrough(last.status, last.body, last.content_type, spec.name)
         return _error(last.status, str(last), spec.name)
 
     async def _attempt(
-        self, routing: _Routing, i: int, suffix: str, body: bytes, content_type: str, started: float
+        self, routing: _Routing, i: int, suffix: str, body: bytes, content_type: str, started: float, service: str = ""
     ) -> web.Response:
         spec = routing.specs[i]
         pool = routing.pools[i]
@@ -653,7 +726,7 @@ class Dispatcher:
             self._busy[spec.name] -= 1
         if status >= 500:
             raise _Attempt(status, f"variant {spec.name} answered {status}", data, resp_type)
-        self._finish(spec.name, status, started)
+        self._finish(spec.name, status, started, service)
         return _passthrough(status, data, resp_type or "application/json", spec.name)
 
     async def _post_aiohttp(self, url: str, body: bytes, content_type: str) -> tuple[int, str, bytes]:
@@ -667,7 +740,10 @@ class Dispatcher:
         public = self.config.model_name
         if public and request.match_info["name"] != public:
             return _error(404, f"Servable not found for request: Latest({request.match_info['name'][:100]})")
-        available = self._routing.picker is not None
+        table = self._routing.table(request.match_info["name"])
+        if table is None:
+            return _error(404, f"Servable not found for request: Latest({request.match_info['name'][:100]})")
+        available = table.picker is not None
         state, code = ("AVAILABLE", "OK") if available else ("LOADING", "UNAVAILABLE")
         body = {
             "model_version_status": [
@@ -706,10 +782,7 @@ class Dispatcher:
         now = time.monotonic()
         return {
             "generation": routing.generation,
-            "backends": [
-                {**s.as_dict(), "share": round(share, 6)}
-                for s, share in zip(routing.specs, routing.shares, strict=True)
-            ],
+            "backends": [{**s.as_dict(), "share": round(routing.share_of()[s.name], 6)} for s in routing.specs],
             "ejected": {n: round(t - now, 3) for n, t in self._ejected.items() if t > now},
         }
 
@@ -739,7 +812,7 @@ class Dispatcher:
         body["in_flight"] = self._in_flight
         body["max_in_flight"] = self.config.max_in_flight
         body["generation"] = self._routing.generation
-        body["weights"] = {s.name: round(w, 6) for s, w in zip(self._routing.specs, self._routing.shares, strict=True)}
+        body["weights"] = {name: round(w, 6) for name, w in self._routing.share_of().items()}
         body["ejected"] = sorted(n for n, t in self._ejected.items() if t > time.monotonic())
         return web.json_response(body)
 

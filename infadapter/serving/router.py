@@ -42,6 +42,9 @@ class Route:
     #: Requests in flight past which the dispatcher sends a new one to an idle route (weight 0) with room;
     #: None: never (HAProxy has no such rule).
     spill_at: int | None = None
+    #: The service (the model name clients post to) this route serves, its weight a share of that service's
+    #: traffic; "" for one service (the dispatcher only: HAProxy routes one service).
+    service: str = ""
 
 
 def as_routes(backends: Iterable[Route | Mapping[str, Any]]) -> list[Route]:
@@ -52,7 +55,8 @@ def as_routes(backends: Iterable[Route | Mapping[str, Any]]) -> list[Route]:
             out.append(b)
         else:
             out.append(Route(name=b["name"], url=b["url"], model=b.get("model", b["name"]),
-                             weight=float(b["weight"]), max_conn=b.get("max_conn"), spill_at=b.get("spill_at")))
+                             weight=float(b["weight"]), max_conn=b.get("max_conn"), spill_at=b.get("spill_at"),
+                             service=b.get("service", "")))
     return out
 
 
@@ -178,6 +182,8 @@ class DispatcherRouter:
             d.pop("max_conn")  # the dispatcher bounds in-flight requests overall (--max-in-flight)
             if d["spill_at"] is None:
                 del d["spill_at"]
+            if not d["service"]:
+                del d["service"]
             items.append(d)
         return self.client.set_backends(items)
 

@@ -2,9 +2,10 @@
 own window, SLO and queueing servers), planned either jointly or by independent adapters on a static split.
 
 - ``infadapter``: one integer program for all services (:func:`infadapter.core.solver.solve` with ``loads``)
-  at every decision; each service's simulation applies its part of the joint plan.
-  When the forecasts do not all fit in the budget, the forecasts' headroom over the observed rates gives way
-  first (the same fraction for every service, the most that fits), and only then does a service shed.
+  at every decision, through the live loop's policy (:class:`infadapter.core.policies.InfAdapter`, whose
+  :func:`~infadapter.core.policies.joint_solve` lets the forecasts' headroom over the observed rates give way
+  first when they do not all fit, and only then does a service shed); each service's simulation applies its
+  part of the joint plan.
 - ``infadapter-split``: an independent adapter per service on a fixed share of the budget, split by the
   services' mean load over their windows (whole core steps, at least ``min_cores`` each, never more than the
   budget in all); ``infadapter-split-peak``: the same, split by their peak load.
@@ -28,7 +29,7 @@ import numpy as np
 from infadapter.core import control
 from infadapter.core import solver as solver_mod
 from infadapter.core.plan import Allocation, Plan
-from infadapter.core.policies import Context, Decision
+from infadapter.core.policies import Context, Decision, InfAdapter
 from infadapter.core.profile import Profile, profile_from_dict
 from infadapter.errors import BadInput
 from infadapter.sim.simulation import SimConfig, SimResult, Simulation, make_arrivals
@@ -49,8 +50,8 @@ def service_profile(profile: Profile, name: str, budget_cores: float | None = No
     data.pop("services")
     data.update(name=f"{profile.name}/{name}", slo_ms=svc.slo_ms,
                 budget_cores=profile.budget_cores if budget_cores is None else budget_cores,
-                variants=[{**v.model_dump(mode="json", exclude_none=True), "name": svc.qualified(v.name)}
-                          for v in svc.variants])
+                variants=[{**v.model_dump(mode="json", exclude_none=True), "name": svc.qualified(v.name),
+                           "model": v.model or v.name} for v in svc.variants])
     return profile_from_dict(data, origin=f"{profile.name}: service {name}")
 
 
@@ -87,7 +88,7 @@ class _Joint:
     profile: Profile
     sims: dict[str, Simulation] = field(default_factory=dict)
     plans: dict[float, Plan] = field(default_factory=dict)
-    current: dict[str, float] = field(default_factory=dict)
+    serving: Plan | None = None
     solve_s: float = 0.0
 
     def plan_at(self, now_s: float, solver: solver_mod.Options) -> Plan:
@@ -98,39 +99,15 @@ class _Joint:
                 seen = control.seen(sim.observed(now_s), sim.ctl)
                 trigger = "start" if not self.plans else "interval"
                 loads[name] = control.decision_load(trigger, sim.forecaster, seen.history, seen.rate_rps, sim.ctl)
-                observed[name] = min(seen.rate_rps, loads[name])
-            plan = self._solve(loads, observed, solver)
-            self.plans[key] = plan
-            self.current = plan.cores_by_name()
+                observed[name] = seen.rate_rps
+            # The live loop's policy and call (infadapter.core.policies.InfAdapter: the joint solve, the
+            # forecasts' headroom giving way first when they do not all fit).
+            ctx = Context(self.profile, now_s, sum(loads.values()), solver=solver, forecast_by_service=loads,
+                          observed_by_service=observed, current=self.serving)
+            decision = InfAdapter().decide(ctx)
+            self.solve_s += decision.solve_s
+            self.plans[key] = self.serving = decision.plan
         return self.plans[key]
-
-    def _solve(self, forecast: Mapping[str, float], observed: Mapping[str, float], solver: solver_mod.Options,
-               steps: int = 4) -> Plan:
-        """The joint plan for the forecasts; when they do not all fit (a service sheds), the forecasts'
-        headroom over the observed rates gives way first: the largest fraction of it (bisected in ``steps``
-        halvings, the same for every service) whose plan sheds nothing, else the plan at the observed rates
-        (which then sheds by the solver's rules)."""
-        def at(frac: float) -> Plan:
-            loads = {n: observed[n] + frac * (forecast[n] - observed[n]) for n in forecast}
-            res = solver_mod.solve(self.profile, 0.0, self.current, solver, loads=loads)
-            self.solve_s += res.solve_s
-            return res.plan
-
-        plan = at(1.0)
-        if plan.feasible or all(forecast[n] - observed[n] <= 1e-9 for n in forecast):
-            return plan
-        low, best = at(0.0), None
-        if not low.feasible:
-            return low
-        lo, hi = 0.0, 1.0
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            cand = at(mid)
-            if cand.feasible:
-                lo, best = mid, cand
-            else:
-                hi = mid
-        return best or low
 
 
 @dataclass(frozen=True)

@@ -155,18 +155,24 @@ class ReplayedLoad:
     seconds and new seconds count as 0 req/s.
     """
 
-    def __init__(self, rates_rps: Sequence[float], label: str, start_s: float) -> None:
+    def __init__(self, rates_rps: Sequence[float], label: str, start_s: float,
+                 by_service: Mapping[str, Sequence[float]] | None = None) -> None:
         self.rates = tuple(float(x) for x in rates_rps)
         self.label = label
         self.start_s = start_s
         self.warning = f"replayed observation of {label} (not live traffic)"
+        #: Several services: each one's load, observed as its own counts (``rates_rps`` is their sum).
+        self.by_service = {n: tuple(float(x) for x in r) for n, r in (by_service or {}).items()}
 
     def observe(self, now_s: float) -> Observation:
         done = max(math.floor(now_s - self.start_s), 0)
         first = max(done - HISTORY_S, 0)
-        hist = tuple(self.rates[i] if i < len(self.rates) else 0.0 for i in range(first, done))
-        return Observation(now_s=now_s, history_rps=hist, p99_ms=None, source=REPLAY_SOURCE,
-                           warning=self.warning)
+
+        def seen(rates: tuple[float, ...]) -> tuple[float, ...]:
+            return tuple(rates[i] if i < len(rates) else 0.0 for i in range(first, done))
+
+        return Observation(now_s=now_s, history_rps=seen(self.rates), p99_ms=None, source=REPLAY_SOURCE,
+                           warning=self.warning, history_by_service={n: seen(r) for n, r in self.by_service.items()})
 
 
 class GuardedObserver:
@@ -190,7 +196,8 @@ class GuardedObserver:
                 return Observation(now_s, (), None, "none", f"{what}; nothing observed yet")
             age = now_s - last.now_s
             return Observation(now_s, last.history_rps, last.p99_ms, f"stale {last.source}",
-                               f"{what}; using the observation from {age:.0f} s ago")
+                               f"{what}; using the observation from {age:.0f} s ago",
+                               history_by_service=last.history_by_service)
         if self._failing:
             log.warning("observation works again (%s)", obs.source)
         self._failing = False
@@ -270,6 +277,9 @@ class ClusterSetup:
         if not isinstance(cfg, ClusterRunConfig):
             raise BadInput(f"--backend {cfg.backend}: expected the cluster backends' flags")
         messages = run.messages
+        if run.profile.services and cfg.backend != "dry-run":
+            raise BadInput(f"--backend {cfg.backend}: several services run on the local and dry-run backends so far "
+                           "(per-service Services and routes are not rendered for a cluster yet)")
         # Flags and the cluster are checked before anything is written.
         backend = build_backend(cfg, run.profile)
         try:
@@ -348,7 +358,8 @@ def _address_variants(backend: Any, messages: list[str]) -> None:
 def _observer(cfg: ClusterRunConfig, run: AdapterRun, live: Any) -> Callable[[float], Observation]:
     """What the loop observes (see the module doc): the replay, else the dispatcher's counters or Prometheus."""
     if cfg.rates_rps is not None and live is None:
-        return ReplayedLoad(cfg.rates_rps, cfg.load_label or "a load", run.started_s).observe
+        return ReplayedLoad(cfg.rates_rps, cfg.load_label or "a load", run.started_s,
+                            {s.name: s.rates_rps for s in cfg.services_load}).observe
     from infadapter.observe.monitor import Monitor
 
     stats: Callable[[], Mapping[str, Any]] = _no_dispatcher

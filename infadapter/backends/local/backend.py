@@ -38,7 +38,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -540,11 +540,15 @@ class LocalBackend:
     def _route(self, plan: Plan) -> None:
         # spill_at: with a standby (a variant with no share) in the plan, a server whose queue would hold a new
         # request past about half the SLO hands it to the standby (docs/dispatcher.md).
+        # service: several services are routed each by its own model name and shares (the profile says whose a
+        # variant is: a plan read back from the state file may not carry it).
         routes = [Route(name=a.name, url=self.servers[a.name].url, model=self.servers[a.name].model,
-                        weight=round(a.share, 6), spill_at=self.profile.spill_bound(a.name, a.cores))
+                        weight=round(a.share, 6), spill_at=self.profile.spill_bound(a.name, a.cores),
+                        service=self.profile.service_of(a.name))
                   for a in plan.allocations]
-        if routes and sum(r.weight for r in routes) <= 0:
-            routes = [Route(r.name, r.url, r.model, 1.0) for r in routes]
+        for svc in dict.fromkeys(r.service for r in routes):  # a table whose weights are all 0 serves evenly
+            if sum(r.weight for r in routes if r.service == svc) <= 0:
+                routes = [replace(r, weight=1.0) if r.service == svc else r for r in routes]
         self.client.set_backends(routes)
         self._last_routes = routes
         self._tell_targets()

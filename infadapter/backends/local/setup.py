@@ -66,6 +66,9 @@ class RunConfig(AdapterConfig):
         if self.router not in ROUTERS:
             raise BadInput(f"--router {self.router}: the local backend routes with {' or '.join(ROUTERS)}; "
                            "gateway is for --backend kubernetes or dry-run (a Gateway API HTTPRoute)")
+        if self.services_load and self.router != "dispatcher":
+            raise BadInput(f"--router {self.router}: several services are routed by the dispatcher (a route table "
+                           "per service); use --router dispatcher")
 
     @classmethod
     def from_flags(cls, shared: Mapping[str, Any], **own: Any) -> RunConfig:
@@ -170,7 +173,7 @@ class LocalSetup:
         # Servers a killed adapter left have served for a while: their counters are real history.
         monitor = Monitor(backend.client.stats, prom_url, start_s=run.started_s - (HISTORY_S if adopted else 0),
                           rate_query=backend.router.rate_query, p99_query=backend.router.p99_query,
-                          rate_window_s=cfg.control.rate_window_s)
+                          rate_window_s=cfg.control.rate_window_s, services=profile.service_names)
         return Prepared(
             backend=backend, observe=monitor.observe, limit_mode=backend.limit_mode, initial_plan=backend.plan,
             observation=(f"prometheus {prom_url}, else the {cfg.router}'s counters" if prom_url
@@ -212,13 +215,16 @@ class LocalSetup:
 
     @staticmethod
     def _drive_load(cfg: RunConfig, profile: Profile, store: Any, backend: LocalBackend) -> Any:
-        from infadapter.observe.loadgen import drive_window
+        from infadapter.observe.loadgen import Stream, drive_window
 
         assert cfg.rates_rps is not None
+        # Several services: each one's window posted to its own model name, judged at its own SLO.
+        streams = [Stream(s.name, f"{backend.dispatcher_url}/v1/models/{s.name}:predict", s.rates_rps,
+                          profile.service(s.name).slo_ms) for s in cfg.services_load]
         return drive_window(f"{backend.dispatcher_url}/v1/models/resnet:predict", cfg.rates_rps, cfg.duration_s,
                             store, slo_ms=profile.slo_ms, resolution=resolution_of(cfg, profile),
                             out_path=cfg.run_dir / "requests.csv" if cfg.requests_csv else None, seed=cfg.seed,
-                            timeout_s=cfg.timeout_s)
+                            timeout_s=cfg.timeout_s, streams=streams)
 
     @staticmethod
     def _calibration_summary(run: AdapterRun) -> dict[str, Any]:

@@ -1,0 +1,121 @@
+"""The control loop with several services (profiles/services-local.yaml: live and batch on 1.75 cores), an injected
+clock and the in-test backend of tests/test_loop.py: one joint decision for both, each service's own counts and
+forecast, the same policy call as the simulator's joint policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from infadapter.adapter.loop import ControlLoop, LoopConfig
+from infadapter.adapter.records import DecisionLog, read_records
+from infadapter.core import solver as solver_mod
+from infadapter.core.control import ControlConfig
+from infadapter.core.policies import joint_solve, make_policy
+from infadapter.core.profile import load_profile
+from infadapter.observe.monitor import Observation
+from tests.test_loop import FakeBackend, FakeClock, PeakForecaster
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = load_profile(ROOT / "profiles" / "services-local.yaml")
+
+
+@dataclass
+class TwoLoads:
+    """live at ``live`` req/s, batch at ``batch`` req/s, one count per second each (their sum as the total)."""
+
+    live: float = 10.0
+    batch: float = 60.0
+    seen: dict[str, list[float]] = field(default_factory=lambda: {"live": [], "batch": []})
+
+    def observe(self, now: float) -> Observation:
+        while len(self.seen["live"]) < int(now - 1_000_000.0):
+            self.seen["live"].append(self.live)
+            self.seen["batch"].append(self.batch)
+        by = {k: tuple(v[-600:]) for k, v in self.seen.items()}
+        total = tuple(a + b for a, b in zip(by["live"], by["batch"], strict=True))
+        return Observation(now, total, None, "fake", history_by_service=by)
+
+
+def _loop(tmp_path: Path) -> tuple[ControlLoop, FakeClock, TwoLoads, FakeBackend]:
+    clock, load, backend = FakeClock(), TwoLoads(), FakeBackend()
+    ctl = ControlConfig(interval_s=5.0, check_s=1.0, react=False)
+    loop = ControlLoop(PROFILE, make_policy("infadapter", PROFILE, 1), PeakForecaster(), backend, load.observe,
+                       LoopConfig(ctl), clock=clock, sleep=clock.sleep,
+                       records=DecisionLog(tmp_path / "decisions.jsonl"),
+                       service_forecasters={"live": PeakForecaster(), "batch": PeakForecaster()},
+                       service_controls={"live": ctl, "batch": ctl})
+    return loop, clock, load, backend
+
+
+def test_one_joint_decision_per_interval_from_each_service_s_own_counts(tmp_path: Path) -> None:
+    loop = _loop(tmp_path)[0]
+    loop.run(duration_s=16)
+    records = list(read_records(tmp_path / "decisions.jsonl"))
+    assert [r["trigger"] for r in records] == ["start", "interval", "interval", "interval"]
+    last = records[-1]
+    # Each service's forecast is its own peak (PeakForecaster): live 10, batch 60; the total is their sum.
+    assert last["inputs"]["services"] == {"live": {"observed_rps": 10.0, "forecast_rps": 10.0},
+                                          "batch": {"observed_rps": 60.0, "forecast_rps": 60.0}}
+    assert last["forecast_rps"] == pytest.approx(70.0)
+    # The plan is the joint solve's for those loads (the simulator's joint policy makes the same call).
+    want = joint_solve(PROFILE, {"live": 10.0, "batch": 60.0}, {"live": 10.0, "batch": 60.0},
+                       {a["name"]: a["cores"] for a in records[-2]["serving"]["variants"]},
+                       solver_mod.Options())[0].plan
+    assert last["plan_after"]["variants"] == want.as_dict()["variants"]
+    assert {v["service"] for v in last["plan_after"]["variants"]} == {"live", "batch"}
+    assert sum(v["cores"] for v in last["plan_after"]["variants"]) <= PROFILE.budget_cores + 1e-9
+    # The loop's totals and snapshot per service.
+    totals = loop.totals.as_dict()
+    assert [s["name"] for s in totals["services"]] == ["live", "batch"]
+    assert sum(s["mean_cores"] for s in totals["services"]) == pytest.approx(totals["mean_cores"], abs=1e-3)
+    snap = loop.snapshot().as_dict()
+    assert [s["name"] for s in snap["services"]] == ["live", "batch"]
+    assert snap["services"][1]["forecast_rps"] == 60.0
+
+
+def test_a_crash_routes_around_it_per_service_and_re_plans_all_services_at_once(tmp_path: Path) -> None:
+    # One service's server dies: its survivors (within its service) take its traffic, then the loop decides
+    # again for both at once and starts what the plan needs.
+    loop, clock, _, backend = _loop(tmp_path)
+    loop.tick()
+    dead = backend.plan.allocations[0].name
+    backend.dead.add(dead)
+    clock.now_s += 1
+    rec = loop.tick()
+    assert rec is not None and rec.trigger == "crash"
+    assert "is down" in rec.reason
+    shares: dict[str, float] = {}
+    for a in backend.plan.allocations:
+        shares[a.service] = shares.get(a.service, 0.0) + a.share
+    assert shares == pytest.approx({"live": 1.0, "batch": 1.0})
+    assert dead in backend.plan.names  # started again: the joint plan still wants it
+    degraded = [c for c in backend.calls if c.startswith("apply")][-2]
+    assert dead not in degraded  # the degraded routing left the dead server out
+
+
+def test_one_service_over_its_capacity_re_plans_all_at_once(tmp_path: Path) -> None:
+    # live jumps from 10 to 40 req/s between decisions: its rate runs over its own part of the plan, so an overload
+    # decision comes before the interval's, raising live's load (40 x 1.1 by the overload rule) and planning batch
+    # as at an interval (its own peak, 60).
+    clock, load, backend = FakeClock(), TwoLoads(), FakeBackend()
+    ctl = ControlConfig(interval_s=30.0, check_s=1.0)
+    loop = ControlLoop(PROFILE, make_policy("infadapter", PROFILE, 1), PeakForecaster(), backend, load.observe,
+                       LoopConfig(ctl), clock=clock, sleep=clock.sleep,
+                       records=DecisionLog(tmp_path / "decisions.jsonl"),
+                       service_forecasters={"live": PeakForecaster(), "batch": PeakForecaster()},
+                       service_controls={"live": ctl, "batch": ctl})
+    loop.run(duration_s=8)
+    load.live = 40.0
+    loop.run(duration_s=8)
+    records = list(read_records(tmp_path / "decisions.jsonl"))
+    # (The first seconds re-plan on overload too: the start planned for 0 req/s, nothing observed yet.)
+    over = [r for r in records if r["trigger"] == "overload" and r["time_s"] >= clock.now_s - 8]
+    assert over, [r["trigger"] for r in records]
+    inputs = over[0]["inputs"]["services"]
+    assert inputs["live"]["forecast_rps"] == pytest.approx(44.0)
+    assert inputs["batch"]["forecast_rps"] == pytest.approx(60.0)
+    live_cap = sum(v["capacity"] for v in over[0]["plan_after"]["variants"] if v["service"] == "live")
+    assert live_cap >= 44.0 - 1e-6
