@@ -247,9 +247,13 @@ def tight_node(admin: Kube) -> Any:
             "status": {"allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
                        "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"}},
         })
-        admin.wait(f"node {name} ready", lambda: any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in (admin.get("Node", name).get("status") or {}).get("conditions", [])))
+        def ready() -> bool:  # Ready, and the node controller has lifted its not-ready taint (pods may come)
+            n = admin.get("Node", name)
+            return any(c["type"] == "Ready" and c["status"] == "True"
+                       for c in (n.get("status") or {}).get("conditions", [])) and not any(
+                t.get("key", "").startswith("node.kubernetes.io/") for t in (n.get("spec") or {}).get("taints", []))
+
+        admin.wait(f"node {name} ready", ready)
         return {"node_selector": {"kubernetes.io/hostname": name},
                 "tolerations": [{"key": "infadapter.io/tight", "operator": "Exists", "effect": "NoSchedule"}]}
 
@@ -276,6 +280,16 @@ def test_placement_counts_what_placed_pods_ask_beyond_their_node_as_overcommitte
                      "spec": {"nodeName": node, "tolerations": sel["tolerations"], "terminationGracePeriodSeconds": 0,
                               "containers": [{"name": "c", "image": "registry.invalid/none",
                                               "resources": {"requests": {"cpu": cpu}}}]}})
+
+    def seen() -> Any:
+        return cluster.placement(b.api, b.config, []).overcommitted > 0 or None
+
+    try:  # a node whose not-ready taint is still there takes no pods, so it is not counted
+        admin.wait("the node overcommitted", seen, timeout_s=60)
+    except AssertionError:
+        conds = {c["type"]: c["status"] for c in admin.get("Node", node)["status"].get("conditions", [])}
+        phases = {p["metadata"]["name"]: p.get("status", {}).get("phase") for p in admin.list("Pod", ns)}
+        raise AssertionError(f"no overcommit seen: node conditions {conds}, pods {phases}") from None
     where = cluster.placement(b.api, b.config, [])
     assert (where.overcommitted, where.lacking) == (0.5, 0.0), where
     assert cluster.free_cores(b.api, b.config) == 0.0
