@@ -49,7 +49,12 @@ def free_cores(api: KubeApi, config: RenderConfig) -> float | None:
     allocatable CPU less the CPU requested by every pod placed there (any namespace). None when the nodes
     or the pods of all namespaces cannot be read (a namespaced Role cannot)."""
     room = _room(api, config)
-    return None if room is None else round(sum(max(r, 0.0) for r in room.values()), 9)
+    return None if room is None else _free(room)
+
+
+def _free(room: Mapping[str, float]) -> float:
+    """The cores left on the nodes of ``room`` (an overcommitted node has none)."""
+    return round(sum(max(r, 0.0) for r in room.values()), 9)
 
 
 def _room(api: KubeApi, config: RenderConfig) -> dict[str, float] | None:
@@ -116,7 +121,7 @@ def placement(api: KubeApi, config: RenderConfig, variants: Iterable[str]) -> Pl
     room = _room(api, config)
     if room is None:
         return Placement(frozenset(unplaced), None, False)
-    free = round(sum(max(r, 0.0) for r in room.values()), 9)
+    free = _free(room)
     over = round(sum(max(-r, 0.0) for r in room.values()), 9)
     fits = bool(requests) and min(requests) <= free + 1e-9
     return Placement(frozenset(unplaced), max(0.0, round(sum(requests) - free, 9)), fits, over)
