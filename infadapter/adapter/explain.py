@@ -184,9 +184,8 @@ def complete_runner_ups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from infadapter.core import explain as core
     from infadapter.core.plan import Plan
     from infadapter.core.policies import entry
-    from infadapter.core.profile import load_profile
 
-    profiles: dict[tuple[str, float, float], Any] = {}
+    profiles: dict[tuple[str, float, float, float], Any] = {}
     out = []
     for rec in records:
         ru, ctx_rec = rec.get("runner_up"), rec.get("replay") or {}
@@ -200,24 +199,41 @@ def complete_runner_ups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not skipped or "profile" not in ctx_rec:
             out.append(rec)
             continue
-        path = Path(ctx_rec["profile"])
-        key = (str(path), float(ctx_rec["alpha"]), float(ctx_rec["budget"]))
         try:
-            if hashlib.sha256(path.read_bytes()).hexdigest() != ctx_rec.get("profile_sha256"):
-                out.append(rec)
-                continue
-            if key not in profiles:
-                profiles[key] = load_profile(path).tuned(alpha=key[1], budget=key[2])
-        except (OSError, ValueError, BadInput):
+            profile = replay_profile(ctx_rec, profiles)
+        except (ValueError, BadInput):
+            profile = "profile unreadable"
+        if isinstance(profile, str):
             out.append(rec)
             continue
         before = rec.get("plan_before")
         # The solver's own plan: without the idle variants the keep-warm wrapper added (share 0).
         optimum["variants"] = [v for v in optimum.get("variants", []) if float(v.get("share", 0)) > 1e-9]
-        ru = core.with_other_sets(profiles[key], str(ctx_rec["policy"]), float(ctx_rec["load_rps"]),
+        ru = core.with_other_sets(profile, str(ctx_rec["policy"]), float(ctx_rec["load_rps"]),
                                   Plan.from_dict(before) if before else None, Plan.from_dict(optimum), ru)
         out.append({**rec, "runner_up": ru})
     return out
+
+
+def replay_profile(ctx_rec: dict[str, Any], cache: dict[tuple[str, float, float, float], Any]) -> Any:
+    """The profile a record's decision was solved on (its ``replay`` inputs: the profile at the recorded
+    path, checked against the recorded hash, tuned with the run's alpha and budget, scaled by the start-up
+    calibration), or a string saying why it cannot be had. ``cache`` keeps the profiles loaded so far."""
+    from infadapter.core.profile import load_profile
+
+    path = Path(ctx_rec["profile"])
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        return f"profile {path} unreadable ({exc.strerror or exc})"
+    if ctx_rec.get("profile_sha256") and digest != ctx_rec["profile_sha256"]:
+        return f"profile {path} changed since the run (sha256 differs)"
+    # capacity_scale: the local backend's start-up calibration on a machine slower than the profile's.
+    key = (str(path), float(ctx_rec["alpha"]), float(ctx_rec["budget"]), float(ctx_rec.get("capacity_scale", 1.0)))
+    if key not in cache:
+        tuned = load_profile(path).tuned(alpha=key[1], budget=key[2])
+        cache[key] = tuned.scaled_capacity(key[3]) if key[3] != 1.0 else tuned
+    return cache[key]
 
 
 def replay(records: list[dict[str, Any]]) -> ReplayReport:
@@ -225,7 +241,6 @@ def replay(records: list[dict[str, Any]]) -> ReplayReport:
     from infadapter.core.explain import state_from_dict
     from infadapter.core.plan import Plan
     from infadapter.core.policies import Context, make_policy
-    from infadapter.core.profile import load_profile
 
     report = ReplayReport()
     profiles: dict[tuple[str, float, float, float], Any] = {}
@@ -236,21 +251,10 @@ def replay(records: list[dict[str, Any]]) -> ReplayReport:
         if "profile" not in ctx_rec or "load_rps" not in ctx_rec:
             report.skipped.append({"seq": seq, "why": "the record has no replay inputs (written before explain)"})
             continue
-        path = Path(ctx_rec["profile"])
-        try:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError as exc:
-            report.skipped.append({"seq": seq, "why": f"profile {path} unreadable ({exc.strerror or exc})"})
+        profile = replay_profile(ctx_rec, profiles)
+        if isinstance(profile, str):
+            report.skipped.append({"seq": seq, "why": profile})
             continue
-        if ctx_rec.get("profile_sha256") and digest != ctx_rec["profile_sha256"]:
-            report.skipped.append({"seq": seq, "why": f"profile {path} changed since the run (sha256 differs)"})
-            continue
-        # capacity_scale: the local backend's start-up calibration on a machine slower than the profile's.
-        key = (str(path), float(ctx_rec["alpha"]), float(ctx_rec["budget"]), float(ctx_rec.get("capacity_scale", 1.0)))
-        if key not in profiles:
-            tuned = load_profile(path).tuned(alpha=key[1], budget=key[2])
-            profiles[key] = tuned.scaled_capacity(key[3]) if key[3] != 1.0 else tuned
-        profile = profiles[key]
         try:
             state = state_from_dict(ctx_rec.get("policy_state"))
         except ValueError as exc:

@@ -16,6 +16,7 @@ Examples:
   python cli.py explain --run-dir runs/dry-run --decision 3
   python cli.py explain --run-dir runs/dry-run --json
   python cli.py explain --run-dir runs/dry-run --replay
+  python cli.py explain --run-dir runs/experiment/infadapter --cores
 
 \b
 Exit codes: 0 done (with --replay: every decision reproduced), 1 --replay found
@@ -30,8 +31,11 @@ folder, no such decision).
 @click.option("--decision", "seq", type=int, default=None,
               help="One decision (its seq number): a paragraph and a table. Default: the run's story.")
 @click.option("--replay", is_flag=True, help="Re-solve every decision from its record and compare the plans.")
+@click.option("--cores", "cores", is_flag=True,
+              help="Where the cores went: each plan against the load that came (the run's requests.csv), "
+                   "and what each layer of headroom cost in cores and accuracy.")
 @json_option
-def explain(run_dir: Path, seq: int | None, replay: bool, as_json: bool) -> None:
+def explain(run_dir: Path, seq: int | None, replay: bool, cores: bool, as_json: bool) -> None:
     """Why each decision chose its plan: the binding constraints and the runner-up (see docs/explain.md)."""
     from infadapter.adapter import explain as ex
 
@@ -39,6 +43,11 @@ def explain(run_dir: Path, seq: int | None, replay: bool, as_json: bool) -> None
     if found.damaged:
         err_console().print(f"[yellow]warning:[/] {found.damage_note(path)}", highlight=False)
     records = found.records
+    if cores:
+        if seq is not None or replay:
+            raise BadInput("--cores: breaks down the whole run; drop --decision and --replay")
+        _cores(run_dir, records, as_json)
+        return
     if seq is not None:
         records = [r for r in records if r.get("seq") == seq]
         if not records:
@@ -79,3 +88,49 @@ def explain(run_dir: Path, seq: int | None, replay: bool, as_json: bool) -> None
     for row in ex.terms_rows(rec):
         t.add_row(*row)
     con.print(t)
+
+
+def _cores(run_dir: Path, records: list[dict], as_json: bool) -> None:
+    """``explain --cores``: the ladder of :mod:`infadapter.adapter.cores` as a table (or JSON)."""
+    from infadapter.adapter import cores as cw
+    from infadapter.adapter.explain import replay_profile
+
+    slo_ms = None
+    for rec in records:
+        ctx_rec = rec.get("replay") or {}
+        if "profile" in ctx_rec:
+            prof = replay_profile(ctx_rec, {})
+            if not isinstance(prof, str):
+                slo_ms = prof.slo_ms
+                break
+    if slo_ms is None:
+        raise BadInput("--cores: no decision of this run names a readable profile (its SLO judges the requests)")
+    report = cw.where_cores_went(records, cw.read_requests(run_dir, slo_ms))
+    if as_json:
+        print_json(report.as_dict())
+        return
+    from rich.table import Table
+
+    con = out_console()
+    con.print(f"{report.decisions} decisions, {report.requests} requests ({report.late_share:.2%} late or failed); "
+              f"per second on average: planned for {report.mean_target_rps:.1f}, the plans served "
+              f"{report.mean_planned_capacity_rps:.1f} at the SLO, {report.mean_arrived_rps:.1f} arrived "
+              f"(busiest second {report.mean_busiest_second_rps:.1f})", highlight=False)
+    t = Table(title="Where the cores went (time-weighted means; each step: what that layer cost)")
+    for col in ("plan", "mean cores", "accuracy", "cores step", "accuracy step"):
+        t.add_column(col)
+    for row in report.as_dict()["layers"]:
+        t.add_row(row["layer"], f"{row['mean_cores']:.3f}", f"{row['accuracy']:.2%}",
+                  "" if row["cores_step"] is None else f"{row['cores_step']:+.3f}",
+                  "" if row["accuracy_step"] is None else f"{100 * row['accuracy_step']:+.2f} pt")
+    con.print(t)
+    v = Table(title="What each variant got while it served (per-second arrivals against its planned capacity)")
+    for col in ("variant", "cores", "capacity", "seconds", "p95 /s", "max /s", "s > cap.", "late"):
+        v.add_column(col)
+    for u in report.as_dict()["variants"]:
+        v.add_row(u["variant"], f"{u['cores']:g}", f"{u['capacity_rps']:.1f}", str(u["seconds"]),
+                  str(u["p95_second_rps"]), str(u["busiest_second_rps"]), str(u["seconds_over_capacity"]),
+                  f"{u['late_share']:.2%}")
+    con.print(v)
+    for note in report.notes:
+        con.print(f"note: {note}", highlight=False)

@@ -1,0 +1,261 @@
+"""Where a run's cores went: each decision's plan against the load that then came, and what each layer of
+headroom between them cost in cores and in accuracy (``explain --cores``; issue 27's first question).
+
+A decision's plan serves from its time to the next decision's. Against the requests that arrived in that
+span (the run's ``requests.csv``), the plan is re-solved offline on the decision's own replay inputs
+(:func:`infadapter.adapter.explain.replay_profile`) with one layer of headroom taken away at a time:
+
+1. **as served**: the plan the run applied (with what stabilization, min-gain and keep-warm added or held);
+2. **solver: target**: the solver's plan for the load the decision planned for (forecast, overload bump),
+   without those wrappers;
+3. **solver: arrivals**: the same solve for the busiest second that arrived in the span;
+4. **no safety factor**: the same, every variant's profiled capacity without its ``safety`` factor;
+5. **no calibration**: the same, without the local backend's start-up calibration (``capacity_scale``).
+
+Each row's time-weighted mean cores and served accuracy, and the step from the row before, say what that
+layer cost. The busiest second is a wall's view (a plan that serves it never queues): what a queue
+absorbs within the SLO is in the per-variant table (the rates each variant got and the share late).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infadapter.errors import BadInput
+
+REQUESTS_FILE = "requests.csv"
+
+#: The ladder's rows, in order (see the module doc).
+LAYERS = ("as served", "solver: target", "solver: arrivals", "no safety factor", "no calibration")
+
+
+@dataclass(frozen=True)
+class Sent:
+    """The requests of a run: send times (unix seconds), whether each was late or failed, its variant."""
+
+    times: tuple[float, ...]
+    bad: tuple[bool, ...]
+    variants: tuple[str, ...]
+
+
+def read_requests(run_dir: Path, slo_ms: float) -> Sent:
+    """The run's ``requests.csv`` (written by the load generator); BadInput when there is none."""
+    from infadapter.core.slo import violated
+
+    path = Path(run_dir) / REQUESTS_FILE
+    if not path.is_file():
+        raise BadInput(f"--cores: no {REQUESTS_FILE} in {run_dir}; it needs a run that sent its own load "
+                       "(adapt or experiment on the local backend, or --traffic live)")
+    times: list[float] = []
+    bad: list[bool] = []
+    variants: list[str] = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                t = float(row["sent_unix"])
+                latency = float(row["latency_ms"]) if row.get("latency_ms") else math.inf
+            except (KeyError, ValueError):
+                continue  # a row cut short by a kill: the rest of the file still counts
+            times.append(t)
+            bad.append(bool(violated(row.get("outcome") == "ok", latency, slo_ms)))
+            variants.append(row.get("variant") or "")
+    return Sent(tuple(times), tuple(bad), tuple(variants))
+
+
+@dataclass
+class Layer:
+    """One row of the ladder: time-weighted mean cores and served accuracy over the spans it could be had."""
+
+    name: str
+    core_s: float = 0.0
+    accuracy_s: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, cores: float, accuracy: float, seconds: float) -> None:
+        self.core_s += cores * seconds
+        self.accuracy_s += accuracy * seconds
+        self.seconds += seconds
+
+    @property
+    def cores(self) -> float:
+        return self.core_s / self.seconds if self.seconds else 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.accuracy_s / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class VariantUse:
+    """What one variant on one core count got while it served: seconds, its planned capacity, the rates of
+    its busiest seconds, and the share of its requests that were late or failed."""
+
+    variant: str
+    cores: float
+    capacity_rps: float
+    seconds: int = 0
+    counts: list[int] = field(default_factory=list)
+    requests: int = 0
+    bad: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        counts = sorted(self.counts)
+        p95 = counts[min(len(counts) - 1, int(0.95 * len(counts)))] if counts else 0
+        return {"variant": self.variant, "cores": self.cores, "capacity_rps": round(self.capacity_rps, 3),
+                "seconds": self.seconds, "p95_second_rps": p95, "busiest_second_rps": counts[-1] if counts else 0,
+                "seconds_over_capacity": sum(1 for c in counts if c > self.capacity_rps),
+                "requests": self.requests, "late_or_failed": self.bad,
+                "late_share": round(self.bad / self.requests, 5) if self.requests else 0.0}
+
+
+@dataclass
+class CoresReport:
+    """``explain --cores``: the ladder, the load against the plans, and each variant's use."""
+
+    layers: list[Layer]
+    decisions: int
+    spans_solved: int
+    mean_target_rps: float
+    mean_arrived_rps: float
+    mean_busiest_second_rps: float
+    mean_planned_capacity_rps: float
+    requests: int
+    late_share: float
+    variants: list[VariantUse]
+    notes: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        rows = []
+        for i, layer in enumerate(self.layers):
+            before = self.layers[i - 1] if i else None
+            rows.append({"layer": layer.name, "mean_cores": round(layer.cores, 4),
+                         "accuracy": round(layer.accuracy, 5), "seconds": round(layer.seconds, 1),
+                         "cores_step": round(before.cores - layer.cores, 4) if before else None,
+                         "accuracy_step": round(layer.accuracy - before.accuracy, 5) if before else None})
+        return {"decisions": self.decisions, "spans_solved": self.spans_solved,
+                "mean_target_rps": round(self.mean_target_rps, 3),
+                "mean_arrived_rps": round(self.mean_arrived_rps, 3),
+                "mean_busiest_second_rps": round(self.mean_busiest_second_rps, 3),
+                "mean_planned_capacity_rps": round(self.mean_planned_capacity_rps, 3),
+                "requests": self.requests, "late_share": round(self.late_share, 5), "layers": rows,
+                "variants": [v.as_dict() for v in self.variants], "notes": self.notes}
+
+
+def _without_safety(profile: Any) -> Any:
+    variants = tuple(v.model_copy(update={"capacity": v.capacity.model_copy(update={"safety": 1.0})})
+                     for v in profile.variants)
+    return profile.model_copy(update={"variants": variants})
+
+
+def _unscaled(profile: Any, scale: float) -> Any:
+    return profile.scaled_capacity(1.0 / scale) if scale != 1.0 else profile
+
+
+def where_cores_went(records: list[dict[str, Any]], sent: Sent) -> CoresReport:
+    """The ladder of :data:`LAYERS` over the run's decisions and requests (see the module doc)."""
+    import bisect
+
+    from infadapter.adapter.explain import replay_profile
+    from infadapter.core import explain as core
+    from infadapter.core.plan import Plan
+    from infadapter.core.policies import entry
+    from infadapter.core.solver import solve
+
+    recs = [r for r in records if r.get("time_s") is not None and r.get("plan_after")]
+    if not recs:
+        raise BadInput("--cores: the run has no decision with a plan")
+    if any((r.get("plan_after") or {}).get("services") for r in recs):
+        raise BadInput("--cores: a run of several services is not broken down yet; explain its decisions instead")
+    if not sent.times:
+        raise BadInput(f"--cores: {REQUESTS_FILE} holds no request")
+    end = max(sent.times)
+    layers = [Layer(n) for n in LAYERS]
+    cache: dict[tuple[str, float, float, float], Any] = {}
+    notes: list[str] = []
+    uses: dict[tuple[str, float], VariantUse] = {}
+    solved = 0
+    sums = defaultdict(float)
+    why_not: set[str] = set()
+    for i, rec in enumerate(recs):
+        t0 = float(rec["time_s"])
+        t1 = float(recs[i + 1]["time_s"]) if i + 1 < len(recs) else end
+        if t1 - t0 < 1.0:
+            continue  # a span under a second has no whole second of arrivals
+        lo, hi = bisect.bisect_left(sent.times, t0), bisect.bisect_left(sent.times, t1)
+        whole = int(t1 - t0)
+        counts = [0] * whole
+        for k in range(lo, hi):
+            s = int(sent.times[k] - t0)
+            if s < whole:
+                counts[s] += 1
+        busiest = float(max(counts)) if counts else 0.0
+        span = t1 - t0
+        plan = Plan.from_dict(rec["plan_after"], "plan_after")
+        layers[0].add(plan.cores, plan.accuracy, span)
+        sums["target"] += float(rec.get("forecast_rps") or 0.0) * span
+        sums["arrived"] += hi - lo
+        sums["busiest"] += busiest * span
+        sums["capacity"] += plan.served_capacity_rps() * span
+        sums["seconds"] += span
+        _count_use(uses, plan, sent, lo, hi, t0, whole)
+        ctx_rec = rec.get("replay") or {}
+        try:
+            solving = entry(str(ctx_rec.get("policy", ""))).name in core.SOLVING
+        except BadInput:
+            solving = False
+        if not solving or "load_rps" not in ctx_rec:
+            why_not.add(f"policy {rec.get('policy')!r} does not solve (only its plan as served is shown)"
+                        if not solving else "records written before explain have no replay inputs")
+            continue
+        try:
+            profile = replay_profile(ctx_rec, cache)
+        except (ValueError, BadInput) as exc:
+            profile = str(exc)
+        if isinstance(profile, str):
+            why_not.add(profile)
+            continue
+        before = rec.get("plan_before")
+        current = Plan.from_dict(before, "plan_before").cores_by_name() if before else {}
+        scale = float(ctx_rec.get("capacity_scale", 1.0))
+        raw = _without_safety(profile)
+        for layer, prof, load in ((layers[1], profile, float(ctx_rec["load_rps"])), (layers[2], profile, busiest),
+                                  (layers[3], raw, busiest), (layers[4], _unscaled(raw, scale), busiest)):
+            p = solve(prof, load, current).plan
+            layer.add(p.cores, p.accuracy, span)
+        solved += 1
+    notes.extend(sorted(why_not))
+    secs = sums["seconds"] or 1.0
+    bad = sum(sent.bad)
+    return CoresReport(layers=layers, decisions=len(recs), spans_solved=solved,
+                       mean_target_rps=sums["target"] / secs, mean_arrived_rps=sums["arrived"] / secs,
+                       mean_busiest_second_rps=sums["busiest"] / secs,
+                       mean_planned_capacity_rps=sums["capacity"] / secs, requests=len(sent.times),
+                       late_share=bad / len(sent.times), variants=sorted(uses.values(),
+                                                                         key=lambda u: (u.variant, u.cores)),
+                       notes=notes)
+
+
+def _count_use(uses: dict[tuple[str, float], VariantUse], plan: Any, sent: Sent, lo: int, hi: int, t0: float,
+               whole: int) -> None:
+    """Add one span's requests to each serving (variant, cores) of ``plan``: per-second counts, requests, bad."""
+    serving = {a.name: a for a in plan.allocations if a.share > 1e-9}
+    per = {name: [0] * whole for name in serving}
+    for a in serving.values():
+        uses.setdefault((a.name, a.cores), VariantUse(a.name, a.cores, a.capacity_rps)).seconds += whole
+    for k in range(lo, hi):
+        a = serving.get(sent.variants[k])
+        if a is None:
+            continue  # failed before a variant answered, or a variant the plan had just left
+        use = uses[(a.name, a.cores)]
+        use.requests += 1
+        use.bad += int(sent.bad[k])
+        s = int(sent.times[k] - t0)
+        if s < whole:
+            per[a.name][s] += 1
+    for name, counts in per.items():
+        uses[(name, serving[name].cores)].counts.extend(counts)

@@ -1,0 +1,117 @@
+"""``explain --cores``: where a run's cores went, each layer of headroom taken away in turn.
+
+A hand-made run folder (one decision on profiles/local.yaml, a known second-by-second load) checks each
+layer against a direct solve; a local run with real model servers checks the ladder against its own
+``requests.csv`` and decisions (``test_explain.py`` makes the same kind of run for ``--replay``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from infadapter.adapter.cores import LAYERS, read_requests, where_cores_went
+from infadapter.adapter.records import read_log
+from infadapter.core.profile import load_profile
+from infadapter.core.solver import solve
+from tests.cli_helpers import ROOT, run_cli
+from tests.tiny_profile import tiny_setup
+
+LOCAL = ROOT / "profiles" / "local.yaml"
+T0 = 1_800_000_000.0
+
+
+def _folder(tmp_path: Path, counts: list[int], scale: float = 1.0, late_every: int = 0) -> Path:
+    """One decision at T0 serving resnet50 on 1 core, a second one ``len(counts)`` s later; the requests."""
+    prof = load_profile(LOCAL)
+    plan = solve(prof.scaled_capacity(scale), 40.0).plan.as_dict()
+    replay = {"profile": str(LOCAL), "profile_sha256": hashlib.sha256(LOCAL.read_bytes()).hexdigest(),
+              "alpha": prof.alpha, "budget": prof.budget_cores, "policy": "infadapter", "capacity_scale": scale,
+              "stabilization_intervals": 1, "min_gain": 0.0, "load_rps": 40.0, "policy_state": None}
+    recs = [{"seq": 1, "time_s": T0, "policy": "infadapter", "forecast_rps": 40.0, "plan_before": None,
+             "plan_after": plan, "replay": replay},
+            {"seq": 2, "time_s": T0 + len(counts), "policy": "infadapter", "forecast_rps": 40.0,
+             "plan_before": plan, "plan_after": plan, "replay": {**replay}}]
+    (tmp_path / "decisions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    serving = [v["name"] for v in plan["variants"] if v["share"] > 0]
+    with (tmp_path / "requests.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "scheduled_s", "sent_s", "sent_unix", "latency_ms", "status", "outcome", "variant",
+                    "error", "service"])
+        i = 0
+        for s, n in enumerate(counts):
+            for k in range(n):
+                bad = late_every and i % late_every == 0
+                w.writerow([i, s, s, T0 + s + k / (n + 1), 400.0 if bad else 50.0, 200, "ok",
+                            serving[i % len(serving)], "", ""])
+                i += 1
+    return tmp_path
+
+
+def test_each_layer_is_the_solve_with_that_headroom_taken_away(tmp_path):
+    run = _folder(tmp_path, [30] * 9 + [45], scale=0.5, late_every=10)
+    records = read_log(run / "decisions.jsonl").records
+    rep = where_cores_went(records, read_requests(run, 300.0)).as_dict()
+    assert [r["layer"] for r in rep["layers"]] == list(LAYERS)
+    assert rep["requests"] == 9 * 30 + 45 and rep["mean_busiest_second_rps"] == 45.0
+    assert rep["late_share"] == pytest.approx(32 / 315, abs=1e-4)  # every tenth request 400 ms against 300
+    prof = load_profile(LOCAL)
+    half = prof.scaled_capacity(0.5)
+    raw = prof.model_copy(update={"variants": tuple(
+        v.model_copy(update={"capacity": v.capacity.model_copy(update={"safety": 1.0})}) for v in prof.variants)})
+    want = [solve(half, 40.0).plan, solve(half, 45.0).plan, solve(raw.scaled_capacity(0.5), 45.0).plan,
+            solve(raw, 45.0).plan]
+    for row, plan in zip(rep["layers"][1:], want, strict=True):
+        assert row["mean_cores"] == pytest.approx(plan.cores, abs=1e-4), row
+        assert row["accuracy"] == pytest.approx(plan.accuracy, abs=1e-4), row
+    # Taking the safety factor and a 2x slower calibration away leaves the solver more capacity per core.
+    served, came, unsafe, uncal = (rep["layers"][i] for i in (0, 2, 3, 4))
+    assert (unsafe["mean_cores"], -unsafe["accuracy"]) < (came["mean_cores"], -came["accuracy"])
+    assert (uncal["mean_cores"], -uncal["accuracy"]) < (unsafe["mean_cores"], -unsafe["accuracy"])
+    assert served["mean_cores"] == pytest.approx(want[0].cores, abs=1e-4)
+    assert sum(v["requests"] for v in rep["variants"]) == rep["requests"]
+    assert max(v["busiest_second_rps"] for v in rep["variants"]) <= 45
+
+
+def test_a_run_without_its_requests_is_a_one_line_error(tmp_path):
+    run = _folder(tmp_path, [10] * 3)
+    (run / "requests.csv").unlink()
+    r = run_cli("explain", "--run-dir", str(run), "--cores")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "--cores: no requests.csv" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cores_does_not_mix_with_one_decision(tmp_path):
+    run = _folder(tmp_path, [10] * 3)
+    r = run_cli("explain", "--run-dir", str(run), "--cores", "--decision", "1")
+    assert r.returncode == 2 and "--cores" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_cores_of_a_local_run_add_up_to_its_requests_and_plans(tmp_path_factory):
+    base = tiny_setup(tmp_path_factory.mktemp("local"), "tiny.yaml")
+    run_dir = base / "run"
+    r = run_cli("adapt", "--profile", str(base / "tiny.yaml"), "--models", str(base / "models"), "--resolution",
+                "32", "--rate", "8", "--duration", "12", "--interval", "2", "--forecaster", "last",
+                "--run-dir", str(run_dir), "--json", timeout=180)
+    assert r.returncode == 0, r.stderr
+    out = run_cli("explain", "--run-dir", str(run_dir), "--cores", "--json")
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    rows = list(csv.DictReader((run_dir / "requests.csv").open()))
+    assert rep["requests"] == len(rows) > 50
+    records = read_log(run_dir / "decisions.jsonl").records
+    assert rep["decisions"] == len(records) and rep["spans_solved"] >= len(records) - 1
+    # As served: the plans the run applied, weighted by how long each served.
+    times = [r["time_s"] for r in records] + [max(float(x["sent_unix"]) for x in rows)]
+    spans = [(b - a, rec["plan_after"]["cores"]) for a, b, rec in zip(times, times[1:], records, strict=False)
+             if b - a >= 1.0]
+    want = sum(s * c for s, c in spans) / sum(s for s, _ in spans)
+    assert rep["layers"][0]["mean_cores"] == pytest.approx(want, rel=1e-3)
+    assert all(row["seconds"] > 0 for row in rep["layers"])
+    text = run_cli("explain", "--run-dir", str(run_dir), "--cores")
+    assert text.returncode == 0 and "Where the cores went" in text.stdout and "no safety factor" in text.stdout
