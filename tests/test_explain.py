@@ -395,3 +395,30 @@ def test_a_kept_runner_up_is_completed_on_reading_against_the_solvers_plan(paper
     assert all(a["gap"] >= 0 for a in ru["alternatives"].values()), ru["alternatives"]
     full = explain.explain(paper, "infadapter", load, plan, plan, solvers, "", other_sets=True).runner_up
     assert ru["alternatives"]["different_variants"] == full["alternatives"]["different_variants"]
+
+
+def test_a_runner_up_completed_on_reading_uses_the_runs_calibrated_capacities(paper):
+    # A local run on a machine slower than its profile solved every decision on capacities x capacity_scale;
+    # the runner-up searched on reading must be searched on those, not on the profile as written.
+    import hashlib
+
+    from infadapter.adapter.explain import complete_runner_ups
+
+    scale, load = 0.7, 60.0
+    slow = paper.scaled_capacity(scale)
+    # The plan solved against itself as the current one (as a decision that keeps its plan is).
+    solvers = solver.solve(slow, load, solver.solve(slow, load).plan.cores_by_name()).plan
+    served = solvers.as_dict()
+    plan = Plan.from_dict(served)
+    ex = explain.explain(slow, "infadapter", load, plan, plan, solvers, "")
+    assert ex.runner_up["note"] == explain.NOT_SEARCHED
+    path = ROOT / "profiles" / "paper.yaml"
+    rec = {"seq": 1, "plan_before": served, "plan_after": served, "runner_up": ex.runner_up, "terms": ex.terms,
+           "replay": {"profile": str(path), "profile_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                      "alpha": paper.alpha, "budget": paper.budget_cores, "policy": "infadapter", "load_rps": load,
+                      "capacity_scale": scale}}
+    ru = complete_runner_ups([rec])[0]["runner_up"]
+    want = explain.explain(slow, "infadapter", load, plan, plan, solvers, "", other_sets=True).runner_up
+    unscaled = explain.explain(paper, "infadapter", load, plan, plan, solvers, "", other_sets=True).runner_up
+    assert ru["alternatives"]["different_variants"] == want["alternatives"]["different_variants"]
+    assert want["alternatives"]["different_variants"] != unscaled["alternatives"]["different_variants"]
