@@ -201,3 +201,34 @@ def test_no_standby_when_the_plan_leaves_no_pod_free(paper):
 def test_infadapter_takes_only_the_standby_argument(paper):
     with pytest.raises(BadInput, match=r"infadapter takes no argument or :standby, got infadapter:warm"):
         make_policy("infadapter:warm", paper)
+
+
+def test_min_gain_keeps_a_joint_plan_of_several_services_only_while_it_serves_every_service():
+    from infadapter.core import solver
+    from infadapter.core.policies import joint_policy
+    from infadapter.core.profile import load_profile
+    from tests.cli_helpers import ROOT
+
+    p = load_profile(ROOT / "profiles" / "services-local.yaml")
+    big = solver.solve(p, 0.0, loads={"live": 40.0, "batch": 50.0}).plan  # resnet50 in both services
+    quiet = {"live": 20.0, "batch": 25.0}
+
+    def decide(min_gain: float, current: Plan, loads: dict[str, float]) -> Decision:
+        return joint_policy(p, min_gain).decide(Context(p, 0.0, sum(loads.values()), current=current,
+                                                         forecast_by_service=loads))
+
+    free = decide(0.0, big, quiet)
+    assert set(free.plan.cores_by_name()) != set(big.cores_by_name())  # the solver alone swaps variants
+    held = decide(1.0, big, quiet)
+    assert held.plan.cores_by_name() == big.cores_by_name() and "kept the current cores" in held.reason
+    assert held.held_by == "min_gain"
+    # Kept as a plan of services: each variant keeps its service, each service is served whole on its own.
+    assert {a.name: a.service for a in held.plan.allocations} == {a.name: a.service for a in big.allocations}
+    assert {o.name: o.shed_rps for o in held.plan.services} == {"live": 0.0, "batch": 0.0}
+    for svc in ("live", "batch"):
+        assert sum(a.share for a in held.plan.allocations if a.service == svc) == pytest.approx(1.0)
+    # A current plan that cannot serve one service's forecast changes whatever the threshold.
+    small = solver.solve(p, 0.0, loads={"live": 10.0, "batch": 10.0}).plan
+    grown = decide(1.0, small, quiet)
+    assert "kept the current cores" not in grown.reason
+    assert all(o.shed_rps <= 1e-6 for o in grown.plan.services)

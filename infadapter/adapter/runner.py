@@ -212,7 +212,7 @@ class AdapterRun:
     def start(self) -> None:
         """Checks, backend (its preparation step), state file and loop; nothing is applied yet."""
         from infadapter.core.forecast import make_forecaster
-        from infadapter.core.policies import make_policy
+        from infadapter.core.policies import joint_policy, make_policy
 
         cfg = self.config
         setup = self.setup
@@ -221,9 +221,7 @@ class AdapterRun:
             raise BadInput(f"--run-dir: an adapter (pid {other['pid']}) already runs on {cfg.run_dir}; "
                            "stop it or pick another --run-dir")
         if self.profile.services:
-            # The joint plan is not stabilized per plan (a held scale-down of one service could keep cores another
-            # was just given): the simulator's joint policy's terms.
-            policy = make_policy(cfg.policy, self.profile, 1, min_gain=0.0)
+            policy = joint_policy(self.profile, cfg.min_gain, cfg.policy)  # the simulator's joint policy
         else:
             policy = make_policy(cfg.policy, self.profile, cfg.stabilization_intervals, min_gain=cfg.min_gain)
         forecaster = make_forecaster(cfg.forecaster)
@@ -273,7 +271,8 @@ class AdapterRun:
         return {"profile": str(Path(cfg.profile_path).resolve()), "profile_sha256": digest,
                 "alpha": self.profile.alpha, "budget": self.profile.budget_cores, "policy": cfg.policy,
                 "capacity_scale": self.calibration.factor if self.calibration is not None else 1.0,
-                "stabilization_intervals": cfg.stabilization_intervals, "min_gain": cfg.min_gain}
+                "stabilization_intervals": 1 if self.profile.services else cfg.stabilization_intervals,
+                "min_gain": cfg.min_gain}
 
     def _snapshot(self, snap: dict[str, Any]) -> None:
         assert self.prepared is not None and self.store is not None

@@ -504,18 +504,42 @@ def _keep_if_close(ctx: Context, d: Decision, min_gain: float) -> Decision | Non
     cores = cur.cores_by_name()
     if set(d.plan.cores_by_name()) == set(cores):
         return None  # the same variants resized: in place and cheap, never held back
-    shares = solver_mod.greedy_shares(ctx.profile, ctx.forecast_rps, cores)
-    if shares is None:
-        return None  # the current plan cannot serve the forecast: change
-    obj = solver_mod.objective_value(ctx.profile, shares, cores, cores)
-    gain = d.plan.objective - obj
+    p = ctx.profile
+    if p.services:
+        plan = _kept_services(p, ctx.forecast_by_service, cores)
+        if plan is None or (_floor_missed(plan) and not _floor_missed(d.plan)):
+            return None  # the current cores cannot serve every service (or hold a floor the new plan holds)
+    else:
+        shares = solver_mod.greedy_shares(p, ctx.forecast_rps, cores)
+        if shares is None:
+            return None  # the current plan cannot serve the forecast: change
+        obj = solver_mod.objective_value(p, shares, cores, cores)
+        allocs = tuple(Allocation(n, c, shares[n], p.capacity_rps(n, c)) for n, c in cores.items())
+        acc = sum(shares[n] * p.variant(n).accuracy for n in cores)
+        plan = Plan(allocs, ctx.forecast_rps, feasible=True, objective=obj, accuracy=acc)
+    gain = d.plan.objective - plan.objective
     if gain >= min_gain:
         return None
-    p = ctx.profile
-    allocs = tuple(Allocation(n, c, shares[n], p.capacity_rps(n, c)) for n, c in cores.items())
-    acc = sum(shares[n] * p.variant(n).accuracy for n in cores)
-    plan = Plan(allocs, ctx.forecast_rps, feasible=True, objective=obj, accuracy=acc)
     return replace(d, plan=plan, reason=f"{d.reason}; kept the current cores (gain {gain:.4f} < {min_gain:g})")
+
+
+def _floor_missed(plan: Plan) -> bool:
+    return not all(o.floor_met for o in plan.services)
+
+
+def _kept_services(profile: Profile, forecast: Mapping[str, float], cores: Mapping[str, float]) -> Plan | None:
+    """The current cores of a multi-service plan re-shared for each service's forecast (most accurate variants
+    first, as :func:`_keep_if_close` does for one service), or None when one service's forecast does not fit
+    its current variants: keeping them cannot take cores from a service that needs them, since every service
+    is served on what it has."""
+    shares: dict[str, float] = {}
+    for svc in profile.service_names:
+        mine = {n: c for n, c in cores.items() if profile.service_of(n) == svc}
+        got = solver_mod.greedy_shares(profile, float(forecast.get(svc, 0.0)), mine) if mine else None
+        if got is None:
+            return None
+        shares.update(got)
+    return solver_mod.services_plan(profile, dict(forecast), cores, cores, shares)
 
 
 # -- registry ---------------------------------------------------------------------------------------
@@ -693,6 +717,14 @@ def make_policy(
     if e.stabilized and (stabilization_intervals > 1 or gain > 0 or standby):
         return Stabilized(policy, max(stabilization_intervals, 1), gain, standby)
     return policy
+
+
+def joint_policy(profile: Profile, min_gain: float, spec: str = "infadapter") -> Policy:
+    """The policy of one plan for every service of ``profile``, live (the adapter runner) and simulated
+    (:mod:`infadapter.sim.services`): ``spec`` with min-gain and without scale-down stabilization (a held
+    scale-down of one service could keep cores another was just given; min-gain keeps the current cores only
+    while they serve every service's forecast, so it takes nothing from a service that needs it)."""
+    return make_policy(spec, profile, 1, min_gain=min_gain)
 
 
 def compare_specs(profile: Profile) -> list[str]:

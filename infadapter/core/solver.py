@@ -674,7 +674,7 @@ def _solve_services(profile: Profile, loads: Mapping[str, float], current: Mappi
         if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
             continue
         cores, shares = extract()
-        plan = _services_plan(profile, loads, current, cores, shares)
+        plan = services_plan(profile, loads, current, cores, shares)
         status = "optimal" if prob.sol_status == pulp.LpSolutionOptimal else "time-limit"
         if status != "optimal":
             note = f"{name} hit the {options.time_limit_s:g} s limit: best plan found"
@@ -685,7 +685,7 @@ def _solve_services(profile: Profile, loads: Mapping[str, float], current: Mappi
     raise BadInput(f"budget_cores: {profile.budget_cores:g} cores cannot run one variant of each service")
 
 
-def _services_plan(profile: Profile, loads: Mapping[str, float], current: Mapping[str, float],
+def services_plan(profile: Profile, loads: Mapping[str, float], current: Mapping[str, float],
                    cores: Mapping[str, float], shares: Mapping[str, float]) -> Plan:
     """The plan of a multi-service solve: shares normalized per service (of what it serves), one outcome per
     service, a note for each service served less than its forecast or below its floor."""

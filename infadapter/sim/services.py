@@ -29,7 +29,7 @@ import numpy as np
 from infadapter.core import control
 from infadapter.core import solver as solver_mod
 from infadapter.core.plan import Allocation, Plan
-from infadapter.core.policies import Context, Decision, InfAdapter
+from infadapter.core.policies import Context, Decision, joint_policy
 from infadapter.core.profile import Profile, profile_from_dict
 from infadapter.errors import BadInput
 from infadapter.sim.simulation import SimConfig, SimResult, Simulation, make_arrivals
@@ -86,10 +86,14 @@ class _Joint:
     """The joint solve at each decision time, shared by every service's simulation (they decide together)."""
 
     profile: Profile
+    #: Keep the current cores unless a new joint plan beats them by this much (``--min-gain``; see
+    #: :class:`~infadapter.core.policies.Stabilized`): the live loop's rule for a profile with services.
+    min_gain: float = 0.0
     sims: dict[str, Simulation] = field(default_factory=dict)
     plans: dict[float, Plan] = field(default_factory=dict)
     serving: Plan | None = None
     solve_s: float = 0.0
+    state: Any = None
 
     def plan_at(self, now_s: float, solver: solver_mod.Options) -> Plan:
         key = round(now_s, 6)
@@ -100,12 +104,13 @@ class _Joint:
                 trigger = "start" if not self.plans else "interval"
                 loads[name] = control.decision_load(trigger, sim.forecaster, seen.history, seen.rate_rps, sim.ctl)
                 observed[name] = seen.rate_rps
-            # The live loop's policy and call (infadapter.core.policies.InfAdapter: the joint solve, the
+            # The live loop's policy and call (infadapter.core.policies.joint_policy: the joint solve, the
             # forecasts' headroom giving way first when they do not all fit).
             ctx = Context(self.profile, now_s, sum(loads.values()), solver=solver, forecast_by_service=loads,
-                          observed_by_service=observed, current=self.serving)
-            decision = InfAdapter().decide(ctx)
+                          observed_by_service=observed, current=self.serving, state=self.state)
+            decision = joint_policy(self.profile, self.min_gain).decide(ctx)
             self.solve_s += decision.solve_s
+            self.state = decision.state
             self.plans[key] = self.serving = decision.plan
         return self.plans[key]
 
@@ -148,7 +153,7 @@ def simulate_services(profile: Profile, runs: Mapping[str, ServiceRun], policy: 
                        f"hpa:VARIANT[=POD_CORES], got {policy!r}")
     names = profile.service_names
     if policy == "infadapter":
-        joint = _Joint(profile)
+        joint = _Joint(profile, min_gain=max(runs[n].config.min_gain for n in names))
         sims = {}
         for n in names:
             cfg = _config(runs[n])
@@ -188,7 +193,7 @@ def _report(profile: Profile, policy: str, results: Mapping[str, SimResult], bud
     for n, r in results.items():
         row = {"name": n, "slo_violation_rate": round(r.slo_violation_rate, 6), "mean_cores": round(r.mean_cores, 4),
                "mean_accuracy": round(r.mean_accuracy, 6), "requests": r.requests, "dropped": r.dropped,
-               "p99_ms": round(r.p99_ms, 2), "slo_ms": profile.service(n).slo_ms}
+               "p99_ms": round(r.p99_ms, 2), "slo_ms": profile.service(n).slo_ms, "transitions": r.transitions}
         if budgets:
             row["budget_cores"] = budgets[n]
         services.append(row)
