@@ -98,3 +98,28 @@ def test_simulate_what_if_draws_one_plot_of_the_scenarios(tmp_path, monkeypatch)
     (args, kw), = drawn  # one plot for all the scenarios, a line each, titled by the profile's file name
     assert kw["labels"] == ["today", "slo=500", "traffic=1.5"] and len(args[2]) == 3
     assert kw["title"].startswith("infadapter on paper.yaml: ") and str(ROOT) not in kw["title"]
+
+
+@pytest.mark.slow
+def test_scenarios_in_their_own_processes_give_what_they_give_in_this_one(paper):
+    # simulate --what-if runs today and each scenario in a process of its own (infadapter/sim/pool.py); each
+    # draws its arrivals there from its rates and seed. The results must not depend on where a run ran: the same
+    # requests, decisions and per-second timeline as one after another here, and in the order given.
+    import numpy as np
+
+    from infadapter.sim.pool import Run, run_all
+    from infadapter.sim.simulation import SimConfig
+
+    rates = np.concatenate([np.full(60, 40.0), np.full(60, 160.0), np.full(60, 70.0)])
+    cfg = SimConfig(forecaster="ewma")
+    runs = [Run(paper, rates * f, "infadapter", cfg, seed=3) for f in (1.0, 1.5)]
+    here, there = run_all(runs, jobs=1), run_all(runs, jobs=2)
+    assert here[1].requests > 1.4 * here[0].requests  # two different runs, kept in order
+    for a, b in zip(here, there, strict=True):
+        timing = ("wall_s", "decide_s")
+        assert {k: v for k, v in a.as_dict().items() if k not in timing} == {
+            k: v for k, v in b.as_dict().items() if k not in timing}
+        assert all(np.array_equal(a.timeline[k], b.timeline[k], equal_nan=True) for k in a.timeline)
+        assert [(d.time_s, d.forecast_rps, d.plan_after) for d in a.decisions] == [
+            (d.time_s, d.forecast_rps, d.plan_after) for d in b.decisions]
+        assert a.transitions > 0 and len(a.decisions) > 10
