@@ -300,3 +300,51 @@ def test_cfs_model_is_calibrated_to_the_profile_at_whole_cores() -> None:
     over = simulate(PROFILE, np.full(300, 40.0), "static:fast=1", cfg)
     served = over.requests - over.dropped
     assert served / 300 == pytest.approx(1 / w, rel=0.1)
+
+
+def test_busy_accounting_on_the_covered_seconds_equals_a_whole_window_count() -> None:
+    # The simulator adds each served stretch's busy time and shed CPU into the per-second usage touching only
+    # the seconds the stretch covers (a whole-window array per stretch made a day's replay quadratic). The
+    # sums must be those of the whole-window bincount, to the last bit, stretch after stretch.
+    from infadapter.core.queues import add_busy, add_per_second
+
+    rng = np.random.default_rng(5)
+    size = 50
+    ours, whole = np.zeros(size), np.zeros(size)
+    free = 0.0
+    for _ in range(40):  # back-to-back busy intervals, some spanning several seconds, some past the end
+        start = free + rng.exponential(0.3, 30).cumsum()
+        finish = start + rng.exponential(0.2, 30)
+        start[1:] = np.maximum(start[1:], finish[:-1])
+        finish = np.maximum(finish, start)
+        free = float(finish[-1]) if finish[-1] < size + 2 else 0.0
+        add_busy(ours, start, finish, 1.5)
+        ref, lo, fin = np.zeros(size + 1), start, finish
+        while lo.size:  # the whole-window count, as before
+            sec = np.floor(lo).astype(np.int64)
+            keep = sec < size
+            ref += np.bincount(sec[keep], weights=(np.minimum(fin, sec + 1.0) - lo)[keep], minlength=size + 1)
+            more = fin > sec + 1.0
+            lo, fin = (sec + 1.0)[more], fin[more]
+        whole += ref[:size] * 1.5
+        at = rng.integers(0, size, 7)
+        w = rng.random(7)
+        add_per_second(ours, at, w)
+        whole += np.bincount(at, weights=w, minlength=size)
+    assert ours.sum() > 0 and np.array_equal(ours, whole)
+
+
+def test_the_simulators_memo_keeps_no_solved_model() -> None:
+    # A solve keeps its HiGHS model for explain's runner-up (Decision.other_set); the simulator records no
+    # explanation, so its memo of decisions must not keep thousands of models alive (a day: about 1 GB).
+    from infadapter.core.policies import InfAdapter
+    from infadapter.sim.simulation import Simulation, _Memo
+
+    rates = np.concatenate([np.full(60, 30.0), np.full(60, 90.0)])
+    run = Simulation(PROFILE, rates, "infadapter", _SimConfig.of(forecaster="ewma", interval_s=5.0))
+    run.run()
+    memo = getattr(run.policy, "inner", run.policy)
+    assert isinstance(memo, _Memo) and len(memo.cache) > 5
+    assert all(d.other_set is None for d in memo.cache.values())
+    ctx = Context(profile=PROFILE, now_s=0.0, forecast_rps=50.0)
+    assert InfAdapter().decide(ctx).other_set is not None  # what the memo drops is there to drop

@@ -5,6 +5,7 @@ what-if draws one plot of all the scenarios. The subprocess runs are in tests/te
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 from click.testing import CliRunner
@@ -13,7 +14,7 @@ import cli
 from infadapter.commands.whatif import Scenario, parse_what_if
 from infadapter.core.profile import load_profile
 from infadapter.errors import BadInput
-from tests.cli_helpers import ROOT
+from tests.cli_helpers import ROOT, run_cli
 
 
 def test_paper_profile_holds_the_capacity_of_every_sla_the_paper_measured(paper):
@@ -98,3 +99,49 @@ def test_simulate_what_if_draws_one_plot_of_the_scenarios(tmp_path, monkeypatch)
     (args, kw), = drawn  # one plot for all the scenarios, a line each, titled by the profile's file name
     assert kw["labels"] == ["today", "slo=500", "traffic=1.5"] and len(args[2]) == 3
     assert kw["title"].startswith("infadapter on paper.yaml: ") and str(ROOT) not in kw["title"]
+
+
+@pytest.mark.slow
+def test_scenarios_in_their_own_processes_give_what_they_give_in_this_one(paper):
+    # simulate --what-if runs today and each scenario in a process of its own (infadapter/sim/pool.py); each
+    # draws its arrivals there from its rates and seed. The results must not depend on where a run ran: the same
+    # requests, decisions and per-second timeline as one after another here, and in the order given.
+    import numpy as np
+
+    from infadapter.sim.pool import Run, run_all
+    from infadapter.sim.simulation import SimConfig
+
+    rates = np.concatenate([np.full(60, 40.0), np.full(60, 160.0), np.full(60, 70.0)])
+    cfg = SimConfig(forecaster="ewma")
+    runs = [Run(paper, rates * f, "infadapter", cfg, seed=3) for f in (1.0, 1.5)]
+    here, there = run_all(runs, jobs=1), run_all(runs, jobs=2)
+    assert here[1].requests > 1.4 * here[0].requests  # two different runs, kept in order
+    for a, b in zip(here, there, strict=True):
+        timing = ("wall_s", "decide_s")
+        assert {k: v for k, v in a.as_dict().items() if k not in timing} == {
+            k: v for k, v in b.as_dict().items() if k not in timing}
+        assert all(np.array_equal(a.timeline[k], b.timeline[k], equal_nan=True) for k in a.timeline)
+        assert [(d.time_s, d.forecast_rps, d.plan_after) for d in a.decisions] == [
+            (d.time_s, d.forecast_rps, d.plan_after) for d in b.decisions]
+        assert a.transitions > 0 and len(a.decisions) > 10
+
+
+#: The command docs/explain.md times (`time python cli.py ...`), run here as it is written there.
+DAY_WHAT_IF = "simulate --window day1 --what-if traffic=1.5"
+
+
+@pytest.mark.slow
+def test_a_days_what_if_gives_the_numbers_it_gave_before_it_ran_faster(tmp_path):
+    # docs/explain.md times this command (a day, one scenario). Its speed-ups (scenarios in processes of their
+    # own, the usage accounting on the covered seconds only, the memo without solver models) must not move a
+    # number: these are the numbers the code before them gave (2026-12-03, seed 0; as_dict's rounding).
+    r = run_cli(*shlex.split(DAY_WHAT_IF), "--json", "--plot", str(tmp_path / "w.png"), timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = {s["scenario"]: s for s in json.loads(r.stdout)["scenarios"]}
+    keys = ("requests", "violations", "dropped", "late", "transitions", "decisions", "mean_cores",
+            "mean_planned_cores", "mean_accuracy", "p99_ms", "mean_cpu_usage_cores")
+    got = {name: tuple(row[k] for k in keys) for name, row in rows.items()}
+    assert got == {
+        "today": (5523143, 1612, 1589, 23, 592, 8655, 11.1158, 11.1026, 0.752717, 194.16, 6.9117),
+        "traffic=1.5": (8284930, 9284, 9188, 96, 982, 8699, 14.5689, 14.5324, 0.747977, 418.32, 9.9667),
+    }

@@ -92,6 +92,9 @@ Examples:
 @click.option("--service-window", "service_window", multiple=True, metavar="NAME=WINDOW",
               help=SERVICE_WINDOW_HELP)
 @click.option("--what-if", "what_if", multiple=True, help=WHAT_IF_HELP + " One policy; a table of scenarios.")
+@click.option("--jobs", type=click.IntRange(1), default=None,
+              help="With --what-if: simulations at once, one process each [default: the CPU cores this process "
+                   "may use; 1: one after another in this process]. The results do not depend on it.")
 @click.option("--timeline", "timeline_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the per-second timeline of every policy as CSV.")
 @json_option
@@ -103,7 +106,7 @@ def simulate(
     in_place_resize: bool, min_gain: float, make_before_break: bool, vpa_update: str,
     service_model: str, service_cv: float, queue_bound: bool, observe_lag: int,
     min_budget: bool, max_violations: float, sweep_spec: str | None, service_window: tuple[str, ...],
-    what_if: tuple[str, ...],
+    what_if: tuple[str, ...], jobs: int | None,
     plot_path: Path | None, timeline_path: Path | None, as_json: bool,
 ) -> None:
     """Replay a workload trace against policies and report SLO violations, cost and accuracy.
@@ -173,15 +176,17 @@ def simulate(
 
     policies = [make_policy(s, profile, stabilization, min_gain=min_gain) for s in specs]  # BadInput first
     fc = make_forecaster(config.forecaster)
-    arrivals = sim.make_arrivals(rates, seed) if arrivals_path is None else _live_arrivals(arrivals_path, rates, seed)
     if what_if:
         if len(specs) != 1 or min_budget:
             raise BadInput("--what-if: give one --policy (and no --min-budget); the scenarios run beside it")
+        if arrivals_path is not None:
+            _live_arrivals(arrivals_path, rates, seed)  # a bad file fails as without --what-if
         _what_if(profile, rates, specs[0], parse_what_if(what_if), config, seed, stabilization, min_gain, fc,
                  {"window": window, "profile": profile.name, "seed": seed}, as_json,
                  plot_path=plot_path or paths.RUNS / "what-if.png",
-                 plot_title=f"{profile_path.name}: {parse_window(window).label}", origin=str(profile_path))
+                 plot_title=f"{profile_path.name}: {parse_window(window).label}", origin=str(profile_path), jobs=jobs)
         return
+    arrivals = sim.make_arrivals(rates, seed) if arrivals_path is None else _live_arrivals(arrivals_path, rates, seed)
     if sweep is not None:
         _sweep(profile, rates, sweep, [(s, p) for s, p in zip(specs, policies, strict=True) if s != "infadapter"],
                config, arrivals, fc, stabilization, min_gain, plot_path,
@@ -345,20 +350,23 @@ def _sweep(profile: Any, rates: Any, sweep: Sweep, baselines: list[tuple[str, An
 
 def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: Any, seed: int,
              stabilization: int, min_gain: float, fc: Any, extra: dict[str, Any], as_json: bool,
-             plot_path: Path | None = None, plot_title: str = "", origin: str = "the profile") -> None:
+             plot_path: Path | None = None, plot_title: str = "", origin: str = "the profile",
+             jobs: int | None = None) -> None:
     """Today's settings and each scenario on the same trace and seed, side by side (``plot_path``: one plot of
-    them all, a line per scenario)."""
+    them all, a line per scenario); the scenarios are independent runs, up to ``jobs`` at once
+    (:func:`infadapter.sim.pool.run_all`)."""
     from dataclasses import replace
 
     import numpy as np
 
     from infadapter.commands.whatif import Scenario
     from infadapter.core.policies import make_policy
-    from infadapter.sim import simulation as sim
+    from infadapter.sim.pool import Run, run_all
 
-    rows = []
+    runs, rows = [], []
     # Every scenario's profile first: a scenario the profile cannot express fails before any simulation.
-    for sc, prof in [(sc, sc.profile(profile, origin)) for sc in [Scenario("today"), *scenarios]]:
+    chosen = [(sc, sc.profile(profile, origin)) for sc in [Scenario("today"), *scenarios]]
+    for sc, prof in chosen:
         scaled = np.asarray(rates, dtype=float) * sc.traffic
         cfg = config
         if sc.traffic != 1.0:  # the warm start's history grows with the traffic too
@@ -367,8 +375,8 @@ def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: 
                           control=replace(ctl, history_before=tuple(float(x) * sc.traffic for x in ctl.history_before)),
                           rates_before=tuple(float(x) * sc.traffic for x in config.rates_before)
                           if config.rates_before else config.rates_before)
-        pol = make_policy(spec, prof, stabilization, min_gain=min_gain)
-        res = sim.simulate(prof, scaled, pol, cfg, arrivals=sim.make_arrivals(scaled, seed), forecaster=fc)
+        runs.append(Run(prof, scaled, make_policy(spec, prof, stabilization, min_gain=min_gain), cfg, seed, fc))
+    for (sc, prof), res in zip(chosen, run_all(runs, jobs), strict=True):
         rows.append((sc.label, res, prof.slo_ms))
     if plot_path is not None:
         plot(plot_path, rates, [r for _, r, _ in rows], title=f"{spec} on {plot_title}: today beside each --what-if",

@@ -42,6 +42,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from infadapter.core.plan import Plan, plan_from_cores
 from infadapter.core.policies import Context, Decision, Policy, Stabilized
 from infadapter.core.profile import Profile
@@ -136,7 +138,11 @@ def kept_s(config: ControlConfig) -> int:
 def history_cut(counts: Sequence[float], config: ControlConfig) -> tuple[float, ...]:
     """The last :func:`kept_s` per-second counts of ``counts`` (oldest first): a decision's history."""
     k = kept_s(config)
-    return tuple(float(x) for x in counts[max(len(counts) - k, 0):])
+    tail = counts[max(len(counts) - k, 0):]
+    # An array's tolist() gives the same Python floats as float() of each element, about 20x sooner (the
+    # simulator cuts 600 seconds at each of a day's ~8,700 decisions).
+    return tuple(tail.tolist()) if isinstance(tail, np.ndarray) and tail.dtype.kind == "f" else tuple(
+        float(x) for x in tail)
 
 
 def observed_rate(counts: Sequence[float], config: ControlConfig) -> float:
