@@ -39,7 +39,7 @@ def loop_config(cfg: AdapterConfig) -> LoopConfig:
 
 def simulate_same(profile: Profile, cfg: RunConfig, arrival_times_s: np.ndarray | None = None,
                   service_cv: float = LOCAL_SERVICE_CV, observe_lag_s: int = LOCAL_OBSERVE_LAG_S,
-                  service_model: str = "cfs") -> dict[str, Any]:
+                  service_model: str = "cfs", capacity_scale: float = 1.0) -> dict[str, Any]:
     """The simulator on the same load, with the live run's control rules (:func:`loop_config`) and clock.
 
     Simulated in wall time, as the live run happened: the servers' queues, start-up times and the
@@ -49,7 +49,9 @@ def simulate_same(profile: Profile, cfg: RunConfig, arrival_times_s: np.ndarray 
     CPU time per request of CV ``service_cv``), and the monitor lags ``observe_lag_s`` behind (VPA's
     CPU samples follow the loop's rule, :mod:`infadapter.core.cpusamples`). ``arrival_times_s`` (seconds from
     the load's start, e.g. a live run's schedule) replays exactly those requests instead of a fresh
-    Poisson draw.
+    Poisson draw. ``capacity_scale``: the live run's start-up calibration (the local backend found the
+    machine ``1 / capacity_scale`` times slower than the profile): the simulated machine is that one too, its
+    servers as slow and the policy planning on the same scaled capacities as live.
     """
     from infadapter.sim import simulation as sim
 
@@ -63,6 +65,8 @@ def simulate_same(profile: Profile, cfg: RunConfig, arrival_times_s: np.ndarray 
         service_cv=service_cv, observe_lag_s=observe_lag_s, service_model=service_model,
     )
     profile = cfg.tuned(profile)
+    if capacity_scale != 1.0:
+        profile = profile.scaled_capacity(capacity_scale)
     arrivals = None
     if arrival_times_s is not None:
         arrivals = sim.arrivals_from_times(arrival_times_s, int(rates.size), cfg.seed)
@@ -71,7 +75,7 @@ def simulate_same(profile: Profile, cfg: RunConfig, arrival_times_s: np.ndarray 
     return {"requests": res.requests, "slo_violation_rate": res.slo_violation_rate, "mean_cores": res.mean_cores,
             "mean_planned_cores": res.mean_planned_cores, "mean_accuracy": res.mean_accuracy,
             "transitions": res.transitions, "dropped": res.dropped,
-            "arrivals": "live schedule" if arrivals is not None else "poisson"}
+            "arrivals": "live schedule" if arrivals is not None else "poisson", "capacity_scale": capacity_scale}
 
 
 def live_arrival_times(requests_csv: Path) -> np.ndarray | None:
@@ -128,7 +132,8 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
         sim_res = None
         try:
             sim_res = simulate_same(load_profile(base.profile_path), cfg,
-                                    arrival_times_s=live_arrival_times(run_dir / "requests.csv"))
+                                    arrival_times_s=live_arrival_times(run_dir / "requests.csv"),
+                                    capacity_scale=float((live.get("calibration") or {}).get("capacity_scale", 1.0)))
         except Exception as exc:  # the comparison must not lose the live figures
             log.warning("simulator failed for %s: %s", label, exc)
         results.append({"policy": label, "live": live, "simulated": sim_res,
