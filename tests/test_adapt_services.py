@@ -81,6 +81,10 @@ def test_adapt_runs_both_services_live_each_on_its_own_variants(tmp_path: Path) 
     assert all(r["variant"].startswith(f"{r['service']}-") for r in answered)
     _check_plans(run_dir)
     assert (run_dir / "adapt.png").stat().st_size > 0
+    # Every joint decision re-solves from its record: overload re-plans and the start-up calibration included.
+    rep = run_cli("explain", "--run-dir", str(run_dir), "--replay", "--json")
+    assert rep.returncode == 0, rep.stdout
+    assert json.loads(rep.stdout)["reproduced"] == len(read_records(run_dir / "decisions.jsonl"))
 
 
 def test_adapt_dry_run_with_services(tmp_path: Path) -> None:

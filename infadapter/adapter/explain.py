@@ -4,7 +4,10 @@ The words come from the fields each record carries (``inputs``, ``terms``, ``bin
 see :mod:`infadapter.core.explain`), so ``explain`` works without the profile. ``replay`` is the one
 part that needs it: it re-solves every decision from its record (the profile at the recorded path,
 checked against the recorded hash; the tuned alpha and budget; the plan before; the exact load; the
-policy state) and compares the plan with the recorded one.
+policy state) and compares the plan with the recorded one. A decision of several services (one joint solve)
+is replayed with each service's recorded forecast and observed rate through the same joint policy
+(:func:`infadapter.core.policies.joint_policy`), and compared service by service: the variants, cores and shares,
+and the load each service's plan was made for.
 """
 
 from __future__ import annotations
@@ -77,7 +80,40 @@ def structured(rec: dict[str, Any]) -> dict[str, Any]:
         "binding": list(rec.get("binding") or []),
         "runner_up": rec.get("runner_up"),
         "explain_note": rec.get("explain_note", ""),
+        "services": services_view(rec),
     }
+
+
+def services_view(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each service of a decision of several services, from its record: the rate observed, the forecast, the
+    load its plan was made for (below the forecast when the forecasts' headroom gave way), what it sheds, its
+    variants (cores, share of its traffic) and accuracy; [] for a decision of one service."""
+    plan = rec.get("plan_after") or {}
+    seen = ((rec.get("inputs") or {}).get("services")) or {}
+    out = []
+    for o in plan.get("services") or []:
+        name = o["name"]
+        mine = [{"name": v["name"], "cores": v["cores"], "share": v.get("share", 0.0)}
+                for v in plan.get("variants", []) if v.get("service") == name]
+        out.append({"name": name, "observed_rps": (seen.get(name) or {}).get("observed_rps"),
+                    "forecast_rps": (seen.get(name) or {}).get("forecast_rps"), "planned_rps": o.get("load"),
+                    "shed_rps": o.get("shed", 0.0), "accuracy": o.get("accuracy"), "weight": o.get("weight"),
+                    "accuracy_floor": o.get("accuracy_floor"), "floor_met": o.get("floor_met", True),
+                    "cores": round(sum(float(v["cores"]) for v in mine), 9), "variants": mine,
+                    "plan": _plan_words({"variants": mine})})
+    return out
+
+
+def _services_words(rec: dict[str, Any]) -> str:
+    """``live: live-resnet152x0.5@100% for 9.3 req/s; batch: ...`` ('' for one service)."""
+    parts = []
+    for s in services_view(rec):
+        load = f"{float(s['planned_rps'] or 0):.1f}"
+        if s["forecast_rps"] is not None and float(s["planned_rps"] or 0) < float(s["forecast_rps"]) - 0.05:
+            load += f" of {float(s['forecast_rps']):.1f} forecast"
+        shed = f", shedding {float(s['shed_rps']):.1f}" if float(s["shed_rps"] or 0) > 1e-6 else ""
+        parts.append(f"{s['name']}: {s['plan']} for {load} req/s{shed}")
+    return "; ".join(parts)
 
 
 def story(records: list[dict[str, Any]]) -> list[str]:
@@ -90,8 +126,9 @@ def story(records: list[dict[str, Any]]) -> list[str]:
             lines.append(f"run {run or '(unnamed)'}: policy {r.get('policy')}, first decision #{r.get('seq')}")
         if not changed(r) and r.get("trigger") != "start":
             continue
-        lines.append(f"#{r.get('seq')} {r.get('trigger')}: {r.get('diff')} -> {_plan_words(r.get('plan_after'))} "
-                     f"for {float(r.get('forecast_rps') or 0):.1f} req/s: {one_line_why(r)}")
+        per_service = _services_words(r)
+        target = per_service or f"{_plan_words(r.get('plan_after'))} for {float(r.get('forecast_rps') or 0):.1f} req/s"
+        lines.append(f"#{r.get('seq')} {r.get('trigger')}: {r.get('diff')} -> {target}: {one_line_why(r)}")
     return lines
 
 
@@ -106,16 +143,37 @@ def paragraph(rec: dict[str, Any]) -> str:
     headroom = inp.get("headroom")
     head += (f" and planned for {float(rec.get('forecast_rps') or 0):.1f} req/s"
              + (f" ({inp.get('forecaster')}, {100 * headroom:.0f}% headroom)." if headroom is not None else "."))
+    services = services_view(rec)
+    if services:
+        head += " Per service: " + "; ".join(_service_sentence(sv) for sv in services) + "."
     after = f" It {'changed the plan (' + str(rec.get('diff')) + ')' if changed(rec) else 'kept the plan'}: " \
             f"{_plan_words(rec.get('plan_before'))} -> {_plan_words(rec.get('plan_after'))}."
     binding = rec.get("binding") or []
-    why = " Bound by: " + "; ".join(b["text"] for b in binding) + "." if binding else \
-        f" {rec.get('explain_note') or rec.get('reason')}."
+    note = str(rec.get("explain_note") or "")
+    if binding:  # a note beside binding constraints (several services: no runner-up searched) is said too
+        why = " Bound by: " + "; ".join(b["text"] for b in binding) + "." + (f" {note[0].upper()}{note[1:]}."
+                                                                             if note else "")
+    else:
+        why = f" {note or rec.get('reason')}."
     ru = rec.get("runner_up")
     runner = f" Runner-up ({ru['kind'].replace('_', ' ')}): {ru['text']}." if ru else ""
     if ru and ru.get("note"):
         runner += f" ({ru['note'][0].upper()}{ru['note'][1:]}.)"
     return head + after + why + runner
+
+
+def _service_sentence(s: dict[str, Any]) -> str:
+    """One service of :func:`services_view` in words (``explain --decision N``)."""
+    planned = float(s["planned_rps"] or 0)
+    words = f"{s['name']} saw {float(s['observed_rps'] or 0):.1f} req/s, planned for {planned:.1f}"
+    if s["forecast_rps"] is not None and abs(float(s["forecast_rps"]) - planned) > 0.05:
+        words += f" (forecast {float(s['forecast_rps']):.1f})"
+    words += f": {s['plan']}, {s['cores']:g} cores, accuracy {float(s['accuracy'] or 0):.2%}"
+    if float(s["shed_rps"] or 0) > 1e-6:
+        words += f", shedding {float(s['shed_rps']):.1f} req/s"
+    if not s["floor_met"]:
+        words += f", below its floor {float(s['accuracy_floor']):.2%}"
+    return words
 
 
 def terms_rows(rec: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
@@ -174,7 +232,18 @@ def plan_difference(recorded: dict[str, Any] | None, replayed: dict[str, Any]) -
         elif abs(a[name][0] - b[name][0]) > _TOL or abs(a[name][1] - b[name][1]) > 1e-4:
             out.append(f"{name}: recorded {a[name][0]:g} cores @ {a[name][1]:.2%}, "
                        f"replay {b[name][0]:g} cores @ {b[name][1]:.2%}")
+    # Several services: each service's plan was made for a load (its forecast, or less where the headroom gave way).
+    la, lb = _service_loads(recorded), _service_loads(replayed)
+    for name in sorted(set(la) | set(lb)):
+        if name not in lb or name not in la:
+            out.append(f"service {name}: {'only the record' if name in la else 'only the replay'} plans for it")
+        elif abs(la[name] - lb[name]) > 1e-6 * max(1.0, abs(la[name])):
+            out.append(f"service {name}: recorded plan for {la[name]:.3f} req/s, replay {lb[name]:.3f}")
     return "; ".join(out)
+
+
+def _service_loads(plan: dict[str, Any] | None) -> dict[str, float]:
+    return {o["name"]: float(o.get("load", 0.0)) for o in (plan or {}).get("services") or []}
 
 
 def complete_runner_ups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -189,6 +258,9 @@ def complete_runner_ups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for rec in records:
         ru, ctx_rec = rec.get("runner_up"), rec.get("replay") or {}
+        if services_view(rec):  # a joint plan of several services: no runner-up search (core.explain.SERVICES_NOTE)
+            out.append(rec)
+            continue
         optimum = dict(((rec.get("terms") or {}).get("optimum") or {}).get("plan") or rec.get("plan_after") or {})
         try:
             solving = entry(str(ctx_rec.get("policy", ""))).name in core.SOLVING
@@ -240,7 +312,7 @@ def replay(records: list[dict[str, Any]]) -> ReplayReport:
     """Re-solve every decision from its record; see the module doc."""
     from infadapter.core.explain import state_from_dict
     from infadapter.core.plan import Plan
-    from infadapter.core.policies import Context, make_policy
+    from infadapter.core.policies import Context
 
     report = ReplayReport()
     profiles: dict[tuple[str, float, float, float], Any] = {}
@@ -248,7 +320,7 @@ def replay(records: list[dict[str, Any]]) -> ReplayReport:
         report.total += 1
         seq = rec.get("seq")
         ctx_rec = rec.get("replay") or {}
-        if "profile" not in ctx_rec or "load_rps" not in ctx_rec:
+        if "profile" not in ctx_rec:
             report.skipped.append({"seq": seq, "why": "the record has no replay inputs (written before explain)"})
             continue
         profile = replay_profile(ctx_rec, profiles)
@@ -257,18 +329,40 @@ def replay(records: list[dict[str, Any]]) -> ReplayReport:
             continue
         try:
             state = state_from_dict(ctx_rec.get("policy_state"))
+            policy, loads = _replay_policy(ctx_rec, profile)
         except ValueError as exc:
             report.skipped.append({"seq": seq, "why": str(exc)})
             continue
-        policy = make_policy(str(ctx_rec["policy"]), profile, int(ctx_rec.get("stabilization_intervals", 1)),
-                             min_gain=float(ctx_rec.get("min_gain", 0.0)))
         before = rec.get("plan_before")
         current = Plan.from_dict(before, "replay.plan_before") if before else None
         decision = policy.decide(Context(profile=profile, now_s=float(rec.get("time_s") or 0.0),
-                                         forecast_rps=float(ctx_rec["load_rps"]), current=current, state=state))
+                                         forecast_rps=float(ctx_rec["load_rps"]), current=current, state=state,
+                                         **loads))
         why = plan_difference(rec.get("plan_after"), decision.plan.as_dict())
         if why:
             report.differ.append({"seq": seq, "difference": why})
         else:
             report.reproduced += 1
     return report
+
+
+def _replay_policy(ctx_rec: dict[str, Any], profile: Any) -> tuple[Any, dict[str, Any]]:
+    """The policy a record's decision ran (the joint policy for a profile of several services, as the runner
+    builds it) and the Context's per-service loads; ValueError saying why a record cannot be replayed."""
+    from infadapter.core.policies import joint_policy, make_policy
+
+    name, min_gain = str(ctx_rec["policy"]), float(ctx_rec.get("min_gain", 0.0))
+    if not profile.services:
+        if "load_rps" not in ctx_rec:
+            raise ValueError("the record has no replay inputs (written before explain)")
+        return make_policy(name, profile, int(ctx_rec.get("stabilization_intervals", 1)), min_gain=min_gain), {}
+    by_service = ctx_rec.get("load_by_service")
+    if not isinstance(by_service, dict) or "load_rps" not in ctx_rec:
+        raise ValueError("the record has no per-service loads (written before explain replayed several services)")
+    if set(by_service) != set(profile.service_names):
+        raise ValueError(f"the record's services ({', '.join(sorted(by_service))}) are not the profile's "
+                         f"({', '.join(profile.service_names)})")
+    observed = ctx_rec.get("observed_by_service") or {}
+    return joint_policy(profile, min_gain, name), {
+        "forecast_by_service": {n: float(by_service[n]) for n in profile.service_names},
+        "observed_by_service": {n: float(v) for n, v in observed.items()}}

@@ -61,18 +61,6 @@ from infadapter.observe.monitor import Observation
 log = logging.getLogger(__name__)
 
 
-def _services_explanation(trigger: str, observed_rps: float, forecast_rps: float, per_service: Mapping[str, Any]
-                          ) -> dict[str, Any]:
-    """A multi-service decision's record fields for ``explain``: its inputs per service (the objective terms,
-    binding constraints and runner-up are computed for one service only so far)."""
-    return {"inputs": {"trigger": trigger, "observed_rps": round(observed_rps, 3),
-                       "forecast_rps": round(forecast_rps, 3),
-                       "services": {n: {"observed_rps": round(per_service["observed"][n], 3),
-                                        "forecast_rps": round(per_service["loads"][n], 3)}
-                                    for n in per_service.get("loads", {})}},
-            "explain_note": "several services: one joint solve; explain's terms and runner-up cover one service"}
-
-
 @dataclass(frozen=True)
 class LoopConfig:
     """The control rules (:class:`infadapter.core.control.ControlConfig`, composed) plus what only a live loop
@@ -315,7 +303,9 @@ class ControlLoop:
             decision = control.stabilize(self.policy, ctx, proposed)
         with steps.step("explain"):
             if self.profile.services:
-                why = _services_explanation(trigger, observed.rate_rps, forecast, per_service)
+                why = explain_mod.services_decision_fields(
+                    self.profile, trigger, observed.rate_rps, observed.history, self.forecaster, per_service["loads"],
+                    per_service["observed"], self.serving, decision, self.policy_state)
             else:
                 why = explain_mod.decision_fields(self.profile, self.policy_name, trigger, observed.rate_rps,
                                                   observed.history, forecast, self.forecaster, self.serving,

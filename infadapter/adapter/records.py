@@ -64,9 +64,11 @@ class DecisionRecord:
     binding: tuple[dict[str, Any], ...] = ()
     #: The best plan with a different variant set / different cores, with its objective gap (>= 0).
     runner_up: dict[str, Any] | None = None
-    #: Why a policy has no binding constraints or runner-up ("" for policies that solve).
+    #: Why a policy has no binding constraints or runner-up ("" for policies that solve one service; several
+    #: services: why the joint plan has no runner-up, ``core.explain.SERVICES_NOTE``).
     explain_note: str = ""
-    #: What ``explain --replay`` needs to re-solve this decision offline (profile, tuning, load, state).
+    #: What ``explain --replay`` needs to re-solve this decision offline (profile, tuning, load, state; with
+    #: several services each one's forecast and observed rate).
     replay: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:

@@ -83,7 +83,9 @@ def explain(run_dir: Path, seq: int | None, replay: bool, cores: bool, as_json: 
     rec = ex.complete_runner_ups(records)[0]
     con.print(ex.paragraph(rec), highlight=False)
     t = Table()
-    for col in ("plan", "accuracy", "cost", "transition", "objective"):
+    # Several services: the objective's accuracy term adds each service's weight x accuracy (core.explain).
+    acc = "weight x accuracy" if ex.services_view(rec) else "accuracy"
+    for col in ("plan", acc, "cost", "transition", "objective"):
         t.add_column(col)
     for row in ex.terms_rows(rec):
         t.add_row(*row)

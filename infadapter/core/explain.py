@@ -56,10 +56,17 @@ def describe(plan: Plan | Mapping[str, Any]) -> str:
 
 
 def objective_terms(profile: Profile, plan: Plan, current: Mapping[str, float]) -> dict[str, float]:
-    """The plan's objective split in its terms (accuracy - cost - transition = objective)."""
+    """The plan's objective split in its terms (accuracy - cost - transition = objective).
+
+    With several services the accuracy term is the objective's: each service's weight x its accuracy x the
+    part of its forecast it is served (the plan's shares are of what it serves)."""
     cores = plan.cores_by_name()
     shares = plan.shares_by_name()
-    acc = sum(s * profile.variant(n).accuracy for n, s in shares.items())
+    if plan.services:
+        acc = sum(o.weight * o.accuracy * (o.served_rps / o.load_rps if o.load_rps > 0 else 1.0)
+                  for o in plan.services)
+    else:
+        acc = sum(s * profile.variant(n).accuracy for n, s in shares.items())
     cost = profile.alpha * sum(cores.values()) / profile.budget_cores
     trans = profile.beta * solver_mod.transition_penalty(profile, cores, current)
     return {"accuracy": round(acc, 9), "cost": round(cost, 9), "transition": round(trans, 9),
@@ -112,25 +119,36 @@ def explain(
                                        "runner-up (its reason says what it followed)")
     binding = list(_binding(profile, optimum, load_rps))
     extra: dict[str, Any] = {}
-    if held_by and _cores(optimum) != _cores(chosen):
-        gain = optimum.objective - objective_terms(profile, chosen, cur)["objective"]
-        extra["optimum"] = {"plan": optimum.as_dict(), "terms": objective_terms(profile, optimum, cur)}
-        if held_by == "stabilization-window":
-            text = (f"stabilization applied the most generous plan of its window, {describe(chosen)}, not the "
-                    f"solver's {describe(optimum)}")
-        elif held_by == "stabilization":
-            text = (f"the solver's plan {describe(optimum)} was held back: scale-down waits until enough "
-                    "decisions in a row want less")
-        else:
-            text = (f"the solver's plan {describe(optimum)} was held back: it beats the current variants by only "
-                    f"{gain:.4f} in objective (min gain)")
-        kind = "stabilization" if held_by.startswith("stabilization") else held_by
-        binding.insert(0, {"kind": kind, "text": text, "gain": round(gain, 9)})
+    held = _held_back(profile, chosen, optimum, held_by, cur)
+    if held is not None:
+        binding.insert(0, held[0])
+        extra["optimum"] = held[1]
     if other_sets is None:
         other_sets = current is None or chosen.cores_by_name() != cur
     runner = (_runner_up(profile, name, optimum, load_rps, cur, options, other_sets, other_set)
               if optimum.feasible else None)
     return Explanation(terms, tuple(binding), runner, extra=extra)
+
+
+def _held_back(profile: Profile, chosen: Plan, optimum: Plan, held_by: str, cur: Mapping[str, float]
+               ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The binding entry of a wrapper (stabilization, min-gain) that held the solver's ``optimum`` back, and the
+    optimum with its terms; None when nothing was held (or the held plan runs the same cores)."""
+    if not held_by or _cores(optimum) == _cores(chosen):
+        return None
+    gain = optimum.objective - objective_terms(profile, chosen, cur)["objective"]
+    if held_by == "stabilization-window":
+        text = (f"stabilization applied the most generous plan of its window, {describe(chosen)}, not the "
+                f"solver's {describe(optimum)}")
+    elif held_by == "stabilization":
+        text = (f"the solver's plan {describe(optimum)} was held back: scale-down waits until enough "
+                "decisions in a row want less")
+    else:
+        text = (f"the solver's plan {describe(optimum)} was held back: it beats the current variants by only "
+                f"{gain:.4f} in objective (min gain)")
+    kind = "stabilization" if held_by.startswith("stabilization") else held_by
+    return ({"kind": kind, "text": text, "gain": round(gain, 9)},
+            {"plan": optimum.as_dict(), "terms": objective_terms(profile, optimum, cur)})
 
 
 def _cores(plan: Plan) -> dict[str, float]:
@@ -141,22 +159,28 @@ def _binding(profile: Profile, plan: Plan, load: float) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     step, mn, budget = profile.core_step, profile.min_cores, profile.budget_cores
     if not plan.feasible:
-        out.append({"kind": "budget", "text": f"the whole budget of {budget:g} cores cannot serve {load:.1f} "
-                                              "req/s: the highest-capacity mix runs", "cores": plan.cores})
+        short = [f"{o.name} short by {o.shed_rps:.1f} of {o.load_rps:.1f}" for o in plan.services if o.shed_rps > 1e-6]
+        text = (f"the whole budget of {budget:g} cores cannot serve every service's forecast ({', '.join(short)} "
+                "req/s)" if short else f"the whole budget of {budget:g} cores cannot serve {load:.1f} req/s: "
+                "the highest-capacity mix runs")
+        out.append({"kind": "budget", "text": text, "cores": plan.cores})
         return out
     if plan.cores + step > budget + _EPS:
         out.append({"kind": "budget", "text": f"uses {plan.cores:g} of the {budget:g}-core budget: no room for "
                                               f"one more {step:g}-core step", "cores": plan.cores})
+    # Several services: a variant's share is of its own service's load, judged at that service's SLO.
+    served = {o.name: o.served_rps for o in plan.services}
     for a in plan.allocations:
         if a.share <= 1e-9:
             continue
-        need = a.share * load
+        need = a.share * served.get(a.service, load)
+        slo_ms = profile.service(a.service).slo_ms if a.service else profile.slo_ms
         cap = profile.capacity_rps(a.name, a.cores)
         fewer = a.cores - step
         if cap <= need * (1 + 1e-6) + _EPS and a.share < 1 - 1e-9:
             out.append({"kind": "capacity", "variant": a.name, "cores": a.cores, "capacity_rps": round(cap, 3),
                         "assigned_rps": round(need, 3),
-                        "text": f"{a.name} on {a.cores:g} cores is full at the {profile.slo_ms:g} ms SLO "
+                        "text": f"{a.name} on {a.cores:g} cores is full at the {slo_ms:g} ms SLO "
                                 f"({cap:.1f} req/s): the rest goes to other variants"})
         elif fewer < mn - _EPS:
             out.append({"kind": "min_cores", "variant": a.name, "cores": a.cores,
@@ -169,12 +193,20 @@ def _binding(profile: Profile, plan: Plan, load: float) -> list[dict[str, Any]]:
                             "capacity_rps": round(cap, 3), "capacity_one_step_less_rps": round(less, 3),
                             "assigned_rps": round(need, 3),
                             "text": f"{a.name} needs {a.cores:g} cores for {need:.1f} req/s at the "
-                                    f"{profile.slo_ms:g} ms SLO: {fewer:g} cores serve only {max(less, 0):.1f}"})
+                                    f"{slo_ms:g} ms SLO: {fewer:g} cores serve only {max(less, 0):.1f}"})
         if profile.splits_pods and a.cores > (profile.max_pod_cores or math.inf) + _EPS:
             replicas, per_pod = profile.pod_layout(a.cores)
             out.append({"kind": "pod_fit", "variant": a.name, "replicas": replicas, "cores_per_pod": per_pod,
                         "text": f"{a.name} runs as {replicas} pods of {per_pod:g} cores (a node holds "
                                 f"{profile.max_pod_cores:g})"})
+    for o in plan.services:  # a service's accuracy floor holds its mix where it is (or cannot be held)
+        if o.accuracy_floor is None or o.accuracy > o.accuracy_floor + 1e-6:
+            continue
+        text = (f"{o.name}'s accuracy is at its floor {o.accuracy_floor:.2%}: a faster mix would fall below it"
+                if o.floor_met else f"{o.name}'s accuracy {o.accuracy:.2%} is below its floor "
+                f"{o.accuracy_floor:.2%}: the budget cannot hold every floor at this load")
+        out.append({"kind": "floor", "service": o.name, "accuracy": round(o.accuracy, 9),
+                    "accuracy_floor": o.accuracy_floor, "text": text})
     if not out:
         out.append({"kind": "objective", "text": "every constraint has slack: the objective's accuracy/cost "
                                                  "trade-off alone chose this plan"})
@@ -356,16 +388,7 @@ def decision_fields(
     ``decision`` is the policy's :class:`~infadapter.core.policies.Decision`; ``state_before`` the state
     the policy was handed (recorded so that ``explain --replay`` can hand it again).
     """
-    headroom = getattr(forecaster, "headroom", None)
-    inputs = {
-        "trigger": trigger,
-        "observed_rps": round(observed_rps, 3),
-        "history": history_digest(history_rps),
-        "forecaster": str(getattr(forecaster, "name", type(forecaster).__name__)),
-        "headroom": headroom if isinstance(headroom, (int, float)) else None,
-        "forecast_rps": round(forecast_rps, 3),
-        "forecast_over_observed": round(forecast_rps / observed_rps, 4) if observed_rps > 0 else None,
-    }
+    inputs = _inputs(trigger, observed_rps, history_rps, forecast_rps, forecaster)
     ex = explain(profile, policy, forecast_rps, before, decision.plan, decision.proposed, decision.held_by, options,
                  other_set=decision.other_set)
     terms = dict(ex.terms)
@@ -379,4 +402,73 @@ def decision_fields(
         "explain_note": ex.note,
         # Exact values (the record's rounded figures would not re-solve to the same plan at a boundary).
         "replay": {"load_rps": forecast_rps, "policy_state": state_to_dict(state_before)},
+    }
+
+
+def _inputs(trigger: str, observed_rps: float, history_rps: Sequence[float], forecast_rps: float,
+            forecaster: Any) -> dict[str, Any]:
+    """A record's ``inputs``: what the decision started from (one service, or the services' sums)."""
+    headroom = getattr(forecaster, "headroom", None)
+    return {
+        "trigger": trigger,
+        "observed_rps": round(observed_rps, 3),
+        "history": history_digest(history_rps),
+        "forecaster": str(getattr(forecaster, "name", type(forecaster).__name__)),
+        "headroom": headroom if isinstance(headroom, (int, float)) else None,
+        "forecast_rps": round(forecast_rps, 3),
+        "forecast_over_observed": round(forecast_rps / observed_rps, 4) if observed_rps > 0 else None,
+    }
+
+
+#: Why a decision of several services holds no runner-up (its record's ``explain_note``).
+SERVICES_NOTE = ("several services: no runner-up is searched for a joint plan (the other-variant-set and "
+                 "one-core-step searches are one service's); the terms and binding constraints are the joint plan's")
+
+
+def services_decision_fields(
+    profile: Profile,
+    trigger: str,
+    observed_rps: float,
+    history_rps: Sequence[float],
+    forecaster: Any,
+    loads_by_service: Mapping[str, float],
+    observed_by_service: Mapping[str, float],
+    before: Plan | None,
+    decision: Any,
+    state_before: Any,
+) -> dict[str, Any]:
+    """The explanation fields of a decision of several services (one joint solve), as :func:`decision_fields`
+    for one: ``inputs`` (the sums, and each service's observed rate and forecast), the joint plan's ``terms``
+    and ``binding`` constraints (the budget, each variant's capacity at its service's SLO, the forecasts'
+    headroom giving way, min-gain holding the solver's plan back), no runner-up (:data:`SERVICES_NOTE`), and
+    ``replay``: each service's exact forecast and observed rate, what the joint policy was handed."""
+    forecast_rps = sum(loads_by_service.values())
+    inputs = _inputs(trigger, observed_rps, history_rps, forecast_rps, forecaster)
+    inputs["services"] = {n: {"observed_rps": round(observed_by_service.get(n, 0.0), 3),
+                              "forecast_rps": round(f, 3)} for n, f in loads_by_service.items()}
+    cur = before.cores_by_name() if before is not None else {}
+    chosen = decision.plan
+    optimum = decision.proposed if decision.proposed is not None else chosen
+    terms = objective_terms(profile, chosen, cur)
+    binding = _binding(profile, optimum, forecast_rps)
+    # The forecasts did not all fit: joint_solve planned each service below its forecast, toward its observed rate.
+    cut = [f"{o.name} {o.load_rps:.1f} of {loads_by_service[o.name]:.1f}" for o in optimum.services
+           if o.name in loads_by_service and o.load_rps < loads_by_service[o.name] - 1e-6]
+    if cut:
+        binding.insert(0, {"kind": "headroom",
+                           "text": f"the forecasts do not all fit the {profile.budget_cores:g}-core budget: their "
+                                   f"headroom over the observed rates gave way (planned for {', '.join(cut)} req/s)"})
+    held = _held_back(profile, chosen, optimum, decision.held_by, cur)
+    if held is not None:
+        binding.insert(0, held[0])
+        terms["optimum"] = held[1]
+    return {
+        "inputs": inputs,
+        "terms": terms,
+        "binding": tuple(binding),
+        "runner_up": None,
+        "explain_note": SERVICES_NOTE,
+        # Exact values: the joint policy's inputs (the rounded ones in ``inputs`` would not re-solve at a boundary).
+        "replay": {"load_rps": forecast_rps, "load_by_service": dict(loads_by_service),
+                   "observed_by_service": dict(observed_by_service), "policy_state": state_to_dict(state_before)},
     }
