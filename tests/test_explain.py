@@ -273,7 +273,7 @@ def test_corrupt_state_is_reported_as_corrupt(tmp_path):
 
 # -- a local run (real model servers) ------------------------------------------------------------
 @pytest.mark.slow
-def test_replay_reproduces_every_local_decision(tmp_path_factory):
+def test_replay_and_cores_of_a_local_run(tmp_path_factory):
     base = tiny_setup(tmp_path_factory.mktemp("local"), "tiny.yaml")
     run_dir = base / "run"
     r = run_cli("adapt", "--profile", str(base / "tiny.yaml"), "--models", str(base / "models"), "--resolution",
@@ -286,6 +286,24 @@ def test_replay_reproduces_every_local_decision(tmp_path_factory):
     assert rep.returncode == 0, rep.stdout
     doc = json.loads(rep.stdout)
     assert doc["ok"] and doc["reproduced"] == doc["decisions"] == n
+    # explain --cores on the same run: the ladder adds up to its requests.csv and to the plans it applied.
+    import csv
+
+    out = run_cli("explain", "--run-dir", str(run_dir), "--cores", "--json")
+    assert out.returncode == 0, out.stderr
+    cores = json.loads(out.stdout)
+    rows = list(csv.DictReader((run_dir / "requests.csv").open()))
+    assert cores["requests"] == len(rows) > 50
+    records = read_log(run_dir / "decisions.jsonl").records
+    assert cores["decisions"] == len(records) and cores["spans_solved"] >= len(records) - 1
+    times = [r["time_s"] for r in records] + [max(float(x["sent_unix"]) for x in rows)]
+    spans = [(b - a, rec["plan_after"]["cores"]) for a, b, rec in zip(times, times[1:], records, strict=False)
+             if b - a >= 1.0]
+    assert cores["layers"][0]["mean_cores"] == pytest.approx(sum(s * c for s, c in spans) / sum(s for s, _ in spans),
+                                                             rel=1e-3)
+    assert all(row["seconds"] > 0 for row in cores["layers"])
+    text = run_cli("explain", "--run-dir", str(run_dir), "--cores")
+    assert text.returncode == 0 and "Where the cores went" in text.stdout and "no safety factor" in text.stdout
 
 
 # -- capacity planning: the smallest budget that meets a violation target ----------------------------

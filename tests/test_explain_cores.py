@@ -1,8 +1,8 @@
 """``explain --cores``: where a run's cores went, each layer of headroom taken away in turn.
 
 A hand-made run folder (one decision on profiles/local.yaml, a known second-by-second load) checks each
-layer against a direct solve; a local run with real model servers checks the ladder against its own
-``requests.csv`` and decisions (``test_explain.py`` makes the same kind of run for ``--replay``).
+layer against a direct solve; ``test_explain.py``'s local run with real model servers checks the ladder
+against its own ``requests.csv`` and decisions (the same run as its ``--replay`` check).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from infadapter.adapter.records import read_log
 from infadapter.core.profile import load_profile
 from infadapter.core.solver import solve
 from tests.cli_helpers import ROOT, run_cli
-from tests.tiny_profile import tiny_setup
 
 LOCAL = ROOT / "profiles" / "local.yaml"
 T0 = 1_800_000_000.0
@@ -89,29 +88,3 @@ def test_cores_does_not_mix_with_one_decision(tmp_path):
     run = _folder(tmp_path, [10] * 3)
     r = run_cli("explain", "--run-dir", str(run), "--cores", "--decision", "1")
     assert r.returncode == 2 and "--cores" in r.stderr and "Traceback" not in r.stderr
-
-
-@pytest.mark.slow
-def test_cores_of_a_local_run_add_up_to_its_requests_and_plans(tmp_path_factory):
-    base = tiny_setup(tmp_path_factory.mktemp("local"), "tiny.yaml")
-    run_dir = base / "run"
-    r = run_cli("adapt", "--profile", str(base / "tiny.yaml"), "--models", str(base / "models"), "--resolution",
-                "32", "--rate", "8", "--duration", "12", "--interval", "2", "--forecaster", "last",
-                "--run-dir", str(run_dir), "--json", timeout=180)
-    assert r.returncode == 0, r.stderr
-    out = run_cli("explain", "--run-dir", str(run_dir), "--cores", "--json")
-    assert out.returncode == 0, out.stderr
-    rep = json.loads(out.stdout)
-    rows = list(csv.DictReader((run_dir / "requests.csv").open()))
-    assert rep["requests"] == len(rows) > 50
-    records = read_log(run_dir / "decisions.jsonl").records
-    assert rep["decisions"] == len(records) and rep["spans_solved"] >= len(records) - 1
-    # As served: the plans the run applied, weighted by how long each served.
-    times = [r["time_s"] for r in records] + [max(float(x["sent_unix"]) for x in rows)]
-    spans = [(b - a, rec["plan_after"]["cores"]) for a, b, rec in zip(times, times[1:], records, strict=False)
-             if b - a >= 1.0]
-    want = sum(s * c for s, c in spans) / sum(s for s, _ in spans)
-    assert rep["layers"][0]["mean_cores"] == pytest.approx(want, rel=1e-3)
-    assert all(row["seconds"] > 0 for row in rep["layers"])
-    text = run_cli("explain", "--run-dir", str(run_dir), "--cores")
-    assert text.returncode == 0 and "Where the cores went" in text.stdout and "no safety factor" in text.stdout
