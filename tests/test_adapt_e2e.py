@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILE = TINY_PROFILE
 INTERVAL_S = 3.0
 SPEEDUP = 10
-# Trace seconds (compressed 10x: 30 s low, 30 s high, 40 s low in real time).
+# Trace seconds (compressed 10x: 20 s low, 30 s high, 30 s low in real time; the scale-down after the
+# step needs a trace minute (6 s) to leave the forecaster's input and 2 held decisions (6 s)).
 LOW, HIGH = 3.0, 18.0
-PHASES = [(LOW, 300), (HIGH, 300), (LOW, 400)]
+PHASES = [(LOW, 200), (HIGH, 300), (LOW, 300)]
 
 pytestmark = pytest.mark.slow
 

@@ -107,7 +107,7 @@ def _assert_token_secret(run_dir: Path, *texts: str) -> None:
 
 def test_dispatcher_killed_mid_load_comes_back_with_its_routes(setup: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = _adapt(setup, run_dir, "--rate", "8", "--duration", "50")  # long enough on a busy 2-core machine
+    proc = _adapt(setup, run_dir, "--rate", "8", "--duration", "25")  # a restart takes 1-3 s; 25 s leaves room
     _wait_serving(proc, run_dir)
     time.sleep(2)  # requests flow through the first dispatcher
     disp = read_state(run_dir / "state.json")["dispatcher"]
@@ -152,7 +152,7 @@ def test_overload_far_above_the_budget_sheds_with_503_and_stays_flat(setup: Path
     # idle the machine is (on a whole core it would keep up on an idle one).
     profile = tmp_path / "quarter.yaml"
     profile.write_text((setup / "profile.yaml").read_text().replace("budget_cores: 1.0", "budget_cores: 0.25"))
-    proc = _adapt(setup, run_dir, "--rate", "200", "--duration", "45", profile=profile)
+    proc = _adapt(setup, run_dir, "--rate", "200", "--duration", "30", profile=profile)
     st = _wait_serving(proc, run_dir)
     disp_pid = read_state(run_dir / "state.json")["dispatcher"]["pid"]
     infeasible = None
@@ -200,7 +200,7 @@ def test_unwritable_run_folder_is_one_line_and_serving_goes_on(setup: Path, tmp_
     # A run folder that stops taking writes mid-run (the decision log replaced by a folder): one clear
     # line, decisions and serving go on, status names the problem.
     run_dir = tmp_path / "run"
-    proc = _adapt(setup, run_dir, "--rate", "6", "--duration", "45")
+    proc = _adapt(setup, run_dir, "--rate", "6", "--duration", "25")
     _wait_serving(proc, run_dir)
     log = run_dir / "decisions.jsonl"
     log.unlink()
@@ -227,7 +227,7 @@ def test_model_server_killed_mid_load_only_its_in_flight_requests_fail(setup: Pa
     run_dir = tmp_path / "run"
     # 20 req/s needs both variants on the 1-core budget (resnet50 alone serves 16): a mixed plan, so
     # the dispatcher has somewhere else to send the dead server's share.
-    proc = _adapt(setup, run_dir, "--rate", "20", "--duration", "50")
+    proc = _adapt(setup, run_dir, "--rate", "20", "--duration", "30")
     deadline = time.time() + 60
     while True:
         st = _wait_serving(proc, run_dir)
@@ -272,7 +272,7 @@ def test_full_disk_mid_run_is_logged_and_the_run_goes_on(setup: Path, tmp_path: 
         pytest.skip("cannot mount a small tmpfs here (needs root): the full-disk case is not run")
     try:
         run_dir = small / "run"
-        proc = _adapt(setup, run_dir, "--rate", "6", "--duration", "30")
+        proc = _adapt(setup, run_dir, "--rate", "6", "--duration", "20")
         _wait_serving(proc, run_dir)
         t_full = time.time()
         with (small / "filler").open("wb") as fh:  # fill the run folder's filesystem to the last byte
