@@ -11,7 +11,6 @@ capacity, an estimate, and says so. matplotlib runs headless (Agg).
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -22,7 +21,7 @@ import numpy as np
 
 from infadapter.adapter.records import read_records
 from infadapter.adapter.state import DECISIONS_FILE, read_state, state_path
-from infadapter.core import slo
+from infadapter.observe import requestlog
 
 #: Width of the bins of the violation-rate panel, in seconds.
 VIOLATION_BIN_S = 10.0
@@ -68,15 +67,15 @@ def violation_rates(requests_csv: Path, slo_ms: float, start_s: float,
     """Share of requests per ``bin_s`` bin that missed the SLO or failed; None without a requests file.
     ``service``: only that service's requests (the file's service column)."""
     try:
-        with Path(requests_csv).open(newline="") as fh:
-            rows = [(float(r["sent_unix"]), r["outcome"], float(r["latency_ms"] or 0)) for r in csv.DictReader(fh)
-                    if r.get("sent_unix") and (service is None or r.get("service") == service)]
-    except (OSError, KeyError, ValueError):
+        log = requestlog.read(Path(requests_csv))
+    except OSError:
         return None
-    if not rows:
+    if log is not None and service is not None:
+        log = log.only(service)
+    if log is None or not len(log):
         return None
-    t = np.array([r[0] for r in rows]) - start_s
-    bad = np.array([slo.violated(r[1] == "ok", r[2], slo_ms) for r in rows], dtype=float)
+    t = log.sent_unix - start_s
+    bad = log.violated(slo_ms).astype(float)
     idx = np.floor(np.maximum(t, 0.0) / bin_s).astype(int)
     sent = np.bincount(idx)
     missed = np.bincount(idx, weights=bad)

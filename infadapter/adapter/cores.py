@@ -19,16 +19,13 @@ absorbs within the SLO is in the per-variant table (the rates each variant got a
 
 from __future__ import annotations
 
-import csv
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from infadapter.errors import BadInput
-
-REQUESTS_FILE = "requests.csv"
+from infadapter.observe.requestlog import REQUESTS_FILE
 
 #: The ladder's rows, in order (see the module doc).
 LAYERS = ("as served", "solver: target", "solver: arrivals", "no safety factor", "no calibration")
@@ -45,26 +42,13 @@ class Sent:
 
 def read_requests(run_dir: Path, slo_ms: float) -> Sent:
     """The run's ``requests.csv`` (written by the load generator); BadInput when there is none."""
-    from infadapter.core.slo import violated
+    from infadapter.observe import requestlog
 
-    path = Path(run_dir) / REQUESTS_FILE
-    if not path.is_file():
+    log = requestlog.read(Path(run_dir) / REQUESTS_FILE)
+    if log is None:
         raise BadInput(f"--cores: no {REQUESTS_FILE} in {run_dir}; it needs a run that sent its own load "
                        "(adapt or experiment on the local backend, or --traffic live)")
-    times: list[float] = []
-    bad: list[bool] = []
-    variants: list[str] = []
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                t = float(row["sent_unix"])
-                latency = float(row["latency_ms"]) if row.get("latency_ms") else math.inf
-            except (KeyError, ValueError):
-                continue  # a row cut short by a kill: the rest of the file still counts
-            times.append(t)
-            bad.append(bool(violated(row.get("outcome") == "ok", latency, slo_ms)))
-            variants.append(row.get("variant") or "")
-    return Sent(tuple(times), tuple(bad), tuple(variants))
+    return Sent(tuple(log.sent_unix.tolist()), tuple(log.violated(slo_ms).tolist()), log.variant)
 
 
 @dataclass

@@ -35,14 +35,12 @@ import numpy as np
 
 from infadapter.core import slo
 from infadapter.errors import BadInput
+from infadapter.observe.requestlog import CSV_COLUMNS
 
 VARIANT_HEADER = "X-Infadapter-Variant"
 OK, ERROR, TIMEOUT = "ok", "error", "timeout"
 #: Image size (px) of the load's JPEGs and the models' input when neither the flags nor the profile say.
 DEFAULT_RESOLUTION = 224
-#: ``service``: the service a request was sent to ("" for one service); last, so older readers read on.
-CSV_COLUMNS = ("index", "scheduled_s", "sent_s", "sent_unix", "latency_ms", "status", "outcome", "variant", "error",
-               "service")
 
 
 @dataclass(frozen=True)
@@ -260,7 +258,7 @@ async def _drive(
 def summarize(
     rows: Sequence[Sequence[Any]], slo_ms: float, duration_s: float, interrupted: bool = False
 ) -> LoadSummary:
-    """The summary of recorded rows (see :data:`CSV_COLUMNS`)."""
+    """The summary of recorded rows (see :data:`~infadapter.observe.requestlog.CSV_COLUMNS`)."""
     sent = len(rows)
     outcomes = [r[6] for r in rows]
     ok = outcomes.count(OK)
@@ -297,7 +295,7 @@ def summarize(
 
 
 def write_records(rows: Sequence[Sequence[Any]], out_path: Path) -> None:
-    """CSV (default) or Parquet (``.parquet``, needs pyarrow) with :data:`CSV_COLUMNS`."""
+    """CSV (default) or Parquet (``.parquet``, needs pyarrow) with the request log's columns (``CSV_COLUMNS``)."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if out_path.suffix.lower() == ".parquet":
         try:

@@ -80,13 +80,10 @@ def simulate_same(profile: Profile, cfg: RunConfig, arrival_times_s: np.ndarray 
 
 def live_arrival_times(requests_csv: Path) -> np.ndarray | None:
     """When each request of a live run was due (``scheduled_s``), from its requests.csv; None if absent."""
-    import csv
+    from infadapter.observe import requestlog
 
-    if not requests_csv.exists():
-        return None
-    with requests_csv.open(newline="") as fh:
-        times = [float(row["scheduled_s"]) for row in csv.DictReader(fh) if row.get("scheduled_s")]
-    return np.asarray(times, dtype=float) if times else None
+    log = requestlog.read(requests_csv)
+    return log.scheduled_s if log is not None and len(log) else None
 
 
 def experiment_runs(base: RunConfig, policies: list[str], sweep: Sweep | None = None
