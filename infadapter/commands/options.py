@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from infadapter.core.control import DAY_S, HISTORY_S, ControlConfig
+from infadapter.core.control import DAY_S, DEMANDS, HISTORY_S, ControlConfig
 from infadapter.core.forecast import FORECAST_HELP
 from infadapter.core.policies import DEFAULT_MIN_GAIN, DEFAULT_STABILIZATION
 
@@ -46,6 +46,10 @@ CONTROL_FLAGS: dict[str, Callable[[F], F]] = {
                                    show_default=True,
                                    help="An overload re-plan also adds this many windows of the rate's rise "
                                         "(a burst keeps rising while new servers load; 0: off)."),
+    "demand": click.option("--demand", "demand", type=click.Choice(DEMANDS), default=_C.demand, show_default=True,
+                           help="peak: plan for the forecast busiest second as it is (the paper); rate: for the "
+                                "Poisson rate behind it, the unit of the profile's capacity (its second-to-second "
+                                "scatter is already in the capacity's p99)."),
 }
 
 POLICY_OPTIONS = (

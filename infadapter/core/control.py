@@ -21,7 +21,9 @@ The rules (docs/adapt.md explains the measurements behind each default):
   compressed ``history_stretch`` times repeats each observed second that often, so the forecaster's
   minutes are trace minutes. The policy's :class:`~infadapter.core.policies.Context` gets the same
   series (:func:`context`), so a policy and the forecaster read one history in trace time.
-- **The load a decision plans for**: the forecast, and never less than the rate observed now; on
+- **The load a decision plans for**: the forecast (with ``demand: rate``, turned from the busiest count
+  of a minute into the Poisson rate behind it: :func:`rate_of_peak`), and never less than the rate
+  observed now; on
   ``start`` at least ``initial_forecast_rps``;
   on ``overload`` at least the highest rate of the last ``rate_window_s`` seconds times
   ``1 + overload_tolerance`` (the forecaster looks at minutes; an overload seen now must be served
@@ -37,6 +39,7 @@ The rules (docs/adapt.md explains the measurements behind each default):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +58,10 @@ HISTORY_S = 600
 DAY_S = 86400
 
 TRIGGERS = ("start", "interval", "overload", "crash", "retry")
+#: ``ControlConfig.demand``'s values.
+DEMANDS = ("peak", "rate")
+#: Seconds in a forecaster minute (the forecasters predict the busiest second of the next one).
+MINUTE_S = 60
 
 
 class Forecaster(Protocol):
@@ -80,6 +87,10 @@ class ControlConfig:
     overload_tolerance: float = 0.10
     #: An overload re-plan adds this many windows of the rate's rise (0: plan for the rate seen now).
     overload_trend: float = 0.0
+    #: What a forecast is turned into before it is planned for (:data:`DEMANDS`): ``peak``, the forecaster's
+    #: busiest second as it is (the paper's target); ``rate``, the Poisson rate whose busiest second that is
+    #: (:func:`rate_of_peak`), the unit a profile's capacity is measured in.
+    demand: str = "peak"
     #: No two overload re-plans closer than this (seconds); None: a tenth of the interval, at least check_s.
     replan_gap_s: float | None = None
     #: The forecaster sees at most this many (trace-time) seconds of history.
@@ -103,6 +114,8 @@ class ControlConfig:
             raise BadInput(f"--overload-tolerance: must be >= 0, got {self.overload_tolerance:g}")
         if not (self.overload_trend >= 0 and math.isfinite(self.overload_trend)):
             raise BadInput(f"--overload-trend: must be a finite number >= 0, got {self.overload_trend:g}")
+        if self.demand not in DEMANDS:
+            raise BadInput(f"--demand: must be one of {', '.join(DEMANDS)}, got {self.demand!r}")
         if self.replan_gap_s is not None and self.replan_gap_s < 0:
             raise BadInput(f"replan_gap_s: must be >= 0 seconds, got {self.replan_gap_s:g}")
         if self.history_s < 1:
@@ -180,6 +193,39 @@ def rate_rise(history_rps: Sequence[float], config: ControlConfig) -> float:
     return max(float(now - before), 0.0)
 
 
+@functools.cache
+def expected_max_normal(n: int) -> float:
+    """E[max of ``n`` independent standard normals] (0 for n = 1; 1.63 for 12, 2.32 for 60)."""
+    if n <= 1:
+        return 0.0
+    x = np.linspace(-9.0, 9.0, 36001)
+    cdf = 0.5 * (1.0 + np.array([math.erf(v / math.sqrt(2.0)) for v in x]))
+    pdf = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return float(np.sum(x * n * pdf * cdf ** (n - 1)) * (x[1] - x[0]))
+
+
+def rate_of_peak(peak_rps: float, seconds: int) -> float:
+    """The Poisson rate whose busiest of ``seconds`` one-second counts is expected to be ``peak_rps``.
+
+    A forecaster predicts the busiest second of a minute of counts; at a steady rate r those counts
+    scatter by sqrt(r) and their busiest lies about ``expected_max_normal(seconds)`` of that above r. A
+    profile's capacity is a Poisson rate whose own second-to-second scatter its p99 measurement already
+    absorbed, so planning a capacity for the busiest count plans that scatter twice. Solves
+    ``r + z * sqrt(r) = peak`` for r (z from :func:`expected_max_normal`)."""
+    if peak_rps <= 0:
+        return max(peak_rps, 0.0)
+    z = expected_max_normal(seconds)
+    if z == 0.0:
+        return peak_rps  # one count a minute: its busiest is itself
+    root = (-z + math.sqrt(z * z + 4.0 * peak_rps)) / 2.0
+    return root * root
+
+
+def minute_seconds(config: ControlConfig) -> int:
+    """Observed seconds in one of the forecaster's (trace-time) minutes: independent counts in a minute."""
+    return max(1, math.ceil(MINUTE_S / config.history_stretch))
+
+
 def decision_load(trigger: str, forecaster: Forecaster, history_rps: Sequence[float], observed_rps: float,
                   config: ControlConfig) -> float:
     """The load (req/s) a decision plans for (see the module doc)."""
@@ -188,6 +234,8 @@ def decision_load(trigger: str, forecaster: Forecaster, history_rps: Sequence[fl
         seen = [*config.history_before, *seen]
     hist = forecast_input(seen, config)
     forecast = float(forecaster.predict(hist)) if hist else config.initial_forecast_rps
+    if hist and config.demand == "rate":
+        forecast = rate_of_peak(forecast, minute_seconds(config))
     if trigger == "start":
         forecast = max(forecast, config.initial_forecast_rps)
     if trigger == "overload":
