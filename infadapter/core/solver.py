@@ -658,21 +658,23 @@ SCREEN_MARGIN = 1e-6
 class _Table:
     """Every plan of a one-service profile (each variant off or on a core count of its grid, within the
     budget: :func:`_assignments`) as arrays, the variants in order of accuracy (most accurate first), the plans
-    in order of :attr:`bound`, highest first. What does not depend on the load is computed once."""
+    in order of :attr:`bound`, highest first. What does not depend on the load is computed once; ``_slack``:
+    with every capacity raised by :data:`SCREEN_SLACK`."""
 
     names: tuple[str, ...]
     accuracy: Any  # (V,) accuracy
     load_time: Any  # (V,) load time over the longest (0 when no variant loads)
     cores: Any  # (N, V) cores, 0 = off
-    capacity: Any  # (N, V) req/s, 0 when off; then the same with SCREEN_SLACK
-    slack: Any
-    before: Any  # (N, V) capacity of the more accurate variants of the plan; then the same with SCREEN_SLACK
-    before_slack: Any
-    total: Any  # (N,) capacity of the plan; then the same with SCREEN_SLACK
+    total: Any  # (N,) capacity of the plan
     total_slack: Any
-    #: (N,) the most capacity (with SCREEN_SLACK) ahead of one of the plan's variants: at a load no more than
-    #: this, a variant of the plan gets no traffic, and the plan without it is worth more
+    #: (N,) the most capacity ahead of one of the plan's variants: at a load no more than this, a variant of the
+    #: plan gets no traffic, and the plan without it is worth more
     ahead_slack: Any
+    #: (N,) where every variant gets traffic, all but the least accurate are full: accuracy x capacity summed
+    #: over those, the capacity ahead of the least accurate and its accuracy
+    head_slack: Any
+    last_before_slack: Any
+    last_accuracy: Any
     cost: Any  # (N,) alpha x cores / budget
     bound: Any  # (N,) the most the plan's objective can be: its best accuracy minus its cost
     singles: Any  # indexes of the plans of one variant alone, and that variant's column
@@ -711,12 +713,15 @@ def _table(options: tuple[tuple[str, float, float, tuple[tuple[float, float], ..
     order = np.argsort(-bound, kind="stable")
     cores, capacity, running, cost, bound = cores[order], capacity[order], running[order], cost[order], bound[order]
     slack = np.where(running, capacity * (1 + SCREEN_SLACK) + SCREEN_SLACK, 0.0)
+    before = np.cumsum(slack, axis=1) - slack
+    # The least accurate running variant: the last running column (0 for a plan of none; it serves nothing).
+    last = running.shape[1] - 1 - running[:, ::-1].argmax(axis=1)
+    at = np.arange(len(rows))
+    head = (slack * accuracy).sum(axis=1) - slack[at, last] * accuracy[last]
     singles = np.flatnonzero(running.sum(axis=1) == 1)
-    before_slack = np.cumsum(slack, axis=1) - slack
-    return _Table(names, accuracy, np.array([t for _, _, t, _ in options]), cores, capacity, slack,
-                  np.cumsum(capacity, axis=1) - capacity, before_slack, capacity.sum(axis=1), slack.sum(axis=1),
-                  np.where(running, before_slack, 0.0).max(axis=1, initial=0.0), cost, bound, singles,
-                  running[singles].argmax(axis=1))
+    return _Table(names, accuracy, np.array([t for _, _, t, _ in options]), cores, capacity.sum(axis=1),
+                  slack.sum(axis=1), np.where(running, before, 0.0).max(axis=1, initial=0.0), head, before[at, last],
+                  accuracy[last], cost, bound, singles, running[singles].argmax(axis=1))
 
 
 #: The last profiles' tables by identity (each held, so its id is not reused while it is here): a simulation asks
@@ -754,12 +759,14 @@ def screen(profile: Profile, load: float, current: Mapping[str, float]) -> Plan 
     short of it by more than :data:`SCREEN_MARGIN`, even judged with :data:`SCREEN_SLACK` (so a plan HiGHS
     could accept within its tolerances is counted): then the MILP can return no other integer choice, and as
     one variant gets all traffic (share 1.0 however HiGHS rounds its share: :func:`_make_plan` normalizes),
-    the plan is the MILP's to the last bit. Mixes, near-ties, loads the budget cannot serve and load 0 go to
-    the MILP (None). On a day of the paper trace 95 % of decisions are one variant alone."""
+    the plan is the MILP's to the last bit. Mixes, near-ties, loads the budget cannot serve, load 0 and profiles
+    where a core costs (next to) nothing (alpha x min_cores / budget <= the margin) go to the MILP (None). On a
+    day of the paper trace 94 % of decisions are one variant alone."""
     import numpy as np
 
-    if profile.services or load <= 0 or not math.isfinite(load):
-        return None
+    if (profile.services or load <= 0 or not math.isfinite(load)
+            or profile.alpha * profile.min_cores / profile.budget_cores <= SCREEN_MARGIN):
+        return None  # (the last: a variant that gets no traffic must cost more than the margin, see below)
     tab = _table_of(profile)
     if tab is None:
         return None
@@ -771,19 +778,18 @@ def screen(profile: Profile, load: float, current: Mapping[str, float]) -> Plan 
     value = tab.accuracy[column] - tab.cost[single] - transition[single]
     i = int(np.argmax(value))
     best, top_value = int(single[i]), float(value[i])
-    # Rivals: the plans whose bound reaches the best single plan's value (the plans are in order of bound) and
-    # that may serve the load. A plan with a variant that gets no traffic is worth less than the plan without
-    # it by that variant's cost (at least alpha x min_cores / budget), which is either a rival or bounded: it
-    # is left out when that cost exceeds the margin.
+    # Rivals: the plans whose bound reaches the best single plan's value (the plans are in order of bound), that
+    # may serve the load and give every variant of theirs traffic. A plan with a variant that gets none is worth
+    # less than the plan without it by that variant's cost (at least alpha x min_cores / budget, more than the
+    # margin: checked above), and that plan is a rival or bounded. In a rival all but its least accurate variant
+    # are full (greedy_shares), so its value needs no per-variant arrays.
     cut = int(np.searchsorted(-tab.bound, -(top_value - SCREEN_MARGIN), side="right"))
-    keep = tab.total_slack[:cut] >= load
-    if profile.alpha * profile.min_cores / profile.budget_cores > SCREEN_MARGIN:
-        keep &= tab.ahead_slack[:cut] < load
-    rivals = np.flatnonzero(keep)
-    rivals = rivals[rivals != best]
-    served = np.clip(load - tab.before_slack[rivals], 0.0, tab.slack[rivals])
-    value = served @ tab.accuracy / load - tab.cost[rivals] - transition[rivals]
-    if np.any(value > top_value - SCREEN_MARGIN):
+    value = ((tab.head_slack[:cut] + tab.last_accuracy[:cut] * (load - tab.last_before_slack[:cut])) / load
+             - tab.cost[:cut] - transition[:cut])
+    rival = (tab.total_slack[:cut] >= load) & (tab.ahead_slack[:cut] < load) & (value > top_value - SCREEN_MARGIN)
+    if best < cut:
+        rival[best] = False
+    if rival.any():
         return None
     v = int(column[i])
     name, cores = tab.names[v], float(tab.cores[best, v])
