@@ -72,6 +72,9 @@ class Options:
     time_limit_s: float = 5.0
     # 0 gap: the objective's transition term is ~1e-3 and must not be lost to a MIP gap.
     gap_abs: float = 1e-9
+    #: HiGHS only: first try :func:`screen`, which returns the MILP's own plan without running it when that plan
+    #: is provably one variant alone; False runs the MILP every time (the tests compare the two).
+    screen: bool = True
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -156,6 +159,12 @@ def solve(
     started = time.perf_counter()
     if options.solver == "exhaustive":
         result = _solve_exhaustive(profile, load_rps, current, exclude_set)
+    elif (options.screen and options.solver == "highs" and exclude_set is None
+          and (plan := screen(profile, load_rps, current)) is not None):
+        # explain's runner-up is searched on the model the MILP would have solved: it is built (and solved,
+        # for the same starting point) only when asked for.
+        result = Result(plan, "highs", "optimal", 0.0, (),
+                        functools.partial(_other_set_later, profile, load_rps, dict(current), options))
     else:
         result = _solve_milp(profile, load_rps, current, options, exclude_set)
     return Result(result.plan, result.solver, result.status, time.perf_counter() - started, result.warnings,
@@ -276,9 +285,13 @@ class _Group:
 
 def _model(profile: Profile, groups: tuple[_Group, ...], current: Mapping[str, float]
            ) -> tuple[pulp.LpProblem, Extract, Runs]:
+    return (_compact_model if _is_compact(profile) else _option_model)(profile, groups, current)
+
+
+def _is_compact(profile: Profile) -> bool:
+    """Whether the program is :func:`_compact_model` (else :func:`_option_model`)."""
     # Replicas (profile.max_pod_cores) make capacity piecewise in cores: the option model handles it.
-    compact = all(isinstance(v.capacity, LinearCapacity) for v in profile.variants) and not profile.splits_pods
-    return (_compact_model if compact else _option_model)(profile, groups, current)
+    return all(isinstance(v.capacity, LinearCapacity) for v in profile.variants) and not profile.splits_pods
 
 
 def _penalty(profile: Profile) -> float:
@@ -354,6 +367,14 @@ def _other_set(profile: Profile, load: float, current: Mapping[str, float], prob
     if not cores:
         return None
     return _make_plan(profile, load, current, cores, shares, feasible=True)
+
+
+def _other_set_later(profile: Profile, load: float, current: Mapping[str, float], options: Options,
+                     names: frozenset[str]) -> Plan | None:
+    """:attr:`Result.other_set` of a screened plan: the MILP the screen stood in for, solved, then its own
+    :func:`_other_set` (so explain's runner-up is the one it was before the screen)."""
+    other = _solve_milp(profile, load, current, options).other_set
+    return other(names) if other is not None else None
 
 
 Extract = Callable[[], tuple[dict[str, float], dict[str, float]]]
@@ -582,6 +603,23 @@ def _assignments(opts: Mapping[str, list[tuple[float, float]]], budget: float) -
     yield from rec(0, budget, {})
 
 
+def _count_assignments(opts: Mapping[str, list[tuple[float, float]]], budget: float, stop: int) -> int:
+    """How many plans :func:`_assignments` yields, counted by cores left (a dynamic program, not a walk); past
+    ``stop`` it returns as soon as it knows."""
+    left: dict[float, int] = {round(budget, 9): 1}
+    for choices in opts.values():
+        nxt = dict(left)
+        for rest, ways in left.items():
+            for k, _ in choices:
+                if k <= rest + _EPS:
+                    r = round(rest - k, 9)
+                    nxt[r] = nxt.get(r, 0) + ways
+        left = nxt
+        if sum(left.values()) > stop:
+            return sum(left.values())
+    return sum(left.values())
+
+
 def _solve_exhaustive(profile: Profile, load: float, current: Mapping[str, float],
                       exclude_set: frozenset[str] | None = None) -> Result:
     opts = variant_options(profile)
@@ -603,6 +641,166 @@ def _solve_exhaustive(profile: Profile, load: float, current: Mapping[str, float
     plan = _make_plan(profile, load, current, best[1], best[2], feasible=True)
     return Result(plan, "exhaustive", "optimal", 0.0)
 
+
+
+# -- the screen: the MILP's plan without the MILP, where it is provably one variant alone ----------------
+#: How far past an exact bound a plan HiGHS returns may be, judged generously: HiGHS accepts rows violated by
+#: up to its feasibility tolerance (1e-7, on scaled rows) and closes the gap to 1e-9, so the screen counts a
+#: plan as a rival when it serves the load with every capacity raised by this share plus this many req/s ...
+SCREEN_SLACK = 1e-6
+#: ... and gives up (the MILP decides) unless its plan beats every rival by more than this. A core costs
+#: alpha / budget (0.0025 on the paper profile) and a transition beta x load-time share (~1e-4): real
+#: differences are far larger, so only true near-ties go to the MILP.
+SCREEN_MARGIN = 1e-6
+
+
+@dataclass(frozen=True)
+class _Table:
+    """Every plan of a one-service profile (each variant off or on a core count of its grid, within the
+    budget: :func:`_assignments`) as arrays, the variants in order of accuracy (most accurate first), the plans
+    in order of :attr:`bound`, highest first. What does not depend on the load is computed once; ``_slack``:
+    with every capacity raised by :data:`SCREEN_SLACK`."""
+
+    names: tuple[str, ...]
+    accuracy: Any  # (V,) accuracy
+    load_time: Any  # (V,) load time over the longest (0 when no variant loads)
+    cores: Any  # (N, V) cores, 0 = off
+    total: Any  # (N,) capacity of the plan
+    total_slack: Any
+    #: (N,) the most capacity ahead of one of the plan's variants: at a load no more than this, a variant of the
+    #: plan gets no traffic, and the plan without it is worth more
+    ahead_slack: Any
+    #: (N,) where every variant gets traffic, all but the least accurate are full: accuracy x capacity summed
+    #: over those, the capacity ahead of the least accurate and its accuracy
+    head_slack: Any
+    last_before_slack: Any
+    last_accuracy: Any
+    cost: Any  # (N,) alpha x cores / budget
+    bound: Any  # (N,) the most the plan's objective can be: its best accuracy minus its cost
+    singles: Any  # indexes of the plans of one variant alone, and that variant's column
+    single_of: Any
+    #: (N,) transition term of every plan by current cores (a run has a few dozen distinct current plans)
+    transitions: dict[tuple[float, ...], Any] = field(default_factory=dict, compare=False)  # by (beta, cores...)
+
+    def transition(self, current: Mapping[str, float], beta: float) -> Any:
+        """beta x the transition penalty of every plan from ``current`` (:func:`transition_penalty`)."""
+        import numpy as np
+
+        key = (beta, *(float(current.get(n, 0.0)) for n in self.names))
+        if key not in self.transitions:
+            if len(self.transitions) >= 1024:
+                self.transitions.clear()
+            changed = (self.cores > 0) & (np.abs(self.cores - np.array(key[1:])) > 1e-9)
+            self.transitions[key] = beta * (changed * self.load_time).max(axis=1)
+        return self.transitions[key]
+
+
+@functools.lru_cache(maxsize=16)
+def _table(options: tuple[tuple[str, float, float, tuple[tuple[float, float], ...]], ...], budget: float,
+           alpha: float) -> _Table:
+    import numpy as np
+
+    opts = {n: list(ch) for n, _, _, ch in options}
+    caps = {n: dict(ch) for n, ch in opts.items()}
+    names = tuple(n for n, *_ in options)
+    accuracy = np.array([a for _, a, _, _ in options])
+    rows = list(_assignments(opts, budget))
+    cores = np.array([[r.get(n, 0.0) for n in names] for r in rows]).reshape(len(rows), len(names))
+    capacity = np.array([[caps[n][r[n]] if n in r else 0.0 for n in names] for r in rows]).reshape(cores.shape)
+    running = cores > 0
+    cost = alpha * cores.sum(axis=1) / budget
+    bound = np.where(running, accuracy, -np.inf).max(axis=1, initial=-np.inf) - cost
+    order = np.argsort(-bound, kind="stable")
+    cores, capacity, running, cost, bound = cores[order], capacity[order], running[order], cost[order], bound[order]
+    slack = np.where(running, capacity * (1 + SCREEN_SLACK) + SCREEN_SLACK, 0.0)
+    before = np.cumsum(slack, axis=1) - slack
+    # The least accurate running variant: the last running column (0 for a plan of none; it serves nothing).
+    last = running.shape[1] - 1 - running[:, ::-1].argmax(axis=1)
+    at = np.arange(len(rows))
+    head = (slack * accuracy).sum(axis=1) - slack[at, last] * accuracy[last]
+    singles = np.flatnonzero(running.sum(axis=1) == 1)
+    return _Table(names, accuracy, np.array([t for _, _, t, _ in options]), cores, capacity.sum(axis=1),
+                  slack.sum(axis=1), np.where(running, before, 0.0).max(axis=1, initial=0.0), head, before[at, last],
+                  accuracy[last], cost, bound, singles, running[singles].argmax(axis=1))
+
+
+#: The last profiles' tables by identity (each held, so its id is not reused while it is here): a simulation asks
+#: for one profile's table ~8,700 times, and its key (:func:`variant_options`) costs a fifth of a screen.
+_TABLES: dict[int, tuple[Profile, _Table | None]] = {}
+#: The most plans a table holds (the paper profile has 20,529: 2.5 MB of arrays a column); a profile with more
+#: (20 variants on 200 cores has ~10^22) is not screened: every solve is the MILP's.
+SCREEN_MAX_PLANS = 100_000
+
+
+def _table_of(profile: Profile) -> _Table | None:
+    held = _TABLES.get(id(profile))
+    if held is not None and held[0] is profile:
+        return held[1]
+    opts = variant_options(profile)
+    order = sorted(profile.names, key=lambda n: -profile.variant(n).accuracy)
+    top = profile.max_load_time_s
+    key = tuple((n, profile.variant(n).accuracy,
+                 profile.variant(n).load_time_s / top if top > 0 else 0.0, tuple(opts[n])) for n in order)
+    small = _count_assignments(opts, profile.budget_cores, SCREEN_MAX_PLANS) <= SCREEN_MAX_PLANS
+    tab = _table(key, profile.budget_cores, profile.alpha) if small else None
+    if len(_TABLES) >= 16:
+        _TABLES.clear()
+    _TABLES[id(profile)] = (profile, tab)
+    return tab
+
+
+def screen(profile: Profile, load: float, current: Mapping[str, float]) -> Plan | None:
+    """The plan the one-service MILP returns, without running it, when that plan is one variant alone; else None.
+
+    Plans are scored as :func:`objective_value` scores them: the best accuracy mix for their cores
+    (:func:`greedy_shares`' rule: most accurate first), minus cost, minus transition. The best plan of one
+    variant alone that serves the load is the answer when every other plan of the profile (numpy over
+    :func:`_assignments`, cached per profile; only those whose best accuracy minus cost could reach it) falls
+    short of it by more than :data:`SCREEN_MARGIN`, even judged with :data:`SCREEN_SLACK` (so a plan HiGHS
+    could accept within its tolerances is counted): then the MILP can return no other integer choice, and as
+    one variant gets all traffic (share 1.0 however HiGHS rounds its share: :func:`_make_plan` normalizes),
+    the plan is the MILP's to the last bit. Mixes, near-ties, loads the budget cannot serve, load 0 and profiles
+    where a core costs (next to) nothing (alpha x min_cores / budget <= the margin) go to the MILP (None). On a
+    day of the paper trace 94 % of decisions are one variant alone."""
+    import numpy as np
+
+    if (profile.services or load <= 0 or not math.isfinite(load)
+            or profile.alpha * profile.min_cores / profile.budget_cores <= SCREEN_MARGIN):
+        return None  # (the last: a variant that gets no traffic must cost more than the margin, see below)
+    tab = _table_of(profile)
+    if tab is None:
+        return None
+    transition = tab.transition(current, profile.beta)
+    serves = tab.total[tab.singles] >= load
+    single, column = tab.singles[serves], tab.single_of[serves]
+    if single.size == 0:
+        return None
+    value = tab.accuracy[column] - tab.cost[single] - transition[single]
+    i = int(np.argmax(value))
+    best, top_value = int(single[i]), float(value[i])
+    # Rivals: the plans whose bound reaches the best single plan's value (the plans are in order of bound), that
+    # may serve the load and give every variant of theirs traffic. A plan with a variant that gets none is worth
+    # less than the plan without it by that variant's cost (at least alpha x min_cores / budget, more than the
+    # margin: checked above), and that plan is a rival or bounded. In a rival all but its least accurate variant
+    # are full (greedy_shares), so its value needs no per-variant arrays.
+    cut = int(np.searchsorted(-tab.bound, -(top_value - SCREEN_MARGIN), side="right"))
+    value = ((tab.head_slack[:cut] + tab.last_accuracy[:cut] * (load - tab.last_before_slack[:cut])) / load
+             - tab.cost[:cut] - transition[:cut])
+    rival = (tab.total_slack[:cut] >= load) & (tab.ahead_slack[:cut] < load) & (value > top_value - SCREEN_MARGIN)
+    if best < cut:
+        rival[best] = False
+    if rival.any():
+        return None
+    v = int(column[i])
+    name, cores = tab.names[v], float(tab.cores[best, v])
+    if _is_compact(profile):
+        # The compact model bounds each variant's steps (the option model holds every core count): a plan past
+        # the bound is not the MILP's to pick.
+        n_max = math.floor((profile.budget_cores - profile.min_cores) / profile.core_step + _EPS)
+        if round((cores - profile.min_cores) / profile.core_step) > _useful_steps(
+                profile, name, load, current.get(name, 0.0), n_max):
+            return None
+    return _make_plan(profile, load, current, {name: cores}, {name: 1.0}, feasible=True)
 
 
 # -- several services: one program, and the order in which its rules give way -------------------------
