@@ -94,7 +94,7 @@ def run_series(run_dir: Path, label: str, slo_ms: float | None, service: str | N
     start = float(start) if start is not None else (timeline[0]["time_s"] if timeline else None)
     violations = None
     if slo_ms is not None and start is not None:
-        violations = violation_rates(run_dir / "requests.csv", slo_ms, start, service=service)
+        violations = violation_rates(run_dir / requestlog.REQUESTS_FILE, slo_ms, start, service=service)
     return RunSeries(label, timeline, violations, start)
 
 

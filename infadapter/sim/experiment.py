@@ -22,6 +22,7 @@ from infadapter.backends.local.setup import RunConfig
 from infadapter.core.policies import live_entry, make_policy
 from infadapter.core.profile import Profile, load_profile
 from infadapter.errors import BadInput
+from infadapter.observe.requestlog import REQUESTS_FILE
 from infadapter.plots import decision_timeline, plot_experiment, plot_frontier
 from infadapter.sim.frontier import Point, Sweep, frontier
 
@@ -129,7 +130,7 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
         sim_res = None
         try:
             sim_res = simulate_same(load_profile(base.profile_path), cfg,
-                                    arrival_times_s=live_arrival_times(run_dir / "requests.csv"),
+                                    arrival_times_s=live_arrival_times(run_dir / REQUESTS_FILE),
                                     capacity_scale=float((live.get("calibration") or {}).get("capacity_scale", 1.0)))
         except Exception as exc:  # the comparison must not lose the live figures
             log.warning("simulator failed for %s: %s", label, exc)

@@ -37,6 +37,7 @@ from infadapter.core.control import HISTORY_S
 from infadapter.core.profile import Profile
 from infadapter.errors import BackendUnavailable, BadInput
 from infadapter.observe.monitor import Observation
+from infadapter.observe.requestlog import REQUESTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +382,7 @@ def _drive_live(cfg: ClusterRunConfig, run: AdapterRun, live: Any) -> Any:
     assert cfg.rates_rps is not None and run.store is not None
     return drive_window(f"{live.url}/v1/models/resnet:predict", cfg.rates_rps, cfg.duration_s, run.store,
                         slo_ms=run.profile.slo_ms, resolution=run.profile.resolution or DEFAULT_RESOLUTION,
-                        out_path=cfg.run_dir / "requests.csv")
+                        out_path=cfg.run_dir / REQUESTS_FILE)
 
 
 def _load_figures(load: Any) -> dict[str, Any]:

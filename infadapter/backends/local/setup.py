@@ -27,6 +27,7 @@ from infadapter.core.policies import entry as policy_entry
 from infadapter.core.profile import Profile
 from infadapter.errors import BadInput, InfAdapterError
 from infadapter.observe.monitor import Monitor, PrometheusServer, free_port, prometheus_binary, write_server_targets
+from infadapter.observe.requestlog import REQUESTS_FILE
 from infadapter.processes import pid_alive
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ class LocalSetup:
                           profile.service(s.name).slo_ms) for s in cfg.services_load]
         return drive_window(f"{backend.dispatcher_url}/v1/models/resnet:predict", cfg.rates_rps, cfg.duration_s,
                             store, slo_ms=profile.slo_ms, resolution=resolution_of(cfg, profile),
-                            out_path=cfg.run_dir / "requests.csv" if cfg.requests_csv else None, seed=cfg.seed,
+                            out_path=cfg.run_dir / REQUESTS_FILE if cfg.requests_csv else None, seed=cfg.seed,
                             timeout_s=cfg.timeout_s, streams=streams)
 
     @staticmethod
