@@ -1,6 +1,7 @@
 //go:build tools
 
-// Package tools pins the commands that scripts/local-cluster.sh builds: the control plane (always)
+// Package tools pins the commands that scripts/local-cluster.sh builds: the control plane and kwok (always;
+// kwok in this module so that it compiles against the same client-go and shares its packages)
 // and the real node's kubelet and kube-proxy (built only for `up --real-node` / `build --real-node`).
 package tools
 
@@ -11,4 +12,5 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "sigs.k8s.io/kwok/cmd/kwok"
 )
