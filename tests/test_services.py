@@ -152,6 +152,25 @@ def test_a_multi_service_plan_round_trips_through_json():
         Plan.from_dict(d)
 
 
+@pytest.mark.parametrize("beta", [0.001, 0.5])  # 0.5: keeping the running cores pays, even above the need
+@pytest.mark.parametrize("before, after", [
+    ({"gold": 40, "bronze": 30}, {"gold": 10, "bronze": 10}), ({"gold": 5, "bronze": 40}, {"gold": 25, "bronze": 5}),
+    ({"gold": 70, "bronze": 20}, {"gold": 40, "bronze": 30}), ({"gold": 10, "bronze": 10}, {"gold": 0, "bronze": 0}),
+])
+def test_the_option_models_pruned_options_give_the_plan_all_options_give(before, after, beta, monkeypatch):
+    """With pod fit the program keeps only the core options that serve more than a smaller one (and the
+    current one): the same objective as with every option, from a running plan (the transition term)."""
+    from infadapter.core import solver as solver_mod
+
+    prof = profile_from_dict(two_services(max_pod_cores=3.0, beta=beta))
+    current = solve(prof, 0, {}, loads=before).plan.cores_by_name()
+    pruned = solve(prof, 0, current, loads=after).plan
+    monkeypatch.setattr(solver_mod, "_useful_options", lambda choices, load, cores: choices)
+    full = solve(prof, 0, current, loads=after).plan
+    assert pruned.objective == pytest.approx(full.objective, abs=1e-9)
+    assert pruned.cores <= full.cores + 1e-9
+
+
 # -- the decomposition: the joint solve's starting plan --------------------------------------------
 def _ten_services() -> Profile:
     """bench/solver.py --services 10's profile: the shipped services x 3, weights 1..10, every third floored."""

@@ -467,6 +467,24 @@ def _useful_steps(profile: Profile, name: str, load: float, current_cores: float
     return max(0, min(n_max, max(need, keep)))
 
 
+def _useful_options(choices: list[tuple[float, float]], load: float, current_cores: float
+                    ) -> list[tuple[float, float]]:
+    """The core options of one variant that can be part of an optimal plan (the option model's counterpart of
+    :func:`_useful_steps`): those that serve a larger share of ``load`` than every smaller option, and the
+    variant's current core count. Any other option is dominated by a smaller one that serves as much: the
+    same shares stay feasible on fewer cores (less cost, less of the budget), the variant runs either way,
+    and the transition term only asks whether the cores changed (the current count is kept). With pod fit
+    this drops the options above what the load needs, most of the 63 per variant at 64 cores."""
+    out: list[tuple[float, float]] = []
+    best = -1.0
+    for k, cap in choices:
+        share = _share_cap(cap, load)
+        if share > best + 1e-12 or abs(k - current_cores) <= 1e-9:
+            out.append((k, cap))
+            best = max(best, share)
+    return out
+
+
 def _option_binaries(
     prob: pulp.LpProblem, opts: Mapping[str, list[tuple[float, float]]]
 ) -> dict[tuple[str, int], pulp.LpVariable]:
@@ -483,7 +501,8 @@ def _option_model(
 ) -> tuple[pulp.LpProblem, Extract, Runs]:
     """Any capacity model: one binary per (variant, core count)."""
     group = _group_of(groups)
-    opts = {n: ([] if group[n].shed == "all" else ch) for n, ch in variant_options(profile).items()}
+    opts = {n: ([] if group[n].shed == "all" else _useful_options(ch, group[n].load, current.get(n, 0.0)))
+            for n, ch in variant_options(profile).items()}
     prob = pulp.LpProblem("infadapter", pulp.LpMaximize)
     y = _option_binaries(prob, opts)
     s = {n: prob.add_variable(f"s_{j}", 0, 1) for j, n in enumerate(opts)}
