@@ -37,6 +37,8 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_VARIANT = "infadapter.io/variant"
+#: The inference service a variant serves (profiles with ``services:``; absent for one service).
+LABEL_SERVICE = "infadapter.io/service"
 LABEL_GENERATION = "infadapter.io/generation"
 ANNOTATION_PLAN = "infadapter.io/plan"
 ANNOTATION_CORES = "infadapter.io/cores"
@@ -358,6 +360,8 @@ class VariantSpec:
     #: CPU limit = request (the policy entry's ``cpu_limited``); False: a CPU request and no CPU limit (HPA,
     #: vpa-requests: a pod may use the node's free CPU beyond its request, as the simulator models them).
     cpu_limited: bool = True
+    #: The inference service this variant serves ("" in a profile without ``services:``).
+    service: str = ""
 
 
 @dataclass(frozen=True)
@@ -459,7 +463,7 @@ def variant_specs(
         tmpl = (template_cores or {}).get(a.name, per_pod)
         out.append(
             VariantSpec(a.name, v.model or v.name, a.cores, tmpl, a.share, v.memory, max(replicas, 1), v.load_time_s,
-                        pods.cpu_limited)
+                        pods.cpu_limited, profile.service_of(a.name))
         )
     return out
 
@@ -480,7 +484,8 @@ def render_variant(
         "generation": generation,
         "plan_json": plan_annotation(plan, generation),
         "threads": threads_for(spec.template_cores, config),
-        "labels": {**config.common_labels(), LABEL_COMPONENT: COMPONENT_MODEL_SERVER, LABEL_VARIANT: spec.name},
+        "labels": {**config.common_labels(), LABEL_COMPONENT: COMPONENT_MODEL_SERVER, LABEL_VARIANT: spec.name,
+                   **({LABEL_SERVICE: spec.service} if spec.service else {})},
         "L": _label_keys(),
     }
     return [
@@ -508,6 +513,14 @@ def render_plan(
     if config.router == "gateway" and plan.allocations:
         out.append(render_route(plan.shares_by_name(), config))
     return out
+
+
+def services_on_gateway(flag: str) -> str:
+    """The one-line refusal of a Gateway API route for a profile with services (the local backend's wording for
+    its other routers): one HTTPRoute per service (a path match per model name, a rewrite per backend) is not
+    rendered."""
+    return (f"{flag}: several services are routed by the dispatcher (a route table per service; one HTTPRoute per "
+            "service is not rendered); use --router dispatcher")
 
 
 def render_route(shares: Mapping[str, float], config: RenderConfig) -> Manifest:

@@ -109,7 +109,8 @@ def test_adapt_dry_run_with_services(tmp_path: Path) -> None:
     (["--rate", "5", "--duration", "5"], "--rate: "),
     (["--policy", "msplus"], "--policy: "),
     (["--router", "haproxy"], "--router haproxy: several services are routed by the dispatcher"),
-    (["--backend", "kubernetes"], "--backend kubernetes: several services"),
+    (["--backend", "dry-run", "--out", "dry", "--router", "gateway"],
+     "--router gateway: several services are routed by the dispatcher"),
 ])
 def test_bad_flags_with_services_are_one_line_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     out = run_cli("adapt", "--profile", str(PROFILE), "--run-dir", str(tmp_path / "run"), *args)

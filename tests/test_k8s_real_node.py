@@ -487,6 +487,62 @@ def test_adapt_with_live_traffic_serves_through_the_cluster(real: Any, tmp_path:
           f"{doc['by_variant']}; {len(samples)} quota samples")
 
 
+def clear_namespace(k: Kube) -> None:
+    """Delete every Deployment and pod of the namespace, and wait until no pod is left."""
+    for d in k.list("Deployment", NS):
+        k.call("DELETE", k.path("Deployment", NS, d["metadata"]["name"]), query={"propagationPolicy": "Background"})
+    for p in k.list("Pod", NS):
+        k.call("DELETE", k.path("Pod", NS, p["metadata"]["name"]), query={"gracePeriodSeconds": 0})
+    k.wait("namespace without pods", lambda: not k.list("Pod", NS), timeout_s=60)
+
+
+@pytest.mark.skipif(
+    os.environ.get("TEST_PROJECT_IMAGE") != "1",
+    reason="set TEST_PROJECT_IMAGE=1: needs the project image (built when its sources changed, ~2-5 min)",
+)
+def test_two_services_share_the_node_each_served_by_its_own_pods(real: Any, tmp_path: Path) -> None:
+    """`adapt --backend kubernetes --traffic live` with profiles/services-local.yaml: one solve for both services,
+    every variant object labelled with its service, the dispatcher (its rendered Deployment) routing
+    POST /v1/models/<service>:predict to that service's pods only, both windows' requests answered."""
+    up = real.script("up", "--real-node", "--project-image", timeout=900)
+    assert up.returncode == 0, up.stderr[-2000:]
+    models_on_the_store(real)
+    k = real.kube
+    clear_namespace(k)
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, str(ROOT / "cli.py"), "adapt", "--backend", "kubernetes", "--kubeconfig",
+            str(real.kubeconfig), "--namespace", NS, "--profile", str(ROOT / "profiles" / "services-local.yaml"),
+            "--scale", "0.2", "--speedup", "10", "--interval", "3", "--budget", "1.5", "--duration", "40",
+            "--traffic", "live", "--ready-timeout", "120", "--run-dir", str(run_dir), "--json"]
+    env = {k_: v for k_, v in os.environ.items() if not k_.startswith("INFADAPTER_ADAPT_")}
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=400, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = json.loads(out.stdout)
+    services = {s["name"]: s for s in doc["services"]}
+    assert set(services) == {"live", "batch"}, doc["services"]
+    # Every variant object carries its service, and its pods ran on the real node.
+    deployments = k.list("Deployment", NS, "app.kubernetes.io/component=model-server")
+    assert deployments
+    for d in deployments:
+        labels = d["metadata"]["labels"]
+        assert labels["infadapter.io/variant"].startswith(labels["infadapter.io/service"] + "-"), labels
+    pods = k.list("Pod", NS, "app.kubernetes.io/component=model-server")
+    assert pods and {p["spec"]["nodeName"] for p in pods} == {NODE}
+    assert {p["metadata"]["labels"]["infadapter.io/service"] for p in pods} <= set(services)
+    # Each service's requests went through the cluster and were answered by its own variants only.
+    from infadapter.observe import requestlog
+
+    log = requestlog.read(run_dir / requestlog.REQUESTS_FILE)
+    assert log is not None and len(log) == doc["requests"] > 0
+    for name in services:
+        mine = log.only(name)
+        assert len(mine) > 0 and mine.ok.mean() >= 0.99, (name, len(mine), float(mine.ok.mean()))
+        answered = {v for v, ok in zip(mine.variant, mine.ok, strict=True) if ok}
+        assert answered and all(v.startswith(f"{name}-") for v in answered), (name, answered)
+    print(f"two services on the real node: {doc['requests']} requests, {doc['ok']} ok, p99 {doc['p99_ms']} ms; "
+          + "; ".join(f"{n}: {s['requests']} requests, {s['ok']} ok" for n, s in services.items()))
+
+
 @pytest.mark.skipif(
     os.environ.get("TEST_PROJECT_IMAGE") != "1",
     reason="set TEST_PROJECT_IMAGE=1: needs the project image (built when its sources changed, ~2-5 min)",
@@ -501,11 +557,7 @@ def test_the_rendered_adapter_runs_in_the_cluster_and_follows_the_load(real: Any
     assert up.returncode == 0, up.stderr[-2000:]
     models_on_the_store(real)
     k = real.kube
-    for d in k.list("Deployment", NS):  # the live test's variants and dispatcher hold the node's CPU
-        k.call("DELETE", k.path("Deployment", NS, d["metadata"]["name"]), query={"propagationPolicy": "Background"})
-    for p in k.list("Pod", NS):
-        k.call("DELETE", k.path("Pod", NS, p["metadata"]["name"]), query={"gracePeriodSeconds": 0})
-    k.wait("namespace without pods", lambda: not k.list("Pod", NS), timeout_s=60)
+    clear_namespace(k)  # the live tests' variants and dispatcher hold the node's CPU
     k.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "infadapter-admin-token", "namespace": NS},
              "stringData": {"token": "in-cluster-adapter-test-token"}})
     # 2 CPUs: the dispatcher's 250m, the adapter's 250m and a 1-core budget for the variants.

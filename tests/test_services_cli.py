@@ -4,6 +4,7 @@ within the budget (in process; tests/test_cli_plan.py runs the one-service comma
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,13 +44,50 @@ def test_plan_cli_with_services_rejects_a_bad_load_in_one_line(load, message):
 
 
 def test_commands_that_plan_one_service_refuse_a_services_profile_in_one_line(tmp_path):
-    # adapt, experiment and render call Profile.single_service; render stands for them (no trace needed).
+    # experiment and simulate --min-budget call Profile.single_service; experiment stands for them.
+    from infadapter.__main__ import main
+
+    args = ["experiment", "--profile", str(SERVICES_YAML), "--policies", "infadapter", "--window", "paper",
+            "--out", str(tmp_path / "exp")]
+    with pytest.raises(BadInput, match=r"^experiment: this profile has services: \(live, feed, archive\); "
+                                       r"experiment runs one service so far"):
+        CliRunner().invoke(main, args, catch_exceptions=False, standalone_mode=False)
+    assert not (tmp_path / "exp").exists()
+
+
+# -- cli.py render with services ---------------------------------------------------------------------
+def test_render_labels_every_variant_object_with_its_service(tmp_path):
+    import yaml
+
+    from infadapter.__main__ import main
+
+    plan = _plan_cli("--profile", str(SERVICES_YAML), "--load", "live=100,feed=50,archive=20", "--json").stdout
+    args = ["render", "--profile", str(SERVICES_YAML), "--out", str(tmp_path / "out"), "--no-platform", "--json"]
+    r = CliRunner().invoke(main, args, input=plan, catch_exceptions=False, standalone_mode=False)
+    assert r.exit_code == 0, r.output
+    seen: dict[str, set[str]] = {}
+    for f in json.loads(r.stdout)["files"]:
+        obj = yaml.safe_load(Path(f).read_text(encoding="utf-8"))
+        labels = obj["metadata"]["labels"]
+        variant, service = labels["infadapter.io/variant"], labels["infadapter.io/service"]
+        assert variant.startswith(f"{service}-"), (f, labels)  # live-resnet50 serves live
+        seen.setdefault(service, set()).add(obj["kind"])
+        if obj["kind"] == "Deployment":
+            assert obj["spec"]["template"]["metadata"]["labels"]["infadapter.io/service"] == service
+            # The selector stays the variant's (a Deployment's selector cannot change once applied).
+            assert "infadapter.io/service" not in obj["spec"]["selector"]["matchLabels"]
+    assert set(seen) == {"live", "feed", "archive"}
+    assert all(kinds == {"ConfigMap", "Deployment", "Service"} for kinds in seen.values())
+
+
+def test_render_with_services_refuses_a_gateway_route_in_one_line(tmp_path):
     from infadapter.__main__ import main
 
     plan = '{"load": 10, "variants": [{"name": "live-resnet18", "cores": 2, "share": 1}]}'
-    args = ["render", "--profile", str(SERVICES_YAML), "--out", str(tmp_path / "out")]
-    with pytest.raises(BadInput, match=r"render: this profile has services: \(live, feed, archive\); only plan"):
+    args = ["render", "--profile", str(SERVICES_YAML), "--router", "gateway", "--out", str(tmp_path / "out")]
+    with pytest.raises(BadInput, match=r"^--router gateway: several services are routed by the dispatcher"):
         CliRunner().invoke(main, args, input=plan, catch_exceptions=False, standalone_mode=False)
+    assert not (tmp_path / "out").exists()
 
 
 # -- cli.py simulate --sweep budget=... ----------------------------------------------------------------

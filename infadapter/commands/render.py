@@ -11,7 +11,14 @@ from infadapter.commands.common import json_option, out_console, print_json, pro
 from infadapter.core.plan import Plan
 from infadapter.core.profile import load_profile
 from infadapter.errors import BadInput
-from infadapter.render import load_render_config, render_plan, render_platform, render_prometheus, write_manifests
+from infadapter.render import (
+    load_render_config,
+    render_plan,
+    render_platform,
+    render_prometheus,
+    services_on_gateway,
+    write_manifests,
+)
 
 EPILOG = """Examples:
 
@@ -78,7 +85,9 @@ def render(
     config = load_render_config(config_path)
     if router is not None and router != config.router:
         config = config.model_copy(update={"router": router})
-    profile = load_profile(profile_path).single_service("render")
+    profile = load_profile(profile_path)
+    if profile.services and config.router == "gateway":
+        raise BadInput(services_on_gateway("--router gateway"))
     if not plan.feasible:
         warn("the plan is marked infeasible: it cannot serve its load within the budget")
     if not plan.allocations:

@@ -267,7 +267,7 @@ def _min_budget(profile_path: Path, profile: Any, rates: Any, specs: list[str], 
         raise BadInput("--min-budget: give one --policy (the budget is searched for that policy)")
     if not 0 <= max_violations < 1:
         raise BadInput(f"--max-violations: must be a fraction in [0, 1), got {max_violations:g}")
-    base = load_profile(profile_path).single_service("simulate").tuned(alpha=alpha)
+    base = load_profile(profile_path).single_service("simulate --min-budget").tuned(alpha=alpha)
 
     requests = int(arrivals.times.size)
     stop_above = math.floor(max_violations * requests + 1e-9)  # more violations than this fail the target

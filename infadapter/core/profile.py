@@ -417,11 +417,10 @@ class Profile(BaseModel):
         return ""
 
     def single_service(self, what: str) -> Profile:
-        """This profile, or BadInput naming ``what`` when it has services: (only ``plan``, ``simulate`` and
-        ``profile show`` handle several services so far)."""
+        """This profile, or BadInput naming ``what`` when it has services: (what runs one service only)."""
         if self.services:
-            raise BadInput(f"{what}: this profile has services: ({', '.join(self.service_names)}); only plan, "
-                           "simulate and profile show handle several services so far")
+            raise BadInput(f"{what}: this profile has services: ({', '.join(self.service_names)}); {what} runs one "
+                           "service so far (plan, simulate --profile, adapt, render and profile show run several)")
         return self
 
     def service_variants(self, name: str) -> tuple[str, ...]:

@@ -437,6 +437,14 @@ def _service_figures(part: LoadSummary) -> dict[str, Any]:
 FIGURES = ("requests", "ok", "errors", "timeouts", "slo_violation_rate", "p50_ms", "p99_ms", "by_variant")
 
 
+def service_streams(router_url: str, loads: Sequence[Any], profile: Any) -> list[Stream]:
+    """Several services' loads (``loads``: each with ``name`` and ``rates_rps``) as streams: each one's window
+    posted to the router at ``router_url`` under its own model name, judged at its service's SLO (``profile``:
+    the run's :class:`~infadapter.core.profile.Profile`). Empty for one service."""
+    return [Stream(s.name, f"{router_url.rstrip('/')}/v1/models/{s.name}:predict", s.rates_rps,
+                   profile.service(s.name).slo_ms) for s in loads]
+
+
 def drive_window(url: str, rates_rps: Sequence[float], duration_s: float | None, store: Any, *, slo_ms: float,
                  resolution: int, out_path: Path | None = None, seed: int = 0, timeout_s: float = 10.0,
                  streams: Sequence[Stream] = ()) -> LoadSummary:

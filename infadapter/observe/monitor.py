@@ -323,6 +323,12 @@ class Monitor:
         #: Several services: each one's counts too (Observation.history_by_service), by the dispatcher's label.
         self.services = tuple(services)
 
+    def load_starts(self, now_s: float | None = None) -> None:
+        """The load this run sends starts now: the seconds before it (the first decision's servers coming up)
+        are not its history; the window's seconds before it (``ControlConfig.history_before``) stand in for
+        them, as at the first decision. Without this, a minute of those zeros drives the next forecast down."""
+        self.start_s = self.clock() if now_s is None else now_s
+
     def observe(self, now_s: float | None = None) -> Observation:
         now = self.clock() if now_s is None else now_s
         stats: Mapping[str, Any] | None = None

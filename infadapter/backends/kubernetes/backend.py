@@ -375,18 +375,27 @@ class KubernetesBackend:
                    deferred: Mapping[str, NoRoom], changed: set[str], actions: list[str]) -> ApplyResult:
         """The new pods do not fit beside the running ones: give cores up step by step, serving as much as the
         nodes allow meanwhile. Every variant that serves now, the plan's and the leaving ones, takes traffic
-        in proportion to its capacity (:func:`gap_plan`). Then, least capacity per core first, one variant at
-        a time is routed away from (a deleted one) or shrunk in place by what the waiting pods still lack
-        (the rest of its shrink comes after the plan routes), and the waiting pods that found room are
-        awaited and join the route before the next one goes. What turned out not to be needed for room is
+        in proportion to its capacity (:func:`gap_plan`). Then, least capacity per core first (a service's
+        last serving variant last of all, and shrunk in place rather than deleted while it can be), one
+        variant at a time is routed away from (a deleted one) or shrunk in place by what the waiting pods
+        still lack (the rest of its shrink comes after the plan routes), and the waiting pods that found room
+        are awaited and join the route before the next one goes. What turned out not to be needed for room is
         shrunk or deleted after the plan routes, as without a lack of room. The new pods stay: they are what
-        the freed cores are for. A ``deferred`` in-place resize is left to the kubelet, which applies it
-        once the cores free."""
+        the freed cores are for. A ``deferred`` in-place resize is left to the kubelet, which applies it once
+        the cores free."""
         shrink, deletes = giving_up
         actions += [f"{e}; making room first" for e in dict.fromkeys([exc, *deferred.values()])]
         serving = {n: ob.cores for n, ob in observed.items() if ob.ready and n not in pending and ob.cores > 0}
         per_core = {n: self.profile.capacity_rps(n, c) / c for n, c in serving.items()}
-        order = sorted([*deletes, *shrink], key=lambda n: per_core.get(n, 0.0))
+        service = {a.name: a.service for a in (*previous.allocations, *plan.allocations)}
+
+        def last_of_its_service(name: str) -> bool:
+            """A delete that would leave its service (several services) with nothing serving until the new
+            variants run: it goes after every shrink and every other delete."""
+            return name in deletes and not any(m != name and m not in deletes and service.get(m) == service.get(name)
+                                               for m in serving)
+
+        order = sorted([*deletes, *shrink], key=lambda n: (last_of_its_service(n), per_core.get(n, 0.0)))
         waiting, done, gone = list(pending), [], []
         routed: Plan | None = None
         try:
@@ -403,6 +412,14 @@ class KubernetesBackend:
                     lack += where.overcommitted
                 if (not waiting and not deferred) or (lack is not None and lack <= 1e-9):
                     break
+                if name in deletes and lack is not None and last_of_its_service(name):
+                    # Its service keeps a route: shrunk in place, it goes once the plan routes.
+                    part, cores = self._shrink_leaving(observed[name], lack)
+                    if part:
+                        actions.append(part)
+                        serving[name] = cores
+                        routed = self._route_gap(plan, previous, serving, actions)
+                        continue
                 if name in deletes:  # routed away from before it goes
                     serving.pop(name, None)
                     routed = self._route_gap(plan, previous, serving, actions)
@@ -466,6 +483,22 @@ class KubernetesBackend:
             return None
         actions.append(f"meanwhile {self._route(gap)}")
         return gap
+
+    def _shrink_leaving(self, ob: Observed, lack: float) -> tuple[str, float]:
+        """Shrink a variant the plan drops in place by ``lack`` cores (down to one core step a pod), instead of
+        deleting it first: what was done and its cores now, or ("", 0) when it cannot be done in place."""
+        k0, c0 = ob.layout
+        if not (self.pods.in_place and c0 > 0 and k0 > 0):
+            return "", 0.0
+        step = self.profile.core_step
+        per_pod = round(max(step, c0 - math.ceil(lack / k0 / step - 1e-9) * step), 3)
+        if per_pod >= c0 - 1e-9:
+            return "", 0.0
+        how, _refused = self.resizer.resize(ob, per_pod, self.pods.cpu_limited)
+        if not how:
+            return "", 0.0
+        return (f"resize {ob.name} {k0 * c0:g} -> {k0 * per_pod:g} cores in place to make room ({how}); its "
+                "service's last serving variant, deleted once the plan routes"), k0 * per_pod
 
     def _shrink_part(self, ob: Observed, spec: VariantSpec, lack: float) -> tuple[str, float]:
         """Shrink a variant in place by ``lack`` cores (whole core steps, never below its planned pods): what was
@@ -604,6 +637,8 @@ class KubernetesBackend:
                     "weight": a.share,
                     # with a standby in the plan, a variant's queue past the SLO spills there (docs/dispatcher.md)
                     "spill_at": self.profile.spill_bound(a.name, a.cores),
+                    # several services: the dispatcher routes POST /v1/models/<service>:predict to its own
+                    **({"service": a.service} if a.service else {}),
                 }
                 for a in plan.allocations
             ]

@@ -278,9 +278,10 @@ class ClusterSetup:
         if not isinstance(cfg, ClusterRunConfig):
             raise BadInput(f"--backend {cfg.backend}: expected the cluster backends' flags")
         messages = run.messages
-        if run.profile.services and cfg.backend != "dry-run":
-            raise BadInput(f"--backend {cfg.backend}: several services run on the local and dry-run backends so far "
-                           "(per-service Services and routes are not rendered for a cluster yet)")
+        if run.profile.services and render_config_for(cfg.k8s_config, cfg.namespace, cfg.router).router == "gateway":
+            from infadapter.render import services_on_gateway
+
+            raise BadInput(services_on_gateway("--router gateway"))
         # Flags and the cluster are checked before anything is written.
         backend = build_backend(cfg, run.profile)
         try:
@@ -310,7 +311,7 @@ class ClusterSetup:
         except BaseException:  # the runner never saw the backend: close it here
             backend.stop()
             raise
-        observe = _observer(cfg, run, live)
+        observe, monitor = _observer(cfg, run, live)
         where = f"namespace {backend.namespace}" if cfg.backend == "kubernetes" else f"folder {cfg.out_dir}"
         messages.insert(0, f"backend {cfg.backend}: {where}")
         return Prepared(
@@ -322,7 +323,8 @@ class ClusterSetup:
             adapter_info={"namespace": getattr(backend, "namespace", None),
                           "out_dir": str(cfg.out_dir) if cfg.out_dir else None},
             summary=lambda load: {**_summary(cfg, backend), **_load_figures(load)}, release=False,
-            drive_load=(lambda: _drive_live(cfg, run, live)) if live else None, drain_s=LIVE_DRAIN_S if live else 0.0,
+            drive_load=(lambda: _drive_live(cfg, run, live, monitor)) if live else None,
+            drain_s=LIVE_DRAIN_S if live else 0.0,
             apply_timeout_s=cfg.ready_timeout_s if cfg.backend == "kubernetes" else 0.0,
         )
 
@@ -356,11 +358,12 @@ def _address_variants(backend: Any, messages: list[str]) -> None:
                         "their Services' ClusterIPs")
 
 
-def _observer(cfg: ClusterRunConfig, run: AdapterRun, live: Any) -> Callable[[float], Observation]:
-    """What the loop observes (see the module doc): the replay, else the dispatcher's counters or Prometheus."""
+def _observer(cfg: ClusterRunConfig, run: AdapterRun, live: Any) -> tuple[Callable[[float], Observation], Any]:
+    """What the loop observes (see the module doc): the replay, else the dispatcher's counters or Prometheus;
+    and the :class:`Monitor` doing the latter (None for a replay)."""
     if cfg.rates_rps is not None and live is None:
         return ReplayedLoad(cfg.rates_rps, cfg.load_label or "a load", run.started_s,
-                            {s.name: s.rates_rps for s in cfg.services_load}).observe
+                            {s.name: s.rates_rps for s in cfg.services_load}).observe, None
     from infadapter.observe.monitor import Monitor
 
     stats: Callable[[], Mapping[str, Any]] = _no_dispatcher
@@ -369,20 +372,25 @@ def _observer(cfg: ClusterRunConfig, run: AdapterRun, live: Any) -> Callable[[fl
         from infadapter.serving.dispatcher import DispatcherClient
 
         stats = DispatcherClient(url, token, timeout_s=5.0).stats
-    # The dispatcher and Prometheus outlive the adapter: their last 10 minutes are real history.
-    monitor = Monitor(stats, cfg.prometheus_url, start_s=run.started_s - HISTORY_S, clock=run.clock,
-                      rate_window_s=cfg.control.rate_window_s)
-    return monitor.observe
+    # The dispatcher and Prometheus outlive the adapter: their last 10 minutes are real history, unless this run
+    # sends the load (--traffic live): then the seconds before it are the window's (ControlConfig.history_before,
+    # each service's own; Monitor.load_starts), as on the local backend, not a dispatcher's zeros.
+    start_s = run.clock() if cfg.rates_rps is not None else run.started_s - HISTORY_S
+    monitor = Monitor(stats, cfg.prometheus_url, start_s=start_s, clock=run.clock,
+                      rate_window_s=cfg.control.rate_window_s, services=run.profile.service_names)
+    return monitor.observe, monitor
 
 
-def _drive_live(cfg: ClusterRunConfig, run: AdapterRun, live: Any) -> Any:
+def _drive_live(cfg: ClusterRunConfig, run: AdapterRun, live: Any, monitor: Any) -> Any:
     """The load's requests from this machine to the dispatcher's Service (the local backend's generator)."""
-    from infadapter.observe.loadgen import DEFAULT_RESOLUTION, drive_window
+    from infadapter.observe.loadgen import DEFAULT_RESOLUTION, drive_window, service_streams
 
     assert cfg.rates_rps is not None and run.store is not None
+    monitor.load_starts()
     return drive_window(f"{live.url}/v1/models/resnet:predict", cfg.rates_rps, cfg.duration_s, run.store,
                         slo_ms=run.profile.slo_ms, resolution=run.profile.resolution or DEFAULT_RESOLUTION,
-                        out_path=cfg.run_dir / REQUESTS_FILE)
+                        out_path=cfg.run_dir / REQUESTS_FILE,
+                        streams=service_streams(live.url, cfg.services_load, run.profile))
 
 
 def _load_figures(load: Any) -> dict[str, Any]:

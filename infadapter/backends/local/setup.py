@@ -180,7 +180,8 @@ class LocalSetup:
             observation=(f"prometheus {prom_url}, else the {cfg.router}'s counters" if prom_url
                          else f"the {cfg.router}'s counters"),
             metrics=metrics, closers=closers, drain_s=cfg.drain_s, apply_timeout_s=backend.config.ready_timeout_s,
-            drive_load=(lambda: self._drive_load(cfg, profile, store, backend)) if cfg.rates_rps else None,
+            drive_load=(lambda: self._drive_load(cfg, profile, store, backend, None if adopted else monitor))
+            if cfg.rates_rps else None,
             summary=lambda load: {**self._summary(cfg, load), **self._calibration_summary(run)},
         )
 
@@ -215,13 +216,15 @@ class LocalSetup:
         return url, prometheus
 
     @staticmethod
-    def _drive_load(cfg: RunConfig, profile: Profile, store: Any, backend: LocalBackend) -> Any:
-        from infadapter.observe.loadgen import Stream, drive_window
+    def _drive_load(cfg: RunConfig, profile: Profile, store: Any, backend: LocalBackend, monitor: Any) -> Any:
+        """``monitor``: the run's, whose history starts with this load (None: adopted servers' counters are
+        real history)."""
+        from infadapter.observe.loadgen import drive_window, service_streams
 
         assert cfg.rates_rps is not None
-        # Several services: each one's window posted to its own model name, judged at its own SLO.
-        streams = [Stream(s.name, f"{backend.dispatcher_url}/v1/models/{s.name}:predict", s.rates_rps,
-                          profile.service(s.name).slo_ms) for s in cfg.services_load]
+        if monitor is not None:
+            monitor.load_starts()
+        streams = service_streams(backend.dispatcher_url, cfg.services_load, profile)
         return drive_window(f"{backend.dispatcher_url}/v1/models/resnet:predict", cfg.rates_rps, cfg.duration_s,
                             store, slo_ms=profile.slo_ms, resolution=resolution_of(cfg, profile),
                             out_path=cfg.run_dir / REQUESTS_FILE if cfg.requests_csv else None, seed=cfg.seed,
