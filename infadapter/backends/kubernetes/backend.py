@@ -487,34 +487,31 @@ class KubernetesBackend:
     def _shrink_leaving(self, ob: Observed, lack: float) -> tuple[str, float]:
         """Shrink a variant the plan drops in place by ``lack`` cores (down to one core step a pod), instead of
         deleting it first: what was done and its cores now, or ("", 0) when it cannot be done in place."""
-        k0, c0 = ob.layout
-        if not (self.pods.in_place and c0 > 0 and k0 > 0):
-            return "", 0.0
-        step = self.profile.core_step
-        per_pod = round(max(step, c0 - math.ceil(lack / k0 / step - 1e-9) * step), 3)
-        if per_pod >= c0 - 1e-9:
-            return "", 0.0
-        how, _refused = self.resizer.resize(ob, per_pod, self.pods.cpu_limited)
-        if not how:
-            return "", 0.0
-        return (f"resize {ob.name} {k0 * c0:g} -> {k0 * per_pod:g} cores in place to make room ({how}); its "
-                "service's last serving variant, deleted once the plan routes"), k0 * per_pod
+        return self._shrink_in_place(ob, lack, self.profile.core_step,
+                                     "its service's last serving variant, deleted once the plan routes")
 
     def _shrink_part(self, ob: Observed, spec: VariantSpec, lack: float) -> tuple[str, float]:
         """Shrink a variant in place by ``lack`` cores (whole core steps, never below its planned pods): what was
         done and the variant's cores now, or ("", 0) when it cannot be done in place."""
+        return self._shrink_in_place(ob, lack, spec.template_cores, f"{spec.cores:g} once the plan routes",
+                                     spec.replicas)
+
+    def _shrink_in_place(self, ob: Observed, lack: float, floor_per_pod: float, then: str,
+                         replicas: int | None = None) -> tuple[str, float]:
+        """Resize ``ob``'s pods in place down by ``lack`` cores in whole core steps, to no less than
+        ``floor_per_pod`` each (only when it runs ``replicas`` pods, if given); ``then`` ends the action."""
         k0, c0 = ob.layout
-        if not (self.pods.in_place and c0 > 0 and k0 == spec.replicas):
+        if not (self.pods.in_place and c0 > 0 and k0 > 0 and (replicas is None or k0 == replicas)):
             return "", 0.0
         step = self.profile.core_step
-        per_pod = round(max(spec.template_cores, c0 - math.ceil(lack / k0 / step - 1e-9) * step), 3)
+        per_pod = round(max(floor_per_pod, c0 - math.ceil(lack / k0 / step - 1e-9) * step), 3)
         if per_pod >= c0 - 1e-9:
             return "", 0.0
         how, _refused = self.resizer.resize(ob, per_pod, self.pods.cpu_limited)
         if not how:
             return "", 0.0
-        return (f"resize {ob.name} {k0 * c0:g} -> {k0 * per_pod:g} cores in place to make room ({how}); "
-                f"{spec.cores:g} once the plan routes"), k0 * per_pod
+        return f"resize {ob.name} {k0 * c0:g} -> {k0 * per_pod:g} cores in place to make room ({how}); {then}", \
+            k0 * per_pod
 
     def _layout(self, cores: float, now: tuple[int, float] | None = None) -> tuple[int, float]:
         """(replicas, cores per pod) for a variant of ``cores``: :func:`.layout.layout` with this backend's sizes."""
