@@ -104,10 +104,31 @@ def test_adapt_dry_run_with_services(tmp_path: Path) -> None:
     assert [s["name"] for s in json.loads(status.stdout)["services"]] == ["live", "batch"]
 
 
+def test_adapt_dry_run_with_a_static_split_keeps_each_service_in_its_share_and_replays(tmp_path: Path) -> None:
+    # --budget 1.25 splits by the windows' mean loads: live 0.25, batch 1 (tests/test_services_sim.py: the rule).
+    out_dir = tmp_path / "split"
+    out = run_cli("adapt", "--backend", "dry-run", "--out", str(out_dir), "--profile", str(PROFILE), "--scale", "0.2",
+                  "--speedup", "60", "--duration", "8", "--interval", "1", "--budget", "1.25", "--policy",
+                  "infadapter-split", "--json", timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = read_records(out_dir / "decisions.jsonl")
+    budgets = records[0]["replay"]["split_budgets"]
+    assert budgets == {"live": 0.25, "batch": 1.0}
+    for rec in records:
+        assert rec["reason"].startswith("static split: ")
+        for name, share in budgets.items():
+            cores = sum(v["cores"] for v in rec["plan_after"]["variants"] if v["service"] == name)
+            assert 0 < cores <= share + 1e-9, (name, rec["plan_after"])
+    rep = run_cli("explain", "--run-dir", str(out_dir), "--replay", "--json")
+    assert rep.returncode == 0, rep.stdout
+    assert json.loads(rep.stdout)["reproduced"] == len(records)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--window", "paper"], "--window: "),
     (["--rate", "5", "--duration", "5"], "--rate: "),
     (["--policy", "msplus"], "--policy: "),
+    (["--policy", "vpa:resnet50"], "--policy: "),
     (["--router", "haproxy"], "--router haproxy: several services are routed by the dispatcher"),
     (["--backend", "dry-run", "--out", "dry", "--router", "gateway"],
      "--router gateway: several services are routed by the dispatcher"),

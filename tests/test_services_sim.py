@@ -140,3 +140,32 @@ def test_pooled_bound_is_what_no_sharing_of_the_budget_serves(prof):
     assert pooled_bound(prof, turns) == 0.0
     assert pooled_bound(prof, turns, shares=shares) > 0.1
     assert pooled_bound(prof, {n: [0.0] * 5 for n in turns}) == 0.0
+
+
+# -- the static split as a live policy (adapt --policy infadapter-split) -----------------------------------
+@pytest.mark.parametrize("loads", [{"live": 40, "feed": 20, "archive": 5}, {"live": 300, "feed": 10, "archive": 10}])
+def test_static_split_is_each_services_own_solve_on_its_share(prof, loads):
+    from infadapter.core.policies import Context, StaticSplit, joint_policy
+
+    budgets = split_budget(prof, {"live": 155, "feed": 10, "archive": 10})
+    policy = joint_policy(prof, 0.0, "infadapter-split", budgets)
+    assert isinstance(policy, StaticSplit)
+    plan = policy.decide(Context(prof, 0.0, sum(loads.values()), forecast_by_service=loads)).plan
+    for name, share in budgets.items():
+        mine = [a for a in plan.allocations if a.service == name]
+        assert mine and sum(a.cores for a in mine) <= share + 1e-9  # never another service's cores
+        alone = solver_mod.solve(service_profile(prof, name, share), loads[name], {}).plan
+        assert {a.name: a.cores for a in mine} == {a.name: a.cores for a in alone.allocations}
+    # live at 300 req/s outgrows its share: the plan says how much it serves, as the joint solve's does.
+    out = {o.name: o for o in plan.services}
+    assert plan.feasible == all(o.shed_rps <= 1e-6 for o in out.values())
+
+
+def test_a_static_split_needs_services_and_the_windows_loads(prof):
+    from infadapter.core.policies import joint_policy, make_policy
+
+    with pytest.raises(BadInput, match=r"^--policy infadapter-split: the split needs each service's load"):
+        joint_policy(prof, 0.0, "infadapter-split")
+    one = load_profile(SERVICES_YAML.parent / "local.yaml")
+    with pytest.raises(BadInput, match=r"^--policy infadapter-split-peak: a static split of the budget between"):
+        make_policy("infadapter-split-peak", one)

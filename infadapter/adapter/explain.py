@@ -363,6 +363,6 @@ def _replay_policy(ctx_rec: dict[str, Any], profile: Any) -> tuple[Any, dict[str
         raise ValueError(f"the record's services ({', '.join(sorted(by_service))}) are not the profile's "
                          f"({', '.join(profile.service_names)})")
     observed = ctx_rec.get("observed_by_service") or {}
-    return joint_policy(profile, min_gain, name), {
+    return joint_policy(profile, min_gain, name, ctx_rec.get("split_budgets")), {
         "forecast_by_service": {n: float(by_service[n]) for n in profile.service_names},
         "observed_by_service": {n: float(v) for n, v in observed.items()}}

@@ -31,7 +31,13 @@ from infadapter.backends.base import Backend
 from infadapter.core import control
 from infadapter.core.control import ControlConfig
 from infadapter.core.plan import Plan
-from infadapter.core.policies import DEFAULT_MIN_GAIN, DEFAULT_STABILIZATION, live_entry
+from infadapter.core.policies import (
+    DEFAULT_MIN_GAIN,
+    DEFAULT_STABILIZATION,
+    SPLIT_POLICIES,
+    live_entry,
+    split_budget,
+)
 from infadapter.core.profile import Profile, load_profile
 from infadapter.errors import BadInput
 from infadapter.observe.monitor import Observation
@@ -190,13 +196,21 @@ class AdapterRun:
     def _check_services(self) -> None:
         """What a run of several services needs (one-line BadInput naming the flag otherwise)."""
         cfg, names = self.config, self.profile.service_names
-        if cfg.policy != "infadapter":
+        if cfg.policy != "infadapter" and cfg.policy not in SPLIT_POLICIES:
             raise BadInput(f"--policy: {cfg.profile_path} has services ({', '.join(names)}); adapt runs them with "
-                           f"infadapter, the joint solve (got {cfg.policy}); the static splits and per-service "
-                           "baselines run in simulate")
+                           f"infadapter (the joint solve) or a static split ({', '.join(SPLIT_POLICIES)}), got "
+                           f"{cfg.policy}; the per-service baselines run in simulate")
         if {s.name for s in cfg.services_load} != set(names):
             raise BadInput(f"--window: {cfg.profile_path} has services ({', '.join(names)}); each replays its own "
                            "window: give --scale/--speedup (not --window or --rate)")
+
+    def split_budgets(self) -> dict[str, float] | None:
+        """A static split's share of the budget per service (by each window's mean or peak load, as
+        ``simulate`` splits it); None for the joint solve."""
+        reduce = SPLIT_POLICIES.get(self.config.policy)
+        if reduce is None or not self.profile.services:
+            return None
+        return split_budget(self.profile, {s.name: float(reduce(s.rates_rps)) for s in self.config.services_load})
 
     @property
     def replayed(self) -> bool:
@@ -220,8 +234,8 @@ class AdapterRun:
         if other is not None and other.get("pid") != os.getpid():
             raise BadInput(f"--run-dir: an adapter (pid {other['pid']}) already runs on {cfg.run_dir}; "
                            "stop it or pick another --run-dir")
-        if self.profile.services:
-            policy = joint_policy(self.profile, cfg.min_gain, cfg.policy)  # the simulator's joint policy
+        if self.profile.services:  # the simulator's joint policy (or its static split)
+            policy = joint_policy(self.profile, cfg.min_gain, cfg.policy, self.split_budgets())
         else:
             policy = make_policy(cfg.policy, self.profile, cfg.stabilization_intervals, min_gain=cfg.min_gain)
         forecaster = make_forecaster(cfg.forecaster)
@@ -272,7 +286,7 @@ class AdapterRun:
                 "alpha": self.profile.alpha, "budget": self.profile.budget_cores, "policy": cfg.policy,
                 "capacity_scale": self.calibration.factor if self.calibration is not None else 1.0,
                 "stabilization_intervals": 1 if self.profile.services else cfg.stabilization_intervals,
-                "min_gain": cfg.min_gain}
+                "min_gain": cfg.min_gain, **({"split_budgets": b} if (b := self.split_budgets()) else {})}
 
     def _snapshot(self, snap: dict[str, Any]) -> None:
         assert self.prepared is not None and self.store is not None

@@ -135,7 +135,8 @@ observes the trace's rates instead of live traffic (labelled "replay" in status 
 @click.command("adapt", cls=BackendCommand, epilog=ADAPT_EPILOG)
 @backend_option(help="Where plans are applied: " + backends_help() + ".")
 @click.option("--policy", default="infadapter", show_default=True,
-              help="infadapter | msplus | vpa:VARIANT | static:NAME=CORES[,...].")
+              help="infadapter | msplus | vpa:VARIANT | static:NAME=CORES[,...]; with services: infadapter | "
+                   "infadapter-split | infadapter-split-peak.")
 @click.option("--duration", type=float, default=None, help="Seconds to run [default: the load's length, or "
               "until Ctrl-C without a load].")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -19,9 +19,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+import numpy as np
+
 from infadapter.core import solver as solver_mod
 from infadapter.core.plan import Allocation, Plan
-from infadapter.core.profile import Profile
+from infadapter.core.profile import Profile, service_profile
 from infadapter.core.vpa import VpaConfig, VpaState, recommend
 from infadapter.errors import BadInput
 
@@ -98,6 +100,62 @@ class InfAdapter:
         res = solver_mod.solve(ctx.profile, ctx.forecast_rps, ctx.current_cores, ctx.solver)
         why = f"{res.solver} {res.status}: {_describe(res.plan)} for {ctx.forecast_rps:.1f} req/s"
         return Decision(res.plan, ctx.state, why, res.solve_s, res.solver, other_set=res.other_set)
+
+
+#: The static splits of a profile with services: independent adapters, each on a fixed share of the budget in
+#: proportion to its service's mean (or peak) load over its window (the joint solve's comparison).
+SPLIT_POLICIES: dict[str, Callable[[Any], Any]] = {"infadapter-split": np.mean, "infadapter-split-peak": np.max}
+
+
+def split_budget(profile: Profile, mean_rps: Mapping[str, float]) -> dict[str, float]:
+    """The static split: each service's share of the budget in proportion to its load (``mean_rps``: its mean,
+    or its peak for the split by peak), rounded down to the core step, at least ``min_cores``; what rounding
+    leaves goes a step at a time to the largest remainders."""
+    step, mn, budget = profile.core_step, profile.min_cores, profile.budget_cores
+    total = sum(mean_rps.values())
+    names = list(profile.service_names)
+    want = {n: (budget * mean_rps[n] / total if total > 0 else budget / len(names)) for n in names}
+    out = {n: max(mn, math.floor(want[n] / step + 1e-9) * step) for n in names}
+    while sum(out.values()) > budget + 1e-9:  # min_cores pushed it over: take from the largest
+        n = max(out, key=lambda k: out[k])
+        out[n] -= step
+    for n in sorted(names, key=lambda k: want[k] - out[k], reverse=True):
+        if sum(out.values()) + step <= budget + 1e-9:
+            out[n] += step
+    return {n: round(c, 9) for n, c in out.items()}
+
+
+@dataclass(frozen=True)
+class StaticSplit:
+    """Independent adapters on a static split of the budget: each service's one-service integer program on
+    its share (``budgets``: :func:`split_budget`), its plan never taking another service's cores; the parts
+    joined into one plan of several services. The simulator's split (:mod:`infadapter.sim.services`) runs
+    the same program per service; live, the runner and ``explain --replay`` build this policy."""
+
+    profile: Profile
+    budgets: Mapping[str, float]
+    name: str = "infadapter-split"
+
+    def decide(self, ctx: Context) -> Decision:
+        cores: dict[str, float] = {}
+        shares: dict[str, float] = {}
+        spent, parts = 0.0, []
+        current = ctx.current_cores
+        for svc in self.profile.service_names:
+            sub = service_profile(self.profile, svc, self.budgets[svc])
+            load = ctx.forecast_by_service[svc]
+            res = solver_mod.solve(sub, load, {n: c for n, c in current.items() if n in sub.names}, ctx.solver)
+            spent += res.solve_s
+            plan = res.plan
+            # Shares of the forecast (what they add up to is the part served), as the joint solve's.
+            served = 1.0 if plan.feasible or load <= 0 else min(1.0, plan.capacity_rps / load)
+            for a in plan.allocations:
+                cores[a.name] = a.cores
+                shares[a.name] = a.share * served
+            parts.append(f"{svc} {self.budgets[svc]:g} cores: {_describe(plan)}")
+        plan = solver_mod.services_plan(self.profile, dict(ctx.forecast_by_service), current, cores, shares)
+        loads = ", ".join(f"{o.name} {o.load_rps:.1f}" for o in plan.services)
+        return Decision(plan, ctx.state, f"static split: {'; '.join(parts)} for {loads} req/s", spent, "highs")
 
 
 def joint_solve(profile: Profile, forecast: Mapping[str, float], observed: Mapping[str, float],
@@ -677,6 +735,8 @@ def entry(spec: str | Policy) -> PolicyEntry:
     name = ALIASES.get(name, name)
     if name in REGISTRY:
         return REGISTRY[name]
+    if name in SPLIT_POLICIES:  # its services' adapters are infadapter's: the same pods, in place
+        return REGISTRY["infadapter"]
     if not isinstance(spec, str):
         return PolicyEntry(name, name, lambda a, p, c: spec, initial_plan=_most_accurate_on_budget)
     raise BadInput(f"--policy: unknown policy {text!r}, expected {policy_help()}")
@@ -709,6 +769,9 @@ def make_policy(
 
     ``min_gain`` > 0 also keeps the current cores when a new plan of an objective-maximizing policy
     (infadapter, msplus, oracle) beats them by less than that (see :class:`Stabilized`)."""
+    if spec in SPLIT_POLICIES:
+        raise BadInput(f"--policy {spec}: a static split of the budget between services; it needs a profile "
+                       "with services (e.g. --profile profiles/services-local.yaml)")
     e = entry(spec)
     arg = spec.partition(":")[2]
     policy = e.build(arg, profile, vpa_config)
@@ -719,11 +782,17 @@ def make_policy(
     return policy
 
 
-def joint_policy(profile: Profile, min_gain: float, spec: str = "infadapter") -> Policy:
+def joint_policy(profile: Profile, min_gain: float, spec: str = "infadapter",
+                 split_budgets: Mapping[str, float] | None = None) -> Policy:
     """The policy of one plan for every service of ``profile``, live (the adapter runner) and simulated
     (:mod:`infadapter.sim.services`): ``spec`` with min-gain and without scale-down stabilization (a held
     scale-down of one service could keep cores another was just given; min-gain keeps the current cores only
-    while they serve every service's forecast, so it takes nothing from a service that needs it)."""
+    while they serve every service's forecast, so it takes nothing from a service that needs it). A static
+    split (:data:`SPLIT_POLICIES`) is :class:`StaticSplit` on ``split_budgets`` (no min-gain, as simulated)."""
+    if spec in SPLIT_POLICIES:
+        if split_budgets is None:
+            raise BadInput(f"--policy {spec}: the split needs each service's load over its window")
+        return StaticSplit(profile, dict(split_budgets), spec)
     return make_policy(spec, profile, 1, min_gain=min_gain)
 
 

@@ -678,3 +678,16 @@ def dump_profile(profile: Profile, header: str = "") -> str:
     body = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
     lines = [f"# {line}".rstrip() for line in header.splitlines()] if header else []
     return "\n".join([*lines, body]) if lines else body
+
+
+def service_profile(profile: Profile, name: str, budget_cores: float | None = None) -> Profile:
+    """One service of ``profile`` as a one-service profile: its variants (profile-wide names), its SLO, the
+    shared settings, and ``budget_cores`` (default: the whole budget)."""
+    svc = profile.service(name)
+    data = profile.model_dump(mode="json", exclude_none=True)
+    data.pop("services")
+    data.update(name=f"{profile.name}/{name}", slo_ms=svc.slo_ms,
+                budget_cores=profile.budget_cores if budget_cores is None else budget_cores,
+                variants=[{**v.model_dump(mode="json", exclude_none=True), "name": svc.qualified(v.name),
+                           "model": v.model or v.name} for v in svc.variants])
+    return profile_from_dict(data, origin=f"{profile.name}: service {name}")

@@ -19,7 +19,6 @@ of one service could take cores another was just given), so they are judged on t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,48 +28,17 @@ import numpy as np
 from infadapter.core import control
 from infadapter.core import solver as solver_mod
 from infadapter.core.plan import Allocation, Plan
-from infadapter.core.policies import Context, Decision, joint_policy
-from infadapter.core.profile import Profile, profile_from_dict
+from infadapter.core.policies import SPLIT_POLICIES, Context, Decision, joint_policy, split_budget
+from infadapter.core.profile import Profile, service_profile
 from infadapter.errors import BadInput
 from infadapter.sim.simulation import SimConfig, SimResult, Simulation, make_arrivals
 
 #: The policies of a profile with services, beside the per-service baselines ``vpa:`` and ``hpa:``.
 POLICIES = ("infadapter", "infadapter-split", "infadapter-split-peak")
 #: How each static split shares the budget: by the services' mean or peak load over their windows.
-SPLITS = {"infadapter-split": np.mean, "infadapter-split-peak": np.max}
+SPLITS = SPLIT_POLICIES
 #: Single-service baselines that run per service on the split by mean load.
 PER_SERVICE = ("vpa", "hpa")
-
-
-def service_profile(profile: Profile, name: str, budget_cores: float | None = None) -> Profile:
-    """One service of ``profile`` as a one-service profile: its variants (profile-wide names), its SLO, the
-    shared settings, and ``budget_cores`` (default: the whole budget)."""
-    svc = profile.service(name)
-    data = profile.model_dump(mode="json", exclude_none=True)
-    data.pop("services")
-    data.update(name=f"{profile.name}/{name}", slo_ms=svc.slo_ms,
-                budget_cores=profile.budget_cores if budget_cores is None else budget_cores,
-                variants=[{**v.model_dump(mode="json", exclude_none=True), "name": svc.qualified(v.name),
-                           "model": v.model or v.name} for v in svc.variants])
-    return profile_from_dict(data, origin=f"{profile.name}: service {name}")
-
-
-def split_budget(profile: Profile, mean_rps: Mapping[str, float]) -> dict[str, float]:
-    """The static split: each service's share of the budget in proportion to its load (``mean_rps``: its mean,
-    or its peak for the split by peak), rounded down to the core step, at least ``min_cores``; what rounding
-    leaves goes a step at a time to the largest remainders."""
-    step, mn, budget = profile.core_step, profile.min_cores, profile.budget_cores
-    total = sum(mean_rps.values())
-    names = list(profile.service_names)
-    want = {n: (budget * mean_rps[n] / total if total > 0 else budget / len(names)) for n in names}
-    out = {n: max(mn, math.floor(want[n] / step + 1e-9) * step) for n in names}
-    while sum(out.values()) > budget + 1e-9:  # min_cores pushed it over: take from the largest
-        n = max(out, key=lambda k: out[k])
-        out[n] -= step
-    for n in sorted(names, key=lambda k: want[k] - out[k], reverse=True):
-        if sum(out.values()) + step <= budget + 1e-9:
-            out[n] += step
-    return {n: round(c, 9) for n, c in out.items()}
 
 
 @dataclass(frozen=True)

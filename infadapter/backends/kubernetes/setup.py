@@ -236,12 +236,12 @@ def pod_rules(policy: str, profile: Profile) -> Any:
     """How the policy's cores become pods (:class:`infadapter.render.PodRules`), from its registry entry, as
     :class:`~infadapter.backends.local.setup.LocalSetup` honours it: HPA's changes are replicas of its pod size,
     never in place; a policy that is not ``cpu_limited`` gets a CPU request and no CPU limit."""
-    from infadapter.core.policies import entry, make_policy
+    from infadapter.core.policies import SPLIT_POLICIES, entry, make_policy
     from infadapter.render import PodRules
 
     kind = entry(policy)
-    return PodRules(in_place=kind.in_place, cpu_limited=kind.cpu_limited,
-                    pod_cores=kind.pod_cores(make_policy(policy, profile, 1)))
+    built = make_policy("infadapter" if policy in SPLIT_POLICIES else policy, profile, 1)  # a split's adapters
+    return PodRules(in_place=kind.in_place, cpu_limited=kind.cpu_limited, pod_cores=kind.pod_cores(built))
 
 
 def build_backend(cfg: ClusterRunConfig, profile: Profile) -> Any:
