@@ -104,6 +104,32 @@ def test_adapt_dry_run_with_services(tmp_path: Path) -> None:
     assert [s["name"] for s in json.loads(status.stdout)["services"]] == ["live", "batch"]
 
 
+# README "Results" and docs/core.md "Several services, live": the static split's live figure (40 s of it here).
+ADAPT_SPLIT = ("python cli.py adapt --profile profiles/services-local.yaml --scale 0.2 --speedup 6 --interval 5 "
+               "--budget 1.25 --policy infadapter-split")
+
+
+def test_a_static_split_serves_live_each_service_on_its_share_of_the_budget(tmp_path: Path) -> None:
+    run_dir = tmp_path / "split"
+    args = [*shlex.split(ADAPT_SPLIT)[2:], "--speedup", "30", "--duration", "40", "--interval", "3",
+            "--run-dir", str(run_dir), "--json"]
+    out = run_cli(*args, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    services = {s["name"]: s for s in json.loads(out.stdout)["services"]}
+    assert all(s["ok"] > 0 for s in services.values()), services  # both served, each on its own servers
+    records = read_records(run_dir / "decisions.jsonl")
+    budgets = records[0]["replay"]["split_budgets"]
+    assert budgets == {"live": 0.25, "batch": 1.0}
+    for rec in records:  # no plan gives a service more than its share (the joint solve would: live's burst)
+        if rec["plan_after"] is None:
+            continue
+        for name, share in budgets.items():
+            assert sum(v["cores"] for v in rec["plan_after"]["variants"] if v["service"] == name) <= share + 1e-9
+    rep = run_cli("explain", "--run-dir", str(run_dir), "--replay", "--json")
+    assert rep.returncode == 0, rep.stdout
+    assert json.loads(rep.stdout)["reproduced"] == len(records)
+
+
 def test_adapt_dry_run_with_a_static_split_keeps_each_service_in_its_share_and_replays(tmp_path: Path) -> None:
     # --budget 1.25 splits by the windows' mean loads: live 0.25, batch 1 (tests/test_services_sim.py: the rule).
     out_dir = tmp_path / "split"
