@@ -4,6 +4,7 @@ within the budget (in process; tests/test_cli_plan.py runs the one-service comma
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def test_plan_cli_with_services_rejects_a_bad_load_in_one_line(load, message):
 
 
 def test_commands_that_plan_one_service_refuse_a_services_profile_in_one_line(tmp_path):
-    # experiment and simulate --min-budget call Profile.single_service; experiment stands for them.
+    # experiment calls Profile.single_service (simulate --min-budget searches a shared budget: below).
     from infadapter.__main__ import main
 
     args = ["experiment", "--profile", str(SERVICES_YAML), "--policies", "infadapter", "--window", "paper",
@@ -53,6 +54,49 @@ def test_commands_that_plan_one_service_refuse_a_services_profile_in_one_line(tm
                                        r"experiment runs one service so far"):
         CliRunner().invoke(main, args, catch_exceptions=False, standalone_mode=False)
     assert not (tmp_path / "exp").exists()
+
+
+# -- cli.py simulate --min-budget with services ---------------------------------------------------------
+MIN_BUDGET_SERVICES = ("python cli.py simulate --profile profiles/services-local.yaml --scale 0.2 --min-budget "
+                       "--max-violations 0.01 --json")
+
+
+def _simulate_cli(*args: str) -> Any:
+    from infadapter.__main__ import main
+
+    r = CliRunner().invoke(main, ["simulate", *args], catch_exceptions=False, standalone_mode=False)
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+@pytest.mark.slow
+def test_min_budget_with_services_is_the_smallest_shared_budget_every_service_meets():
+    import shlex
+
+    local = str(SERVICES_YAML.parent / "services-local.yaml")
+    found = _simulate_cli(*[local if a == "profiles/services-local.yaml" else a
+                            for a in shlex.split(MIN_BUDGET_SERVICES)[3:]])
+    budget, below = found["budget"], found["below"]
+    assert budget is not None and below is not None and below["budget"] == budget - 0.25
+    assert [s["name"] for s in found["services"]] == ["live", "batch"]
+    assert found["slo_violation_rate"] == max(s["slo_violation_rate"] for s in found["services"]) <= 0.01
+    # Plain simulate runs agree on both sides: every service meets 1 % at B, one service misses it a step lower.
+    for cores, meets in ((budget, True), (below["budget"], False)):
+        res = _simulate_cli("--profile", local, "--scale", "0.2", "--budget", str(cores),
+                            "--policy", "infadapter", "--json")["results"][0]
+        assert all(s["slo_violation_rate"] <= 0.01 for s in res["services"]) is meets, (cores, res["services"])
+
+
+def test_min_budget_with_services_refuses_what_it_cannot_search_in_one_line():
+    from infadapter.__main__ import main
+
+    for args, message in ((["--policy", "infadapter,infadapter-split"], "--min-budget: give one --policy"),
+                          (["--sweep", "budget=1,1.5"], "--sweep: give it without --min-budget"),
+                          (["--max-violations", "1.5"], "--max-violations: must be a fraction in [0, 1)")):
+        with pytest.raises(BadInput, match="^" + re.escape(message)):
+            CliRunner().invoke(main, ["simulate", "--profile", str(SERVICES_YAML.parent / "services-local.yaml"),
+                                      "--scale", "0.2",
+                                      "--min-budget", *args], catch_exceptions=False, standalone_mode=False)
 
 
 # -- cli.py render with services ---------------------------------------------------------------------

@@ -85,7 +85,8 @@ Examples:
                    "default runs/what-if.png).")
 @click.option("--min-budget", is_flag=True,
               help="Find the smallest budget (in the profile's core steps) whose simulation keeps the SLO "
-                   "violations at or under --max-violations (bisection; one policy).")
+                   "violations at or under --max-violations (bisection; one policy); with services, the shared "
+                   "budget at which every service's violations do.")
 @click.option("--max-violations", type=float, default=0.01, show_default=True,
               help="With --min-budget: the target SLO violation rate (a fraction: 0.01 is 1%%).")
 @click.option("--sweep", "sweep_spec", default=None, metavar="KEY=V1,V2,...", help=SWEEP_HELP)
@@ -134,8 +135,10 @@ def simulate(
         from infadapter.commands.simulate_services import parse_service_windows, run_services
         from infadapter.sim.services import ServiceRun
 
-        if min_budget or what_if or arrivals_path or timeline_path:
-            raise BadInput("--min-budget/--what-if/--arrivals/--timeline: one-service profiles only so far")
+        if what_if or arrivals_path or timeline_path:
+            raise BadInput("--what-if/--arrivals/--timeline: one-service profiles only so far")
+        if min_budget and sweep is not None:
+            raise BadInput("--sweep: give it without --min-budget (each is its own question)")
         specs = [s.strip() for s in policy_spec.split(",") if s.strip()]
 
         def make_runs(windows: dict[str, str]) -> dict[str, ServiceRun]:
@@ -150,8 +153,11 @@ def simulate(
                     observe_lag=observe_lag))
             return runs
 
-        run_services(profile, profile_path, specs, make_runs,
-                     parse_service_windows(service_window, profile.service_names), sweep, plot_path, seed, as_json)
+        windows = parse_service_windows(service_window, profile.service_names)
+        if min_budget:
+            _min_budget_services(profile, profile_path, specs, make_runs, windows, max_violations, seed, as_json)
+            return
+        run_services(profile, profile_path, specs, make_runs, windows, sweep, plot_path, seed, as_json)
         return
     if service_window:
         raise BadInput("--service-window: for a profile with services: (one-service profiles replay --window)")
@@ -299,6 +305,54 @@ def _min_budget(profile_path: Path, profile: Any, rates: Any, specs: list[str], 
                f"{below['slo_violation_rate']:.2%}" if below else "")
             + f"; {found['simulations']} simulations (from the fluid estimate {found['fluid_budget']:g} cores; "
             f"{found['runs_stopped_early']} stopped once over the target)", highlight=False)
+
+
+def _min_budget_services(profile: Any, profile_path: Path, specs: list[str], make_runs: Any,
+                         windows: dict[str, str], max_violations: float, seed: int, as_json: bool) -> None:
+    """``--min-budget`` on a profile with services: the smallest shared budget at which every service's
+    simulated violations stay at or under ``max_violations`` (the worst service is the one searched on), each
+    service's figures at that budget beside it."""
+    from infadapter.commands.simulate_services import service_runs
+    from infadapter.sim.services import simulate_services
+
+    if len(specs) != 1:
+        raise BadInput("--min-budget: give one --policy (the budget is searched for that policy)")
+    if not 0 <= max_violations < 1:
+        raise BadInput(f"--max-violations: must be a fraction in [0, 1), got {max_violations:g}")
+    chosen, runs = service_runs(profile, profile_path, make_runs, windows)
+    results: dict[float, dict[str, Any]] = {}
+
+    def violations(budget_cores: float) -> tuple[float, bool]:
+        res = simulate_services(profile.tuned(budget=budget_cores), runs, specs[0])
+        results[budget_cores] = res
+        return max(s["slo_violation_rate"] for s in res["services"]), True
+
+    # Every service needs its smallest pod: the grid starts there (a split gives each at least min_cores too).
+    step = profile.core_step
+    low = math.ceil(profile.min_cores * len(profile.services) / step - 1e-9) * step
+    if low > profile.budget_cores + 1e-9:
+        raise BadInput(f"--budget: {profile.budget_cores:g} cores cannot hold {len(profile.services)} services "
+                       f"at min_cores {profile.min_cores:g} each; give at least {low:g}")
+    found = search_min_budget(violations, low, profile.budget_cores, step, max_violations)
+    at = results.get(found["budget"]) if found["budget"] is not None else None
+    found = {"policy": specs[0], "profile": profile.name, "seed": seed, "windows": chosen,
+             "searched_on": "the worst service's violations", **found,
+             "services": [{k: s[k] for k in ("name", "slo_violation_rate", "mean_cores", "mean_accuracy")}
+                          for s in at["services"]] if at else []}
+    if as_json:
+        print_json(found)
+    elif found["budget"] is None:
+        out_console().print(f"no budget up to {found['searched_up_to']:g} cores keeps every service's violations "
+                            f"at or under {max_violations:.2%} ({found['simulations']} simulations)", highlight=False)
+    else:
+        below = found["below"]
+        each = ", ".join(f"{s['name']} {s['slo_violation_rate']:.2%}" for s in found["services"])
+        out_console().print(
+            f"{specs[0]}: {found['budget']:g} shared cores keep every service's SLO violations at or under "
+            f"{max_violations:.2%} ({each})"
+            + (f"; {below['budget']:g} cores give {below['slo_violation_rate']:.2%} for the worst service"
+               if below else "")
+            + f"; {found['simulations']} simulations", highlight=False)
 
 
 def _sweep(profile: Any, rates: Any, sweep: Sweep, baselines: list[tuple[str, Any]], config: Any, arrivals: Any,

@@ -36,13 +36,9 @@ def parse_service_windows(specs: Sequence[str], names: Sequence[str]) -> dict[st
     return out
 
 
-def run_services(profile: Any, profile_path: Path, specs: list[str], make_runs: Callable[[dict[str, str]], Any],
-                 windows: dict[str, str], sweep: Sweep | None, plot_path: Path | None, seed: int,
-                 as_json: bool) -> None:
-    """Run every policy of ``specs`` on the services' windows (``windows`` overrides the profile's), once, or
-    on each budget of ``sweep``; print the table or the JSON, draw ``plot_path`` (a sweep's plot)."""
-    from infadapter.sim.services import simulate_services
-
+def service_runs(profile: Any, profile_path: Path, make_runs: Callable[[dict[str, str]], Any],
+                 windows: dict[str, str]) -> tuple[dict[str, str], Any]:
+    """Each service's window (``windows`` overrides the profile's) and its replay (``make_runs``)."""
     missing = [s.name for s in profile.services if s.window is None and s.name not in windows]
     if missing:
         raise BadInput(f"{profile_path}: services[{missing[0]}].window: simulate replays each service's own window; "
@@ -51,6 +47,17 @@ def run_services(profile: Any, profile_path: Path, specs: list[str], make_runs: 
     runs = make_runs(chosen)
     if len({len(r.rates_rps) for r in runs.values()}) > 1:
         raise BadInput(f"{profile_path}: services' windows must have one length (the totals add them up)")
+    return chosen, runs
+
+
+def run_services(profile: Any, profile_path: Path, specs: list[str], make_runs: Callable[[dict[str, str]], Any],
+                 windows: dict[str, str], sweep: Sweep | None, plot_path: Path | None, seed: int,
+                 as_json: bool) -> None:
+    """Run every policy of ``specs`` on the services' windows (``windows`` overrides the profile's), once, or
+    on each budget of ``sweep``; print the table or the JSON, draw ``plot_path`` (a sweep's plot)."""
+    from infadapter.sim.services import simulate_services
+
+    chosen, runs = service_runs(profile, profile_path, make_runs, windows)
     head = {"policy": ",".join(specs), "profile": profile.name, "seed": seed, "windows": chosen}
     if sweep is None:
         if plot_path is not None:
