@@ -85,6 +85,15 @@ def test_adapt_runs_both_services_live_each_on_its_own_variants(tmp_path: Path) 
     rep = run_cli("explain", "--run-dir", str(run_dir), "--replay", "--json")
     assert rep.returncode == 0, rep.stdout
     assert json.loads(rep.stdout)["reproduced"] == len(read_records(run_dir / "decisions.jsonl"))
+    # explain --cores: a ladder per service, its requests those the run sent it, judged at its own SLO.
+    cores = run_cli("explain", "--run-dir", str(run_dir), "--cores", "--json")
+    assert cores.returncode == 0, cores.stderr
+    ladder = json.loads(cores.stdout)
+    by = {s["name"]: s for s in ladder["services"]}
+    assert {n: s["requests"] for n, s in by.items()} == {n: s["requests"] for n, s in services.items()}
+    assert ladder["spans_solved"] > 0
+    served = ladder["layers"][0]["mean_cores"]
+    assert sum(s["layers"][0]["mean_cores"] for s in by.values()) == pytest.approx(served, abs=1e-3)
 
 
 def test_adapt_dry_run_with_services(tmp_path: Path) -> None:

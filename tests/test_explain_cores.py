@@ -88,3 +88,57 @@ def test_cores_does_not_mix_with_one_decision(tmp_path):
     run = _folder(tmp_path, [10] * 3)
     r = run_cli("explain", "--run-dir", str(run), "--cores", "--decision", "1")
     assert r.returncode == 2 and "--cores" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- several services ------------------------------------------------------------------------------
+SERVICES_LOCAL = ROOT / "profiles" / "services-local.yaml"
+
+
+def test_a_run_of_several_services_gets_a_ladder_per_service_judged_at_its_own_slo(tmp_path):
+    from infadapter.core.policies import joint_solve
+    from infadapter.core.solver import Options
+
+    prof = load_profile(SERVICES_LOCAL)
+    forecast = {"live": 12.0, "batch": 40.0}
+    plan = joint_solve(prof, forecast, forecast, {}, Options())[0].plan.as_dict()
+    replay = {"profile": str(SERVICES_LOCAL), "profile_sha256": hashlib.sha256(SERVICES_LOCAL.read_bytes()).hexdigest(),
+              "alpha": prof.alpha, "budget": prof.budget_cores, "policy": "infadapter", "capacity_scale": 1.0,
+              "stabilization_intervals": 1, "min_gain": 0.0, "load_rps": 52.0, "policy_state": None,
+              "load_by_service": forecast, "observed_by_service": forecast}
+    recs = [{"seq": 1, "time_s": T0, "policy": "infadapter", "forecast_rps": 52.0, "plan_before": None,
+             "plan_after": plan, "replay": replay},
+            {"seq": 2, "time_s": T0 + 5, "policy": "infadapter", "forecast_rps": 52.0, "plan_before": plan,
+             "plan_after": plan, "replay": {**replay}}]
+    (tmp_path / "decisions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    serving = {s: [v["name"] for v in plan["variants"] if v["service"] == s and v["share"] > 0] for s in forecast}
+    counts = {"live": [10, 10, 25, 10, 10], "batch": [30, 30, 30, 30, 30]}
+    with (tmp_path / "requests.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "scheduled_s", "sent_s", "sent_unix", "latency_ms", "status", "outcome", "variant",
+                    "error", "service"])
+        i = 0
+        for svc, per_s in counts.items():
+            for s, n in enumerate(per_s):
+                for k in range(n):  # every request takes 400 ms: late at live's 300 ms SLO, on time at batch's 600
+                    w.writerow([i, s, s, T0 + s + k / (n + 1), 400.0, 200, "ok", serving[svc][k % len(serving[svc])],
+                                "", svc])
+                    i += 1
+    rep = where_cores_went(read_log(tmp_path / "decisions.jsonl").records,
+                           read_requests(tmp_path, {"live": 300.0, "batch": 600.0})).as_dict()
+    by = {s["name"]: s for s in rep["services"]}
+    assert (by["live"]["requests"], by["live"]["late_share"]) == (65, 1.0)
+    assert (by["batch"]["requests"], by["batch"]["late_share"]) == (150, 0.0)
+    assert rep["late_share"] == pytest.approx(65 / 215, abs=1e-4)
+    # Each row's services add up to the row; the arrivals row is the joint solve for each one's busiest second.
+    for i, row in enumerate(rep["layers"]):
+        assert sum(by[s]["layers"][i]["mean_cores"] for s in by) == pytest.approx(row["mean_cores"], abs=1e-3), row
+    # (the second decision's span ends with the requests: the first span alone, solved from no running plan)
+    busiest = solve(prof, 0.0, {}, loads={"live": 25.0, "batch": 30.0}).plan
+    for s in by:
+        cores = sum(a.cores for a in busiest.allocations if a.service == s)
+        assert by[s]["layers"][2]["mean_cores"] == pytest.approx(cores, abs=1e-4), (s, by[s]["layers"])
+    assert by["live"]["layers"][0]["mean_cores"] == pytest.approx(
+        sum(v["cores"] for v in plan["variants"] if v["service"] == "live"), abs=1e-4)
+    text = run_cli("explain", "--run-dir", str(tmp_path), "--cores")
+    assert text.returncode == 0, text.stderr
+    assert "Per service" in text.stdout and "live" in text.stdout and "batch" in text.stdout

@@ -15,11 +15,18 @@ span (the run's ``requests.csv``), the plan is re-solved offline on the decision
 Each row's time-weighted mean cores and served accuracy, and the step from the row before, say what that
 layer cost. The busiest second is a wall's view (a plan that serves it never queues): what a queue
 absorbs within the SLO is in the per-variant table (the rates each variant got and the share late).
+
+A run of several services (a profile with ``services:``) gets the same ladder for the whole plan and one per
+service (that service's part of each plan: its cores and served accuracy), each request judged at its own
+service's SLO; the solver rows re-solve the joint program (:func:`infadapter.core.policies.joint_solve` for
+the target, each service's own busiest second for the arrivals rows). A static split's spans show their
+plans as served only.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,22 +40,34 @@ LAYERS = ("as served", "solver: target", "solver: arrivals", "no safety factor",
 
 @dataclass(frozen=True)
 class Sent:
-    """The requests of a run: send times (unix seconds), whether each was late or failed, its variant."""
+    """The requests of a run: send times (unix seconds), whether each was late or failed, its variant, and
+    its service ("" for one service)."""
 
     times: tuple[float, ...]
     bad: tuple[bool, ...]
     variants: tuple[str, ...]
+    services: tuple[str, ...] = ()
 
 
-def read_requests(run_dir: Path, slo_ms: float) -> Sent:
-    """The run's ``requests.csv`` (written by the load generator); BadInput when there is none."""
+def read_requests(run_dir: Path, slo_ms: float | Mapping[str, float]) -> Sent:
+    """The run's ``requests.csv`` (written by the load generator), each request judged at ``slo_ms`` (or, for
+    several services, at its service's SLO: {service: ms}); BadInput when there is none."""
+    import numpy as np
+
     from infadapter.observe import requestlog
 
     log = requestlog.read(Path(run_dir) / REQUESTS_FILE)
     if log is None:
         raise BadInput(f"--cores: no {REQUESTS_FILE} in {run_dir}; it needs a run that sent its own load "
                        "(adapt or experiment on the local backend, or --traffic live)")
-    return Sent(tuple(log.sent_unix.tolist()), tuple(log.violated(slo_ms).tolist()), log.variant)
+    if isinstance(slo_ms, Mapping):
+        bad = np.zeros(len(log), dtype=bool)
+        of = np.asarray(log.service, dtype=object)
+        for name, ms in slo_ms.items():
+            bad[of == name] = log.only(name).violated(ms)  # only() keeps the file's order
+    else:
+        bad = log.violated(slo_ms)
+    return Sent(tuple(log.sent_unix.tolist()), tuple(bad.tolist()), log.variant, log.service)
 
 
 @dataclass
@@ -112,22 +131,52 @@ class CoresReport:
     late_share: float
     variants: list[VariantUse]
     notes: list[str]
+    #: Several services: each one's ladder (its part of every plan) and its requests, late at its own SLO.
+    services: list[ServiceLadder] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        rows = []
-        for i, layer in enumerate(self.layers):
-            before = self.layers[i - 1] if i else None
-            rows.append({"layer": layer.name, "mean_cores": round(layer.cores, 4),
-                         "accuracy": round(layer.accuracy, 5), "seconds": round(layer.seconds, 1),
-                         "cores_step": round(before.cores - layer.cores, 4) if before else None,
-                         "accuracy_step": round(layer.accuracy - before.accuracy, 5) if before else None})
         return {"decisions": self.decisions, "spans_solved": self.spans_solved,
                 "mean_target_rps": round(self.mean_target_rps, 3),
                 "mean_arrived_rps": round(self.mean_arrived_rps, 3),
                 "mean_busiest_second_rps": round(self.mean_busiest_second_rps, 3),
                 "mean_planned_capacity_rps": round(self.mean_planned_capacity_rps, 3),
-                "requests": self.requests, "late_share": round(self.late_share, 5), "layers": rows,
-                "variants": [v.as_dict() for v in self.variants], "notes": self.notes}
+                "requests": self.requests, "late_share": round(self.late_share, 5), "layers": _rows(self.layers),
+                "variants": [v.as_dict() for v in self.variants], "notes": self.notes,
+                **({"services": [s.as_dict() for s in self.services]} if self.services else {})}
+
+
+@dataclass
+class ServiceLadder:
+    """One service's ladder in a run of several: its part of each row's plans, its requests and late share."""
+
+    name: str
+    layers: list[Layer]
+    requests: int = 0
+    bad: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "requests": self.requests,
+                "late_share": round(self.bad / self.requests, 5) if self.requests else 0.0,
+                "layers": _rows(self.layers)}
+
+
+def _rows(layers: list[Layer]) -> list[dict[str, Any]]:
+    """The ladder's rows: each layer's mean cores and accuracy, and the step from the row before."""
+    rows = []
+    for i, layer in enumerate(layers):
+        before = layers[i - 1] if i else None
+        rows.append({"layer": layer.name, "mean_cores": round(layer.cores, 4),
+                     "accuracy": round(layer.accuracy, 5), "seconds": round(layer.seconds, 1),
+                     "cores_step": round(before.cores - layer.cores, 4) if before else None,
+                     "accuracy_step": round(layer.accuracy - before.accuracy, 5) if before else None})
+    return rows
+
+
+def _service_part(plan: Any, name: str) -> tuple[float, float]:
+    """One service's cores and served accuracy in a plan of several services."""
+    cores = sum(a.cores for a in plan.allocations if a.service == name)
+    accuracy = next((o.accuracy for o in plan.services if o.name == name), 0.0)
+    return cores, accuracy
 
 
 def _without_safety(profile: Any) -> Any:
@@ -147,14 +196,18 @@ def where_cores_went(records: list[dict[str, Any]], sent: Sent) -> CoresReport:
     from infadapter.adapter.explain import replay_profile
     from infadapter.core import explain as core
     from infadapter.core.plan import Plan
-    from infadapter.core.policies import entry
-    from infadapter.core.solver import solve
+    from infadapter.core.policies import SPLIT_POLICIES, entry, joint_solve
+    from infadapter.core.solver import Options, solve
 
     recs = [r for r in records if r.get("time_s") is not None and r.get("plan_after")]
     if not recs:
         raise BadInput("--cores: the run has no decision with a plan")
-    if any((r.get("plan_after") or {}).get("services") for r in recs):
-        raise BadInput("--cores: a run of several services is not broken down yet; explain its decisions instead")
+    names = [str(o.get("name")) for o in (recs[0]["plan_after"].get("services") or [])]
+    ladders = {n: ServiceLadder(n, [Layer(x) for x in LAYERS]) for n in names}
+    for k, svc in enumerate(sent.services if names else ()):
+        if svc in ladders:
+            ladders[svc].requests += 1
+            ladders[svc].bad += int(sent.bad[k])
     if not sent.times:
         raise BadInput(f"--cores: {REQUESTS_FILE} holds no request")
     end = max(sent.times)
@@ -178,9 +231,17 @@ def where_cores_went(records: list[dict[str, Any]], sent: Sent) -> CoresReport:
             if s < whole:
                 counts[s] += 1
         busiest = float(max(counts)) if counts else 0.0
+        by_service = {n: [0] * whole for n in names}
+        for k in range(lo, hi) if names else ():
+            s = int(sent.times[k] - t0)
+            if s < whole and sent.services[k] in by_service:
+                by_service[sent.services[k]][s] += 1
+        busiest_of = {n: float(max(c)) if c else 0.0 for n, c in by_service.items()}
         span = t1 - t0
         plan = Plan.from_dict(rec["plan_after"], "plan_after")
         layers[0].add(plan.cores, plan.accuracy, span)
+        for n in names:
+            ladders[n].layers[0].add(*_service_part(plan, n), span)
         sums["target"] += float(rec.get("forecast_rps") or 0.0) * span
         sums["arrived"] += hi - lo
         sums["busiest"] += busiest * span
@@ -188,6 +249,9 @@ def where_cores_went(records: list[dict[str, Any]], sent: Sent) -> CoresReport:
         sums["seconds"] += span
         _count_use(uses, plan, sent, lo, hi, t0, whole)
         ctx_rec = rec.get("replay") or {}
+        if str(ctx_rec.get("policy", "")) in SPLIT_POLICIES:
+            why_not.add("a static split: its plans as served only (the solver rows would be the joint solve's)")
+            continue
         try:
             solving = entry(str(ctx_rec.get("policy", ""))).name in core.SOLVING
         except BadInput:
@@ -207,6 +271,21 @@ def where_cores_went(records: list[dict[str, Any]], sent: Sent) -> CoresReport:
         current = Plan.from_dict(before, "plan_before").cores_by_name() if before else {}
         scale = float(ctx_rec.get("capacity_scale", 1.0))
         raw = _without_safety(profile)
+        if names:
+            forecast = {n: float(v) for n, v in (ctx_rec.get("load_by_service") or {}).items()}
+            if set(forecast) != set(names):
+                why_not.add("records without per-service loads (written before explain replayed several services)")
+                continue
+            observed = {n: float(v) for n, v in (ctx_rec.get("observed_by_service") or {}).items()}
+            rows = [(1, joint_solve(profile, forecast, observed, current, Options())[0].plan)]
+            rows += [(i, solve(prof, 0.0, current, loads=busiest_of).plan)
+                     for i, prof in ((2, profile), (3, raw), (4, _unscaled(raw, scale)))]
+            for i, p in rows:
+                layers[i].add(p.cores, p.accuracy, span)
+                for n in names:
+                    ladders[n].layers[i].add(*_service_part(p, n), span)
+            solved += 1
+            continue
         for layer, prof, load in ((layers[1], profile, float(ctx_rec["load_rps"])), (layers[2], profile, busiest),
                                   (layers[3], raw, busiest), (layers[4], _unscaled(raw, scale), busiest)):
             p = solve(prof, load, current).plan
@@ -221,7 +300,7 @@ def where_cores_went(records: list[dict[str, Any]], sent: Sent) -> CoresReport:
                        mean_planned_capacity_rps=sums["capacity"] / secs, requests=len(sent.times),
                        late_share=bad / len(sent.times), variants=sorted(uses.values(),
                                                                          key=lambda u: (u.variant, u.cores)),
-                       notes=notes)
+                       notes=notes, services=list(ladders.values()))
 
 
 def _count_use(uses: dict[tuple[str, float], VariantUse], plan: Any, sent: Sent, lo: int, hi: int, t0: float,

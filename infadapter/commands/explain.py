@@ -102,8 +102,8 @@ def _cores(run_dir: Path, records: list[dict], as_json: bool) -> None:
         ctx_rec = rec.get("replay") or {}
         if "profile" in ctx_rec:
             prof = replay_profile(ctx_rec, {})
-            if not isinstance(prof, str):
-                slo_ms = prof.slo_ms
+            if not isinstance(prof, str):  # several services: each request at its own service's SLO
+                slo_ms = {x.name: x.slo_ms for x in prof.services} if prof.services else prof.slo_ms
                 break
     if slo_ms is None:
         raise BadInput("--cores: no decision of this run names a readable profile (its SLO judges the requests)")
@@ -126,6 +126,17 @@ def _cores(run_dir: Path, records: list[dict], as_json: bool) -> None:
                   "" if row["cores_step"] is None else f"{row['cores_step']:+.3f}",
                   "" if row["accuracy_step"] is None else f"{100 * row['accuracy_step']:+.2f} pt")
     con.print(t)
+    if report.services:
+        st = Table(title="Per service: its part of each row's plans, its requests at its own SLO")
+        for col in ("service", "plan", "mean cores", "accuracy", "cores step", "accuracy step"):
+            st.add_column(col)
+        for svc in report.as_dict()["services"]:
+            for i, row in enumerate(svc["layers"]):
+                label = f"{svc['name']} ({svc['requests']} req., {svc['late_share']:.2%} late)" if i == 0 else ""
+                st.add_row(label, row["layer"], f"{row['mean_cores']:.3f}", f"{row['accuracy']:.2%}",
+                           "" if row["cores_step"] is None else f"{row['cores_step']:+.3f}",
+                           "" if row["accuracy_step"] is None else f"{100 * row['accuracy_step']:+.2f} pt")
+        con.print(st)
     v = Table(title="What each variant got while it served (per-second arrivals against its planned capacity)")
     for col in ("variant", "cores", "capacity", "seconds", "p95 /s", "max /s", "s > cap.", "late"):
         v.add_column(col)
