@@ -259,6 +259,14 @@ def _sim_config(load: Any, control: ControlConfig, paper: bool, warm_start: bool
     return sim.SimConfig(control=control, **settings)
 
 
+def _check_min_budget(specs: list[str], max_violations: float) -> None:
+    """``--min-budget``'s flags, for one service or several (one-line BadInput naming the flag)."""
+    if len(specs) != 1:
+        raise BadInput("--min-budget: give one --policy (the budget is searched for that policy)")
+    if not 0 <= max_violations < 1:
+        raise BadInput(f"--max-violations: must be a fraction in [0, 1), got {max_violations:g}")
+
+
 def _min_budget(profile_path: Path, profile: Any, rates: Any, specs: list[str], config: Any, arrivals: Any, fc: Any,
                 alpha: float | None, stabilization: int, min_gain: float, max_violations: float,
                 extra: dict[str, Any], as_json: bool) -> None:
@@ -269,10 +277,7 @@ def _min_budget(profile_path: Path, profile: Any, rates: Any, specs: list[str], 
     from infadapter.sim import simulation as sim
     from infadapter.sim.fluid import fluid_min_budget
 
-    if len(specs) != 1:
-        raise BadInput("--min-budget: give one --policy (the budget is searched for that policy)")
-    if not 0 <= max_violations < 1:
-        raise BadInput(f"--max-violations: must be a fraction in [0, 1), got {max_violations:g}")
+    _check_min_budget(specs, max_violations)
     base = load_profile(profile_path).single_service("simulate --min-budget").tuned(alpha=alpha)
 
     requests = int(arrivals.times.size)
@@ -315,10 +320,7 @@ def _min_budget_services(profile: Any, profile_path: Path, specs: list[str], mak
     from infadapter.commands.simulate_services import service_runs
     from infadapter.sim.services import simulate_services
 
-    if len(specs) != 1:
-        raise BadInput("--min-budget: give one --policy (the budget is searched for that policy)")
-    if not 0 <= max_violations < 1:
-        raise BadInput(f"--max-violations: must be a fraction in [0, 1), got {max_violations:g}")
+    _check_min_budget(specs, max_violations)
     chosen, runs = service_runs(profile, profile_path, make_runs, windows)
     results: dict[float, dict[str, Any]] = {}
 
