@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Set up (venv, requirements, Debian packages as root) and run the whole test suite, ruff included.
 #
-# With no arguments, in two phases, so that a fresh 2-core machine finishes in about 25 minutes:
+# With no arguments, in two phases, aiming at 25 minutes on a fresh 2-core machine (measured 27.7-29.7 minutes
+# from a fresh clone with an empty HOME, 2026-12-03; the cold Kubernetes build is the longest chain):
 #  1. every test but those marked `quiet`, on INFADAPTER_TEST_WORKERS pytest-xdist workers (default 3:
 #     most of the suite waits on servers, clusters and SSH hosts rather than computing). Meanwhile the
-#     local Kubernetes control plane and its kubelet build in the background (5-11 minutes cold); the
+#     local Kubernetes control plane and its kubelet build in the background (12-14 minutes cold); the
 #     cluster tests are scheduled first, on one worker that waits for that build (scripts/local-cluster.sh
 #     holds a lock) while the other workers run the rest.
 #  2. the `quiet` tests (live runs whose assertions need the CPU to themselves: SLO behaviour under load,
