@@ -788,7 +788,8 @@ def joint_policy(profile: Profile, min_gain: float, spec: str = "infadapter",
     (:mod:`infadapter.sim.services`): ``spec`` with min-gain and without scale-down stabilization (a held
     scale-down of one service could keep cores another was just given; min-gain keeps the current cores only
     while they serve every service's forecast, so it takes nothing from a service that needs it). A static
-    split (:data:`SPLIT_POLICIES`) is :class:`StaticSplit` on ``split_budgets`` (no min-gain, as simulated)."""
+    split (:data:`SPLIT_POLICIES`) is :class:`StaticSplit` on ``split_budgets``: each service's plain solve, with
+    neither min-gain nor stabilization (the simulator's split runs each service's ``infadapter`` with both)."""
     if spec in SPLIT_POLICIES:
         if split_budgets is None:
             raise BadInput(f"--policy {spec}: the split needs each service's load over its window")
