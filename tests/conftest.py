@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Modules whose tests assert live behaviour that CPU contention would change (SLO attainment under load,
 #: faults during load, soaks, measured capacities and calibration, HAProxy's latency under its health
-#: checks): marked ``quiet``, so that scripts/test.sh runs them one at a time after the parallel phase.
+#: checks): marked ``quiet``, so that scripts/test.sh runs them one at a time before the parallel phase.
 QUIET_MODULES = frozenset({
     "test_adapt_e2e.py", "test_faults.py", "test_dispatcher_soak.py", "test_profiler.py", "test_haproxy.py",
     "test_routers.py",  # also: HAProxy's admin socket path must stay short (an xdist worker's tmp path is longer)
