@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,11 @@ for _k in [k for k in os.environ if k.startswith("INFADAPTER_") and k not in _KE
 os.environ["XDG_CACHE_HOME"] = str(SESSION_DIR / "cache")
 os.environ["XDG_CONFIG_HOME"] = str(SESSION_DIR / "config")  # matplotlib and others create folders there
 os.environ["MPLCONFIGDIR"] = str(SESSION_DIR / "config" / "matplotlib")
+# The tests send Ctrl-C (SIGINT) to the adapters and servers they start, as a terminal would. A suite run as a
+# background job of a non-interactive shell (`bash .ci/run &`, nohup) inherits SIGINT ignored, and an ignored
+# signal stays ignored across exec: those children would never see it (a run then ended only by its --duration).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from collections.abc import Callable, Iterator  # noqa: E402  (after the environment is set)
 from typing import Any  # noqa: E402
@@ -38,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Modules whose tests assert live behaviour that CPU contention would change (SLO attainment under load,
 #: faults during load, soaks, measured capacities and calibration, HAProxy's latency under its health
-#: checks): marked ``quiet``, so that scripts/test.sh runs them one at a time after the parallel phase.
+#: checks): marked ``quiet``, so that scripts/test.sh runs them one at a time before the parallel phase.
 QUIET_MODULES = frozenset({
     "test_adapt_e2e.py", "test_faults.py", "test_dispatcher_soak.py", "test_profiler.py", "test_haproxy.py",
     "test_routers.py",  # also: HAProxy's admin socket path must stay short (an xdist worker's tmp path is longer)

@@ -185,8 +185,8 @@ def test_restart_adopts_servers_and_sigint_leaves_no_orphans(setup, tmp_path):
         assert all(pid_alive(p) for p in servers_before)
         assert not _status(run_dir)["running"]
 
-        second = subprocess.Popen(_adapt_args(setup, run_dir, "--duration", "60", "--prometheus", "off"),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        second = subprocess.Popen(_adapt_args(setup, run_dir, "--duration", "60", "--prometheus", "off", "--json"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   start_new_session=True)
         try:
             deadline = time.time() + 30
@@ -201,12 +201,13 @@ def test_restart_adopts_servers_and_sigint_leaves_no_orphans(setup, tmp_path):
             assert sorted(_servers(setup / "models")) == servers_before
             assert read_state(run_dir / "state.json")["dispatcher"]["pid"] == dispatcher_before
             second.send_signal(signal.SIGINT)
-            _, err = second.communicate(timeout=60)
+            out, err = second.communicate(timeout=60)
         finally:
             if second.poll() is None:
                 second.kill()
                 second.wait(10)
         assert second.returncode in (0, 130), err[-2000:]
+        assert json.loads(out)["interrupted"] is True, out[-2000:]  # stopped by Ctrl-C, not by its --duration
         # Ctrl-C stopped every process it ran or adopted.
         time.sleep(0.5)
         assert not any(pid_alive(p) for p in servers_before)
