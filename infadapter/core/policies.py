@@ -129,8 +129,8 @@ def split_budget(profile: Profile, mean_rps: Mapping[str, float]) -> dict[str, f
 class StaticSplit:
     """Independent adapters on a static split of the budget: each service's one-service integer program on
     its share (``budgets``: :func:`split_budget`), its plan never taking another service's cores; the parts
-    joined into one plan of several services. The simulator's split (:mod:`infadapter.sim.services`) runs
-    the same program per service; live, the runner and ``explain --replay`` build this policy."""
+    joined into one plan of several services. The live runner, the simulator (:mod:`infadapter.sim.services`)
+    and ``explain --replay`` all run this policy."""
 
     profile: Profile
     budgets: Mapping[str, float]
@@ -789,7 +789,7 @@ def joint_policy(profile: Profile, min_gain: float, spec: str = "infadapter",
     scale-down of one service could keep cores another was just given; min-gain keeps the current cores only
     while they serve every service's forecast, so it takes nothing from a service that needs it). A static
     split (:data:`SPLIT_POLICIES`) is :class:`StaticSplit` on ``split_budgets``: each service's plain solve, with
-    neither min-gain nor stabilization (the simulator's split runs each service's ``infadapter`` with both)."""
+    neither min-gain nor stabilization, live and simulated alike."""
     if spec in SPLIT_POLICIES:
         if split_budgets is None:
             raise BadInput(f"--policy {spec}: the split needs each service's load over its window")

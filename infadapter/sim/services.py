@@ -8,7 +8,8 @@ own window, SLO and queueing servers), planned either jointly or by independent 
   part of the joint plan.
 - ``infadapter-split``: an independent adapter per service on a fixed share of the budget, split by the
   services' mean load over their windows (whole core steps, at least ``min_cores`` each, never more than the
-  budget in all); ``infadapter-split-peak``: the same, split by their peak load.
+  budget in all); ``infadapter-split-peak``: the same, split by their peak load. Both run the live loop's
+  policy too (:class:`infadapter.core.policies.StaticSplit`: each service's own solve on its share).
 - ``vpa:VARIANT``, ``hpa:VARIANT[=POD_CORES]``: that baseline per service on its variant ``VARIANT``, capped
   at the service's share of the split by mean load.
 
@@ -28,7 +29,7 @@ import numpy as np
 from infadapter.core import control
 from infadapter.core import solver as solver_mod
 from infadapter.core.plan import Allocation, Plan
-from infadapter.core.policies import SPLIT_POLICIES, Context, Decision, joint_policy, split_budget
+from infadapter.core.policies import SPLIT_POLICIES, Context, Decision, Policy, joint_policy, split_budget
 from infadapter.core.profile import Profile, service_profile
 from infadapter.errors import BadInput
 from infadapter.sim.simulation import SimConfig, SimResult, Simulation, make_arrivals
@@ -51,12 +52,12 @@ class ServiceRun:
 
 @dataclass
 class _Joint:
-    """The joint solve at each decision time, shared by every service's simulation (they decide together)."""
+    """One plan for every service at each decision time, shared by every service's simulation (they decide
+    together): ``policy`` is the live loop's (:func:`~infadapter.core.policies.joint_policy`), the joint solve
+    or a static split."""
 
     profile: Profile
-    #: Keep the current cores unless a new joint plan beats them by this much (``--min-gain``; see
-    #: :class:`~infadapter.core.policies.Stabilized`): the live loop's rule for a profile with services.
-    min_gain: float = 0.0
+    policy: Policy
     sims: dict[str, Simulation] = field(default_factory=dict)
     plans: dict[float, Plan] = field(default_factory=dict)
     serving: Plan | None = None
@@ -72,11 +73,11 @@ class _Joint:
                 trigger = "start" if not self.plans else "interval"
                 loads[name] = control.decision_load(trigger, sim.forecaster, seen.history, seen.rate_rps, sim.ctl)
                 observed[name] = seen.rate_rps
-            # The live loop's policy and call (infadapter.core.policies.joint_policy: the joint solve, the
-            # forecasts' headroom giving way first when they do not all fit).
+            # The live loop's call (for the joint solve, the forecasts' headroom gives way first when they do
+            # not all fit).
             ctx = Context(self.profile, now_s, sum(loads.values()), solver=solver, forecast_by_service=loads,
                           observed_by_service=observed, current=self.serving, state=self.state)
-            decision = joint_policy(self.profile, self.min_gain).decide(ctx)
+            decision = self.policy.decide(ctx)
             self.solve_s += decision.solve_s
             self.state = decision.state
             self.plans[key] = self.serving = decision.plan
@@ -85,7 +86,7 @@ class _Joint:
 
 @dataclass(frozen=True)
 class _JointPart:
-    """The policy a service's simulation runs: its part of the joint plan."""
+    """The policy a service's simulation runs: its part of the plan of every service."""
 
     joint: _Joint
     service: str
@@ -120,24 +121,29 @@ def simulate_services(profile: Profile, runs: Mapping[str, ServiceRun], policy: 
         raise BadInput(f"--policy: with services: one of {', '.join(POLICIES)}, vpa:VARIANT or "
                        f"hpa:VARIANT[=POD_CORES], got {policy!r}")
     names = profile.service_names
-    if policy == "infadapter":
-        joint = _Joint(profile, min_gain=max(runs[n].config.min_gain for n in names))
+    budgets: dict[str, float] = {}
+    if policy != "infadapter":
+        share = SPLITS.get(policy, np.mean)
+        budgets = split_budget(profile, {n: float(share(runs[n].rates_rps)) for n in names})
+    if policy in POLICIES:
+        # The policy the live loop runs (one copy): min-gain for the joint solve, none for a split's parts.
+        gain = max(runs[n].config.min_gain for n in names) if policy == "infadapter" else 0.0
+        joint = _Joint(profile, joint_policy(profile, gain, policy, budgets or None))
         sims = {}
         for n in names:
             cfg = _config(runs[n])
-            sims[n] = Simulation(service_profile(profile, n), runs[n].rates_rps, _JointPart(joint, n), cfg,
+            sub = service_profile(profile, n, budgets[n]) if budgets else service_profile(profile, n)
+            sims[n] = Simulation(sub, runs[n].rates_rps, _JointPart(joint, n, policy), cfg,
                                  arrivals=make_arrivals(runs[n].rates_rps, cfg.seed))
         joint.sims = sims
-        return _report(profile, policy, {n: sims[n].run() for n in names}, {})
-    share = SPLITS.get(policy, np.mean)
-    budgets = split_budget(profile, {n: float(share(runs[n].rates_rps)) for n in names})
+        return _report(profile, policy, {n: sims[n].run() for n in names}, budgets)
     results: dict[str, SimResult] = {}
     for n in names:
-        sub = service_profile(profile, n, budgets[n])
-        spec = "infadapter" if policy in SPLITS else f"{kind}:{_qualified(profile, n, arg)}"
         cfg = _config(runs[n])
         arr = make_arrivals(runs[n].rates_rps, cfg.seed)
-        results[n] = Simulation(sub, runs[n].rates_rps, spec, cfg, arrivals=arr).run()
+        spec = f"{kind}:{_qualified(profile, n, arg)}"
+        results[n] = Simulation(service_profile(profile, n, budgets[n]), runs[n].rates_rps, spec, cfg,
+                                arrivals=arr).run()
     return _report(profile, policy, results, budgets)
 
 
