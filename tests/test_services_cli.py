@@ -193,3 +193,79 @@ def test_plan_cli_on_the_local_services_profile_fits_this_machine_s_budget():
     live = next(s for s in obj["services"] if s["name"] == "live")
     assert live["floor_met"] is True and live["accuracy"] >= 0.72
     assert {v["service"] for v in obj["variants"]} == {"live", "batch"}
+
+
+# -- --what-if with services ----------------------------------------------------------------------------
+def test_plan_what_if_with_services_changes_one_service_s_load_or_the_shared_budget():
+    r = _plan_cli("--profile", str(SERVICES_YAML), "--load", "live=100,feed=50,archive=20",
+                  "--what-if", "budget=16", "--what-if", "traffic.live=2,traffic=0.5", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert sum(v["cores"] for v in doc["today"]["variants"]) <= 32
+    small, live2 = doc["what_if"]
+    assert small["scenario"] == "budget=16" and small["load_by_service"] == {"live": 100, "feed": 50, "archive": 20}
+    assert sum(v["cores"] for v in small["plan"]["variants"]) <= 16 < doc["today"]["cores"]
+    # traffic scales every service, traffic.live live on top of it.
+    assert live2["scenario"] == "traffic=0.5,traffic.live=2"
+    assert live2["load_by_service"] == {"live": 100, "feed": 25, "archive": 10} and live2["load"] == 135
+    served = {s["name"]: s["load"] for s in live2["plan"]["services"]}
+    assert served == {"live": 100, "feed": 25, "archive": 10}
+
+
+@pytest.mark.parametrize(("profile", "what_if", "message"), [
+    ("services", "slo=500", "--what-if: slo=500: each service of "),
+    ("services", "traffic.nope=2", "--what-if: traffic.nope: no service 'nope'; give one of live, feed, archive"),
+    ("services", "traffic.=2", "--what-if: traffic.: name the service (e.g. traffic.live=2)"),
+    ("services", "traffic.live=0", "--what-if: traffic.live must be a finite number > 0"),
+    ("one", "traffic.live=2", "--what-if: traffic.live: a factor per service needs a profile with services"),
+])
+def test_what_if_per_service_is_refused_in_one_line_where_it_means_nothing(profile, what_if, message):
+    from tests.cli_helpers import ROOT
+
+    path = SERVICES_YAML if profile == "services" else ROOT / "profiles" / "paper.yaml"
+    load = "live=100,feed=50,archive=20" if profile == "services" else "120"
+    with pytest.raises(BadInput) as exc:
+        _plan_cli("--profile", str(path), "--load", load, "--what-if", what_if)
+    assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
+
+
+def test_simulate_what_if_with_services_runs_each_scenario_on_the_same_arrivals(tmp_path):
+    from infadapter.__main__ import main
+
+    trace = tmp_path / "rates.txt"
+    trace.write_text("\n".join(["40"] * 30 + ["300"] * 30 + ["30"] * 60 + ["60"] * 60))
+    base = ["simulate", "--profile", str(SERVICES_YAML), "--trace", str(trace), "--service-window", "live=0:60",
+            "--service-window", "feed=60:60", "--service-window", "archive=120:60", "--forecaster", "ewma",
+            "--policy", "infadapter", "--json"]
+
+    def run(*extra: str) -> Any:
+        r = CliRunner().invoke(main, [*base, *extra], catch_exceptions=False, standalone_mode=False)
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)
+
+    doc = run("--what-if", "budget=16", "--what-if", "traffic.live=2")
+    today, small, live2 = doc["scenarios"]
+    assert [s["scenario"] for s in doc["scenarios"]] == ["today", "budget=16", "traffic.live=2"]
+    # today is the plain run, and budget=16 the run on --budget 16, on the same seed and arrivals.
+    plain = run()["results"][0]
+    assert {k: today[k] for k in plain} == plain
+    assert {k: small[k] for k in plain} == {**run("--budget", "16")["results"][0], "policy": "infadapter"}
+    assert small["budget_cores"] == 16 and today["budget_cores"] == 32
+    by = {s["name"]: s for s in live2["services"]}
+    was = {s["name"]: s for s in today["services"]}
+    assert by["live"]["requests"] == pytest.approx(2 * was["live"]["requests"], rel=0.05)
+    assert by["feed"]["requests"] == was["feed"]["requests"]
+
+
+def test_simulate_what_if_with_services_refuses_a_second_question_in_one_line(tmp_path):
+    from infadapter.__main__ import main
+
+    trace = tmp_path / "rates.txt"
+    trace.write_text("\n".join(["10"] * 60))
+    base = ["simulate", "--profile", str(SERVICES_YAML), "--trace", str(trace), "--service-window", "live=0:20",
+            "--service-window", "feed=20:20", "--service-window", "archive=40:20", "--what-if", "budget=16"]
+    for extra, message in ((["--sweep", "budget=16,32"], "--what-if: give it without --sweep and --min-budget"),
+                           (["--policy", "infadapter,infadapter-split"], "--what-if: give one --policy")):
+        with pytest.raises(BadInput) as exc:
+            CliRunner().invoke(main, [*base, *extra], catch_exceptions=False, standalone_mode=False)
+        assert str(exc.value).startswith(message) and "\n" not in str(exc.value)

@@ -84,9 +84,8 @@ def plan(
     load_rps = sum(by_service.values()) if prof.services else float(load_text)
     if load_rps < 0 or load_rps != load_rps:
         raise BadInput(f"--load: must be a number >= 0 req/s, got {load_rps}")
-    if prof.services and (policy != "infadapter" or what_if):
-        raise BadInput("--policy/--what-if: a profile with services: plans with --policy infadapter, "
-                       "without --what-if")
+    if prof.services and policy != "infadapter":
+        raise BadInput("--policy: a profile with services plans with --policy infadapter")
     cur_cores = parse_cores_map(current)
     unknown = [n for n in cur_cores if n not in prof.names]
     if unknown:
@@ -111,15 +110,16 @@ def plan(
     for note in result.notes:
         warn(note)
     if what_if:
-        rows = [("today", load_rps, prof.slo_ms, result)]
+        rows = [("today", by_service or load_rps, prof.slo_ms, result)]
         for sc, prof_s in [(sc, sc.profile(prof, str(profile_path))) for sc in parse_what_if(what_if)]:
-            load_s = load_rps * sc.traffic
+            loads_s = sc.loads(by_service)
+            load_s = sum(loads_s.values()) if prof.services else load_rps * sc.factor()
             pol_s = policies.make_policy(policy, prof_s, stabilization_intervals=1)
-            rows.append((sc.label, load_s, prof_s.slo_ms,
-                         pol_s.decide(replace(ctx, profile=prof_s, forecast_rps=load_s)).plan))
+            decided = pol_s.decide(replace(ctx, profile=prof_s, forecast_rps=load_s, forecast_by_service=loads_s))
+            rows.append((sc.label, loads_s or load_s, prof_s.slo_ms, decided.plan))
         if as_json:
             print_json({"today": result.as_dict(),
-                        "what_if": [{"scenario": lab, "load": ld, "slo_ms": slo, "plan": p.as_dict()}
+                        "what_if": [{"scenario": lab, **_load_fields(ld, slo), "plan": p.as_dict()}
                                     for lab, ld, slo, p in rows[1:]]})
         else:
             _print_what_if(rows)
@@ -159,15 +159,26 @@ def _parse_load(text: str, prof: Profile) -> dict[str, float]:
     return out
 
 
-def _print_what_if(rows: list[tuple[str, float, float, Plan]]) -> None:
+def _load_fields(load: float | dict[str, float], slo_ms: float) -> dict[str, object]:
+    """A scenario's load in ``plan --what-if --json``: its total, and each service's (with services), or its
+    SLO (one service: a scenario may change it)."""
+    if isinstance(load, dict):
+        return {"load": sum(load.values()), "load_by_service": load}
+    return {"load": load, "slo_ms": slo_ms}
+
+
+def _print_what_if(rows: list[tuple[str, float | dict[str, float], float, Plan]]) -> None:
     from infadapter.core.explain import describe
 
     table = Table(title="Today's plan beside each --what-if", title_justify="left")
-    for col in ("scenario", "load req/s", "SLO ms", "plan", "cores", "accuracy", "objective", "feasible"):
-        table.add_column(col, justify="left" if col in ("scenario", "plan") else "right")
+    services = isinstance(rows[0][1], dict)
+    for col in ("scenario", "load req/s", *(() if services else ("SLO ms",)), "plan", "cores", "accuracy",
+                "objective", "feasible"):
+        table.add_column(col, justify="left" if col in ("scenario", "plan", "load req/s") else "right")
     for label, load, slo_ms, p in rows:
-        table.add_row(label, f"{load:g}", f"{slo_ms:g}", describe(p), f"{p.cores:g}", f"{p.accuracy:.4f}",
-                      f"{p.objective:.5f}", "yes" if p.feasible else "NO")
+        shown = "\n".join(f"{n}={v:g}" for n, v in load.items()) if isinstance(load, dict) else f"{load:g}"
+        table.add_row(label, shown, *(() if services else (f"{slo_ms:g}",)), describe(p), f"{p.cores:g}",
+                      f"{p.accuracy:.4f}", f"{p.objective:.5f}", "yes" if p.feasible else "NO")
     con = out_console()
     if not con.is_terminal:
         con.width = 120  # piped output: keep the plans whole

@@ -132,13 +132,15 @@ def simulate(
     import numpy as np
 
     if profile.services:
-        from infadapter.commands.simulate_services import parse_service_windows, run_services
+        from infadapter.commands.simulate_services import parse_service_windows, run_services, what_if_services
         from infadapter.sim.services import ServiceRun
 
-        if what_if or arrivals_path or timeline_path:
-            raise BadInput("--what-if/--arrivals/--timeline: one-service profiles only so far")
+        if arrivals_path or timeline_path:
+            raise BadInput("--arrivals/--timeline: one-service profiles only so far")
         if min_budget and sweep is not None:
             raise BadInput("--sweep: give it without --min-budget (each is its own question)")
+        if what_if and (sweep is not None or min_budget):
+            raise BadInput("--what-if: give it without --sweep and --min-budget (each is its own question)")
         specs = [s.strip() for s in policy_spec.split(",") if s.strip()]
 
         def make_runs(windows: dict[str, str]) -> dict[str, ServiceRun]:
@@ -156,6 +158,12 @@ def simulate(
         windows = parse_service_windows(service_window, profile.service_names)
         if min_budget:
             _min_budget_services(profile, profile_path, specs, make_runs, windows, max_violations, seed, as_json)
+            return
+        if what_if:
+            if len(specs) != 1:
+                raise BadInput("--what-if: give one --policy; the scenarios run beside it")
+            what_if_services(profile, profile_path, specs[0], make_runs, windows, parse_what_if(what_if), seed,
+                             as_json)
             return
         run_services(profile, profile_path, specs, make_runs, windows, sweep, plot_path, seed, as_json)
         return
@@ -411,11 +419,9 @@ def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: 
     """Today's settings and each scenario on the same trace and seed, side by side (``plot_path``: one plot of
     them all, a line per scenario); the scenarios are independent runs, up to ``jobs`` at once
     (:func:`infadapter.sim.pool.run_all`)."""
-    from dataclasses import replace
-
     import numpy as np
 
-    from infadapter.commands.whatif import Scenario
+    from infadapter.commands.whatif import Scenario, scaled_config
     from infadapter.core.policies import make_policy
     from infadapter.sim.pool import Run, run_all
 
@@ -424,14 +430,8 @@ def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: 
     chosen = [(sc, sc.profile(profile, origin)) for sc in [Scenario("today"), *scenarios]]
     for sc, prof in chosen:
         scaled = np.asarray(rates, dtype=float) * sc.traffic
-        cfg = config
-        if sc.traffic != 1.0:  # the warm start's history grows with the traffic too
-            ctl = config.control
-            cfg = replace(config,
-                          control=replace(ctl, history_before=tuple(float(x) * sc.traffic for x in ctl.history_before)),
-                          rates_before=tuple(float(x) * sc.traffic for x in config.rates_before)
-                          if config.rates_before else config.rates_before)
-        runs.append(Run(prof, scaled, make_policy(spec, prof, stabilization, min_gain=min_gain), cfg, seed, fc))
+        runs.append(Run(prof, scaled, make_policy(spec, prof, stabilization, min_gain=min_gain),
+                        scaled_config(config, sc.traffic), seed, fc))
     for (sc, prof), res in zip(chosen, run_all(runs, jobs), strict=True):
         rows.append((sc.label, res, prof.slo_ms))
     if plot_path is not None:

@@ -85,6 +85,46 @@ def run_services(profile: Any, profile_path: Path, specs: list[str], make_runs: 
         _print_sweep(doc)
 
 
+def what_if_services(profile: Any, profile_path: Path, spec: str, make_runs: Callable[[dict[str, str]], Any],
+                     windows: dict[str, str], scenarios: Sequence[Any], seed: int, as_json: bool) -> None:
+    """``spec`` today and under each ``--what-if`` scenario (:class:`~infadapter.commands.whatif.Scenario`: the
+    shared budget, alpha, beta, a factor on every service's traffic or on one's) on the same arrivals'
+    windows and seed; per service and in total."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from infadapter.commands.whatif import Scenario, scaled_config
+    from infadapter.sim.services import simulate_services
+
+    chosen, runs = service_runs(profile, profile_path, make_runs, windows)
+    # Every scenario's profile first: one the profile cannot express fails before any simulation.
+    cases = [(sc, sc.profile(profile, str(profile_path))) for sc in [Scenario("today"), *scenarios]]
+    rows = []
+    for sc, prof in cases:
+        scaled = {n: replace(r, rates_rps=np.asarray(r.rates_rps, dtype=float) * sc.factor(n),
+                             config=scaled_config(r.config, sc.factor(n))) for n, r in runs.items()}
+        rows.append({"scenario": sc.label, "budget_cores": prof.budget_cores,
+                     **simulate_services(prof, scaled, spec)})
+    out = {"policy": spec, "profile": profile.name, "seed": seed, "windows": chosen, "scenarios": rows}
+    if as_json:
+        print_json(out)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{spec} on {profile.name}: today beside each --what-if (seed {seed})", title_justify="left")
+    for col in ("scenario", "service", "requests", "SLO violations", "mean cores", "mean accuracy"):
+        table.add_column(col, justify="left" if col in ("scenario", "service") else "right")
+    for res in rows:
+        for row in [*res["services"], {**res, "name": "total"}]:
+            table.add_row(res["scenario"], row["name"], f"{row.get('requests', 0)}",
+                          f"{row['slo_violation_rate']:.2%}", f"{row['mean_cores']:.2f}", f"{row['mean_accuracy']:.4f}")
+    con = out_console()
+    if not con.is_terminal:
+        con.width = 120
+    con.print(table)
+
+
 def budget_sweep(profile: Any, runs: Any, specs: list[str], sweep: Sweep) -> dict[str, Any]:
     """Every policy on each budget of ``sweep``, the pooled bound beside them, and at each budget where a split
     violates at least :data:`COMPARE_ABOVE` the joint solve's violations and mean cores against it."""
