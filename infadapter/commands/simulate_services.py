@@ -66,7 +66,7 @@ def run_services(profile: Any, profile_path: Path, specs: list[str], make_runs: 
         if as_json:
             print_json(out)
         else:
-            _print_services(out)
+            _print_services(f"{profile.name}: one budget, every service's own window", "policy", out["results"])
         return
     if sweep.key != "budget":
         raise BadInput("--sweep: with services, sweep the shared budget (e.g. --sweep budget=16,20,24,28,32)")
@@ -109,20 +109,8 @@ def what_if_services(profile: Any, profile_path: Path, spec: str, make_runs: Cal
     out = {"policy": spec, "profile": profile.name, "seed": seed, "windows": chosen, "scenarios": rows}
     if as_json:
         print_json(out)
-        return
-    from rich.table import Table
-
-    table = Table(title=f"{spec} on {profile.name}: today beside each --what-if (seed {seed})", title_justify="left")
-    for col in ("scenario", "service", "requests", "SLO violations", "mean cores", "mean accuracy"):
-        table.add_column(col, justify="left" if col in ("scenario", "service") else "right")
-    for res in rows:
-        for row in [*res["services"], {**res, "name": "total"}]:
-            table.add_row(res["scenario"], row["name"], f"{row.get('requests', 0)}",
-                          f"{row['slo_violation_rate']:.2%}", f"{row['mean_cores']:.2f}", f"{row['mean_accuracy']:.4f}")
-    con = out_console()
-    if not con.is_terminal:
-        con.width = 120
-    con.print(table)
+    else:
+        _print_services(f"{spec} on {profile.name}: today beside each --what-if (seed {seed})", "scenario", rows)
 
 
 def budget_sweep(profile: Any, runs: Any, specs: list[str], sweep: Sweep) -> dict[str, Any]:
@@ -153,15 +141,16 @@ def budget_sweep(profile: Any, runs: Any, specs: list[str], sweep: Sweep) -> dic
     return {"sweep": "budget", "values": list(sweep.values), "points": points}
 
 
-def _print_services(out: dict[str, Any]) -> None:
+def _print_services(title: str, key: str, results: Sequence[dict[str, Any]]) -> None:
+    """Each result's services and total, a row each, labelled by the result's ``key`` (its policy or scenario)."""
     from rich.table import Table
 
-    table = Table(title=f"{out['profile']}: one budget, every service's own window", title_justify="left")
-    for col in ("policy", "service", "requests", "SLO violations", "mean cores", "mean accuracy"):
-        table.add_column(col, justify="left" if col in ("policy", "service") else "right")
-    for res in out["results"]:
+    table = Table(title=title, title_justify="left")
+    for col in (key, "service", "requests", "SLO violations", "mean cores", "mean accuracy"):
+        table.add_column(col, justify="left" if col in (key, "service") else "right")
+    for res in results:
         for row in [*res["services"], {**res, "name": "total"}]:
-            table.add_row(res["policy"], row["name"], f"{row.get('requests', 0)}", f"{row['slo_violation_rate']:.2%}",
+            table.add_row(res[key], row["name"], f"{row.get('requests', 0)}", f"{row['slo_violation_rate']:.2%}",
                           f"{row['mean_cores']:.2f}", f"{row['mean_accuracy']:.4f}")
     con = out_console()
     if not con.is_terminal:

@@ -132,9 +132,8 @@ def simulate_services(profile: Profile, runs: Mapping[str, ServiceRun], policy: 
         sims = {}
         for n in names:
             cfg = _config(runs[n])
-            sub = service_profile(profile, n, budgets[n]) if budgets else service_profile(profile, n)
-            sims[n] = Simulation(sub, runs[n].rates_rps, _JointPart(joint, n, policy), cfg,
-                                 arrivals=make_arrivals(runs[n].rates_rps, cfg.seed))
+            sims[n] = Simulation(service_profile(profile, n, budgets.get(n)), runs[n].rates_rps,
+                                 _JointPart(joint, n, policy), cfg, arrivals=make_arrivals(runs[n].rates_rps, cfg.seed))
         joint.sims = sims
         return _report(profile, policy, {n: sims[n].run() for n in names}, budgets)
     results: dict[str, SimResult] = {}
