@@ -220,3 +220,71 @@ def test_the_decompositions_start_keeps_every_rule_and_the_joint_optimum(total, 
     assert exact.status == cold.status
     assert exact.plan.objective == pytest.approx(cold.plan.objective, abs=1e-9)
     assert exact.plan.feasible == cold.plan.feasible and exact.plan.notes == cold.plan.notes
+
+
+# -- programs proven infeasible before they are searched ---------------------------------------------
+def _three_variant_service(pod_cores: float | None) -> Profile:
+    from tests.test_service_profiles import _variant
+
+    data = two_services(budget_cores=12, max_pod_cores=pod_cores)
+    data["services"][0]["variants"] = [_variant("fast", 0.70, 20, -2), _variant("mid", 0.76, 10, -1),
+                                       _variant("slow", 0.80, 4)]
+    return profile_from_dict(data)
+
+
+def _fewest_by_enumeration(prof: Profile, service: str, load: float, floor: float | None) -> float:
+    names = set(prof.service_variants(service))
+    opts = {n: o for n, o in variant_options(prof).items() if n in names}
+    best = float("inf")
+    for cores in _assignments(opts, 3 * prof.budget_cores):  # every variant on any of its core counts
+        if not cores:
+            continue
+        shares = greedy_shares(prof, load, cores)
+        if shares is None:
+            continue
+        if floor is not None and sum(s * prof.variant(n).accuracy for n, s in shares.items()) < floor - 1e-12:
+            continue
+        best = min(best, sum(cores.values()))
+    return best
+
+
+@pytest.mark.parametrize("pod_cores", [None, 3.0])
+@pytest.mark.parametrize("floor", [None, 0.75, 0.79])
+def test_a_services_fewest_cores_are_the_fewest_of_every_mix(floor, pod_cores):
+    """fewest_cores (the check that skips programs) against enumerating every core assignment of the
+    service's three variants (mixes of three included), shares filled most accurate first."""
+    from infadapter.core.decompose import fewest_cores
+
+    prof = _three_variant_service(pod_cores)
+    opts = variant_options(prof)
+    for load in (0.0, 3.0, 17.0, 41.0, 77.0, 130.0, 400.0):
+        want = _fewest_by_enumeration(prof, "gold", load, floor)
+        assert fewest_cores(prof, "gold", load, floor, opts) == pytest.approx(want), (load, floor)
+
+
+@pytest.mark.parametrize("pod_cores", [None, 8.0])
+@pytest.mark.parametrize("total", [880.0, 1000.0, 1250.0, 1500.0])
+def test_skipping_the_programs_proven_infeasible_gives_the_plans_of_searching_them(total, pod_cores, monkeypatch):
+    """Overloads of the ten services (floors give way, services shed): the plan is the one searching every
+    program in turn gives, and fewer programs are searched."""
+    import random
+
+    from infadapter.core import solver as solver_mod
+
+    prof = _ten_services() if pod_cores is None else _ten_services().with_overrides(max_pod_cores=pod_cores)
+    rng = random.Random(int(total))
+    raw = [rng.random() + 0.2 for _ in prof.services]
+    loads = {s.name: total * r / sum(raw) for s, r in zip(prof.services, raw, strict=True)}
+    built: list[int] = []
+    model = solver_mod._model
+    monkeypatch.setattr(solver_mod, "_model", lambda *a: (built.append(1), model(*a))[1])
+    fast = solve(prof, 0, {}, loads=loads)
+    searched = len(built)
+    monkeypatch.setattr(solver_mod._Fewest, "proves_infeasible", lambda self, groups: False)
+    built.clear()
+    full = solve(prof, 0, {}, loads=loads)
+    assert searched < len(built), "an overload proves some program infeasible"
+    assert fast.status == full.status
+    assert fast.plan.cores_by_name() == full.plan.cores_by_name()
+    assert fast.plan.objective == pytest.approx(full.plan.objective, abs=1e-9)
+    assert fast.plan.notes == full.plan.notes

@@ -136,3 +136,56 @@ def decomposed(profile: Profile, loads: Mapping[str, float], floors: Mapping[str
         cores.update(c)
         shares.update(sh)
     return cores, shares
+
+
+def fewest_cores(profile: Profile, service: str, load: float, floor: float | None,
+                 opts: Mapping[str, list[tuple[float, float]]]) -> float:
+    """The fewest cores on which ``service`` serves all of ``load`` with its traffic-weighted accuracy at
+    least ``floor`` (None: no floor), mixes of any of its variants included; inf when none does.
+
+    Services share only the budget, so a program of the solver's relaxations is feasible exactly when the
+    services' fewest cores (each under its rules there) add up to at most the budget: the solver skips the
+    programs this proves infeasible instead of searching them (proving a program infeasible was most of an
+    overloaded solve's time). A one-service integer program, solved exactly with HiGHS: min sum_(v,k) k *
+    y[v,k] over the same options, capacity rows and floor row as the joint program."""
+    import highspy
+    import numpy as np
+
+    names = profile.service_variants(service)
+    cost: list[float] = [0.0] * len(names)  # one share column per variant first, then the option binaries
+    rows: list[tuple[float, float, dict[int, float]]] = []
+    inf = highspy.kHighsInf
+    for j, n in enumerate(names):
+        ys = {}
+        for k, cap in opts[n]:
+            ys[len(cost)] = 1.0 if load <= 0 else min(1.0, cap / load)
+            cost.append(k)
+        if ys:
+            rows.append((-inf, 1.0, dict.fromkeys(ys, 1.0)))  # one core count a variant
+        rows.append((-inf, 0.0, {j: 1.0, **{c: -share for c, share in ys.items()}}))  # its share within capacity
+    if len(cost) == len(names):
+        return math.inf
+    rows.append((1.0, 1.0, dict.fromkeys(range(len(names)), 1.0)))  # all of the load is served
+    if floor is not None:
+        rows.append((0.0, inf, {j: profile.variant(n).accuracy - floor for j, n in enumerate(names)}))
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = len(cost), len(rows)
+    lp.col_cost_ = np.array(cost)
+    lp.col_lower_ = np.zeros(len(cost))
+    lp.col_upper_ = np.ones(len(cost))
+    lp.row_lower_ = np.array([r[0] for r in rows])
+    lp.row_upper_ = np.array([r[1] for r in rows])
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+    lp.a_matrix_.start_ = np.cumsum([0] + [len(r[2]) for r in rows], dtype=np.int32)
+    lp.a_matrix_.index_ = np.array([c for r in rows for c in r[2]], dtype=np.int32)
+    lp.a_matrix_.value_ = np.array([v for r in rows for v in r[2].values()])
+    lp.integrality_ = [highspy.HighsVarType.kContinuous] * len(names) + \
+        [highspy.HighsVarType.kInteger] * (len(cost) - len(names))
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("threads", 1)
+    h.passModel(lp)
+    h.run()
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return math.inf
+    return round(h.getInfo().objective_function_value, 9)

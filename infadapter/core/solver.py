@@ -19,7 +19,8 @@ sum to 1, one of its variants runs, ``s_v * L_service <= capacity``, its traffic
 floor), one budget and one transition term, objective ``sum_service weight * sum_v s_v * acc_v - alpha
 * cost - beta * transition``. When that is infeasible the rules give way in a fixed order, one more
 solve each (:func:`_relaxations`): floors in reverse order of weight, then the lowest-weight service
-sheds load first (the least it must), then the next. One service is the same program with weight 1, no
+sheds load first (the least it must), then the next; a program that the services' fewest cores prove
+infeasible is skipped, not searched (:class:`_Fewest`). One service is the same program with weight 1, no
 floor and no shedding: the same model, the same plans.
 """
 
@@ -38,7 +39,7 @@ from typing import Any
 
 import pulp
 
-from infadapter.core.decompose import decomposed, greedy_shares, variant_options
+from infadapter.core.decompose import decomposed, fewest_cores, greedy_shares, variant_options
 from infadapter.core.plan import Allocation, Plan, ServiceOutcome
 from infadapter.core.profile import LinearCapacity, Profile
 from infadapter.errors import BadInput
@@ -865,6 +866,33 @@ def _relaxations(profile: Profile, loads: Mapping[str, float]) -> Iterator[tuple
         yield groups(no_floors, {**{x.name: "all" for x in ranked[:i]}, s.name: "soft"})
 
 
+class _Fewest:
+    """Which programs of the relaxations cannot be feasible, decided without searching them: services share
+    only the budget, so a program is feasible exactly when the fewest cores each service needs under its
+    rules there (:func:`fewest_cores`) add up to at most the budget. Each service's figure is computed once
+    per rule, and only for programs the decomposition found no plan for (it finds one for most feasible ones)."""
+
+    def __init__(self, profile: Profile, opts: Mapping[str, list[tuple[float, float]]]):
+        self.profile, self.opts = profile, opts
+        self.needed: dict[tuple[str, bool], float] = {}
+
+    def _need(self, g: _Group) -> float:
+        if g.shed == "all":
+            return 0.0
+        if g.shed == "soft":  # it may serve nothing: one variant on its fewest cores
+            return min((self.opts[n][0][0] for n in g.names if self.opts[n]), default=math.inf)
+        floored = g.floor == "hard" and g.floor_value is not None
+        if (g.name, floored) not in self.needed:
+            _silence_highs_banner()
+            self.needed[g.name, floored] = fewest_cores(self.profile, g.name, g.load,
+                                                        g.floor_value if floored else None, self.opts)
+        return self.needed[g.name, floored]
+
+    def proves_infeasible(self, groups: tuple[_Group, ...]) -> bool:
+        """True when ``groups`` cannot be feasible (False: it may be, so it is solved)."""
+        return sum(self._need(g) for g in groups) > self.profile.budget_cores + _EPS
+
+
 def _solve_services(profile: Profile, loads: Mapping[str, float], current: Mapping[str, float], options: Options,
                     exclude_set: frozenset[str] | None) -> Result:
     if options.solver == "exhaustive":
@@ -874,19 +902,21 @@ def _solve_services(profile: Profile, loads: Mapping[str, float], current: Mappi
     started = time.perf_counter()
     name = options.solver
     starts = True  # False once the decomposition found no plan even with every floor off
-    opts = variant_options(profile) if name == "highs" else {}
+    opts = variant_options(profile)
+    fewest = _Fewest(profile, opts)
     for groups in _relaxations(profile, loads):
+        # The decomposition's plan as HiGHS's starting solution: the same optimum, found sooner.
+        first = services_start(profile, loads, groups, opts) if name == "highs" and starts else None
+        if name == "highs" and first is None and starts and all(g.floor == "hard" for g in groups):
+            starts = decomposed(profile, loads, {g.name: "off" for g in groups}, opts=opts) is not None
+        if first is None and fewest.proves_infeasible(groups):
+            continue
         prob, extract, _ = _model(profile, groups, current)
         solver, name = _pulp_solver(options, options.time_limit_s)
         if name == "highs":
             solver.optionsDict.update(HIGHS_SERVICES_OPTIONS)  # type: ignore[attr-defined]
-        if name == "highs" and starts:
-            # The decomposition's plan as HiGHS's starting solution: the same optimum, found sooner.
-            first = services_start(profile, loads, groups, opts)
             if first is not None:
                 solver.callSolver = functools.partial(_run_from, prob.start(*first))  # type: ignore[attr-defined]
-            elif all(g.floor == "hard" for g in groups):
-                starts = decomposed(profile, loads, {g.name: "off" for g in groups}, opts=opts) is not None
         prob.solve(solver)
         if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
             continue
