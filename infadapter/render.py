@@ -229,9 +229,17 @@ class RenderConfig(_Strict):
     )
     gateway: Gateway = Field(default_factory=Gateway)
 
-    def served_model(self, model: str) -> str:
-        """The model name a variant's TF Serving serves (one shared name behind a gateway)."""
-        return self.gateway.model_name if self.router == "gateway" else model
+    def served_model(self, model: str, service: str = "") -> str:
+        """The model name a variant's TF Serving serves: behind a gateway one shared name, the service's own in a
+        profile with services (clients call /v1/models/<service>:predict whichever variant the route picks)."""
+        if self.router != "gateway":
+            return model
+        return service or self.gateway.model_name
+
+    def route_name(self, service: str = "") -> str:
+        """The HTTPRoute's name: ``gateway.route_name``, with ``-<service>`` for each service of a profile with
+        services (one route per service)."""
+        return f"{self.gateway.route_name}-{service}" if service else self.gateway.route_name
 
     def route_weights(self, shares: Mapping[str, float]) -> dict[str, int]:
         """HTTPRoute backendRef weights of each variant's Service for the plan's shares."""
@@ -477,7 +485,7 @@ def render_variant(
     ctx = {
         "c": config,
         "v": spec,
-        "served": config.served_model(spec.model),
+        "served": config.served_model(spec.model, spec.service),
         "served_dir": config.model_store.mount_path,
         "server_threads": threads_for_cores(spec.template_cores),
         "obj_name": name,
@@ -511,23 +519,31 @@ def render_plan(
     for spec in variant_specs(plan, profile, template_cores, config, pods=pods):
         out.extend(render_variant(spec, plan, generation, config, env))
     if config.router == "gateway" and plan.allocations:
-        out.append(render_route(plan.shares_by_name(), config))
+        out.extend(render_routes(plan.shares_by_name(), profile, config))
     return out
 
 
-def services_on_gateway(flag: str) -> str:
-    """The one-line refusal of a Gateway API route for a profile with services (the local backend's wording for
-    its other routers): one HTTPRoute per service (a path match per model name, a rewrite per backend) is not
-    rendered."""
-    return (f"{flag}: several services are routed by the dispatcher (a route table per service; one HTTPRoute per "
-            "service is not rendered); use --router dispatcher")
+def render_routes(shares: Mapping[str, float], profile: Profile, config: RenderConfig) -> list[Manifest]:
+    """The HTTPRoutes of ``shares``: one (:func:`render_route`), or one per service of a profile with services,
+    each over its own variants (a service with none in ``shares`` keeps its route as it is)."""
+    if not profile.services:
+        return [render_route(shares, config)]
+    by_service: dict[str, dict[str, float]] = {}
+    for name, share in shares.items():
+        by_service.setdefault(profile.service_of(name), {})[name] = share
+    return [render_route(by_service[s], config, s) for s in profile.service_names if s in by_service]
 
 
-def render_route(shares: Mapping[str, float], config: RenderConfig) -> Manifest:
+def render_route(shares: Mapping[str, float], config: RenderConfig, service: str = "") -> Manifest:
     """The Gateway API HTTPRoute splitting traffic over the variants' Services by ``shares`` (a variant
-    on its way out is given with share 0: it stays listed, weight 0, until its Deployment goes)."""
-    ctx = {"c": config, "weights": config.route_weights(shares), "labels": config.common_labels(), "L": _label_keys()}
-    return _render(environment(), "k8s/httproute.yaml.j2", f"{config.gateway.route_name}.httproute.yaml", **ctx)
+    on its way out is given with share 0: it stays listed, weight 0, until its Deployment goes). With
+    ``service`` (a profile with services), that service's route: its own name, and it matches only the
+    service's model paths (``/v1/models/<service>`` and its ``:predict``, ``:classify``, ``:regress``)."""
+    ctx = {"c": config, "weights": config.route_weights(shares), "labels": config.common_labels(), "L": _label_keys(),
+           "route_name": config.route_name(service), "service": service}
+    if service:
+        ctx["labels"] = {**ctx["labels"], LABEL_SERVICE: service}
+    return _render(environment(), "k8s/httproute.yaml.j2", f"{config.route_name(service)}.httproute.yaml", **ctx)
 
 
 def render_platform(config: RenderConfig) -> list[Manifest]:

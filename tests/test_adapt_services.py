@@ -165,8 +165,6 @@ def test_adapt_dry_run_with_a_static_split_keeps_each_service_in_its_share_and_r
     (["--policy", "msplus"], "--policy: "),
     (["--policy", "vpa:resnet50"], "--policy: "),
     (["--router", "haproxy"], "--router haproxy: several services are routed by the dispatcher"),
-    (["--backend", "dry-run", "--out", "dry", "--router", "gateway"],
-     "--router gateway: several services are routed by the dispatcher"),
 ])
 def test_bad_flags_with_services_are_one_line_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     out = run_cli("adapt", "--profile", str(PROFILE), "--run-dir", str(tmp_path / "run"), *args)

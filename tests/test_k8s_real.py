@@ -1220,3 +1220,49 @@ def test_adapter_role_unit_and_environment_run_adapt_against_the_cluster(
     assert run.returncode == 0, run.stderr[-3000:]
     assert admin.variants(ns), "the unit's adapt applied nothing"
     assert json.loads((state / "state.json").read_text())["adapter"]["profile"] == str(etc / "profile.yaml")
+
+
+def test_render_router_gateway_with_services_writes_routes_the_api_server_accepts(
+    kube_cluster: Any, admin: Kube, make_ns: Any, gateway_crds: None, tmp_path: Path
+) -> None:
+    """A profile with services: one HTTPRoute per service (its own path matches, its own variants' weights),
+    each accepted by the Gateway API CRD's schema as rendered."""
+    from tests.test_services_cli import render_services_gateway
+
+    ns = make_ns("gw-services")
+    cfg = tmp_path / "k8s.yaml"
+    cfg.write_text(yaml.safe_dump({"namespace": ns}))
+    _, routes = render_services_gateway(tmp_path / "manifests", "--config", str(cfg))
+    assert len(routes) == 3
+    for name, route in routes.items():
+        stored = admin.apply(route)
+        assert stored["metadata"]["name"] == name
+        assert _route_weights(stored) == _route_weights(route)
+        assert stored["spec"]["rules"][0]["matches"] == route["spec"]["rules"][0]["matches"]
+
+
+def test_adapt_with_services_and_router_gateway_keeps_each_services_route_on_its_share_of_the_plan(
+    kube_cluster: Any, admin: Kube, make_ns: Any, gateway_crds: None, tmp_path: Path
+) -> None:
+    ns = make_ns("gw-services-adapt")
+    r = run_cli(
+        "adapt", "--backend", "kubernetes", "--kubeconfig", str(kube_cluster.kubeconfig), "--namespace", ns,
+        "--profile", "profiles/services-local.yaml", "--scale", "0.2", "--speedup", "20", "--interval", "3",
+        "--ready-timeout", "90", "--duration", "12", "--router", "gateway", "--json",
+        "--run-dir", str(tmp_path / "run"), timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    final = json.loads(r.stdout)["plan"]
+    by_service: dict[str, dict[str, int]] = {}
+    for v in final["variants"]:
+        by_service.setdefault(v["service"], {})[f"tfs-{v['name']}"] = round(v["share"] * 1000)
+    assert set(by_service) == {"live", "batch"}
+    for service, weights in by_service.items():
+        route = admin.get("HTTPRoute", f"infadapter-{service}", ns)
+        assert route["metadata"]["labels"]["infadapter.io/service"] == service
+        # Variants that left the plan may stay listed at weight 0 until their Deployment goes.
+        assert {n: w for n, w in _route_weights(route).items() if w} == {n: w for n, w in weights.items() if w}
+    # Each variant's ConfigMap serves its model under its service's name, the path its route matches.
+    for v in final["variants"]:
+        cm = admin.get("ConfigMap", f"tfs-{v['name']}-config", ns)
+        assert f'name: "{v["service"]}"' in cm["data"]["models.config"]

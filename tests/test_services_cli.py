@@ -124,14 +124,43 @@ def test_render_labels_every_variant_object_with_its_service(tmp_path):
     assert all(kinds == {"ConfigMap", "Deployment", "Service"} for kinds in seen.values())
 
 
-def test_render_with_services_refuses_a_gateway_route_in_one_line(tmp_path):
+def render_services_gateway(out: Path, *extra: str) -> tuple[dict, dict[str, dict]]:
+    """``render --router gateway`` of a plan of the shipped services: (the plan, the HTTPRoutes by name)."""
+    import yaml
+
     from infadapter.__main__ import main
 
-    plan = '{"load": 10, "variants": [{"name": "live-resnet18", "cores": 2, "share": 1}]}'
-    args = ["render", "--profile", str(SERVICES_YAML), "--router", "gateway", "--out", str(tmp_path / "out")]
-    with pytest.raises(BadInput, match=r"^--router gateway: several services are routed by the dispatcher"):
-        CliRunner().invoke(main, args, input=plan, catch_exceptions=False, standalone_mode=False)
-    assert not (tmp_path / "out").exists()
+    plan = _plan_cli("--profile", str(SERVICES_YAML), "--load", "live=100,feed=50,archive=20", "--json").stdout
+    args = ["render", "--profile", str(SERVICES_YAML), "--router", "gateway", "--out", str(out), *extra]
+    r = CliRunner().invoke(main, args, input=plan, catch_exceptions=False, standalone_mode=False)
+    assert r.exit_code == 0, r.output
+    routes = {}
+    for f in sorted(out.glob("*.httproute.yaml")):
+        obj = yaml.safe_load(f.read_text(encoding="utf-8"))
+        routes[obj["metadata"]["name"]] = obj
+    return json.loads(plan), routes
+
+
+def test_render_with_services_writes_one_gateway_route_per_service_over_its_own_variants(tmp_path):
+    import yaml
+
+    plan, routes = render_services_gateway(tmp_path / "out")
+    assert set(routes) == {"infadapter-live", "infadapter-feed", "infadapter-archive"}
+    for v in plan["variants"]:
+        svc = v["service"]
+        route = routes[f"infadapter-{svc}"]
+        assert route["metadata"]["labels"]["infadapter.io/service"] == svc
+        (rule,) = route["spec"]["rules"]
+        # Each service's weights are its own shares (they add up to 1000 per route, not across routes).
+        weights = {b["name"]: b["weight"] for b in rule["backendRefs"]}
+        assert weights[f"tfs-{v['name']}"] == round(v["share"] * 1000)
+        assert all(n.startswith(f"tfs-{svc}-") for n in weights)
+        # A path prefix matches whole segments, so :predict needs its own exact match.
+        paths = {(m["path"]["type"], m["path"]["value"]) for m in rule["matches"]}
+        assert ("Exact", f"/v1/models/{svc}:predict") in paths and ("PathPrefix", f"/v1/models/{svc}") in paths
+        # The variant serves its model under the service's name, the path the route matches.
+        cm = yaml.safe_load((tmp_path / "out" / f"tfs-{v['name']}.configmap.yaml").read_text(encoding="utf-8"))
+        assert f'name: "{svc}"' in cm["data"]["models.config"]
 
 
 # -- cli.py simulate --sweep budget=... ----------------------------------------------------------------

@@ -16,7 +16,6 @@ from infadapter.render import (
     render_plan,
     render_platform,
     render_prometheus,
-    services_on_gateway,
     write_manifests,
 )
 
@@ -86,8 +85,6 @@ def render(
     if router is not None and router != config.router:
         config = config.model_copy(update={"router": router})
     profile = load_profile(profile_path)
-    if profile.services and config.router == "gateway":
-        raise BadInput(services_on_gateway("--router gateway"))
     if not plan.feasible:
         warn("the plan is marked infeasible: it cannot serve its load within the budget")
     if not plan.allocations:

@@ -57,7 +57,7 @@ from infadapter.render import (
     VariantSpec,
     cpu_quantity,
     largest_pod_cores,
-    render_route,
+    render_routes,
     render_variant,
     variant_specs,
 )
@@ -630,7 +630,7 @@ class KubernetesBackend:
                 {
                     "name": a.name,
                     "url": self.variant_url(a.name),
-                    "model": self.config.served_model(self.profile.variant(a.name).model or a.name),
+                    "model": self.config.served_model(self.profile.variant(a.name).model or a.name, a.service),
                     "weight": a.share,
                     # with a standby in the plan, a variant's queue past the SLO spills there (docs/dispatcher.md)
                     "spill_at": self.profile.spill_bound(a.name, a.cores),
@@ -643,10 +643,13 @@ class KubernetesBackend:
         return "; ".join([*done, f"route: {weights}"])
 
     def _apply_route(self, shares: Mapping[str, float]) -> str:
-        m = render_route(shares, self.config)
-        self.api.apply_object(m)
-        w = ", ".join(f"{b['name']} {b['weight']}" for b in m.obj["spec"]["rules"][0]["backendRefs"])
-        return f"route: HTTPRoute/{m.name} weights {w}"
+        """Apply the HTTPRoute(s) of ``shares`` (one per service of a profile with services)."""
+        done = []
+        for m in render_routes(shares, self.profile, self.config):
+            self.api.apply_object(m)
+            w = ", ".join(f"{b['name']} {b['weight']}" for b in m.obj["spec"]["rules"][0]["backendRefs"])
+            done.append(f"route: HTTPRoute/{m.name} weights {w}")
+        return "; ".join(done)
 
     @staticmethod
     def _retry_after(exc: KubeError) -> float | None:

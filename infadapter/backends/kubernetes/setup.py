@@ -278,10 +278,6 @@ class ClusterSetup:
         if not isinstance(cfg, ClusterRunConfig):
             raise BadInput(f"--backend {cfg.backend}: expected the cluster backends' flags")
         messages = run.messages
-        if run.profile.services and render_config_for(cfg.k8s_config, cfg.namespace, cfg.router).router == "gateway":
-            from infadapter.render import services_on_gateway
-
-            raise BadInput(services_on_gateway("--router gateway"))
         # Flags and the cluster are checked before anything is written.
         backend = build_backend(cfg, run.profile)
         try:
