@@ -4,17 +4,17 @@
     .venv/bin/python bench/solver.py --quick    # fewer loads (a smoke run)
     .venv/bin/python bench/solver.py --services 10   # N services x 5 variants sharing 64 cores, one solve
 
-Each load is solved by every solver in turn (interleaved, so background load hits all alike), from
-the paper's initial state (resnet152 on 20 cores). Reports p50/p99/max in ms and how many objectives
-differ from enumeration by more than 1e-6. "highs + explain" is a decision's planning with its
-explanation (core/explain.py: binding constraints and the runner-ups, one more solve with a no-good
-cut), timed in the same interleaved loop, and its median ratio to HiGHS alone: every load there changes
-the plan (from resnet152=20), so every explanation searches the other variant sets. The trace case is a
-run's decisions: the paper window's peak of each next interval plus 10 % (30 s, as the paper), each
-planned from the previous plan, timed without and with the explanation (which searches the other sets
-only on decisions that change the plan, and, in the "every decision" row, on all of them). The scale case: 20
-synthetic variants (linear capacity), budget 200 cores, step 1, HiGHS with a 1 s time limit (best
-plan found when it hits it).
+Each load is solved by every solver in turn (interleaved, so background load hits all alike), from the
+paper's initial state (resnet152 on 20 cores). Reports p50/p99/max in ms and how many objectives differ
+from enumeration by more than 1e-6. "highs + explain" is a decision's planning with its explanation
+(core/explain.py: binding constraints and the runner-ups; the other variant set read off the solver's
+table of every plan), timed in the same interleaved loop, and its median ratio to HiGHS alone: every load
+there changes the plan (from resnet152=20), so every explanation searches the other variant sets. The
+trace case is a run's decisions: the paper window's peak of each next interval plus 10 % (30 s, as the
+paper), each planned from the previous plan, timed without and with the explanation (which searches the
+other sets only on decisions that change the plan, and, in the "every decision" row, on all of them). The
+scale case: 20 synthetic variants (linear capacity), budget 200 cores, step 1, HiGHS with a 1 s time
+limit (best plan found when it hits it).
 
 ``--services N``: N services of the ResNet family (cycling through profiles/services.yaml's three, so SLAs
 500/750/1000 ms), weights 1..N, every third with an accuracy floor, sharing 64 cores (step 1, at least 2 a

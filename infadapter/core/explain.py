@@ -9,8 +9,9 @@ the policy's solver chose (its *optimum*, before stabilization or min-gain may h
   variant's capacity at the SLO (one step fewer would not carry its share), the minimum cores, the
   pod fit on the nodes (a variant split into replicas), and stabilization or min-gain holding the
   optimum back;
-- **runner-up**: the best plan with a different set of variants (one more solve with a no-good cut on
-  the set; for msplus every other single variant) and the best plan one core step away on one variant
+- **runner-up**: the best plan with a different set of variants (read off the solver's table of every
+  plan where the profile has one, else one more solve with a no-good cut on the set; for msplus every
+  other single variant) and the best plan one core step away on one variant
   (same variants), each with its objective gap to the optimum (>= 0: the optimum is optimal) and
   what it would have cost or given up.
 
@@ -298,9 +299,10 @@ def _other_variants(profile: Profile, name: str, optimum: Plan, load: float, cur
                 if best is None or p.objective > best.objective + 1e-12:
                     best = p
         return best
-    # The exact best other set: one more solve with a no-good cut on the set. A cheaper local search (sets
-    # one variant away, hill-climbed) cost +26% of a solve and missed the best set by up to 0.015 in
-    # objective at some loads (measured in bench/solver.py's explain row), so exactness won.
+    # The exact best other set: the policy's solve gives it (read off the solver's table of every plan, or
+    # one more solve with a no-good cut on the set). A cheaper local search (sets one variant away,
+    # hill-climbed) cost +26% of a solve and missed the best set by up to 0.015 in objective at some loads
+    # (measured in bench/solver.py's explain row), so exactness won.
     if other_set is not None:
         return other_set(names)
     res = solver_mod.solve(profile, load, cur, options, exclude_set=names)

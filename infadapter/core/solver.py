@@ -165,7 +165,7 @@ def solve(
         # explain's runner-up is searched on the model the MILP would have solved: it is built (and solved,
         # for the same starting point) only when asked for.
         result = Result(plan, "highs", "optimal", 0.0, (),
-                        functools.partial(_other_set_later, profile, load_rps, dict(current), options))
+                        functools.partial(_other_set_of_table, profile, load_rps, dict(current), options))
     else:
         result = _solve_milp(profile, load_rps, current, options, exclude_set)
     return Result(result.plan, result.solver, result.status, time.perf_counter() - started, result.warnings,
@@ -259,7 +259,10 @@ def _solve_milp(profile: Profile, load: float, current: Mapping[str, float], opt
             plan = Plan(plan.allocations, plan.load_rps, True, plan.objective, plan.accuracy, False, notes)
         other = None
         if name == "highs" and exclude_set is None and status == "optimal":
-            other = functools.partial(_other_set, profile, load, dict(current), prob, extract, runs)
+            # Read off the screen's table where there is one (the same best other set, no second search).
+            other = (functools.partial(_other_set_of_table, profile, load, dict(current), options)
+                     if options.screen and load > 0 and _table_of(profile) is not None
+                     else functools.partial(_other_set, profile, load, dict(current), prob, extract, runs))
         return Result(plan, name, status, 0.0, notes, other)
     if exclude_set is not None:
         return Result(Plan((), load, feasible=False), name, "infeasible-load", 0.0,
@@ -374,8 +377,40 @@ def _other_set_later(profile: Profile, load: float, current: Mapping[str, float]
                      names: frozenset[str]) -> Plan | None:
     """:attr:`Result.other_set` of a screened plan: the MILP the screen stood in for, solved, then its own
     :func:`_other_set` (so explain's runner-up is the one it was before the screen)."""
-    other = _solve_milp(profile, load, current, options).other_set
+    other = _solve_milp(profile, load, current, replace(options, screen=False)).other_set  # the MILP's own
     return other(names) if other is not None else None
+
+
+def _other_set_of_table(profile: Profile, load: float, current: Mapping[str, float], options: Options,
+                        names: frozenset[str]) -> Plan | None:
+    """:attr:`Result.other_set` of a screened plan: the best plan whose running variants are not ``names``,
+    read off the screen's table (every plan of the profile, each scored as :func:`_solve_exhaustive` scores
+    it: shares filled most accurate first, :func:`objective_value`), instead of solving the MILP the screen
+    stood in for and then its no-good cut. None when no other set serves the load. A plan past the compact
+    model's step bound (:func:`_useful_steps`), which that MILP could not pick, goes to the MILP instead."""
+    import numpy as np
+
+    tab = _table_of(profile)
+    if tab is None:
+        return _other_set_later(profile, load, current, options, names)
+    # Only the plans that can serve the load are scored (a superset: the exact test is on their shares).
+    chosen = sum(1 << j for j, n in enumerate(tab.names) if n in names)
+    rows = np.flatnonzero((tab.total >= load * (1 - 1e-6)) & (tab.variant_set != chosen))
+    take = np.clip(load - tab.ahead[rows], 0.0, tab.capacity[rows]) / load  # the screen plans only loads > 0
+    value = (take @ tab.accuracy) - tab.cost[rows] - tab.transition(current, profile.beta)[rows]
+    value[take.sum(axis=1) < 1 - 1e-9] = -np.inf
+    if not rows.size or not np.isfinite(value[i := int(np.argmax(value))]):
+        return None
+    best = int(rows[i])
+    running, take = tab.cores[best] > 0, take[i]
+    cores = {n: float(tab.cores[best, j]) for j, n in enumerate(tab.names) if running[j]}
+    if _is_compact(profile):
+        n_max = math.floor((profile.budget_cores - profile.min_cores) / profile.core_step + _EPS)
+        if any(round((k - profile.min_cores) / profile.core_step)
+               > _useful_steps(profile, n, load, current.get(n, 0.0), n_max) for n, k in cores.items()):
+            return _other_set_later(profile, load, current, options, names)
+    shares = {n: float(take[j]) for j, n in enumerate(tab.names) if running[j]}
+    return _make_plan(profile, load, current, cores, shares, feasible=True)
 
 
 Extract = Callable[[], tuple[dict[str, float], dict[str, float]]]
@@ -685,6 +720,9 @@ class _Table:
     accuracy: Any  # (V,) accuracy
     load_time: Any  # (V,) load time over the longest (0 when no variant loads)
     cores: Any  # (N, V) cores, 0 = off
+    capacity: Any  # (N, V) capacity, req/s (0 = off)
+    ahead: Any  # (N, V) capacity of the more accurate variants of the plan
+    variant_set: Any  # (N,) the running variants as bits (bit j: column j runs)
     total: Any  # (N,) capacity of the plan
     total_slack: Any
     #: (N,) the most capacity ahead of one of the plan's variants: at a load no more than this, a variant of the
@@ -739,7 +777,9 @@ def _table(options: tuple[tuple[str, float, float, tuple[tuple[float, float], ..
     at = np.arange(len(rows))
     head = (slack * accuracy).sum(axis=1) - slack[at, last] * accuracy[last]
     singles = np.flatnonzero(running.sum(axis=1) == 1)
-    return _Table(names, accuracy, np.array([t for _, _, t, _ in options]), cores, capacity.sum(axis=1),
+    bits = (running * (1 << np.arange(len(names), dtype=np.int64))).sum(axis=1)
+    return _Table(names, accuracy, np.array([t for _, _, t, _ in options]), cores, capacity,
+                  np.cumsum(capacity, axis=1) - capacity, bits, capacity.sum(axis=1),
                   slack.sum(axis=1), np.where(running, before, 0.0).max(axis=1, initial=0.0), head, before[at, last],
                   accuracy[last], cost, bound, singles, running[singles].argmax(axis=1))
 
