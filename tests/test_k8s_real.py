@@ -1002,6 +1002,15 @@ def test_adapt_with_router_gateway_keeps_the_route_on_the_plan(
     final = json.loads(r.stdout)["plan"]
     route = admin.get("HTTPRoute", "infadapter", ns)
     assert _route_weights(route) == {f"tfs-{v['name']}": round(v["share"] * 1000) for v in final["variants"]}
+    _assert_every_decision_replays(tmp_path / "run")
+
+
+def _assert_every_decision_replays(run_dir: Path) -> None:
+    """``explain --replay`` of a Kubernetes run: every recorded decision re-solved offline gives its plan."""
+    rep = run_cli("explain", "--run-dir", str(run_dir), "--replay", "--json")
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    doc = json.loads(rep.stdout)
+    assert doc["ok"] and doc["reproduced"] == doc["decisions"] >= 3, doc
 
 
 # -- a step load through a real dispatcher, then status (was tested against a fake API server) -----------
@@ -1266,3 +1275,4 @@ def test_adapt_with_services_and_router_gateway_keeps_each_services_route_on_its
     for v in final["variants"]:
         cm = admin.get("ConfigMap", f"tfs-{v['name']}-config", ns)
         assert f'name: "{v["service"]}"' in cm["data"]["models.config"]
+    _assert_every_decision_replays(tmp_path / "run")

@@ -193,7 +193,7 @@ def where_cores_went(records: list[dict[str, Any]], sent: Sent) -> CoresReport:
     """The ladder of :data:`LAYERS` over the run's decisions and requests (see the module doc)."""
     import bisect
 
-    from infadapter.adapter.explain import replay_profile
+    from infadapter.adapter.explain import ReplayKey, replay_profile
     from infadapter.core import explain as core
     from infadapter.core.plan import Plan
     from infadapter.core.policies import SPLIT_POLICIES, entry, joint_solve
@@ -212,7 +212,7 @@ def where_cores_went(records: list[dict[str, Any]], sent: Sent) -> CoresReport:
         raise BadInput(f"--cores: {REQUESTS_FILE} holds no request")
     end = max(sent.times)
     layers = [Layer(n) for n in LAYERS]
-    cache: dict[tuple[str, float, float, float], Any] = {}
+    cache: dict[ReplayKey, Any] = {}
     notes: list[str] = []
     uses: dict[tuple[str, float], VariantUse] = {}
     solved = 0

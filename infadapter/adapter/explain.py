@@ -254,7 +254,7 @@ def complete_runner_ups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from infadapter.core.plan import Plan
     from infadapter.core.policies import entry
 
-    profiles: dict[tuple[str, float, float, float], Any] = {}
+    profiles: dict[ReplayKey, Any] = {}
     out = []
     for rec in records:
         ru, ctx_rec = rec.get("runner_up"), rec.get("replay") or {}
@@ -287,10 +287,15 @@ def complete_runner_ups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def replay_profile(ctx_rec: dict[str, Any], cache: dict[tuple[str, float, float, float], Any]) -> Any:
+#: A replayed profile's identity: path, alpha, budget, capacity scale, largest pod's cores (None: the file's).
+ReplayKey = tuple[str, float, float, float, float | None]
+
+
+def replay_profile(ctx_rec: dict[str, Any], cache: dict[ReplayKey, Any]) -> Any:
     """The profile a record's decision was solved on (its ``replay`` inputs: the profile at the recorded
     path, checked against the recorded hash, tuned with the run's alpha and budget, scaled by the start-up
-    calibration), or a string saying why it cannot be had. ``cache`` keeps the profiles loaded so far."""
+    calibration, with the largest pod the Kubernetes backend found on the cluster), or a string saying why it
+    cannot be had. ``cache`` keeps the profiles loaded so far."""
     from infadapter.core.profile import load_profile
 
     path = Path(ctx_rec["profile"])
@@ -301,9 +306,14 @@ def replay_profile(ctx_rec: dict[str, Any], cache: dict[tuple[str, float, float,
     if ctx_rec.get("profile_sha256") and digest != ctx_rec["profile_sha256"]:
         return f"profile {path} changed since the run (sha256 differs)"
     # capacity_scale: the local backend's start-up calibration on a machine slower than the profile's.
-    key = (str(path), float(ctx_rec["alpha"]), float(ctx_rec["budget"]), float(ctx_rec.get("capacity_scale", 1.0)))
+    pod = ctx_rec.get("max_pod_cores")
+    key = (str(path), float(ctx_rec["alpha"]), float(ctx_rec["budget"]), float(ctx_rec.get("capacity_scale", 1.0)),
+           None if pod is None else float(pod))
     if key not in cache:
         tuned = load_profile(path).tuned(alpha=key[1], budget=key[2])
+        if key[4] is not None and key[4] != tuned.max_pod_cores:
+            # The Kubernetes backend plans pods no larger than the cluster's nodes (KubernetesBackend.size_pods).
+            tuned = tuned.with_overrides(max_pod_cores=key[4])
         cache[key] = tuned.scaled_capacity(key[3]) if key[3] != 1.0 else tuned
     return cache[key]
 
@@ -315,7 +325,7 @@ def replay(records: list[dict[str, Any]]) -> ReplayReport:
     from infadapter.core.policies import Context
 
     report = ReplayReport()
-    profiles: dict[tuple[str, float, float, float], Any] = {}
+    profiles: dict[ReplayKey, Any] = {}
     for rec in records:
         report.total += 1
         seq = rec.get("seq")

@@ -286,7 +286,9 @@ class AdapterRun:
                 "alpha": self.profile.alpha, "budget": self.profile.budget_cores, "policy": cfg.policy,
                 "capacity_scale": self.calibration.factor if self.calibration is not None else 1.0,
                 "stabilization_intervals": 1 if self.profile.services else cfg.stabilization_intervals,
-                "min_gain": cfg.min_gain, **({"split_budgets": b} if (b := self.split_budgets()) else {})}
+                "min_gain": cfg.min_gain, **({"split_budgets": b} if (b := self.split_budgets()) else {}),
+                # what the backend sized the pods to (the cluster's largest node), not only the file's
+                **({"max_pod_cores": m} if (m := self.profile.max_pod_cores) is not None else {})}
 
     def _snapshot(self, snap: dict[str, Any]) -> None:
         assert self.prepared is not None and self.store is not None
