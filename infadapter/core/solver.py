@@ -383,11 +383,12 @@ def _other_set_later(profile: Profile, load: float, current: Mapping[str, float]
 
 def _other_set_of_table(profile: Profile, load: float, current: Mapping[str, float], options: Options,
                         names: frozenset[str]) -> Plan | None:
-    """:attr:`Result.other_set` of a screened plan: the best plan whose running variants are not ``names``,
-    read off the screen's table (every plan of the profile, each scored as :func:`_solve_exhaustive` scores
-    it: shares filled most accurate first, :func:`objective_value`), instead of solving the MILP the screen
-    stood in for and then its no-good cut. None when no other set serves the load. A plan past the compact
-    model's step bound (:func:`_useful_steps`), which that MILP could not pick, goes to the MILP instead."""
+    """:attr:`Result.other_set` of a one-service plan (screened or the MILP's) at a load > 0: the best plan whose
+    running variants are not ``names``, read off the screen's table (every plan of the profile, each scored as
+    :func:`_solve_exhaustive` scores it: shares filled most accurate first, :func:`objective_value`) instead
+    of a solve with the no-good cut: the same objective (``tests/test_solver.py``), ~1 ms against 4-10 ms.
+    None when no other set serves the load. A plan past the compact model's step bound
+    (:func:`_useful_steps`), which the MILP could not pick, goes to the MILP instead."""
     import numpy as np
 
     tab = _table_of(profile)
