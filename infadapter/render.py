@@ -539,11 +539,11 @@ def render_route(shares: Mapping[str, float], config: RenderConfig, service: str
     on its way out is given with share 0: it stays listed, weight 0, until its Deployment goes). With
     ``service`` (a profile with services), that service's route: its own name, and it matches only the
     service's model paths (``/v1/models/<service>`` and its ``:predict``, ``:classify``, ``:regress``)."""
-    ctx = {"c": config, "weights": config.route_weights(shares), "labels": config.common_labels(), "L": _label_keys(),
-           "route_name": config.route_name(service), "service": service}
-    if service:
-        ctx["labels"] = {**ctx["labels"], LABEL_SERVICE: service}
-    return _render(environment(), "k8s/httproute.yaml.j2", f"{config.route_name(service)}.httproute.yaml", **ctx)
+    name = config.route_name(service)
+    labels = {**config.common_labels(), **({LABEL_SERVICE: service} if service else {})}
+    ctx = {"c": config, "weights": config.route_weights(shares), "labels": labels, "L": _label_keys(),
+           "route_name": name, "service": service}
+    return _render(environment(), "k8s/httproute.yaml.j2", f"{name}.httproute.yaml", **ctx)
 
 
 def render_platform(config: RenderConfig) -> list[Manifest]:
