@@ -46,6 +46,7 @@ ANNOTATION_SHARE = "infadapter.io/share"
 ANNOTATION_LOAD_TIME = "infadapter.io/load-time-s"
 MANAGER = "infadapter"
 COMPONENT_MODEL_SERVER = "model-server"
+COMPONENT_AUTOSCALER = "autoscaler"  # an upstream baseline's HPA or VPA, and the VPA's checkpoint
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
@@ -373,6 +374,27 @@ class VariantSpec:
 
 
 @dataclass(frozen=True)
+class UpstreamAutoscaler:
+    """The cluster's own autoscaler on one variant (policies ``hpa-upstream`` and ``vpa-upstream``): the backend
+    creates the variant once and this object beside it, then only reads back what the autoscaler does."""
+
+    kind: str  # "hpa" or "vpa"
+    variant: str
+    #: HPA: the pod size and the replica range; its target CPU utilization (as the simulated ``hpa``).
+    pod_cores: float = 1.0
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_utilization: float = 0.7
+    #: VPA: the range of the container's CPU.
+    min_cores: float = 0.25
+    max_cores: float = 1.0
+
+    @property
+    def api_kind(self) -> str:
+        return "HorizontalPodAutoscaler" if self.kind == "hpa" else "VerticalPodAutoscaler"
+
+
+@dataclass(frozen=True)
 class PodRules:
     """How the running policy's cores become pods: its registry entry's flags
     (:class:`infadapter.core.policies.PolicyEntry`), as the local backend and the simulator honour them.
@@ -384,6 +406,17 @@ class PodRules:
     in_place: bool = True
     cpu_limited: bool = True
     pod_cores: float | None = None
+    #: An upstream policy's autoscaler, created beside its variant (the backend then only reads back).
+    autoscaler: UpstreamAutoscaler | None = None
+
+
+def render_autoscaler(a: UpstreamAutoscaler, config: RenderConfig, service: str = "") -> Manifest:
+    """The HorizontalPodAutoscaler or VerticalPodAutoscaler of an upstream baseline, named as its variant."""
+    name = config.object_name(a.variant)
+    labels = {**config.common_labels(), LABEL_COMPONENT: COMPONENT_AUTOSCALER, LABEL_VARIANT: a.variant,
+              **({LABEL_SERVICE: service} if service else {})}
+    return _render(environment(), f"k8s/{a.kind}.yaml.j2", f"{name}.{a.kind}.yaml", c=config, a=a, obj_name=name,
+                   labels=labels)
 
 
 @functools.cache

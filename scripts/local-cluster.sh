@@ -10,6 +10,8 @@
 #   bash scripts/local-cluster.sh down
 #   bash scripts/local-cluster.sh build [--real-node]  # only build (or find) the binaries
 #   bash scripts/local-cluster.sh gateway-api  # install the Gateway API CRDs (standard channel) into it
+#   bash scripts/local-cluster.sh autoscalers [--speedup S]  # metrics-server, the upstream VPA and HPA (real node)
+#   bash scripts/local-cluster.sh restart COMPONENT  # e.g. vpa-recommender (same command line, same port)
 #
 # `up` builds the binaries once into a per-version cache (reused when present), starts the processes
 # with generated PKI on free ports, creates fake nodes (default 4 of 8 CPU and 32 GiB), prepares the
@@ -47,18 +49,21 @@ NAMESPACE=infadapter
 REAL_NODE=
 NODE_SUBNET=10.245.0.0/24
 PROJECT_IMAGE_WANTED=
+SPEEDUP=1
 
 say() { echo "local-cluster: $*" >&2; }
 die() { echo "local-cluster: $1" >&2; exit "${2:-4}"; }
 
 usage() {
-  sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
 cmd=${1:-}
 [ -n "$cmd" ] || usage
 shift
+ARG=
+if [ "$cmd" = restart ] && [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then ARG=$1; shift; fi
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) NODES=$2; shift 2 ;;
@@ -71,6 +76,7 @@ while [ $# -gt 0 ]; do
     --real-node) REAL_NODE=1; shift ;;
     --project-image) PROJECT_IMAGE_WANTED=1; shift ;;
     --node-subnet) NODE_SUBNET=$2; shift 2 ;;
+    --speedup) SPEEDUP=$2; shift 2 ;;
     -h|--help) usage ;;
     *) die "unknown option $1 (see: bash scripts/local-cluster.sh --help)" 2 ;;
   esac
@@ -99,8 +105,11 @@ CONTROL_PLANE=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 COMPONENTS=("${CONTROL_PLANE[@]}")
 # shellcheck source=scripts/lib/real-node.sh
 . "$ROOT/scripts/lib/real-node.sh"
-# With a real node its components are part of the cluster (status, restart, down).
+# shellcheck source=scripts/lib/autoscalers.sh
+. "$ROOT/scripts/lib/autoscalers.sh"
+# With a real node its components are part of the cluster (status, restart, down); so are the autoscalers.
 [ -f "$STATE/node/ip" ] && COMPONENTS+=("${NODE_COMPONENTS[@]}")
+[ -f "$STATE/autoscalers" ] && COMPONENTS+=("${AUTOSCALER_COMPONENTS[@]}")
 
 # -- build --------------------------------------------------------------------------------------
 k8s_ldflags() {  # without the version stamps the binaries report v0.0.0
@@ -127,6 +136,7 @@ binaries_ok() {
 build_lock() {  # build_lock [node]
   local part=${1:-control-plane} fd=8 file=$CACHE.lock
   if [ "$part" = node ]; then fd=9; file=$CACHE.node.lock; fi
+  if [ "$part" = autoscalers ]; then fd=7; file=$CACHE.autoscalers.lock; fi
   [ -z "${BUILD_LOCKED_FDS:-}" ] || case " $BUILD_LOCKED_FDS " in *" $fd "*) return 0 ;; esac
   mkdir -p "$(dirname "$CACHE")"
   eval "exec $fd>\"\$file\""
@@ -294,6 +304,21 @@ EOF
   pki_cert scheduler "/CN=system:kube-scheduler" client.ext
   # The API server's identity towards kubelets (logs, exec, port-forward on a real node).
   pki_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" client.ext
+  # The aggregation layer (metrics.k8s.io for the upstream HPA and VPA): the API server proxies to an
+  # extension API server as front-proxy-client, a certificate of its own CA that only that server trusts.
+  (
+    cd "$PKI"
+    [ -f front-proxy-ca.crt ] || openssl req -x509 -newkey rsa:2048 -nodes -keyout front-proxy-ca.key \
+      -out front-proxy-ca.crt -days 3650 -subj "/CN=infadapter-front-proxy-ca" 2>/dev/null
+    if [ ! -f front-proxy-client.crt ]; then
+      openssl req -newkey rsa:2048 -nodes -keyout front-proxy-client.key -out front-proxy-client.csr \
+        -subj "/CN=front-proxy-client" 2>/dev/null
+      openssl x509 -req -in front-proxy-client.csr -CA front-proxy-ca.crt -CAkey front-proxy-ca.key -CAcreateserial \
+        -out front-proxy-client.crt -days 3650 -extfile client.ext 2>/dev/null
+      rm -f front-proxy-client.csr
+    fi
+    chmod 600 ./*.key
+  )
 }
 
 kubeconfig() {  # kubeconfig USER FILE
@@ -431,7 +456,12 @@ up() {
     --authorization-mode Node,RBAC --endpoint-reconciler-type none --service-cluster-ip-range 10.96.0.0/16 \
     --enable-priority-and-fairness=false --profiling=false \
     --kubelet-preferred-address-types InternalIP --kubelet-certificate-authority "$PKI/ca.crt" \
-    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key"
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
+    --enable-aggregator-routing=true
   wait_for 60 kube-apiserver readyz
 
   # --node-monitor-grace-period 2m (default 50 s): one kwok process heartbeats every fake node, and on a busy
@@ -590,10 +620,11 @@ EOF
 # -- down / status -----------------------------------------------------------------------------
 down_quiet() {
   local c pid i left pids=()
-  for c in "${CONTROL_PLANE[@]}" "${NODE_COMPONENTS[@]}"; do
+  for c in "${CONTROL_PLANE[@]}" "${NODE_COMPONENTS[@]}" "${AUTOSCALER_COMPONENTS[@]}"; do
     pid=$(pid_of "$c")
     [ -z "$pid" ] || pids+=("$pid")
   done
+  autoscalers_stop
   # The node first (while the control plane's binaries and state are there), then the control plane.
   [ -d "$STATE/node" ] && node_down
   for c in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
@@ -650,6 +681,7 @@ status() {
     echo "api: not ready"; rc=3
   fi
   node_status || rc=3
+  autoscalers_status || rc=3
   echo "kubeconfig: $KUBECONFIG_OUT"
   return $rc
 }
@@ -695,9 +727,19 @@ sys.exit(0 if any(c["type"] == "Established" and c["status"] == "True" for c in 
 case "$cmd" in
   up) up ;;
   gateway-api) gateway_api ;;
+  autoscalers) autoscalers ;;
   down) down ;;
   status) status ;;
   build) build; build_unlock; [ -z "$REAL_NODE" ] || build_node; fetch_gateway_crds >/dev/null; echo "$BIN" ;;
+  build-autoscalers) build_autoscalers; echo "$BIN" ;;
+  restart)  # restart one component with its recorded command line (e.g. vpa-recommender: it reads checkpoints at start)
+    name=${ARG:-}
+    [ -n "$name" ] && [ -f "$STATE/cmd/$name" ] || die "restart: name a component that was started: $(ls "$STATE/cmd" 2>/dev/null | tr '\n' ' ')" 2
+    restart_component "$name"
+    for ((i = 0; i < 50; i++)); do alive "$name" && break; sleep 0.1; done
+    alive "$name" || die "$name exited after its restart; see $LOGS/$name.log" 4
+    say "$name restarted (pid $(pid_of "$name"))"
+    echo "$KUBECONFIG_OUT" ;;
   restart-apiserver)  # for tests: stop and start kube-apiserver only (same flags, same port)
     pid=$(pid_of kube-apiserver); [ -n "$pid" ] || die "not running" 4
     args=$(tr '\0' '\n' < "/proc/$pid/cmdline" | tail -n +2)

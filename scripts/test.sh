@@ -22,7 +22,9 @@ fi
 # quiet tests run; it needs Go alone.
 mkdir -p .cache
 build_log=.cache/k8s-build.log
-PATH="$PATH:/usr/local/go/bin" setsid chrt --idle 0 bash scripts/local-cluster.sh build --real-node >"$build_log" 2>&1 &
+# Then the upstream autoscalers (metrics-server, the VPA) for the real node's baseline test, which waits for them.
+PATH="$PATH:/usr/local/go/bin" setsid chrt --idle 0 bash -c 'bash scripts/local-cluster.sh build --real-node &&
+  bash scripts/local-cluster.sh build-autoscalers' >"$build_log" 2>&1 &
 build_pid=$!
 trap 'kill -- "-$build_pid" 2>/dev/null || true' EXIT
 INFADAPTER_SKIP_K8S_BUILD=1 bash scripts/setup.sh

@@ -44,6 +44,11 @@ _PATHS = {
     "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
     "CustomResourceDefinition": "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
     "HTTPRoute": "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes",
+    "HorizontalPodAutoscaler": "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers",
+    "VerticalPodAutoscaler": "/apis/autoscaling.k8s.io/v1/namespaces/{ns}/verticalpodautoscalers",
+    "VerticalPodAutoscalerCheckpoint": "/apis/autoscaling.k8s.io/v1/namespaces/{ns}/verticalpodautoscalercheckpoints",
+    "NodeMetrics": "/apis/metrics.k8s.io/v1beta1/nodes",
+    "PodMetrics": "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods",
 }
 
 

@@ -1276,3 +1276,57 @@ def test_adapt_with_services_and_router_gateway_keeps_each_services_route_on_its
         cm = admin.get("ConfigMap", f"tfs-{v['name']}-config", ns)
         assert f'name: "{v["service"]}"' in cm["data"]["models.config"]
     _assert_every_decision_replays(tmp_path / "run")
+
+
+def test_adapt_hpa_upstream_creates_its_hpa_then_only_follows_what_the_cluster_runs(
+    kube_cluster: Any, admin: Kube, make_ns: Any, tmp_path: Path
+) -> None:
+    """``adapt --policy hpa-upstream:resnet50=2``: the variant on the whole budget in pods of 2 cores, the HPA beside
+    it (upstream's object: target 70 % CPU, 1 to budget / pod size replicas); then the adapter only reads back.
+    Here the test scales the Deployment as the HPA would (kwok reports no CPU use, so the real HPA holds): the
+    decisions follow it, nothing is applied over it, and the run's mean cores count what ran. Teardown deletes
+    the HPA with the variant."""
+    ns = make_ns("hpa-upstream")
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "adapt", "--backend", "kubernetes", "--kubeconfig",
+         str(kube_cluster.kubeconfig), "--namespace", ns, "--profile", "profiles/paper.yaml", "--window",
+         BUSY_WINDOW, "--speedup", "20", "--interval", "2", "--duration", "20", "--ready-timeout", "60",
+         "--policy", "hpa-upstream:resnet50=2", "--json", "--run-dir", str(run_dir)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        hpa = admin.wait("the HPA", lambda: [h for h in admin.list("HorizontalPodAutoscaler", ns)], timeout_s=60)[0]
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                 "name": hpa["metadata"]["name"]}
+        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 10)  # paper budget 20 / 2
+        assert hpa["spec"]["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
+        name = hpa["metadata"]["name"]
+        assert admin.get("Deployment", name, ns)["spec"]["replicas"] == 10
+        time.sleep(4)
+        admin.patch("Deployment", name, ns, {"spec": {"replicas": 3}}, sub="scale")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    doc = json.loads(out)
+    decisions = [json.loads(x) for x in (run_dir / "decisions.jsonl").read_text().splitlines()]
+    # Created before the loop started (the run's messages say so); no decision applied anything.
+    messages = json.loads((run_dir / "state.json").read_text())["messages"]
+    assert any(f"create HorizontalPodAutoscaler/{name}" in m for m in messages), messages
+    assert all(not d["actions"] for d in decisions), [d["actions"] for d in decisions]
+    assert {d["trigger"] for d in decisions[1:]} <= {"interval"}  # the cluster reacts to overload, not us
+    assert "runs resnet50 on 6 cores" in decisions[-1]["reason"], decisions[-1]
+    assert doc["plan"]["variants"][0]["cores"] == 6
+    assert 6 < doc["mean_cores"] < 20, doc["mean_cores"]
+    assert admin.get("Deployment", name, ns)["spec"]["replicas"] == 3  # never applied over
+    from infadapter.backends.kubernetes.setup import pod_rules
+    from infadapter.core.profile import load_profile
+
+    paper = load_profile(ROOT / "profiles" / "paper.yaml")
+    backend = KubernetesBackend(paper, RenderConfig.model_validate({"namespace": ns}),
+                                KubeOptions(kubeconfig=str(kube_cluster.kubeconfig)),
+                                pods=pod_rules("hpa-upstream:resnet50=2", paper))
+    assert f"HorizontalPodAutoscaler/{name}" in backend.teardown()
+    assert admin.list("HorizontalPodAutoscaler", ns) == []

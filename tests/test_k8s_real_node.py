@@ -652,14 +652,106 @@ def quota_samples(k: Kube, settled_only: bool = True) -> list[tuple[str, str, in
     return out
 
 
+def burner(name: str, cpu: str, burn: bool) -> dict[str, Any]:
+    """A one-container Deployment named as a variant's objects are: busy (a shell loop: all of its CPU) or idle."""
+    res = {"cpu": cpu, "memory": "32Mi"}
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": NS},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels},
+            "spec": {"terminationGracePeriodSeconds": 0, "containers": [{
+                "name": "tfserving", "image": TEST_IMAGE, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "while :; do :; done" if burn else "sleep 3600"],
+                "resources": {"requests": res, "limits": res},
+                "resizePolicy": [{"resourceName": "cpu", "restartPolicy": "NotRequired"}]}]}}},
+    }
+
+
+def test_the_upstream_hpa_and_a_warm_vpa_act_on_the_real_node(real: Any) -> None:
+    """`autoscalers --speedup 10`: metrics-server serves metrics.k8s.io through the aggregation layer, the HPA of
+    kube-controller-manager adds pods to a busy Deployment (rendered by render_autoscaler, as hpa-upstream does),
+    and the upstream VPA recommender, restarted on the checkpoint infadapter writes (a day of history), recommends
+    what our re-implementation computes from the same histogram; its updater then resizes the pod in place."""
+    from infadapter.backends.kubernetes.backend import make_backend
+    from infadapter.backends.kubernetes.setup import pod_rules
+    from infadapter.core.policies import upstream_vpa_history
+    from infadapter.core.profile import load_profile
+    from infadapter.core.vpa import VpaConfig, recommend
+    from infadapter.render import RenderConfig, UpstreamAutoscaler, render_autoscaler
+
+    up = real.script("autoscalers", "--speedup", "10", timeout=900)
+    assert up.returncode == 0, up.stderr[-2000:]
+    assert up.stdout.strip().splitlines()[-1] == str(real.kubeconfig)
+    status = real.script("status")
+    assert "metrics-server: running" in status.stdout and "vpa-updater: running" in status.stdout, status.stdout
+    k = real.kube
+    for name in ("web", "serve"):  # the earlier tests' pods hold CPU of this 2-core node
+        if pod_exists(k, name):
+            k.call("DELETE", k.path("Pod", NS, name), query={"gracePeriodSeconds": 0})
+    node = k.get("NodeMetrics", name=NODE)
+    assert node["usage"]["cpu"], node
+
+    # The HPA: 100m pods burning all of it (100 % of the request, target 70 %): more pods, up to 3.
+    config = RenderConfig(namespace=NS)
+    hpa = render_autoscaler(UpstreamAutoscaler("hpa", "burn", pod_cores=0.1, max_replicas=3), config)
+    k.apply(burner(config.object_name("burn"), "100m", burn=True))
+    k.apply(hpa.obj)
+    try:
+        k.wait("the HPA adding pods", lambda: (k.get("Deployment", config.object_name("burn"), NS)["spec"]
+                                               ["replicas"] >= 2), timeout_s=120)
+        got = k.get("HorizontalPodAutoscaler", hpa.name, NS)
+        assert got["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"] >= 77, got["status"]
+    finally:
+        k.delete("HorizontalPodAutoscaler", hpa.name, NS)
+        k.delete("Deployment", config.object_name("burn"), NS)
+
+    # The VPA, warm: the checkpoint of a day at 20 req/s of resnet18, loaded by the restarted recommender.
+    profile = load_profile(ROOT / "profiles" / "local.yaml")
+    history = upstream_vpa_history(profile, "resnet18", [20.0] * 8640, 10, time.time())
+    mine = recommend(history, VpaConfig())
+    assert mine is not None
+    backend = make_backend(profile, kubeconfig=str(real.kubeconfig), namespace=NS, config=config,
+                           pods=pod_rules("vpa-upstream:resnet18", profile))
+    obj = config.object_name("resnet18")
+    try:
+        k.apply(burner(obj, "50m", burn=False))
+        k.wait("the idle pod", lambda: [p for p in k.list("Pod", NS) if p["metadata"]["name"].startswith(obj)
+                                        and p["status"].get("phase") == "Running"], timeout_s=60)
+        said = backend.start_autoscaler(history)
+        assert "1440 CPU samples" in said, said
+        restarted = real.script("restart", "vpa-recommender")
+        assert restarted.returncode == 0, restarted.stderr
+        target = backend.wait_recommendation(timeout_s=90)
+        assert target is not None and abs(target - mine.target_cores) <= 0.055 * mine.target_cores, (target, mine)
+
+        def resized() -> Any:
+            pods = [p for p in k.list("Pod", NS) if p["metadata"]["name"].startswith(obj)]
+            return pods if pods and all(
+                parse_cpu(p["spec"]["containers"][0]["resources"]["requests"]["cpu"]) == target for p in pods) else None
+
+        from infadapter.render import parse_cpu
+
+        pods = k.wait("the updater's in-place resize to the target", resized, timeout_s=90)
+        assert [c["restartCount"] for p in pods for c in p["status"]["containerStatuses"]] == [0]
+        print(f"autoscalers: HPA scaled the busy pods; warm VPA target {target:g} cores (ours "
+              f"{mine.target_cores:g}), resized in place")
+    finally:
+        gone = backend.teardown()
+        backend.stop()
+        k.delete("Deployment", obj, NS)
+    assert f"VerticalPodAutoscaler/{obj}" in gone and f"VerticalPodAutoscalerCheckpoint/{obj}-tfserving" in gone
+
+
 def test_down_undoes_every_host_change(real: Any) -> None:
     """Last: no process, chain, bridge, mount or cgroup left; the sysctls as they were before `up`."""
     state = real.state_dir
     pids = [int(p.read_text()) for p in (state / "pids").iterdir()]
     sock = str(state / "node" / "containerd" / "containerd.sock")
     shims = processes_naming(sock)
-    # etcd, apiserver, kcm, scheduler, kwok, containerd, kubelet, kube-proxy and the pods' API forwarder
-    assert len(pids) == 9 and shims
+    # etcd, apiserver, kcm, scheduler, kwok, containerd, kubelet, kube-proxy, the pods' API forwarder, and the
+    # autoscalers: metrics-server and the VPA's recommender, updater and admission controller
+    assert len(pids) == 13 and shims
     assert chains("filter") and chains("nat")  # there was something to undo
     t0 = time.monotonic()
     down = real.script("down", timeout=120)

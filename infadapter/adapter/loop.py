@@ -252,6 +252,8 @@ class ControlLoop:
         kind = policy_entry(policy)
         #: The policy's changes of cores may happen in place (HPA's may not: it adds pods).
         self._in_place = kind.in_place
+        #: The cluster's own autoscaler decides (an upstream policy): the serving plan is read back at every check.
+        self._follows = bool(kind.upstream)
         # VPA and HPA read CPU samples at their upstream cadence (cpusamples: the simulator's rule too).
         self._cpu_sampler: CpuSampler | None = None
         self._cpu_period = (kind.cpu_sample_s, kind.cpu_window_s) if kind.needs_cpu else None
@@ -420,6 +422,8 @@ class ControlLoop:
         now = self.clock()
         self._account(now)
         self._sample_cpu(now)
+        if self._follows and self.next_decision_s is not None:
+            self._follow(now)
         try:  # e.g. a router that died comes back before we observe through it
             healed = self.backend.heal()
         except Exception as exc:  # the next tick tries again; the loop itself must go on
@@ -445,6 +449,8 @@ class ControlLoop:
                     self.metrics.fallback.set(0 if obs.source == "prometheus" else 1)
                 cap = self.serving.served_capacity_rps() if self.serving and self.serving.allocations else None
                 over = self._overloaded_services(obs) if self.profile.services else None
+                if self._follows:  # the cluster's autoscaler reacts to overload, not us
+                    over = set()
                 due = control.trigger_due(now, self.next_decision_s, self._last_decision_s, rate, cap,
                                           self.ctl, self.retry_at_s, overloaded_now=bool(over) if over is not None
                                           else None)
@@ -490,6 +496,17 @@ class ControlLoop:
         self.serving = res.serving
         grown = ", ".join(f"{a.name}x{a.cores:g}" for a in bridge.allocations)
         return (f"grown in place while new variants load: {grown}",)
+
+    def _follow(self, now: float) -> None:
+        """An upstream policy's serving plan is what the cluster runs now (its autoscaler changed it, not us):
+        read back at every check, so that cores are accounted as they change between decisions."""
+        st = self._read_state(now)
+        if st is None or st.plan is None or not st.plan.allocations:
+            return
+        if self.serving is None or st.plan.cores_by_name() != self.serving.cores_by_name():
+            log.info("the cluster's autoscaler runs %s", ", ".join(
+                f"{a.name} on {a.cores:g} cores" for a in st.plan.allocations))
+        self.serving = st.plan
 
     def _check_health(self, failed: bool) -> None:
         """Ask the backend whether it answers (after each apply); say so when that changes (during an outage

@@ -237,7 +237,8 @@ class AdapterRun:
         if self.profile.services:  # the simulator's joint policy (or its static split)
             policy = joint_policy(self.profile, cfg.min_gain, cfg.policy, self.split_budgets())
         else:
-            policy = make_policy(cfg.policy, self.profile, cfg.stabilization_intervals, min_gain=cfg.min_gain)
+            policy = make_policy(cfg.policy, self.profile, cfg.stabilization_intervals, min_gain=cfg.min_gain,
+                                 backend=cfg.backend)
         forecaster = make_forecaster(cfg.forecaster)
         service_forecasters = {n: make_forecaster(cfg.forecaster) for n in self.profile.service_names}
         try:

@@ -16,7 +16,7 @@ from infadapter.commands.common import err_console, json_option, out_console, pr
 from infadapter.commands.options import Replay, control_options, load_options, load_replay
 from infadapter.commands.views import LiveView as _View
 from infadapter.core.control import ControlConfig
-from infadapter.core.policies import live_entry
+from infadapter.core.policies import entry, live_entry, simulated_spec
 from infadapter.errors import BadInput
 
 
@@ -272,8 +272,9 @@ def status(ctx: click.Context, backend: str, run_dir: Path | None, as_json: bool
         con.print(part, highlight=False)
 
 
-#: ``experiment`` compares live runs with the simulator, which models this backend (sim/experiment.py).
-EXPERIMENT_BACKEND = "local"
+#: ``experiment`` compares live runs with the simulator, which models the local backend (sim/experiment.py); on
+#: kubernetes every run sends its requests through the cluster (``--traffic live``) on the real node.
+EXPERIMENT_BACKENDS = ("local", "kubernetes")
 
 EXPERIMENT_EPILOG = """Examples:
 
@@ -281,10 +282,17 @@ EXPERIMENT_EPILOG = """Examples:
   python cli.py experiment --policies infadapter,vpa:resnet50,msplus --window paper --scale 0.1 --speedup 6
   python cli.py experiment --policies infadapter,msplus --rate 15 --duration 120 --interval 10 --out runs/exp
   python cli.py experiment --policies infadapter,hpa:resnet50 --sweep budget=0.5,1 --rate 15 --duration 60
+  python cli.py experiment --backend kubernetes --kubeconfig K --policies infadapter,hpa-upstream:resnet50
+
+With --backend kubernetes each policy runs with --traffic live (the window's requests through the in-cluster
+dispatcher), the namespace's variants and autoscalers are deleted between policies, and hpa-upstream /
+vpa-upstream are the cluster's own HPA and VPA (bash scripts/local-cluster.sh autoscalers), simulated as hpa: / vpa:.
 """
 
 
-@click.command("experiment", cls=BackendCommand, backends=(EXPERIMENT_BACKEND,), epilog=EXPERIMENT_EPILOG)
+@click.command("experiment", cls=BackendCommand, backends=EXPERIMENT_BACKENDS, epilog=EXPERIMENT_EPILOG)
+@click.option("--backend", type=click.Choice(EXPERIMENT_BACKENDS), default="local", show_default=True,
+              help="Where the policies run live: local (servers on this machine) or kubernetes (the cluster's pods).")
 @click.option("--policies", default="infadapter,vpa:resnet50,msplus", show_default=True,
               help="Comma-separated policies, run one after another on the same load.")
 @click.option("--duration", type=float, default=None, help="Seconds of load (with --rate, or to cut a window).")
@@ -298,8 +306,9 @@ EXPERIMENT_EPILOG = """Examples:
 @_common_options
 @json_option
 @click.pass_context
-def experiment(ctx: click.Context, policies: str, duration: float | None, out_dir: Path, sweep_spec: str | None,
-               profile_path: Path | None, prometheus: str | None, router: str, as_json: bool, **flags: Any) -> None:
+def experiment(ctx: click.Context, backend: str, policies: str, duration: float | None, out_dir: Path,
+               sweep_spec: str | None, profile_path: Path | None, prometheus: str | None, router: str, as_json: bool,
+               **flags: Any) -> None:
     """Run policies live against the same load, one after another, and compare with the simulator."""
     from infadapter.commands.sweep import parse_sweep
     from infadapter.sim.experiment import run_experiment
@@ -308,7 +317,9 @@ def experiment(ctx: click.Context, policies: str, duration: float | None, out_di
 
     verbose = (ctx.find_root().obj or {}).get("verbose", 0)
     _logging(verbose, as_json)
-    own = backend_flags(ctx, EXPERIMENT_BACKEND, flags)
+    own = backend_flags(ctx, backend, flags)
+    if backend == "kubernetes":  # a replay serves no request: nothing to compare
+        own["traffic"] = "live"
     names = [p.strip() for p in policies.split(",") if p.strip()]
     rates, fields = _run_fields(names[0] if names else "", duration, **flags)
     if rates is None:
@@ -317,10 +328,13 @@ def experiment(ctx: click.Context, policies: str, duration: float | None, out_di
         raise BadInput("--policies: give at least one policy")
     for name in names:  # before the shared config, so the message names --policies
         live_entry(name, "--policies")
+        if backend != "kubernetes" and entry(name).upstream:
+            raise BadInput(f"--policies: {name} is the cluster's own {entry(name).upstream.upper()}: only with "
+                           f"--backend kubernetes (the simulator's model of it: {simulated_spec(name)})")
     if flags["rate"] is not None:  # the constant load is already --duration long
         fields["duration_s"] = None
-    base = backend_config(EXPERIMENT_BACKEND).from_flags(
-        dict(backend=EXPERIMENT_BACKEND, run_dir=None, profile_path=profile_path, prometheus=prometheus,
+    base = backend_config(backend).from_flags(
+        dict(backend=backend, run_dir=None, profile_path=profile_path, prometheus=prometheus,
              router=router, **fields), **own)
     with _View(quiet=as_json or verbose < 0) as view:
         doc = run_experiment(base, names, out_dir, on_update=view.update, sweep=sweep)

@@ -318,6 +318,26 @@ def warm_vpa_state(state: VpaState, profile: Profile, variant: str, rates_before
     return state
 
 
+def upstream_vpa_history(profile: Profile, variant: str, rates_before: Sequence[float], stretch: int,
+                         now_s: float) -> VpaState:
+    """What a VPA that had been running on ``variant`` through ``rates_before`` (per replayed second, each
+    ``stretch`` trace seconds; the last ends at ``now_s``, Unix seconds) holds: upstream's one sample a minute
+    and its 24-hour half-life, both compressed as the live recommender runs (``local-cluster.sh autoscalers
+    --speedup``); the CPU each sample's rate needs, as :func:`warm_vpa_state` (the simulator's warm VPA)."""
+    stretch = max(int(stretch), 1)
+    step = max(60 // stretch, 1)  # replayed seconds per trace minute
+    state = VpaState.empty(VpaConfig(half_life_s=86400.0 / stretch))
+    rates = list(rates_before)
+    samples = len(rates) // step
+    for m in range(samples):
+        rate = sum(rates[m * step:(m + 1) * step]) / step
+        cores = profile.cores_for(variant, rate)
+        cap = profile.capacity_rps(variant, cores)
+        used = min(cores, cores * rate / cap) if cap > 0 else cores
+        state = state.add_sample(now_s - (samples - m - 1) * step, used, cores)
+    return state
+
+
 @dataclass(frozen=True)
 class HpaState:
     """Replica recommendations of the last ``stabilization_s`` seconds: (time, replicas)."""
@@ -372,6 +392,37 @@ class Hpa:
             why += f"; scale-down held to {chosen} (highest of the last {self.stabilization_s:g} s)"
         plan = single_variant_plan(p, self.variant, chosen * self.pod_cores, ctx.forecast_rps, ctx.current_cores)
         return Decision(plan, HpaState(recent), why)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The cluster's own HPA or VPA on one variant (``hpa-upstream:VARIANT[=POD_CORES]``, ``vpa-upstream:VARIANT``):
+    Kubernetes decides, infadapter only deploys the variant and records what runs.
+
+    The first decision is the simulated policy's initial plan (the variant on the whole budget), which the
+    Kubernetes backend creates with the autoscaler object beside it (:class:`~infadapter.render.UpstreamAutoscaler`);
+    every later decision is the plan read back from the cluster (``ctx.current``: the cores its pods hold now),
+    so nothing is applied over the autoscaler's changes. ``model`` is the policy the simulator runs in its place
+    (``hpa:VARIANT`` or ``vpa:VARIANT``)."""
+
+    kind: str  # "hpa" or "vpa"
+    variant: str
+    model: Policy
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-upstream:{self.variant}"
+
+    def decide(self, ctx: Context) -> Decision:
+        p = ctx.profile
+        cores = ctx.current_cores.get(self.variant)
+        if not cores:
+            plan = single_variant_plan(p, self.variant, _upstream_initial(p, self).cores, ctx.forecast_rps, {})
+            return Decision(plan, ctx.state, f"{self.kind}-upstream: the variant on the whole budget; the "
+                                             f"cluster's {self.kind.upper()} decides from here")
+        plan = single_variant_plan(p, self.variant, cores, ctx.forecast_rps, ctx.current_cores)
+        return Decision(plan, ctx.state, f"{self.kind}-upstream: the cluster's {self.kind.upper()} runs "
+                                         f"{self.variant} on {cores:g} cores")
 
 
 def clamp_cores(
@@ -633,6 +684,9 @@ class PolicyEntry:
     initial_plan: Callable[[Profile, Policy], Plan] | None = None
     #: What ``--policy all`` runs of it.
     compare: Callable[[Profile], list[str]] = lambda profile: []
+    #: The cluster's own autoscaler decides ("hpa" or "vpa"): live on the Kubernetes backend only; the
+    #: simulator runs :attr:`Upstream.model` (its spec: :func:`simulated_spec`).
+    upstream: str = ""
 
 
 def _most_accurate_on_budget(profile: Profile, policy: Policy) -> Plan:
@@ -689,6 +743,28 @@ def _middle(profile: Profile) -> str:
     return ranked[len(ranked) // 2].name
 
 
+def _upstream(kind: str) -> Callable[[str, Profile, VpaConfig | None], Policy]:
+    def build(arg: str, profile: Profile, config: VpaConfig | None) -> Policy:
+        model = _hpa(arg, profile, config) if kind == "hpa" else _vpa(warm=True, limited=True)(arg, profile, config)
+        return Upstream(kind, unwrap(model).variant, model)  # type: ignore[attr-defined]
+    return build
+
+
+def _upstream_initial(profile: Profile, policy: Policy) -> Plan:
+    """The simulated model's first plan; HPA's in whole pods within the budget (its replica limit)."""
+    model = unwrap(unwrap(policy).model)  # type: ignore[attr-defined]
+    plan = _own_variant_on_budget(profile, model)
+    if isinstance(model, Hpa):
+        top = max(1, math.floor(profile.budget_cores / model.pod_cores + 1e-9))
+        plan = single_variant_plan(profile, model.variant, top * model.pod_cores, 0.0, {})
+    return plan
+
+
+def _upstream_pod_cores(policy: Policy) -> float | None:
+    model = unwrap(policy).model  # type: ignore[attr-defined]
+    return model.pod_cores if isinstance(model, Hpa) else None
+
+
 REGISTRY: dict[str, PolicyEntry] = {e.name: e for e in (
     PolicyEntry("infadapter", "infadapter[:standby]", lambda a, p, c: _infadapter(a), from_load=True,
                 maximizes_objective=True,
@@ -706,6 +782,10 @@ REGISTRY: dict[str, PolicyEntry] = {e.name: e for e in (
                 pod_cores=lambda policy: unwrap(policy).pod_cores,  # type: ignore[attr-defined]
                 stabilized=False, initial_plan=_own_variant_on_budget,
                 compare=lambda p: [f"hpa:{n}" for n in p.names]),
+    PolicyEntry("hpa-upstream", "hpa-upstream:VARIANT[=POD_CORES]", _upstream("hpa"), in_place=False,
+                pod_cores=_upstream_pod_cores, stabilized=False, initial_plan=_upstream_initial, upstream="hpa"),
+    PolicyEntry("vpa-upstream", "vpa-upstream:VARIANT", _upstream("vpa"), stabilized=False,
+                initial_plan=_upstream_initial, upstream="vpa"),
     PolicyEntry("static", "static:NAME=CORES[,...]",
                 lambda a, p, c: Static(_static_cores(a, p), name=f"static:{a}"), from_load=True,
                 initial_plan=_static_initial, compare=lambda p: [f"static:{_best(p)}"]),
@@ -764,8 +844,12 @@ def make_policy(
     stabilization_intervals: int = DEFAULT_STABILIZATION,
     vpa_config: VpaConfig | None = None,
     min_gain: float = 0.0,
+    backend: str | None = None,
 ) -> Policy:
     """Build a policy from its spec, wrapped in the shared stabilization (``intervals`` <= 1 disables it).
+
+    ``backend``: where it runs live (None: the simulator or ``plan``); an upstream policy (``hpa-upstream``,
+    ``vpa-upstream``) is the cluster's own autoscaler and runs only on ``kubernetes`` (BadInput elsewhere).
 
     ``min_gain`` > 0 also keeps the current cores when a new plan of an objective-maximizing policy
     (infadapter, msplus, oracle) beats them by less than that (see :class:`Stabilized`)."""
@@ -773,6 +857,10 @@ def make_policy(
         raise BadInput(f"--policy {spec}: a static split of the budget between services; it needs a profile "
                        "with services (e.g. --profile profiles/services-local.yaml)")
     e = entry(spec)
+    if e.upstream and backend != "kubernetes":
+        where = f"--backend {backend}" if backend else "the simulator and plan"
+        raise BadInput(f"--policy {spec}: the cluster's own {e.upstream.upper()} runs only live on --backend "
+                       f"kubernetes (not in {where}); the simulator's model of it is {simulated_spec(spec)}")
     arg = spec.partition(":")[2]
     policy = e.build(arg, profile, vpa_config)
     gain = min_gain if e.maximizes_objective else 0.0
@@ -780,6 +868,14 @@ def make_policy(
     if e.stabilized and (stabilization_intervals > 1 or gain > 0 or standby):
         return Stabilized(policy, max(stabilization_intervals, 1), gain, standby)
     return policy
+
+
+def simulated_spec(spec: str) -> str:
+    """The spec the simulator runs for a live policy: an upstream one's model (``hpa-upstream:resnet50`` ->
+    ``hpa:resnet50``), any other as given."""
+    _, sep, arg = spec.partition(":")
+    e = entry(spec)
+    return f"{e.upstream}{sep}{arg}" if e.upstream else spec
 
 
 def joint_policy(profile: Profile, min_gain: float, spec: str = "infadapter",

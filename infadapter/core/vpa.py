@@ -171,3 +171,37 @@ def recommend(state: VpaState, config: VpaConfig | None = None) -> Recommendatio
     lower = _scale(lower, (1.0 + 0.001 / conf) ** -2.0) if conf > 0 else 0.0
     floor = MIN_CPU_CORES * 1000.0
     return Recommendation(max(target, floor) / 1000.0, max(lower, floor) / 1000.0, max(upper, floor) / 1000.0, conf)
+
+
+#: Upstream's checkpoint format (``model.SupportedCheckpointVersion``) and its largest stored bucket weight.
+CHECKPOINT_VERSION = "v3"
+MAX_CHECKPOINT_WEIGHT = 10000
+
+
+def _rfc3339(t_s: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(t_s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def checkpoint_status(state: VpaState) -> dict[str, object]:
+    """``state`` (its times in Unix seconds) as the status of upstream's ``VerticalPodAutoscalerCheckpoint``: what
+    the recommender saves of a container's history and loads when it starts (``histogram.SaveToChekpoint``:
+    bucket weights scaled so that the largest is 10000, the true total beside them; CPU only, the memory
+    histogram empty)."""
+    top = max(state.weights, default=0.0)
+    ratio = MAX_CHECKPOINT_WEIGHT / top if top > 0 else 0.0
+    scaled = {str(i): math.floor(w * ratio + 0.5) for i, w in enumerate(state.weights)}
+    buckets = {i: w for i, w in scaled.items() if w > 0}
+    ref = _rfc3339(state.reference_s)
+    first = state.first_sample_s if state.first_sample_s is not None else state.reference_s
+    last = state.last_sample_s if state.last_sample_s is not None else state.reference_s
+    return {
+        "lastUpdateTime": _rfc3339(last),
+        "version": CHECKPOINT_VERSION,
+        "cpuHistogram": {"referenceTimestamp": ref, "bucketWeights": buckets, "totalWeight": state.total_weight},
+        "memoryHistogram": {"referenceTimestamp": ref, "bucketWeights": {}, "totalWeight": 0.0},
+        "firstSampleStart": _rfc3339(first),
+        "lastSampleStart": _rfc3339(last),
+        "totalSamplesCount": state.samples,
+    }

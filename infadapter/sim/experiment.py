@@ -19,7 +19,7 @@ from infadapter.adapter.loop import LoopConfig
 from infadapter.adapter.runner import AdapterConfig, AdapterRun
 from infadapter.backends import backend_setup
 from infadapter.backends.local.setup import RunConfig
-from infadapter.core.policies import live_entry, make_policy
+from infadapter.core.policies import live_entry, make_policy, simulated_spec
 from infadapter.core.profile import Profile, load_profile
 from infadapter.errors import BadInput
 from infadapter.observe.requestlog import REQUESTS_FILE
@@ -62,7 +62,7 @@ def simulate_same(profile: Profile, cfg: RunConfig, arrival_times_s: np.ndarray 
         control=live.control, rates_before=live.rates_before,
         stabilization_intervals=cfg.stabilization_intervals,
         min_gain=cfg.min_gain, forecaster=cfg.forecaster, warmup_s=0, first_plan_ready=True,
-        seed=cfg.seed, cpu_model="work",
+        seed=getattr(cfg, "seed", 0), cpu_model="work",
         service_cv=service_cv, observe_lag_s=observe_lag_s, service_model=service_model,
     )
     profile = cfg.tuned(profile)
@@ -70,8 +70,9 @@ def simulate_same(profile: Profile, cfg: RunConfig, arrival_times_s: np.ndarray 
         profile = profile.scaled_capacity(capacity_scale)
     arrivals = None
     if arrival_times_s is not None:
-        arrivals = sim.arrivals_from_times(arrival_times_s, int(rates.size), cfg.seed)
-    policy = make_policy(cfg.policy, profile, cfg.stabilization_intervals, min_gain=cfg.min_gain)
+        arrivals = sim.arrivals_from_times(arrival_times_s, int(rates.size), getattr(cfg, "seed", 0))
+    # An upstream baseline (the cluster's own HPA or VPA) is simulated as our model of it.
+    policy = make_policy(simulated_spec(cfg.policy), profile, cfg.stabilization_intervals, min_gain=cfg.min_gain)
     res = sim.simulate(profile, rates, policy, sim_cfg, arrivals=arrivals)
     return {"requests": res.requests, "slo_violation_rate": res.slo_violation_rate, "mean_cores": res.mean_cores,
             "mean_planned_cores": res.mean_planned_cores, "mean_accuracy": res.mean_accuracy,
@@ -119,13 +120,15 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
         sweep.profiles(profile)
     for pol in policies:  # a bad name fails now, not after the policies before it ran for minutes
         live_entry(pol, "--policies")
-        make_policy(pol, profile, base.stabilization_intervals, min_gain=base.min_gain)
+        make_policy(pol, profile, base.stabilization_intervals, min_gain=base.min_gain, backend=base.backend)
     out_dir.mkdir(parents=True, exist_ok=True)
     rates = np.asarray(base.rates_rps, dtype=float)
     results = []
     for label, value, run in experiment_runs(base, policies, sweep):
         run_dir = out_dir / _safe(label)
         cfg = replace(run, run_dir=run_dir)
+        if cfg.backend == "kubernetes":
+            _clear_namespace(cfg, profile)  # each policy starts from nothing, as on the local backend
         live = AdapterRun(cfg, backend_setup(cfg.backend), on_update=on_update).run()
         sim_res = None
         try:
@@ -152,6 +155,20 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
             plot_frontier(doc["frontier"]["live"], out_dir / "frontier.png",
                           title=f"live: {Path(str(doc['profile'])).name}, {base.load_label or 'the load'}")
     return doc
+
+
+def _clear_namespace(cfg: Any, profile: Profile) -> None:
+    """Delete the variants, HPAs and VPAs the run before left in the namespace (the next policy must not resume
+    from them); the dispatcher stays."""
+    from infadapter.backends.kubernetes.setup import build_backend
+
+    backend = build_backend(replace(cfg, policy="infadapter"), profile)
+    try:
+        gone = backend.teardown()
+    finally:
+        backend.stop()
+    if gone:
+        log.info("experiment: cleared %s", ", ".join(gone))
 
 
 def experiment_frontier(results: list[dict[str, Any]], sweep: Sweep, side: str) -> dict[str, Any]:

@@ -44,6 +44,9 @@ _PATHS = {
     "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
     "Secret": "/api/v1/namespaces/{ns}/secrets",
     "HTTPRoute": "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes",
+    "HorizontalPodAutoscaler": "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers",
+    "VerticalPodAutoscaler": "/apis/autoscaling.k8s.io/v1/namespaces/{ns}/verticalpodautoscalers",
+    "VerticalPodAutoscalerCheckpoint": "/apis/autoscaling.k8s.io/v1/namespaces/{ns}/verticalpodautoscalercheckpoints",
 }
 
 

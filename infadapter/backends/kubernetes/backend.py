@@ -51,12 +51,17 @@ from infadapter.core.profile import Profile
 from infadapter.errors import InfAdapterError
 from infadapter.render import (
     ANNOTATION_CORES,
+    COMPONENT_AUTOSCALER,
+    LABEL_COMPONENT,
     LABEL_VARIANT,
+    Manifest,
     PodRules,
     RenderConfig,
     VariantSpec,
     cpu_quantity,
     largest_pod_cores,
+    parse_cpu,
+    render_autoscaler,
     render_routes,
     render_variant,
     variant_specs,
@@ -200,7 +205,8 @@ class KubernetesBackend:
             variants.append(VariantState(name, cores, serving, self.config.variant_url(name), detail))
             if not ob.ready:
                 messages.append(f"{name}: not ready ({detail})")
-        if self._serving is not None:
+        # An upstream autoscaler changes the cores behind our back: what runs is what the pods hold.
+        if self._serving is not None and self.pods.autoscaler is None:
             plan = self._serving if set(self._serving.names) == set(observed) else plan
         messages.insert(0, f"namespace {self.namespace}; plan generation {gen}")
         return BackendState(tuple(variants), plan, healthy=all(ob.ready for ob in observed.values()),
@@ -252,6 +258,18 @@ class KubernetesBackend:
         gone = []
         for name in sorted(self.observe()):
             gone += self._delete_variant(name)
+        # An upstream baseline's HPA or VPA (and the VPA's checkpoint), whichever policy left them.
+        labels = {**self.config.common_labels(), LABEL_COMPONENT: COMPONENT_AUTOSCALER}
+        for kind in ("HorizontalPodAutoscaler", "VerticalPodAutoscaler", "VerticalPodAutoscalerCheckpoint"):
+            try:
+                items = self.api.list(kind, labels).get("items", [])
+            except KubeError as exc:
+                if exc.status == 404:  # the VPA's CRDs are not installed: nothing of theirs to delete
+                    continue
+                raise
+            for item in items:
+                if self.api.delete(kind, item["metadata"]["name"]):
+                    gone.append(f"{kind}/{item['metadata']['name']}")
         self._serving = None
         return gone
 
@@ -336,7 +354,63 @@ class KubernetesBackend:
             return ApplyResult(previous, tuple(actions), ok=False, error=str(exc), retry_after_s=5.0)
 
         self._serving = plan
+        if self.pods.autoscaler is not None and creates:
+            try:
+                actions.append(self._apply_autoscaler(plan))
+            except KubeError as exc:
+                return ApplyResult(plan, tuple(actions), ok=False, error=str(exc), retry_after_s=5.0)
         return self._shrink_and_delete(plan, generation, [observed[n] for n in shrink], specs, deletes, actions)
+
+    def start_autoscaler(self, history: Any = None) -> str:
+        """Create the upstream policy's HPA or VPA (before its variant: a VPA's admission controller then sizes the
+        variant's first pods); ``history``, a :class:`~infadapter.core.vpa.VpaState` in Unix seconds, becomes the
+        VPA's ``VerticalPodAutoscalerCheckpoint`` of its one container."""
+        from infadapter.core.vpa import checkpoint_status
+
+        said = self._apply_autoscaler()
+        a = self.pods.autoscaler
+        assert a is not None
+        if history is not None and a.kind == "vpa":
+            # The recommender rewrites its checkpoints: the one it wrote for an earlier VPA of this name goes first.
+            self.api.delete("VerticalPodAutoscalerCheckpoint", f"{self.config.object_name(a.variant)}-tfserving")
+            obj = self.config.object_name(a.variant)
+            # Not a template: a checkpoint is state the recommender owns and rewrites, not configuration.
+            self.api.apply_object(Manifest(f"{obj}.checkpoint.yaml", "", {
+                "apiVersion": "autoscaling.k8s.io/v1", "kind": "VerticalPodAutoscalerCheckpoint",
+                "metadata": {"name": f"{obj}-tfserving", "namespace": self.namespace,
+                             "labels": {**self.config.common_labels(), LABEL_COMPONENT: COMPONENT_AUTOSCALER,
+                                        LABEL_VARIANT: a.variant}},
+                "spec": {"vpaObjectName": obj, "containerName": "tfserving"},
+                "status": checkpoint_status(history)}))
+            said += f"; its checkpoint holds {history.samples} CPU samples of the day before"
+        return said
+
+    def wait_recommendation(self, timeout_s: float) -> float | None:
+        """The upstream VPA's CPU target for its container once its recommender has written one (None: not within
+        ``timeout_s``)."""
+        a = self.pods.autoscaler
+        assert a is not None and a.kind == "vpa"
+        deadline = self._clock() + timeout_s
+        while True:
+            vpa = self.api.get("VerticalPodAutoscaler", self.config.object_name(a.variant)) or {}
+            for rec in (vpa.get("status") or {}).get("recommendation", {}).get("containerRecommendations", []):
+                if rec.get("containerName") == "tfserving" and "cpu" in rec.get("target", {}):
+                    return parse_cpu(rec["target"]["cpu"])
+            if self._clock() >= deadline:
+                return None
+            self.api.sleep(1.0)
+
+    def _apply_autoscaler(self, plan: Plan | None = None) -> str:
+        """The upstream policy's HPA or VPA beside its variant (:class:`~infadapter.render.UpstreamAutoscaler`):
+        a VPA's CPU range is capped by the largest pod the nodes hold."""
+        a = self.pods.autoscaler
+        assert a is not None
+        if a.kind == "vpa":
+            top = self.max_pod_cores()
+            a = replace(a, max_cores=min(a.max_cores, top) if top else a.max_cores)
+        m = render_autoscaler(a, self.config, self.profile.service_of(a.variant) if self.profile.services else "")
+        self.api.apply_object(m)
+        return f"create {m.kind}/{m.name} (the cluster's {a.kind.upper()} decides from here)"
 
     def _unchanged(self, plan: Plan, previous: Plan, actions: list[str]) -> ApplyResult:
         """Nothing to change: route once after a restart (the dispatcher may have restarted too)."""
@@ -584,7 +658,10 @@ class KubernetesBackend:
     def _delete_variant(self, name: str) -> list[str]:
         obj = self.config.object_name(name)
         done = []
-        for kind, n in (("Deployment", obj), ("Service", obj), ("ConfigMap", f"{obj}-config")):
+        kinds = [("Deployment", obj), ("Service", obj), ("ConfigMap", f"{obj}-config")]
+        if self.pods.autoscaler is not None:  # first, so that it stops acting on the variant
+            kinds.insert(0, (self.pods.autoscaler.api_kind, obj))
+        for kind, n in kinds:
             if self.api.delete(kind, n):
                 done.append(f"{kind}/{n}")
         return done

@@ -41,6 +41,11 @@ ADAPT: list[click.Option] = [
                  help="With a load (--window/--rate): replay observes its rates; live sends its requests from "
                       "this machine to the in-cluster dispatcher's Service (applied, or --dispatcher-url) and "
                       "observes the dispatcher's counters."),
+    click.Option(["--restart-recommender"], default=None, metavar="COMMAND",
+                 help="vpa-upstream: a command that restarts the cluster's VPA recommender, run once the history of "
+                      "the day before the window is written as its checkpoint (upstream loads checkpoints only when "
+                      "it starts); without it that VPA starts cold. Local cluster: "
+                      "'bash scripts/local-cluster.sh restart vpa-recommender'."),
 ]
 
 STATUS: list[click.Option] = [

@@ -69,6 +69,8 @@ class ClusterRunConfig(AdapterConfig):
     #: replay: the loop observes the load's rates; live: the load's requests go to the in-cluster dispatcher
     #: (:mod:`infadapter.backends.kubernetes.live`) and the loop observes its counters.
     traffic: str = "replay"
+    #: vpa-upstream: the command that restarts the cluster's VPA recommender after its history checkpoint is written.
+    restart_recommender: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in CLUSTER_BACKENDS:
@@ -240,8 +242,27 @@ def pod_rules(policy: str, profile: Profile) -> Any:
     from infadapter.render import PodRules
 
     kind = entry(policy)
-    built = make_policy("infadapter" if policy in SPLIT_POLICIES else policy, profile, 1)  # a split's adapters
-    return PodRules(in_place=kind.in_place, cpu_limited=kind.cpu_limited, pod_cores=kind.pod_cores(built))
+    built = make_policy("infadapter" if policy in SPLIT_POLICIES else policy, profile, 1,  # a split's adapters
+                        backend="kubernetes")
+    return PodRules(in_place=kind.in_place, cpu_limited=kind.cpu_limited, pod_cores=kind.pod_cores(built),
+                    autoscaler=upstream_autoscaler(built, profile) if kind.upstream else None)
+
+
+def upstream_autoscaler(policy: Any, profile: Profile) -> Any:
+    """The HPA or VPA object's settings for an upstream policy, from the simulated model it stands for (the same
+    pod size, replica range, utilization target and CPU range as ``hpa:``/``vpa:``)."""
+    from infadapter.core.policies import Hpa, unwrap
+    from infadapter.render import UpstreamAutoscaler
+
+    up = unwrap(policy)
+    model = unwrap(up.model)
+    if isinstance(model, Hpa):
+        top = max(1, math.floor(profile.budget_cores / model.pod_cores + 1e-9))
+        return UpstreamAutoscaler("hpa", up.variant, pod_cores=model.pod_cores, max_replicas=top,
+                                  target_utilization=model.target_utilization)
+    cfg = model.config
+    return UpstreamAutoscaler("vpa", up.variant, min_cores=cfg.min_cores or profile.min_cores,
+                              max_cores=cfg.max_cores or profile.budget_cores)
 
 
 def build_backend(cfg: ClusterRunConfig, profile: Profile) -> Any:
@@ -296,6 +317,8 @@ class ClusterSetup:
                                    "pick a free port or 0 to turn metrics off") from None
                 messages.append(f"metrics: http://{cfg.metrics_host}:{cfg.metrics_port}/metrics")
             live = _start_live(cfg, backend, messages) if cfg.traffic == "live" else None
+            if backend.pods.autoscaler is not None and cfg.backend == "kubernetes":
+                _start_autoscaler(cfg, backend, run.profile, messages)
             if live is None and cfg.backend == "kubernetes" and cfg.dispatcher_url:
                 _address_variants(backend, messages)  # e.g. the adapter's own Deployment, beside the dispatcher
             initial_plan = None
@@ -323,6 +346,56 @@ class ClusterSetup:
             drain_s=LIVE_DRAIN_S if live else 0.0,
             apply_timeout_s=cfg.ready_timeout_s if cfg.backend == "kubernetes" else 0.0,
         )
+
+
+def _start_autoscaler(cfg: ClusterRunConfig, backend: Any, profile: Profile, messages: list[str]) -> None:
+    """An upstream policy's variant and its HPA or VPA, before the loop starts (the loop then resumes from what
+    runs and only reads back). A VPA gets the day before the window as its recommender's checkpoint
+    (:func:`~infadapter.core.policies.upstream_vpa_history`), as a VPA that had been running would hold it: upstream
+    loads checkpoints only when it starts, and only for VPAs whose workload exists, so ``--restart-recommender``
+    runs once the variant and the checkpoint exist, and the variant is then resized to the warm target, as the
+    updater would have done during that day (without the command the VPA starts cold, and says so)."""
+    import shlex
+    import subprocess
+    import time
+
+    from infadapter.core.policies import entry, make_policy, single_variant_plan, upstream_vpa_history
+
+    policy = make_policy(cfg.policy, profile, 1, backend="kubernetes")
+    first = entry(cfg.policy).initial_plan(profile, policy)  # type: ignore[misc]
+    a = backend.pods.autoscaler
+
+    def apply(plan: Any, what: str) -> None:
+        res = backend.apply(plan)
+        if not res.ok:
+            raise BackendUnavailable(f"--policy {cfg.policy}: cannot {what}: {res.error}")
+        messages.append(f"{cfg.policy}: {'; '.join(res.actions) or 'already running'}")
+
+    apply(first, f"create {a.variant}")
+    if a.kind != "vpa":
+        return
+    history = None
+    if cfg.rates_before:
+        history = upstream_vpa_history(profile, a.variant, cfg.rates_before, cfg.control.history_stretch, time.time())
+    if history is None or not cfg.restart_recommender:
+        why = "no history before the window" if history is None else "no --restart-recommender"
+        messages.append(f"vpa-upstream: the recommender starts cold ({why})")
+        return
+    messages.append(backend.start_autoscaler(history))
+    try:
+        done = subprocess.run(shlex.split(cfg.restart_recommender), capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BadInput(f"--restart-recommender: {cfg.restart_recommender!r} did not run ({exc})") from None
+    if done.returncode != 0:
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
+        raise BadInput(f"--restart-recommender: {cfg.restart_recommender!r} exited {done.returncode}: {last[0]}")
+    target = backend.wait_recommendation(timeout_s=60.0)
+    if target is None:
+        messages.append("vpa-upstream: the restarted recommender gave no target within 60 s (warm start not shown)")
+        return
+    apply(single_variant_plan(profile, a.variant, target, 0.0, {}), f"size {a.variant} at the warm target")
+    messages.append(f"vpa-upstream: warm, {history.samples} samples of the day before the window; {a.variant} "
+                    f"sized at its target {target:g} cores")
 
 
 def _start_live(cfg: ClusterRunConfig, backend: Any, messages: list[str]) -> Any:
