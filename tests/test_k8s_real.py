@@ -1321,6 +1321,9 @@ def test_adapt_hpa_upstream_creates_its_hpa_then_only_follows_what_the_cluster_r
     assert doc["plan"]["variants"][0]["cores"] == 6
     assert 6 < doc["mean_cores"] < 20, doc["mean_cores"]
     assert admin.get("Deployment", name, ns)["spec"]["replicas"] == 3  # never applied over
+    replay = run_cli("explain", "--run-dir", str(run_dir), "--replay")
+    assert "the cluster's own HPA decided (hpa-upstream:resnet50=2): there is no decision of ours to replay" \
+        in replay.stdout + replay.stderr, replay
     from infadapter.backends.kubernetes.setup import pod_rules
     from infadapter.core.profile import load_profile
 

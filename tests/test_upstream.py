@@ -44,7 +44,7 @@ def test_an_upstream_policy_runs_only_on_kubernetes_and_names_its_simulated_mode
         make_policy("vpa-upstream:resnet101", profile, backend="local")
     assert make_policy("vpa-upstream:resnet101", profile, backend="kubernetes").name == "vpa-upstream:resnet101"
     assert simulated_spec("hpa-upstream:resnet50=0.5") == "hpa:resnet50=0.5"
-    assert simulated_spec("vpa-upstream:resnet101") == "vpa:resnet101"
+    assert simulated_spec("vpa-upstream:resnet101") == "vpa-updater:resnet101"
     assert simulated_spec("infadapter") == "infadapter"
 
 
@@ -121,3 +121,28 @@ def test_the_vpa_history_is_upstreams_checkpoint_of_a_day_compressed_as_the_run(
     assert c["totalSamplesCount"] == 1440 and c["version"] == "v3"
     stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert c["lastSampleStart"] == stamp and c["memoryHistogram"]["totalWeight"] == 0.0  # type: ignore[index]
+
+
+def test_the_simulated_upstream_vpa_moves_only_outside_its_bounds() -> None:
+    """``vpa-updater`` (the model of ``vpa-upstream``): the first decision sizes the variant at the warm target, as
+    the live run does before it starts; later the cores stay while they lie within [lower, upper] (upstream's
+    updater), where ``vpa:`` (the paper's rule) follows the target every decision."""
+    from infadapter.core.policies import Vpa
+
+    profile = load_profile(LOCAL)
+    before = tuple([20.0] * 86400)
+    updater = make_policy("vpa-updater:resnet50", profile, 1)
+    assert isinstance(updater, Vpa) and updater.updater and updater.name == "vpa-updater:resnet50"
+    first = updater.decide(Context(profile, 86400.0, 20.0, rates_before=before))
+    target = first.plan.cores
+    assert profile.min_cores < target < profile.budget_cores  # at the target, not on the budget it started on
+    busy = {"resnet50": [(86400.0 + i, target) for i in range(60)]}  # saturated: usage at the limit
+    running = Plan((Allocation("resnet50", target, 1.0, 10.0),), 60.0)
+    held = updater.decide(Context(profile, 86460.0, 60.0, current=running, state=first.state, cpu_usage=busy))
+    assert held.plan.cores == target and "the updater leaves the pod" in held.reason
+    small = Plan((Allocation("resnet50", profile.min_cores, 1.0, 10.0),), 60.0)  # under the lower bound
+    below = updater.decide(Context(profile, 86460.0, 60.0, current=small, state=first.state))
+    assert below.plan.cores == target and "within them" not in below.reason, below.reason
+    paper_rule = make_policy("vpa:resnet50", profile, 1)
+    moved = paper_rule.decide(Context(profile, 86460.0, 60.0, current=running, state=first.state, cpu_usage=busy))
+    assert "within them" not in moved.reason

@@ -359,9 +359,12 @@ def replay(records: list[dict[str, Any]]) -> ReplayReport:
 def _replay_policy(ctx_rec: dict[str, Any], profile: Any) -> tuple[Any, dict[str, Any]]:
     """The policy a record's decision ran (the joint policy for a profile of several services, as the runner
     builds it) and the Context's per-service loads; ValueError saying why a record cannot be replayed."""
-    from infadapter.core.policies import joint_policy, make_policy
+    from infadapter.core.policies import entry, joint_policy, make_policy
 
     name, min_gain = str(ctx_rec["policy"]), float(ctx_rec.get("min_gain", 0.0))
+    if entry(name).upstream:
+        raise ValueError(f"the cluster's own {entry(name).upstream.upper()} decided ({name}): there is no decision "
+                         "of ours to replay")
     if not profile.services:
         if "load_rps" not in ctx_rec:
             raise ValueError("the record has no replay inputs (written before explain)")

@@ -264,6 +264,11 @@ class Vpa:
     that day would hold. ``limited`` False: VPA manages requests only, there is no CPU limit, so a
     server may use CPU beyond its request (the simulator lets it use the whole budget) and its usage
     shows the demand; cost is still the request.
+
+    ``updater``: upstream's updater rule instead of the paper's "apply the target every decision": the first
+    decision sizes the variant at the target (a VPA that had been running: its admission controller sized the
+    pods), later ones change the cores only when they fall outside the recommendation's [lower, upper] bounds
+    (``vpa-updater``, the simulator's model of the cluster's own VPA, ``vpa-upstream``).
     """
 
     variant: str
@@ -271,9 +276,12 @@ class Vpa:
     initial_cores: float | None = None
     warm: bool = True
     limited: bool = True
+    updater: bool = False
 
     @property
     def name(self) -> str:
+        if self.updater:
+            return f"vpa-updater:{self.variant}"
         kind = "vpa" if self.limited else "vpa-requests"
         return f"{kind}:{self.variant}" if self.warm or not self.limited else f"vpa-cold:{self.variant}"
 
@@ -281,7 +289,8 @@ class Vpa:
         p = ctx.profile
         p.variant(self.variant)  # BadInput for an unknown name
         request = ctx.current_cores.get(self.variant, self.initial_cores or p.core_options()[-1])
-        if isinstance(ctx.state, VpaState):
+        first = not isinstance(ctx.state, VpaState)
+        if not first:
             state = ctx.state
         else:
             state = VpaState.empty(self.config)
@@ -299,6 +308,9 @@ class Vpa:
                 f"vpa: target {rec.target_cores:.2f} cores (p90 x 1.15) -> {cores:g}; "
                 f"bounds [{rec.lower_cores:.2f}, {rec.upper_cores:.2f}]"
             )
+            if self.updater and not first and rec.lower_cores <= request <= rec.upper_cores:
+                cores = request
+                why += f"; {request:g} cores within them: the updater leaves the pod"
         plan = single_variant_plan(p, self.variant, cores, ctx.forecast_rps, ctx.current_cores)
         return Decision(plan, state, why)
 
@@ -743,9 +755,13 @@ def _middle(profile: Profile) -> str:
     return ranked[len(ranked) // 2].name
 
 
+def _vpa_updater(arg: str, profile: Profile, config: VpaConfig | None) -> Policy:
+    return replace(_vpa(warm=True, limited=True)(arg, profile, config), updater=True)  # type: ignore[type-var]
+
+
 def _upstream(kind: str) -> Callable[[str, Profile, VpaConfig | None], Policy]:
     def build(arg: str, profile: Profile, config: VpaConfig | None) -> Policy:
-        model = _hpa(arg, profile, config) if kind == "hpa" else _vpa(warm=True, limited=True)(arg, profile, config)
+        model = _hpa(arg, profile, config) if kind == "hpa" else _vpa_updater(arg, profile, config)
         return Upstream(kind, unwrap(model).variant, model)  # type: ignore[attr-defined]
     return build
 
@@ -778,6 +794,8 @@ REGISTRY: dict[str, PolicyEntry] = {e.name: e for e in (
                 compare=lambda p: [f"vpa-requests:{_middle(p)}"]),
     PolicyEntry("vpa-cold", "vpa-cold:VARIANT", _vpa(warm=False, limited=True), needs_cpu=True,
                 initial_plan=_own_variant_on_budget, compare=lambda p: [f"vpa-cold:{_middle(p)}"]),
+    PolicyEntry("vpa-updater", "vpa-updater:VARIANT", _vpa_updater, needs_cpu=True,
+                initial_plan=_own_variant_on_budget, compare=lambda p: []),
     PolicyEntry("hpa", "hpa:VARIANT[=POD_CORES]", _hpa, needs_cpu=True, cpu_sample_s=15.0, in_place=False,
                 pod_cores=lambda policy: unwrap(policy).pod_cores,  # type: ignore[attr-defined]
                 stabilized=False, initial_plan=_own_variant_on_budget,
@@ -872,10 +890,11 @@ def make_policy(
 
 def simulated_spec(spec: str) -> str:
     """The spec the simulator runs for a live policy: an upstream one's model (``hpa-upstream:resnet50`` ->
-    ``hpa:resnet50``), any other as given."""
+    ``hpa:resnet50``, ``vpa-upstream:resnet101`` -> ``vpa-updater:resnet101``), any other as given."""
     _, sep, arg = spec.partition(":")
     e = entry(spec)
-    return f"{e.upstream}{sep}{arg}" if e.upstream else spec
+    model = {"hpa": "hpa", "vpa": "vpa-updater"}.get(e.upstream, "")
+    return f"{model}{sep}{arg}" if model else spec
 
 
 def joint_policy(profile: Profile, min_gain: float, spec: str = "infadapter",
