@@ -154,16 +154,20 @@ build_unlock() {
   BUILD_LOCKED_FDS=
 }
 
+build_dir() {  # the one check that Go is there; prints a fresh folder in the cache for one build's output
+  [ -x "$GO" ] || die "go not found: install Go >= 1.26 (https://go.dev/dl/) or set GO=/path/to/go"
+  mkdir -p "$BIN"
+  mktemp -d "$CACHE/build.XXXXXX"
+}
+
 build() {
   build_lock
   if binaries_ok; then
     say "binaries: $BIN (cached)"
     return 0
   fi
-  [ -x "$GO" ] || die "go not found: install Go >= 1.26 (https://go.dev/dl/) or set GO=/path/to/go"
-  mkdir -p "$BIN"
   local tmp t0 ld
-  tmp=$(mktemp -d "$CACHE/build.XXXXXX")
+  tmp=$(build_dir)
   t0=$(date +%s)
   ld=$(k8s_ldflags)
   say "building Kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler), etcd and kwok"
@@ -269,12 +273,13 @@ start() {  # start NAME COMMAND...: in the background, own session; PID and comm
 }
 
 # -- PKI -----------------------------------------------------------------------------------------
-pki_cert() {  # pki_cert NAME SUBJECT EXT-FILE: a key and a certificate signed by the cluster CA, made once
+pki_cert() {  # pki_cert NAME SUBJECT EXT-FILE [CA]: a key and a certificate signed by CA (the cluster's), made once
   [ -f "$PKI/$1.crt" ] && return 0
+  local ca=${4:-ca}
   (
     cd "$PKI"
     openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
-    openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 3650 \
+    openssl x509 -req -in "$1.csr" -CA "$ca.crt" -CAkey "$ca.key" -CAcreateserial -out "$1.crt" -days 3650 \
       -extfile "$3" 2>/dev/null
     rm -f "$1.csr"
     chmod 600 "$1.key"
@@ -287,6 +292,10 @@ pki() {
     cd "$PKI"
     [ -f ca.crt ] || openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
       -subj "/CN=infadapter-local-ca" 2>/dev/null
+    # The aggregation layer's (metrics.k8s.io for the upstream HPA and VPA): the API server proxies to an
+    # extension API server as front-proxy-client, a certificate of this CA that only that server trusts.
+    [ -f front-proxy-ca.crt ] || openssl req -x509 -newkey rsa:2048 -nodes -keyout front-proxy-ca.key \
+      -out front-proxy-ca.crt -days 3650 -subj "/CN=infadapter-front-proxy-ca" 2>/dev/null
     cat > serving.ext <<EOF
 subjectAltName = IP:127.0.0.1, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, IP:10.96.0.1
 extendedKeyUsage = serverAuth
@@ -304,21 +313,7 @@ EOF
   pki_cert scheduler "/CN=system:kube-scheduler" client.ext
   # The API server's identity towards kubelets (logs, exec, port-forward on a real node).
   pki_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" client.ext
-  # The aggregation layer (metrics.k8s.io for the upstream HPA and VPA): the API server proxies to an
-  # extension API server as front-proxy-client, a certificate of its own CA that only that server trusts.
-  (
-    cd "$PKI"
-    [ -f front-proxy-ca.crt ] || openssl req -x509 -newkey rsa:2048 -nodes -keyout front-proxy-ca.key \
-      -out front-proxy-ca.crt -days 3650 -subj "/CN=infadapter-front-proxy-ca" 2>/dev/null
-    if [ ! -f front-proxy-client.crt ]; then
-      openssl req -newkey rsa:2048 -nodes -keyout front-proxy-client.key -out front-proxy-client.csr \
-        -subj "/CN=front-proxy-client" 2>/dev/null
-      openssl x509 -req -in front-proxy-client.csr -CA front-proxy-ca.crt -CAkey front-proxy-ca.key -CAcreateserial \
-        -out front-proxy-client.crt -days 3650 -extfile client.ext 2>/dev/null
-      rm -f front-proxy-client.csr
-    fi
-    chmod 600 ./*.key
-  )
+  pki_cert front-proxy-client "/CN=front-proxy-client" client.ext front-proxy-ca
 }
 
 kubeconfig() {  # kubeconfig USER FILE

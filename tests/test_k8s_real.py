@@ -1288,12 +1288,8 @@ def test_adapt_hpa_upstream_creates_its_hpa_then_only_follows_what_the_cluster_r
     the HPA with the variant."""
     ns = make_ns("hpa-upstream")
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "cli.py"), "adapt", "--backend", "kubernetes", "--kubeconfig",
-         str(kube_cluster.kubeconfig), "--namespace", ns, "--profile", "profiles/paper.yaml", "--window",
-         BUSY_WINDOW, "--speedup", "20", "--interval", "2", "--duration", "20", "--ready-timeout", "60",
-         "--policy", "hpa-upstream:resnet50=2", "--json", "--run-dir", str(run_dir)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _adapt_in_background(kube_cluster.kubeconfig, ns, run_dir, "--speedup", "20", "--interval", "2",
+                                "--duration", "20", "--policy", "hpa-upstream:resnet50=2")
     try:
         hpa = admin.wait("the HPA", lambda: [h for h in admin.list("HorizontalPodAutoscaler", ns)], timeout_s=60)[0]
         assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",

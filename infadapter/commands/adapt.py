@@ -286,7 +286,8 @@ EXPERIMENT_EPILOG = """Examples:
 
 With --backend kubernetes each policy runs with --traffic live (the window's requests through the in-cluster
 dispatcher), the namespace's variants and autoscalers are deleted between policies, and hpa-upstream /
-vpa-upstream are the cluster's own HPA and VPA (bash scripts/local-cluster.sh autoscalers), simulated as hpa: / vpa:.
+vpa-upstream are the cluster's own HPA and VPA (bash scripts/local-cluster.sh autoscalers), simulated as hpa: and
+vpa-updater:.
 """
 
 

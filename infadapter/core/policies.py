@@ -323,11 +323,16 @@ def warm_vpa_state(state: VpaState, profile: Profile, variant: str, rates_before
     start = now_s - minutes * 60.0
     for m in range(minutes):
         rate = sum(rates[m * 60:(m + 1) * 60]) / 60.0
-        cores = profile.cores_for(variant, rate)
-        cap = profile.capacity_rps(variant, cores)
-        used = min(cores, cores * rate / cap) if cap > 0 else cores
-        state = state.add_sample(start + (m + 1) * 60.0, used, request)
+        state = state.add_sample(start + (m + 1) * 60.0, cpu_needed(profile, variant, rate), request)
     return state
+
+
+def cpu_needed(profile: Profile, variant: str, rate_rps: float) -> float:
+    """The CPU ``variant`` uses at ``rate_rps``: the cores it needs for that rate, busy in proportion to the rate
+    over their capacity (a warm VPA's history, simulated and written as upstream's checkpoint)."""
+    cores = profile.cores_for(variant, rate_rps)
+    cap = profile.capacity_rps(variant, cores)
+    return min(cores, cores * rate_rps / cap) if cap > 0 else cores
 
 
 def upstream_vpa_history(profile: Profile, variant: str, rates_before: Sequence[float], stretch: int,
@@ -343,10 +348,7 @@ def upstream_vpa_history(profile: Profile, variant: str, rates_before: Sequence[
     samples = len(rates) // step
     for m in range(samples):
         rate = sum(rates[m * step:(m + 1) * step]) / step
-        cores = profile.cores_for(variant, rate)
-        cap = profile.capacity_rps(variant, cores)
-        used = min(cores, cores * rate / cap) if cap > 0 else cores
-        state = state.add_sample(now_s - (samples - m - 1) * step, used, cores)
+        state = state.add_sample(now_s - (samples - m - 1) * step, cpu_needed(profile, variant, rate), 0.0)
     return state
 
 

@@ -32,10 +32,8 @@ build_autoscalers() {  # two modules: VPA needs client-go v0.37, metrics-server 
     say "autoscalers: $BIN (cached: $AUTOSCALERS_STAMP)"
     return 0
   fi
-  [ -x "$GO" ] || die "go not found: install Go >= 1.26 (https://go.dev/dl/) or set GO=/path/to/go"
-  mkdir -p "$BIN"
   local tmp t0 b
-  tmp=$(mktemp -d "$CACHE/build.XXXXXX")
+  tmp=$(build_dir)
   t0=$(date +%s)
   say "building the upstream VPA $VPA_VERSION and metrics-server $METRICS_SERVER_VERSION into $BIN: about 3 minutes on 2 cores the first time"
   if ! (cd "$ROOT/hack/autoscalers/vpa" && GOFLAGS=-mod=readonly "$GO" build -trimpath -ldflags "-s -w" -o "$tmp/" -x \
@@ -112,7 +110,7 @@ autoscalers_pki() {
 }
 
 metrics_server_up() {
-  local port f ca
+  local port ca
   port=$(free_port)
   echo "$port" > "$STATE/ports/metrics-server"
   start metrics-server "$BIN/metrics-server" --kubeconfig "$STATE/autoscalers.kubeconfig" \
@@ -131,21 +129,7 @@ kind: Service
 metadata: {name: metrics-server, namespace: kube-system, labels: {app.kubernetes.io/managed-by: local-cluster.infadapter.io}}
 spec: {ports: [{name: https, port: 443, targetPort: $port, protocol: TCP}]}
 EOF
-  f=$(mktemp)
-  cat > "$f" <<EOF
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: metrics-server
-  namespace: kube-system
-  labels: {kubernetes.io/service-name: metrics-server, endpointslice.kubernetes.io/managed-by: local-cluster.infadapter.io}
-addressType: IPv4
-endpoints: [{addresses: ["$(node_ip)"], conditions: {ready: true}}]
-ports: [{name: https, port: $port, protocol: TCP}]
-EOF
-  api PATCH "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices/metrics-server?fieldManager=local-cluster&force=true" \
-    "$f" application/apply-patch+yaml >/dev/null || { rm -f "$f"; die "cannot write the metrics-server endpoints" 4; }
-  rm -f "$f"
+  node_endpoints kube-system metrics-server "$port"
   apply_yaml /apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io <<EOF || die "cannot register metrics.k8s.io" 4
 apiVersion: apiregistration.k8s.io/v1
 kind: APIService

@@ -58,10 +58,8 @@ build_node() {  # kubelet and kube-proxy from the same module (and Go caches) as
     say "node binaries: $BIN/kubelet, $BIN/kube-proxy (cached)"
     return 0
   fi
-  [ -x "$GO" ] || die "go not found: install Go >= 1.26 (https://go.dev/dl/) or set GO=/path/to/go"
-  mkdir -p "$BIN"
   local tmp t0
-  tmp=$(mktemp -d "$CACHE/build.XXXXXX")
+  tmp=$(build_dir)
   t0=$(date +%s)
   say "building kubelet and kube-proxy $K8S_VERSION into $BIN: about 2 minutes on 2 cores after the control"
   say "plane's build (most packages are shared), seconds with warm Go caches"
@@ -446,26 +444,27 @@ EOF
 # where this forwarder hands it to the API server. The API server itself listens on 127.0.0.1 only, so
 # nothing off this machine reaches it; its certificate already names 10.96.0.1.
 node_api_proxy() {
-  local port f
+  local port
   port=$(cat "$STATE/ports/apiserver")
   start apiserver-proxy socat "TCP-LISTEN:$port,bind=$(node_ip),fork,reuseaddr" "TCP:127.0.0.1:$port"
   # --endpoint-reconciler-type none: the Service exists, its endpoints are ours to write.
-  f=$(mktemp)
-  cat > "$f" <<EOF
+  wait_for 30 "the kubernetes Service" api GET /api/v1/namespaces/default/services/kubernetes
+  node_endpoints default kubernetes "$port"
+}
+
+node_endpoints() {  # node_endpoints NAMESPACE SERVICE PORT: the Service's one endpoint is the node address, PORT
+  apply_yaml "/apis/discovery.k8s.io/v1/namespaces/$1/endpointslices/$2" <<EOF \
+    || die "cannot write the endpoints of the Service $1/$2" 4
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
-  name: kubernetes
-  namespace: default
-  labels: {kubernetes.io/service-name: kubernetes, endpointslice.kubernetes.io/managed-by: local-cluster.infadapter.io}
+  name: $2
+  namespace: $1
+  labels: {kubernetes.io/service-name: $2, endpointslice.kubernetes.io/managed-by: local-cluster.infadapter.io}
 addressType: IPv4
 endpoints: [{addresses: ["$(node_ip)"], conditions: {ready: true}}]
-ports: [{name: https, port: $port, protocol: TCP}]
+ports: [{name: https, port: $3, protocol: TCP}]
 EOF
-  wait_for 30 "the kubernetes Service" api GET /api/v1/namespaces/default/services/kubernetes
-  api PATCH "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes?fieldManager=local-cluster&force=true" \
-    "$f" application/apply-patch+yaml >/dev/null || { rm -f "$f"; die "cannot write the kubernetes Service's endpoints" 4; }
-  rm -f "$f"
 }
 
 node_ready() {

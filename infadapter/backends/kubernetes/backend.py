@@ -356,15 +356,15 @@ class KubernetesBackend:
         self._serving = plan
         if self.pods.autoscaler is not None and creates:
             try:
-                actions.append(self._apply_autoscaler(plan))
+                actions.append(self._apply_autoscaler())
             except KubeError as exc:
                 return ApplyResult(plan, tuple(actions), ok=False, error=str(exc), retry_after_s=5.0)
         return self._shrink_and_delete(plan, generation, [observed[n] for n in shrink], specs, deletes, actions)
 
     def start_autoscaler(self, history: Any = None) -> str:
-        """Create the upstream policy's HPA or VPA (before its variant: a VPA's admission controller then sizes the
-        variant's first pods); ``history``, a :class:`~infadapter.core.vpa.VpaState` in Unix seconds, becomes the
-        VPA's ``VerticalPodAutoscalerCheckpoint`` of its one container."""
+        """Apply the upstream policy's HPA or VPA (again: the apply that created its variant created it); ``history``,
+        a :class:`~infadapter.core.vpa.VpaState` in Unix seconds, becomes the VPA's ``VerticalPodAutoscalerCheckpoint``
+        of its one container, which the recommender loads when it next starts."""
         from infadapter.core.vpa import checkpoint_status
 
         said = self._apply_autoscaler()
@@ -400,7 +400,7 @@ class KubernetesBackend:
                 return None
             self.api.sleep(1.0)
 
-    def _apply_autoscaler(self, plan: Plan | None = None) -> str:
+    def _apply_autoscaler(self) -> str:
         """The upstream policy's HPA or VPA beside its variant (:class:`~infadapter.render.UpstreamAutoscaler`):
         a VPA's CPU range is capped by the largest pod the nodes hold."""
         a = self.pods.autoscaler

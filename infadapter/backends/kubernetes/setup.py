@@ -250,7 +250,7 @@ def pod_rules(policy: str, profile: Profile) -> Any:
 
 def upstream_autoscaler(policy: Any, profile: Profile) -> Any:
     """The HPA or VPA object's settings for an upstream policy, from the simulated model it stands for (the same
-    pod size, replica range, utilization target and CPU range as ``hpa:``/``vpa:``)."""
+    pod size, replica range, utilization target and CPU range as ``hpa:``/``vpa-updater:``)."""
     from infadapter.core.policies import Hpa, unwrap
     from infadapter.render import UpstreamAutoscaler
 
