@@ -743,6 +743,44 @@ def test_the_upstream_hpa_and_a_warm_vpa_act_on_the_real_node(real: Any) -> None
     assert f"VerticalPodAutoscaler/{obj}" in gone and f"VerticalPodAutoscalerCheckpoint/{obj}-tfserving" in gone
 
 
+def test_an_image_the_node_cannot_get_fails_the_wait_at_once_not_after_the_timeout(real: Any) -> None:
+    """A variant whose image the node does not hold and may not pull (``imagePullPolicy: Never``) fails its apply
+    in seconds, naming the pod, the image and the kubelet's reason; the in-cluster dispatcher with an image that
+    cannot be pulled fails after the pull's grace (``PULL_GRACE_S``), not after its 600-s timeout."""
+    from infadapter.backends.kubernetes.live import start_dispatcher
+    from infadapter.backends.kubernetes.readiness import PULL_GRACE_S
+    from infadapter.core.plan import Allocation, Plan
+    from infadapter.core.profile import load_profile
+    from infadapter.errors import InfAdapterError
+    from infadapter.render import RenderConfig
+
+    profile = load_profile(ROOT / "profiles" / "local.yaml")
+    config = RenderConfig.model_validate({"namespace": NS, "image": "localhost/infadapter/missing", "tag": "0",
+                                          "tfserving": {"pull_policy": "Never"}})
+    backend = make_backend_for(real, profile, config)
+    try:
+        t0 = time.monotonic()
+        res = backend.apply(Plan((Allocation("resnet18", 0.25, 1.0, 10.0),), 5.0))
+        took = time.monotonic() - t0
+        assert not res.ok and "cannot get its image localhost/infadapter/missing:0: ErrImageNeverPull" in res.error, res
+        assert took < 60, took  # the backend's ready timeout here is 600 s
+        t0 = time.monotonic()
+        with pytest.raises(InfAdapterError, match=r"the dispatcher Deployment .* cannot get its image "
+                                                  r"localhost/infadapter/missing:0: (ErrImagePull|ImagePullBackOff)"):
+            start_dispatcher(backend.api, config, timeout_s=600)
+        assert time.monotonic() - t0 < PULL_GRACE_S + 30
+    finally:
+        backend.teardown()
+        backend.api.delete("Deployment", config.dispatcher.name)
+        backend.stop()
+
+
+def make_backend_for(real: Any, profile: Any, config: Any) -> Any:
+    from infadapter.backends.kubernetes.backend import make_backend
+
+    return make_backend(profile, kubeconfig=str(real.kubeconfig), namespace=NS, config=config)
+
+
 def test_down_undoes_every_host_change(real: Any) -> None:
     """Last: no process, chain, bridge, mount or cgroup left; the sysctls as they were before `up`."""
     state = real.state_dir

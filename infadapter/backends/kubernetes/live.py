@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from infadapter.backends.kubernetes.api import KubeApi, KubeError
-from infadapter.backends.kubernetes.readiness import deployment_ready
+from infadapter.backends.kubernetes.readiness import ImagePulls, deployment_ready
 from infadapter.errors import BadInput
 from infadapter.render import RenderConfig, render_platform
 
@@ -106,7 +106,12 @@ def start_dispatcher(api: KubeApi, config: RenderConfig, timeout_s: float,
             api.apply_object(m)
     deadline = clock() + timeout_s
     t0 = clock()
+    pulls = ImagePulls(clock)
     while not deployment_ready(d := api.get("Deployment", name) or {}):
+        selector = ((d.get("spec") or {}).get("selector") or {}).get("matchLabels")
+        if selector:  # an image it can never get fails now, not after the timeout
+            pulls.check(api.list("Pod", selector).get("items", []), f"the dispatcher Deployment {name}",
+                        "load the image on the nodes or name another in the render config (--k8s-config: image, tag)")
         if clock() > deadline:
             st = d.get("status") or {}
             raise KubeError(f"the dispatcher Deployment {name} is not ready after {timeout_s:g} s (ready "

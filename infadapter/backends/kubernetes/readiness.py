@@ -41,6 +41,39 @@ def _replica_failure(d: Mapping[str, Any]) -> str:
     return ""
 
 
+#: Why a container waits that waiting does not cure: the image is not on the node and may not be pulled, or its
+#: name is wrong. A pull that fails (``ErrImagePull``, ``ImagePullBackOff``) may be a registry's hiccup: it is
+#: given ``PULL_GRACE_S`` first.
+IMAGE_NEVER = frozenset({"ErrImageNeverPull", "InvalidImageName"})
+IMAGE_PULL = frozenset({"ErrImagePull", "ImagePullBackOff"})
+PULL_GRACE_S = 30.0
+
+
+class ImagePulls:
+    """Remembers since when each pod's image pull has failed; :meth:`check` raises once waiting cannot help."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._since: dict[str, float] = {}
+
+    def check(self, pods: Iterable[Mapping[str, Any]], what: str, fix: str) -> None:
+        """KubeError (not temporary) naming the pod, its image and the kubelet's reason when a container of
+        ``pods`` waits for an image it can never get, or has failed to pull it for ``PULL_GRACE_S``."""
+        now = self._clock()
+        for p in pods:
+            name = str(p.get("metadata", {}).get("name", "?"))
+            for c in (p.get("status") or {}).get("containerStatuses", []) or []:
+                waiting = (c.get("state") or {}).get("waiting") or {}
+                reason = str(waiting.get("reason", ""))
+                if reason not in IMAGE_NEVER | IMAGE_PULL:
+                    continue
+                since = self._since.setdefault(name, now)
+                if reason in IMAGE_NEVER or now - since >= PULL_GRACE_S:
+                    detail = str(waiting.get("message", "")).strip()
+                    raise KubeError(f"{what}: pod {name} cannot get its image {c.get('image', '?')}: {reason}"
+                                    f"{f' ({detail})' if detail else ''}; {fix}", 0, temporary=False)
+
+
 class NoRoom(KubeError):
     """New pods of ``names`` that the scheduler cannot place for lack of CPU: waiting alone does not help
     while the variants they are to replace hold the nodes' cores (the apply then makes room first)."""
@@ -63,6 +96,7 @@ def wait_ready(api: KubeApi, config: RenderConfig, names: Iterable[str], timeout
     start = clock()
     deadline = start + timeout_s
     last: dict[str, dict[str, Any]] = {}
+    pulls = ImagePulls(clock)
     while True:
         listing = api.list("Deployment", config.model_server_selector())
         rv = listing.get("metadata", {}).get("resourceVersion", "")
@@ -73,10 +107,15 @@ def wait_ready(api: KubeApi, config: RenderConfig, names: Iterable[str], timeout
             return
         if no_room_s is not None and clock() - start >= no_room_s:
             _raise_if_no_room(api, config, list(pending.values()))
+        waiting = set(pending.values())
+        pulls.check([p for p in api.list("Pod", config.model_server_selector()).get("items", [])
+                     if (p.get("metadata", {}).get("labels") or {}).get(LABEL_VARIANT) in waiting],
+                    "variants not ready", "load the image on the nodes or name another in the render config "
+                    "(--k8s-config)")
         remaining = deadline - clock()
         if remaining <= 0:
             break
-        chunk = remaining if no_room_s is None else min(remaining, _NO_ROOM_POLL_S)
+        chunk = min(remaining, _NO_ROOM_POLL_S)  # look at the pods (room, images) between watches
         try:
             with contextlib.closing(api.watch("Deployment", config.model_server_selector(), rv,
                                               chunk)) as events:
