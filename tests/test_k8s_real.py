@@ -91,7 +91,11 @@ class Router:
         weights = {b["name"]: b["weight"] for b in backends}
         seen = self.admin.variants(self.ns)
         ready = {n for n, d in seen.items() if (d.get("status") or {}).get("readyReplicas", 0) >= d["spec"]["replicas"]}
-        self.calls.append({"weights": weights, "exist": set(seen), "ready": ready})
+        cpu = {  # one pod a variant in these tests
+            p["metadata"]["labels"]["infadapter.io/variant"]: p["spec"]["containers"][0]["resources"]["limits"]["cpu"]
+            for p in self.admin.pods(self.ns)
+        }
+        self.calls.append({"weights": weights, "exist": set(seen), "ready": ready, "cpu": cpu})
         return {}
 
 
@@ -349,6 +353,31 @@ def test_no_room_and_nothing_dropped_shrinks_the_serving_variant_only_by_what_th
     pods = admin.pods(ns, "resnet50")
     assert [p["metadata"]["uid"] for p in pods] == [uid]  # the same pod throughout
     assert pods[0]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "1"
+
+
+def test_no_room_moves_traffic_off_a_variant_before_its_cores_go(
+    kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any, tight_node: Any
+) -> None:
+    """resnet18 (2 cores) and resnet50 (1) fill a 3-core node; the plan keeps both on 1 core and adds resnet34.
+    resnet18 gives up the core resnet34 lacks, in place. Found on the real node: routed after the resize, the
+    shrunk variant kept its old share for the seconds between, and shed it with 503. The gap route (resnet18
+    at its new core) comes first, while its pod still has 2."""
+    ns = make_ns("order")
+    router = Router(admin, ns)
+    b = make_backend(kube_cluster, admin, ns, paper, router, tfserving=tight_node(f"tight-{ns}", cpu="3"))
+    b.options = replace(b.options, ready_timeout_s=90)
+    assert b.apply(plan(resnet18=(2.0, 0.6), resnet50=(1.0, 0.4))).ok
+    second = b.apply(plan(resnet18=(1.0, 0.4), resnet50=(1.0, 0.3), resnet34=(1.0, 0.3)))
+    assert second.ok, (second.error, second.actions)
+    text = " | ".join(second.actions)
+    assert "resize resnet18 2 -> 1 cores in place to make room" in text, text
+    gap = [c for c in router.calls if set(c["weights"]) == {"resnet18", "resnet50"} and c["cpu"].get("resnet34")]
+    assert gap, router.calls
+    # routed while resnet18 still had 2 cores, with the share its 1 core serves (in proportion to capacity)
+    assert gap[0]["cpu"]["resnet18"] == "2", gap
+    cap18, cap50 = paper.capacity_rps("resnet18", 1.0), paper.capacity_rps("resnet50", 1.0)
+    assert gap[0]["weights"]["resnet18"] == pytest.approx(cap18 / (cap18 + cap50), abs=0.01), gap
+    assert router.calls[-1]["weights"] == {"resnet18": 0.4, "resnet50": 0.3, "resnet34": 0.3}
 
 
 def test_no_room_gives_cores_up_one_variant_at_a_time_keeping_the_fastest_serving_longest(

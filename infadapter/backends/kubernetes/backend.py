@@ -486,13 +486,17 @@ class KubernetesBackend:
                     lack += where.overcommitted
                 if (not waiting and not deferred) or (lack is not None and lack <= 1e-9):
                     break
+                def route_first(cores: float, name: str = name) -> None:
+                    # Its share shrinks before its cores do: the variants that serve take the rest first.
+                    nonlocal routed
+                    serving[name] = cores
+                    routed = self._route_gap(plan, previous, serving, actions)
+
                 if name in deletes and lack is not None and last_of_its_service(name):
                     # Its service keeps a route: shrunk in place, it goes once the plan routes.
-                    part, cores = self._shrink_leaving(observed[name], lack)
+                    part, _ = self._shrink_leaving(observed[name], lack, route_first)
                     if part:
                         actions.append(part)
-                        serving[name] = cores
-                        routed = self._route_gap(plan, previous, serving, actions)
                         continue
                 if name in deletes:  # routed away from before it goes
                     serving.pop(name, None)
@@ -501,18 +505,16 @@ class KubernetesBackend:
                     gone.append(name)
                     actions.append(f"delete {name}")
                     continue
-                part, cores = self._shrink_part(observed[name], specs[name], lack) if lack is not None else ("", 0.0)
+                part = self._shrink_part(observed[name], specs[name], lack, route_first) if lack is not None else ""
                 if not part:
+                    if name in serving:
+                        route_first(specs[name].cores)
                     shrunk: dict[str, tuple[int, float]] = {}
                     later: list[str] = []
                     part = self._change(observed[name], specs, plan, generation, shrunk, later)
-                    cores = specs[name].cores
                     self._wait(actions, later)
                     done.append(name)
                 actions.append(part)
-                if name in serving:
-                    serving[name] = cores
-                routed = self._route_gap(plan, previous, serving, actions)
             self._wait(actions, waiting)
             for name in deferred:
                 ob, spec = observed[name], specs[name]
@@ -558,22 +560,24 @@ class KubernetesBackend:
         actions.append(f"meanwhile {self._route(gap)}")
         return gap
 
-    def _shrink_leaving(self, ob: Observed, lack: float) -> tuple[str, float]:
+    def _shrink_leaving(self, ob: Observed, lack: float, before: Callable[[float], None]) -> tuple[str, float]:
         """Shrink a variant the plan drops in place by ``lack`` cores (down to one core step a pod), instead of
         deleting it first: what was done and its cores now, or ("", 0) when it cannot be done in place."""
         return self._shrink_in_place(ob, lack, self.profile.core_step,
-                                     "its service's last serving variant, deleted once the plan routes")
+                                     "its service's last serving variant, deleted once the plan routes", before)
 
-    def _shrink_part(self, ob: Observed, spec: VariantSpec, lack: float) -> tuple[str, float]:
+    def _shrink_part(self, ob: Observed, spec: VariantSpec, lack: float, before: Callable[[float], None]) -> str:
         """Shrink a variant in place by ``lack`` cores (whole core steps, never below its planned pods): what was
-        done and the variant's cores now, or ("", 0) when it cannot be done in place."""
-        return self._shrink_in_place(ob, lack, spec.template_cores, f"{spec.cores:g} once the plan routes",
-                                     spec.replicas)
+        done, or "" when it cannot be done in place."""
+        return self._shrink_in_place(ob, lack, spec.template_cores, f"{spec.cores:g} once the plan routes", before,
+                                     spec.replicas)[0]
 
     def _shrink_in_place(self, ob: Observed, lack: float, floor_per_pod: float, then: str,
-                         replicas: int | None = None) -> tuple[str, float]:
+                         before: Callable[[float], None], replicas: int | None = None) -> tuple[str, float]:
         """Resize ``ob``'s pods in place down by ``lack`` cores in whole core steps, to no less than
-        ``floor_per_pod`` each (only when it runs ``replicas`` pods, if given); ``then`` ends the action."""
+        ``floor_per_pod`` each (only when it runs ``replicas`` pods, if given); ``then`` ends the action.
+        ``before(cores)`` runs first, with the variant's cores after the shrink: the route moves its traffic
+        off before its cores go, never after (a shrink under its old share sheds what it can no longer serve)."""
         k0, c0 = ob.layout
         if not (self.pods.in_place and c0 > 0 and k0 > 0 and (replicas is None or k0 == replicas)):
             return "", 0.0
@@ -581,6 +585,7 @@ class KubernetesBackend:
         per_pod = round(max(floor_per_pod, c0 - math.ceil(lack / k0 / step - 1e-9) * step), 3)
         if per_pod >= c0 - 1e-9:
             return "", 0.0
+        before(k0 * per_pod)
         how, _refused = self.resizer.resize(ob, per_pod, self.pods.cpu_limited)
         if not how:
             return "", 0.0
