@@ -18,12 +18,16 @@ if [ -z "$BASE" ]; then
   if buildah pull -q docker.io/library/python:3.11-slim-bookworm >/dev/null 2>&1; then
     BASE=docker.io/library/python:3.11-slim-bookworm
   else
-    BASE=localhost/debian-python:bookworm
+    BASE=localhost/debian-python:bookworm-minbase
     if ! buildah inspect "$BASE" >/dev/null 2>&1; then
       command -v debootstrap >/dev/null || { echo "build-image: no registry and no debootstrap: apt-get install debootstrap" >&2; exit 4; }
       echo "build-image: no image registry reachable: making $BASE with debootstrap (a few minutes)" >&2
       root=$(mktemp -d)
       debootstrap --variant=minbase --include=python3,python3-venv bookworm "$root" http://deb.debian.org/debian >&2
+      # What an image never reads: the downloaded packages, the package lists, docs, manuals and translations
+      # (a third of the root; the python:*-slim images leave them out too).
+      rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* \
+        "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/locale/*
       ctr=$(buildah from scratch)
       tar -C "$root" -cf "$root.tar" .
       buildah add "$ctr" "$root.tar" / >/dev/null

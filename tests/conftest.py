@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 #: Settings that say where input data is (not where state goes): kept from the user's environment.
@@ -75,6 +76,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if name not in SPLIT_MODULES:
             item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(name, name)))
     items.sort(key=_schedule_rank)  # stable: the order within a rank is pytest's
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: Any) -> Iterator[None]:
+    """With TEST_TIMELINE=FILE, one line a test (worker, start, end in Unix seconds, test id) appended to FILE:
+    which chain of tests bounds the parallel phase (CONTRIBUTING.md, "Test time")."""
+    path = os.environ.get("TEST_TIMELINE")
+    t0 = time.time()
+    yield
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {t0:.1f} {time.time():.1f} {item.nodeid}\n")
 
 
 def pytest_sessionfinish(session: Any, exitstatus: int) -> None:

@@ -62,6 +62,7 @@ class FakeBackend:
     health_checks: int = 0
     heal_message: str | None = None
     unreachable: str = ""  # set: nothing can be read or applied (an API server outage)
+    restarts_crashed: bool = False
 
     def state(self) -> BackendState:
         self.calls.append("state")
@@ -243,6 +244,33 @@ def test_crash_degrades_to_survivors_then_replans(tmp_path):
     assert applies[0].startswith("apply resnet18=") and victim not in applies[0]
     assert victim in applies[1]
     assert loop.totals.crashes == 1
+
+
+def test_where_the_platform_restarts_a_crashed_server_the_loop_routes_around_it_keeping_its_cores(tmp_path):
+    """Kubernetes restarts a killed container in its pod (``restarts_crashed``): the degraded apply keeps the
+    crashed variant's cores with no share (nothing deleted or started again), the next checks do not call it a
+    crash again, and with no survivor the plan is held as it is."""
+    loop, clock, load, backend = make_loop(tmp_path, interval=10.0)
+    backend.restarts_crashed = True
+    load.rate = 50.0
+    run_for(loop, clock, 12)
+    assert set(loop.serving.names) == {"resnet18", "resnet50"}
+    cores = {a.name: a.cores for a in loop.serving.allocations}
+    backend.dead.add("resnet50")
+    n = len([c for c in backend.calls if c.startswith("apply")])
+    recs = run_for(loop, clock, 1)
+    assert recs[0].trigger == "crash" and "while its platform restarts it" in recs[0].reason, recs[0].reason
+    first = [c for c in backend.calls if c.startswith("apply")][n]
+    assert first == f"apply resnet18={cores['resnet18']:g},resnet50={cores['resnet50']:g}", first
+    crashes = loop.totals.crashes
+    run_for(loop, clock, 3)  # still down: the variant with no share is left to the platform
+    assert loop.totals.crashes == crashes
+    # Every server down: held, nothing started again.
+    backend.dead.add("resnet18")
+    backend.dead.update(loop.serving.names)
+    recs = [r for r in run_for(loop, clock, 2) if r.trigger == "crash"]
+    assert recs and "holding the plan while its platform restarts it" in recs[0].reason, [r.reason for r in recs]
+    assert loop.serving is not None and "starting servers again" not in recs[0].reason
 
 
 def test_records_hold_inputs_plans_and_timings(tmp_path):

@@ -45,7 +45,7 @@ def _requirements(section: str | None = None) -> list[Requirement]:
         if line.startswith("#"):
             current = line[1:].split("(")[0].strip()
         elif line and (section is None or current == section):
-            out.append(Requirement(line))
+            out.append(Requirement(line.split(" #", 1)[0].strip()))  # pip's end-of-line comments (`# off-cluster`)
     return out
 
 

@@ -196,6 +196,15 @@ def _without(plan: Plan, crashed: list[str]) -> Plan:
     return replace(plan, allocations=tuple(out), feasible=False)
 
 
+def _routed_around(plan: Plan, crashed: list[str]) -> Plan:
+    """``plan`` with the ``crashed`` variants' shares moved to their services' other variants (in proportion to
+    their shares) and their cores kept: nothing is deleted while the platform restarts them."""
+    rest = {a.name: a for a in _without(plan, crashed).allocations}
+    out = [rest.get(a.name) or replace(a, share=0.0) for a in plan.allocations
+           if a.name in rest or a.name in crashed]
+    return replace(plan, allocations=tuple(out), feasible=False)
+
+
 class ControlLoop:
     """Runs decisions against one backend; see the module doc for when it decides."""
 
@@ -536,7 +545,10 @@ class ControlLoop:
         if st is None or self.serving is None:
             return []
         ready = {v.name for v in st.variants if v.ready}
-        return [a.name for a in self.serving.allocations if a.name not in ready]
+        # Where the platform restarts crashed servers, one with no share is left to it: it takes no traffic, and
+        # one routed around already waits there to be restarted.
+        restarts = bool(getattr(self.backend, "restarts_crashed", False))
+        return [a.name for a in self.serving.allocations if a.name not in ready and (a.share > 0 or not restarts)]
 
     def _read_state(self, now: float) -> BackendState | None:
         """What the backend says runs; None when it cannot be read (the outage starts or goes on). The one
@@ -559,10 +571,19 @@ class ControlLoop:
         """Route around crashed servers at once, then plan again with the survivors as current."""
         assert self.serving is not None
         self.totals.crashes += 1
-        survivors = {a.name: a.cores for a in self.serving.allocations if a.name not in crashed}
+        restarts = bool(getattr(self.backend, "restarts_crashed", False))
+        survivors = {a.name: a.cores for a in self.serving.allocations
+                     if a.name not in crashed and (a.share > 0 or not restarts)}
         self.degraded = f"server of {', '.join(crashed)} is down"
+        if restarts and not survivors:
+            # Nothing to route to and nothing to gain from starting it again: its platform restarts it.
+            self.degraded += "; no survivor, holding the plan while its platform restarts it"
+            log.warning("%s", self.degraded)
+            return self.decide("crash")
         if survivors:
-            if self.profile.services:
+            if restarts:  # routed around with its cores kept: its platform restarts it in place
+                safe = _routed_around(self.serving, crashed)
+            elif self.profile.services:
                 safe = _without(self.serving, crashed)
             else:
                 caps = {n: self.profile.capacity_rps(n, c) for n, c in survivors.items()}
@@ -575,6 +596,8 @@ class ControlLoop:
                     self.totals.applies += 1
                     self.serving = res.serving
                     self.degraded += f"; traffic moved to {', '.join(survivors)}"
+                    if restarts:
+                        self.degraded += f" while its platform restarts it ({'; '.join(res.actions)})"
             except Exception as exc:
                 log.warning("degraded apply failed: %s", exc)
         else:

@@ -72,6 +72,11 @@ class Backend(Protocol):
     #: then grows running variants first while new ones load (``control.bridge_plan``).
     in_place_resize: bool
 
+    #: True when the platform restarts a crashed server by itself (Kubernetes: the kubelet restarts the
+    #: container, the Deployment replaces the pod): the loop then routes around it and keeps its cores, instead
+    #: of giving them up and starting it again. The loop reads it with getattr (default False).
+    restarts_crashed: bool
+
     def cpu_seconds(self) -> dict[str, float]:
         """Cumulative CPU demand in seconds per running variant (VPA's and HPA's usage signal); {} if unknown."""
         ...

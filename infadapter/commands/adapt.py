@@ -222,6 +222,11 @@ def _write_plot(summary: dict[str, Any], rates: tuple[float, ...] | None, profil
         return str(plot_adapt_run(Path(summary["run_dir"]), str(summary.get("policy")), rates, prof.slo_ms,
                                   title=f"adapt: {summary.get('policy')} ({profile_path.name})",
                                   services=[(s.name, s.slo_ms) for s in prof.services or ()]))
+    except ModuleNotFoundError as exc:  # the container image leaves matplotlib out (requirements.txt, off-cluster)
+        if not quiet:
+            err_console().print(f"adapt: no plot: {exc.name} is not installed (pip install {exc.name})",
+                                highlight=False)
+        return None
     except Exception as exc:  # the run's figures matter more than its picture
         if not quiet:
             err_console().print(f"adapt: no plot ({type(exc).__name__}: {exc})", highlight=False)

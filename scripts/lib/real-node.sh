@@ -674,7 +674,7 @@ node_status() {
 # The project image (Containerfile, scripts/build-image.sh) on the node, for pods that run our
 # `serve-model`, `dispatch` or `adapt`: built with buildah when its sources changed, exported as an OCI
 # archive cached under a hash of those sources, imported into the node's containerd (about 30 s for
-# ~950 MB). Only with `up --real-node --project-image`: it needs buildah and debootstrap (installed
+# ~460 MB, 155 MB as an archive). Only with `up --real-node --project-image`: it needs buildah and debootstrap (installed
 # when missing), and the first build takes ~2 minutes.
 PROJECT_IMAGE=localhost/infadapter:0.1.0
 # The same image under the name the default render config gives it (`image: infadapter`, `tag: 0.1.0`, which
@@ -730,8 +730,11 @@ node_import_project_image() {
   # that full reference as the image's name.
   ctr_ images import --platform linux/amd64 --base-name "${PROJECT_IMAGE%:*}" "$archive" >/dev/null \
     || die "cannot import $archive into containerd; see $LOGS/containerd.log" 4
-  ctr_ images ls -q | grep -qx "$PROJECT_IMAGE" \
-    || die "imported $archive but containerd has no image named $PROJECT_IMAGE (it has: $(ctr_ images ls -q | tr '\n' ' '))" 4
+  # Read whole before grep -q: with pipefail, grep quitting at its match fails ctr with SIGPIPE.
+  local names
+  names=$(ctr_ images ls -q)
+  grep -qx "$PROJECT_IMAGE" <<<"$names" \
+    || die "imported $archive but containerd has no image named $PROJECT_IMAGE (it has: $(tr '\n' ' ' <<<"$names"))" 4
   ctr_ images tag --force "$PROJECT_IMAGE" "$PROJECT_IMAGE_ALIAS" >/dev/null \
     || die "cannot tag $PROJECT_IMAGE as $PROJECT_IMAGE_ALIAS in containerd; see $LOGS/containerd.log" 4
   say "project image $PROJECT_IMAGE on the node in $(( $(date +%s) - t0 )) s"

@@ -80,6 +80,9 @@ class KubernetesBackend:
 
     name = "kubernetes"
 
+    #: The kubelet restarts a killed container in its pod; the Deployment replaces a lost pod.
+    restarts_crashed = True
+
     @property
     def in_place_resize(self) -> bool:
         """pods/resize is used unless turned off, found unsupported by the cluster, or the policy's changes are
