@@ -375,7 +375,8 @@ revive() {
     mapfile -d '' -t argv < "$STATE/cmd/$c"
     start "$c" "${argv[@]}"
     for ((i = 0; i < 300; i++)); do
-      alive "$c" || die "$c exited again after a restart; see $LOGS/$c.log (is its port taken?)" 4
+      alive "$c" || die "$c exited again after a restart; see $LOGS/$c.log (is its port taken?), which ends:
+$(tail -n 5 "$LOGS/$c.log" 2>/dev/null | cut -c1-300)" 4
       component_ready "$c" && break
       sleep 0.2
     done

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from infadapter.backends.base import ApplyResult, BackendState, TargetsCallback, VariantState
 from infadapter.backends.kubernetes import cluster
 from infadapter.backends.kubernetes.api import KubeApi, KubeError, KubeOptions
+from infadapter.backends.kubernetes.kubelets import KubeletWatch
 from infadapter.backends.kubernetes.layout import (
     Observed,
     layout,
@@ -155,6 +156,8 @@ class KubernetesBackend:
         #: The API session (retries, server-side apply); its ``sleep`` paces retries and waits alike.
         self.api = KubeApi(options, config.namespace, api_client, sleep)
         self.resizer = InPlaceResize(self.api, clock)
+        #: The kubelets of the nodes our pods run on, by their leases (:mod:`.kubelets`).
+        self.kubelets = KubeletWatch(clock)
         self._serving: Plan | None = None
         #: Pod size the cluster refused to resize to (403 / Infeasible): later layouts stay under it.
         self.pod_limit_cores: float | None = None
@@ -183,11 +186,18 @@ class KubernetesBackend:
         """Planned vs actual per variant: ready replicas and cores per pod, read from the cluster."""
         try:
             observed = self.observe()
+            nodes = {p["spec"]["nodeName"] for ob in observed.values() for p in ob.pods
+                     if (p.get("spec") or {}).get("nodeName")}
+            silent, since = self.kubelets.silent(self.api, nodes)
         except KubeError as exc:
             # Not an empty namespace: what runs is unknown (the loop holds instead of calling it a crash).
+            self.kubelets.forget()
             where = f"API server {self.api.host or '?'}"
             return BackendState(plan=self._serving, healthy=False, messages=(str(exc),),
                                 unreachable=f"{where}: {exc}", unreachable_since_s=self.api.down_since)
+        if silent:  # its pods serve on, but nothing asked of that node would happen: hold, as in an outage
+            return BackendState(plan=self._serving, healthy=False, messages=(silent,), unreachable=silent,
+                                unreachable_since_s=since)
         plan, gen = recovered_plan(observed, self.profile)
         variants = []
         messages = []
