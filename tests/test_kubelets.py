@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from infadapter.backends.kubernetes.api import KubeError
+from infadapter.backends.kubernetes.api import KubeError, KubeOptions
 from infadapter.backends.kubernetes.kubelets import KubeletWatch
 
 
@@ -93,3 +93,33 @@ def test_an_api_server_that_does_not_answer_is_the_callers_outage() -> None:
 
     with pytest.raises(KubeError):
         KubeletWatch(Clock()).silent(Down(), ["n1"])
+
+
+def test_a_resize_waiting_on_a_silent_kubelet_gives_up_instead_of_blocking_the_loop() -> None:
+    """The kubelet stops while an in-place resize waits for it: the wait raises a temporary KubeError naming the
+    kubelet after one lease duration (20 s here), not after the 120-s ready timeout; the loop then holds."""
+    from infadapter.backends.kubernetes.resize import InPlaceResize
+
+    clock = Clock()
+
+    class PodApi(Api):
+        options = KubeOptions()
+
+        def path(self, kind: str, name: str) -> str:
+            return f"/api/v1/namespaces/ns/pods/{name}"
+
+        def sleep(self, seconds: float) -> None:
+            clock.now += seconds
+
+        def request(self, method: str, path: str, what: str) -> Any:
+            if "/pods/" in path:  # still at 500m: the kubelet never applies the resize to 1 core
+                return {"spec": {"nodeName": "n1"}, "status": {"containerStatuses": [
+                    {"name": "tfserving", "resources": {"requests": {"cpu": "500m"}, "limits": {"cpu": "500m"}}}]}}
+            return super().request(method, path, what)
+
+    api = PodApi()
+    resizer = InPlaceResize(api, clock, KubeletWatch(clock))  # type: ignore[arg-type]
+    t0 = clock.now
+    with pytest.raises(KubeError, match="in-place resize of resnet50: node n1: its kubelet has not renewed") as exc:
+        resizer.wait_done("resnet50", ["tfs-resnet50-0"], 1.0, timeout_s=120)
+    assert exc.value.temporary and 20 < clock.now - t0 < 23

@@ -155,9 +155,9 @@ class KubernetesBackend:
         self._clock = clock
         #: The API session (retries, server-side apply); its ``sleep`` paces retries and waits alike.
         self.api = KubeApi(options, config.namespace, api_client, sleep)
-        self.resizer = InPlaceResize(self.api, clock)
         #: The kubelets of the nodes our pods run on, by their leases (:mod:`.kubelets`).
         self.kubelets = KubeletWatch(clock)
+        self.resizer = InPlaceResize(self.api, clock, self.kubelets)
         self._serving: Plan | None = None
         #: Pod size the cluster refused to resize to (403 / Infeasible): later layouts stay under it.
         self.pod_limit_cores: float | None = None
@@ -666,7 +666,7 @@ class KubernetesBackend:
         if names:
             t0 = self._clock()
             wait_ready(self.api, self.config, names, self.options.ready_timeout_s, self._clock,
-                       no_room_s=self.options.no_room_s if no_room else None)
+                       no_room_s=self.options.no_room_s if no_room else None, kubelets=self.kubelets)
             actions.append(f"ready: {', '.join(names)} after {self._clock() - t0:.1f}s")
 
     def _apply_variant(self, spec: VariantSpec, plan: Plan, generation: int) -> None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from infadapter.backends.kubernetes.api import KubeApi, KubeError
 
@@ -84,3 +85,11 @@ class KubeletWatch:
         return text + " (pods there serve on, but nothing asked of the node happens)", \
             time.time() - max(s for _, s in quiet)
 
+    def raise_if_silent(self, api: KubeApi, pods: Iterable[Mapping[str, Any]], waiting_for: str) -> None:
+        """KubeError (temporary) when a kubelet of the nodes ``pods`` are placed on is silent: a wait for what
+        only it can do (``waiting_for``: a resize, a pod to start) gives up instead of blocking the loop, which
+        then holds the plan until the kubelet is back."""
+        nodes = {p["spec"]["nodeName"] for p in pods if (p.get("spec") or {}).get("nodeName")}
+        silent, _since = self.silent(api, nodes)
+        if silent:
+            raise KubeError(f"{waiting_for}: {silent}", 0, temporary=True)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from infadapter.backends.kubernetes.api import KubeApi, KubeError
+from infadapter.backends.kubernetes.kubelets import KubeletWatch
 from infadapter.render import LABEL_VARIANT, RenderConfig
 
 log = logging.getLogger(__name__)
@@ -88,10 +89,12 @@ _NO_ROOM_POLL_S = 2.0
 
 
 def wait_ready(api: KubeApi, config: RenderConfig, names: Iterable[str], timeout_s: float,
-               clock: Callable[[], float], no_room_s: float | None = None) -> None:
+               clock: Callable[[], float], no_room_s: float | None = None,
+               kubelets: KubeletWatch | None = None) -> None:
     """Block until the Deployments of ``names`` are ready: one list, then a watch, until timeout; KubeError
     (temporary) saying why each pending one is not ready when it passes. With ``no_room_s``: :class:`NoRoom`
-    once the wait has lasted that long and a pending variant has a pod unschedulable for lack of CPU."""
+    once the wait has lasted that long and a pending variant has a pod unschedulable for lack of CPU. With
+    ``kubelets``: KubeError (temporary) as soon as a pending pod's node has a silent kubelet."""
     pending = {config.object_name(n): n for n in names}
     start = clock()
     deadline = start + timeout_s
@@ -108,10 +111,12 @@ def wait_ready(api: KubeApi, config: RenderConfig, names: Iterable[str], timeout
         if no_room_s is not None and clock() - start >= no_room_s:
             _raise_if_no_room(api, config, list(pending.values()))
         waiting = set(pending.values())
-        pulls.check([p for p in api.list("Pod", config.model_server_selector()).get("items", [])
-                     if (p.get("metadata", {}).get("labels") or {}).get(LABEL_VARIANT) in waiting],
-                    "variants not ready", "load the image on the nodes or name another in the render config "
+        pods = [p for p in api.list("Pod", config.model_server_selector()).get("items", [])
+                if (p.get("metadata", {}).get("labels") or {}).get(LABEL_VARIANT) in waiting]
+        pulls.check(pods, "variants not ready", "load the image on the nodes or name another in the render config "
                     "(--k8s-config)")
+        if kubelets is not None:
+            kubelets.raise_if_silent(api, pods, f"waiting for {', '.join(sorted(waiting))} to be ready")
         remaining = deadline - clock()
         if remaining <= 0:
             break

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from infadapter.backends.kubernetes.api import MERGE_PATCH, KubeApi, KubeError
+from infadapter.backends.kubernetes.kubelets import KubeletWatch
 from infadapter.backends.kubernetes.layout import CONTAINER, Observed, resources_cpu
 from infadapter.backends.kubernetes.readiness import NoRoom
 from infadapter.render import cpu_quantity
@@ -26,9 +27,11 @@ RESIZE_MIN_VERSION = (1, 33)
 class InPlaceResize:
     """In-place resize through one API session; ``ok`` None: not known yet, False: never (off or unsupported)."""
 
-    def __init__(self, api: KubeApi, clock: Callable[[], float]) -> None:
+    def __init__(self, api: KubeApi, clock: Callable[[], float], kubelets: KubeletWatch | None = None) -> None:
         self.api = api
         self.clock = clock
+        #: The nodes' kubelets: a resize waits for one, and gives up when it is silent (:mod:`.kubelets`).
+        self.kubelets = kubelets
         self.ok: bool | None = None if api.options.in_place == "auto" else False
         self.server_version = ""
         self.saw_404 = False
@@ -100,10 +103,13 @@ class InPlaceResize:
         refuses (Infeasible, or Deferred until ``timeout_s``); NoRoom after ``no_room_s`` of Deferred."""
         start = self.clock()
         deadline = start + timeout_s
+        next_kubelet_check = start
         while True:
             pending, deferred = [], ""
+            read = []
             for pod in names:
                 p = self.api.request("GET", self.api.path("Pod", pod), f"read pod {pod}") or {}
+                read.append(p)
                 verdict, why = _resize_status(p, cores)
                 if verdict == "infeasible":
                     return "", f"pod {pod}: PodResizePending Infeasible ({why})"
@@ -113,6 +119,9 @@ class InPlaceResize:
                     pending.append(pod)
             if not pending:
                 return f"pods/resize on {len(names)} pod{'s' if len(names) > 1 else ''}", ""
+            if self.kubelets is not None and self.clock() >= next_kubelet_check:  # once a second, not each poll
+                self.kubelets.raise_if_silent(self.api, read, f"in-place resize of {variant}")
+                next_kubelet_check = self.clock() + 1.0
             if deferred and no_room_s is not None and self.clock() - start >= no_room_s:
                 raise NoRoom([variant], deferred)
             if self.clock() >= deadline:
