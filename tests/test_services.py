@@ -262,6 +262,74 @@ def test_a_services_fewest_cores_are_the_fewest_of_every_mix(floor, pod_cores):
         assert fewest_cores(prof, "gold", load, floor, opts) == pytest.approx(want), (load, floor)
 
 
+def _best_by_enumeration(prof: Profile, service: str, load: float, max_cores: float) -> tuple[float, float]:
+    """(the highest accuracy serving all of ``load``, the largest share of it served) on at most ``max_cores``."""
+    names = set(prof.service_variants(service))
+    opts = {n: o for n, o in variant_options(prof).items() if n in names}
+    accuracy, served = float("-inf"), 0.0
+    for cores in _assignments(opts, max_cores):
+        if not cores:
+            continue
+        order = sorted(cores, key=lambda n: -prof.variant(n).accuracy)
+        caps = [min(1.0, prof.capacity_rps(n, cores[n]) / load) if load > 0 else 1.0 for n in order]
+        served = max(served, min(1.0, sum(caps)))
+        shares = greedy_shares(prof, load, cores)
+        if shares is not None:
+            accuracy = max(accuracy, sum(s * prof.variant(n).accuracy for n, s in shares.items()))
+    return accuracy, served
+
+
+@pytest.mark.parametrize("pod_cores", [None, 3.0])
+def test_a_services_best_accuracy_and_most_served_on_few_cores_are_those_of_every_mix(pod_cores):
+    """one_service's bounds (a soft floor's least shortfall, a soft shed's least shed) against enumerating
+    every core assignment of the three variants on at most so many cores."""
+    from infadapter.core.decompose import one_service
+
+    prof = _three_variant_service(pod_cores)
+    opts = variant_options(prof)
+    for load in (3.0, 17.0, 41.0, 77.0, 130.0):
+        for max_cores in (2.0, 5.0, 8.0, 12.0):
+            accuracy, served = _best_by_enumeration(prof, "gold", load, max_cores)
+            got = one_service(prof, "gold", load, opts, "accuracy", max_cores=max_cores)
+            assert got == pytest.approx(accuracy, abs=1e-7), (load, max_cores)
+            got = one_service(prof, "gold", load, opts, "served", max_cores=max_cores)
+            assert got == pytest.approx(served, abs=1e-7), (load, max_cores)
+
+
+@pytest.mark.parametrize("pod_cores", [None, 8.0])
+@pytest.mark.parametrize("total", [320.0, 650.0, 800.0, 1000.0, 1250.0])
+def test_the_bounds_on_each_service_leave_the_plan_as_it_was(total, pod_cores, monkeypatch):
+    """The rows that tighten the joint program (each service's fewest cores, a soft floor's least shortfall, a
+    soft shed's least shed) change how fast HiGHS proves the optimum, not the optimum: without them, the same
+    plan. Draws from light to where floors give way (800, 1000) and services shed (1250)."""
+    import random
+
+    from infadapter.core import solver as solver_mod
+
+    prof = _ten_services() if pod_cores is None else _ten_services().with_overrides(max_pod_cores=pod_cores)
+    rng = random.Random(int(total) + 7)
+    raw = [rng.random() + 0.2 for _ in prof.services]
+    loads = {s.name: total * r / sum(raw) for s, r in zip(prof.services, raw, strict=True)}
+    rows: list[str] = []
+    bound = solver_mod._Fewest.bound
+
+    def recorded(self, prob, groups):
+        bound(self, prob, groups)
+        rows.extend(c.name for c in prob.constraints())
+
+    monkeypatch.setattr(solver_mod._Fewest, "bound", recorded)
+    tight = solve(prof, 0, {}, loads=loads)
+    assert any(r.startswith("fewest_cores_") for r in rows)
+    if total >= 800:  # a floor gives way or a service sheds: its bound is there
+        assert any(r.startswith(("least_shortfall_", "least_shed_")) for r in rows), total
+    monkeypatch.setattr(solver_mod._Fewest, "bound", lambda self, prob, groups: None)
+    loose = solve(prof, 0, {}, loads=loads)
+    assert tight.status == loose.status
+    assert tight.plan.cores_by_name() == loose.plan.cores_by_name()
+    assert tight.plan.objective == pytest.approx(loose.plan.objective, abs=1e-6)
+    assert tight.plan.notes == loose.plan.notes
+
+
 @pytest.mark.parametrize("pod_cores", [None, 8.0])
 @pytest.mark.parametrize("total", [880.0, 1000.0, 1250.0, 1500.0])
 def test_skipping_the_programs_proven_infeasible_gives_the_plans_of_searching_them(total, pod_cores, monkeypatch):

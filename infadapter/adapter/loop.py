@@ -547,8 +547,14 @@ class ControlLoop:
         ready = {v.name for v in st.variants if v.ready}
         # Where the platform restarts crashed servers, one with no share is left to it: it takes no traffic, and
         # one routed around already waits there to be restarted.
-        restarts = bool(getattr(self.backend, "restarts_crashed", False))
-        return [a.name for a in self.serving.allocations if a.name not in ready and (a.share > 0 or not restarts)]
+        return [a.name for a in self.serving.allocations
+                if a.name not in ready and (a.share > 0 or not self._platform_restarts)]
+
+    @property
+    def _platform_restarts(self) -> bool:
+        """Whether the backend's platform restarts a crashed server by itself (``Backend.restarts_crashed``;
+        backends that do not say: False)."""
+        return bool(getattr(self.backend, "restarts_crashed", False))
 
     def _read_state(self, now: float) -> BackendState | None:
         """What the backend says runs; None when it cannot be read (the outage starts or goes on). The one
@@ -571,7 +577,7 @@ class ControlLoop:
         """Route around crashed servers at once, then plan again with the survivors as current."""
         assert self.serving is not None
         self.totals.crashes += 1
-        restarts = bool(getattr(self.backend, "restarts_crashed", False))
+        restarts = self._platform_restarts
         survivors = {a.name: a.cores for a in self.serving.allocations
                      if a.name not in crashed and (a.share > 0 or not restarts)}
         self.degraded = f"server of {', '.join(crashed)} is down"

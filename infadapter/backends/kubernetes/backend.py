@@ -507,7 +507,7 @@ class KubernetesBackend:
 
                 if name in deletes and lack is not None and last_of_its_service(name):
                     # Its service keeps a route: shrunk in place, it goes once the plan routes.
-                    part, _ = self._shrink_leaving(observed[name], lack, route_first)
+                    part = self._shrink_leaving(observed[name], lack, route_first)
                     if part:
                         actions.append(part)
                         continue
@@ -573,9 +573,9 @@ class KubernetesBackend:
         actions.append(f"meanwhile {self._route(gap)}")
         return gap
 
-    def _shrink_leaving(self, ob: Observed, lack: float, before: Callable[[float], None]) -> tuple[str, float]:
+    def _shrink_leaving(self, ob: Observed, lack: float, before: Callable[[float], None]) -> str:
         """Shrink a variant the plan drops in place by ``lack`` cores (down to one core step a pod), instead of
-        deleting it first: what was done and its cores now, or ("", 0) when it cannot be done in place."""
+        deleting it first: what was done, or "" when it cannot be done in place."""
         return self._shrink_in_place(ob, lack, self.profile.core_step,
                                      "its service's last serving variant, deleted once the plan routes", before)
 
@@ -583,27 +583,26 @@ class KubernetesBackend:
         """Shrink a variant in place by ``lack`` cores (whole core steps, never below its planned pods): what was
         done, or "" when it cannot be done in place."""
         return self._shrink_in_place(ob, lack, spec.template_cores, f"{spec.cores:g} once the plan routes", before,
-                                     spec.replicas)[0]
+                                     spec.replicas)
 
     def _shrink_in_place(self, ob: Observed, lack: float, floor_per_pod: float, then: str,
-                         before: Callable[[float], None], replicas: int | None = None) -> tuple[str, float]:
+                         before: Callable[[float], None], replicas: int | None = None) -> str:
         """Resize ``ob``'s pods in place down by ``lack`` cores in whole core steps, to no less than
         ``floor_per_pod`` each (only when it runs ``replicas`` pods, if given); ``then`` ends the action.
         ``before(cores)`` runs first, with the variant's cores after the shrink: the route moves its traffic
         off before its cores go, never after (a shrink under its old share sheds what it can no longer serve)."""
         k0, c0 = ob.layout
         if not (self.pods.in_place and c0 > 0 and k0 > 0 and (replicas is None or k0 == replicas)):
-            return "", 0.0
+            return ""
         step = self.profile.core_step
         per_pod = round(max(floor_per_pod, c0 - math.ceil(lack / k0 / step - 1e-9) * step), 3)
         if per_pod >= c0 - 1e-9:
-            return "", 0.0
+            return ""
         before(k0 * per_pod)
         how, _refused = self.resizer.resize(ob, per_pod, self.pods.cpu_limited)
         if not how:
-            return "", 0.0
-        return f"resize {ob.name} {k0 * c0:g} -> {k0 * per_pod:g} cores in place to make room ({how}); {then}", \
-            k0 * per_pod
+            return ""
+        return f"resize {ob.name} {k0 * c0:g} -> {k0 * per_pod:g} cores in place to make room ({how}); {then}"
 
     def _layout(self, cores: float, now: tuple[int, float] | None = None) -> tuple[int, float]:
         """(replicas, cores per pod) for a variant of ``cores``: :func:`.layout.layout` with this backend's sizes."""
