@@ -119,6 +119,25 @@ def test_without_prometheus_the_monitor_reads_the_dispatcher(dispatcher):
     assert obs.requests_total == 4
 
 
+def test_a_load_not_started_yet_leaves_no_history_until_it_starts(dispatcher):
+    """A run that sends its own load decides first, while its servers come up: the seconds before the load
+    are not history (they read as zeros and pulled the first forecast down to nothing: a live run's second
+    service planned 0.013 req/s from its 46 req/s window history, then shed 105 requests at its start)."""
+    port, client = dispatcher
+    mon = Monitor(client.stats, None, start_s=time.time() - 30, load_pending=True, services=("a",))
+    _send(port, 3)  # e.g. a health check: counted by the dispatcher, but not the run's load
+    time.sleep(1.1)
+    obs = mon.observe()
+    assert obs.history_rps == () and obs.history_by_service == {"a": ()}
+    while time.time() % 1 > 0.5:  # the load starts in the first half of a second, the earlier count before it
+        time.sleep(0.05)
+    mon.load_starts()
+    _send(port, 4)
+    time.sleep(2.1)
+    obs = mon.observe()
+    assert 1 <= len(obs.history_rps) <= 3 and sum(obs.history_rps) == 4
+
+
 def test_the_newest_seconds_come_from_the_dispatchers_exact_counts(tmp_path, dispatcher):
     """Prometheus's newest seconds lag its scrapes; the dispatcher counted them, so a burst shows at once."""
     port, client = dispatcher

@@ -279,6 +279,8 @@ def history_from_stats(stats: Mapping[str, Any], now_s: float, seconds: int = HI
 
 def series(points: Mapping[int, float], now_s: float, start_s: float, seconds: int = HISTORY_S) -> tuple[float, ...]:
     """Dense per-second series ending at the last complete second, from ``start_s`` at the earliest."""
+    if start_s > now_s:  # nothing observed yet counts (a load that has not started)
+        return ()
     end = math.floor(now_s) - 1
     first = max(end - seconds + 1, math.floor(start_s))
     return tuple(float(points.get(t, 0.0)) for t in range(first, end + 1))
@@ -294,6 +296,9 @@ class Monitor:
 
     ``stats`` is a callable returning the dispatcher's ``/admin/stats`` JSON (``DispatcherClient.stats``).
     ``start_s`` is when the service came up: seconds before it are not history (they would read as 0).
+    ``load_pending``: the run sends the load itself and it has not started: no second counts as history
+    until :meth:`load_starts` (the first decision, made before it, plans from the window's history before,
+    as the simulator's does, not from the zeros of the seconds spent bringing the servers up).
     """
 
     def __init__(
@@ -306,6 +311,7 @@ class Monitor:
         rate_query: str = RATE_QUERY,
         p99_query: str | None = P99_QUERY,
         services: Sequence[str] = (),
+        load_pending: bool = False,
     ) -> None:
         # The router's PromQL (infadapter/serving/router.py): HAProxy has its own metric names and no
         # latency histogram (p99_query None: the p99 comes from stats(), its request log).
@@ -314,7 +320,7 @@ class Monitor:
         self._stats = stats
         self.reader = PrometheusReader(prometheus_url) if prometheus_url else None
         self.prometheus_url = prometheus_url
-        self.start_s = start_s if start_s is not None else clock()
+        self.start_s = math.inf if load_pending else start_s if start_s is not None else clock()
         #: The newest seconds taken from the router's exact counts (the loop's rate window: ControlConfig's).
         self.rate_window_s = rate_window_s
         self.clock = clock

@@ -446,7 +446,8 @@ def _observer(cfg: ClusterRunConfig, run: AdapterRun, live: Any) -> tuple[Callab
     # each service's own; Monitor.load_starts), as on the local backend, not a dispatcher's zeros.
     start_s = run.clock() if cfg.rates_rps is not None else run.started_s - HISTORY_S
     monitor = Monitor(stats, cfg.prometheus_url, start_s=start_s, clock=run.clock,
-                      rate_window_s=cfg.control.rate_window_s, services=run.profile.service_names)
+                      rate_window_s=cfg.control.rate_window_s, services=run.profile.service_names,
+                      load_pending=cfg.rates_rps is not None)
     return monitor.observe, monitor
 
 

@@ -174,7 +174,8 @@ class LocalSetup:
         # Servers a killed adapter left have served for a while: their counters are real history.
         monitor = Monitor(backend.client.stats, prom_url, start_s=run.started_s - (HISTORY_S if adopted else 0),
                           rate_query=backend.router.rate_query, p99_query=backend.router.p99_query,
-                          rate_window_s=cfg.control.rate_window_s, services=profile.service_names)
+                          rate_window_s=cfg.control.rate_window_s, services=profile.service_names,
+                          load_pending=bool(cfg.rates_rps) and not adopted)
         return Prepared(
             backend=backend, observe=monitor.observe, limit_mode=backend.limit_mode, initial_plan=backend.plan,
             observation=(f"prometheus {prom_url}, else the {cfg.router}'s counters" if prom_url
