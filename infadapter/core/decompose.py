@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Literal
 
 from infadapter.core.profile import Profile
 
@@ -151,7 +152,8 @@ def fewest_cores(profile: Profile, service: str, load: float, floor: float | Non
 
 
 def one_service(profile: Profile, service: str, load: float, opts: Mapping[str, list[tuple[float, float]]],
-                goal: str, floor: float | None = None, max_cores: float | None = None) -> float:
+                goal: Literal["cores", "accuracy", "served"], floor: float | None = None,
+                max_cores: float | None = None) -> float:
     """One service alone, solved exactly: a one-service integer program over the joint program's options,
     capacity rows and floor row (mixes of any number of its variants). ``goal``: "cores", the fewest cores
     that serve all of ``load`` (inf when none do); "accuracy", the highest traffic-weighted accuracy that
@@ -162,7 +164,9 @@ def one_service(profile: Profile, service: str, load: float, opts: Mapping[str, 
     import numpy as np
 
     names = profile.service_variants(service)
-    cost: list[float] = [0.0] * len(names)  # one share column per variant first, then the option binaries
+    # One share column per variant first (what a share is worth to the goal; HiGHS minimizes), then the options.
+    cost: list[float] = [-profile.variant(n).accuracy if goal == "accuracy" else -1.0 if goal == "served" else 0.0
+                         for n in names]
     cores: dict[int, float] = {}
     rows: list[tuple[float, float, dict[int, float]]] = []
     inf = highspy.kHighsInf
@@ -178,13 +182,8 @@ def one_service(profile: Profile, service: str, load: float, opts: Mapping[str, 
     worst = -math.inf if goal != "cores" else math.inf
     if len(cost) == len(names):
         return worst
-    if goal == "served":
-        rows.append((-inf, 1.0, dict.fromkeys(range(len(names)), 1.0)))
-        cost[:len(names)] = [-1.0] * len(names)
-    else:
-        rows.append((1.0, 1.0, dict.fromkeys(range(len(names)), 1.0)))  # all of the load is served
-    if goal == "accuracy":
-        cost[:len(names)] = [-profile.variant(n).accuracy for n in names]
+    # All of the load is served, or with "served" at most all of it.
+    rows.append((-inf if goal == "served" else 1.0, 1.0, dict.fromkeys(range(len(names)), 1.0)))
     if floor is not None:
         rows.append((0.0, inf, {j: profile.variant(n).accuracy - floor for j, n in enumerate(names)}))
     if max_cores is not None:

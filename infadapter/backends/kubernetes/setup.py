@@ -444,10 +444,10 @@ def _observer(cfg: ClusterRunConfig, run: AdapterRun, live: Any) -> tuple[Callab
     # The dispatcher and Prometheus outlive the adapter: their last 10 minutes are real history, unless this run
     # sends the load (--traffic live): then the seconds before it are the window's (ControlConfig.history_before,
     # each service's own; Monitor.load_starts), as on the local backend, not a dispatcher's zeros.
-    start_s = run.clock() if cfg.rates_rps is not None else run.started_s - HISTORY_S
-    monitor = Monitor(stats, cfg.prometheus_url, start_s=start_s, clock=run.clock,
-                      rate_window_s=cfg.control.rate_window_s, services=run.profile.service_names,
-                      load_pending=cfg.rates_rps is not None)
+    own_load = cfg.rates_rps is not None
+    monitor = Monitor(stats, cfg.prometheus_url, start_s=None if own_load else run.started_s - HISTORY_S,
+                      clock=run.clock, rate_window_s=cfg.control.rate_window_s, services=run.profile.service_names,
+                      load_pending=own_load)
     return monitor.observe, monitor
 
 
