@@ -70,6 +70,11 @@ from infadapter.render import (
 
 log = logging.getLogger(__name__)
 
+
+class _CheckpointLost(Exception):
+    """The recommender that ran before a restart overwrote the checkpoint written for the restarted one."""
+
+
 class Router(Protocol):
     """What the backend needs of the dispatcher (``DispatcherClient`` has it)."""
 
@@ -374,41 +379,74 @@ class KubernetesBackend:
                 return ApplyResult(plan, tuple(actions), ok=False, error=str(exc), retry_after_s=5.0)
         return self._shrink_and_delete(plan, generation, [observed[n] for n in shrink], specs, deletes, actions)
 
-    def start_autoscaler(self, history: Any = None) -> str:
-        """Apply the upstream policy's HPA or VPA (again: the apply that created its variant created it); ``history``,
-        a :class:`~infadapter.core.vpa.VpaState` in Unix seconds, becomes the VPA's ``VerticalPodAutoscalerCheckpoint``
-        of its one container, which the recommender loads when it next starts."""
-        from infadapter.core.vpa import checkpoint_status
+    def warm_start(self, history: Any, restart: Callable[[], None], timeout_s: float,
+                   attempts: int = 3) -> tuple[float | None, str]:
+        """Start the upstream VPA warm: ``history`` (a :class:`~infadapter.core.vpa.VpaState` in Unix seconds)
+        becomes its checkpoint, ``restart`` restarts the recommender (upstream loads checkpoints only when it
+        starts), and the target is the one the restarted recommender computes from it (None: none within
+        ``timeout_s``), with what was done.
 
-        said = self._apply_autoscaler()
-        a = self.pods.autoscaler
-        assert a is not None
-        if history is not None and a.kind == "vpa":
-            # The recommender rewrites its checkpoints: the one it wrote for an earlier VPA of this name goes first.
-            self.api.delete("VerticalPodAutoscalerCheckpoint", f"{self.config.object_name(a.variant)}-tfserving")
-            obj = self.config.object_name(a.variant)
-            # Not a template: a checkpoint is state the recommender owns and rewrites, not configuration.
-            self.api.apply_object(Manifest(f"{obj}.checkpoint.yaml", "", {
-                "apiVersion": "autoscaling.k8s.io/v1", "kind": "VerticalPodAutoscalerCheckpoint",
-                "metadata": {"name": f"{obj}-tfserving", "namespace": self.namespace,
-                             "labels": {**self.config.common_labels(), LABEL_COMPONENT: COMPONENT_AUTOSCALER,
-                                        LABEL_VARIANT: a.variant}},
-                "spec": {"vpaObjectName": obj, "containerName": "tfserving"},
-                "status": checkpoint_status(history)}))
-            said += f"; its checkpoint holds {history.samples} CPU samples of the day before"
-        return said
-
-    def wait_recommendation(self, timeout_s: float) -> float | None:
-        """The upstream VPA's CPU target for its container once its recommender has written one (None: not within
-        ``timeout_s``)."""
+        The recommender that runs until the restart rewrites every VPA's checkpoint once a loop from what it holds
+        (here a few samples of the idle pod), and its own recommendation stays in the VPA's status until the next
+        loop: a target read at once, or a checkpoint it overwrote just before it stopped, would be the cold one.
+        So the target is read only after a later checkpoint holds at least our samples (the restarted recommender
+        writes its checkpoints right after the VPAs' status, in the same loop); a later one with fewer means ours
+        was overwritten, and the write and the restart are tried again."""
         a = self.pods.autoscaler
         assert a is not None and a.kind == "vpa"
+        said = [self._apply_autoscaler()]
+        for attempt in range(1, attempts + 1):
+            written = self._write_checkpoint(history)
+            restart()
+            try:
+                target = self._restarted_target(written, history.samples, timeout_s)
+            except _CheckpointLost:
+                continue
+            said.append(f"its checkpoint holds {history.samples} CPU samples of the day before"
+                        + (f" (written {attempt} times: the running recommender overwrote it before it stopped)"
+                           if attempt > 1 else ""))
+            return target, "; ".join(said)
+        said.append(f"the running recommender overwrote its checkpoint before each of {attempts} restarts")
+        return None, "; ".join(said)
+
+    def _write_checkpoint(self, history: Any) -> str:
+        """``history`` as the VPA's checkpoint of its one container; its resourceVersion (what a later write
+        changes)."""
+        from infadapter.core.vpa import checkpoint_status
+
+        a = self.pods.autoscaler
+        assert a is not None
+        obj = self.config.object_name(a.variant)
+        # The recommender rewrites its checkpoints: the one it wrote for an earlier VPA of this name goes first.
+        self.api.delete("VerticalPodAutoscalerCheckpoint", f"{obj}-tfserving")
+        # Not a template: a checkpoint is state the recommender owns and rewrites, not configuration.
+        out = self.api.apply_object(Manifest(f"{obj}.checkpoint.yaml", "", {
+            "apiVersion": "autoscaling.k8s.io/v1", "kind": "VerticalPodAutoscalerCheckpoint",
+            "metadata": {"name": f"{obj}-tfserving", "namespace": self.namespace,
+                         "labels": {**self.config.common_labels(), LABEL_COMPONENT: COMPONENT_AUTOSCALER,
+                                    LABEL_VARIANT: a.variant}},
+            "spec": {"vpaObjectName": obj, "containerName": "tfserving"},
+            "status": checkpoint_status(history)}))
+        return str((out.get("metadata") or {}).get("resourceVersion", ""))
+
+    def _restarted_target(self, written: str, samples: int, timeout_s: float) -> float | None:
+        """The VPA's CPU target once a checkpoint later than ``written`` holds at least ``samples`` samples (then
+        the restarted recommender loaded ours and has written the status); None when none comes within
+        ``timeout_s``. Raises :class:`_CheckpointLost` when a later one holds fewer."""
+        a = self.pods.autoscaler
+        assert a is not None
+        obj = self.config.object_name(a.variant)
         deadline = self._clock() + timeout_s
         while True:
-            vpa = self.api.get("VerticalPodAutoscaler", self.config.object_name(a.variant)) or {}
-            for rec in (vpa.get("status") or {}).get("recommendation", {}).get("containerRecommendations", []):
-                if rec.get("containerName") == "tfserving" and "cpu" in rec.get("target", {}):
-                    return parse_cpu(rec["target"]["cpu"])
+            cp = self.api.get("VerticalPodAutoscalerCheckpoint", f"{obj}-tfserving") or {}
+            version = (cp.get("metadata") or {}).get("resourceVersion")
+            if version and version != written:
+                if int((cp.get("status") or {}).get("totalSamplesCount", 0)) < samples:
+                    raise _CheckpointLost(version)
+                vpa = self.api.get("VerticalPodAutoscaler", obj) or {}
+                for rec in (vpa.get("status") or {}).get("recommendation", {}).get("containerRecommendations", []):
+                    if rec.get("containerName") == "tfserving" and "cpu" in rec.get("target", {}):
+                        return parse_cpu(rec["target"]["cpu"])
             if self._clock() >= deadline:
                 return None
             self.api.sleep(1.0)

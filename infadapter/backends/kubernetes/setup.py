@@ -46,6 +46,9 @@ TRAFFIC = ("replay", "live")
 #: After a live load, keep adapting this long so in-flight requests finish (the local backend's default).
 LIVE_DRAIN_S = 3.0
 CLUSTER_BACKENDS = ("kubernetes", "dry-run")
+#: How long the restarted VPA recommender has to write its warm target: 2.5 of upstream's 1-min loops (its
+#: first loop runs one interval after it starts).
+WARM_TARGET_WAIT_S = 150.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -381,17 +384,21 @@ def _start_autoscaler(cfg: ClusterRunConfig, backend: Any, profile: Profile, mes
         why = "no history before the window" if history is None else "no --restart-recommender"
         messages.append(f"vpa-upstream: the recommender starts cold ({why})")
         return
-    messages.append(backend.start_autoscaler(history))
-    try:
-        done = subprocess.run(shlex.split(cfg.restart_recommender), capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BadInput(f"--restart-recommender: {cfg.restart_recommender!r} did not run ({exc})") from None
-    if done.returncode != 0:
-        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
-        raise BadInput(f"--restart-recommender: {cfg.restart_recommender!r} exited {done.returncode}: {last[0]}")
-    target = backend.wait_recommendation(timeout_s=60.0)
+
+    def restart() -> None:
+        try:
+            done = subprocess.run(shlex.split(cfg.restart_recommender), capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BadInput(f"--restart-recommender: {cfg.restart_recommender!r} did not run ({exc})") from None
+        if done.returncode != 0:
+            last = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
+            raise BadInput(f"--restart-recommender: {cfg.restart_recommender!r} exited {done.returncode}: {last[0]}")
+
+    target, said = backend.warm_start(history, restart, timeout_s=WARM_TARGET_WAIT_S)
+    messages.append(said)
     if target is None:
-        messages.append("vpa-upstream: the restarted recommender gave no target within 60 s (warm start not shown)")
+        messages.append(f"vpa-upstream: the restarted recommender gave no target within {WARM_TARGET_WAIT_S:g} s "
+                        "(warm start not shown)")
         return
     apply(single_variant_plan(profile, a.variant, target, 0.0, {}), f"size {a.variant} at the warm target")
     messages.append(f"vpa-upstream: warm, {history.samples} samples of the day before the window; {a.variant} "
