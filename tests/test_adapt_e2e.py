@@ -283,6 +283,46 @@ def test_local_backend_honours_the_registrys_in_place_and_cpu_limited_flags(setu
     assert not _servers(setup / "models")
 
 
+def test_an_apply_asked_to_stop_waiting_removes_its_new_server_and_the_old_plan_serves_as_it_was(setup, tmp_path):
+    """``abandon_when`` (the loop's check while servers load) gives a reason: the apply stops waiting, kills the
+    server it started, lowers the in-place growth it made back, leaves the routes as they were, and says why;
+    the same plan applies in full once nothing objects. Real servers, real cgroups."""
+    from infadapter.adapter.state import StateStore, state_path
+    from infadapter.backends.local.backend import LocalBackend, LocalConfig
+    from infadapter.core.plan import plan_from_cores
+    from infadapter.core.policies import single_variant_plan
+    from infadapter.core.profile import load_profile
+
+    profile = load_profile(setup / "tiny.yaml")
+    backend = LocalBackend(profile, LocalConfig(model_dir=setup / "models", run_dir=tmp_path, slo_ms=profile.slo_ms),
+                           StateStore(state_path(tmp_path)))
+    try:
+        first = single_variant_plan(profile, "resnet18", 0.25, 1.0, {})
+        assert backend.apply(first).ok
+        old = backend.servers["resnet18"]
+        routes = list(backend._last_routes)
+        cores = {"resnet18": 0.5, "resnet50": 0.25}
+        both = plan_from_cores(cores, 2.0, {n: profile.capacity_rps(n, c) for n, c in cores.items()},
+                               {n: profile.variant(n).accuracy for n in cores})
+        asked: list[str] = []
+        backend.abandon_when = lambda plan: asked.append(",".join(plan.names)) or "80 req/s arrived"
+        res = backend.apply(both)
+        assert res.abandoned == "80 req/s arrived" and not res.ok and res.serving == first, res
+        assert asked == ["resnet18,resnet50"]
+        assert any(a.startswith("abandoned: 80 req/s arrived; stopped resnet50") for a in res.actions), res.actions
+        assert set(backend.servers) == {"resnet18"} and backend.servers["resnet18"].pid == old.pid
+        assert old.cores == 0.25 and (old.group is None or old.group.cores == pytest.approx(0.25))
+        assert backend._last_routes == routes
+        assert len(_servers(setup / "models")) == 1  # the new server is gone
+        assert [sv["pid"] for sv in read_state(state_path(tmp_path))["servers"]] == [old.pid]  # none recorded
+        backend.abandon_when = lambda plan: ""
+        done = backend.apply(both)
+        assert done.ok and set(backend.servers) == {"resnet18", "resnet50"}, done
+    finally:
+        backend.stop()
+    assert not _servers(setup / "models")
+
+
 def test_a_server_with_no_share_loads_without_the_startup_boost(setup, tmp_path):
     """A new server loads under a quota of one core per thread (the startup boost) when it will carry traffic,
     from the CPUs the other servers leave idle; a standby (no share) loads under its own quota, so it takes no

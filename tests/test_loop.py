@@ -552,3 +552,93 @@ def test_registry_in_place_flag_decides_whether_the_loop_grows_in_place(in_place
         assert applies[0].startswith("apply resnet50=") and "resnet18" in applies[1]
     else:
         assert len(applies) == 1 and applies[0].startswith("apply resnet18=")
+
+
+@dataclass
+class LoadingBackend(FakeBackend):
+    """A backend whose new variants take ``load_s`` of the fake clock to load, asking ``abandon_when`` every half
+    second meanwhile (as the local backend does); ``during_load`` runs at each step (e.g. a burst arriving)."""
+
+    clock: FakeClock | None = None
+    load_s: float = 2.0
+    abandon_when: object = None
+    during_load: object = None
+    asked: int = 0
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        new = set(plan.names) - set(self.plan.names if self.plan else ())
+        if new and self.abandon_when is not None:
+            for _ in range(int(self.load_s / 0.5)):
+                self.clock.now_s += 0.5
+                if self.during_load is not None:
+                    self.during_load()
+                self.asked += 1
+                why = self.abandon_when(plan)
+                if why:
+                    self.calls.append("abandoned " + ",".join(sorted(new)))
+                    return ApplyResult(serving=self.plan or plan, ok=False, error=f"abandoned: {why}", abandoned=why)
+        return super().apply(plan)
+
+
+def test_a_plan_outgrown_while_its_new_variants_load_is_dropped_and_the_next_check_plans_for_the_rate_seen():
+    """A burst that arrives while a plan's new variant loads: the loop, asked by the backend, drops the plan (it
+    was made for 30 req/s, 80 arrive), the old plan keeps serving, no retry of the dropped plan is scheduled and
+    no failed apply counted, and the next check's overload decision plans for the rate seen then."""
+    clock = FakeClock()
+    load = Load(clock)
+    backend = LoadingBackend(clock=clock)
+    loop = ControlLoop(PROFILE, make_policy("infadapter", PROFILE, 1), PeakForecaster(), backend, load.observe,
+                       LoopConfig(ControlConfig(interval_s=10.0, check_s=1.0, initial_forecast_rps=5.0)),
+                       clock=clock, sleep=clock.sleep, records=DecisionLog(None), metrics=LoopMetrics())
+    assert backend.abandon_when is not None
+    loop.tick()
+    load.rate = 20.0
+    for _ in range(12):
+        clock.sleep(1.0)
+        loop.tick()
+    before = loop.serving
+    assert set(before.names) == {"resnet50"}  # 20 req/s on resnet50 alone
+    load.rate = 30.0  # beyond resnet50's cores: the overload plan adds resnet18, which must load
+    backend.during_load = lambda: setattr(load, "rate", 80.0)
+    records = []
+    while len(records) < 2:
+        clock.sleep(1.0)
+        rec = loop.tick()
+        if rec is not None:
+            records.append(rec)
+            if len(records) == 1:
+                assert rec.apply_ok is False and rec.apply_error.startswith("abandoned: "), rec
+                assert rec.forecast_rps < 50, rec.forecast_rps  # made for the 30 req/s seen before the burst
+                assert loop.serving == before and loop.retry_at_s is None and loop.totals.failed_applies == 0
+    dropped, after = records
+    assert dropped.trigger == "overload" and after.trigger == "overload", (dropped.trigger, after.trigger)
+    assert after.forecast_rps >= 80.0 and after.apply_ok, after
+    assert "abandoned resnet18" in backend.calls
+
+
+def test_without_overload_re_plans_nothing_is_dropped_while_variants_load():
+    """``--no-react`` (and the upstream policies, which follow the cluster): the backend is not asked to drop."""
+    clock = FakeClock()
+    backend = LoadingBackend(clock=clock)
+    ControlLoop(PROFILE, make_policy("infadapter", PROFILE, 1), PeakForecaster(), backend, Load(clock).observe,
+                LoopConfig(ControlConfig(interval_s=10.0, check_s=1.0, react=False)), clock=clock,
+                sleep=clock.sleep, records=DecisionLog(None), metrics=LoopMetrics())
+    assert backend.abandon_when is None
+
+
+def test_a_plan_is_outgrown_only_by_a_rate_above_its_load_what_it_serves_and_what_serves_meanwhile():
+    from infadapter.core.control import outgrown
+    from infadapter.core.policies import single_variant_plan
+
+    ctl = ControlConfig()
+    now = single_variant_plan(PROFILE, "resnet18", 0.25, 5.0, {})  # serves 10 req/s meanwhile
+    plan = single_variant_plan(PROFILE, "resnet50", 1.0, 10.0, {})  # made for 10 req/s, serves 16
+    assert outgrown(plan, now, {"": 16.0 * 1.1}, ctl) == ""  # above its load, within what it serves
+    assert "17.7 req/s observed" in outgrown(plan, now, {"": 17.7}, ctl)
+    assert outgrown(plan, None, {"": 17.7}, ctl) != ""  # nothing serves meanwhile
+    big = single_variant_plan(PROFILE, "resnet18", 1.0, 5.0, {})  # what serves now holds 40 req/s
+    assert outgrown(plan, big, {"": 17.7}, ctl) == ""  # the old plan holds it: noise, not a burst
+    shedding = single_variant_plan(PROFILE, "resnet50", 1.0, 40.0, {})  # made for 40: serves 16 by design
+    assert outgrown(shedding, now, {"": 40.0}, ctl) == ""
+    assert outgrown(shedding, now, {"": 44.5}, ctl) != ""
+    assert outgrown(plan, now, {"other": 100.0}, ctl) == ""  # a service the plan does not hold

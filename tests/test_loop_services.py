@@ -119,3 +119,78 @@ def test_one_service_over_its_capacity_re_plans_all_at_once(tmp_path: Path) -> N
     assert inputs["batch"]["forecast_rps"] == pytest.approx(60.0)
     live_cap = sum(v["capacity"] for v in over[0]["plan_after"]["variants"] if v["service"] == "live")
     assert live_cap >= 44.0 - 1e-6
+
+
+def _mix(profile, cores: dict[str, float], service: str):
+    """``cores`` of one service's variants, shares in proportion to capacity, as the service's allocations."""
+    from dataclasses import replace as _replace
+
+    from infadapter.core.plan import plan_from_cores
+
+    p = plan_from_cores(cores, 1.0, {n: profile.capacity_rps(n, c) for n, c in cores.items()},
+                        {n: profile.variant(n).accuracy for n in cores})
+    return tuple(_replace(a, service=service) for a in p.allocations)
+
+
+def test_while_a_service_waits_for_new_variants_its_running_ones_grow_on_what_the_others_leave() -> None:
+    """The live run's case (budget 1.25): live's burst at 26 req/s makes the plan swap ResNet-18 for ResNet-34,
+    which loads for a second or more. Meanwhile batch takes its part of the plan at once (its ResNet-50 goes,
+    0.25 core freed) and live's ResNet-18 grows in place from 0.25 to 0.5 core (41.6 req/s): never beyond what
+    batch leaves of the budget."""
+    from infadapter.core.control import services_bridge_plan
+    from infadapter.core.plan import Plan
+
+    profile = PROFILE.tuned(budget=1.25)
+    serving = Plan((*_mix(profile, {"live-resnet18": 0.25}, "live"),
+                    *_mix(profile, {"batch-resnet18": 0.75, "batch-resnet50": 0.25}, "batch")), 70.0)
+    target = Plan((*_mix(profile, {"live-resnet34": 0.5}, "live"),
+                   *_mix(profile, {"batch-resnet18": 0.75}, "batch")), 86.0)
+    bridge = services_bridge_plan(profile, serving, target, {"live": 25.7, "batch": 60.4})
+    assert bridge is not None
+    assert bridge.cores_by_name() == {"batch-resnet18": 0.75, "live-resnet18": 0.5}
+    assert bridge.served_capacity_rps("live") >= 25.7 and bridge.cores <= profile.budget_cores + 1e-9
+    assert {a.name: a.service for a in bridge.allocations} == {"batch-resnet18": "batch", "live-resnet18": "live"}
+    # A burst beyond what batch leaves: live grows to the budget's edge, no further.
+    assert services_bridge_plan(profile, serving, target, {"live": 90.0, "batch": 60.4}).cores_by_name() == {
+        "batch-resnet18": 0.75, "live-resnet18": 0.5}
+    # Live's running variant already serves its load, or no service starts a variant: nothing to grow.
+    assert services_bridge_plan(profile, serving, target, {"live": 15.0, "batch": 60.4}) is None
+    same = Plan((*_mix(profile, {"live-resnet18": 0.5}, "live"), *_mix(profile, {"batch-resnet18": 0.75}, "batch")),
+                86.0)
+    assert services_bridge_plan(profile, serving, same, {"live": 40.0, "batch": 60.4}) is None
+
+
+def test_the_loop_grows_a_waiting_service_in_place_before_it_applies_the_plan(tmp_path: Path) -> None:
+    """The loop applies that growth first (a backend that resizes in place), then the plan."""
+    from infadapter.core.plan import Plan
+    from infadapter.core.policies import REGISTRY, Decision, PolicyEntry, register
+
+    profile = PROFILE.tuned(budget=1.25)
+    serving = Plan((*_mix(profile, {"live-resnet18": 0.25}, "live"),
+                    *_mix(profile, {"batch-resnet18": 0.75, "batch-resnet50": 0.25}, "batch")), 70.0)
+    target = Plan((*_mix(profile, {"live-resnet34": 0.5}, "live"),
+                   *_mix(profile, {"batch-resnet18": 0.75}, "batch")), 86.0)
+
+    @dataclass(frozen=True)
+    class Swap:
+        name: str = "toy-swap"
+
+        def decide(self, ctx):
+            return Decision(target, ctx.state, "swap")
+
+    register(PolicyEntry("toy-swap", "toy-swap", lambda a, p, c: Swap()))
+    try:
+        clock, load, backend = FakeClock(), TwoLoads(live=26.0, batch=60.0), FakeBackend(in_place_resize=True)
+        backend.plan = serving
+        ctl = ControlConfig(interval_s=5.0, check_s=1.0, react=False)
+        loop = ControlLoop(profile, Swap(), PeakForecaster(), backend, load.observe, LoopConfig(ctl), clock=clock,
+                           sleep=clock.sleep, records=DecisionLog(None), initial_plan=serving,
+                           service_forecasters={"live": PeakForecaster(), "batch": PeakForecaster()},
+                           service_controls={"live": ctl, "batch": ctl})
+        loop.next_decision_s = clock() + 3.0
+        while loop.tick() is None:
+            clock.sleep(1.0)
+    finally:
+        del REGISTRY["toy-swap"]
+    applies = [c for c in backend.calls if c.startswith("apply")]
+    assert applies == ["apply batch-resnet18=0.75,live-resnet18=0.5", "apply live-resnet34=0.5,batch-resnet18=0.75"]

@@ -28,9 +28,9 @@ rules: its window's history before), and the policy (``infadapter``) solves them
 rates as the headroom that gives way first. Between decisions a service whose rate runs above its own part of
 the plan triggers an overload re-plan of all of them (that service's load raised by the overload rule, the
 others' as at an interval); ``--no-react`` turns it off, as the simulator's joint policy runs.
-Growing in place while new variants load is a one-service rule
-(its capacity is one service's) and is skipped; after a crash each service's survivors keep their shares in
-proportion until the decision that follows at once.
+While new variants load, a service that waits for them has its running variants grown in place on the cores the
+others leave (:func:`~infadapter.core.control.services_bridge_plan`); after a crash each service's survivors keep
+their shares in proportion until the decision that follows at once.
 """
 
 from __future__ import annotations
@@ -280,6 +280,12 @@ class ControlLoop:
         self.last_by_service: dict[str, dict[str, float]] = {}
         #: The services the last check found overloaded (their loads are raised by an overload re-plan).
         self._overloaded: set[str] = set()
+        # A plan outgrown while its new variants load is dropped (control.outgrown), where the loop reacts to
+        # overload at all: a backend that can stop waiting asks the loop.
+        if hasattr(backend, "abandon_when") and self.ctl.react and not self._follows:
+            backend.abandon_when = self._outgrown
+        #: A plan was just dropped for the rate seen: check again at once, not a check later.
+        self._recheck = False
 
     # -- one decision ------------------------------------------------------------------------------
     def decide(self, trigger: str, obs: Observation | None = None) -> DecisionRecord:
@@ -397,10 +403,22 @@ class ControlLoop:
         except Exception as exc:  # a backend bug must not stop the loop: keep serving the old plan
             log.exception("apply failed")
             result = ApplyResult(serving=before or plan, ok=False, error=f"{type(exc).__name__}: {exc}")
-        if not result.ok:
+        if not result.ok and not result.abandoned:
             self._read_state(self.clock())  # a backend gone away is an outage, said once (not per failure)
-        self._check_health(failed=not result.ok)  # a decision that changed nothing asked nothing of it
+        # A decision that changed nothing asked nothing of it.
+        self._check_health(failed=not result.ok and not result.abandoned)
         return True, result
+
+    def _outgrown(self, target: Plan) -> str:
+        """Asked by the backend while ``target``'s new variants load: why the rate seen now has outgrown it (''
+        when it has not; :func:`~infadapter.core.control.outgrown`, each service's rate by its own rule)."""
+        obs = self._observe(self.clock())
+        if self.profile.services:
+            rates = {n: control.observed_rate(obs.history_by_service.get(n, ()), self.service_controls[n])
+                     for n in self.profile.service_names}
+        else:
+            rates = {"": control.observed_rate(obs.history_rps, self.ctl)}
+        return control.outgrown(target, self.serving, rates, self.ctl)
 
     def _settle(self, applied: bool, result: ApplyResult, before: Plan | None, changed: bool) -> None:
         """Take what the backend says serves; on a failed apply keep the previous plan and schedule a retry."""
@@ -414,6 +432,13 @@ class ControlLoop:
                 self.totals.transitions += 1
                 if self.metrics:
                     self.metrics.transitions.inc()
+            return
+        if result.abandoned:  # not a failure: the load outgrew the plan; the next check decides on what it sees
+            self.serving = result.serving
+            self.retry_at_s = None
+            self.last_apply_error = result.error
+            self._recheck = True
+            log.warning("%s; the previous plan serves, deciding again on the rate seen now", result.error)
             return
         self.totals.failed_applies += 1
         self.last_apply_error = result.error
@@ -481,6 +506,8 @@ class ControlLoop:
             wait = self.ctl.check_s
             if self.next_decision_s is not None and not self.outages.active:
                 wait = min(wait, max(self.next_decision_s - self.clock(), 0.0))
+            if self._recheck:
+                self._recheck, wait = False, 0.0
             if self.sleep(max(wait, 0.01)):
                 break
         self._account(self.clock())
@@ -492,10 +519,16 @@ class ControlLoop:
     # -- helpers -----------------------------------------------------------------------------------
     def _bridge(self, target: Plan, load_rps: float) -> tuple[str, ...]:
         """Grow the running variants in place first when ``target`` must wait for new ones to load."""
-        if not (self.backend.in_place_resize and self._in_place) or self.profile.services:
-            return ()  # growing in place serves one service's load (see the module doc)
-        bridge = control.bridge_plan(self.profile, self.serving, target, load_rps, self.backend.in_place_max_cores(),
-                                     getattr(self.backend, "surge_room_cores", None))
+        if not (self.backend.in_place_resize and self._in_place):
+            return ()
+        room = getattr(self.backend, "surge_room_cores", None)
+        if self.profile.services:
+            loads = {n: v["forecast_rps"] for n, v in self.last_by_service.items()}
+            bridge = control.services_bridge_plan(self.profile, self.serving, target, loads,
+                                                  self.backend.in_place_max_cores(), room)
+        else:
+            bridge = control.bridge_plan(self.profile, self.serving, target, load_rps,
+                                         self.backend.in_place_max_cores(), room)
         if bridge is None:
             return ()
         res = self.backend.apply(bridge)

@@ -53,6 +53,9 @@ class ApplyResult:
     ok: bool = True
     error: str = ""
     retry_after_s: float | None = None  # temporary error: when to try again
+    #: Why the apply stopped waiting for its new variants (its ``abandon_when`` said the plan was outgrown while
+    #: they loaded): they are gone and the old plan serves; the loop decides again, no retry of this plan.
+    abandoned: str = ""
 
 
 #: Called with the model servers' scrape targets: variant -> ["host:port", ...].
@@ -90,6 +93,11 @@ class Backend(Protocol):
     #     """Cores the running variants and a transition's new ones may hold together now; None: not bounded
     #     here (new variants load beside the budget, as Kubernetes' maxSurge). The loop's growth in place
     #     while new variants load (``control.bridge_plan``) leaves the new variants that room."""
+
+    # Optional (an attribute the loop sets when the backend has it):
+    # abandon_when: Callable[[Plan], str] | None
+    #     """Asked every half second or so with the plan being applied while its new variants load; a reason (not
+    #     '') makes ``apply`` stop waiting, remove them and return the old plan with ``abandoned`` set."""
 
     def apply(self, plan: Plan) -> ApplyResult:
         """Reconcile to ``plan`` make-before-break, routing included; safe to call twice."""

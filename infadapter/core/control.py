@@ -35,6 +35,10 @@ The rules (docs/adapt.md explains the measurements behind each default):
   not running yet, the variants that run now are first grown in place (no load time) to serve the
   load as far as the budget allows, while the new ones load; the planned mix takes over when they
   are ready.
+- **An outgrown plan is dropped** (:func:`outgrown`): while a plan's new variants load, the loop keeps
+  observing; once a service's rate runs above both the load the plan was made for and what it serves, the
+  backend stops waiting, the old plan keeps serving, and the next check decides again on the rate seen now
+  (a burst that arrives during a load would otherwise meet the plan of the rate before it, seconds late).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -312,9 +316,34 @@ def reason(trigger: str, policy_reason: str, degraded: str = "") -> str:
     return policy_reason
 
 
+def outgrown(target: Plan, serving: Plan | None, observed_by_service: Mapping[str, float],
+             config: ControlConfig) -> str:
+    """Why ``target``, whose new variants are still loading, is already too small ('' when it is not): a
+    service's observed rate (``""``: the one service's) runs above the load ``target`` was planned for, above
+    what it serves, and above what ``serving`` (the plan serving meanwhile) serves, each by more than
+    ``overload_tolerance``: the overload re-plan would fire on it as soon as it took over, and it does already
+    on what serves. A plan that serves less than its load by design (the budget cannot hold it) is outgrown
+    only by a load above the one it was planned for; a rate that what serves now holds (a batch service's
+    noise) outgrows nothing."""
+    planned = {s.name: s.load_rps for s in target.services} if target.services else {"": target.load_rps}
+    limit = 1 + config.overload_tolerance
+    for name, rate in observed_by_service.items():
+        if name not in planned:
+            continue
+        cap = target.served_capacity_rps(name or None)
+        now = serving.served_capacity_rps(name or None) if serving is not None else 0.0
+        if rate > planned[name] * limit and rate > cap * limit and rate > now * limit:
+            who = f"{name}: " if name else ""
+            return (f"{who}{rate:.1f} req/s observed while its new variants loaded, above the {planned[name]:.1f} "
+                    f"req/s the plan was made for, the {cap:.1f} req/s it serves and the {now:.1f} req/s "
+                    "served meanwhile")
+    return ""
+
+
 def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: float,
                 max_cores: Mapping[str, float] | None = None,
-                room_cores: Callable[[], float | None] | None = None) -> Plan | None:
+                room_cores: Callable[[], float | None] | None = None,
+                limit_cores: float | None = None) -> Plan | None:
     """The plan to serve while ``target``'s new variants load, or None when none is needed.
 
     None when ``target`` starts no new variant, or when ``serving`` already serves ``load_rps``.
@@ -324,7 +353,8 @@ def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: 
     variant at most ``max_cores[name]`` (what the backend can give it in place); shares are
     proportional to capacity. ``room_cores``: what the running and the new variants may hold together
     (a full node has no surge room; asked only when a growth is considered): the growth leaves the new
-    variants their cores out of it.
+    variants their cores out of it. ``limit_cores``: the most the running variants may hold (default: the
+    budget; :func:`services_bridge_plan` gives a service what the others leave).
     """
     if serving is None or not serving.allocations:
         return None
@@ -333,7 +363,7 @@ def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: 
         return None
     top = profile.core_options()[-1]
     step = profile.core_step
-    limit = profile.budget_cores
+    limit = profile.budget_cores if limit_cores is None else limit_cores
     surge_room = room_cores() if room_cores is not None else None
     if surge_room is not None:
         new_cores = sum(c for n, c in target.cores_by_name().items() if n not in cores)
@@ -355,6 +385,47 @@ def bridge_plan(profile: Profile, serving: Plan | None, target: Plan, load_rps: 
     caps = {n: cap(n, c) for n, c in grown.items()}
     acc = {n: profile.variant(n).accuracy for n in grown}
     return plan_from_cores(grown, load_rps, caps, acc)
+
+
+def services_bridge_plan(profile: Profile, serving: Plan | None, target: Plan, loads: Mapping[str, float],
+                         max_cores: Mapping[str, float] | None = None,
+                         room_cores: Callable[[], float | None] | None = None) -> Plan | None:
+    """:func:`bridge_plan` for several services sharing the budget, or None when no service grows.
+
+    A service whose part of ``target`` starts no new variant takes that part at once (all of it runs already:
+    resizes in place, routing, deletions); one whose part starts new variants has its running variants grown in
+    place toward its load in ``loads`` on the cores the others leave of the budget (its new variants are the
+    surge). Services in turn by name; a service with nothing running yet is left to the plan."""
+    if serving is None or not serving.allocations:
+        return None
+    new = set(target.names) - set(serving.names)
+    loading = sorted({a.service for a in target.allocations if a.name in new})
+    if not loading:
+        return None
+    allocations = [a for a in target.allocations if a.service not in loading]
+    held = {svc: sum(a.cores for a in serving.allocations if a.service == svc) for svc in loading}
+    grew = False
+    for i, svc in enumerate(loading):
+        mine = tuple(a for a in serving.allocations if a.service == svc)
+        if not mine:
+            continue
+        others = sum(a.cores for a in allocations) + sum(held[s] for s in loading[i + 1:])
+        part = Plan(mine, loads.get(svc, 0.0))
+        wanted = Plan(tuple(a for a in target.allocations if a.service == svc), loads.get(svc, 0.0))
+        grown = bridge_plan(profile, part, wanted, loads.get(svc, 0.0), max_cores, room_cores,
+                            limit_cores=profile.budget_cores - others)
+        if grown is None:
+            allocations += mine
+        else:
+            grew = True
+            allocations += [replace(a, service=svc) for a in grown.allocations]
+    if not grew:
+        return None
+    total = sum(loads.get(a.service, 0.0) * a.share for a in allocations)
+    accuracy = sum(loads.get(a.service, 0.0) * a.share * profile.variant(a.name).accuracy
+                   for a in allocations) / total if total > 0 else 0.0
+    return Plan(tuple(allocations), sum(loads.values()), accuracy=accuracy,
+                notes=("grown in place while new variants load",))
 
 
 def initial_forecast(rates_rps: Sequence[float] | None, history_before: Sequence[float] = (),

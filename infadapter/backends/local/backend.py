@@ -7,7 +7,9 @@ whose CPU limit is the plan's cores (cgroup v2 ``cpu.max`` or v1 CFS quota, thro
 (:mod:`infadapter.serving.router`). ``apply`` reconciles make-before-break:
 
 1. a variant that is new, or whose thread count must change, gets a new server; the loop's data path
-   keeps using the old routing while it loads and answers ``AVAILABLE`` (warm-up requests done);
+   keeps using the old routing while it loads and answers ``AVAILABLE`` (warm-up requests done). Meanwhile
+   ``abandon_when`` (set by the loop) is asked every ``ABANDON_CHECK_S``: a reason stops the wait, the new
+   servers are killed, growth in place is put back, and the old plan serves on (``ApplyResult.abandoned``);
 2. a change of cores alone rewrites the cgroup limit in place: no restart. The server's thread count
    cannot change in place, so a server is started with ``ceil(cores)`` threads and an in-place
    resize is used when the new cores still fit those threads (more cores than threads would be
@@ -36,8 +38,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,13 @@ from infadapter.serving.router import DispatcherRouter, Route, Router, RouterCon
 from infadapter.serving.server import server_command
 
 log = logging.getLogger(__name__)
+
+#: While new servers load, how often the apply asks ``abandon_when`` (seconds).
+ABANDON_CHECK_S = 0.5
+
+
+class _Abandoned(Exception):
+    """``abandon_when`` gave a reason to stop waiting for the new servers (the message)."""
 
 
 @dataclass
@@ -204,6 +213,8 @@ class LocalBackend:
         self.messages: list[str] = []
         self.driver, self.limit_mode = self._detect_limits(config.limit_mode)
         self._on_targets: TargetsCallback | None = None  # Prometheus file discovery (watch_targets)
+        #: Asked with the plan being applied while its new servers load; a reason stops the wait (the loop sets it).
+        self.abandon_when: Callable[[Plan], str] | None = None
         self._stopped = False
 
     # -- CPU limits --------------------------------------------------------------------------------
@@ -349,9 +360,22 @@ class LocalBackend:
                 actions.append(f"resize {sp.name} {sp.cores:g} -> {cores:g} cores in place")
                 sp.cores = cores
             if starting:
-                self._wait_ready(list(starting.values()))
+                self._wait_ready(list(starting.values()), plan)
                 for sp in starting.values():  # the startup boost ends before the server gets traffic
                     self._set_cores(sp, sp.cores)
+        except _Abandoned as why:
+            for sp in starting.values():
+                self._terminate(sp, drain=False)
+            self.starting.clear()
+            for sp, _ in grow:  # the old plan serves as it was: its cores too
+                before = old_plan.get(sp.name) if old_plan is not None else None
+                if before is not None:
+                    self._set_cores(sp, before.cores)
+                    sp.cores = before.cores
+            self._save()
+            actions.append(f"abandoned: {why}; stopped {', '.join(sorted(starting))}")
+            return ApplyResult(serving=old_plan or plan, actions=tuple(actions), ok=False,
+                               error=f"abandoned: {why}", abandoned=str(why))
         except Exception as exc:
             for sp in starting.values():
                 self._terminate(sp, drain=False)
@@ -495,11 +519,14 @@ class LocalBackend:
         if sp.group is not None:
             sp.group.set_cores(self._limit(cores))
 
-    def _wait_ready(self, servers: list[ServerProc]) -> None:
+    def _wait_ready(self, servers: list[ServerProc], plan: Plan | None = None) -> None:
+        """Wait until every server answers AVAILABLE; every ``ABANDON_CHECK_S`` ask ``abandon_when`` about ``plan``
+        (raises :class:`_Abandoned` with its reason)."""
         deadline = time.monotonic() + self.config.ready_timeout_s
+        gone = threading.Event()
 
         def wait_one(sp: ServerProc) -> None:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not gone.is_set():
                 if not sp.alive():
                     raise BackendUnavailable(f"server {sp.name} exited during start-up; see "
                                              f"{self.config.run_dir / 'servers' / f'{sp.name}-{sp.port}.log'}")
@@ -507,11 +534,33 @@ class LocalBackend:
                     sp.ready = True
                     return
                 time.sleep(0.2)
-            raise BackendUnavailable(f"server {sp.name} not AVAILABLE after {self.config.ready_timeout_s:g} s")
+            if not gone.is_set():
+                raise BackendUnavailable(f"server {sp.name} not AVAILABLE after {self.config.ready_timeout_s:g} s")
 
         with ThreadPoolExecutor(max_workers=max(len(servers), 1)) as pool:
-            for fut in [pool.submit(wait_one, sp) for sp in servers]:
+            futures = [pool.submit(wait_one, sp) for sp in servers]
+            try:
+                while True:
+                    done, pending = wait(futures, timeout=ABANDON_CHECK_S, return_when=FIRST_EXCEPTION)
+                    if not pending or any(f.exception() is not None for f in done):
+                        break
+                    why = self._abandon_reason(plan)
+                    if why:
+                        raise _Abandoned(why)
+            finally:
+                gone.set()
+            for fut in futures:
                 fut.result()
+
+    def _abandon_reason(self, plan: Plan | None) -> str:
+        """``abandon_when``'s answer about ``plan`` ('' without one; a failing check never stops an apply)."""
+        if self.abandon_when is None or plan is None:
+            return ""
+        try:
+            return self.abandon_when(plan)
+        except Exception as exc:
+            log.warning("the check while servers load failed (%s); waiting on", exc)
+            return ""
 
     def watch_targets(self, callback: TargetsCallback) -> None:
         """Tell ``callback`` the servers' scrape targets now and after every routing change."""
