@@ -365,9 +365,8 @@ class ControlLoop:
         :func:`~infadapter.core.control.overloaded`, per service); remembered for the overload decision."""
         plan = self.serving
         over = set()
-        for name in self.profile.service_names:
+        for name, rate in self._service_rates(obs).items():
             ctl = self.service_controls[name]
-            rate = control.observed_rate(obs.history_by_service.get(name, ()), ctl)
             mine = plan is not None and any(a.service == name for a in plan.allocations)
             cap = plan.served_capacity_rps(name) if mine else None  # type: ignore[union-attr]
             if control.overloaded(rate, cap, ctl):
@@ -413,12 +412,14 @@ class ControlLoop:
         """Asked by the backend while ``target``'s new variants load: why the rate seen now has outgrown it (''
         when it has not; :func:`~infadapter.core.control.outgrown`, each service's rate by its own rule)."""
         obs = self._observe(self.clock())
-        if self.profile.services:
-            rates = {n: control.observed_rate(obs.history_by_service.get(n, ()), self.service_controls[n])
-                     for n in self.profile.service_names}
-        else:
-            rates = {"": control.observed_rate(obs.history_rps, self.ctl)}
+        rates = (self._service_rates(obs) if self.profile.services
+                 else {"": control.observed_rate(obs.history_rps, self.ctl)})
         return control.outgrown(target, self.serving, rates, self.ctl)
+
+    def _service_rates(self, obs: Observation) -> dict[str, float]:
+        """Each service's observed rate, by its own control rules (:func:`~infadapter.core.control.observed_rate`)."""
+        return {n: control.observed_rate(obs.history_by_service.get(n, ()), self.service_controls[n])
+                for n in self.profile.service_names}
 
     def _settle(self, applied: bool, result: ApplyResult, before: Plan | None, changed: bool) -> None:
         """Take what the backend says serves; on a failed apply keep the previous plan and schedule a retry."""

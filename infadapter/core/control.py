@@ -421,9 +421,9 @@ def services_bridge_plan(profile: Profile, serving: Plan | None, target: Plan, l
             allocations += [replace(a, service=svc) for a in grown.allocations]
     if not grew:
         return None
-    total = sum(loads.get(a.service, 0.0) * a.share for a in allocations)
-    accuracy = sum(loads.get(a.service, 0.0) * a.share * profile.variant(a.name).accuracy
-                   for a in allocations) / total if total > 0 else 0.0
+    by = profile.accuracy_by_service({a.name: a.share for a in allocations})
+    total = sum(loads.get(n, 0.0) for n in by)
+    accuracy = sum(acc * loads.get(n, 0.0) for n, acc in by.items()) / total if total > 0 else 0.0
     return Plan(tuple(allocations), sum(loads.values()), accuracy=accuracy,
                 notes=("grown in place while new variants load",))
 

@@ -36,6 +36,7 @@ from infadapter.backends.kubernetes import cluster
 from infadapter.backends.kubernetes.api import KubeApi, KubeError, KubeOptions
 from infadapter.backends.kubernetes.kubelets import KubeletWatch
 from infadapter.backends.kubernetes.layout import (
+    CONTAINER,
     Observed,
     layout,
     pods_text,
@@ -417,15 +418,16 @@ class KubernetesBackend:
         a = self.pods.autoscaler
         assert a is not None
         obj = self.config.object_name(a.variant)
+        name = f"{obj}-{CONTAINER}"  # upstream's name: the VPA's, then the container's
         # The recommender rewrites its checkpoints: the one it wrote for an earlier VPA of this name goes first.
-        self.api.delete("VerticalPodAutoscalerCheckpoint", f"{obj}-tfserving")
+        self.api.delete("VerticalPodAutoscalerCheckpoint", name)
         # Not a template: a checkpoint is state the recommender owns and rewrites, not configuration.
         out = self.api.apply_object(Manifest(f"{obj}.checkpoint.yaml", "", {
             "apiVersion": "autoscaling.k8s.io/v1", "kind": "VerticalPodAutoscalerCheckpoint",
-            "metadata": {"name": f"{obj}-tfserving", "namespace": self.namespace,
+            "metadata": {"name": name, "namespace": self.namespace,
                          "labels": {**self.config.common_labels(), LABEL_COMPONENT: COMPONENT_AUTOSCALER,
                                     LABEL_VARIANT: a.variant}},
-            "spec": {"vpaObjectName": obj, "containerName": "tfserving"},
+            "spec": {"vpaObjectName": obj, "containerName": CONTAINER},
             "status": checkpoint_status(history)}))
         return str((out.get("metadata") or {}).get("resourceVersion", ""))
 
@@ -438,14 +440,14 @@ class KubernetesBackend:
         obj = self.config.object_name(a.variant)
         deadline = self._clock() + timeout_s
         while True:
-            cp = self.api.get("VerticalPodAutoscalerCheckpoint", f"{obj}-tfserving") or {}
+            cp = self.api.get("VerticalPodAutoscalerCheckpoint", f"{obj}-{CONTAINER}") or {}
             version = (cp.get("metadata") or {}).get("resourceVersion")
             if version and version != written:
                 if int((cp.get("status") or {}).get("totalSamplesCount", 0)) < samples:
                     raise _CheckpointLost(version)
                 vpa = self.api.get("VerticalPodAutoscaler", obj) or {}
                 for rec in (vpa.get("status") or {}).get("recommendation", {}).get("containerRecommendations", []):
-                    if rec.get("containerName") == "tfserving" and "cpu" in rec.get("target", {}):
+                    if rec.get("containerName") == CONTAINER and "cpu" in rec.get("target", {}):
                         return parse_cpu(rec["target"]["cpu"])
             if self._clock() >= deadline:
                 return None

@@ -364,9 +364,7 @@ class LocalBackend:
                 for sp in starting.values():  # the startup boost ends before the server gets traffic
                     self._set_cores(sp, sp.cores)
         except _Abandoned as why:
-            for sp in starting.values():
-                self._terminate(sp, drain=False)
-            self.starting.clear()
+            self._drop_started(starting)
             for sp, _ in grow:  # the old plan serves as it was: its cores too
                 before = old_plan.get(sp.name) if old_plan is not None else None
                 if before is not None:
@@ -377,9 +375,7 @@ class LocalBackend:
             return ApplyResult(serving=old_plan or plan, actions=tuple(actions), ok=False,
                                error=f"abandoned: {why}", abandoned=str(why))
         except Exception as exc:
-            for sp in starting.values():
-                self._terminate(sp, drain=False)
-            self.starting.clear()
+            self._drop_started(starting)
             self._save()
             msg = f"{type(exc).__name__}: {exc}"
             log.warning("apply failed, previous plan keeps serving: %s", msg)
@@ -396,8 +392,7 @@ class LocalBackend:
             self._route(plan)
         except Exception as exc:
             # Routing failed: the old servers still hold the old routing; undo the swap in our books.
-            for sp in starting.values():
-                self._terminate(sp, drain=False)
+            self._drop_started(starting)
             for sp in removed:
                 self.servers[sp.name] = sp
             for sp in replaced:
@@ -601,6 +596,12 @@ class LocalBackend:
         self.client.set_backends(routes)
         self._last_routes = routes
         self._tell_targets()
+
+    def _drop_started(self, started: dict[str, ServerProc]) -> None:
+        """Kill the servers an apply started and no plan routes to (no drain: nothing was sent to them)."""
+        for sp in started.values():
+            self._terminate(sp, drain=False)
+        self.starting.clear()
 
     def _terminate(self, sp: ServerProc, drain: bool, timeout_s: float | None = None) -> None:
         """SIGTERM (the server drains), wait, SIGKILL; reap; remove the cgroup."""
