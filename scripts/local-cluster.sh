@@ -9,6 +9,7 @@
 #   bash scripts/local-cluster.sh status
 #   bash scripts/local-cluster.sh down
 #   bash scripts/local-cluster.sh build [--real-node]  # only build (or find) the binaries
+#   bash scripts/local-cluster.sh build-image  # only build (or find) the project image's OCI archive (root)
 #   bash scripts/local-cluster.sh gateway-api  # install the Gateway API CRDs (standard channel) into it
 #   bash scripts/local-cluster.sh autoscalers [--speedup S]  # metrics-server, the upstream VPA and HPA (real node)
 #   bash scripts/local-cluster.sh restart COMPONENT  # e.g. vpa-recommender (same command line, same port)
@@ -133,10 +134,11 @@ binaries_ok() {
 # and a cluster test that needs the binaries meanwhile waits here for that build instead of starting a second
 # one. The control plane and the real node's binaries have a lock each, so that the kwok tests start as soon
 # as the control plane is built while the kubelet and kube-proxy build beside them.
-build_lock() {  # build_lock [node]
+build_lock() {  # build_lock [node|autoscalers|image]
   local part=${1:-control-plane} fd=8 file=$CACHE.lock
   if [ "$part" = node ]; then fd=9; file=$CACHE.node.lock; fi
   if [ "$part" = autoscalers ]; then fd=7; file=$CACHE.autoscalers.lock; fi
+  if [ "$part" = image ]; then fd=6; file=$CACHE.image.lock; fi
   [ -z "${BUILD_LOCKED_FDS:-}" ] || case " $BUILD_LOCKED_FDS " in *" $fd "*) return 0 ;; esac
   mkdir -p "$(dirname "$CACHE")"
   eval "exec $fd>\"\$file\""
@@ -727,6 +729,7 @@ case "$cmd" in
   down) down ;;
   status) status ;;
   build) build; build_unlock; [ -z "$REAL_NODE" ] || build_node; fetch_gateway_crds >/dev/null; echo "$BIN" ;;
+  build-image) project_image_archive ;;
   build-autoscalers) build_autoscalers; echo "$BIN" ;;
   restart)  # restart one component with its recorded command line (e.g. vpa-recommender: it reads checkpoints at start)
     name=${ARG:-}

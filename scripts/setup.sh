@@ -41,6 +41,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
   command -v iptables >/dev/null || need+=(iptables)
   [ -x /bin/busybox ] || need+=(busybox-static)
+  # The project image for the real node's pods (scripts/build-image.sh: no registry, so a debootstrap base).
+  command -v buildah >/dev/null || need+=(buildah)
+  command -v debootstrap >/dev/null || need+=(debootstrap)
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need[*]}" >&2
     apt-get update -qq >/dev/null

@@ -690,10 +690,13 @@ project_image_key() {  # a hash of every file the image is built from
       -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16)
 }
 
-project_image_archive() {
-  local key out
+project_image_archive() {  # the cached OCI archive of the project image, built first when its sources changed
+  local key out log
+  # One build at a time: test.sh builds it ahead in the background while a test's `up` may ask for it.
+  build_lock image
   key=$(project_image_key)
   out=$CACHE/images/infadapter-$key.oci.tar
+  log=$CACHE/images/build-image.log
   if [ ! -f "$out" ]; then
     local need=()
     command -v buildah >/dev/null || need+=(buildah)
@@ -704,12 +707,12 @@ project_image_archive() {
         || die "--project-image: apt-get install ${need[*]} failed" 4
     fi
     say "building the project image $PROJECT_IMAGE (sources changed or first time; ~2 minutes)"
-    bash "$ROOT/scripts/build-image.sh" "$PROJECT_IMAGE" > "$LOGS/build-image.log" 2>&1 \
-      || die "--project-image: scripts/build-image.sh failed; see $LOGS/build-image.log" 4
     mkdir -p "$CACHE/images"
+    bash "$ROOT/scripts/build-image.sh" "$PROJECT_IMAGE" > "$log" 2>&1 \
+      || die "--project-image: scripts/build-image.sh failed; see $log" 4
     rm -f "$out.tmp"
-    buildah push -q "$PROJECT_IMAGE" "oci-archive:$out.tmp:$PROJECT_IMAGE" >> "$LOGS/build-image.log" 2>&1 \
-      || die "--project-image: buildah push to an OCI archive failed; see $LOGS/build-image.log" 4
+    buildah push -q "$PROJECT_IMAGE" "oci-archive:$out.tmp:$PROJECT_IMAGE" >> "$log" 2>&1 \
+      || die "--project-image: buildah push to an OCI archive failed; see $log" 4
     mv "$out.tmp" "$out"
     # Older archives of the image are of no further use.
     find "$CACHE/images" -name 'infadapter-*.oci.tar' ! -name "infadapter-$key.oci.tar" -delete
