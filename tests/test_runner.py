@@ -114,3 +114,19 @@ def test_a_run_that_ends_during_an_apply_reports_the_plan_that_apply_left(toy_re
     backend = ToySetup.last
     assert backend is not None and len(backend.applied) >= 2  # the step's plan was applied, slowly
     assert summary["plan"]["variants"] == backend.plan.as_dict()["variants"]
+
+
+def test_the_registry_says_which_backends_run_experiments_and_the_clusters_own_autoscalers(toy_registered):
+    """``experiment`` asks the registry, not a backend's name: which backends it runs on (the toy's entry has no
+    ``experiment`` flags: not among them), the flags it sets on each (a cluster sends the load to the pods), and
+    which run the cluster's own HPA and VPA."""
+    from infadapter.backends import BACKENDS, experiment_backends
+
+    assert experiment_backends() == ("local", "kubernetes")
+    assert BACKENDS["kubernetes"].experiment == {"traffic": "live"} and BACKENDS["local"].experiment == {}
+    assert [n for n, e in BACKENDS.items() if e.upstream] == ["kubernetes"]
+    res = _invoke("experiment", "--backend", "local", "--policies", "vpa-upstream:resnet50", "--rate", "10",
+                  "--duration", "2")
+    assert isinstance(res.exception, BadInput) and str(res.exception) == (
+        "--policies: vpa-upstream:resnet50 is the cluster's own VPA: only with --backend kubernetes (the "
+        "simulator's model of it: vpa-updater:resnet50)")

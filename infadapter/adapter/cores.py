@@ -189,25 +189,76 @@ def _unscaled(profile: Any, scale: float) -> Any:
     return profile.scaled_capacity(1.0 / scale) if scale != 1.0 else profile
 
 
-def where_cores_went(records: list[dict[str, Any]], sent: Sent) -> CoresReport:
-    """The ladder of :data:`LAYERS` over the run's decisions and requests (see the module doc)."""
+def _service_ladders(names: list[str], sent: Sent) -> dict[str, ServiceLadder]:
+    """An empty ladder for each service of ``names``, with its requests and those late or failed counted."""
+    ladders = {n: ServiceLadder(n, [Layer(x) for x in LAYERS]) for n in names}
+    for k, svc in enumerate(sent.services if names else ()):
+        if svc in ladders:
+            ladders[svc].requests += 1
+            ladders[svc].bad += int(sent.bad[k])
+    return ladders
+
+
+def _span_arrivals(sent: Sent, t0: float, t1: float, names: list[str]) -> tuple[int, int, float, dict[str, float]]:
+    """The requests sent from ``t0`` to ``t1`` (``sent.times[lo:hi]``), the busiest whole second of them, and of each
+    service of ``names``."""
     import bisect
 
-    from infadapter.adapter.explain import ReplayKey, replay_profile
+    lo, hi = bisect.bisect_left(sent.times, t0), bisect.bisect_left(sent.times, t1)
+    whole = int(t1 - t0)
+    counts = [0] * whole
+    by_service = {n: [0] * whole for n in names}
+    for k in range(lo, hi):
+        s = int(sent.times[k] - t0)
+        if s < whole:
+            counts[s] += 1
+            if names and sent.services[k] in by_service:
+                by_service[sent.services[k]][s] += 1
+    busiest = float(max(counts)) if counts else 0.0
+    return lo, hi, busiest, {n: float(max(c)) if c else 0.0 for n, c in by_service.items()}
+
+
+def _replay_profile(rec: dict[str, Any], cache: dict[Any, Any], why_not: set[str]) -> Any:
+    """The profile a solving policy's decision ``rec`` planned with (:func:`.explain.replay_profile`); None, with the
+    reason added to ``why_not``, when it cannot be re-solved."""
+    from infadapter.adapter.explain import replay_profile
     from infadapter.core import explain as core
+    from infadapter.core.policies import SPLIT_POLICIES, entry
+
+    ctx_rec = rec.get("replay") or {}
+    if str(ctx_rec.get("policy", "")) in SPLIT_POLICIES:
+        why_not.add("a static split: its plans as served only (the solver rows would be the joint solve's)")
+        return None
+    try:
+        solving = entry(str(ctx_rec.get("policy", ""))).name in core.SOLVING
+    except BadInput:
+        solving = False
+    if not solving or "load_rps" not in ctx_rec:
+        why_not.add(f"policy {rec.get('policy')!r} does not solve (only its plan as served is shown)"
+                    if not solving else "records written before explain have no replay inputs")
+        return None
+    try:
+        profile = replay_profile(ctx_rec, cache)
+    except (ValueError, BadInput) as exc:
+        profile = str(exc)
+    if isinstance(profile, str):
+        why_not.add(profile)
+        return None
+    return profile
+
+
+def where_cores_went(records: list[dict[str, Any]], sent: Sent) -> CoresReport:
+    """The ladder of :data:`LAYERS` over the run's decisions and requests (see the module doc)."""
+    from infadapter.adapter.explain import ReplayKey
     from infadapter.core.plan import Plan
-    from infadapter.core.policies import SPLIT_POLICIES, entry, joint_solve
+    from infadapter.core.policies import joint_solve
     from infadapter.core.solver import Options, solve
 
     recs = [r for r in records if r.get("time_s") is not None and r.get("plan_after")]
     if not recs:
         raise BadInput("--cores: the run has no decision with a plan")
     names = [str(o.get("name")) for o in (recs[0]["plan_after"].get("services") or [])]
-    ladders = {n: ServiceLadder(n, [Layer(x) for x in LAYERS]) for n in names}
-    for k, svc in enumerate(sent.services if names else ()):
-        if svc in ladders:
-            ladders[svc].requests += 1
-            ladders[svc].bad += int(sent.bad[k])
+    ladders = _service_ladders(names, sent)
     if not sent.times:
         raise BadInput(f"--cores: {REQUESTS_FILE} holds no request")
     end = max(sent.times)
@@ -223,21 +274,8 @@ def where_cores_went(records: list[dict[str, Any]], sent: Sent) -> CoresReport:
         t1 = float(recs[i + 1]["time_s"]) if i + 1 < len(recs) else end
         if t1 - t0 < 1.0:
             continue  # a span under a second has no whole second of arrivals
-        lo, hi = bisect.bisect_left(sent.times, t0), bisect.bisect_left(sent.times, t1)
-        whole = int(t1 - t0)
-        counts = [0] * whole
-        for k in range(lo, hi):
-            s = int(sent.times[k] - t0)
-            if s < whole:
-                counts[s] += 1
-        busiest = float(max(counts)) if counts else 0.0
-        by_service = {n: [0] * whole for n in names}
-        for k in range(lo, hi) if names else ():
-            s = int(sent.times[k] - t0)
-            if s < whole and sent.services[k] in by_service:
-                by_service[sent.services[k]][s] += 1
-        busiest_of = {n: float(max(c)) if c else 0.0 for n, c in by_service.items()}
-        span = t1 - t0
+        lo, hi, busiest, busiest_of = _span_arrivals(sent, t0, t1, names)
+        whole, span = int(t1 - t0), t1 - t0
         plan = Plan.from_dict(rec["plan_after"], "plan_after")
         layers[0].add(plan.cores, plan.accuracy, span)
         for n in names:
@@ -249,23 +287,8 @@ def where_cores_went(records: list[dict[str, Any]], sent: Sent) -> CoresReport:
         sums["seconds"] += span
         _count_use(uses, plan, sent, lo, hi, t0, whole)
         ctx_rec = rec.get("replay") or {}
-        if str(ctx_rec.get("policy", "")) in SPLIT_POLICIES:
-            why_not.add("a static split: its plans as served only (the solver rows would be the joint solve's)")
-            continue
-        try:
-            solving = entry(str(ctx_rec.get("policy", ""))).name in core.SOLVING
-        except BadInput:
-            solving = False
-        if not solving or "load_rps" not in ctx_rec:
-            why_not.add(f"policy {rec.get('policy')!r} does not solve (only its plan as served is shown)"
-                        if not solving else "records written before explain have no replay inputs")
-            continue
-        try:
-            profile = replay_profile(ctx_rec, cache)
-        except (ValueError, BadInput) as exc:
-            profile = str(exc)
-        if isinstance(profile, str):
-            why_not.add(profile)
+        profile = _replay_profile(rec, cache, why_not)
+        if profile is None:
             continue
         before = rec.get("plan_before")
         current = Plan.from_dict(before, "plan_before").cores_by_name() if before else {}

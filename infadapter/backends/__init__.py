@@ -35,6 +35,11 @@ class BackendEntry:
     setup: str
     status: str
     help: str = ""
+    #: Its own flags that ``cli.py experiment`` sets for every run (None: it cannot run experiments, e.g. it
+    #: serves no request whose outcome could be compared).
+    experiment: dict[str, Any] | None = None
+    #: Whether it runs the cluster's own autoscalers (``hpa-upstream:``/``vpa-upstream:`` policies).
+    upstream: bool = False
 
 
 BACKENDS: dict[str, BackendEntry] = {
@@ -44,14 +49,18 @@ BACKENDS: dict[str, BackendEntry] = {
         options="infadapter.backends.local.options",
         setup="infadapter.backends.local.setup:LocalSetup",
         status="infadapter.adapter.status:RunFolderStatus",
-        help="model servers, a router and Prometheus on this machine"),
+        help="model servers, a router and Prometheus on this machine",
+        experiment={}),
     "kubernetes": BackendEntry(
         backend="infadapter.backends.kubernetes.backend:KubernetesBackend",
         config="infadapter.backends.kubernetes.setup:ClusterRunConfig",
         options="infadapter.backends.kubernetes.options",
         setup="infadapter.backends.kubernetes.setup:ClusterSetup",
         status="infadapter.backends.kubernetes.status:KubernetesStatus",
-        help="Deployments in a Kubernetes namespace"),
+        help="Deployments in a Kubernetes namespace",
+        # A replay of the load serves no request: an experiment sends it to the pods.
+        experiment={"traffic": "live"},
+        upstream=True),
     "dry-run": BackendEntry(
         backend="infadapter.backends.dryrun.backend:DryRunBackend",
         config="infadapter.backends.kubernetes.setup:ClusterRunConfig",
@@ -66,6 +75,11 @@ def _load(target: str) -> Any:
     module, _, attr = target.partition(":")
     loaded = importlib.import_module(module)
     return getattr(loaded, attr) if attr else loaded
+
+
+def experiment_backends() -> tuple[str, ...]:
+    """The backends ``cli.py experiment`` can run policies on."""
+    return tuple(name for name, e in BACKENDS.items() if e.experiment is not None)
 
 
 def entry(name: str) -> BackendEntry:

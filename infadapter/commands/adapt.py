@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 from infadapter import paths
-from infadapter.backends import backend_config, backend_status
+from infadapter.backends import BACKENDS, backend_config, backend_status, experiment_backends
+from infadapter.backends import entry as backend_entry
 from infadapter.commands.backend_flags import BackendCommand, backend_flags, backend_option, backends_help
 from infadapter.commands.common import err_console, json_option, out_console, print_json
 from infadapter.commands.options import Replay, control_options, load_options, load_replay
@@ -279,7 +280,7 @@ def status(ctx: click.Context, backend: str, run_dir: Path | None, as_json: bool
 
 #: ``experiment`` compares live runs with the simulator, which models the local backend (sim/experiment.py); on
 #: kubernetes every run sends its requests through the cluster (``--traffic live``) on the real node.
-EXPERIMENT_BACKENDS = ("local", "kubernetes")
+EXPERIMENT_BACKENDS = experiment_backends()
 
 EXPERIMENT_EPILOG = """Examples:
 
@@ -323,9 +324,7 @@ def experiment(ctx: click.Context, backend: str, policies: str, duration: float 
 
     verbose = (ctx.find_root().obj or {}).get("verbose", 0)
     _logging(verbose, as_json)
-    own = backend_flags(ctx, backend, flags)
-    if backend == "kubernetes":  # a replay serves no request: nothing to compare
-        own["traffic"] = "live"
+    own = {**backend_flags(ctx, backend, flags), **(backend_entry(backend).experiment or {})}
     names = [p.strip() for p in policies.split(",") if p.strip()]
     rates, fields = _run_fields(names[0] if names else "", duration, **flags)
     if rates is None:
@@ -334,9 +333,10 @@ def experiment(ctx: click.Context, backend: str, policies: str, duration: float 
         raise BadInput("--policies: give at least one policy")
     for name in names:  # before the shared config, so the message names --policies
         live_entry(name, "--policies")
-        if backend != "kubernetes" and entry(name).upstream:
+        if entry(name).upstream and not backend_entry(backend).upstream:
+            clusters = ", ".join(n for n, e in BACKENDS.items() if e.upstream)
             raise BadInput(f"--policies: {name} is the cluster's own {entry(name).upstream.upper()}: only with "
-                           f"--backend kubernetes (the simulator's model of it: {simulated_spec(name)})")
+                           f"--backend {clusters} (the simulator's model of it: {simulated_spec(name)})")
     if flags["rate"] is not None:  # the constant load is already --duration long
         fields["duration_s"] = None
     base = backend_config(backend).from_flags(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,68 @@ Examples:
       --policy infadapter,vpa:resnet50 --react --in-place-resize \
       --service-model cfs --service-cv 0.2 --queue-bound --observe-lag 2
 """
+
+
+def _specs(profile: Any, policy_spec: str, sweep: bool, other_question: bool) -> list[str]:
+    """The policies of ``--policy`` for a one-service profile (``all``: every baseline), checked against ``--sweep``
+    (it sweeps infadapter, and alone: not with ``--what-if`` or ``--min-budget``, the ``other_question``)."""
+    specs = compare_specs(profile) if policy_spec.strip() == "all" else [
+        s.strip() for s in policy_spec.split(",") if s.strip()]
+    if not specs:
+        raise BadInput(f"--policy: expected {POLICY_HELP} or all")
+    if sweep and other_question:
+        raise BadInput("--sweep: give it without --what-if and --min-budget (each is its own question)")
+    if sweep and "infadapter" not in specs:
+        raise BadInput("--sweep: it sweeps infadapter; add infadapter to --policy (e.g. --policy all)")
+    return specs
+
+
+def _simulate_services(profile: Any, profile_path: Path, specs: list[str], service_window: tuple[str, ...],
+                       replay_of: Callable[[str], Any], config_of: Callable[[Any], Any], sweep: Any, min_budget: bool,
+                       max_violations: float, what_if: tuple[str, ...], plot_path: Path | None, seed: int,
+                       as_json: bool) -> None:
+    """``simulate`` on a profile with services: each service replays its own window (``replay_of(window)``, run
+    with ``config_of(replay)``)."""
+    from infadapter.commands.simulate_services import parse_service_windows, run_services, what_if_services
+    from infadapter.sim.services import ServiceRun
+
+    if min_budget and sweep is not None:
+        raise BadInput("--sweep: give it without --min-budget (each is its own question)")
+    if what_if and (sweep is not None or min_budget):
+        raise BadInput("--what-if: give it without --sweep and --min-budget (each is its own question)")
+
+    def make_runs(windows: dict[str, str]) -> dict[str, ServiceRun]:
+        runs = {}
+        for name, svc_window in windows.items():
+            svc_load = replay_of(svc_window)
+            runs[name] = ServiceRun(svc_load.rates, config_of(svc_load))
+        return runs
+
+    windows = parse_service_windows(service_window, profile.service_names)
+    if min_budget:
+        _min_budget_services(profile, profile_path, specs, make_runs, windows, max_violations, seed, as_json)
+        return
+    if what_if:
+        if len(specs) != 1:
+            raise BadInput("--what-if: give one --policy; the scenarios run beside it")
+        what_if_services(profile, profile_path, specs[0], make_runs, windows, parse_what_if(what_if), seed,
+                         as_json)
+        return
+    run_services(profile, profile_path, specs, make_runs, windows, sweep, plot_path, seed, as_json)
+
+
+def _run_policies(profile: Any, rates: Any, specs: list[str], policies: list[Any], config: Any, arrivals: Any,
+                  fc: Any, as_json: bool) -> list[Any]:
+    """Simulate each policy on the same arrivals, with a progress bar on a terminal."""
+    from infadapter.sim import simulation as sim
+
+    results = []
+    with _progress(sys.stderr.isatty() and not as_json) as bar:
+        for spec, pol in zip(specs, policies, strict=True):
+            task = bar.add_task(spec, total=1.0) if bar is not None else None
+            cb = (lambda f, task=task: bar.update(task, completed=f)) if bar is not None else None
+            results.append(sim.simulate(profile, rates, pol, config, arrivals=arrivals, forecaster=fc, progress=cb))
+    return results
 
 
 @click.command(epilog=EPILOG)
@@ -120,6 +184,10 @@ def simulate(
     or budget=...: infadapter once per value and every other policy once, as points of accuracy against
     mean cores, each baseline judged against infadapter's frontier (docs/simulator.md#a-frontier-not-a-point---sweep).
     """
+    import numpy as np
+
+    from infadapter.core.forecast import make_forecaster
+    from infadapter.core.policies import make_policy
     from infadapter.core.profile import load_profile
     from infadapter.observe.trace import parse_window
     from infadapter.sim import simulation as sim
@@ -129,95 +197,58 @@ def simulate(
     if sweep is not None:
         sweep.profiles(profile)  # a budget under the minimum fails before the trace loads
     parse_window(window)  # a bad window fails before the trace loads
-    import numpy as np
 
+    sim_config = partial(_sim_config, control=control, paper=paper, warm_start=warm_start, warmup=warmup,
+                         stabilization=stabilization, forecaster=forecaster, make_before_break=make_before_break,
+                         in_place_resize=in_place_resize, vpa_update=vpa_update, seed=seed, timeout=timeout,
+                         min_gain=min_gain, service_model=service_model, service_cv=service_cv,
+                         queue_bound=queue_bound, observe_lag=observe_lag)
     if profile.services:
-        from infadapter.commands.simulate_services import parse_service_windows, run_services, what_if_services
-        from infadapter.sim.services import ServiceRun
-
         if arrivals_path or timeline_path:
             raise BadInput("--arrivals/--timeline: one-service profiles only so far")
-        if min_budget and sweep is not None:
-            raise BadInput("--sweep: give it without --min-budget (each is its own question)")
-        if what_if and (sweep is not None or min_budget):
-            raise BadInput("--what-if: give it without --sweep and --min-budget (each is its own question)")
-        specs = [s.strip() for s in policy_spec.split(",") if s.strip()]
-
-        def make_runs(windows: dict[str, str]) -> dict[str, ServiceRun]:
-            runs = {}
-            for name, svc_window in windows.items():
-                svc_load = load_replay(svc_window, trace, scale, speedup)
-                runs[name] = ServiceRun(svc_load.rates, _sim_config(
-                    svc_load, control, paper, warm_start, warmup=warmup, stabilization=stabilization,
-                    forecaster=forecaster, make_before_break=make_before_break, in_place_resize=in_place_resize,
-                    vpa_update=vpa_update, seed=seed, timeout=timeout, min_gain=min_gain,
-                    service_model=service_model, service_cv=service_cv, queue_bound=queue_bound,
-                    observe_lag=observe_lag))
-            return runs
-
-        windows = parse_service_windows(service_window, profile.service_names)
-        if min_budget:
-            _min_budget_services(profile, profile_path, specs, make_runs, windows, max_violations, seed, as_json)
-            return
-        if what_if:
-            if len(specs) != 1:
-                raise BadInput("--what-if: give one --policy; the scenarios run beside it")
-            what_if_services(profile, profile_path, specs[0], make_runs, windows, parse_what_if(what_if), seed,
-                             as_json)
-            return
-        run_services(profile, profile_path, specs, make_runs, windows, sweep, plot_path, seed, as_json)
+        _simulate_services(profile, profile_path, [s.strip() for s in policy_spec.split(",") if s.strip()],
+                           service_window, lambda w: load_replay(w, trace, scale, speedup), sim_config, sweep,
+                           min_budget, max_violations, what_if, plot_path, seed, as_json)
         return
     if service_window:
         raise BadInput("--service-window: for a profile with services: (one-service profiles replay --window)")
 
     load = load_replay(window, trace, scale, speedup)
     rates = np.asarray(load.rates, dtype=float)
-    specs = compare_specs(profile) if policy_spec.strip() == "all" else [
-        s.strip() for s in policy_spec.split(",") if s.strip()]
-    if not specs:
-        raise BadInput(f"--policy: expected {POLICY_HELP} or all")
-    if sweep is not None and (what_if or min_budget):
-        raise BadInput("--sweep: give it without --what-if and --min-budget (each is its own question)")
-    if sweep is not None and "infadapter" not in specs:
-        raise BadInput("--sweep: it sweeps infadapter; add infadapter to --policy (e.g. --policy all)")
-    config = _sim_config(load, control, paper, warm_start, warmup=warmup, stabilization=stabilization,
-                         forecaster=forecaster, make_before_break=make_before_break, in_place_resize=in_place_resize,
-                         vpa_update=vpa_update, seed=seed, timeout=timeout, min_gain=min_gain,
-                         service_model=service_model, service_cv=service_cv, queue_bound=queue_bound,
-                         observe_lag=observe_lag)
-    from infadapter.core.forecast import make_forecaster
-    from infadapter.core.policies import make_policy
-
+    specs = _specs(profile, policy_spec, sweep is not None, bool(what_if or min_budget))
+    config = sim_config(load)
     policies = [make_policy(s, profile, stabilization, min_gain=min_gain) for s in specs]  # BadInput first
     fc = make_forecaster(config.forecaster)
+    extra = {"window": window, "profile": profile.name, "seed": seed}
     if what_if:
         if len(specs) != 1 or min_budget:
             raise BadInput("--what-if: give one --policy (and no --min-budget); the scenarios run beside it")
         if arrivals_path is not None:
             _live_arrivals(arrivals_path, rates, seed)  # a bad file fails as without --what-if
         _what_if(profile, rates, specs[0], parse_what_if(what_if), config, seed, stabilization, min_gain, fc,
-                 {"window": window, "profile": profile.name, "seed": seed}, as_json,
-                 plot_path=plot_path or paths.RUNS / "what-if.png",
+                 extra, as_json, plot_path=plot_path or paths.RUNS / "what-if.png",
                  plot_title=f"{profile_path.name}: {parse_window(window).label}", origin=str(profile_path), jobs=jobs)
         return
     arrivals = sim.make_arrivals(rates, seed) if arrivals_path is None else _live_arrivals(arrivals_path, rates, seed)
     if sweep is not None:
         _sweep(profile, rates, sweep, [(s, p) for s, p in zip(specs, policies, strict=True) if s != "infadapter"],
-               config, arrivals, fc, stabilization, min_gain, plot_path,
-               {"window": window, "profile": profile.name, "seed": seed},
+               config, arrivals, fc, stabilization, min_gain, plot_path, extra,
                f"simulated: profile {profile.name}, {parse_window(window).label}", as_json)
         return
     if min_budget:
         _min_budget(profile_path, profile, rates, specs, config, arrivals, fc, alpha, stabilization, min_gain,
-                    max_violations, {"window": window, "profile": profile.name, "seed": seed}, as_json)
+                    max_violations, extra, as_json)
         return
-    results = []
-    show = sys.stderr.isatty() and not as_json
-    with _progress(show) as bar:
-        for spec, pol in zip(specs, policies, strict=True):
-            task = bar.add_task(spec, total=1.0) if bar is not None else None
-            cb = (lambda f, task=task: bar.update(task, completed=f)) if bar is not None else None
-            results.append(sim.simulate(profile, rates, pol, config, arrivals=arrivals, forecaster=fc, progress=cb))
+    results = _run_policies(profile, rates, specs, policies, config, arrivals, fc, as_json)
+    _report(profile, profile_path, rates, results, window, policy_spec, seed, fc.name, timeline_path, plot_path,
+            as_json)
+
+
+def _report(profile: Any, profile_path: Path, rates: Any, results: list[Any], window: str, policy_spec: str,
+            seed: int, forecaster: str, timeline_path: Path | None, plot_path: Path | None, as_json: bool) -> None:
+    """``simulate``'s output: the timeline and plot files when asked, then the JSON or the table."""
+    from infadapter.observe.trace import parse_window
+
     label = parse_window(window).label
     comparison = compare(profile, rates, results)
     if timeline_path is not None:
@@ -232,7 +263,7 @@ def simulate(
             print_json({"policy": "all" if policy_spec.strip() == "all" else policy_spec, **extra,
                         "results": [r.as_dict() for r in results], "comparison": comparison})
         return
-    _print_table(results, comparison, f"{profile_path.name}: {label}, {rates.size} s, forecaster {fc.name}")
+    _print_table(results, comparison, f"{profile_path.name}: {label}, {rates.size} s, forecaster {forecaster}")
 
 
 def _sim_config(load: Any, control: ControlConfig, paper: bool, warm_start: bool, *, warmup: float,

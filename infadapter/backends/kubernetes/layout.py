@@ -15,11 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from infadapter.backends.base import VariantState
 from infadapter.backends.kubernetes.readiness import deployment_ready
 from infadapter.core.plan import Allocation, Plan
 from infadapter.core.profile import Profile
 from infadapter.errors import InfAdapterError
 from infadapter.render import (
+    ANNOTATION_CORES,
     ANNOTATION_PLAN,
     LABEL_GENERATION,
     PodRules,
@@ -75,6 +77,20 @@ class Observed:
     @property
     def replicas(self) -> int:
         return int(self.deployment["spec"].get("replicas", 1))
+
+    def variant_state(self, url: str) -> VariantState:
+        """What ``state()`` reports of it: ready replicas, cores per pod as they run, planned and template cores."""
+        st = self.deployment.get("status") or {}
+        actual = self.actual_cores
+        annotated = self.deployment["metadata"].get("annotations", {}).get(ANNOTATION_CORES, "?")
+        detail = (
+            f"ready {int(st.get('readyReplicas', 0))}/{self.replicas}; cores per pod "
+            f"{', '.join(f'{c:g}' for c in actual) or '-'} (planned {annotated}, template "
+            f"{self.template_cores:g}); generation {self.generation}"
+        )
+        # Serving (not crashed) while one replica is ready: a rollout in progress, or a status the
+        # controllers have not refreshed yet after an API server restart, is no crash.
+        return VariantState(self.name, sum(actual), int(st.get("readyReplicas", 0)) >= 1, url, detail)
 
     @property
     def per_pod(self) -> float:

@@ -337,23 +337,7 @@ class LocalBackend:
         grow: list[tuple[ServerProc, float]] = []
         shrink: list[tuple[ServerProc, float]] = []
         try:
-            for a in plan.allocations:
-                cur = self.servers.get(a.name)
-                if cur is not None and not cur.alive():
-                    self._retire(cur)
-                    cur = None
-                if cur is None:
-                    starting[a.name] = self._start_server(a.name, a.cores, boost=a.share > 0)
-                    actions.append(f"start {a.name} on {a.cores:g} cores (port {starting[a.name].port})")
-                elif abs(cur.cores - a.cores) > 1e-9:
-                    if (self.in_place_resize and cur.group is not None
-                            and threads_for_cores(self._limit(a.cores)) <= cur.threads):
-                        (grow if a.cores > cur.cores else shrink).append((cur, a.cores))
-                    else:
-                        starting[a.name] = self._start_server(a.name, a.cores, boost=a.share > 0)
-                        replaced.append(cur)
-                        actions.append(f"replace {a.name} {cur.cores:g} -> {a.cores:g} cores "
-                                       f"({threads_for_cores(self._limit(a.cores))} threads)")
+            self._start_new(plan, starting, replaced, grow, shrink, actions)
             # Raise limits before anything waits: in place, instant, and the burst is happening now.
             for sp, cores in grow:
                 self._set_cores(sp, cores)
@@ -410,6 +394,30 @@ class LocalBackend:
         self.plan = plan
         self._save()
         return ApplyResult(serving=plan, actions=tuple(actions))
+
+    def _start_new(self, plan: Plan, starting: dict[str, ServerProc], replaced: list[ServerProc],
+                   grow: list[tuple[ServerProc, float]], shrink: list[tuple[ServerProc, float]],
+                   actions: list[str]) -> None:
+        """Start the servers ``plan`` adds (and those it resizes beyond what a thread count allows, or that died):
+        into ``starting`` (and the ones they replace into ``replaced``); the in-place resizes into ``grow`` and
+        ``shrink``."""
+        for a in plan.allocations:
+            cur = self.servers.get(a.name)
+            if cur is not None and not cur.alive():
+                self._retire(cur)
+                cur = None
+            if cur is None:
+                starting[a.name] = self._start_server(a.name, a.cores, boost=a.share > 0)
+                actions.append(f"start {a.name} on {a.cores:g} cores (port {starting[a.name].port})")
+            elif abs(cur.cores - a.cores) > 1e-9:
+                if (self.in_place_resize and cur.group is not None
+                        and threads_for_cores(self._limit(a.cores)) <= cur.threads):
+                    (grow if a.cores > cur.cores else shrink).append((cur, a.cores))
+                else:
+                    starting[a.name] = self._start_server(a.name, a.cores, boost=a.share > 0)
+                    replaced.append(cur)
+                    actions.append(f"replace {a.name} {cur.cores:g} -> {a.cores:g} cores "
+                                   f"({threads_for_cores(self._limit(a.cores))} threads)")
 
     def stop(self) -> None:
         """Stop every server and the dispatcher this backend runs or adopted; idempotent."""
