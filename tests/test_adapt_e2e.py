@@ -131,7 +131,10 @@ def test_adapt_follows_a_load_step_up_and_down(setup, tmp_path):
     # "last" reading above HIGH may size a bigger plan that a legitimate scale-down already trimmed
     # before the step down (CI, stop 20: the first decision after the step down was held, as it should
     # be, yet served fewer cores than the high phase's peak, so the old comparison took it for the cut).
-    # Idle warm variants (share 0) come and go by their own count, so only serving cores are compared.
+    # Idle warm variants (share 0) come and go by their own count, so only serving cores are compared. A held
+    # decision keeps the current cores re-shared for the forecast, which may leave a variant idle and so warm on
+    # fewer cores (CI, 2026-12-04: "resnet50x1@100% ...; scale-down held (1/2)" left ResNet-18 idle): that is the
+    # warm rule, not the cut, so held decisions are not taken for it.
     def active_cores(r: dict) -> float:
         return sum(x["cores"] for x in (r["serving"] or {}).get("variants", []) if x["share"] > 1e-6)
 
@@ -139,7 +142,7 @@ def test_adapt_follows_a_load_step_up_and_down(setup, tmp_path):
     trail_down = [(round(r["time_s"] - t_down, 1), r["forecast_rps"], active_cores(r), r["reason"])
                   for r in recs if r["time_s"] > t_down - INTERVAL_S]
     down = [r for r in recs if r["time_s"] > t_down and r["forecast_rps"] < HIGH
-            and active_cores(r) < active_cores(at_down) - 1e-9]
+            and active_cores(r) < active_cores(at_down) - 1e-9 and "scale-down held" not in r["reason"]]
     assert down, ("no scale-down after the step down", trail_down)
     assert "scale-down after 2 intervals" in down[0]["reason"], trail_down
     # The decision before it wanted the same and was held (it may fall just before the step down, when
