@@ -56,7 +56,8 @@ say() { echo "local-cluster: $*" >&2; }
 die() { echo "local-cluster: $1" >&2; exit "${2:-4}"; }
 
 usage() {
-  sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//' >&2
+  # The header comment, whatever its length: every line from the second up to the first that is not a comment.
+  awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0" >&2
   exit 2
 }
 

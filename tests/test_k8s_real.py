@@ -210,6 +210,21 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert r.stderr.strip() == "local-cluster: --nodes: expected a whole number >= 1, got 'many'"
 
 
+def test_help_is_the_whole_header_comment(tmp_path: Path) -> None:
+    """`--help` prints the script's header comment to its last line (a fixed line range once cut it short)."""
+    script = ROOT / "scripts" / "local-cluster.sh"
+    header = []
+    for line in script.read_text().splitlines()[1:]:
+        if not line.startswith("#"):
+            break
+        header.append(line[2:] if line.startswith("# ") else line[1:])
+    r = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True,
+                       env={**os.environ, "INFADAPTER_CLUSTER_DIR": str(tmp_path)})
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == header and header[-1] == "(its log is named)."
+    assert any("build-image" in line for line in header)
+
+
 # -- the backend against the real API server ---------------------------------------------------------
 def test_change_of_variants_is_make_before_break(kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any) -> None:
     ns = make_ns("mbb")
