@@ -24,7 +24,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -41,6 +40,7 @@ from infadapter.core import slo
 from infadapter.core.profile import Profile, profile_from_dict, threads_for_cores
 from infadapter.errors import BackendUnavailable, BadInput
 from infadapter.paper import VARIANTS as PAPER_VARIANTS
+from infadapter.ports import free_port
 from infadapter.serving import cgroups
 from infadapter.serving.images import make_jpeg_b64
 from infadapter.serving.server import METRICS_PATH, server_command
@@ -199,12 +199,6 @@ def predict_body(seed: int = 0) -> bytes:
 
 
 # -- server process --------------------------------------------------------------------------------
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def _get_json(url: str, timeout_s: float = 2.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout_s) as resp:
         return json.loads(resp.read())

@@ -212,9 +212,8 @@ progress() {
 }
 
 # -- helpers --------------------------------------------------------------------------------------
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
+# Below the ephemeral range, so a restart on the same port cannot lose it to a client's source port.
+free_port() { python3 -I "$ROOT/infadapter/ports.py"; }
 
 pid_of() { [ -f "$STATE/pids/$1" ] && cat "$STATE/pids/$1" || true; }
 
@@ -225,6 +224,23 @@ pid_running() {
   stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
   stat=${stat##*) }
   [ "${stat%% *}" != Z ]
+}
+
+# SIGKILL turns a Go server's thread-group leader into a zombie before its other threads have exited, and
+# its files (the listening socket) close only with its last thread: a restart on the same port waits for
+# every thread (CI saw "address already in use" from a kube-apiserver restarted within that window).
+wait_exited() {
+  local t stat busy i
+  for ((i = 0; i < 100; i++)); do
+    busy=0
+    for t in /proc/"$1"/task/*/stat; do
+      stat=$(cat "$t" 2>/dev/null) || continue
+      stat=${stat##*) }
+      case "${stat%% *}" in Z|X) ;; *) busy=1 ;; esac
+    done
+    [ "$busy" = 0 ] && return 0
+    sleep 0.1
+  done
 }
 
 alive() {
@@ -267,8 +283,11 @@ wait_for() {  # wait_for SECONDS WHAT COMMAND...
 }
 
 start() {  # start NAME COMMAND...: in the background, own session; PID and command line recorded
-  local name=$1
+  local name=$1 old
   shift
+  # A leader that is a zombie is this name's last instance, dying (a reused PID would not be a zombie).
+  old=$(pid_of "$name")
+  if [ -n "$old" ] && [ -d "/proc/$old" ] && ! pid_running "$old"; then wait_exited "$old"; fi
   mkdir -p "$STATE/cmd"
   printf '%s\0' "$@" > "$STATE/cmd/$name"
   setsid "$@" >> "$LOGS/$name.log" 2>&1 < /dev/null &

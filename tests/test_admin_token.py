@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from infadapter.errors import BadInput
+from infadapter.ports import free_port
 from infadapter.serving import dispatcher as dispatcher_module
 from infadapter.serving.dispatcher import DispatcherClient
 from tests.test_dispatcher_support import TOKEN, Cluster, http, predict
@@ -77,7 +78,7 @@ def test_the_token_is_never_logged_or_echoed(tmp_path: Path) -> None:
     token_file = tmp_path / "admin.token"
     token_file.write_text(SECRET + "\n")
     token_file.chmod(0o600)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "cli.py"), "-vv", "dispatch", "--port", str(port), "--admin-token-file",
          str(token_file), "--backend", f"a={backends.backend('a').url}"],
@@ -114,12 +115,6 @@ def test_a_generated_token_file_is_private(tmp_path: Path) -> None:
     token, written = dispatcher_module.resolve_admin_token(tmp_path / "t" / "admin.token", 8500, env={})
     assert written is not None and written.read_text().strip() == token and len(token) >= 32
     assert os.stat(written).st_mode & 0o777 == 0o600
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_healthy(base: str, timeout_s: float = 60) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from infadapter.errors import BackendUnavailable, BadInput
+from infadapter.ports import free_port
 from infadapter.serving.dispatcher import (
     BackendSpec,
     DispatcherClient,
@@ -450,17 +451,9 @@ def test_admin_token_from_file_env_or_generated(tmp_path: Path) -> None:
 
 
 # -- the CLI process ----------------------------------------------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_dispatch_serves_and_drains_in_flight_requests_on_sigterm(cluster: Cluster, tmp_path: Path) -> None:
     slow = cluster.backend("slow", gated=True)
-    port = _free_port()
+    port = free_port()
     token_file = tmp_path / "admin.token"
     env = {k: v for k, v in os.environ.items() if k != "INFADAPTER_ADMIN_TOKEN"}
     proc = subprocess.Popen(

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from infadapter.observe.loadgen import make_jpegs, run_load
+from infadapter.ports import free_port
 from infadapter.serving.dispatcher import BackendSpec, DispatcherClient
 from infadapter.serving.resnet import write_model
 from infadapter.serving.server import server_command
@@ -24,14 +25,6 @@ from tests.test_dispatcher_support import TOKEN, Cluster, http
 pytestmark = pytest.mark.slow
 
 RESOLUTION = 32  # tiny inputs: the point is the path, not the model's speed
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _available(base: str, name: str) -> bool:
@@ -50,7 +43,7 @@ def model_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     try:
         for name in ("resnet18", "resnet34"):
             write_model(models, name, RESOLUTION, seed=0)
-            port = _free_port()
+            port = free_port()
             procs.append(
                 subprocess.Popen(
                     server_command(models, name, port, threads=1, warmup=1),

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from infadapter.observe.loadgen import make_jpegs, predict_body, run_load
-from tests.test_admin_token import _free_port, _wait_healthy
+from infadapter.ports import free_port
+from tests.test_admin_token import _wait_healthy
 from tests.test_dispatcher_support import TOKEN, Cluster, http
 
 # Starts real servers, clusters or subprocesses: not in the edit-test loop (pytest -m "not slow").
@@ -39,7 +40,7 @@ def _usage(pid: int) -> tuple[int, int]:
 def test_twice_the_capacity_is_shed_with_503_and_nothing_is_lost() -> None:
     cluster = Cluster()
     backend = cluster.backend("fake", delay_s=DELAY_S)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "cli.py"), "dispatch", "--port", str(port), "--max-in-flight", str(MAX_IN_FLIGHT),
          "--backend", f"fake={backend.url}"],

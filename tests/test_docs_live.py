@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from infadapter.ports import free_port
 from tests.tiny_profile import TINY_PROFILE, tiny_setup
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,12 +84,6 @@ def _run(command: str, *extra: str, timeout: float = 300) -> subprocess.Complete
     out = subprocess.run(_argv(command, *extra), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert out.returncode == 0, f"{command} {' '.join(extra)}\n{out.stderr[-3000:]}"
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_http(url: str, timeout_s: float = 60) -> bytes:
@@ -168,7 +162,7 @@ def test_build_models_examples(tmp_path: Path, command: str) -> None:
 
 @pytest.fixture()
 def model_server(base: Path) -> Iterator[int]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(_argv(SERVE, "--model-dir", str(base / "models"), "--port", str(port)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     try:
@@ -191,7 +185,7 @@ def test_serve_model_example_answers_the_shown_requests(model_server: int) -> No
 
 def test_dispatch_example_starts_and_answers(tmp_path: Path) -> None:
     """The page's dispatcher (its backends need not be up) listens and answers /healthz."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(_argv(DISPATCH, "--port", str(port), "--admin-token-file", str(tmp_path / "token")),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     try:

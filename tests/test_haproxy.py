@@ -26,7 +26,8 @@ import pytest
 from infadapter.adapter.state import StateStore
 from infadapter.core.control import ControlConfig, observed_rate
 from infadapter.observe.loadgen import make_jpegs, predict_body, run_load
-from infadapter.observe.monitor import Monitor, free_port
+from infadapter.observe.monitor import Monitor
+from infadapter.ports import free_port
 from infadapter.serving.dispatcher import RequestStats
 from infadapter.serving.haproxy import (
     HAProxyRouter,

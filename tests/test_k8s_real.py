@@ -33,6 +33,7 @@ from k8s_cluster import ROOT, Kube, KubeHTTPError, start_cluster, terminal_print
 from infadapter.backends.kubernetes.api import KubeOptions
 from infadapter.backends.kubernetes.backend import KubernetesBackend
 from infadapter.core.plan import Plan
+from infadapter.ports import free_port
 from infadapter.render import RenderConfig, render_platform
 
 # The kubernetes client still calls urllib3's deprecated HTTPResponse.getheaders() on API errors.
@@ -1063,14 +1064,6 @@ STEP = [20.0] * 120 + [150.0] * 160 + [20.0] * 320
 LOOP = ["--window", "0:600", "--speedup", "40", "--interval", "1", "--stabilization", "2", "--forecaster", "last"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_adapt_step_load_with_a_real_dispatcher_then_status(
     kube_cluster: Any, admin: Kube, make_ns: Any, tmp_path: Path
 ) -> None:
@@ -1079,7 +1072,7 @@ def test_adapt_step_load_with_a_real_dispatcher_then_status(
     trace.write_text("\n".join(f"{x:g}" for x in STEP) + "\n")
     token = tmp_path / "admin.token"
     token.write_text("t0ken\n")
-    port = _free_port()
+    port = free_port()
     disp = subprocess.Popen(
         [sys.executable, str(ROOT / "cli.py"), "dispatch", "--port", str(port), "--admin-token-file", str(token)],
         cwd=ROOT,
@@ -1175,7 +1168,7 @@ def test_status_of_an_unreachable_cluster_is_one_line_exit_4(tmp_path: Path) -> 
                 "clusters": [
                     {
                         "name": "c",
-                        "cluster": {"server": f"https://127.0.0.1:{_free_port()}", "insecure-skip-tls-verify": True},
+                        "cluster": {"server": f"https://127.0.0.1:{free_port()}", "insecure-skip-tls-verify": True},
                     }
                 ],
                 "users": [{"name": "u", "user": {"token": "x"}}],

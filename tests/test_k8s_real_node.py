@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 from k8s_cluster import Kube, start_cluster, terminal_printer
 
+from infadapter.ports import ephemeral_range
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore:HTTPResponse.getheaders:DeprecationWarning"),
@@ -265,6 +267,8 @@ def test_up_restarts_a_dead_component_on_the_same_port(real: Any) -> None:
     still works, the node comes back Ready and the pod was never restarted."""
     pids = {c: int((real.state_dir / "pids" / c).read_text()) for c in ("kube-apiserver", "kubelet")}
     port = (real.state_dir / "ports" / "apiserver").read_text()
+    # Below the ephemeral range: once the server is dead no client's connect() can take its port (CI lost it so).
+    assert int(port) < ephemeral_range()[0], port
     for pid in pids.values():
         os.kill(pid, 9)
     for pid in pids.values():
@@ -365,8 +369,10 @@ def test_the_project_image_serves_a_model_from_the_model_store(real: Any) -> Non
                         ],
                         "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
                         "resources": {"requests": res, "limits": res},
+                        # The status answers 200 while LOADING (warm-up under 500m takes seconds in CI); the
+                        # metadata only once the model is loaded, as the rendered Deployments probe it.
                         "readinessProbe": {
-                            "httpGet": {"path": "/v1/models/resnet18", "port": 8501},
+                            "httpGet": {"path": "/v1/models/resnet18/metadata", "port": 8501},
                             "periodSeconds": 1,
                         },
                     }

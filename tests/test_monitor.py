@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from infadapter.core.control import ControlConfig, observed_rate
-from infadapter.observe.monitor import Monitor, PrometheusServer, free_port, history_from_stats, render_config, series
+from infadapter.observe.monitor import Monitor, PrometheusServer, history_from_stats, render_config, series
+from infadapter.ports import free_port
 from infadapter.serving.dispatcher import DispatcherClient
 
 # Starts real servers, clusters or subprocesses: not in the edit-test loop (pytest -m "not slow").

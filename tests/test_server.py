@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from infadapter.profiler import free_port, waiting_requests
+from infadapter.ports import free_port
+from infadapter.profiler import waiting_requests
 from infadapter.serving.images import make_jpeg, make_jpeg_b64, preprocess
 from infadapter.serving.resnet import write_model
 from infadapter.serving.server import server_command

@@ -24,7 +24,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +35,7 @@ from typing import Any
 from infadapter import paths
 from infadapter.core import slo
 from infadapter.core.control import HISTORY_S, ControlConfig
+from infadapter.ports import free_port
 from infadapter.processes import pid_alive
 from infadapter.render import environment
 
@@ -55,13 +55,6 @@ VARIANT_P99_QUERY = (
     f"histogram_quantile({slo.QUANTILE:g}, sum by (le, model_name) "
     "(rate(:tensorflow:serving:request_latency_bucket[60s]))) / 1000"
 )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 from infadapter import paths
 from infadapter.adapter.state import StateStore
 from infadapter.errors import BackendUnavailable, BadInput
-from infadapter.observe.monitor import free_port
+from infadapter.ports import free_port
 from infadapter.processes import pid_alive, stop_process
 from infadapter.render import environment
 from infadapter.serving.dispatcher import RequestStats

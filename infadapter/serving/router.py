@@ -25,7 +25,8 @@ from typing import Any, Protocol
 from infadapter import paths
 from infadapter.adapter.state import StateStore
 from infadapter.errors import BackendUnavailable
-from infadapter.observe.monitor import P99_QUERY, RATE_QUERY, free_port
+from infadapter.observe.monitor import P99_QUERY, RATE_QUERY
+from infadapter.ports import free_port
 from infadapter.processes import pid_alive, stop_process
 
 

@@ -49,7 +49,7 @@ from infadapter.backends.base import ApplyResult, BackendState, TargetsCallback,
 from infadapter.core.plan import Plan
 from infadapter.core.profile import Profile, threads_for_cores
 from infadapter.errors import BackendUnavailable, BadInput
-from infadapter.observe.monitor import free_port
+from infadapter.ports import free_port
 from infadapter.processes import kill_tree, pid_alive
 from infadapter.serving.haproxy import HAProxyRouter
 from infadapter.serving.router import DispatcherRouter, Route, Router, RouterConfig

@@ -26,8 +26,9 @@ from infadapter.core.control import HISTORY_S
 from infadapter.core.policies import entry as policy_entry
 from infadapter.core.profile import Profile
 from infadapter.errors import BadInput, InfAdapterError
-from infadapter.observe.monitor import Monitor, PrometheusServer, free_port, prometheus_binary, write_server_targets
+from infadapter.observe.monitor import Monitor, PrometheusServer, prometheus_binary, write_server_targets
 from infadapter.observe.requestlog import REQUESTS_FILE
+from infadapter.ports import free_port
 from infadapter.processes import pid_alive
 
 log = logging.getLogger(__name__)
