@@ -253,13 +253,15 @@ def _fewest_by_enumeration(prof: Profile, service: str, load: float, floor: floa
 def test_a_services_fewest_cores_are_the_fewest_of_every_mix(floor, pod_cores):
     """fewest_cores (the check that skips programs) against enumerating every core assignment of the
     service's three variants (mixes of three included), shares filled most accurate first."""
-    from infadapter.core.decompose import fewest_cores
+    from infadapter.core.decompose import fewest_cores, one_service
 
     prof = _three_variant_service(pod_cores)
     opts = variant_options(prof)
     for load in (0.0, 3.0, 17.0, 41.0, 77.0, 130.0, 400.0):
         want = _fewest_by_enumeration(prof, "gold", load, floor)
         assert fewest_cores(prof, "gold", load, floor, opts) == pytest.approx(want), (load, floor)
+        if floor is None:  # read off the capacity table: the integer program gives the same
+            assert one_service(prof, "gold", load, opts, "cores") == pytest.approx(want), load
 
 
 def _best_by_enumeration(prof: Profile, service: str, load: float, max_cores: float) -> tuple[float, float]:
@@ -283,7 +285,7 @@ def _best_by_enumeration(prof: Profile, service: str, load: float, max_cores: fl
 def test_a_services_best_accuracy_and_most_served_on_few_cores_are_those_of_every_mix(pod_cores):
     """one_service's bounds (a soft floor's least shortfall, a soft shed's least shed) against enumerating
     every core assignment of the three variants on at most so many cores."""
-    from infadapter.core.decompose import one_service
+    from infadapter.core.decompose import most_served, one_service
 
     prof = _three_variant_service(pod_cores)
     opts = variant_options(prof)
@@ -294,6 +296,7 @@ def test_a_services_best_accuracy_and_most_served_on_few_cores_are_those_of_ever
             assert got == pytest.approx(accuracy, abs=1e-7), (load, max_cores)
             got = one_service(prof, "gold", load, opts, "served", max_cores=max_cores)
             assert got == pytest.approx(served, abs=1e-7), (load, max_cores)
+            assert most_served(prof, "gold", load, opts, max_cores) == pytest.approx(served, abs=1e-12)
 
 
 @pytest.mark.parametrize("pod_cores", [None, 8.0])

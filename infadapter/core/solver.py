@@ -39,7 +39,14 @@ from typing import Any
 
 import pulp
 
-from infadapter.core.decompose import decomposed, fewest_cores, greedy_shares, one_service, variant_options
+from infadapter.core.decompose import (
+    decomposed,
+    fewest_cores,
+    greedy_shares,
+    most_served,
+    one_service,
+    variant_options,
+)
 from infadapter.core.plan import Allocation, Plan, ServiceOutcome
 from infadapter.core.profile import LinearCapacity, Profile
 from infadapter.errors import BadInput
@@ -934,7 +941,12 @@ class _Fewest:
         return self.needed[g.name, floored]
 
     def proves_infeasible(self, groups: tuple[_Group, ...]) -> bool:
-        """True when ``groups`` cannot be feasible (False: it may be, so it is solved)."""
+        """True when ``groups`` cannot be feasible (False: it may be, so it is solved). The fewest cores without
+        the floors (a table lookup) prove most overloaded programs infeasible before a floor's integer program
+        is solved: a floor only raises a service's fewest cores."""
+        unfloored = sum(self._need(replace(g, floor="off")) for g in groups)
+        if unfloored > self.profile.budget_cores + _EPS:
+            return True
         return sum(self._need(g) for g in groups) > self.profile.budget_cores + _EPS
 
     def bound(self, prob: pulp.LpProblem, groups: tuple[_Group, ...]) -> None:
@@ -959,7 +971,7 @@ class _Fewest:
                     prob += _expr({prob.slacks[g.name]: 1.0}) >= g.floor_value - best - 1e-7, \
                         f"least_shortfall_{g.name}"
             if g.shed == "soft" and g.name in prob.sheds:
-                served = one_service(self.profile, g.name, g.load, self.opts, "served", max_cores=room)
+                served = most_served(self.profile, g.name, g.load, self.opts, room)
                 if math.isfinite(served) and served < 1:
                     prob += _expr({prob.sheds[g.name]: 1.0}) >= 1 - served - 1e-7, f"least_shed_{g.name}"
 
