@@ -73,7 +73,12 @@ def test_a_burst_borrows_the_quiet_services_cores(prof, monkeypatch):
         assert res["mean_cores"] == pytest.approx(sum(s["mean_cores"] for s in res["services"]), abs=1e-3)
     assert [s["budget_cores"] for s in split["services"]] == [28, 2, 2]
     live = {r["policy"]: r["services"][0] for r in (joint, split)}
-    assert live["infadapter"]["slo_violation_rate"] <= live["infadapter-split"]["slo_violation_rate"] + 1e-9
+    # No budget serves a 30x step at once: both lose about 22 % of live's requests. The split holds live's 28
+    # cores from the start (it knows the mean ahead); the joint solve moves them at the step, and while the
+    # quiet services' new variants load their old ones hold their cores (the live loop's rule), so it may
+    # lose a point more there, for 2.6 points more accuracy on the quiet ones.
+    assert live["infadapter"]["slo_violation_rate"] <= live["infadapter-split"]["slo_violation_rate"] + 0.01
+    assert joint["services"][1]["mean_accuracy"] > split["services"][1]["mean_accuracy"] + 0.02
 
 
 def test_unknown_policy_with_services_is_one_line(prof):
@@ -169,3 +174,46 @@ def test_a_static_split_needs_services_and_the_windows_loads(prof):
     one = load_profile(SERVICES_YAML.parent / "local.yaml")
     with pytest.raises(BadInput, match=r"^--policy infadapter-split-peak: a static split of the budget between"):
         make_policy("infadapter-split-peak", one)
+
+
+def test_a_service_s_growth_while_its_variants_load_keeps_to_what_the_others_hold(prof, monkeypatch):
+    """The live loop grows a loading service's running variants only on the cores the other services leave
+    (control.services_bridge_plan); each service's replay keeps to the same, never the whole budget."""
+    from infadapter.core import control
+    from infadapter.sim import simulation
+
+    rates = {"live": [10.0] * 60 + [300.0] * 60, "feed": [150.0] * 120, "archive": [150.0] * 120}
+    calls = []
+    real = control.bridge_plan
+
+    def spy(profile, serving, target, load_rps, max_cores=None, room_cores=None, limit_cores=None):
+        grown = real(profile, serving, target, load_rps, max_cores, room_cores, limit_cores=limit_cores)
+        if profile.services is None:  # a service's replay (services_bridge_plan calls it for the joint plan)
+            calls.append((limit_cores, grown))
+        return grown
+
+    monkeypatch.setattr(simulation.control, "bridge_plan", spy)
+    limits: list[float] = []
+    real_limit = _Joint.bridge_limit
+
+    def spy_limit(self, service, now_s):
+        got = real_limit(self, service, now_s)
+        key = round(now_s, 6)
+        held = self.bridges.get(key) or self.plans[key]
+        assert got == pytest.approx(prof.budget_cores - sum(a.cores for a in held.allocations
+                                                           if a.service != service))
+        limits.append(got)
+        return got
+
+    monkeypatch.setattr(_Joint, "bridge_limit", spy_limit)
+    simulate_services(prof, _runs(rates), "infadapter")
+    grown = [(limit, g) for limit, g in calls if g is not None]
+    assert grown, "live's burst makes its running variants grow while the new ones load"
+    assert all(limit is not None for limit, _ in calls)
+    assert min(limits) < prof.budget_cores - 1  # the others hold cores: a real limit, not the budget
+    for limit, g in grown:
+        assert g.cores <= limit + 1e-9, (limit, g)
+    # A split's parts have budgets of their own: no limit from the others.
+    calls.clear()
+    simulate_services(prof, _runs(rates), "infadapter-split")
+    assert all(limit is None for limit, _ in calls)

@@ -20,6 +20,7 @@ of one service could take cores another was just given), so they are judged on t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -60,6 +61,7 @@ class _Joint:
     policy: Policy
     sims: dict[str, Simulation] = field(default_factory=dict)
     plans: dict[float, Plan] = field(default_factory=dict)
+    bridges: dict[float, Plan] = field(default_factory=dict)
     serving: Plan | None = None
     solve_s: float = 0.0
     state: Any = None
@@ -80,8 +82,20 @@ class _Joint:
             decision = self.policy.decide(ctx)
             self.solve_s += decision.solve_s
             self.state = decision.state
+            # The live loop's growth in place for several services (one copy of the rule): which cores each
+            # service's own growth may take while its new variants load.
+            bridge = control.services_bridge_plan(self.profile, self.serving, decision.plan, loads)
+            if bridge is not None:
+                self.bridges[key] = bridge
             self.plans[key] = self.serving = decision.plan
         return self.plans[key]
+
+    def bridge_limit(self, service: str, now_s: float) -> float:
+        """The most cores ``service``'s growth in place may take at ``now_s``: the budget less what the other
+        services hold meanwhile (their parts of the joint growth, else of the plan)."""
+        key = round(now_s, 6)
+        held = self.bridges.get(key) or self.plans[key]
+        return self.profile.budget_cores - sum(a.cores for a in held.allocations if a.service != service)
 
 
 @dataclass(frozen=True)
@@ -133,7 +147,8 @@ def simulate_services(profile: Profile, runs: Mapping[str, ServiceRun], policy: 
         for n in names:
             cfg = _config(runs[n])
             sims[n] = Simulation(service_profile(profile, n, budgets.get(n)), runs[n].rates_rps,
-                                 _JointPart(joint, n, policy), cfg, arrivals=make_arrivals(runs[n].rates_rps, cfg.seed))
+                                 _JointPart(joint, n, policy), cfg, arrivals=make_arrivals(runs[n].rates_rps, cfg.seed),
+                                 bridge_limit=functools.partial(joint.bridge_limit, n) if not budgets else None)
         joint.sims = sims
         return _report(profile, policy, {n: sims[n].run() for n in names}, budgets)
     results: dict[str, SimResult] = {}

@@ -387,9 +387,13 @@ class Simulation:
 
     def __init__(self, profile: Profile, rates_rps: Sequence[float] | np.ndarray, policy: str | Policy,
                  config: SimConfig | None = None, *, arrivals: Arrivals | None = None,
-                 forecaster: Forecaster | None = None) -> None:
+                 forecaster: Forecaster | None = None, bridge_limit: Callable[[float], float] | None = None
+                 ) -> None:
         cfg = self.config = config or SimConfig()
         self.profile = profile
+        # The most cores the growth in place while new variants load may take at a decision time (a service
+        # of several: what the other services hold of the shared budget, as the live loop's rule leaves it).
+        self.bridge_limit = bridge_limit
         arr = arrivals if arrivals is not None else make_arrivals(rates_rps, cfg.seed)
         if abs(cfg.service_cv - 1.0) > 1e-12:
             # Same requests, gamma service demands of unit mean (a seed of their own: every policy of a
@@ -581,7 +585,8 @@ class Simulation:
                     ready = [i for i in self.serving.instances if i.ready_at <= now]
                     bridge = control.bridge_plan(profile, _plan_of(profile, {i.name: i.cores for i in ready}),
                                                  d.plan, self.forecast_now,
-                                                 {i.name: self._in_place_max(i) for i in ready})
+                                                 {i.name: self._in_place_max(i) for i in ready},
+                                                 limit_cores=self.bridge_limit(now) if self.bridge_limit else None)
                     if bridge is not None:
                         self.apply(bridge, now)
                 self.apply(d.plan, now, immediate=start, loading=loading)
