@@ -3,8 +3,10 @@
 A port the OS picks for ``bind(port 0)`` comes from the ephemeral range, the same range ``connect()``
 draws source ports from. A server we restart "on the same port" (haproxy, kube-apiserver) then races
 every outgoing connection on the machine: once the dead server's port is free, any client may get it
-as its source port and hold it, and the restart fails with "address already in use" (CI saw this on
-kube-apiserver while other tests ran). Ports below the ephemeral range are never handed out that way.
+as its source port and hold it, and the restart fails with "address already in use". Ports below the
+ephemeral range are never handed out that way. (The "address already in use" CI saw on a restarted
+kube-apiserver had another cause, a killed server's threads still exiting: see ``wait_exited`` in
+``scripts/local-cluster.sh``.)
 
 Standard library only: ``scripts/local-cluster.sh`` runs this file with the system ``python3``.
 """

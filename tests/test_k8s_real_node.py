@@ -267,7 +267,7 @@ def test_up_restarts_a_dead_component_on_the_same_port(real: Any) -> None:
     still works, the node comes back Ready and the pod was never restarted."""
     pids = {c: int((real.state_dir / "pids" / c).read_text()) for c in ("kube-apiserver", "kubelet")}
     port = (real.state_dir / "ports" / "apiserver").read_text()
-    # Below the ephemeral range: once the server is dead no client's connect() can take its port (CI lost it so).
+    # Below the ephemeral range: once the server is dead no client's connect() can take its port.
     assert int(port) < ephemeral_range()[0], port
     for pid in pids.values():
         os.kill(pid, 9)

@@ -1,5 +1,5 @@
 """Ports for the servers we start come from outside the kernel's ephemeral range, so a server restarted on
-its port cannot lose it to a client's source port (kube-apiserver did in CI)."""
+its port cannot lose it to a client's source port."""
 
 from __future__ import annotations
 
