@@ -829,7 +829,10 @@ def test_the_upstream_hpa_and_a_warm_vpa_act_on_the_real_node(real: Any) -> None
     try:
         k.wait("the HPA adding pods", lambda: (k.get("Deployment", config.object_name("burn"), NS)["spec"]
                                                ["replicas"] >= 2), timeout_s=120)
-        got = k.get("HorizontalPodAutoscaler", hpa.name, NS)
+        # A status written while a metrics read failed has a metric of type "" (seen in CI): wait for a read one.
+        got = k.wait("the HPA's CPU metric", lambda: next(
+            (h for h in [k.get("HorizontalPodAutoscaler", hpa.name, NS)]
+             if ((h.get("status") or {}).get("currentMetrics") or [{}])[0].get("resource")), None), timeout_s=60)
         assert got["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"] >= 77, got["status"]
     finally:
         k.delete("HorizontalPodAutoscaler", hpa.name, NS)
