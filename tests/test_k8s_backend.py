@@ -254,3 +254,46 @@ def test_without_cpu_limits_a_resize_asks_for_the_request_alone(fake, tmp_path, 
               == "tfs-resnet50"]
     res = pod["spec"]["containers"][0]["resources"]
     assert res["requests"]["cpu"] == "6" and "cpu" not in res["limits"], res
+
+
+GROW_AND_NEW = {
+    "load": 120,
+    "variants": [{"name": "resnet50", "cores": 6, "share": 0.6}, {"name": "resnet18", "cores": 2, "share": 0.2},
+                 {"name": "resnet34", "cores": 2, "share": 0.2}],
+}
+
+
+def test_a_plan_outgrown_while_its_pods_start_is_dropped_and_the_old_one_serves_as_it_was(fake, tmp_path, paper):
+    """abandon_when (the loop's control.outgrown) gives a reason while resnet34's pods start: the apply stops
+    waiting, deletes what it created, resizes what it grew in place back, routes nothing, and says why."""
+    backend = make(fake, tmp_path, paper)
+    assert backend.apply(plan(A)).ok
+    routes = len(fake.routes)
+    fake.held.add("tfs-resnet34")  # its pods never become ready by themselves
+    asked = []
+
+    def outgrown(target: Plan) -> str:
+        asked.append(target.load_rps)
+        return "" if len(asked) < 2 else "live 150.0 req/s outgrew the plan (120.0)"
+
+    backend.abandon_when = outgrown
+    fake.log.clear()
+    result = backend.apply(plan(GROW_AND_NEW))
+    assert result.abandoned == "live 150.0 req/s outgrew the plan (120.0)" and not result.ok
+    assert result.serving.cores_by_name() == {"resnet50": 4, "resnet18": 2}
+    assert asked == [120, 120]  # asked again while the pods start, about every half second
+    w = fake.writes()
+    assert "DELETE deployments/tfs-resnet34" in w
+    resizes = [x for x in w if x == "PATCH pods/resnet50/resize" or x.startswith("PATCH pods/tfs-resnet50")]
+    pods = fake._pods_of("tfs-resnet50")
+    assert pods and len(resizes) == 2 * len(pods), (resizes, w)  # grown in place, then back
+    assert len(fake.routes) == routes  # routing never moved
+    for pod in fake._pods_of("tfs-resnet50"):
+        assert pod["spec"]["containers"][0]["resources"]["limits"]["cpu"] in ("4", "4000m")
+    assert any(a.startswith("abandoned: live 150.0") for a in result.actions)
+    assert any("rolled back: resnet50 to 4 cores in place" in a for a in result.actions), result.actions
+    # No reason: the same plan applies in full once the pods can start.
+    backend.abandon_when = None
+    fake.held.discard("tfs-resnet34")
+    done = backend.apply(plan(GROW_AND_NEW))
+    assert done.ok and done.serving.cores_by_name() == {"resnet50": 6, "resnet18": 2, "resnet34": 2}

@@ -251,6 +251,32 @@ def test_change_of_variants_is_make_before_break(kube_cluster: Any, admin: Kube,
         assert not any("resnet18" in n for n in names)
 
 
+def test_a_plan_outgrown_while_its_pods_start_is_dropped_and_nothing_is_routed(
+    kube_cluster: Any, admin: Kube, make_ns: Any, paper: Any
+) -> None:
+    """The loop's abandon_when says the plan was outgrown while resnet34's pod starts: the apply deletes the new
+    Deployment, routes nothing and returns the old plan, whose pods were never touched."""
+    ns = make_ns("abandon")
+    router = Router(admin, ns)
+    b = make_backend(kube_cluster, admin, ns, paper, router)
+    assert b.apply(plan(resnet50=(4, 0.7), resnet18=(2, 0.3))).ok
+    before = {p["metadata"]["uid"] for p in admin.pods(ns)}
+    routed = len(router.calls)
+    asked: list[float] = []
+    b.abandon_when = lambda target: asked.append(target.load_rps) or "resnet50 62.0 req/s outgrew the plan"
+    result = b.apply(plan(resnet50=(4, 0.6), resnet18=(2, 0.2), resnet34=(2, 0.2)))
+    assert result.abandoned == "resnet50 62.0 req/s outgrew the plan" and not result.ok, result
+    assert asked == [50]
+    assert result.serving.cores_by_name() == {"resnet50": 4, "resnet18": 2}
+    assert "rolled back: deleted resnet34" in result.actions, result.actions
+    assert len(router.calls) == routed  # the dispatcher never saw resnet34
+    admin.wait("resnet34 gone", lambda: "resnet34" not in admin.variants(ns))
+    admin.wait("only the old plan's pods, untouched", lambda: {p["metadata"]["uid"] for p in admin.pods(ns)} == before)
+    # The loop decides again: the same plan, nothing outgrown, applies in full.
+    b.abandon_when = None
+    assert b.apply(plan(resnet50=(4, 0.6), resnet18=(2, 0.2), resnet34=(2, 0.2))).ok
+
+
 @pytest.fixture
 def tight_node(admin: Kube) -> Any:
     """A kwok node of 2 CPU (or ``cpu``) of its own: tainted, so only pods that tolerate and select it land there."""

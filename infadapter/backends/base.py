@@ -8,12 +8,18 @@ creates carries labels (or names) saying infadapter owns it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from infadapter.core.plan import Plan
+
+log = logging.getLogger(__name__)
+
+#: While new variants load, how often an apply asks ``abandon_when`` (seconds).
+ABANDON_CHECK_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,22 @@ class ApplyResult:
     #: Why the apply stopped waiting for its new variants (its ``abandon_when`` said the plan was outgrown while
     #: they loaded): they are gone and the old plan serves; the loop decides again, no retry of this plan.
     abandoned: str = ""
+
+
+class Abandoned(Exception):
+    """``abandon_when`` gave a reason (the message) to stop waiting for a plan's new variants."""
+
+
+def abandon_reason(check: Callable[[Plan], str] | None, plan: Plan | None) -> str:
+    """``check``'s answer about ``plan`` while its new variants load ('' without one; a failing check never
+    stops an apply)."""
+    if check is None or plan is None:
+        return ""
+    try:
+        return check(plan)
+    except Exception as exc:
+        log.warning("the check while new variants load failed (%s); waiting on", exc)
+        return ""
 
 
 #: Called with the model servers' scrape targets: variant -> ["host:port", ...].

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from infadapter.backends.base import ApplyResult, BackendState, TargetsCallback
+from infadapter.backends.base import Abandoned, ApplyResult, BackendState, TargetsCallback, abandon_reason
 from infadapter.backends.kubernetes import cluster
 from infadapter.backends.kubernetes.api import KubeApi, KubeError, KubeOptions
 from infadapter.backends.kubernetes.changes import VariantChanges
@@ -150,6 +150,8 @@ class KubernetesBackend(VariantChanges, UpstreamAutoscalers, RoomMaking, Routing
         #: The kubelets of the nodes our pods run on, by their leases (:mod:`.kubelets`).
         self.kubelets = KubeletWatch(clock)
         self.resizer = InPlaceResize(self.api, clock, self.kubelets)
+        #: Asked with the plan being applied while its new pods start; a reason stops the wait (the loop sets it).
+        self.abandon_when: Callable[[Plan], str] | None = None
         self._serving: Plan | None = None
         #: Pod size the cluster refused to resize to (403 / Infeasible): later layouts stay under it.
         self.pod_limit_cores: float | None = None
@@ -313,7 +315,15 @@ class KubernetesBackend(VariantChanges, UpstreamAutoscalers, RoomMaking, Routing
                     deferred[name] = exc  # the resize stays requested: the kubelet applies it once cores free
             if deferred:
                 raise next(iter(deferred.values()))
-            self._wait(actions, [*creates, *waits, *unready], no_room=giving_up)
+            loading = self.abandon_when is not None and bool(creates or waits)
+            check = (lambda: abandon_reason(self.abandon_when, plan)) if loading else None
+            self._wait(actions, [*creates, *waits, *unready], no_room=giving_up, abandon=check)
+        except Abandoned as why:
+            # Outgrown while its pods started: the old plan serves as it was (its cores too), the loop decides again.
+            in_place = [observed[n] for n in grow if n not in rolled]
+            actions += self._roll_back(created, rolled, plan, previous, generation, in_place)
+            actions.append(f"abandoned: {why}")
+            return ApplyResult(previous, tuple(actions), ok=False, error=f"abandoned: {why}", abandoned=str(why))
         except NoRoom as exc:
             # Make-before-break needs cores the nodes do not have: free the ones this plan gives up first.
             changed = {*created, *rolled, *grow}
@@ -391,13 +401,14 @@ class KubernetesBackend(VariantChanges, UpstreamAutoscalers, RoomMaking, Routing
         return variant_specs(plan, self.profile, template, self.config, self.pod_limit_cores, self.pods)
 
 
-    def _wait(self, actions: list[str], names: list[str], no_room: bool = False) -> None:
+    def _wait(self, actions: list[str], names: list[str], no_room: bool = False,
+              abandon: Callable[[], str] | None = None) -> None:
         """Wait for ``names`` to be ready; with ``no_room`` (the plan gives cores up), NoRoom once their pods
-        have waited ``no_room_s`` for cores that only the giving up would free."""
+        have waited ``no_room_s`` for cores that only the giving up would free; ``abandon``: see wait_ready."""
         if names:
             t0 = self._clock()
             wait_ready(self.api, self.config, names, self.options.ready_timeout_s, self._clock,
-                       no_room_s=self.options.no_room_s if no_room else None, kubelets=self.kubelets)
+                       no_room_s=self.options.no_room_s if no_room else None, kubelets=self.kubelets, abandon=abandon)
             actions.append(f"ready: {', '.join(names)} after {self._clock() - t0:.1f}s")
 
     def _apply_variant(self, spec: VariantSpec, plan: Plan, generation: int) -> None:

@@ -7,7 +7,7 @@ profile, pod rules and resizer, and applies and deletes variants through it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from infadapter.backends.kubernetes.api import KubeError, KubeOptions
 from infadapter.backends.kubernetes.layout import Observed, pods_text, with_layout, with_template
@@ -81,9 +81,21 @@ class VariantChanges:
         plan: Plan,
         previous: Plan,
         generation: int,
+        in_place: Sequence[Observed] = (),
     ) -> list[str]:
-        """Undo a failed apply: delete what it created, put changed Deployments back."""
+        """Undo a failed apply: delete what it created, put changed Deployments back, and resize the variants it
+        grew in place (``in_place``, as they were before) back to their pods' cores."""
         notes = []
+        for ob in in_place:
+            try:
+                _, c0 = ob.layout
+                how, refused = self.resizer.resize(ob, c0, self.pods.cpu_limited)
+                spec = next(s for s in self._specs(previous, {ob.name: ob.template_cores}) if s.name == ob.name)
+                self._apply_variant(with_template(spec, ob.template_cores), previous, generation - 1)
+                notes.append(f"rolled back: {ob.name} to {ob.cores:g} cores in place" if how
+                             else f"roll back of {ob.name} in place refused ({refused}); the next apply resizes it")
+            except (KubeError, StopIteration) as exc:
+                notes.append(f"roll back of {ob.name} failed ({exc}); the next apply resizes it")
         for name in created:
             try:
                 self._delete_variant(name)

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from infadapter.backends.base import ABANDON_CHECK_S, Abandoned
 from infadapter.backends.kubernetes.api import KubeApi, KubeError
 from infadapter.backends.kubernetes.kubelets import KubeletWatch
 from infadapter.render import LABEL_VARIANT, RenderConfig
@@ -90,11 +91,13 @@ _NO_ROOM_POLL_S = 2.0
 
 def wait_ready(api: KubeApi, config: RenderConfig, names: Iterable[str], timeout_s: float,
                clock: Callable[[], float], no_room_s: float | None = None,
-               kubelets: KubeletWatch | None = None) -> None:
+               kubelets: KubeletWatch | None = None, abandon: Callable[[], str] | None = None) -> None:
     """Block until the Deployments of ``names`` are ready: one list, then a watch, until timeout; KubeError
     (temporary) saying why each pending one is not ready when it passes. With ``no_room_s``: :class:`NoRoom`
     once the wait has lasted that long and a pending variant has a pod unschedulable for lack of CPU. With
-    ``kubelets``: KubeError (temporary) as soon as a pending pod's node has a silent kubelet."""
+    ``kubelets``: KubeError (temporary) as soon as a pending pod's node has a silent kubelet. With ``abandon``:
+    asked between watches while some are pending (about every second: a watch lasts at least 1 s); a reason
+    raises :class:`Abandoned` with it."""
     pending = {config.object_name(n): n for n in names}
     start = clock()
     deadline = start + timeout_s
@@ -108,6 +111,9 @@ def wait_ready(api: KubeApi, config: RenderConfig, names: Iterable[str], timeout
         _check_ready(pending, last)
         if not pending:
             return
+        why = abandon() if abandon is not None else ""
+        if why:
+            raise Abandoned(why)
         if no_room_s is not None and clock() - start >= no_room_s:
             _raise_if_no_room(api, config, list(pending.values()))
         waiting = set(pending.values())
@@ -120,7 +126,8 @@ def wait_ready(api: KubeApi, config: RenderConfig, names: Iterable[str], timeout
         remaining = deadline - clock()
         if remaining <= 0:
             break
-        chunk = min(remaining, _NO_ROOM_POLL_S)  # look at the pods (room, images) between watches
+        # Look at the pods (room, images) between watches; with ``abandon``, watch as briefly as the server allows.
+        chunk = min(remaining, _NO_ROOM_POLL_S, ABANDON_CHECK_S if abandon is not None else _NO_ROOM_POLL_S)
         try:
             with contextlib.closing(api.watch("Deployment", config.model_server_selector(), rv,
                                               chunk)) as events:

@@ -45,7 +45,15 @@ from pathlib import Path
 from typing import Any
 
 from infadapter.adapter.state import StateStore
-from infadapter.backends.base import ApplyResult, BackendState, TargetsCallback, VariantState
+from infadapter.backends.base import (
+    ABANDON_CHECK_S,
+    Abandoned,
+    ApplyResult,
+    BackendState,
+    TargetsCallback,
+    VariantState,
+    abandon_reason,
+)
 from infadapter.core.plan import Plan
 from infadapter.core.profile import Profile, threads_for_cores
 from infadapter.errors import BackendUnavailable, BadInput
@@ -56,14 +64,6 @@ from infadapter.serving.router import DispatcherRouter, Route, Router, RouterCon
 from infadapter.serving.server import server_command
 
 log = logging.getLogger(__name__)
-
-#: While new servers load, how often the apply asks ``abandon_when`` (seconds).
-ABANDON_CHECK_S = 0.5
-
-
-class _Abandoned(Exception):
-    """``abandon_when`` gave a reason to stop waiting for the new servers (the message)."""
-
 
 @dataclass
 class ServerProc:
@@ -347,7 +347,7 @@ class LocalBackend:
                 self._wait_ready(list(starting.values()), plan)
                 for sp in starting.values():  # the startup boost ends before the server gets traffic
                     self._set_cores(sp, sp.cores)
-        except _Abandoned as why:
+        except Abandoned as why:
             self._drop_started(starting)
             for sp, _ in grow:  # the old plan serves as it was: its cores too
                 before = old_plan.get(sp.name) if old_plan is not None else None
@@ -524,7 +524,7 @@ class LocalBackend:
 
     def _wait_ready(self, servers: list[ServerProc], plan: Plan | None = None) -> None:
         """Wait until every server answers AVAILABLE; every ``ABANDON_CHECK_S`` ask ``abandon_when`` about ``plan``
-        (raises :class:`_Abandoned` with its reason)."""
+        (raises :class:`Abandoned` with its reason)."""
         deadline = time.monotonic() + self.config.ready_timeout_s
         gone = threading.Event()
 
@@ -547,23 +547,13 @@ class LocalBackend:
                     done, pending = wait(futures, timeout=ABANDON_CHECK_S, return_when=FIRST_EXCEPTION)
                     if not pending or any(f.exception() is not None for f in done):
                         break
-                    why = self._abandon_reason(plan)
+                    why = abandon_reason(self.abandon_when, plan)
                     if why:
-                        raise _Abandoned(why)
+                        raise Abandoned(why)
             finally:
                 gone.set()
             for fut in futures:
                 fut.result()
-
-    def _abandon_reason(self, plan: Plan | None) -> str:
-        """``abandon_when``'s answer about ``plan`` ('' without one; a failing check never stops an apply)."""
-        if self.abandon_when is None or plan is None:
-            return ""
-        try:
-            return self.abandon_when(plan)
-        except Exception as exc:
-            log.warning("the check while servers load failed (%s); waiting on", exc)
-            return ""
 
     def watch_targets(self, callback: TargetsCallback) -> None:
         """Tell ``callback`` the servers' scrape targets now and after every routing change."""
