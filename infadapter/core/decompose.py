@@ -171,7 +171,7 @@ def _serves(capacity: float, load: float) -> bool:
 
 
 def fewest_cores(profile: Profile, service: str, load: float, floor: float | None,
-                 opts: Mapping[str, list[tuple[float, float]]]) -> float:
+                 opts: Mapping[str, list[tuple[float, float]]], ladder: list[float] | None = None) -> float:
     """The fewest cores on which ``service`` serves all of ``load`` with its traffic-weighted accuracy at
     least ``floor`` (None: no floor), mixes of any of its variants included; inf when none does.
 
@@ -179,20 +179,20 @@ def fewest_cores(profile: Profile, service: str, load: float, floor: float | Non
     services' fewest cores (each under its rules there) add up to at most the budget: the solver skips the
     programs this proves infeasible instead of searching them (proving a program infeasible was most of an
     overloaded solve's time), and in the programs it searches each service's cores are bounded below by them.
-    Without a floor it reads :func:`most_capacity`; with one, the shares' accuracy matters and it solves
-    :func:`one_service`."""
+    Without a floor it reads :func:`most_capacity` (``ladder``, when the caller has it); with one, the
+    shares' accuracy matters and it solves :func:`one_service`."""
     if floor is not None:
         return one_service(profile, service, load, opts, "cores", floor=floor)
-    ladder = most_capacity(profile, service, opts)
+    ladder = most_capacity(profile, service, opts) if ladder is None else ladder
     return next((round(i * profile.core_step, 9) for i, cap in enumerate(ladder) if _serves(cap, load)), math.inf)
 
 
 def most_served(profile: Profile, service: str, load: float, opts: Mapping[str, list[tuple[float, float]]],
-                max_cores: float) -> float:
+                max_cores: float, ladder: list[float] | None = None) -> float:
     """The largest share of ``load`` that ``service`` serves on at most ``max_cores`` (shares within capacity,
     at most 1); 0 when no variant fits in ``max_cores``: :func:`one_service`'s "served" goal, read off
-    :func:`most_capacity`."""
-    ladder = most_capacity(profile, service, opts)
+    :func:`most_capacity` (``ladder``, when the caller has it)."""
+    ladder = most_capacity(profile, service, opts) if ladder is None else ladder
     if len(ladder) == 1:
         return -math.inf  # no variant of it has a core count that runs
     cap = max(ladder[: math.floor(max_cores / profile.core_step + 1e-9) + 1])

@@ -43,6 +43,7 @@ from infadapter.core.decompose import (
     decomposed,
     fewest_cores,
     greedy_shares,
+    most_capacity,
     most_served,
     one_service,
     variant_options,
@@ -927,6 +928,12 @@ class _Fewest:
     def __init__(self, profile: Profile, opts: Mapping[str, list[tuple[float, float]]]):
         self.profile, self.opts = profile, opts
         self.needed: dict[tuple[str, bool], float] = {}
+        self.ladders: dict[str, list[float]] = {}  # most_capacity per service: load-independent, once a solve
+
+    def _ladder(self, name: str) -> list[float]:
+        if name not in self.ladders:
+            self.ladders[name] = most_capacity(self.profile, name, self.opts)
+        return self.ladders[name]
 
     def _need(self, g: _Group) -> float:
         if g.shed == "all":
@@ -937,7 +944,8 @@ class _Fewest:
         if (g.name, floored) not in self.needed:
             _silence_highs_banner()
             self.needed[g.name, floored] = fewest_cores(self.profile, g.name, g.load,
-                                                        g.floor_value if floored else None, self.opts)
+                                                        g.floor_value if floored else None, self.opts,
+                                                        None if floored else self._ladder(g.name))
         return self.needed[g.name, floored]
 
     def proves_infeasible(self, groups: tuple[_Group, ...]) -> bool:
@@ -971,7 +979,7 @@ class _Fewest:
                     prob += _expr({prob.slacks[g.name]: 1.0}) >= g.floor_value - best - 1e-7, \
                         f"least_shortfall_{g.name}"
             if g.shed == "soft" and g.name in prob.sheds:
-                served = most_served(self.profile, g.name, g.load, self.opts, room)
+                served = most_served(self.profile, g.name, g.load, self.opts, room, self._ladder(g.name))
                 if math.isfinite(served) and served < 1:
                     prob += _expr({prob.sheds[g.name]: 1.0}) >= 1 - served - 1e-7, f"least_shed_{g.name}"
 
