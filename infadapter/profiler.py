@@ -6,8 +6,8 @@ variant's load time), then drives it with open-loop Poisson traffic (arrivals ne
 answers) and searches for the capacity: the highest rate whose p99 latency stays under the SLO,
 a failed or timed-out request counting as an infinite latency. The search first measures the
 service rate (closed loop, the server never idle), then bisects below it on open-loop steps until the
-bracket is within ``tolerance``; each step lasts ``step_s`` seconds and waits for the server's queue
-to empty first.
+bracket is within ``tolerance``; each step lasts ``step_s`` seconds, or long enough for
+``step_requests`` requests, and waits for the server's queue to empty first.
 
 Every finished (variant, cores) measurement is appended to a JSON-lines results file, so an
 interrupted run resumes where it stopped. :func:`build_profile` turns the measurements into the
@@ -58,6 +58,11 @@ class ProfilerConfig:
     slo_ms: float
     results_path: Path
     step_s: float = 3.0
+    #: Each step lasts at least this many expected requests (``step_requests / rate`` seconds). A queue
+    #: of slow services needs that long to show its tail, and a p99 needs that many samples: at a quarter
+    #: core ResNet-101 gets ~6 req/s, so a 3-s step judged its p99 on 18 requests from an empty queue
+    #: and passed 10.6 req/s, where 30-s steps pass 5.9.
+    step_requests: int = 200
     max_steps: int = 8
     tolerance: float = 0.1
     warmup: int = 3
@@ -81,6 +86,13 @@ class ProfilerConfig:
             raise BadInput(f"--step-s: must be greater than 0, got {self.step_s:g}")
         if self.max_steps < 1:
             raise BadInput(f"--max-steps: must be at least 1, got {self.max_steps}")
+        if self.step_requests < 0:
+            raise BadInput(f"--step-requests: must be at least 0, got {self.step_requests}")
+
+    def step_seconds(self, rate_rps: float) -> float:
+        """How long a step at ``rate_rps`` lasts: ``step_s``, longer when that brings fewer than
+        ``step_requests`` requests."""
+        return max(self.step_s, self.step_requests / rate_rps if rate_rps > 0 else 0.0)
 
     @property
     def timeout_s(self) -> float:
@@ -309,7 +321,7 @@ async def _search(
         rate = 0.8 * mu
         for _ in range(config.max_steps):
             await asyncio.to_thread(settle, base_url, 4 * config.timeout_s)
-            step = await open_loop(session, url, body, rate, config.step_s, config.timeout_s, rng)
+            step = await open_loop(session, url, body, rate, config.step_seconds(rate), config.timeout_s, rng)
             steps.append(step)
             if step.passed(config.slo_ms):
                 lo = rate

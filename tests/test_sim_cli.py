@@ -72,7 +72,7 @@ def test_bad_input_is_one_line_exit_2(args: list[str], field: str) -> None:
 
 
 def test_simulate_the_local_backend_service_model(tmp_path: Path) -> None:
-    # 5 req/s, then 30: ResNet-18 on 0.25 core of profiles/local.yaml serves ~26 req/s at the SLO under
+    # 5 req/s, then 30: ResNet-18 on 0.25 core of profiles/local.yaml serves ~19 req/s at the SLO under
     # its CPU quota, so part of the step is refused or late; the queue model serves almost all of it in time.
     trace = tmp_path / "rates.txt"
     trace.write_text("\n".join(["5"] * 60 + ["30"] * 60))

@@ -56,6 +56,10 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 )
 @click.option("--slo-ms", type=float, default=300.0, show_default=True, help="p99 latency SLO in milliseconds.")
 @click.option("--step-s", type=float, default=3.0, show_default=True, help="Seconds of traffic per rate step.")
+@click.option(
+    "--step-requests", type=int, default=200, show_default=True,
+    help="A step lasts long enough for this many requests (slow servers: longer than --step-s); 0: --step-s only.",
+)
 @click.option("--max-steps", type=int, default=8, show_default=True, help="Rate steps per (variant, cores).")
 @click.option("--budget-cores", type=float, default=1.75, show_default=True, help="budget_cores of the profile.")
 @click.option("--core-step", type=float, default=0.25, show_default=True, help="core_step of the profile.")
@@ -84,6 +88,7 @@ def measure(
     cores_text: str,
     slo_ms: float,
     step_s: float,
+    step_requests: int,
     max_steps: int,
     budget_cores: float,
     core_step: float,
@@ -113,6 +118,7 @@ def measure(
         slo_ms=slo_ms,
         results_path=results or out.with_suffix(".results.jsonl"),
         step_s=step_s,
+        step_requests=step_requests,
         max_steps=max_steps,
         warmup=warmup,
         seed=seed,
@@ -163,7 +169,8 @@ def _write_profile(ms: list[Any], config: Any, budget_cores: float, core_step: f
     command = "python cli.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     source = (
         f"measured {today} on this machine ({os.cpu_count()} cores), ONNX Runtime, resolution {resolution}, "
-        f"SLO {config.slo_ms:g} ms, p99 of open-loop Poisson steps of {config.step_s:g} s, times {safety:g}"
+        f"SLO {config.slo_ms:g} ms, p99 of open-loop Poisson steps of {config.step_s:g} s "
+        f"(at least {config.step_requests} requests), times {safety:g}"
     )
     profile = build_profile(ms, config.slo_ms, budget_cores, core_step, min_cores, safety, source)
     header = (
