@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import math
 import os
 import shutil
 import signal
@@ -548,8 +549,13 @@ def test_a_killed_variant_container_is_restarted_by_the_kubelet_and_nothing_is_r
         rows = list(csv.DictReader(f))
     assert len(rows) == doc["requests"] > 0
     assert doc["ok"] + doc["errors"] + doc["timeouts"] == doc["requests"], doc
-    failed = [float(r["sent_unix"]) for r in rows if r["outcome"] != "ok"]
-    assert all(killed_at - 1 <= s <= killed_at + 30 for s in failed), (killed_at, failed[:5], failed[-5:])
+    # A failure ended in the downtime: sent after the kill, or in flight at it (a queued request fails with
+    # its server: CI saw 502s sent 1.3 s before, ResNet-152 on one core near its capacity). A failure without
+    # an answer has no latency: in flight until its timeout.
+    failed = [(float(r["sent_unix"]), float(r["sent_unix"]) + float(r["latency_ms"]) / 1000 if r["latency_ms"]
+               else math.inf) for r in rows if r["outcome"] != "ok"]
+    assert all(killed_at - 10 <= sent <= killed_at + 30 and end >= killed_at - 0.5 for sent, end in failed), (
+        killed_at, failed[:5], failed[-5:])
     print(f"killed {victim} ({len(pids)} processes): {doc['requests']} requests, {doc['ok']} ok, {doc['errors']} "
           f"errors, {doc['timeouts']} timeouts; restarts {after['status']['containerStatuses'][0]['restartCount']}; "
           f"decisions after the kill: {[r['trigger'] + ': ' + r['diff'] for r in later]}")
