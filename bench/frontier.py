@@ -7,8 +7,9 @@ Run: .venv/bin/python bench/frontier.py [--profile profiles/paper.yaml] [--windo
 
 It runs one ``cli.py simulate ... --policy all --sweep ... --plot OUT --json`` (printed first, so the figure's
 command is exact) and prints each point and the reading: which baselines lie above and to the left of
-infadapter's frontier (more accuracy at fewer cores with no more violations; infadapter/sim/frontier.py).
-Every figure is the simulator's, not a live run.
+infadapter's frontier (more accuracy at fewer cores with no more violations; infadapter/sim/frontier.py),
+the ideal plans of each swept value and each baseline's accuracy ceiling at its mean cores
+(infadapter/sim/ideal.py). Every figure is the simulator's, not a live run.
 """
 
 from __future__ import annotations
@@ -42,14 +43,17 @@ def main() -> None:
     if r.returncode:
         sys.exit(r.stderr.strip() or f"exit {r.returncode}")
     doc = json.loads(r.stdout)
-    print(f"{'run':24} {'SLO viol.':>9} {'cores':>6} {'accuracy':>8}  frontier acc. at its cores")
+    print(f"{'run':24} {'SLO viol.':>9} {'cores':>6} {'accuracy':>8}  frontier acc. at its cores; ceiling there")
     for p in doc["frontier"]:
         print(f"{p['label']:24} {p['slo_violation_rate']:9.2%} {p['mean_cores']:6.2f} {p['mean_accuracy']:8.2%}")
+    for p in doc["ideal"]:
+        print(f"{p['label']:24} {'-':>9} {p['mean_cores']:6.2f} {p['mean_accuracy']:8.2%}")
     for b in doc["baselines"]:
         fa = "outside the swept cores" if b["frontier_accuracy"] is None else f"{b['frontier_accuracy']:.2%}"
+        ca = "-" if b["ceiling_accuracy"] is None else f"{b['ceiling_accuracy']:.2%}"
         mark = "  ABOVE-LEFT" if b["above_frontier"] else ""
         print(f"{b['label']:24} {b['slo_violation_rate']:9.2%} {b['mean_cores']:6.2f} {b['mean_accuracy']:8.2%}"
-              f"  {fa}{mark}")
+              f"  {fa}{mark}; {ca}")
     above = doc["above_frontier"]
     print("above and to the left of the frontier:", ", ".join(above) if above else "none")
     print("plot:", args.out)

@@ -221,10 +221,14 @@ def plot_frontier(doc: dict[str, Any], path: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(8, 5.5))
     xs, ys = [p["mean_cores"] for p in swept], [100 * p["mean_accuracy"] for p in swept]
     ax.plot(xs, ys, color="0.45", lw=1.2, zorder=1, label=f"infadapter, {doc['sweep']} swept")
+    ideal = sorted(doc.get("ideal") or [], key=lambda p: p["mean_cores"])
+    if ideal:
+        ax.plot([p["mean_cores"] for p in ideal], [100 * p["mean_accuracy"] for p in ideal], color="0.45", lw=1.0,
+                ls="--", marker="x", ms=5, zorder=1, label="ideal: every second's rate known, free transitions")
     sc = ax.scatter(xs, ys, c=[colour(p["slo_violation_rate"]) for p in swept], cmap="viridis", norm=norm,
                     s=70, marker="o", edgecolors="black", linewidths=0.6, zorder=3)
-    xmax = max([p["mean_cores"] for p in [*swept, *base]] + [1e-9])
-    ys_all = [100 * p["mean_accuracy"] for p in [*swept, *base]]
+    xmax = max([p["mean_cores"] for p in [*swept, *base, *ideal]] + [1e-9])
+    ys_all = [100 * p["mean_accuracy"] for p in [*swept, *base, *ideal]]
     ax.set_xlim(0, 1.25 * xmax)  # room for the labels right of the points
     ax.set_ylim(min(ys_all) - 0.9, max(ys_all) + 0.6)
     placed: list[tuple[float, float, float, float]] = []  # markers and label boxes drawn so far, in points

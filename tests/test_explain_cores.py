@@ -142,3 +142,16 @@ def test_a_run_of_several_services_gets_a_ladder_per_service_judged_at_its_own_s
     text = run_cli("explain", "--run-dir", str(tmp_path), "--cores")
     assert text.returncode == 0, text.stderr
     assert "Per service" in text.stdout and "live" in text.stdout and "batch" in text.stdout
+
+
+def test_a_rows_cores_are_over_time_and_its_accuracy_over_the_requests():
+    from infadapter.adapter.cores import Layer
+
+    row = Layer("as served")
+    row.add(1.0, 0.78, 60.0, 60)  # a quiet minute on an accurate variant
+    row.add(0.5, 0.70, 20.0, 1000)  # a busy stretch on a fast one
+    assert row.cores == pytest.approx((60 * 1.0 + 20 * 0.5) / 80)
+    assert row.accuracy == pytest.approx((60 * 0.78 + 1000 * 0.70) / 1060)
+    quiet = Layer("as served")
+    quiet.add(1.0, 0.78, 30.0, 0)
+    assert quiet.accuracy == pytest.approx(0.78)  # no request came: the plan's accuracy over time

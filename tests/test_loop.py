@@ -642,3 +642,24 @@ def test_a_plan_is_outgrown_only_by_a_rate_above_its_load_what_it_serves_and_wha
     assert outgrown(shedding, now, {"": 40.0}, ctl) == ""
     assert outgrown(shedding, now, {"": 44.5}, ctl) != ""
     assert outgrown(plan, now, {"other": 100.0}, ctl) == ""  # a service the plan does not hold
+
+
+def test_accuracy_is_weighted_by_the_traffic_each_plan_served(tmp_path):
+    """The summary's accuracy is over requests (docs/core.md, as the simulator counts it), not over time: a quiet
+    stretch on the accurate variant must not outweigh a busy one on the fast variant (the live figures of
+    issue 27 read 74.6 % by time where the requests got 70.2 %)."""
+    loop, clock, load, _backend = make_loop(tmp_path, interval=5.0, stabilization=1)
+    seen = []  # (the serving plan's accuracy, the rate the loop observed) after each check
+    load.rate = 2.0
+    for rate, seconds in ((2.0, 60), (100.0, 20)):
+        load.rate = rate
+        for _ in range(seconds):
+            loop.tick()
+            seen.append((loop.serving.accuracy, loop.last_observed_rps or 0.0))
+            clock.sleep(1.0)
+    accs = {a for a, _ in seen}
+    assert len(accs) >= 2, "the busy stretch must move the plan to a faster variant"
+    by_time = loop.totals.accuracy_seconds / loop.totals.seconds
+    want = sum(a * r for a, r in seen[:-1]) / sum(r for _, r in seen[:-1])  # a check's rate weighs the next second
+    assert loop.totals.mean_accuracy == pytest.approx(want, abs=2e-3)
+    assert loop.totals.mean_accuracy < by_time - 0.01  # 60 quiet seconds no longer outweigh 20 busy ones

@@ -139,3 +139,13 @@ def test_serving_rules_shared_by_the_local_backend_and_the_simulator():
     # ResNet-50 on 0.25 core: 8.54 req/s x 0.3 s = 2.6 -> 3; ResNet-18 on 1 core: 79.7 x 0.3 -> 24.
     assert local.queue_bound("resnet50", 0.25) == 3
     assert local.queue_bound("resnet18", 1.0) == 24
+
+
+def test_accuracy_of_counts_is_over_the_requests_each_variant_served():
+    prof = load_profile(ROOT / "profiles" / "local.yaml")
+    a18, a50 = prof.variant("resnet18").accuracy, prof.variant("resnet50").accuracy
+    # 3 requests on ResNet-18 for every one on ResNet-50; names the profile does not know ("-": no variant
+    # header, a failed request) do not count
+    got = prof.accuracy_of_counts({"resnet18": 300, "resnet50": 100, "-": 50})
+    assert got == pytest.approx((3 * a18 + a50) / 4)
+    assert prof.accuracy_of_counts({"-": 5}) is None and prof.accuracy_of_counts(None) is None

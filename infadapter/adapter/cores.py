@@ -12,8 +12,9 @@ span (the run's ``requests.csv``), the plan is re-solved offline on the decision
 4. **no safety factor**: the same, every variant's profiled capacity without its ``safety`` factor;
 5. **no calibration**: the same, without the local backend's start-up calibration (``capacity_scale``).
 
-Each row's time-weighted mean cores and served accuracy, and the step from the row before, say what that
-layer cost. The busiest second is a wall's view (a plan that serves it never queues): what a queue
+Each row's mean cores over time and served accuracy over the requests (each span's plan counts with the
+requests that arrived in it), and the step from the row before, say what that layer cost. The busiest
+second is a wall's view (a plan that serves it never queues): what a queue
 absorbs within the SLO is in the per-variant table (the rates each variant got and the share late).
 
 A run of several services (a profile with ``services:``) gets the same ladder for the whole plan and one per
@@ -72,17 +73,22 @@ def read_requests(run_dir: Path, slo_ms: float | Mapping[str, float]) -> Sent:
 
 @dataclass
 class Layer:
-    """One row of the ladder: time-weighted mean cores and served accuracy over the spans it could be had."""
+    """One row of the ladder over the spans it could be had: mean cores over time, and served accuracy weighted
+    by the requests that arrived in each span (by time where none did), as the run's summary counts them."""
 
     name: str
     core_s: float = 0.0
     accuracy_s: float = 0.0
     seconds: float = 0.0
+    requests: float = 0.0
+    accuracy_r: float = 0.0
 
-    def add(self, cores: float, accuracy: float, seconds: float) -> None:
+    def add(self, cores: float, accuracy: float, seconds: float, requests: float) -> None:
         self.core_s += cores * seconds
         self.accuracy_s += accuracy * seconds
         self.seconds += seconds
+        self.requests += requests
+        self.accuracy_r += accuracy * requests
 
     @property
     def cores(self) -> float:
@@ -90,6 +96,8 @@ class Layer:
 
     @property
     def accuracy(self) -> float:
+        if self.requests > 0:
+            return self.accuracy_r / self.requests
         return self.accuracy_s / self.seconds if self.seconds else 0.0
 
 
@@ -277,9 +285,11 @@ def where_cores_went(records: list[dict[str, Any]], sent: Sent) -> CoresReport:
         lo, hi, busiest, busiest_of = _span_arrivals(sent, t0, t1, names)
         whole, span = int(t1 - t0), t1 - t0
         plan = Plan.from_dict(rec["plan_after"], "plan_after")
-        layers[0].add(plan.cores, plan.accuracy, span)
+        came = float(hi - lo)
+        came_of = {n: float(sum(1 for k in range(lo, hi) if sent.services[k] == n)) for n in names}
+        layers[0].add(plan.cores, plan.accuracy, span, came)
         for n in names:
-            ladders[n].layers[0].add(*_service_part(plan, n), span)
+            ladders[n].layers[0].add(*_service_part(plan, n), span, came_of[n])
         sums["target"] += float(rec.get("forecast_rps") or 0.0) * span
         sums["arrived"] += hi - lo
         sums["busiest"] += busiest * span
@@ -304,15 +314,15 @@ def where_cores_went(records: list[dict[str, Any]], sent: Sent) -> CoresReport:
             rows += [(i, solve(prof, 0.0, current, loads=busiest_of).plan)
                      for i, prof in ((2, profile), (3, raw), (4, _unscaled(raw, scale)))]
             for i, p in rows:
-                layers[i].add(p.cores, p.accuracy, span)
+                layers[i].add(p.cores, p.accuracy, span, came)
                 for n in names:
-                    ladders[n].layers[i].add(*_service_part(p, n), span)
+                    ladders[n].layers[i].add(*_service_part(p, n), span, came_of[n])
             solved += 1
             continue
         for layer, prof, load in ((layers[1], profile, float(ctx_rec["load_rps"])), (layers[2], profile, busiest),
                                   (layers[3], raw, busiest), (layers[4], _unscaled(raw, scale), busiest)):
             p = solve(prof, load, current).plan
-            layer.add(p.cores, p.accuracy, span)
+            layer.add(p.cores, p.accuracy, span, came)
         solved += 1
     notes.extend(sorted(why_not))
     secs = sums["seconds"] or 1.0

@@ -76,11 +76,19 @@ class LoopConfig:
 
 @dataclass
 class Totals:
-    """Time-integrated figures of what served (for the end-of-run summary)."""
+    """Time-integrated figures of what served (for the end-of-run summary).
+
+    Cores are a mean over time (what the run paid for); accuracy is traffic-weighted, as the simulator's and
+    docs/core.md define it: each stretch of time counts with the requests the loop observed in it (the observed
+    rate x the stretch), so a quiet hour on an accurate variant does not outweigh a busy minute on a fast one.
+    With no traffic observed at all it falls back to the mean over time."""
 
     seconds: float = 0.0
     core_seconds: float = 0.0
     accuracy_seconds: float = 0.0
+    #: Requests observed (the observed rate integrated over time) and their served accuracy summed.
+    observed_requests: float = 0.0
+    accuracy_requests: float = 0.0
     transitions: int = 0
     decisions: int = 0
     applies: int = 0  # plans the backend applied (a decision that changed nothing applies none)
@@ -93,16 +101,17 @@ class Totals:
 
     @property
     def mean_accuracy(self) -> float:
-        return self.accuracy_seconds / self.seconds if self.seconds > 0 else 0.0
+        return _weighted(self.accuracy_requests, self.observed_requests, self.accuracy_seconds, self.seconds)
 
-    #: Several services: [core-seconds, accuracy-seconds] of each, over the same seconds.
+    #: Several services: [core-seconds, accuracy-seconds, observed requests, accuracy-requests] of each, over the
+    #: same seconds.
     by_service: dict[str, list[float]] = field(default_factory=dict)
 
     def services(self) -> list[dict[str, Any]]:
-        """Each service's time-averaged cores and accuracy ([] for one service)."""
+        """Each service's time-averaged cores and traffic-weighted accuracy ([] for one service)."""
         t = self.seconds
         return [{"name": n, "mean_cores": round(c / t, 4) if t > 0 else 0.0,
-                 "mean_accuracy": round(a / t, 5) if t > 0 else 0.0} for n, (c, a) in self.by_service.items()]
+                 "mean_accuracy": round(_weighted(ar, r, a, t), 5)} for n, (c, a, r, ar) in self.by_service.items()]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -169,6 +178,13 @@ class LoopMetrics:
             a = plan.get(name)
             self.variant_cores.labels(name).set(a.cores if a else 0.0)
             self.variant_share.labels(name).set(a.share if a else 0.0)
+
+
+def _weighted(by_traffic: float, traffic: float, by_time: float, seconds: float) -> float:
+    """A traffic-weighted mean, or the mean over time when no traffic was observed (0 with neither)."""
+    if traffic > 1e-9:
+        return by_traffic / traffic
+    return by_time / seconds if seconds > 0 else 0.0
 
 
 def plan_accuracy(profile: Profile, plan: Plan) -> float:
@@ -248,6 +264,8 @@ class ControlLoop:
         self.last_obs: Observation | None = None
         self.last_forecast_rps = 0.0
         self.last_observed_rps: float | None = None
+        #: Several services: each one's observed rate at the last check (what its accuracy is weighted by).
+        self._rates_by_service: dict[str, float] = {}
         self.next_decision_s: float | None = None
         self.retry_at_s: float | None = None
         self.degraded: str = ""
@@ -479,6 +497,8 @@ class ControlLoop:
                 self._note_slo(obs)
                 rate = control.observed_rate(obs.history_rps, self.ctl)
                 self.last_observed_rps = rate
+                if self.profile.services:
+                    self._rates_by_service = self._service_rates(obs)
                 if self.metrics:
                     self.metrics.observed.set(rate)
                     self.metrics.fallback.set(0 if obs.source == "prometheus" else 1)
@@ -658,13 +678,22 @@ class ControlLoop:
             self.totals.core_seconds += dt * self.serving.cores
             # From the profile, not the plan's own figure: a plan read back from a cluster on resume
             # carries the shares but no accuracy.
-            self.totals.accuracy_seconds += dt * plan_accuracy(self.profile, self.serving)
+            acc_now = plan_accuracy(self.profile, self.serving)
+            # The traffic of this stretch: the rate observed at the last check (a window of whole seconds
+            # that ends at most one check before this one).
+            seen = dt * max(self.last_observed_rps or 0.0, 0.0)
+            self.totals.accuracy_seconds += dt * acc_now
+            self.totals.observed_requests += seen
+            self.totals.accuracy_requests += seen * acc_now
             shares = self.serving.shares_by_name()
             for name, acc in self.profile.accuracy_by_service(shares).items():
                 cores = sum(a.cores for a in self.serving.allocations if self.profile.service_of(a.name) == name)
-                tot = self.totals.by_service.setdefault(name, [0.0, 0.0])
+                own = dt * max(self._rates_by_service.get(name, 0.0), 0.0)
+                tot = self.totals.by_service.setdefault(name, [0.0, 0.0, 0.0, 0.0])
                 tot[0] += dt * cores
                 tot[1] += dt * acc
+                tot[2] += own
+                tot[3] += own * acc
         elif self._last_tick_s is not None:
             self.totals.seconds += max(now - self._last_tick_s, 0.0)
         self._last_tick_s = now

@@ -341,17 +341,19 @@ class AdapterRun:
         return self.summary(load_summary, interrupted)
 
     def _services_summary(self, totals: Mapping[str, Any], load: Any) -> list[dict[str, Any]]:
-        """Each service's figures: its requests (judged at its own SLO) when a load was driven, else None; its
-        time-averaged cores and accuracy from the loop."""
+        """Each service's figures: its requests (judged at its own SLO) and the accuracy they were served at when a
+        load was driven, else None and the loop's traffic-weighted estimate; its time-averaged cores."""
         by_load = getattr(load, "by_service", None) or {}
         by_loop = {s["name"]: s for s in totals.get("services", [])}
         out = []
         for name in self.profile.service_names:
             sent = by_load.get(name, {})
             own = by_loop.get(name, {})
+            exact = self.profile.accuracy_of_counts(sent.get("by_variant"))
             out.append({"name": name, "requests": sent.get("requests"), "ok": sent.get("ok"),
                         "slo_violation_rate": sent.get("slo_violation_rate"), "mean_cores": own.get("mean_cores", 0.0),
-                        "mean_accuracy": own.get("mean_accuracy", 0.0), "slo_ms": self.profile.service(name).slo_ms,
+                        "mean_accuracy": round(exact, 5) if exact is not None else own.get("mean_accuracy", 0.0),
+                        "slo_ms": self.profile.service(name).slo_ms,
                         **({"p99_ms": sent.get("p99_ms"), "by_variant": sent.get("by_variant", {})} if sent else {})})
         return out
 
@@ -438,6 +440,12 @@ class AdapterRun:
         }
         if prep is not None and prep.summary is not None:
             out.update(prep.summary(load))
+        # Where the run sent the requests, their own count by variant gives the accuracy exactly; otherwise the
+        # loop's estimate (its plans weighted by the traffic it observed, Totals).
+        exact = self.profile.accuracy_of_counts(out.get("by_variant"))
+        out["accuracy_from"] = "requests" if exact is not None else "observed traffic"
+        if exact is not None:
+            out["mean_accuracy"] = round(exact, 5)
         if self.profile.services:
             out["services"] = self._services_summary(totals, load)
         if self.store is not None:

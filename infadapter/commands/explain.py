@@ -118,7 +118,8 @@ def _cores(run_dir: Path, records: list[dict], as_json: bool) -> None:
               f"per second on average: planned for {report.mean_target_rps:.1f}, the plans served "
               f"{report.mean_planned_capacity_rps:.1f} at the SLO, {report.mean_arrived_rps:.1f} arrived "
               f"(busiest second {report.mean_busiest_second_rps:.1f})", highlight=False)
-    t = Table(title="Where the cores went (time-weighted means; each step: what that layer cost)")
+    t = Table(title="Where the cores went (cores: mean over time; accuracy: over the requests; each step: what that "
+                    "layer cost)")
     for col in ("plan", "mean cores", "accuracy", "cores step", "accuracy step"):
         t.add_column(col)
     for row in report.as_dict()["layers"]:

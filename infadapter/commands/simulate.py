@@ -404,6 +404,7 @@ def _sweep(profile: Any, rates: Any, sweep: Sweep, baselines: list[tuple[str, An
     from infadapter.plots import plot_frontier
     from infadapter.sim import simulation as sim
     from infadapter.sim.frontier import Point, frontier
+    from infadapter.sim.ideal import with_ideal
 
     swept = []
     for value, prof in zip(sweep.values, sweep.profiles(profile), strict=True):
@@ -412,7 +413,7 @@ def _sweep(profile: Any, rates: Any, sweep: Sweep, baselines: list[tuple[str, An
         swept.append(Point.of(res, sweep.label(value), value))
     points = [Point.of(sim.simulate(profile, rates, pol, config, arrivals=arrivals, forecaster=fc))
               for _, pol in baselines]
-    doc = {**extra, **frontier(swept, points, sweep.key)}
+    doc = {**extra, **with_ideal(frontier(swept, points, sweep.key), profile, rates, sweep)}
     if plot_path is not None:
         try:
             plot_frontier(doc, plot_path, title=title)
@@ -424,16 +425,19 @@ def _sweep(profile: Any, rates: Any, sweep: Sweep, baselines: list[tuple[str, An
     from rich.table import Table
 
     table = Table(title=f"{title}: infadapter's {sweep.key} swept, each baseline against its frontier")
-    for col in ("run", "SLO viol.", "mean cores", "accuracy", "frontier acc. at its cores", "above-left"):
+    for col in ("run", "SLO viol.", "mean cores", "accuracy", "frontier acc. at its cores", "above-left",
+                "ceiling at its cores"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for p in doc["frontier"]:
         table.add_row(p["label"], f"{p['slo_violation_rate']:.2%}", f"{p['mean_cores']:.2f}",
-                      f"{p['mean_accuracy']:.2%}", "", "")
+                      f"{p['mean_accuracy']:.2%}", "", "", "")
+    for p in doc["ideal"]:
+        table.add_row(p["label"], "-", f"{p['mean_cores']:.2f}", f"{p['mean_accuracy']:.2%}", "", "", "")
     for b in doc["baselines"]:
-        fa = b["frontier_accuracy"]
+        fa, ca = b["frontier_accuracy"], b["ceiling_accuracy"]
         table.add_row(b["label"], f"{b['slo_violation_rate']:.2%}", f"{b['mean_cores']:.2f}",
                       f"{b['mean_accuracy']:.2%}", "outside" if fa is None else f"{fa:.2%}",
-                      "yes" if b["above_frontier"] else "no")
+                      "yes" if b["above_frontier"] else "no", "-" if ca is None else f"{ca:.2%}")
     con = out_console()
     if not con.is_terminal:
         con.width = 120
@@ -441,6 +445,11 @@ def _sweep(profile: Any, rates: Any, sweep: Sweep, baselines: list[tuple[str, An
     above = doc["above_frontier"]
     con.print("above and to the left of infadapter's frontier (more accuracy at fewer cores, no more violations): "
               + (", ".join(above) if above else "none"), highlight=False)
+    over = [b["label"] for b in doc["baselines"] if b["over_ceiling"]]
+    con.print("ideal: every second's rate known in advance, plans change at once and for free; ceiling at its "
+              "cores: the most accuracy any plan capped at that baseline's mean cores gives the same seconds"
+              + (f"; above it, so no budget-capped plan matches them at the profile's capacities: {', '.join(over)}"
+                 if over else ""), highlight=False)
 
 
 def _what_if(profile: Any, rates: Any, spec: str, scenarios: list[Any], config: Any, seed: int,

@@ -449,6 +449,13 @@ class Profile(BaseModel):
         known = {v.name: v.accuracy for v in self.variants}
         return sum(share * known.get(name, 0.0) for name, share in shares.items())
 
+    def accuracy_of_counts(self, counts: Mapping[str, float] | None) -> float | None:
+        """The accuracy of requests served, from how many each variant served (a load generator's ``by_variant``):
+        the definition itself, exact; None when no request was served by a variant of this profile."""
+        known = {n: float(c) for n, c in (counts or {}).items() if n in self.names and float(c) > 0}
+        total = sum(known.values())
+        return self.served_accuracy({n: c / total for n, c in known.items()}) if total > 0 else None
+
     def accuracy_by_service(self, shares: Mapping[str, float]) -> dict[str, float]:
         """Each service's traffic-weighted accuracy of a multi-service split of traffic (shares are of each
         service's own traffic); {} for a one-service profile (:meth:`served_accuracy` is its one figure)."""

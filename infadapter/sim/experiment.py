@@ -25,6 +25,7 @@ from infadapter.errors import BadInput
 from infadapter.observe.requestlog import REQUESTS_FILE
 from infadapter.plots import decision_timeline, plot_experiment, plot_frontier
 from infadapter.sim.frontier import Point, Sweep, frontier
+from infadapter.sim.ideal import with_ideal
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,8 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
     doc = {"profile": str(base.profile_path), "seconds": int(rates.size), "mean_rps": float(rates.mean()),
            "interval_s": base.control.interval_s, "results": results}
     if sweep is not None:
-        doc["frontier"] = {side: experiment_frontier(results, sweep, side) for side in ("live", "simulated")}
+        doc["frontier"] = {side: with_ideal(experiment_frontier(results, sweep, side), profile, rates, sweep)
+                           for side in ("live", "simulated")}
     (out_dir / "experiment.json").write_text(json.dumps(doc, indent=1, default=str))
     (out_dir / "experiment.md").write_text(comparison_table(doc))
     with contextlib.suppress(Exception):
