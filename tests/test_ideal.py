@@ -8,7 +8,7 @@ from infadapter.commands.sweep import parse_sweep
 from infadapter.core import solver
 from infadapter.core.profile import load_profile
 from infadapter.sim.frontier import Point, frontier
-from infadapter.sim.ideal import accuracy_ceiling, ideal_point, with_ideal
+from infadapter.sim.ideal import accuracy_ceiling, ideal_point, ideal_points, with_ideal
 from tests.cli_helpers import ROOT
 
 LOCAL = load_profile(ROOT / "profiles" / "local.yaml")  # safety 0.8, core step 0.25
@@ -61,7 +61,7 @@ def test_a_baseline_above_the_ceiling_at_its_cores_is_marked():
     # one baseline above the ceiling at 0.75 core (hand-derived above: 72.3 %), one under it
     high = Point("hpa:resnet50", "hpa", 0.75, _acc("resnet50"), 0.02)
     low = Point("static:resnet18", "static", 0.75, _acc("resnet18"), 0.0)
-    doc = with_ideal(frontier(swept, [high, low], "alpha"), LOCAL, rates, sweep)
+    doc = with_ideal(frontier(swept, [high, low], "alpha"), LOCAL, rates, ideal_points(LOCAL, rates, sweep))
     rows = {b["label"]: b for b in doc["baselines"]}
     assert rows["hpa:resnet50"]["over_ceiling"] and not rows["static:resnet18"]["over_ceiling"]
     assert rows["hpa:resnet50"]["ceiling_accuracy"] == pytest.approx(

@@ -378,12 +378,13 @@ class ControlLoop:
                  "ok" if rec.apply_ok else f"failed: {rec.apply_error}")
         return rec
 
-    def _overloaded_services(self, obs: Observation) -> set[str]:
-        """The services whose observed rate runs above their own part of the serving plan (the one-service rule,
-        :func:`~infadapter.core.control.overloaded`, per service); remembered for the overload decision."""
+    def _overloaded_services(self, rates: Mapping[str, float]) -> set[str]:
+        """The services whose observed rate (``rates``, :meth:`_service_rates`) runs above their own part of the
+        serving plan (the one-service rule, :func:`~infadapter.core.control.overloaded`, per service); remembered
+        for the overload decision."""
         plan = self.serving
         over = set()
-        for name, rate in self._service_rates(obs).items():
+        for name, rate in rates.items():
             ctl = self.service_controls[name]
             mine = plan is not None and any(a.service == name for a in plan.allocations)
             cap = plan.served_capacity_rps(name) if mine else None  # type: ignore[union-attr]
@@ -503,7 +504,7 @@ class ControlLoop:
                     self.metrics.observed.set(rate)
                     self.metrics.fallback.set(0 if obs.source == "prometheus" else 1)
                 cap = self.serving.served_capacity_rps() if self.serving and self.serving.allocations else None
-                over = self._overloaded_services(obs) if self.profile.services else None
+                over = self._overloaded_services(self._rates_by_service) if self.profile.services else None
                 if self._follows:  # the cluster's autoscaler reacts to overload, not us
                     over = set()
                 due = control.trigger_due(now, self.next_decision_s, self._last_decision_s, rate, cap,

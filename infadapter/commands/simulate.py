@@ -404,7 +404,7 @@ def _sweep(profile: Any, rates: Any, sweep: Sweep, baselines: list[tuple[str, An
     from infadapter.plots import plot_frontier
     from infadapter.sim import simulation as sim
     from infadapter.sim.frontier import Point, frontier
-    from infadapter.sim.ideal import with_ideal
+    from infadapter.sim.ideal import ideal_points, with_ideal
 
     swept = []
     for value, prof in zip(sweep.values, sweep.profiles(profile), strict=True):
@@ -413,7 +413,8 @@ def _sweep(profile: Any, rates: Any, sweep: Sweep, baselines: list[tuple[str, An
         swept.append(Point.of(res, sweep.label(value), value))
     points = [Point.of(sim.simulate(profile, rates, pol, config, arrivals=arrivals, forecaster=fc))
               for _, pol in baselines]
-    doc = {**extra, **with_ideal(frontier(swept, points, sweep.key), profile, rates, sweep)}
+    ideal = ideal_points(profile, rates, sweep)
+    doc = {**extra, **with_ideal(frontier(swept, points, sweep.key), profile, rates, ideal)}
     if plot_path is not None:
         try:
             plot_frontier(doc, plot_path, title=title)

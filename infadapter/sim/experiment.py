@@ -25,7 +25,7 @@ from infadapter.errors import BadInput
 from infadapter.observe.requestlog import REQUESTS_FILE
 from infadapter.plots import decision_timeline, plot_experiment, plot_frontier
 from infadapter.sim.frontier import Point, Sweep, frontier
-from infadapter.sim.ideal import with_ideal
+from infadapter.sim.ideal import ideal_points, with_ideal
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,8 @@ def run_experiment(base: RunConfig, policies: list[str], out_dir: Path,
     doc = {"profile": str(base.profile_path), "seconds": int(rates.size), "mean_rps": float(rates.mean()),
            "interval_s": base.control.interval_s, "results": results}
     if sweep is not None:
-        doc["frontier"] = {side: with_ideal(experiment_frontier(results, sweep, side), profile, rates, sweep)
+        ideal = ideal_points(profile, rates, sweep)  # the same for both sides: the load and the profile's
+        doc["frontier"] = {side: with_ideal(experiment_frontier(results, sweep, side), profile, rates, ideal)
                            for side in ("live", "simulated")}
     (out_dir / "experiment.json").write_text(json.dumps(doc, indent=1, default=str))
     (out_dir / "experiment.md").write_text(comparison_table(doc))

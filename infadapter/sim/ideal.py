@@ -67,12 +67,12 @@ def ideal_point(profile: Profile, rates: Sequence[float] | np.ndarray, label: st
         plan = solver.solve(prof, float(r)).plan
         cores[i], acc[i] = plan.cores, plan.accuracy
         served[i] = min(float(r), plan.capacity_rps)
-    total = float(arr.sum())
-    if total <= 0 or not math.isfinite(total):
-        return IdealPoint(label, float(cores[inverse].mean()) if arr.size else 0.0, 0.0, 0.0, value)
-    weight = keys / max(float(keys.sum()), 1e-12)
-    return IdealPoint(label, float(cores[inverse].mean()), float((acc[inverse] * weight).sum()),
-                      float(max(0.0, 1.0 - served[inverse].sum() / max(float(keys.sum()), 1e-12))), value)
+    mean_cores = float(cores[inverse].mean()) if arr.size else 0.0
+    total = float(keys.sum())
+    if not (total > 0 and math.isfinite(total)):
+        return IdealPoint(label, mean_cores, 0.0, 0.0, value)
+    return IdealPoint(label, mean_cores, float((acc[inverse] * keys).sum() / total),
+                      float(max(0.0, 1.0 - served[inverse].sum() / total)), value)
 
 
 def accuracy_ceiling(profile: Profile, rates: Sequence[float] | np.ndarray) -> IdealPoint:
@@ -82,26 +82,31 @@ def accuracy_ceiling(profile: Profile, rates: Sequence[float] | np.ndarray) -> I
                        label=f"ceiling at {profile.budget_cores:g} cores", value=profile.budget_cores)
 
 
+def ideal_points(profile: Profile, rates: Sequence[float] | np.ndarray, sweep: Sweep) -> list[dict[str, Any]]:
+    """The ideal point of each swept value (same objective), as a frontier document's ``ideal`` rows."""
+    return [ideal_point(prof, rates, label=f"ideal {sweep.key}={v:g}", value=v).as_dict()
+            for v, prof in zip(sweep.values, sweep.profiles(profile), strict=True)]
+
+
 def with_ideal(doc: dict[str, Any], profile: Profile, rates: Sequence[float] | np.ndarray,
-               sweep: Sweep) -> dict[str, Any]:
+               ideal: list[dict[str, Any]]) -> dict[str, Any]:
     """A frontier document (:func:`infadapter.sim.frontier.frontier`) with the ideal plans beside it.
 
-    Adds ``ideal`` (the ideal point of each swept value, same objective) and, on each baseline row,
-    ``ceiling_accuracy``: the most accuracy any plan capped at that baseline's mean cores gives the same seconds
-    (None under the profile's minimum cores), and ``over_ceiling``: its accuracy is above that ceiling, so no
-    policy given its mean cores as a budget matches it at the profile's capacities."""
-    ideal = [ideal_point(prof, rates, label=f"ideal {sweep.key}={v:g}", value=v)
-             for v, prof in zip(sweep.values, sweep.profiles(profile), strict=True)]
+    Adds ``ideal`` (:func:`ideal_points` of the sweep) and, on each baseline row, ``ceiling_accuracy``: the most
+    accuracy any plan capped at that baseline's mean cores gives the same seconds (None under the profile's
+    minimum cores), and ``over_ceiling``: its accuracy is above that ceiling, so no policy given its mean cores
+    as a budget matches it at the profile's capacities."""
     rows = []
-    by_grid: dict[int, IdealPoint] = {}  # caps that allow the same core grid have the same ceiling
+    by_top: dict[float, IdealPoint] = {}  # caps that allow the same largest allocation have the same ceiling
     for b in doc["baselines"]:
         cap = float(b["mean_cores"])
         ceiling = None
         if cap >= profile.min_cores:
-            steps = math.floor((cap - profile.min_cores) / profile.core_step + 1e-9)
-            if steps not in by_grid:
-                by_grid[steps] = accuracy_ceiling(profile.tuned(budget=cap), rates)
-            ceiling = by_grid[steps]
+            capped = profile.tuned(budget=cap)
+            top = capped.core_options()[-1]
+            if top not in by_top:
+                by_top[top] = accuracy_ceiling(capped, rates)
+            ceiling = by_top[top]
         rows.append({**b, "ceiling_accuracy": None if ceiling is None else round(ceiling.mean_accuracy, 6),
                      "over_ceiling": ceiling is not None and b["mean_accuracy"] > ceiling.mean_accuracy + 1e-9})
-    return {**doc, "baselines": rows, "ideal": [p.as_dict() for p in ideal]}
+    return {**doc, "baselines": rows, "ideal": ideal}
