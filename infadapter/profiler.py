@@ -544,6 +544,8 @@ def build_profile(
             "min_cores": min_cores,
             "alpha": 0.05,
             "beta": 0.001,
+            # The capacities are Poisson rates whose p99 meets the SLO: decisions plan for a rate, not a peak.
+            "demand": "rate",
             "variants": variants,
             "resolution": resolutions.pop() if len(resolutions) == 1 else None,
         },

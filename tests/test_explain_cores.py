@@ -24,11 +24,12 @@ LOCAL = ROOT / "profiles" / "local.yaml"
 T0 = 1_800_000_000.0
 
 
-def _folder(tmp_path: Path, counts: list[int], scale: float = 1.0, late_every: int = 0) -> Path:
+def _folder(tmp_path: Path, counts: list[int], scale: float = 1.0, late_every: int = 0,
+            profile: Path = LOCAL) -> Path:
     """One decision at T0 serving resnet50 on 1 core, a second one ``len(counts)`` s later; the requests."""
-    prof = load_profile(LOCAL)
+    prof = load_profile(profile)
     plan = solve(prof.scaled_capacity(scale), 40.0).plan.as_dict()
-    replay = {"profile": str(LOCAL), "profile_sha256": hashlib.sha256(LOCAL.read_bytes()).hexdigest(),
+    replay = {"profile": str(profile), "profile_sha256": hashlib.sha256(profile.read_bytes()).hexdigest(),
               "alpha": prof.alpha, "budget": prof.budget_cores, "policy": "infadapter", "capacity_scale": scale,
               "stabilization_intervals": 1, "min_gain": 0.0, "load_rps": 40.0, "policy_state": None}
     recs = [{"seq": 1, "time_s": T0, "policy": "infadapter", "forecast_rps": 40.0, "plan_before": None,
@@ -52,13 +53,16 @@ def _folder(tmp_path: Path, counts: list[int], scale: float = 1.0, late_every: i
 
 
 def test_each_layer_is_the_solve_with_that_headroom_taken_away(tmp_path):
-    run = _folder(tmp_path, [30] * 9 + [45], scale=0.5, late_every=10)
+    # local.yaml as measured, with its safety factor 0.8 (the committed one has 1.0: no such layer to take away)
+    measured = tmp_path / "measured.yaml"
+    measured.write_text(LOCAL.read_text().replace("safety: 1.0", "safety: 0.8"))
+    run = _folder(tmp_path, [30] * 9 + [45], scale=0.5, late_every=10, profile=measured)
     records = read_log(run / "decisions.jsonl").records
     rep = where_cores_went(records, read_requests(run, 300.0)).as_dict()
     assert [r["layer"] for r in rep["layers"]] == list(LAYERS)
     assert rep["requests"] == 9 * 30 + 45 and rep["mean_busiest_second_rps"] == 45.0
     assert rep["late_share"] == pytest.approx(32 / 315, abs=1e-4)  # every tenth request 400 ms against 300
-    prof = load_profile(LOCAL)
+    prof = load_profile(measured)
     half = prof.scaled_capacity(0.5)
     raw = prof.model_copy(update={"variants": tuple(
         v.model_copy(update={"capacity": v.capacity.model_copy(update={"safety": 1.0})}) for v in prof.variants)})

@@ -136,9 +136,9 @@ def test_serving_rules_shared_by_the_local_backend_and_the_simulator():
 
     assert [threads_for_cores(c) for c in (0.25, 0.999999999999, 1.0, 1.75, 2.0)] == [1, 1, 1, 1, 2]
     local = load_profile(ROOT / "profiles" / "local.yaml")
-    # ResNet-50 on 0.25 core: 8.54 req/s x 0.3 s = 2.6 -> 3; ResNet-18 on 1 core: 79.7 x 0.3 -> 24.
-    assert local.queue_bound("resnet50", 0.25) == 3
-    assert local.queue_bound("resnet18", 1.0) == 24
+    # ResNet-50 on 0.25 core: 10.68 req/s x 0.3 s = 3.2 -> 4; ResNet-18 on 1 core: 99.58 x 0.3 -> 30.
+    assert local.queue_bound("resnet50", 0.25) == 4
+    assert local.queue_bound("resnet18", 1.0) == 30
 
 
 def test_accuracy_of_counts_is_over_the_requests_each_variant_served():

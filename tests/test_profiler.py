@@ -44,6 +44,7 @@ def test_build_profile_is_a_valid_points_profile():
     assert r18.accuracy == 0.69758 and r18.load_time_s == 1.5  # median of 2.0, 1.0, 1.5
     assert r18.capacity.points == {0.25: 10, 0.5: 22, 1.0: 40}
     assert p.capacity_rps("resnet18", 0.5) == pytest.approx(0.8 * 22)
+    assert p.demand == "rate"  # measured Poisson rates: decisions plan for the forecast's rate
     assert p.variant("resnet152").memory == "704Mi"  # 520 * 1.25 = 650 -> 704
     assert p.capacity_rps("resnet152", 0.5) == 0
 

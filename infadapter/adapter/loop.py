@@ -250,7 +250,7 @@ class ControlLoop:
         self.backend = backend
         self._observe = observe
         self.config = config or LoopConfig()
-        self.ctl = self.config.control
+        self.ctl = control.for_profile(self.config.control, profile)
         self.clock = clock
         self.stop_event = threading.Event()
         self.sleep = sleep or self.stop_event.wait
@@ -293,7 +293,8 @@ class ControlLoop:
         # the loop's; a replay gives each its own window's history before).
         names = profile.service_names
         self.service_forecasters = {n: (service_forecasters or {}).get(n, forecaster) for n in names}
-        self.service_controls = {n: (service_controls or {}).get(n, self.ctl) for n in names}
+        self.service_controls = {n: control.for_profile((service_controls or {}).get(n, self.ctl), profile)
+                                 for n in names}
         #: Each service's last observed and forecast rate (status).
         self.last_by_service: dict[str, dict[str, float]] = {}
         #: The services the last check found overloaded (their loads are raised by an overload re-plan).

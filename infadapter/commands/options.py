@@ -46,10 +46,11 @@ CONTROL_FLAGS: dict[str, Callable[[F], F]] = {
                                    show_default=True,
                                    help="An overload re-plan also adds this many windows of the rate's rise "
                                         "(a burst keeps rising while new servers load; 0: off)."),
-    "demand": click.option("--demand", "demand", type=click.Choice(DEMANDS), default=_C.demand, show_default=True,
+    "demand": click.option("--demand", "demand", type=click.Choice(DEMANDS), default=_C.demand,
                            help="peak: plan for the forecast busiest second as it is (the paper); rate: for the "
-                                "Poisson rate behind it, the unit of the profile's capacity (its second-to-second "
-                                "scatter is already in the capacity's p99)."),
+                                "Poisson rate behind it (its second-to-second scatter is already in a measured "
+                                "capacity's p99). Default: the profile's demand (local.yaml: rate, paper.yaml: "
+                                "peak)."),
 }
 
 POLICY_OPTIONS = (

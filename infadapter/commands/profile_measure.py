@@ -64,7 +64,8 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 @click.option("--budget-cores", type=float, default=1.75, show_default=True, help="budget_cores of the profile.")
 @click.option("--core-step", type=float, default=0.25, show_default=True, help="core_step of the profile.")
 @click.option("--min-cores", type=float, default=0.25, show_default=True, help="min_cores of the profile.")
-@click.option("--safety", type=float, default=0.8, show_default=True, help="Multiplier on measured capacity.")
+@click.option("--safety", type=float, default=1.0, show_default=True,
+              help="Multiplier on measured capacity (the p99 over Poisson arrivals is already the margin).")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Warm-up inferences before AVAILABLE.")
 @click.option(
     "--results",

@@ -116,7 +116,8 @@ def _run_policies(profile: Any, rates: Any, specs: list[str], policies: list[Any
               help=f"{POLICY_HELP} | all | a comma list of them.")
 @click.option("--paper", is_flag=True,
               help="The paper's setting: 30 s interval, ewma+10%%, 2-minute warm-up from a cold start, "
-                   "make-before-break replacement, no reaction (flags given explicitly still win).")
+                   "make-before-break replacement, no reaction, planned for the forecast peak "
+                   "(flags given explicitly still win).")
 @control_options
 @click.option("--warmup", type=float, default=0.0, show_default=True, help="Seconds before the first decision.")
 @click.option("--warm-start/--cold-start", default=True, show_default=True,
@@ -285,7 +286,7 @@ def _sim_config(load: Any, control: ControlConfig, paper: bool, warm_start: bool
     if paper:
         flags = {"interval_s": "interval_s", "warmup_s": "warmup", "min_gain": "min_gain", "forecaster": "forecaster",
                  "make_before_break": "make_before_break", "in_place_resize": "in_place_resize", "react": "react",
-                 "queue_bound": "queue_bound"}
+                 "queue_bound": "queue_bound", "demand": "demand"}
         paper_setting = {k: v for k, v in sim.PAPER_SETTING.items() if flags.get(k) not in given}
         ctl_names = {f.name for f in fields(ControlConfig)}
         settings.update({k: v for k, v in paper_setting.items() if k not in ctl_names})

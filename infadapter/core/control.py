@@ -22,7 +22,8 @@ The rules (docs/adapt.md explains the measurements behind each default):
   minutes are trace minutes. The policy's :class:`~infadapter.core.policies.Context` gets the same
   series (:func:`context`), so a policy and the forecaster read one history in trace time.
 - **The load a decision plans for**: the forecast (with ``demand: rate``, turned from the busiest count
-  of a minute into the Poisson rate behind it: :func:`rate_of_peak`), and never less than the rate
+  of a minute into the Poisson rate behind it: :func:`rate_of_peak`; the demand is the profile's unless a
+  flag sets it: :func:`for_profile`), and never less than the rate
   observed now; on
   ``start`` at least ``initial_forecast_rps``;
   on ``overload`` at least the highest rate of the last ``rate_window_s`` seconds times
@@ -93,8 +94,9 @@ class ControlConfig:
     overload_trend: float = 0.0
     #: What a forecast is turned into before it is planned for (:data:`DEMANDS`): ``peak``, the forecaster's
     #: busiest second as it is (the paper's target); ``rate``, the Poisson rate whose busiest second that is
-    #: (:func:`rate_of_peak`), the unit a profile's capacity is measured in.
-    demand: str = "peak"
+    #: (:func:`rate_of_peak`). None: the profile's (``Profile.demand``, the unit its capacities were measured
+    #: in), filled in by :func:`for_profile`; left unresolved it plans for the peak.
+    demand: str | None = None
     #: No two overload re-plans closer than this (seconds); None: a tenth of the interval, at least check_s.
     replan_gap_s: float | None = None
     #: The forecaster sees at most this many (trace-time) seconds of history.
@@ -118,7 +120,7 @@ class ControlConfig:
             raise BadInput(f"--overload-tolerance: must be >= 0, got {self.overload_tolerance:g}")
         if not (self.overload_trend >= 0 and math.isfinite(self.overload_trend)):
             raise BadInput(f"--overload-trend: must be a finite number >= 0, got {self.overload_trend:g}")
-        if self.demand not in DEMANDS:
+        if self.demand is not None and self.demand not in DEMANDS:
             raise BadInput(f"--demand: must be one of {', '.join(DEMANDS)}, got {self.demand!r}")
         if self.replan_gap_s is not None and self.replan_gap_s < 0:
             raise BadInput(f"replan_gap_s: must be >= 0 seconds, got {self.replan_gap_s:g}")
@@ -223,6 +225,12 @@ def rate_of_peak(peak_rps: float, seconds: int) -> float:
         return peak_rps  # one count a minute: its busiest is itself
     root = (-z + math.sqrt(z * z + 4.0 * peak_rps)) / 2.0
     return root * root
+
+
+def for_profile(config: ControlConfig, profile: Profile) -> ControlConfig:
+    """``config`` with its demand resolved: a flag's, else the profile's (what its capacities measure: a
+    profile measured as Poisson rates at the SLO's p99 plans for a rate, the paper's profile for the peak)."""
+    return config if config.demand is not None else replace(config, demand=profile.demand)
 
 
 def minute_seconds(config: ControlConfig) -> int:

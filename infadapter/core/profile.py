@@ -310,6 +310,13 @@ class Profile(BaseModel):
     min_cores: float = Field(default=1.0, description="minimum cores of a running variant")
     alpha: float = Field(default=0.05, description="weight of cost (cores/budget) in the objective")
     beta: float = Field(default=0.001, description="weight of transition time in the objective")
+    demand: Literal["peak", "rate"] = Field(
+        default="peak",
+        description="what a forecast is turned into before it is planned for, the unit the capacities are in: "
+        "peak, the forecast busiest second (the paper's target); rate, the Poisson rate behind it, for "
+        "capacities measured as the highest Poisson rate whose p99 meets the SLO (profile measure). "
+        "--demand overrides it",
+    )
     services: tuple[Service, ...] | None = Field(
         default=None,
         description="several inference services sharing budget_cores (one solve); None: one service, the "

@@ -173,7 +173,7 @@ class SimConfig:
 #: initial plan serving first, new instances for every change (make-before-break), no reaction.
 PAPER_SETTING: dict[str, Any] = dict(
     interval_s=30.0, warmup_s=120.0, forecaster="ewma", make_before_break=True, in_place_resize=False,
-    react=False, first_plan_ready=False, history_before=None, queue_bound=False, min_gain=0.0,
+    react=False, first_plan_ready=False, history_before=None, queue_bound=False, min_gain=0.0, demand="peak",
 )
 
 
@@ -406,7 +406,7 @@ class Simulation:
         self.policy = _build_policy(policy, profile, cfg)
         self.forecaster = forecaster if forecaster is not None else make_forecaster(cfg.forecaster,
                                                                                     cfg.forecaster_model)
-        self.ctl = cfg.control
+        self.ctl = control.for_profile(cfg.control, profile)
         self.slo_s = profile.slo_ms / 1000.0
         self.timeout_s = cfg.timeout_s if cfg.timeout_s is not None else 2.0 * self.slo_s
         self.names = list(profile.names)
