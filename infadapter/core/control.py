@@ -48,13 +48,13 @@ import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, get_args
 
 import numpy as np
 
 from infadapter.core.plan import Plan, plan_from_cores
 from infadapter.core.policies import Context, Decision, Policy, Stabilized
-from infadapter.core.profile import Profile
+from infadapter.core.profile import Demand, Profile
 from infadapter.errors import BadInput
 
 #: Ten minutes of per-second history: the paper's forecaster input.
@@ -63,8 +63,8 @@ HISTORY_S = 600
 DAY_S = 86400
 
 TRIGGERS = ("start", "interval", "overload", "crash", "retry")
-#: ``ControlConfig.demand``'s values.
-DEMANDS = ("peak", "rate")
+#: ``ControlConfig.demand``'s values: the profile's (one list of them).
+DEMANDS: tuple[str, ...] = get_args(Demand)
 #: Seconds in a forecaster minute (the forecasters predict the busiest second of the next one).
 MINUTE_S = 60
 

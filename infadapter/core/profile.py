@@ -298,6 +298,10 @@ def pod_layout(cores: float, max_pod_cores: float | None) -> tuple[int, float]:
     return replicas, milli // replicas / 1000
 
 
+#: What a decision plans for, in the unit a profile's capacities are measured in (``Profile.demand``).
+Demand = Literal["peak", "rate"]
+
+
 class Profile(BaseModel):
     """The decision problem's fixed inputs: SLO, budget, core grid, objective weights, variants."""
 
@@ -310,7 +314,7 @@ class Profile(BaseModel):
     min_cores: float = Field(default=1.0, description="minimum cores of a running variant")
     alpha: float = Field(default=0.05, description="weight of cost (cores/budget) in the objective")
     beta: float = Field(default=0.001, description="weight of transition time in the objective")
-    demand: Literal["peak", "rate"] = Field(
+    demand: Demand = Field(
         default="peak",
         description="what a forecast is turned into before it is planned for, the unit the capacities are in: "
         "peak, the forecast busiest second (the paper's target); rate, the Poisson rate behind it, for "
